@@ -1,0 +1,36 @@
+# shellcheck shell=bash
+# The variables below are used by the scripts that source this file.
+# shellcheck disable=SC2034
+# Shared definitions for the testbed scripts. Sourced, never executed.
+
+TESTBED_SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=tests/testbed/versions
+. "$TESTBED_SRC/versions"
+
+# Staging modules (k8s.io/api, k8s.io/client-go, ...) are tagged
+# v0.<minor>.<patch> for Kubernetes v1.<minor>.<patch>.
+K8S_STAGING_VERSION="v0.${K8S_VERSION#v1.}"
+
+CACHE_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/converge-testbed"
+BIN_K8S="$CACHE_ROOT/bin/k8s-$K8S_VERSION"
+BIN_ETCD="$CACHE_ROOT/bin/etcd-$ETCD_VERSION"
+BIN_KWOK="$CACHE_ROOT/bin/kwok-$KWOK_VERSION"
+BIN_HELM="$CACHE_ROOT/bin/helm-$HELM_VERSION"
+# One directory the env file puts first on PATH: symlinks into the
+# version-keyed directories above, rewritten by every `up`.
+BIN_CURRENT="$CACHE_ROOT/bin/current"
+
+# The bed's runtime state: processes' data, logs, certificates, pid files.
+BED_DIR="${CONVERGE_TESTBED_DIR:-/tmp/converge-testbed}"
+
+# Go builds must use the installed toolchain (no toolchain downloads are
+# possible here) and produce static binaries.
+export GOTOOLCHAIN=local CGO_ENABLED=0
+
+log() { printf '[testbed] %s\n' "$*" >&2; }
+die() { printf '[testbed] ERROR: %s\n' "$*" >&2; exit 1; }
+
+need() {
+  # need TOOL HINT: fail with an actionable message when TOOL is missing.
+  command -v "$1" >/dev/null 2>&1 || die "'$1' not found on PATH: $2"
+}
