@@ -1,0 +1,47 @@
+//! The top-level error and what happens next for each kind: stalled, waiting or retry.
+
+use crate::desired::Report;
+
+/// What the daemon does after a failed reconcile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Needs a person: wait for a new commit or configuration.
+    Stalled,
+    /// A dependency is not ready yet: requeue soon.
+    Waiting,
+    /// A transient failure: retry with back-off.
+    Retry,
+}
+
+/// Any failure of a converge operation, classified for the daemon and the CLI.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The repository or revision could not be read.
+    #[error(transparent)]
+    Source(#[from] crate::source::SourceError),
+    /// The desired state is invalid; the report holds every finding.
+    #[error("the desired state at commit {commit} is invalid ({} errors)", report.error_count())]
+    Invalid {
+        /// The commit that was read.
+        commit: String,
+        /// Every finding.
+        report: Box<Report>,
+    },
+}
+
+impl Error {
+    /// What should happen next.
+    pub fn disposition(&self) -> Disposition {
+        match self {
+            Error::Source(_) | Error::Invalid { .. } => Disposition::Stalled,
+        }
+    }
+
+    /// A short CamelCase reason for status conditions.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Source(_) => "SourceFailed",
+            Error::Invalid { .. } => "ValidationFailed",
+        }
+    }
+}

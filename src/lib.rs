@@ -1,0 +1,17 @@
+//! converge: a GitOps reconciler that keeps a Kubernetes cluster converged on a git commit.
+//!
+//! Data flows one way through the modules:
+//!
+//! ```text
+//!  source ──► desired ──► build ──► render ──► cluster (diff · apply · health · prune) ──► status
+//!  (commit)   (validated)  (tags)   (objects)                                              (in cluster)
+//! ```
+//!
+//! A lower module never imports a higher one: `cluster` knows nothing of `desired`, `render` hands
+//! `cluster` plain objects. Only `reconcile`, `daemon` and `cli` reach across.
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod source;
+pub mod desired;
+
