@@ -41,5 +41,5 @@ def get_settings() -> Settings:
         openai_model=os.environ.get("OPENAI_MODEL", "gpt-4o-mini"),
         log_level=os.environ.get("LOG_LEVEL", "info").lower(),
         migrate_on_startup=os.environ.get("MIGRATE_ON_STARTUP", "true").lower() not in ("0", "false", "no"),
-        db_startup_timeout=float(os.environ.get("DB_STARTUP_TIMEOUT", "60")),
+        db_startup_timeout=float(os.environ.get("DB_STARTUP_TIMEOUT", "45")),
     )
