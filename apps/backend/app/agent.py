@@ -13,6 +13,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Protocol
 
 from mcp.server.mcpserver.exceptions import ToolError
@@ -213,5 +214,7 @@ class OpenAIAgent:
         return AgentResult("Sorry, I couldn't finish that request.", calls)
 
 
+@lru_cache
 def get_agent() -> Agent:
+    # One agent per process: the OpenAI client holds a connection pool worth reusing.
     return OpenAIAgent() if get_settings().openai_api_key else RuleAgent()
