@@ -60,7 +60,10 @@ struct Values {
 
 impl Values {
     fn new(files: &[&'static str], overlay: &str) -> Self {
-        Values { files: files.to_vec(), overlay: overlay.to_string() }
+        Values {
+            files: files.to_vec(),
+            overlay: overlay.to_string(),
+        }
     }
 
     /// `-f` arguments, keeping the overlay's temp file alive while helm runs.
@@ -73,8 +76,12 @@ impl Values {
         let tmp = if self.overlay.trim().is_empty() {
             None
         } else {
-            let mut tmp = tempfile::Builder::new().suffix(".yaml").tempfile().expect("temp values file");
-            tmp.write_all(self.overlay.as_bytes()).expect("write values overlay");
+            let mut tmp = tempfile::Builder::new()
+                .suffix(".yaml")
+                .tempfile()
+                .expect("temp values file");
+            tmp.write_all(self.overlay.as_bytes())
+                .expect("write values overlay");
             args.push("-f".to_string());
             args.push(tmp.path().display().to_string());
             Some(tmp)
@@ -96,7 +103,15 @@ fn template(namespace: &str, values: &Values) -> HelmRun {
     let (vargs, _tmp) = values.args();
     let chart = chart_dir().display().to_string();
     let kv = kube_version();
-    let mut args = vec!["template", RELEASE, &chart, "--namespace", namespace, "--kube-version", &kv];
+    let mut args = vec![
+        "template",
+        RELEASE,
+        &chart,
+        "--namespace",
+        namespace,
+        "--kube-version",
+        &kv,
+    ];
     args.extend(vargs.iter().map(String::as_str));
     run_helm(&args)
 }
@@ -118,7 +133,8 @@ fn render(namespace: &str, values: &Values) -> Rendered {
         .collect();
     let mut objects = Vec::new();
     for doc in serde_yaml_ng::Deserializer::from_str(&run.stdout) {
-        let v = Value::deserialize(doc).unwrap_or_else(|e| panic!("rendered YAML does not parse: {e}\n{}", run.stdout));
+        let v = Value::deserialize(doc)
+            .unwrap_or_else(|e| panic!("rendered YAML does not parse: {e}\n{}", run.stdout));
         if !v.is_null() {
             objects.push(v);
         }
@@ -132,11 +148,14 @@ impl Rendered {
     }
 
     fn named(&self, kind: &str, name: &str) -> Option<&Value> {
-        self.objects.iter().find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        self.objects
+            .iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
     }
 
     fn get(&self, kind: &str, name: &str) -> &Value {
-        self.named(kind, name).unwrap_or_else(|| panic!("no {kind} {name} rendered; have {:?}", self.ids()))
+        self.named(kind, name)
+            .unwrap_or_else(|| panic!("no {kind} {name} rendered; have {:?}", self.ids()))
     }
 
     fn ids(&self) -> Vec<String> {
@@ -145,7 +164,11 @@ impl Rendered {
 }
 
 fn id(o: &Value) -> String {
-    format!("{}/{}", o["kind"].as_str().unwrap_or("?"), o["metadata"]["name"].as_str().unwrap_or("?"))
+    format!(
+        "{}/{}",
+        o["kind"].as_str().unwrap_or("?"),
+        o["metadata"]["name"].as_str().unwrap_or("?")
+    )
 }
 
 fn name(component: &str) -> String {
@@ -174,15 +197,29 @@ fn main_container<'a>(r: &'a Rendered, kind: &str, component: &str) -> &'a Value
 }
 
 fn env_value<'a>(container: &'a Value, var: &str) -> Option<&'a Value> {
-    container["env"].as_array()?.iter().find(|e| e["name"] == var)
+    container["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == var)
 }
 
 /// A name that looks like it holds a credential.
 fn credential_like(name: &str) -> bool {
     let n = name.to_ascii_uppercase();
-    ["PASSWORD", "PASSWD", "SECRET", "TOKEN", "API_KEY", "APIKEY", "PRIVATE_KEY", "ACCESS_KEY", "CREDENTIAL", "DATABASE_URL"]
-        .iter()
-        .any(|w| n.contains(w))
+    [
+        "PASSWORD",
+        "PASSWD",
+        "SECRET",
+        "TOKEN",
+        "API_KEY",
+        "APIKEY",
+        "PRIVATE_KEY",
+        "ACCESS_KEY",
+        "CREDENTIAL",
+        "DATABASE_URL",
+    ]
+    .iter()
+    .any(|w| n.contains(w))
 }
 
 // --- the matrix ----------------------------------------------------------------
@@ -220,6 +257,9 @@ fn matrix() -> Vec<Case> {
                 assert_eq!(main_container(r, "Deployment", "backend")["image"], "todo-backend:dev");
                 assert_eq!(main_container(r, "Deployment", "frontend")["image"], "todo-frontend:dev");
                 assert_eq!(main_container(r, "StatefulSet", "postgres")["image"], "postgres:16-alpine");
+                // The frontend's proxy signs the backend's JWTs with the shared secret.
+                let jwt = env_value(main_container(r, "Deployment", "frontend"), "JWT_SECRET").expect("frontend JWT_SECRET");
+                assert_eq!(jwt["valueFrom"]["secretKeyRef"]["key"], "jwt-secret");
                 let job = r.get("Job", &name("migrations"));
                 let ann = &job["metadata"]["annotations"];
                 assert_eq!(ann["helm.sh/hook"], "post-install,pre-upgrade", "in-chart postgres: post-install");
@@ -418,13 +458,28 @@ postgres:
 
 #[test]
 fn helm_lint_strict_is_clean_for_the_default_dev_and_staging_values() {
-    for files in [&[][..], &["values-dev.yaml"][..], &["values-staging.yaml"][..]] {
+    for files in [
+        &[][..],
+        &["values-dev.yaml"][..],
+        &["values-staging.yaml"][..],
+    ] {
         let run = lint(&Values::new(files, ""));
-        assert!(run.ok, "helm lint --strict {files:?} failed:\n{}{}", run.stdout, run.stderr);
-        assert!(run.stdout.contains("0 chart(s) failed"), "{files:?}:\n{}", run.stdout);
+        assert!(
+            run.ok,
+            "helm lint --strict {files:?} failed:\n{}{}",
+            run.stdout, run.stderr
+        );
+        assert!(
+            run.stdout.contains("0 chart(s) failed"),
+            "{files:?}:\n{}",
+            run.stdout
+        );
         for line in run.stdout.lines() {
             // --strict turns warnings into failures; say which, if any, slipped through.
-            assert!(!line.contains("[WARNING]") && !line.contains("[ERROR]"), "{files:?}: {line}");
+            assert!(
+                !line.contains("[WARNING]") && !line.contains("[ERROR]"),
+                "{files:?}: {line}"
+            );
         }
     }
 }
@@ -434,7 +489,11 @@ fn every_template_renders_for_a_matrix_of_values() {
     let mut sources = BTreeSet::new();
     for case in matrix() {
         let run = lint(&case.values);
-        assert!(run.ok, "{}: helm lint --strict failed:\n{}{}", case.name, run.stdout, run.stderr);
+        assert!(
+            run.ok,
+            "{}: helm lint --strict failed:\n{}{}",
+            case.name, run.stdout, run.stderr
+        );
         let r = render("chart-matrix", &case.values);
         eprintln!("{}: {} objects", case.name, r.objects.len());
         (case.check)(&r);
@@ -448,34 +507,101 @@ fn every_template_renders_for_a_matrix_of_values() {
             continue;
         }
         let source = format!("templates/{file}");
-        assert!(sources.contains(&source), "{source} never rendered; rendered: {sources:?}");
+        assert!(
+            sources.contains(&source),
+            "{source} never rendered; rendered: {sources:?}"
+        );
     }
 }
 
 #[test]
 fn the_values_schema_rejects_bad_values_with_helms_error() {
     let bad: &[(&str, &str, &str)] = &[
-        ("negative replicas", "backend: {replicas: -1}", "/backend/replicas"),
-        ("a bad cpu quantity", "backend: {resources: {requests: {cpu: 2 cores}}}", "/backend/resources/requests/cpu"),
-        ("a bad memory quantity", "frontend: {resources: {limits: {memory: 12XB}}}", "/frontend/resources/limits/memory"),
-        ("an unknown service type", "frontend: {service: {type: Internal}}", "/frontend/service/type"),
-        ("a numeric image tag", "backend: {image: {tag: 123}}", "/backend/image/tag"),
-        ("a bad digest", "backend: {image: {digest: \"sha256:xyz\"}}", "/backend/image/digest"),
-        ("an unknown pull policy", "postgres: {image: {pullPolicy: Sometimes}}", "/postgres/image/pullPolicy"),
+        (
+            "negative replicas",
+            "backend: {replicas: -1}",
+            "/backend/replicas",
+        ),
+        (
+            "a bad cpu quantity",
+            "backend: {resources: {requests: {cpu: 2 cores}}}",
+            "/backend/resources/requests/cpu",
+        ),
+        (
+            "a bad memory quantity",
+            "frontend: {resources: {limits: {memory: 12XB}}}",
+            "/frontend/resources/limits/memory",
+        ),
+        (
+            "an unknown service type",
+            "frontend: {service: {type: Internal}}",
+            "/frontend/service/type",
+        ),
+        (
+            "a numeric image tag",
+            "backend: {image: {tag: 123}}",
+            "/backend/image/tag",
+        ),
+        (
+            "a bad digest",
+            "backend: {image: {digest: \"sha256:xyz\"}}",
+            "/backend/image/digest",
+        ),
+        (
+            "an unknown pull policy",
+            "postgres: {image: {pullPolicy: Sometimes}}",
+            "/postgres/image/pullPolicy",
+        ),
         ("a typo in a key", "backend: {replica: 3}", "replica"),
-        ("two postgres replicas", "postgres: {replicas: 2}", "/postgres/replicas"),
-        ("a nodePort outside the range", "frontend: {service: {nodePort: 80}}", "/frontend/service/nodePort"),
-        ("a password as plain env", "postgres: {env: {POSTGRES_PASSWORD: hunter2}}", "/postgres/env/POSTGRES_PASSWORD"),
-        ("an API key in config", "config: {OPENAI_API_KEY: sk-123}", "/config/OPENAI_API_KEY"),
-        ("a non-string env value", "backend: {env: {WORKERS: 4}}", "/backend/env/WORKERS"),
-        ("a secretEnv without key", "backend: {secretEnv: [{name: X, secretName: s}]}", "/backend/secretEnv/0"),
-        ("ingress on without a host", "ingress: {enabled: true, host: \"\"}", "/ingress/host"),
+        (
+            "two postgres replicas",
+            "postgres: {replicas: 2}",
+            "/postgres/replicas",
+        ),
+        (
+            "a nodePort outside the range",
+            "frontend: {service: {nodePort: 80}}",
+            "/frontend/service/nodePort",
+        ),
+        (
+            "a password as plain env",
+            "postgres: {env: {POSTGRES_PASSWORD: hunter2}}",
+            "/postgres/env/POSTGRES_PASSWORD",
+        ),
+        (
+            "an API key in config",
+            "config: {OPENAI_API_KEY: sk-123}",
+            "/config/OPENAI_API_KEY",
+        ),
+        (
+            "a non-string env value",
+            "backend: {env: {WORKERS: 4}}",
+            "/backend/env/WORKERS",
+        ),
+        (
+            "a secretEnv without key",
+            "backend: {secretEnv: [{name: X, secretName: s}]}",
+            "/backend/secretEnv/0",
+        ),
+        (
+            "ingress on without a host",
+            "ingress: {enabled: true, host: \"\"}",
+            "/ingress/host",
+        ),
     ];
     for (what, overlay, path) in bad {
         let run = template("chart-schema", &Values::new(&[], overlay));
         assert!(!run.ok, "{what}: helm accepted {overlay}");
-        assert!(run.stderr.contains(SCHEMA_ERROR), "{what}: not a schema error:\n{}", run.stderr);
-        assert!(run.stderr.contains(path), "{what}: the error does not name {path}:\n{}", run.stderr);
+        assert!(
+            run.stderr.contains(SCHEMA_ERROR),
+            "{what}: not a schema error:\n{}",
+            run.stderr
+        );
+        assert!(
+            run.stderr.contains(path),
+            "{what}: the error does not name {path}:\n{}",
+            run.stderr
+        );
         let lint = lint(&Values::new(&[], overlay));
         assert!(!lint.ok, "{what}: helm lint accepted {overlay}");
     }
@@ -486,13 +612,22 @@ fn no_rendered_object_is_a_secret_and_no_credential_is_a_literal_env_value() {
     for case in matrix() {
         let r = render("chart-secrets", &case.values);
         for o in &r.objects {
-            assert_ne!(o["kind"], "Secret", "{}: the chart renders a Secret", case.name);
+            assert_ne!(
+                o["kind"], "Secret",
+                "{}: the chart renders a Secret",
+                case.name
+            );
             for pod in pod_specs(o) {
                 for c in containers(pod) {
                     for e in c["env"].as_array().into_iter().flatten() {
                         let var = e["name"].as_str().unwrap_or_default();
                         if credential_like(var) {
-                            assert!(e.get("value").is_none(), "{}: {} sets {var} literally", case.name, id(o));
+                            assert!(
+                                e.get("value").is_none(),
+                                "{}: {} sets {var} literally",
+                                case.name,
+                                id(o)
+                            );
                             assert!(
                                 e["valueFrom"]["secretKeyRef"]["name"].is_string(),
                                 "{}: {} takes {var} from elsewhere than a Secret",
@@ -514,7 +649,11 @@ fn no_rendered_object_is_a_secret_and_no_credential_is_a_literal_env_value() {
     for entry in std::fs::read_dir(chart_dir().join("templates")).unwrap() {
         let path = entry.unwrap().path();
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(!text.contains("kind: Secret"), "{} renders a Secret", path.display());
+        assert!(
+            !text.contains("kind: Secret"),
+            "{} renders a Secret",
+            path.display()
+        );
     }
 }
 
@@ -526,11 +665,23 @@ fn every_rendered_object_carries_its_component_and_the_standard_labels() {
             let labels = &o["metadata"]["labels"];
             let component = labels["app.kubernetes.io/component"]
                 .as_str()
-                .unwrap_or_else(|| panic!("{}: {} has no app.kubernetes.io/component", case.name, id(o)));
-            assert!(COMPONENTS.contains(&component), "{}: {} has component {component}", case.name, id(o));
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{}: {} has no app.kubernetes.io/component",
+                        case.name,
+                        id(o)
+                    )
+                });
+            assert!(
+                COMPONENTS.contains(&component),
+                "{}: {} has component {component}",
+                case.name,
+                id(o)
+            );
             let obj_name = o["metadata"]["name"].as_str().unwrap();
             assert!(
-                obj_name.ends_with(&format!("-{component}")) || obj_name.ends_with(&format!("-{component}-config")),
+                obj_name.ends_with(&format!("-{component}"))
+                    || obj_name.ends_with(&format!("-{component}-config")),
                 "{}: {} is labelled {component}",
                 case.name,
                 id(o)
@@ -543,18 +694,42 @@ fn every_rendered_object_carries_its_component_and_the_standard_labels() {
                 "app.kubernetes.io/part-of",
                 "helm.sh/chart",
             ] {
-                assert!(labels[key].is_string(), "{}: {} lacks {key}", case.name, id(o));
+                assert!(
+                    labels[key].is_string(),
+                    "{}: {} lacks {key}",
+                    case.name,
+                    id(o)
+                );
             }
             assert_eq!(labels["app.kubernetes.io/instance"], RELEASE);
             // Pods and volume claims the workload creates carry it too.
             if let Some(pod_labels) = o["spec"]["template"]["metadata"]["labels"].as_object() {
-                assert_eq!(pod_labels["app.kubernetes.io/component"], component, "{}: pods of {}", case.name, id(o));
+                assert_eq!(
+                    pod_labels["app.kubernetes.io/component"],
+                    component,
+                    "{}: pods of {}",
+                    case.name,
+                    id(o)
+                );
             }
-            for vct in o["spec"]["volumeClaimTemplates"].as_array().into_iter().flatten() {
-                assert_eq!(vct["metadata"]["labels"]["app.kubernetes.io/component"], component);
+            for vct in o["spec"]["volumeClaimTemplates"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                assert_eq!(
+                    vct["metadata"]["labels"]["app.kubernetes.io/component"],
+                    component
+                );
             }
             if let Some(selector) = o["spec"]["selector"]["matchLabels"].as_object() {
-                assert_eq!(selector["app.kubernetes.io/component"], component, "{}: selector of {}", case.name, id(o));
+                assert_eq!(
+                    selector["app.kubernetes.io/component"],
+                    component,
+                    "{}: selector of {}",
+                    case.name,
+                    id(o)
+                );
             }
         }
     }
@@ -569,25 +744,46 @@ fn every_container_has_probes_resources_and_a_locked_down_security_context() {
             for pod in pod_specs(o) {
                 let what = format!("{}: {}", case.name, id(o));
                 assert_eq!(pod["automountServiceAccountToken"], false, "{what}");
-                let sa = pod["serviceAccountName"].as_str().unwrap_or_else(|| panic!("{what}: no serviceAccountName"));
-                assert!(r.named("ServiceAccount", sa).is_some(), "{what}: ServiceAccount {sa} is not rendered");
+                let sa = pod["serviceAccountName"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{what}: no serviceAccountName"));
+                assert!(
+                    r.named("ServiceAccount", sa).is_some(),
+                    "{what}: ServiceAccount {sa} is not rendered"
+                );
                 assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{what}");
-                assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault", "{what}");
+                assert_eq!(
+                    pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault",
+                    "{what}"
+                );
                 if kind != "Job" {
-                    assert!(pod["terminationGracePeriodSeconds"].as_u64().unwrap_or(0) > 0, "{what}");
+                    assert!(
+                        pod["terminationGracePeriodSeconds"].as_u64().unwrap_or(0) > 0,
+                        "{what}"
+                    );
                 }
                 for c in containers(pod) {
                     let what = format!("{what} container {}", c["name"]);
                     let sc = &c["securityContext"];
                     assert_eq!(sc["runAsNonRoot"], true, "{what}");
-                    assert!(sc["runAsUser"].as_u64().unwrap_or(0) > 0, "{what}: runAsUser");
+                    assert!(
+                        sc["runAsUser"].as_u64().unwrap_or(0) > 0,
+                        "{what}: runAsUser"
+                    );
                     assert_eq!(sc["allowPrivilegeEscalation"], false, "{what}");
                     assert_eq!(sc["readOnlyRootFilesystem"], true, "{what}");
-                    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]), "{what}");
+                    assert_eq!(
+                        sc["capabilities"]["drop"],
+                        serde_json::json!(["ALL"]),
+                        "{what}"
+                    );
                     assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault", "{what}");
                     for side in ["requests", "limits"] {
                         for res in ["cpu", "memory"] {
-                            assert!(!c["resources"][side][res].is_null(), "{what}: no {side}.{res}");
+                            assert!(
+                                !c["resources"][side][res].is_null(),
+                                "{what}: no {side}.{res}"
+                            );
                         }
                     }
                     if kind != "Job" {
@@ -596,8 +792,12 @@ fn every_container_has_probes_resources_and_a_locked_down_security_context() {
                         }
                         // The pod template rolls when the ConfigMap it loads changes.
                         if c["envFrom"].is_array() {
-                            let ann = &o["spec"]["template"]["metadata"]["annotations"]["checksum/config"];
-                            assert!(ann.as_str().is_some_and(|s| s.len() == 64), "{what}: no checksum/config");
+                            let ann = &o["spec"]["template"]["metadata"]["annotations"]
+                                ["checksum/config"];
+                            assert!(
+                                ann.as_str().is_some_and(|s| s.len() == 64),
+                                "{what}: no checksum/config"
+                            );
                         }
                     }
                 }
@@ -609,15 +809,28 @@ fn every_container_has_probes_resources_and_a_locked_down_security_context() {
 #[test]
 fn a_config_change_changes_the_checksum_of_the_pods_that_load_it() {
     let before = render("chart-checksum", &Values::new(&[], ""));
-    let after = render("chart-checksum", &Values::new(&[], "config: {FEATURE_FLAGS: chat-v2}\n"));
+    let after = render(
+        "chart-checksum",
+        &Values::new(&[], "config: {FEATURE_FLAGS: chat-v2}\n"),
+    );
     for c in ["frontend", "backend"] {
         let sum = |r: &Rendered| {
-            r.get("Deployment", &name(c))["spec"]["template"]["metadata"]["annotations"]["checksum/config"].clone()
+            r.get("Deployment", &name(c))["spec"]["template"]["metadata"]["annotations"]
+                ["checksum/config"]
+                .clone()
         };
-        assert_ne!(sum(&before), sum(&after), "{c}: config changed, checksum did not");
+        assert_ne!(
+            sum(&before),
+            sum(&after),
+            "{c}: config changed, checksum did not"
+        );
     }
     let pg = |r: &Rendered| r.get("StatefulSet", &name("postgres"))["spec"]["template"].clone();
-    assert_eq!(pg(&before), pg(&after), "an app config change must not restart the database");
+    assert_eq!(
+        pg(&before),
+        pg(&after),
+        "an app config change must not restart the database"
+    );
 }
 
 #[tokio::test]
@@ -643,7 +856,8 @@ async fn the_testbed_apiserver_accepts_every_rendered_object_in_a_server_side_dr
     for values in &cases {
         let r = render(ns.name(), values);
         for o in &r.objects {
-            let obj: DynamicObject = serde_json::from_value(o.clone()).expect("a rendered object is a DynamicObject");
+            let obj: DynamicObject =
+                serde_json::from_value(o.clone()).expect("a rendered object is a DynamicObject");
             let types = obj.types.clone().expect("apiVersion and kind");
             let gvk = GroupVersionKind::try_from(&types).expect("a GVK");
             let (ar, caps) = discovery::pinned_kind(&client, &gvk)
@@ -651,7 +865,12 @@ async fn the_testbed_apiserver_accepts_every_rendered_object_in_a_server_side_dr
                 .unwrap_or_else(|e| panic!("discovery of {gvk:?}: {e}"));
             let api: Api<DynamicObject> = match caps.scope {
                 Scope::Namespaced => {
-                    assert_eq!(obj.metadata.namespace.as_deref(), Some(ns.name()), "{} is not in the release namespace", id(o));
+                    assert_eq!(
+                        obj.metadata.namespace.as_deref(),
+                        Some(ns.name()),
+                        "{} is not in the release namespace",
+                        id(o)
+                    );
                     Api::namespaced_with(client.clone(), ns.name(), &ar)
                 }
                 Scope::Cluster => Api::all_with(client.clone(), &ar),
@@ -662,15 +881,25 @@ async fn the_testbed_apiserver_accepts_every_rendered_object_in_a_server_side_dr
                     applied += 1;
                     assert_eq!(got.metadata.name.as_deref(), Some(name.as_str()));
                     assert_eq!(
-                        got.metadata.labels.as_ref().and_then(|l| l.get("app.kubernetes.io/component")),
-                        obj.metadata.labels.as_ref().and_then(|l| l.get("app.kubernetes.io/component")),
+                        got.metadata
+                            .labels
+                            .as_ref()
+                            .and_then(|l| l.get("app.kubernetes.io/component")),
+                        obj.metadata
+                            .labels
+                            .as_ref()
+                            .and_then(|l| l.get("app.kubernetes.io/component")),
                     );
                 }
                 Err(e) => failures.push(format!("{}: {e}", id(o))),
             }
         }
     }
-    assert!(failures.is_empty(), "the apiserver refused:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "the apiserver refused:\n{}",
+        failures.join("\n")
+    );
     assert!(applied > 20, "only {applied} objects were dry-run applied");
     ns.cleanup().await;
 }
