@@ -903,3 +903,86 @@ async fn the_testbed_apiserver_accepts_every_rendered_object_in_a_server_side_dr
     assert!(applied > 20, "only {applied} objects were dry-run applied");
     ns.cleanup().await;
 }
+
+/// `helm status -o json`: the named hook's last run phase and start time.
+fn hook_last_run(namespace: &str, hook: &str) -> (String, String) {
+    let run = run_helm(&["status", RELEASE, "--namespace", namespace, "--output", "json"]);
+    assert!(run.ok, "helm status failed:\n{}", run.stderr);
+    let status: Value = serde_json::from_str(&run.stdout).expect("helm status JSON");
+    let h = status["hooks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|h| h["name"] == hook && h["kind"] == "Job")
+        .unwrap_or_else(|| panic!("no hook Job {hook} in the release: {}", status["hooks"]));
+    let last = &h["last_run"];
+    (last["phase"].as_str().unwrap_or_default().to_string(), last["started_at"].as_str().unwrap_or_default().to_string())
+}
+
+#[tokio::test]
+async fn the_chart_installs_and_upgrades_on_the_testbed_running_its_migration_hook_each_time() {
+    use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+    use k8s_openapi::api::batch::v1::Job;
+    use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
+    use kube::api::PostParams;
+
+    let ns = TestNamespace::new("chart-install").await;
+    // The Secret the chart references (kwok runs no containers, so placeholders do).
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "todo-chatbot-secrets"},
+        "stringData": {
+            "postgres-password": "test-only", "jwt-secret": "test-only",
+            "database-url": format!("postgresql://todo:test-only@{}:5432/todo", name("postgres")),
+        }
+    }))
+    .unwrap();
+    ns.api::<Secret>().create(&PostParams::default(), &secret).await.expect("create the Secret");
+
+    let chart = chart_dir().display().to_string();
+    let dev = chart_dir().join("values-dev.yaml").display().to_string();
+    let wait = ["--wait", "--wait-for-jobs", "--timeout", "180s"];
+    let mut install = vec!["install", RELEASE, &chart, "--namespace", ns.name(), "-f", &dev];
+    install.extend(wait);
+    let run = run_helm(&install);
+    assert!(run.ok, "helm install failed:\n{}{}", run.stdout, run.stderr);
+    // NOTES.txt tells how to reach the app on minikube.
+    let reach = format!("minikube service {} -n {} --url", name("frontend"), ns.name());
+    assert!(run.stdout.contains(&reach), "NOTES lack `{reach}`:\n{}", run.stdout);
+
+    let deployments: Api<Deployment> = ns.api();
+    for c in ["frontend", "backend"] {
+        let d = deployments.get(&name(c)).await.unwrap();
+        assert_eq!(d.status.and_then(|s| s.available_replicas), Some(1), "{c} is not available");
+    }
+    let sts = ns.api::<StatefulSet>().get(&name("postgres")).await.unwrap();
+    assert_eq!(sts.status.and_then(|s| s.ready_replicas), Some(1), "postgres is not ready");
+    let pvc = ns.api::<PersistentVolumeClaim>().get(&format!("data-{}-0", name("postgres"))).await.unwrap();
+    assert_eq!(pvc.status.and_then(|s| s.phase).as_deref(), Some("Bound"));
+    // The migration hook ran after the release's objects (post-install) and,
+    // having succeeded, was deleted with its ServiceAccount.
+    let (phase, installed_at) = hook_last_run(ns.name(), &name("migrations"));
+    assert_eq!(phase, "Succeeded");
+    assert!(ns.api::<Job>().get_opt(&name("migrations")).await.unwrap().is_none(), "hook-succeeded must delete the Job");
+
+    let checksum = |d: &Deployment| {
+        d.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.as_ref().unwrap()["checksum/config"].clone()
+    };
+    let before = checksum(&deployments.get(&name("backend")).await.unwrap());
+
+    // An upgrade with a config change: the pre-upgrade hook runs again and the pods roll.
+    let mut upgrade = vec!["upgrade", RELEASE, &chart, "--namespace", ns.name(), "-f", &dev, "--set-string", "config.FEATURE_FLAGS=chat-v2"];
+    upgrade.extend(wait);
+    let run = run_helm(&upgrade);
+    assert!(run.ok, "helm upgrade failed:\n{}{}", run.stdout, run.stderr);
+    let backend = deployments.get(&name("backend")).await.unwrap();
+    assert_ne!(checksum(&backend), before, "a config change must roll the backend");
+    let status = backend.status.unwrap();
+    assert_eq!(status.updated_replicas, Some(1));
+    assert_eq!(status.available_replicas, Some(1));
+    let (phase, upgraded_at) = hook_last_run(ns.name(), &name("migrations"));
+    assert_eq!(phase, "Succeeded");
+    assert_ne!(upgraded_at, installed_at, "the pre-upgrade hook did not run again");
+
+    ns.cleanup().await;
+}
