@@ -11,7 +11,7 @@
 //! `cluster` plain objects. Only `reconcile`, `daemon` and `cli` reach across.
 #![forbid(unsafe_code)]
 
+pub mod cli;
+pub mod desired;
 pub mod error;
 pub mod source;
-pub mod desired;
-

@@ -172,13 +172,8 @@ impl Report {
     /// Sorts errors first, then by file, line and column, and drops exact repeats.
     pub fn sort(&mut self) {
         self.diagnostics.sort_by(|a, b| {
-            (a.severity, &a.file, a.line, a.column, &a.message).cmp(&(
-                b.severity,
-                &b.file,
-                b.line,
-                b.column,
-                &b.message,
-            ))
+            (a.severity, &a.file, a.line, a.column, &a.message)
+                .cmp(&(b.severity, &b.file, b.line, b.column, &b.message))
         });
         self.diagnostics.dedup();
     }
@@ -210,7 +205,7 @@ fn render_one(renderer: &Renderer, d: &Diagnostic, source: Option<&String>) -> S
         (Some(v), None) => format!("found `{v}`"),
         (None, None) => String::new(),
     };
-    let location = d.location();
+    let location_note = format!("in {}", d.location());
     let help_text = d.help.clone().unwrap_or_default();
     let text;
     let mut message = level.title(&d.message).id(d.code);
@@ -235,7 +230,7 @@ fn render_one(renderer: &Renderer, d: &Diagnostic, source: Option<&String>) -> S
             if !label.is_empty() {
                 message = message.footer(Level::Note.title(&label));
             }
-            message = message.footer(Level::Note.title(&location));
+            message = message.footer(Level::Note.title(&location_note));
         }
     }
     if d.help.is_some() {
@@ -261,16 +256,27 @@ mod tests {
             len: 7,
         };
         r.push(
-            Diagnostic::error("unknown-field", "desired/backend.yaml", pos, "unknown field `replica`")
-                .value("replica")
-                .expected("one of `replicas`, `image`")
-                .help("did you mean `replicas`?"),
+            Diagnostic::error(
+                "unknown-field",
+                "desired/backend.yaml",
+                pos,
+                "unknown field `replica`",
+            )
+            .value("replica")
+            .expected("one of `replicas`, `image`")
+            .help("did you mean `replicas`?"),
         );
         let text = r.render(false);
-        assert!(text.contains("error[unknown-field]: unknown field `replica`"), "{text}");
+        assert!(
+            text.contains("error[unknown-field]: unknown field `replica`"),
+            "{text}"
+        );
         assert!(text.contains("--> desired/backend.yaml:2:1"), "{text}");
         assert!(text.contains("2 | replica: 2"), "{text}");
-        assert!(text.contains("^^^^^^^ found `replica`, expected one of `replicas`, `image`"), "{text}");
+        assert!(
+            text.contains("^^^^^^^ found `replica`, expected one of `replicas`, `image`"),
+            "{text}"
+        );
         assert!(text.contains("= help: did you mean `replicas`?"), "{text}");
     }
 }

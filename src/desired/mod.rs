@@ -116,6 +116,7 @@ pub fn load(snapshot: &Snapshot<'_>, dir: &str) -> Result<Loaded, Report> {
     };
     let mut stacks = Vec::new();
     let mut components = Vec::new();
+    let mut broken_stacks = Vec::new();
     for entry in entries {
         if !(entry.path.ends_with(".yaml") || entry.path.ends_with(".yml")) {
             continue;
@@ -124,9 +125,23 @@ pub fn load(snapshot: &Snapshot<'_>, dir: &str) -> Result<Loaded, Report> {
             continue;
         };
         report.add_source(&entry.path, &text);
-        structure::parse_file(&entry.path, &text, &mut report, &mut stacks, &mut components);
+        structure::parse_file(
+            &entry.path,
+            &text,
+            &mut report,
+            &mut stacks,
+            &mut components,
+            &mut broken_stacks,
+        );
     }
-    let state = validate::assemble(snapshot, dir, stacks, components, &mut report);
+    let state = validate::assemble(
+        snapshot,
+        dir,
+        stacks,
+        components,
+        &broken_stacks,
+        &mut report,
+    );
     report.sort();
     match state {
         Some(stacks) if !report.has_errors() => Ok(Loaded {

@@ -141,7 +141,9 @@ mod tests {
 
     #[test]
     fn rejects_what_kubernetes_rejects() {
-        for bad in ["512MB", "0.5cores", "", " 1", "1 Gi", "Gi", "1.2.3", "1mi", "1GB", "abc", "1e99"] {
+        for bad in [
+            "512MB", "0.5cores", "", " 1", "1 Gi", "Gi", "1.2.3", "1mi", "1GB", "abc", "1e99",
+        ] {
             assert!(Quantity::parse(bad).is_err(), "{bad} should be rejected");
         }
     }

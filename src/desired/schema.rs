@@ -185,7 +185,10 @@ pub struct BuildSpec {
     #[schemars(length(min = 1))]
     pub dockerfile: String,
     /// Image repository name (no tag): converge tags it with the build-input digest.
-    #[schemars(length(min = 1), pattern(r"^[a-z0-9]+([._/-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$"))]
+    #[schemars(
+        length(min = 1),
+        pattern(r"^[a-z0-9]+([._/-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$")
+    )]
     pub repository: String,
     /// Build arguments (part of the image's identity, so never credentials).
     #[serde(default)]
@@ -277,7 +280,9 @@ fn scalar_text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
         serde_json::Value::String(s) => Ok(s),
         serde_json::Value::Number(n) => Ok(n.to_string()),
         serde_json::Value::Bool(b) => Ok(b.to_string()),
-        _ => Err(serde::de::Error::custom("expected a string, number or boolean")),
+        _ => Err(serde::de::Error::custom(
+            "expected a string, number or boolean",
+        )),
     }
 }
 
@@ -317,7 +322,10 @@ pub struct SecretRef {
     #[schemars(length(min = 1), pattern(r"^[A-Za-z_][A-Za-z0-9_]*$"))]
     pub name: String,
     /// The Secret's name, in the stack's namespace.
-    #[schemars(length(min = 1, max = 253), pattern(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        pattern(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
     pub secret: String,
     /// The key inside the Secret.
     #[schemars(length(min = 1, max = 253), pattern(r"^[-._a-zA-Z0-9]+$"))]

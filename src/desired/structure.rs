@@ -72,6 +72,7 @@ pub(crate) fn parse_file(
     report: &mut Report,
     stacks: &mut Vec<Parsed<StackSpec>>,
     components: &mut Vec<Parsed<ComponentSpec>>,
+    broken_stacks: &mut Vec<String>,
 ) {
     let docs = match yaml::parse(text) {
         Ok(d) => d,
@@ -94,20 +95,27 @@ pub(crate) fn parse_file(
         }
         let Some(obj) = doc.value.as_object() else {
             report.push(
-                Diagnostic::error("not-a-mapping", file, doc.span("").value, "document is not a mapping")
-                    .value(describe(&doc.value))
-                    .expected("a mapping with `apiVersion`, `kind` and the kind's fields"),
+                Diagnostic::error(
+                    "not-a-mapping",
+                    file,
+                    doc.span("").value,
+                    "document is not a mapping",
+                )
+                .value(describe(&doc.value))
+                .expected("a mapping with `apiVersion`, `kind` and the kind's fields"),
             );
             continue;
         };
         match obj.get("kind") {
             Some(Value::String(k)) if k == "Stack" => {
-                if let Some(spec) = check::<StackSpec>(file, &doc, stack_kind(), report) {
-                    stacks.push(Parsed {
+                match check::<StackSpec>(file, &doc, stack_kind(), report) {
+                    Some(spec) => stacks.push(Parsed {
                         spec,
                         file: file.to_string(),
                         doc,
-                    });
+                    }),
+                    // Its components are not orphans: the stack is there, just invalid.
+                    None => broken_stacks.push(file.to_string()),
                 }
             }
             Some(Value::String(k)) if k == "Component" => {
@@ -159,7 +167,12 @@ fn check<T: serde::de::DeserializeOwned>(
         Err(e) => {
             // The schema is generated from the same types, so this only fires on a schema/serde
             // mismatch; still reported, never a panic.
-            report.push(Diagnostic::error("schema", file, doc.span("").value, e.to_string()));
+            report.push(Diagnostic::error(
+                "schema",
+                file,
+                doc.span("").value,
+                e.to_string(),
+            ));
             None
         }
     }
@@ -175,9 +188,8 @@ fn diagnose(
     let span = doc.span(pointer);
     let field = pointer.rsplit('/').next().unwrap_or("");
     let value = scalar(&err.instance);
-    let at = |code, message: String| {
-        Diagnostic::error(code, file, span.value, message).at_path(pointer)
-    };
+    let at =
+        |code, message: String| Diagnostic::error(code, file, span.value, message).at_path(pointer);
     let d = match &err.kind {
         ValidationErrorKind::AdditionalProperties { unexpected } => {
             let known = property_names(schema_at(schema, pointer, schema));
@@ -205,23 +217,35 @@ fn diagnose(
         ValidationErrorKind::Required { property } => {
             let name = property.as_str().unwrap_or("?");
             let pos = span.key.unwrap_or(span.value);
-            Diagnostic::error("missing-field", file, pos, format!("missing field `{name}`"))
-                .at_path(pointer)
-                .expected(format!("`{name}` to be set"))
+            Diagnostic::error(
+                "missing-field",
+                file,
+                pos,
+                format!("missing field `{name}`"),
+            )
+            .at_path(pointer)
+            .expected(format!("`{name}` to be set"))
         }
         ValidationErrorKind::Type { kind } => {
             let expected = match kind {
                 TypeKind::Single(t) => article(&t.to_string()),
-                TypeKind::Multiple(ts) => {
-                    let names: Vec<String> = ts.iter().map(|t| t.to_string()).collect();
-                    names.join(" or ")
-                }
+                // `null` is how an optional field is generated; a person never means to write it.
+                TypeKind::Multiple(ts) => ts
+                    .iter()
+                    .map(|t| t.to_string())
+                    .filter(|t| t != "null")
+                    .map(|t| article(&t))
+                    .collect::<Vec<_>>()
+                    .join(" or "),
             };
             at("wrong-type", format!("`{field}` has the wrong type"))
                 .value(value)
                 .expected(expected)
         }
-        ValidationErrorKind::Enum { options } | ValidationErrorKind::Constant { expected_value: options } => {
+        ValidationErrorKind::Enum { options }
+        | ValidationErrorKind::Constant {
+            expected_value: options,
+        } => {
             let opts: Vec<String> = match options {
                 Value::Array(a) => a.iter().map(scalar).collect(),
                 v => vec![scalar(v)],
@@ -232,18 +256,29 @@ fn diagnose(
         }
         ValidationErrorKind::Minimum { .. } | ValidationErrorKind::Maximum { .. } => {
             let sub = schema_at(schema, pointer, schema);
-            let min = sub.and_then(|s| s.get("minimum")).map(scalar).unwrap_or_default();
-            let max = sub.and_then(|s| s.get("maximum")).map(scalar).unwrap_or_default();
-            let what = if field == "replicas" { "replicas" } else { field };
+            let min = sub
+                .and_then(|s| s.get("minimum"))
+                .map(scalar)
+                .unwrap_or_default();
+            let max = sub
+                .and_then(|s| s.get("maximum"))
+                .map(scalar)
+                .unwrap_or_default();
+            let what = if field == "replicas" {
+                "replicas"
+            } else {
+                field
+            };
             at("out-of-range", format!("`{what}` is out of range"))
                 .value(value)
                 .expected(format!("a whole number from {min} to {max}"))
         }
-        ValidationErrorKind::AnyOf { .. } if is_quantity(schema_at(schema, pointer, schema)) => {
-            at("bad-quantity", format!("`{value}` is not a Kubernetes quantity"))
-                .value(value)
-                .expected(QUANTITY_EXPECTED)
-        }
+        ValidationErrorKind::AnyOf { .. } if is_quantity(schema_at(schema, pointer, schema)) => at(
+            "bad-quantity",
+            format!("`{value}` is not a Kubernetes quantity"),
+        )
+        .value(value)
+        .expected(QUANTITY_EXPECTED),
         ValidationErrorKind::Pattern { pattern } => {
             let (message, expected) = describe_pattern(field, pattern);
             at("bad-value", message).value(value).expected(expected)
@@ -336,7 +371,12 @@ fn one_of(options: &[String]) -> String {
 fn did_you_mean<'a>(typo: &str, known: &'a [String]) -> Option<&'a str> {
     known
         .iter()
-        .map(|k| (strsim::damerau_levenshtein(&typo.to_lowercase(), &k.to_lowercase()), k))
+        .map(|k| {
+            (
+                strsim::damerau_levenshtein(&typo.to_lowercase(), &k.to_lowercase()),
+                k,
+            )
+        })
         .filter(|(d, k)| *d <= 2 && *d < k.len())
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k.as_str())
@@ -383,7 +423,11 @@ mod tests {
 
     #[test]
     fn did_you_mean_finds_close_names_only() {
-        let known = vec!["replicas".to_string(), "resources".to_string(), "image".to_string()];
+        let known = vec![
+            "replicas".to_string(),
+            "resources".to_string(),
+            "image".to_string(),
+        ];
         assert_eq!(did_you_mean("replica", &known), Some("replicas"));
         assert_eq!(did_you_mean("imgae", &known), Some("image"));
         assert_eq!(did_you_mean("volumes", &known), None);

@@ -17,6 +17,7 @@ pub(crate) fn assemble(
     dir: &str,
     stacks: Vec<Parsed<StackSpec>>,
     components: Vec<Parsed<ComponentSpec>>,
+    broken_stacks: &[String],
     report: &mut Report,
 ) -> Option<Vec<Stack>> {
     // A stack owns the directory of its file and everything below it, down to the next stack.
@@ -45,8 +46,10 @@ pub(crate) fn assemble(
             .filter(|d| is_within(&c.file, d))
             .max_by_key(|d| d.len())
             .cloned();
+        let under_broken_stack = broken_stacks.iter().any(|f| is_within(&c.file, parent(f)));
         match owner {
             Some(d) => owned.entry(d).or_default().push(c),
+            None if under_broken_stack => {}
             None => report.push(
                 Diagnostic::error(
                     "orphan-component",
@@ -79,7 +82,11 @@ pub(crate) fn assemble(
 fn check_stack_conflicts(by_dir: &BTreeMap<String, Parsed<StackSpec>>, report: &mut Report) {
     let mut seen: HashMap<(String, String), &Parsed<StackSpec>> = HashMap::new();
     for s in by_dir.values() {
-        let release = s.spec.release.clone().unwrap_or_else(|| s.spec.name.clone());
+        let release = s
+            .spec
+            .release
+            .clone()
+            .unwrap_or_else(|| s.spec.name.clone());
         let key = (s.spec.namespace.clone(), release.clone());
         if let Some(first) = seen.get(&key) {
             report.push(
@@ -130,10 +137,15 @@ fn check_stack(
         let found = join_within("", vf).and_then(|p| snapshot.entry(&p));
         if !found.is_some_and(|e| matches!(e.kind, EntryKind::File | EntryKind::Executable)) {
             report.push(
-                Diagnostic::error("missing-file", &stack.file, value_pos(&stack, &path), "values file not found in the commit")
-                    .at_path(&path)
-                    .value(vf.clone())
-                    .expected("a repository path of a committed YAML file"),
+                Diagnostic::error(
+                    "missing-file",
+                    &stack.file,
+                    value_pos(&stack, &path),
+                    "values file not found in the commit",
+                )
+                .at_path(&path)
+                .value(vf.clone())
+                .expected("a repository path of a committed YAML file"),
             );
         }
     }
@@ -167,7 +179,10 @@ fn check_stack(
                 )
                 .at_path("/name")
                 .value(c.spec.name.clone())
-                .help(format!("first defined at {}:{line}; rename or remove one", first.file)),
+                .help(format!(
+                    "first defined at {}:{line}; rename or remove one",
+                    first.file
+                )),
             );
         } else {
             names.insert(&c.spec.name, c);
@@ -233,10 +248,10 @@ fn check_component(snapshot: &Snapshot<'_>, c: &Parsed<ComponentSpec>, report: &
                         } else {
                             key_pos(c, "/image/build")
                         };
+                        let shown = df.unwrap_or_else(|| b.dockerfile.clone());
                         report.push(
-                            Diagnostic::error("missing-dockerfile", file, pos, "Dockerfile not found in this commit")
+                            Diagnostic::error("missing-dockerfile", file, pos, format!("Dockerfile `{shown}` is not in this commit"))
                                 .at_path(df_path)
-                                .value(df.unwrap_or_else(|| b.dockerfile.clone()))
                                 .expected("a committed file, relative to the build context")
                                 .help("build inputs are read from the commit: `git add` and commit the Dockerfile"),
                         );
@@ -260,12 +275,20 @@ fn check_component(snapshot: &Snapshot<'_>, c: &Parsed<ComponentSpec>, report: &
     if let Some(res) = &spec.resources {
         let req = res.requests.clone().unwrap_or_default();
         let lim = res.limits.clone().unwrap_or_default();
-        let mut parsed = |list: &ResourceList, which: &str| -> Vec<(&'static str, Option<Quantity>)> {
-            resource_fields(list)
-                .into_iter()
-                .map(|(name, q)| (name, q.and_then(|q| quantity(c, &format!("/resources/{which}/{name}"), q, report))))
-                .collect()
-        };
+        let mut parsed =
+            |list: &ResourceList, which: &str| -> Vec<(&'static str, Option<Quantity>)> {
+                resource_fields(list)
+                    .into_iter()
+                    .map(|(name, q)| {
+                        (
+                            name,
+                            q.and_then(|q| {
+                                quantity(c, &format!("/resources/{which}/{name}"), q, report)
+                            }),
+                        )
+                    })
+                    .collect()
+            };
         let reqs = parsed(&req, "requests");
         let lims = parsed(&lim, "limits");
         for ((name, r), (_, l)) in reqs.iter().zip(lims.iter()) {
@@ -289,10 +312,15 @@ fn check_component(snapshot: &Snapshot<'_>, c: &Parsed<ComponentSpec>, report: &
         if let Some(q) = quantity(c, "/storage/size", &st.size, report) {
             if q.is_zero() {
                 report.push(
-                    Diagnostic::error("bad-quantity", file, value_pos(c, "/storage/size"), "storage size must be above zero")
-                        .at_path("/storage/size")
-                        .value(st.size.0.clone())
-                        .expected("a size such as `1Gi`"),
+                    Diagnostic::error(
+                        "bad-quantity",
+                        file,
+                        value_pos(c, "/storage/size"),
+                        "storage size must be above zero",
+                    )
+                    .at_path("/storage/size")
+                    .value(st.size.0.clone())
+                    .expected("a size such as `1Gi`"),
                 );
             }
         }
@@ -304,36 +332,53 @@ fn check_component(snapshot: &Snapshot<'_>, c: &Parsed<ComponentSpec>, report: &
         if let Some(first) = ports.insert(p.container_port, i) {
             let path = format!("/ports/{i}/containerPort");
             report.push(
-                Diagnostic::error("duplicate-port", file, value_pos(c, &path), format!("port {} is listed twice", p.container_port))
-                    .at_path(&path)
-                    .value(p.container_port.to_string())
-                    .help(format!("also at ports[{first}]")),
+                Diagnostic::error(
+                    "duplicate-port",
+                    file,
+                    value_pos(c, &path),
+                    format!("port {} is listed twice", p.container_port),
+                )
+                .at_path(&path)
+                .value(p.container_port.to_string())
+                .help(format!("also at ports[{first}]")),
             );
         }
         if let Some(first) = port_names.insert(&p.name, i) {
             let path = format!("/ports/{i}/name");
             report.push(
-                Diagnostic::error("duplicate-port", file, value_pos(c, &path), format!("port name `{}` is used twice", p.name))
-                    .at_path(&path)
-                    .value(p.name.clone())
-                    .help(format!("also at ports[{first}]")),
+                Diagnostic::error(
+                    "duplicate-port",
+                    file,
+                    value_pos(c, &path),
+                    format!("port name `{}` is used twice", p.name),
+                )
+                .at_path(&path)
+                .value(p.name.clone())
+                .help(format!("also at ports[{first}]")),
             );
         }
     }
 
     let env_name_ok = |n: &str| {
         let mut chars = n.chars();
-        chars.next().is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
+        chars
+            .next()
+            .is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
             && chars.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
     };
     for name in spec.env.keys() {
         let p = format!("/env/{}", escape(name));
         if !env_name_ok(name) {
             report.push(
-                Diagnostic::error("bad-env-name", file, key_pos(c, &p), format!("`{name}` is not a valid environment variable name"))
-                    .at_path(&p)
-                    .value(name.clone())
-                    .expected("letters, digits and `_`, not starting with a digit"),
+                Diagnostic::error(
+                    "bad-env-name",
+                    file,
+                    key_pos(c, &p),
+                    format!("`{name}` is not a valid environment variable name"),
+                )
+                .at_path(&p)
+                .value(name.clone())
+                .expected("letters, digits and `_`, not starting with a digit"),
             );
         }
         if looks_like_credential(name) {
@@ -355,17 +400,27 @@ fn check_component(snapshot: &Snapshot<'_>, c: &Parsed<ComponentSpec>, report: &
         let p = format!("/secretEnv/{i}/name");
         if spec.env.contains_key(&s.name) {
             report.push(
-                Diagnostic::error("duplicate-env", file, value_pos(c, &p), format!("`{}` is set both in `env` and in `secretEnv`", s.name))
-                    .at_path(&p)
-                    .value(s.name.clone()),
+                Diagnostic::error(
+                    "duplicate-env",
+                    file,
+                    value_pos(c, &p),
+                    format!("`{}` is set both in `env` and in `secretEnv`", s.name),
+                )
+                .at_path(&p)
+                .value(s.name.clone()),
             );
         }
         if let Some(first) = secret_names.insert(&s.name, i) {
             report.push(
-                Diagnostic::error("duplicate-env", file, value_pos(c, &p), format!("`{}` is listed twice in `secretEnv`", s.name))
-                    .at_path(&p)
-                    .value(s.name.clone())
-                    .help(format!("also at secretEnv[{first}]")),
+                Diagnostic::error(
+                    "duplicate-env",
+                    file,
+                    value_pos(c, &p),
+                    format!("`{}` is listed twice in `secretEnv`", s.name),
+                )
+                .at_path(&p)
+                .value(s.name.clone())
+                .help(format!("also at secretEnv[{first}]")),
             );
         }
     }
@@ -376,14 +431,23 @@ fn check_image_ref(c: &Parsed<ComponentSpec>, r: &str, report: &mut Report) {
     let pos = value_pos(c, p);
     match parse_image_ref(r) {
         Err(why) => report.push(
-            Diagnostic::error("bad-image", &c.file, pos, format!("`{r}` is not a valid image reference: {why}"))
-                .at_path(p)
-                .value(r.to_string())
-                .expected("`[registry/]name[:tag][@sha256:<64 hex>]`, e.g. `postgres:16-alpine`"),
+            Diagnostic::error(
+                "bad-image",
+                &c.file,
+                pos,
+                format!("`{r}` is not a valid image reference: {why}"),
+            )
+            .at_path(p)
+            .value(r.to_string())
+            .expected("`[registry/]name[:tag][@sha256:<64 hex>]`, e.g. `postgres:16-alpine`"),
         ),
         Ok(ImageRef { tag, digest }) => {
             if digest.is_none() && tag.as_deref().is_none_or(|t| t == "latest") {
-                let found = if tag.is_none() { "no tag" } else { "the `latest` tag" };
+                let found = if tag.is_none() {
+                    "no tag"
+                } else {
+                    "the `latest` tag"
+                };
                 report.push(
                     Diagnostic::warning("mutable-tag", &c.file, pos, format!("image `{r}` has {found}, which can change under the same name"))
                         .at_path(p)
@@ -404,8 +468,14 @@ struct ImageRef {
 fn parse_image_ref(r: &str) -> Result<ImageRef, &'static str> {
     let (name_tag, digest) = match r.split_once('@') {
         Some((n, d)) => {
-            let hex = d.strip_prefix("sha256:").ok_or("the digest must start with `sha256:`")?;
-            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+            let hex = d
+                .strip_prefix("sha256:")
+                .ok_or("the digest must start with `sha256:`")?;
+            if hex.len() != 64
+                || !hex
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            {
                 return Err("a sha256 digest is 64 lowercase hex digits");
             }
             (n, Some(d.to_string()))
@@ -414,14 +484,20 @@ fn parse_image_ref(r: &str) -> Result<ImageRef, &'static str> {
     };
     let last_slash = name_tag.rfind('/').map(|i| i + 1).unwrap_or(0);
     let (name, tag) = match name_tag[last_slash..].rfind(':') {
-        Some(i) => (&name_tag[..last_slash + i], Some(&name_tag[last_slash + i + 1..])),
+        Some(i) => (
+            &name_tag[..last_slash + i],
+            Some(&name_tag[last_slash + i + 1..]),
+        ),
         None => (name_tag, None),
     };
     if let Some(t) = tag {
         let ok = !t.is_empty()
             && t.len() <= 128
-            && t.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
-            && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+            && t.bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
         if !ok {
             return Err("a tag is up to 128 letters, digits, `_`, `.` and `-`");
         }
@@ -431,15 +507,24 @@ fn parse_image_ref(r: &str) -> Result<ImageRef, &'static str> {
     }
     let mut parts = name.split('/').peekable();
     let first = parts.next().unwrap_or("");
-    let is_registry = name.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
+    let is_registry =
+        name.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
     for (i, part) in name.split('/').enumerate() {
         if i == 0 && is_registry {
             continue;
         }
         let ok = !part.is_empty()
-            && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
-            && part.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-            && part.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
+            && part.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+            })
+            && part
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphanumeric())
+            && part
+                .bytes()
+                .last()
+                .is_some_and(|b| b.is_ascii_alphanumeric());
         if !ok {
             return Err("name parts are lowercase letters, digits and separators `.`, `_`, `-`");
         }
@@ -450,14 +535,24 @@ fn parse_image_ref(r: &str) -> Result<ImageRef, &'static str> {
     })
 }
 
-fn quantity(c: &Parsed<ComponentSpec>, path: &str, q: &QuantityText, report: &mut Report) -> Option<Quantity> {
+fn quantity(
+    c: &Parsed<ComponentSpec>,
+    path: &str,
+    q: &QuantityText,
+    report: &mut Report,
+) -> Option<Quantity> {
     match Quantity::parse(&q.0) {
         Ok(v) if v.is_negative() => {
             report.push(
-                Diagnostic::error("bad-quantity", &c.file, value_pos(c, path), format!("`{}` is negative", q.0))
-                    .at_path(path)
-                    .value(q.0.clone())
-                    .expected("zero or more"),
+                Diagnostic::error(
+                    "bad-quantity",
+                    &c.file,
+                    value_pos(c, path),
+                    format!("`{}` is negative", q.0),
+                )
+                .at_path(path)
+                .value(q.0.clone())
+                .expected("zero or more"),
             );
             None
         }
@@ -504,7 +599,11 @@ pub(crate) fn looks_like_credential(name: &str) -> bool {
 
 /// Orders components so each comes after what it depends on; reports unknown names and cycles.
 fn dependency_order(comps: &[Parsed<ComponentSpec>], report: &mut Report) -> Vec<usize> {
-    let index: HashMap<&str, usize> = comps.iter().enumerate().map(|(i, c)| (c.spec.name.as_str(), i)).collect();
+    let index: HashMap<&str, usize> = comps
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.spec.name.as_str(), i))
+        .collect();
     let names: Vec<String> = comps.iter().map(|c| c.spec.name.clone()).collect();
     let mut edges: Vec<Vec<usize>> = vec![Vec::new(); comps.len()];
     for (i, c) in comps.iter().enumerate() {
@@ -513,11 +612,26 @@ fn dependency_order(comps: &[Parsed<ComponentSpec>], report: &mut Report) -> Vec
             match index.get(dep.as_str()) {
                 Some(&d) => edges[i].push(d),
                 None => {
-                    let mut d = Diagnostic::error("unknown-dependency", &c.file, value_pos(c, &p), format!("`{dep}` is not a component of this stack"))
-                        .at_path(&p)
-                        .value(dep.clone())
-                        .expected(format!("one of {}", names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")));
-                    if let Some(best) = names.iter().find(|n| strsim::damerau_levenshtein(n, dep) <= 2) {
+                    let mut d = Diagnostic::error(
+                        "unknown-dependency",
+                        &c.file,
+                        value_pos(c, &p),
+                        format!("`{dep}` is not a component of this stack"),
+                    )
+                    .at_path(&p)
+                    .value(dep.clone())
+                    .expected(format!(
+                        "one of {}",
+                        names
+                            .iter()
+                            .map(|n| format!("`{n}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                    if let Some(best) = names
+                        .iter()
+                        .find(|n| strsim::damerau_levenshtein(n, dep) <= 2)
+                    {
                         d = d.help(format!("did you mean `{best}`?"));
                     }
                     report.push(d);
@@ -566,7 +680,14 @@ fn dependency_order(comps: &[Parsed<ComponentSpec>], report: &mut Report) -> Vec
     let mut cycles = Vec::new();
     for n in by_name {
         if marks[n] == Mark::New {
-            visit(n, &edges, &mut marks, &mut Vec::new(), &mut order, &mut cycles);
+            visit(
+                n,
+                &edges,
+                &mut marks,
+                &mut Vec::new(),
+                &mut order,
+                &mut cycles,
+            );
         }
     }
     for cycle in cycles {
@@ -578,15 +699,25 @@ fn dependency_order(comps: &[Parsed<ComponentSpec>], report: &mut Report) -> Vec
         let first = cycle[0];
         let last = *cycle.last().unwrap_or(&first);
         let c = &comps[last];
-        let j = c.spec.depends_on.iter().position(|d| d == &comps[first].spec.name).unwrap_or(0);
+        let j = c
+            .spec
+            .depends_on
+            .iter()
+            .position(|d| d == &comps[first].spec.name)
+            .unwrap_or(0);
         let p = format!("/dependsOn/{j}");
         let mut chain: Vec<&str> = cycle.iter().map(|&i| comps[i].spec.name.as_str()).collect();
         chain.push(&comps[first].spec.name);
         report.push(
-            Diagnostic::error("dependency-cycle", &c.file, value_pos(c, &p), format!("`dependsOn` forms a cycle: {}", chain.join(" → ")))
-                .at_path(&p)
-                .value(comps[first].spec.name.clone())
-                .help("a component cannot wait for itself; remove one of these dependencies"),
+            Diagnostic::error(
+                "dependency-cycle",
+                &c.file,
+                value_pos(c, &p),
+                format!("`dependsOn` forms a cycle: {}", chain.join(" → ")),
+            )
+            .at_path(&p)
+            .value(comps[first].spec.name.clone())
+            .help("a component cannot wait for itself; remove one of these dependencies"),
         );
     }
     order
@@ -627,7 +758,13 @@ mod tests {
 
     #[test]
     fn credential_names_follow_the_documented_patterns() {
-        for n in ["POSTGRES_PASSWORD", "JWT_SECRET", "GITHUB_TOKEN", "OPENAI_API_KEY", "db_password"] {
+        for n in [
+            "POSTGRES_PASSWORD",
+            "JWT_SECRET",
+            "GITHUB_TOKEN",
+            "OPENAI_API_KEY",
+            "db_password",
+        ] {
             assert!(looks_like_credential(n), "{n}");
         }
         for n in ["LOG_LEVEL", "DATABASE_HOST", "TOKENIZER", "KEYBOARD"] {

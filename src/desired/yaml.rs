@@ -303,7 +303,11 @@ impl MarkedEventReceiver for Builder<'_> {
                         ..
                     } => (Value::Object(map), pointer, anchor),
                 };
-                let pos = self.spans.get(&pointer).map(|s| s.value).unwrap_or_default();
+                let pos = self
+                    .spans
+                    .get(&pointer)
+                    .map(|s| s.value)
+                    .unwrap_or_default();
                 self.attach(value, pos, anchor);
             }
             Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => {}
@@ -367,7 +371,10 @@ mod tests {
         assert_eq!((c.key.unwrap().line, c.key.unwrap().column), (3, 3));
         let y = d.spans["/b/c/1"].value;
         assert_eq!((y.line, y.column, y.len), (3, 10, 3));
-        assert_eq!(&"a: 1\nb:\n  c: [x, \"y\"]\n"[y.offset..y.offset + y.len], "\"y\"");
+        assert_eq!(
+            &"a: 1\nb:\n  c: [x, \"y\"]\n"[y.offset..y.offset + y.len],
+            "\"y\""
+        );
     }
 
     #[test]
@@ -391,7 +398,11 @@ mod tests {
     fn syntax_errors_point_at_the_line() {
         let errs = parse("a: 1\nb: [1, 2\nc: 3\n").unwrap_err();
         assert_eq!(errs.len(), 1);
-        assert!(errs[0].message.starts_with("invalid YAML"), "{}", errs[0].message);
+        assert!(
+            errs[0].message.starts_with("invalid YAML"),
+            "{}",
+            errs[0].message
+        );
         assert!(errs[0].pos.line >= 2);
     }
 

@@ -79,10 +79,7 @@ impl Repo {
             path: path.to_path_buf(),
             source,
         })?;
-        let root = repo
-            .workdir()
-            .unwrap_or_else(|| repo.path())
-            .to_path_buf();
+        let root = repo.workdir().unwrap_or_else(|| repo.path()).to_path_buf();
         Ok(Self { repo, root })
     }
 
@@ -126,7 +123,9 @@ pub struct Snapshot<'r> {
 
 impl std::fmt::Debug for Snapshot<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Snapshot").field("commit", &self.commit).finish()
+        f.debug_struct("Snapshot")
+            .field("commit", &self.commit)
+            .finish()
     }
 }
 
@@ -170,11 +169,14 @@ impl<'r> Snapshot<'r> {
 
     /// Reads the bytes of the blob with id `oid`.
     pub fn blob(&self, path: &str, oid: Oid) -> Result<Vec<u8>, SourceError> {
-        let blob = self.repo.find_blob(oid).map_err(|source| SourceError::Read {
-            path: path.to_string(),
-            commit: self.commit.to_string(),
-            source,
-        })?;
+        let blob = self
+            .repo
+            .find_blob(oid)
+            .map_err(|source| SourceError::Read {
+                path: path.to_string(),
+                commit: self.commit.to_string(),
+                source,
+            })?;
         Ok(blob.content().to_vec())
     }
 
@@ -265,7 +267,10 @@ pub fn join_within(base: &str, rel: &str) -> Option<String> {
     if rel.starts_with('/') {
         return None;
     }
-    let parts: Vec<&str> = base.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+    let parts: Vec<&str> = base
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
     normalize_into(parts, rel)
 }
 
@@ -289,7 +294,10 @@ mod tests {
     #[test]
     fn join_within_stays_inside_or_says_none() {
         assert_eq!(join_within("", "apps/backend"), Some("apps/backend".into()));
-        assert_eq!(join_within("desired/dev", "../../apps"), Some("apps".into()));
+        assert_eq!(
+            join_within("desired/dev", "../../apps"),
+            Some("apps".into())
+        );
         assert_eq!(join_within("", "../outside"), None);
         assert_eq!(join_within("a", "/etc"), None);
         assert_eq!(join_within("", "."), Some(String::new()));
@@ -297,7 +305,10 @@ mod tests {
 
     #[test]
     fn symlink_targets_resolve_relative_to_their_directory() {
-        assert_eq!(resolve_symlink("desired/x.yaml", "../y.yaml"), Some("y.yaml".into()));
+        assert_eq!(
+            resolve_symlink("desired/x.yaml", "../y.yaml"),
+            Some("y.yaml".into())
+        );
         assert_eq!(resolve_symlink("x.yaml", "../../etc/passwd"), None);
         assert_eq!(resolve_symlink("x.yaml", "/etc/passwd"), None);
     }

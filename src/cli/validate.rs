@@ -1,0 +1,117 @@
+//! `converge validate`: check the desired state of a commit and print every finding.
+
+use clap::Args;
+use serde_json::json;
+
+use super::{Format, SourceArgs, EXIT_ERROR, EXIT_FINDINGS, EXIT_OK};
+use crate::desired::{self, Report};
+use crate::source::Repo;
+
+/// Arguments of `converge validate`.
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Format::Text)]
+    output: Format,
+}
+
+pub(super) fn run(args: &ValidateArgs) -> u8 {
+    let repo = match Repo::open(&args.source.repo) {
+        Ok(r) => r,
+        Err(e) => return usage_error(args.output, &e),
+    };
+    let snapshot = match repo.snapshot(&args.source.rev) {
+        Ok(s) => s,
+        Err(e) => return usage_error(args.output, &e),
+    };
+    let commit = snapshot.commit().to_string();
+    let (valid, report, summary) = match desired::load(&snapshot, &args.source.dir) {
+        Ok(loaded) => {
+            let summary: Vec<_> = loaded
+                .state
+                .stacks
+                .iter()
+                .map(|s| {
+                    json!({
+                        "name": s.spec.name,
+                        "namespace": s.spec.namespace,
+                        "file": s.file,
+                        "components": s.components.iter().map(|c| c.spec.name.clone()).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            (true, loaded.report, summary)
+        }
+        Err(report) => (false, report, Vec::new()),
+    };
+    match args.output {
+        Format::Json => {
+            let out = json!({
+                "valid": valid,
+                "commit": commit,
+                "errors": report.error_count(),
+                "warnings": report.warning_count(),
+                "diagnostics": report.diagnostics,
+                "stacks": summary,
+            });
+            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        }
+        Format::Text => print_text(&report, valid, &commit, &summary),
+    }
+    if valid {
+        EXIT_OK
+    } else {
+        EXIT_FINDINGS
+    }
+}
+
+fn print_text(report: &Report, valid: bool, commit: &str, stacks: &[serde_json::Value]) {
+    let rendered = report.render(super::color_stdout());
+    if !rendered.is_empty() {
+        print!("{rendered}");
+    }
+    let short = desired::short_id(commit);
+    if valid {
+        for s in stacks {
+            println!(
+                "ok: stack `{}` (namespace {}) with {} components, from {}",
+                s["name"].as_str().unwrap_or(""),
+                s["namespace"].as_str().unwrap_or(""),
+                s["components"].as_array().map(|a| a.len()).unwrap_or(0),
+                s["file"].as_str().unwrap_or("")
+            );
+        }
+        println!(
+            "commit {short}: desired state is valid ({})",
+            plural(report.warning_count(), "warning")
+        );
+    } else {
+        println!(
+            "commit {short}: desired state is invalid: {}, {}; nothing will be applied",
+            plural(report.error_count(), "error"),
+            plural(report.warning_count(), "warning")
+        );
+    }
+}
+
+fn usage_error(format: Format, err: &crate::source::SourceError) -> u8 {
+    match format {
+        Format::Json => {
+            let out = json!({"valid": false, "error": err.to_string()});
+            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        }
+        Format::Text => super::print_error(err),
+    }
+    EXIT_ERROR
+}
+
+/// `1 error`, `2 errors`.
+pub(crate) fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("{n} {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}

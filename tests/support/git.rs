@@ -1,0 +1,95 @@
+//! Real git repositories made by tests, driven through the git CLI (never mocked).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A throwaway repository on branch `main` with a committer identity.
+pub struct GitRepo {
+    dir: tempfile::TempDir,
+}
+
+impl GitRepo {
+    /// `git init -b main` in a fresh temporary directory.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("create a temporary directory");
+        let repo = Self { dir };
+        repo.git(&["init", "-q", "-b", "main"]);
+        repo.git(&["config", "user.email", "test@converge.invalid"]);
+        repo.git(&["config", "user.name", "converge tests"]);
+        repo.git(&["config", "commit.gpgsign", "false"]);
+        repo
+    }
+
+    /// The work tree.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs git in the repository and returns its trimmed stdout; panics on failure.
+    pub fn git(&self, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(self.path())
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .output()
+            .expect("run git");
+        assert!(
+            out.status.success(),
+            "git {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Writes a file (creating directories) in the work tree, without staging it.
+    pub fn write(&self, rel: &str, contents: impl AsRef<[u8]>) -> &Self {
+        let p = self.file(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).expect("create directories");
+        }
+        std::fs::write(&p, contents).expect("write file");
+        self
+    }
+
+    /// Removes a file from the work tree.
+    pub fn remove(&self, rel: &str) -> &Self {
+        std::fs::remove_file(self.file(rel)).expect("remove file");
+        self
+    }
+
+    /// The absolute path of `rel`.
+    pub fn file(&self, rel: &str) -> PathBuf {
+        self.path().join(rel)
+    }
+
+    /// Stages everything and commits; returns the new commit id.
+    pub fn commit(&self, message: &str) -> String {
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "--allow-empty", "-m", message]);
+        self.head()
+    }
+
+    /// The id of HEAD.
+    pub fn head(&self) -> String {
+        self.git(&["rev-parse", "HEAD"])
+    }
+}
+
+/// A minimal valid stack (a chart stub, a build context, two components) written to `repo`.
+pub fn write_minimal_stack(repo: &GitRepo) {
+    repo.write("charts/app/Chart.yaml", "apiVersion: v2\nname: app\nversion: 0.1.0\n")
+        .write("apps/api/Dockerfile", "FROM scratch\nCOPY hello /hello\n")
+        .write("apps/api/hello", "hi\n")
+        .write(
+            "desired/stack.yaml",
+            "apiVersion: converge.dev/v1alpha1\nkind: Stack\nname: shop\nnamespace: shop\nchart: charts/app\n",
+        )
+        .write(
+            "desired/db.yaml",
+            "apiVersion: converge.dev/v1alpha1\nkind: Component\nname: db\nimage:\n  ref: postgres:16-alpine\nstorage:\n  size: 1Gi\n",
+        )
+        .write(
+            "desired/api.yaml",
+            "apiVersion: converge.dev/v1alpha1\nkind: Component\nname: api\nimage:\n  build:\n    context: apps/api\n    repository: shop-api\nreplicas: 2\nresources:\n  requests: {cpu: 100m, memory: 128Mi}\n  limits: {cpu: 500m, memory: 256Mi}\ndependsOn: [db]\n",
+        );
+}
