@@ -81,9 +81,18 @@ async fn a_deployment_and_a_statefulset_with_a_volume_claim_become_ready() {
     }))
     .expect("statefulset");
     let statefulsets: Api<StatefulSet> = ns.api();
-    statefulsets.create(&PostParams::default(), &sts).await.expect("create statefulset");
+    statefulsets
+        .create(&PostParams::default(), &sts)
+        .await
+        .expect("create statefulset");
 
-    support::wait_for(&deployments, "web", deployment_available(2), DEFAULT_TIMEOUT).await;
+    support::wait_for(
+        &deployments,
+        "web",
+        deployment_available(2),
+        DEFAULT_TIMEOUT,
+    )
+    .await;
     let ready = |s: Option<&StatefulSet>| {
         s.and_then(|s| s.status.as_ref())
             .is_some_and(|st| st.ready_replicas == Some(1) && st.available_replicas == Some(1))
@@ -93,14 +102,20 @@ async fn a_deployment_and_a_statefulset_with_a_volume_claim_become_ready() {
     let claims: Api<PersistentVolumeClaim> = ns.api();
     let claim = claims.get("data-db-0").await.expect("the claim of db-0");
     assert_eq!(claim.status.and_then(|s| s.phase).as_deref(), Some("Bound"));
-    assert_eq!(claim.spec.and_then(|s| s.storage_class_name).as_deref(), Some("standard"));
+    assert_eq!(
+        claim.spec.and_then(|s| s.storage_class_name).as_deref(),
+        Some("standard")
+    );
 
     let pods: Api<Pod> = ns.api();
     let running = pods.list(&ListParams::default()).await.expect("list pods");
     assert_eq!(running.items.len(), 3, "2 web pods and 1 db pod");
     for pod in running.items {
         let spec = pod.spec.expect("pod spec");
-        assert_eq!(spec.node_name.as_deref(), Some(support::testbed().node.as_str()));
+        assert_eq!(
+            spec.node_name.as_deref(),
+            Some(support::testbed().node.as_str())
+        );
         assert_eq!(pod.status.and_then(|s| s.phase).as_deref(), Some("Running"));
     }
     ns.cleanup().await;
@@ -119,24 +134,40 @@ async fn a_server_side_apply_that_conflicts_with_another_field_manager_gets_409(
         })
     };
     configmaps
-        .patch("settings", &PatchParams::apply("someone-else"), &Patch::Apply(cm("a")))
+        .patch(
+            "settings",
+            &PatchParams::apply("someone-else"),
+            &Patch::Apply(cm("a")),
+        )
         .await
         .expect("first apply");
 
     let err = configmaps
-        .patch("settings", &PatchParams::apply("converge"), &Patch::Apply(cm("b")))
+        .patch(
+            "settings",
+            &PatchParams::apply("converge"),
+            &Patch::Apply(cm("b")),
+        )
         .await
         .expect_err("a conflicting apply without force must fail");
     match err {
         kube::Error::Api(status) => {
             assert_eq!(status.code, 409, "{status:?}");
-            assert!(status.message.contains("someone-else"), "{}", status.message);
+            assert!(
+                status.message.contains("someone-else"),
+                "{}",
+                status.message
+            );
         }
         other => panic!("expected a 409 from the API server, got {other}"),
     }
 
     let forced = configmaps
-        .patch("settings", &PatchParams::apply("converge").force(), &Patch::Apply(cm("b")))
+        .patch(
+            "settings",
+            &PatchParams::apply("converge").force(),
+            &Patch::Apply(cm("b")),
+        )
         .await
         .expect("forced apply takes the field over");
     assert_eq!(forced.data.unwrap()["mode"], "b");
@@ -149,22 +180,35 @@ async fn a_server_side_dry_run_returns_defaulted_fields_and_stores_nothing() {
     let deployments: Api<Deployment> = ns.api();
     let params = PatchParams::apply("converge").dry_run();
     let applied = deployments
-        .patch("dry", &params, &Patch::Apply(deployment("dry", 1, json!({}))))
+        .patch(
+            "dry",
+            &params,
+            &Patch::Apply(deployment("dry", 1, json!({}))),
+        )
         .await
         .expect("dry-run apply");
 
     let spec = applied.spec.expect("spec");
     assert_eq!(spec.revision_history_limit, Some(10));
     assert_eq!(spec.progress_deadline_seconds, Some(600));
-    assert_eq!(spec.strategy.and_then(|s| s.type_).as_deref(), Some("RollingUpdate"));
+    assert_eq!(
+        spec.strategy.and_then(|s| s.type_).as_deref(),
+        Some("RollingUpdate")
+    );
     let pod = spec.template.spec.expect("pod spec");
     assert_eq!(pod.restart_policy.as_deref(), Some("Always"));
     assert_eq!(pod.dns_policy.as_deref(), Some("ClusterFirst"));
     let container = &pod.containers[0];
-    assert_eq!(container.termination_message_path.as_deref(), Some("/dev/termination-log"));
+    assert_eq!(
+        container.termination_message_path.as_deref(),
+        Some("/dev/termination-log")
+    );
     assert_eq!(container.image_pull_policy.as_deref(), Some("IfNotPresent"));
 
-    assert!(deployments.get_opt("dry").await.expect("get").is_none(), "dry run stored the object");
+    assert!(
+        deployments.get_opt("dry").await.expect("get").is_none(),
+        "dry run stored the object"
+    );
     ns.cleanup().await;
 }
 
@@ -177,7 +221,13 @@ async fn deleting_a_namespace_garbage_collects_its_pods() {
         .create(&PostParams::default(), &deployment("web", 2, json!({})))
         .await
         .expect("create deployment");
-    support::wait_for(&deployments, "web", deployment_available(2), DEFAULT_TIMEOUT).await;
+    support::wait_for(
+        &deployments,
+        "web",
+        deployment_available(2),
+        DEFAULT_TIMEOUT,
+    )
+    .await;
 
     let client = ns.client();
     let pods: Api<Pod> = ns.api();
@@ -187,7 +237,11 @@ async fn deleting_a_namespace_garbage_collects_its_pods() {
     ns.cleanup().await;
 
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    assert!(namespaces.get_opt(&name).await.expect("get namespace").is_none());
+    assert!(namespaces
+        .get_opt(&name)
+        .await
+        .expect("get namespace")
+        .is_none());
     let all_pods: Api<Pod> = Api::all(client);
     let left = all_pods
         .list(&ListParams::default().fields(&format!("metadata.namespace={name}")))
@@ -220,7 +274,11 @@ async fn a_from_scratch_image_builds_on_the_testbed_docker_engine() {
     .unwrap();
     let tag = format!("{}:test", support::unique_name("converge-smoke"));
 
-    support::run_ok(support::docker().args(["build", "-q", "-t", &tag]).arg(dir.path()));
+    support::run_ok(
+        support::docker()
+            .args(["build", "-q", "-t", &tag])
+            .arg(dir.path()),
+    );
     let inspected = support::run_ok(support::docker().args([
         "image",
         "inspect",
@@ -229,7 +287,10 @@ async fn a_from_scratch_image_builds_on_the_testbed_docker_engine() {
         &tag,
     ]));
     assert!(inspected.contains("converge-smoke"), "{inspected}");
-    assert!(inspected.trim().ends_with(" 1"), "one layer expected: {inspected}");
+    assert!(
+        inspected.trim().ends_with(" 1"),
+        "one layer expected: {inspected}"
+    );
     support::run_ok(support::docker().args(["image", "rm", &tag]));
 }
 
@@ -253,8 +314,16 @@ async fn a_job_runs_to_completion_on_the_fake_node() {
     }))
     .unwrap();
     let jobs: Api<Job> = ns.api();
-    jobs.create(&PostParams::default(), &job).await.expect("create job");
-    support::wait_for(&jobs, "migrate", conditions::is_job_completed(), DEFAULT_TIMEOUT).await;
+    jobs.create(&PostParams::default(), &job)
+        .await
+        .expect("create job");
+    support::wait_for(
+        &jobs,
+        "migrate",
+        conditions::is_job_completed(),
+        DEFAULT_TIMEOUT,
+    )
+    .await;
     let done = jobs.get("migrate").await.unwrap();
     assert_eq!(done.status.and_then(|s| s.succeeded), Some(1));
     ns.cleanup().await;
@@ -272,7 +341,9 @@ async fn pods_labelled_to_fail_crash_loop_fail_image_pulls_or_never_become_ready
             "spec": { "containers": [{ "name": "app", "image": "converge.invalid/app:1" }] }
         }))
         .unwrap();
-        pods.create(&PostParams::default(), &pod).await.expect("create pod");
+        pods.create(&PostParams::default(), &pod)
+            .await
+            .expect("create pod");
     }
 
     let waiting_reason = |reason: &'static str| {
@@ -286,11 +357,25 @@ async fn pods_labelled_to_fail_crash_loop_fail_image_pulls_or_never_become_ready
         }
     };
     let timeout = Duration::from_secs(30);
-    support::wait_for(&pods, "crashloop", waiting_reason("CrashLoopBackOff"), timeout).await;
-    support::wait_for(&pods, "imagepull", waiting_reason("ImagePullBackOff"), timeout).await;
+    support::wait_for(
+        &pods,
+        "crashloop",
+        waiting_reason("CrashLoopBackOff"),
+        timeout,
+    )
+    .await;
+    support::wait_for(
+        &pods,
+        "imagepull",
+        waiting_reason("ImagePullBackOff"),
+        timeout,
+    )
+    .await;
     let phase = |want: &'static str| {
         move |p: Option<&Pod>| {
-            p.and_then(|p| p.status.as_ref()).and_then(|s| s.phase.as_deref()) == Some(want)
+            p.and_then(|p| p.status.as_ref())
+                .and_then(|s| s.phase.as_deref())
+                == Some(want)
         }
     };
     support::wait_for(&pods, "unready", phase("Running"), timeout).await;

@@ -60,6 +60,9 @@ pub struct Testbed {
     pub helm: PathBuf,
     /// Directory holding all of the bed's binaries (`CONVERGE_TESTBED_BIN`).
     pub bin_dir: PathBuf,
+    /// CRI-format log file kwok serves as every container's `pods/log`
+    /// (`CONVERGE_TESTBED_POD_LOG`); tests may append lines to it.
+    pub pod_log: PathBuf,
     /// Every `export KEY=VALUE` of the env file, as written.
     pub vars: HashMap<String, String>,
 }
@@ -112,7 +115,11 @@ pub fn testbed() -> &'static Testbed {
     static BED: OnceLock<Testbed> = OnceLock::new();
     BED.get_or_init(|| {
         let auto_up = std::env::var("CONVERGE_TESTBED_NO_AUTO_UP").map_or(true, |v| v != "1");
-        let path = if auto_up { start_bed() } else { env_file_path() };
+        let path = if auto_up {
+            start_bed()
+        } else {
+            env_file_path()
+        };
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
             panic!(
                 "testbed env file {} unreadable ({e}): run tests/testbed/up first",
@@ -121,9 +128,12 @@ pub fn testbed() -> &'static Testbed {
         });
         let vars = parse_env_file(&text);
         let get = |k: &str| -> String {
-            vars.get(k)
-                .cloned()
-                .unwrap_or_else(|| panic!("{k} missing from {}: re-run tests/testbed/up", path.display()))
+            vars.get(k).cloned().unwrap_or_else(|| {
+                panic!(
+                    "{k} missing from {}: re-run tests/testbed/up",
+                    path.display()
+                )
+            })
         };
         Testbed {
             dir: get("CONVERGE_TESTBED_DIR").into(),
@@ -136,6 +146,7 @@ pub fn testbed() -> &'static Testbed {
             kubectl: get("CONVERGE_TESTBED_KUBECTL").into(),
             helm: get("CONVERGE_TESTBED_HELM").into(),
             bin_dir: get("CONVERGE_TESTBED_BIN").into(),
+            pod_log: get("CONVERGE_TESTBED_POD_LOG").into(),
             vars,
         }
     })
@@ -197,20 +208,27 @@ pub fn docker_host() -> &'static str {
 
 /// Filesystem path of the bed's Docker socket.
 pub fn docker_socket() -> &'static Path {
-    Path::new(docker_host().strip_prefix("unix://").expect("unix:// DOCKER_HOST"))
+    Path::new(
+        docker_host()
+            .strip_prefix("unix://")
+            .expect("unix:// DOCKER_HOST"),
+    )
 }
 
 /// The docker CLI aimed at the bed's dockerd, with the classic builder
 /// (the bed's engine has no BuildKit CLI plugin).
 pub fn docker() -> Command {
     let mut cmd = Command::new("docker");
-    cmd.env("DOCKER_HOST", docker_host()).env("DOCKER_BUILDKIT", "0");
+    cmd.env("DOCKER_HOST", docker_host())
+        .env("DOCKER_BUILDKIT", "0");
     cmd
 }
 
 /// Runs a prepared command, panicking with its output if it fails; returns stdout.
 pub fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
@@ -226,14 +244,21 @@ pub fn unique_name(prefix: &str) -> String {
     use rand::Rng;
     const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::thread_rng();
-    let suffix: String = (0..8).map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char).collect();
+    let suffix: String = (0..8)
+        .map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char)
+        .collect();
     format!("{prefix}-{suffix}")
 }
 
 /// Waits until `cond` holds for the named object, failing the test after
 /// `timeout`. Built on `kube::runtime::wait::await_condition` (a watch), not
 /// on polling.
-pub async fn wait_for<K>(api: &Api<K>, name: &str, cond: impl Condition<K>, timeout: Duration) -> Option<K>
+pub async fn wait_for<K>(
+    api: &Api<K>,
+    name: &str,
+    cond: impl Condition<K>,
+    timeout: Duration,
+) -> Option<K>
 where
     K: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
 {
@@ -252,11 +277,21 @@ pub async fn wait_deleted<K>(api: &Api<K>, name: &str, timeout: Duration)
 where
     K: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
 {
-    let Some(obj) = api.get_opt(name).await.expect("get before waiting for deletion") else {
+    let Some(obj) = api
+        .get_opt(name)
+        .await
+        .expect("get before waiting for deletion")
+    else {
         return;
     };
     let uid = obj.meta().uid.clone().unwrap_or_default();
-    wait_for(api, name, kube::runtime::wait::conditions::is_deleted(&uid), timeout).await;
+    wait_for(
+        api,
+        name,
+        kube::runtime::wait::conditions::is_deleted(&uid),
+        timeout,
+    )
+    .await;
 }
 
 /// A fresh namespace for one test, deleted when dropped (or by
@@ -287,9 +322,19 @@ impl TestNamespace {
             .create(&PostParams::default(), &ns)
             .await
             .unwrap_or_else(|e| panic!("create namespace {name}: {e}"));
-        let this = TestNamespace { name, client, deleted: false };
+        let this = TestNamespace {
+            name,
+            client,
+            deleted: false,
+        };
         let sas: Api<ServiceAccount> = this.api();
-        wait_for(&sas, "default", kube::runtime::wait::conditions::is_created(), DEFAULT_TIMEOUT).await;
+        wait_for(
+            &sas,
+            "default",
+            kube::runtime::wait::conditions::is_created(),
+            DEFAULT_TIMEOUT,
+        )
+        .await;
         this
     }
 
@@ -318,7 +363,10 @@ impl TestNamespace {
             return;
         }
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
-        match namespaces.delete(&self.name, &DeleteParams::default()).await {
+        match namespaces
+            .delete(&self.name, &DeleteParams::default())
+            .await
+        {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => return,
             Err(e) => panic!("delete namespace {}: {e}", self.name),
@@ -339,7 +387,13 @@ impl Drop for TestNamespace {
         // Drop cannot await: ask kubectl to delete it without waiting, which
         // works whether or not a tokio runtime is still running.
         let _ = kubectl()
-            .args(["delete", "namespace", &self.name, "--wait=false", "--ignore-not-found"])
+            .args([
+                "delete",
+                "namespace",
+                &self.name,
+                "--wait=false",
+                "--ignore-not-found",
+            ])
             .output();
     }
 }

@@ -1,0 +1,16 @@
+//! Integration tests against the testbed (tests/testbed/up): a real
+//! Kubernetes control plane with a kwok node, and a private Docker engine.
+//! Each test module lives in tests/integration/; shared helpers in
+//! tests/support/.
+
+#[path = "support/mod.rs"]
+mod support;
+
+#[path = "integration/smoke.rs"]
+mod smoke;
+
+#[path = "integration/chart.rs"]
+mod chart;
+
+#[path = "integration/desired.rs"]
+mod desired;
