@@ -34,3 +34,18 @@ need() {
   # need TOOL HINT: fail with an actionable message when TOOL is missing.
   command -v "$1" >/dev/null 2>&1 || die "'$1' not found on PATH: $2"
 }
+
+# Serialise up/down on one bed: two test processes may call `up` at once.
+# The lock is held until the calling script exits; nested calls (up running
+# down) see CONVERGE_TESTBED_LOCKED and skip it.
+lock_bed() {
+  [[ "${CONVERGE_TESTBED_LOCKED:-}" == "$BED_DIR" ]] && return 0
+  need flock "apt-get install -y util-linux"
+  mkdir -p "$(dirname "$BED_DIR")"
+  exec 9>"$BED_DIR.lock"
+  if ! flock -n 9; then
+    log "waiting for another up/down on $BED_DIR to finish"
+    flock 9
+  fi
+  export CONVERGE_TESTBED_LOCKED="$BED_DIR"
+}
