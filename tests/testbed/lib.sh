@@ -11,7 +11,7 @@ TESTBED_SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # v0.<minor>.<patch> for Kubernetes v1.<minor>.<patch>.
 K8S_STAGING_VERSION="v0.${K8S_VERSION#v1.}"
 
-CACHE_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/converge-testbed"
+CACHE_ROOT="${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/converge-testbed"
 BIN_K8S="$CACHE_ROOT/bin/k8s-$K8S_VERSION"
 BIN_ETCD="$CACHE_ROOT/bin/etcd-$ETCD_VERSION"
 BIN_KWOK="$CACHE_ROOT/bin/kwok-$KWOK_VERSION"
