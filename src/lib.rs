@@ -11,7 +11,13 @@
 //! `cluster` plain objects. Only `reconcile`, `daemon` and `cli` reach across.
 #![forbid(unsafe_code)]
 
+pub mod build;
 pub mod cli;
+pub mod cluster;
 pub mod desired;
 pub mod error;
+pub mod reconcile;
+pub mod render;
 pub mod source;
+pub mod status;
+pub mod vocabulary;

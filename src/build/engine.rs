@@ -1,0 +1,1093 @@
+//! Image engines: the Docker CLI (for `docker` and for minikube's Docker through `minikube
+//! docker-env`), `minikube image`, a user command template, or none. Owns every process converge
+//! starts for images; always argv vectors with a timeout, never a shell. Never reads git.
+
+use std::collections::{HashSet, VecDeque};
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::{watch, OnceCell};
+
+use super::{BuildError, BuildOptions};
+use crate::desired::schema::BuilderKind;
+
+/// Lines of build output kept for a failure report.
+pub const TAIL_LINES: usize = 40;
+
+/// The hint printed with every unreachable-engine error.
+pub const UNREACHABLE_HINT: &str = "start the engine, point DOCKER_HOST at it, or for minikube run `eval $(minikube docker-env)` (or use `--builder minikube`)";
+
+/// What the engine said about a tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existence {
+    /// The tag is present.
+    Present,
+    /// The tag is absent: build it.
+    Missing,
+    /// The engine cannot tell (the `none` builder, or a command builder without a check).
+    Unknown,
+}
+
+/// How many engine calls were made, by kind: the figure a no-change reconcile is judged by.
+#[derive(Debug, Default)]
+pub struct EngineCalls {
+    checks: AtomicUsize,
+    builds: AtomicUsize,
+    pushes: AtomicUsize,
+    other: AtomicUsize,
+}
+
+/// A copy of [`EngineCalls`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CallCounts {
+    /// Existence checks (`docker image inspect`, `minikube image ls`, the exists command).
+    pub checks: usize,
+    /// Builds started.
+    pub builds: usize,
+    /// Pushes.
+    pub pushes: usize,
+    /// Anything else (`minikube docker-env`, listing and removing for pruning).
+    pub other: usize,
+}
+
+impl EngineCalls {
+    fn bump(counter: &AtomicUsize) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts so far.
+    pub fn counts(&self) -> CallCounts {
+        CallCounts {
+            checks: self.checks.load(Ordering::Relaxed),
+            builds: self.builds.load(Ordering::Relaxed),
+            pushes: self.pushes.load(Ordering::Relaxed),
+            other: self.other.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The Docker CLI with a fixed environment (the host it talks to).
+#[derive(Debug, Clone)]
+pub struct DockerCli {
+    program: String,
+    env: Vec<(String, String)>,
+    /// What is shown in errors: the `DOCKER_HOST` tried, or the default socket.
+    host: String,
+}
+
+impl DockerCli {
+    /// The CLI aimed at `docker_host`, else at `$DOCKER_HOST`, else at the default socket.
+    pub fn new(docker_host: Option<&str>) -> Self {
+        let mut env = Vec::new();
+        let host = match docker_host {
+            Some(h) => {
+                env.push(("DOCKER_HOST".to_string(), h.to_string()));
+                h.to_string()
+            }
+            None => std::env::var("DOCKER_HOST")
+                .ok()
+                .filter(|h| !h.is_empty())
+                .map(|h| format!("{h} (from DOCKER_HOST)"))
+                .unwrap_or_else(|| {
+                    "unix:///var/run/docker.sock (the default; DOCKER_HOST is not set)".into()
+                }),
+        };
+        Self {
+            program: "docker".into(),
+            env,
+            host,
+        }
+    }
+
+    fn with_env(env: Vec<(String, String)>, origin: &str) -> Self {
+        let host = env
+            .iter()
+            .find(|(k, _)| k == "DOCKER_HOST")
+            .map(|(_, v)| format!("{v} ({origin})"))
+            .unwrap_or_else(|| origin.to_string());
+        Self {
+            program: "docker".into(),
+            env,
+            host,
+        }
+    }
+
+    /// Where this CLI points, for messages.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+}
+
+/// Arguments of `docker image inspect` for one tag.
+pub fn docker_inspect_args(image: &str) -> Vec<String> {
+    ["image", "inspect", "--format", "{{.Id}}", image]
+        .map(String::from)
+        .to_vec()
+}
+
+/// What to build: everything but the context itself.
+#[derive(Debug, Clone)]
+pub struct BuildRequest<'a> {
+    /// The component, for logs.
+    pub component: &'a str,
+    /// `<repository>:<tag>`.
+    pub image: &'a str,
+    /// The Dockerfile path inside the context.
+    pub dockerfile: &'a str,
+    /// Build args, in name order.
+    pub args: Vec<(&'a str, &'a str)>,
+    /// The stage to build.
+    pub target: Option<&'a str>,
+    /// The platform.
+    pub platform: Option<&'a str>,
+    /// Push after building (docker only).
+    pub push: bool,
+}
+
+/// Arguments of `docker build` reading the context archive from stdin.
+pub fn docker_build_args(req: &BuildRequest<'_>) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "build".into(),
+        "-t".into(),
+        req.image.into(),
+        "-f".into(),
+        req.dockerfile.into(),
+    ];
+    if let Some(t) = req.target {
+        a.extend(["--target".into(), t.into()]);
+    }
+    if let Some(p) = req.platform {
+        a.extend(["--platform".into(), p.into()]);
+    }
+    for (k, v) in &req.args {
+        a.extend(["--build-arg".into(), format!("{k}={v}")]);
+    }
+    a.push("-".into());
+    a
+}
+
+/// Arguments of `minikube image build` for an exported context directory.
+pub fn minikube_build_args(
+    profile: Option<&str>,
+    req: &BuildRequest<'_>,
+    dir: &Path,
+) -> Vec<String> {
+    let mut a = minikube_prefix(profile);
+    a.extend([
+        "image".into(),
+        "build".into(),
+        "-t".into(),
+        req.image.into(),
+        "-f".into(),
+        req.dockerfile.into(),
+    ]);
+    if let Some(t) = req.target {
+        a.push(format!("--build-opt=target={t}"));
+    }
+    if let Some(p) = req.platform {
+        a.push(format!("--build-opt=platform={p}"));
+    }
+    for (k, v) in &req.args {
+        a.push(format!("--build-opt=build-arg={k}={v}"));
+    }
+    a.push(dir.to_string_lossy().into_owned());
+    a
+}
+
+/// Arguments of `minikube image ls`.
+pub fn minikube_ls_args(profile: Option<&str>) -> Vec<String> {
+    let mut a = minikube_prefix(profile);
+    a.extend([
+        "image".into(),
+        "ls".into(),
+        "--format".into(),
+        "short".into(),
+    ]);
+    a
+}
+
+/// Arguments of `minikube docker-env` in plain `KEY=VALUE` form.
+pub fn minikube_docker_env_args(profile: Option<&str>) -> Vec<String> {
+    let mut a = minikube_prefix(profile);
+    a.extend(["docker-env".into(), "--shell".into(), "none".into()]);
+    a
+}
+
+fn minikube_prefix(profile: Option<&str>) -> Vec<String> {
+    match profile {
+        Some(p) => vec!["-p".into(), p.into()],
+        None => Vec::new(),
+    }
+}
+
+/// Parses `minikube docker-env --shell none` output (`KEY=VALUE` lines).
+pub fn parse_env_lines(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| l.trim().split_once('='))
+        .filter(|(k, _)| !k.is_empty() && !k.starts_with('#'))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+        .collect()
+}
+
+/// Whether `minikube image ls` output lists `image` (it prints normalised references such as
+/// `docker.io/library/app:tag`).
+pub fn listed(ls_output: &str, image: &str) -> bool {
+    let forms = [
+        image.to_string(),
+        format!("docker.io/{image}"),
+        format!("docker.io/library/{image}"),
+    ];
+    ls_output
+        .lines()
+        .map(str::trim)
+        .any(|l| forms.iter().any(|f| f == l))
+}
+
+/// Splits a command template on whitespace and fills placeholders per argument, so a value with
+/// spaces stays one argument and nothing is ever interpreted by a shell. `{build_args}` expands to
+/// `--build-arg K=V` pairs.
+pub fn command_argv(
+    template: &str,
+    req: &BuildRequest<'_>,
+    context: &Path,
+    dockerfile: &Path,
+) -> Vec<String> {
+    let (repository, tag) = req.image.rsplit_once(':').unwrap_or((req.image, ""));
+    let mut out = Vec::new();
+    for word in template.split_whitespace() {
+        if word == "{build_args}" {
+            for (k, v) in &req.args {
+                out.push("--build-arg".into());
+                out.push(format!("{k}={v}"));
+            }
+            continue;
+        }
+        out.push(
+            word.replace("{image}", req.image)
+                .replace("{repository}", repository)
+                .replace("{tag}", tag)
+                .replace("{dockerfile}", &dockerfile.to_string_lossy())
+                .replace("{context}", &context.to_string_lossy())
+                .replace("{target}", req.target.unwrap_or(""))
+                .replace("{platform}", req.platform.unwrap_or("")),
+        );
+    }
+    out
+}
+
+/// What a finished process left behind.
+#[derive(Debug)]
+pub struct RunOutput {
+    /// Its exit status.
+    pub status: ExitStatus,
+    /// Its standard output (capped at 1 MiB).
+    pub stdout: String,
+    /// Its standard error (capped at 1 MiB).
+    pub stderr: String,
+    /// The last [`TAIL_LINES`] lines of both streams, in arrival order.
+    pub tail: Vec<String>,
+}
+
+const CAPTURE_CAP: usize = 1 << 20;
+
+/// Why a process did not produce a [`RunOutput`].
+#[derive(Debug)]
+pub enum RunError {
+    /// The program could not be started.
+    Spawn(std::io::Error),
+    /// It ran past its timeout and was killed.
+    Timeout,
+    /// Shutdown was requested; it was killed.
+    Cancelled,
+    /// Reading its output failed.
+    Io(std::io::Error),
+}
+
+/// Resolves when `cancel` holds `true`; never when its sender is gone.
+pub async fn cancelled(cancel: &mut watch::Receiver<bool>) {
+    loop {
+        if *cancel.borrow_and_update() {
+            return;
+        }
+        if cancel.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Runs `program args` with `env`, feeding `stdin`, streaming every output line to the debug log
+/// under `label`; killed on timeout or cancellation (the child dies with its handle).
+pub async fn run(
+    program: &str,
+    args: &[String],
+    env: &[(String, String)],
+    stdin: Option<Vec<u8>>,
+    timeout: Duration,
+    mut cancel: watch::Receiver<bool>,
+    label: &str,
+) -> Result<RunOutput, RunError> {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    tracing::debug!(label, program, ?args, "starting");
+    let mut child = cmd.spawn().map_err(RunError::Spawn)?;
+    let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
+
+    let writer = match (stdin, child.stdin.take()) {
+        (Some(bytes), Some(mut pipe)) => Some(tokio::spawn(async move {
+            // A build that fails early closes stdin; the exit status tells why, not this write.
+            let _ = pipe.write_all(&bytes).await;
+            let _ = pipe.shutdown().await;
+        })),
+        _ => None,
+    };
+    let read = |stream: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>| {
+        let tail = Arc::clone(&tail);
+        let label = label.to_string();
+        async move {
+            let mut captured = String::new();
+            let Some(stream) = stream else {
+                return Ok(captured);
+            };
+            let mut lines = BufReader::new(stream).lines();
+            while let Some(line) = lines.next_line().await? {
+                tracing::debug!(label = %label, "{line}");
+                if captured.len() < CAPTURE_CAP {
+                    captured.push_str(&line);
+                    captured.push('\n');
+                }
+                if let Ok(mut t) = tail.lock() {
+                    if t.len() == TAIL_LINES {
+                        t.pop_front();
+                    }
+                    t.push_back(line);
+                }
+            }
+            Ok::<_, std::io::Error>(captured)
+        }
+    };
+    let out = child
+        .stdout
+        .take()
+        .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>);
+    let err = child
+        .stderr
+        .take()
+        .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>);
+    let work = async {
+        let (stdout, stderr) = tokio::try_join!(read(out), read(err)).map_err(RunError::Io)?;
+        let status = child.wait().await.map_err(RunError::Io)?;
+        Ok::<_, RunError>((status, stdout, stderr))
+    };
+    let result = tokio::select! {
+        biased;
+        _ = cancelled(&mut cancel) => Err(RunError::Cancelled),
+        r = tokio::time::timeout(timeout, work) => match r {
+            Ok(r) => r,
+            Err(_) => Err(RunError::Timeout),
+        },
+    };
+    if let Some(w) = writer {
+        w.abort();
+    }
+    let (status, stdout, stderr) = result?;
+    let tail = tail
+        .lock()
+        .map(|t| t.iter().cloned().collect())
+        .unwrap_or_default();
+    Ok(RunOutput {
+        status,
+        stdout,
+        stderr,
+        tail,
+    })
+}
+
+/// Whether Docker CLI stderr means "the engine is not there" rather than "the image is not".
+pub fn looks_unreachable(stderr: &str) -> bool {
+    let s = stderr.to_ascii_lowercase();
+    [
+        "cannot connect to the docker daemon",
+        "error during connect",
+        "connection refused",
+        "is the docker daemon running",
+        "permission denied while trying to connect",
+        "no such host",
+    ]
+    .iter()
+    .any(|m| s.contains(m))
+}
+
+/// The step a failed build stopped at and why, from its output's last lines: the classic
+/// builder's `Step N/M : …`, BuildKit's `ERROR [stage n/m] …`, and the last error line.
+pub fn failure_reason(tail: &[String]) -> String {
+    let meaningful = |l: &&String| {
+        let t = l.trim();
+        !t.is_empty() && !t.starts_with("DEPRECATED:") && !l.starts_with(' ')
+    };
+    let last = tail
+        .iter()
+        .rev()
+        .find(meaningful)
+        .map(|l| l.trim().to_string())
+        .unwrap_or_default();
+    let step = tail
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("Step ") && l.contains(" : "))
+        .or_else(|| tail.iter().rev().find(|l| l.contains("ERROR [")))
+        .map(|l| l.trim().to_string());
+    match step {
+        Some(step) if step != last => format!("{step}: {last}"),
+        Some(step) => step,
+        None if last.is_empty() => "the build failed without output".into(),
+        None => last,
+    }
+}
+
+/// How a minikube engine reaches the cluster's runtime.
+#[derive(Debug, Clone)]
+enum MinikubeMode {
+    /// Docker runtime: the Docker CLI with `minikube docker-env`'s environment.
+    Docker(DockerCli),
+    /// Other runtimes: `minikube image ls` / `minikube image build`.
+    ImageCommands,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Docker(DockerCli),
+    Minikube {
+        profile: Option<String>,
+        mode: OnceCell<MinikubeMode>,
+    },
+    Command {
+        template: String,
+        exists: Option<String>,
+        /// Tags built by this process, remembered because a command builder has no generic
+        /// existence check.
+        built: Mutex<HashSet<String>>,
+    },
+    None,
+}
+
+/// Where images are built and asked for; counts every call it makes.
+#[derive(Debug)]
+pub struct Engine {
+    kind: Kind,
+    calls: Arc<EngineCalls>,
+    check_timeout: Duration,
+    build_timeout: Duration,
+}
+
+/// The result of one build.
+#[derive(Debug)]
+pub enum BuildResult {
+    /// The tag now exists.
+    Built,
+    /// The engine ran the build and it failed.
+    Failed {
+        /// The last lines of output.
+        tail: Vec<String>,
+        /// The failing step and error.
+        reason: String,
+    },
+}
+
+impl Engine {
+    /// The engine for `opts.builder`.
+    pub fn new(opts: &BuildOptions) -> Result<Self, BuildError> {
+        let kind = match opts.builder {
+            BuilderKind::Docker => Kind::Docker(DockerCli::new(opts.docker_host.as_deref())),
+            BuilderKind::Minikube => Kind::Minikube {
+                profile: opts.minikube_profile.clone(),
+                mode: OnceCell::new(),
+            },
+            BuilderKind::Command => Kind::Command {
+                template: opts
+                    .command_template
+                    .clone()
+                    .filter(|t| !t.trim().is_empty())
+                    .ok_or(BuildError::MissingCommandTemplate)?,
+                exists: opts.command_exists_template.clone(),
+                built: Mutex::new(HashSet::new()),
+            },
+            BuilderKind::None => Kind::None,
+        };
+        Ok(Self {
+            kind,
+            calls: Arc::new(EngineCalls::default()),
+            check_timeout: opts.check_timeout,
+            build_timeout: opts.build_timeout,
+        })
+    }
+
+    /// The builder kind.
+    pub fn builder(&self) -> BuilderKind {
+        match self.kind {
+            Kind::Docker(_) => BuilderKind::Docker,
+            Kind::Minikube { .. } => BuilderKind::Minikube,
+            Kind::Command { .. } => BuilderKind::Command,
+            Kind::None => BuilderKind::None,
+        }
+    }
+
+    /// The calls made so far.
+    pub fn calls(&self) -> CallCounts {
+        self.calls.counts()
+    }
+
+    /// The Docker CLI this engine uses, if it uses one (resolving minikube's environment once).
+    pub async fn docker_cli(
+        &self,
+        cancel: &watch::Receiver<bool>,
+    ) -> Result<Option<DockerCli>, BuildError> {
+        match &self.kind {
+            Kind::Docker(cli) => Ok(Some(cli.clone())),
+            Kind::Minikube { .. } => match self.minikube_mode(cancel).await? {
+                MinikubeMode::Docker(cli) => Ok(Some(cli)),
+                MinikubeMode::ImageCommands => Ok(None),
+            },
+            _ => Ok(None),
+        }
+    }
+
+    async fn minikube_mode(
+        &self,
+        cancel: &watch::Receiver<bool>,
+    ) -> Result<MinikubeMode, BuildError> {
+        let Kind::Minikube { profile, mode } = &self.kind else {
+            return Ok(MinikubeMode::ImageCommands);
+        };
+        mode.get_or_try_init(|| async {
+            EngineCalls::bump(&self.calls.other);
+            let args = minikube_docker_env_args(profile.as_deref());
+            let out = run("minikube", &args, &[], None, self.check_timeout, cancel.clone(), "minikube docker-env")
+                .await
+                .map_err(|e| run_error("minikube", &args, e, "minikube".into()))?;
+            if out.status.success() {
+                let env = parse_env_lines(&out.stdout);
+                return Ok(MinikubeMode::Docker(DockerCli::with_env(env, "from `minikube docker-env`")));
+            }
+            if out.stderr.contains("only compatible with the \"docker\" runtime") {
+                return Ok(MinikubeMode::ImageCommands);
+            }
+            Err(BuildError::Unreachable {
+                host: format!("minikube{}", profile.as_ref().map(|p| format!(" profile {p}")).unwrap_or_default()),
+                detail: last_line(&out.stderr),
+                hint: "start it with `minikube start`, or choose another builder with `--builder docker`".into(),
+            })
+        })
+        .await
+        .cloned()
+    }
+
+    /// Asks the target whether `image` exists (one engine call, none for `none`).
+    pub async fn exists(
+        &self,
+        image: &str,
+        cancel: &watch::Receiver<bool>,
+    ) -> Result<Existence, BuildError> {
+        match &self.kind {
+            Kind::None => Ok(Existence::Unknown),
+            Kind::Command { exists, built, .. } => {
+                if built.lock().map(|b| b.contains(image)).unwrap_or(false) {
+                    return Ok(Existence::Present);
+                }
+                let Some(template) = exists else {
+                    return Ok(Existence::Unknown);
+                };
+                EngineCalls::bump(&self.calls.checks);
+                let argv = command_argv(
+                    template,
+                    &BuildRequest::bare(image),
+                    Path::new("."),
+                    Path::new("Dockerfile"),
+                );
+                let (program, args) = split_argv(&argv)?;
+                let out = run(
+                    program,
+                    args,
+                    &[],
+                    None,
+                    self.check_timeout,
+                    cancel.clone(),
+                    image,
+                )
+                .await
+                .map_err(|e| run_error(program, args, e, program.to_string()))?;
+                Ok(if out.status.success() {
+                    Existence::Present
+                } else {
+                    Existence::Missing
+                })
+            }
+            Kind::Docker(_) | Kind::Minikube { .. } => match self.docker_cli(cancel).await? {
+                Some(cli) => {
+                    EngineCalls::bump(&self.calls.checks);
+                    let args = docker_inspect_args(image);
+                    let out = run(
+                        &cli.program,
+                        &args,
+                        &cli.env,
+                        None,
+                        self.check_timeout,
+                        cancel.clone(),
+                        image,
+                    )
+                    .await
+                    .map_err(|e| run_error(&cli.program, &args, e, cli.host.clone()))?;
+                    if out.status.success() {
+                        Ok(Existence::Present)
+                    } else if out.stderr.to_ascii_lowercase().contains("no such image") {
+                        Ok(Existence::Missing)
+                    } else if looks_unreachable(&out.stderr) {
+                        Err(BuildError::Unreachable {
+                            host: cli.host.clone(),
+                            detail: last_line(&out.stderr),
+                            hint: UNREACHABLE_HINT.into(),
+                        })
+                    } else {
+                        Err(BuildError::Engine {
+                            command: format!("docker {}", args.join(" ")),
+                            status: out.status.to_string(),
+                            detail: last_line(&out.stderr),
+                        })
+                    }
+                }
+                None => {
+                    let Kind::Minikube { profile, .. } = &self.kind else {
+                        return Ok(Existence::Unknown);
+                    };
+                    EngineCalls::bump(&self.calls.checks);
+                    let args = minikube_ls_args(profile.as_deref());
+                    let out = run(
+                        "minikube",
+                        &args,
+                        &[],
+                        None,
+                        self.check_timeout,
+                        cancel.clone(),
+                        image,
+                    )
+                    .await
+                    .map_err(|e| run_error("minikube", &args, e, "minikube".into()))?;
+                    if !out.status.success() {
+                        return Err(BuildError::Unreachable {
+                            host: "minikube".into(),
+                            detail: last_line(&out.stderr),
+                            hint: "start it with `minikube start`".into(),
+                        });
+                    }
+                    Ok(if listed(&out.stdout, image) {
+                        Existence::Present
+                    } else {
+                        Existence::Missing
+                    })
+                }
+            },
+        }
+    }
+
+    /// Builds `req`; the context is produced only now, from the commit. `Err` only when the engine
+    /// itself is unusable (unreachable, cancelled); a failing build is `Ok(Failed)`.
+    pub async fn build(
+        &self,
+        req: &BuildRequest<'_>,
+        repo_path: &Path,
+        commit: &str,
+        spec: &crate::desired::BuildSpec,
+        cancel: &watch::Receiver<bool>,
+    ) -> Result<BuildResult, BuildError> {
+        let cli = match &self.kind {
+            Kind::None => return Err(BuildError::NoBuilder),
+            Kind::Command {
+                template, built, ..
+            } => {
+                let ctx = export(repo_path, commit, req.component, spec).await?;
+                let argv = command_argv(template, req, ctx.path(), &ctx.dockerfile);
+                let (program, args) = split_argv(&argv)?;
+                EngineCalls::bump(&self.calls.builds);
+                let out = run(
+                    program,
+                    args,
+                    &[],
+                    None,
+                    self.build_timeout,
+                    cancel.clone(),
+                    req.image,
+                )
+                .await
+                .map_err(|e| run_error(program, args, e, program.to_string()))?;
+                if out.status.success() {
+                    if let Ok(mut b) = built.lock() {
+                        b.insert(req.image.to_string());
+                    }
+                    return Ok(BuildResult::Built);
+                }
+                return Ok(failed(out));
+            }
+            Kind::Docker(cli) => cli.clone(),
+            Kind::Minikube { profile, .. } => match self.docker_cli(cancel).await? {
+                Some(cli) => cli,
+                None => {
+                    let ctx = export(repo_path, commit, req.component, spec).await?;
+                    let rel = ctx
+                        .dockerfile
+                        .strip_prefix(ctx.path())
+                        .map(|p| p.to_string_lossy().into_owned())
+                        .unwrap_or_else(|_| req.dockerfile.to_string());
+                    let req = BuildRequest {
+                        dockerfile: &rel,
+                        ..req.clone()
+                    };
+                    let args = minikube_build_args(profile.as_deref(), &req, ctx.path());
+                    EngineCalls::bump(&self.calls.builds);
+                    let out = run(
+                        "minikube",
+                        &args,
+                        &[],
+                        None,
+                        self.build_timeout,
+                        cancel.clone(),
+                        req.image,
+                    )
+                    .await
+                    .map_err(|e| run_error("minikube", &args, e, "minikube".into()))?;
+                    return Ok(if out.status.success() {
+                        BuildResult::Built
+                    } else {
+                        failed(out)
+                    });
+                }
+            },
+        };
+        let (repo, commit_s, component) = (
+            repo_path.to_path_buf(),
+            commit.to_string(),
+            req.component.to_string(),
+        );
+        let spec_c = spec.clone();
+        let (tar, dockerfile) = tokio::task::spawn_blocking(move || {
+            super::context::tar_context(&repo, &commit_s, &component, &spec_c)
+        })
+        .await
+        .map_err(|e| BuildError::Io {
+            what: "building the context archive".into(),
+            source: std::io::Error::other(e.to_string()),
+        })??;
+        let req = BuildRequest {
+            dockerfile: &dockerfile,
+            ..req.clone()
+        };
+        let args = docker_build_args(&req);
+        EngineCalls::bump(&self.calls.builds);
+        let out = run(
+            &cli.program,
+            &args,
+            &cli.env,
+            Some(tar),
+            self.build_timeout,
+            cancel.clone(),
+            req.image,
+        )
+        .await
+        .map_err(|e| run_error(&cli.program, &args, e, cli.host.clone()))?;
+        if !out.status.success() {
+            if looks_unreachable(&out.stderr) {
+                return Err(BuildError::Unreachable {
+                    host: cli.host.clone(),
+                    detail: last_line(&out.stderr),
+                    hint: UNREACHABLE_HINT.into(),
+                });
+            }
+            return Ok(failed(out));
+        }
+        if req.push && matches!(self.kind, Kind::Docker(_)) {
+            EngineCalls::bump(&self.calls.pushes);
+            let args = vec!["push".to_string(), req.image.to_string()];
+            let out = run(
+                &cli.program,
+                &args,
+                &cli.env,
+                None,
+                self.build_timeout,
+                cancel.clone(),
+                req.image,
+            )
+            .await
+            .map_err(|e| run_error(&cli.program, &args, e, cli.host.clone()))?;
+            if !out.status.success() {
+                let mut f = failed(out);
+                if let BuildResult::Failed { reason, .. } = &mut f {
+                    *reason = format!("built, but the push failed: {reason}");
+                }
+                return Ok(f);
+            }
+        }
+        Ok(BuildResult::Built)
+    }
+
+    /// Runs a Docker CLI command for pruning (counted as "other").
+    pub(crate) async fn docker_other(
+        &self,
+        cli: &DockerCli,
+        args: &[String],
+        cancel: &watch::Receiver<bool>,
+    ) -> Result<RunOutput, BuildError> {
+        EngineCalls::bump(&self.calls.other);
+        run(
+            &cli.program,
+            args,
+            &cli.env,
+            None,
+            self.check_timeout,
+            cancel.clone(),
+            "prune",
+        )
+        .await
+        .map_err(|e| run_error(&cli.program, args, e, cli.host.clone()))
+    }
+}
+
+impl<'a> BuildRequest<'a> {
+    fn bare(image: &'a str) -> Self {
+        Self {
+            component: "",
+            image,
+            dockerfile: "Dockerfile",
+            args: Vec::new(),
+            target: None,
+            platform: None,
+            push: false,
+        }
+    }
+}
+
+async fn export(
+    repo_path: &Path,
+    commit: &str,
+    component: &str,
+    spec: &crate::desired::BuildSpec,
+) -> Result<super::context::ExportedContext, BuildError> {
+    let (repo, commit, component, spec) = (
+        repo_path.to_path_buf(),
+        commit.to_string(),
+        component.to_string(),
+        spec.clone(),
+    );
+    tokio::task::spawn_blocking(move || {
+        super::context::export_context(&repo, &commit, &component, &spec)
+    })
+    .await
+    .map_err(|e| BuildError::Io {
+        what: "exporting the build context".into(),
+        source: std::io::Error::other(e.to_string()),
+    })?
+}
+
+fn split_argv(argv: &[String]) -> Result<(&str, &[String]), BuildError> {
+    argv.split_first()
+        .map(|(p, a)| (p.as_str(), a))
+        .ok_or(BuildError::MissingCommandTemplate)
+}
+
+fn failed(out: RunOutput) -> BuildResult {
+    let reason = failure_reason(&out.tail);
+    BuildResult::Failed {
+        tail: out.tail,
+        reason,
+    }
+}
+
+fn last_line(text: &str) -> String {
+    text.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("")
+        .to_string()
+}
+
+fn run_error(program: &str, args: &[String], e: RunError, host: String) -> BuildError {
+    let command = format!(
+        "{program} {}",
+        args.first().map(String::as_str).unwrap_or("")
+    );
+    match e {
+        RunError::Spawn(source) if source.kind() == std::io::ErrorKind::NotFound => {
+            BuildError::ToolMissing {
+                program: program.to_string(),
+            }
+        }
+        RunError::Spawn(source) | RunError::Io(source) => BuildError::Io {
+            what: command,
+            source,
+        },
+        RunError::Timeout => BuildError::Timeout { command, host },
+        RunError::Cancelled => BuildError::Cancelled,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req() -> BuildRequest<'static> {
+        BuildRequest {
+            component: "api",
+            image: "shop-api:0123456789ab",
+            dockerfile: "docker/Dockerfile",
+            args: vec![("A", "1"), ("B", "two words")],
+            target: Some("prod"),
+            platform: Some("linux/amd64"),
+            push: false,
+        }
+    }
+
+    #[test]
+    fn docker_build_argv_streams_the_context_on_stdin() {
+        assert_eq!(
+            docker_build_args(&req()),
+            [
+                "build",
+                "-t",
+                "shop-api:0123456789ab",
+                "-f",
+                "docker/Dockerfile",
+                "--target",
+                "prod",
+                "--platform",
+                "linux/amd64",
+                "--build-arg",
+                "A=1",
+                "--build-arg",
+                "B=two words",
+                "-"
+            ]
+        );
+        assert_eq!(
+            docker_inspect_args("x:1"),
+            ["image", "inspect", "--format", "{{.Id}}", "x:1"]
+        );
+    }
+
+    #[test]
+    fn minikube_argv_uses_the_profile_and_build_opts() {
+        assert_eq!(
+            minikube_build_args(Some("dev"), &req(), Path::new("/tmp/ctx")),
+            [
+                "-p",
+                "dev",
+                "image",
+                "build",
+                "-t",
+                "shop-api:0123456789ab",
+                "-f",
+                "docker/Dockerfile",
+                "--build-opt=target=prod",
+                "--build-opt=platform=linux/amd64",
+                "--build-opt=build-arg=A=1",
+                "--build-opt=build-arg=B=two words",
+                "/tmp/ctx"
+            ]
+        );
+        assert_eq!(minikube_ls_args(None), ["image", "ls", "--format", "short"]);
+        assert_eq!(
+            minikube_docker_env_args(Some("p")),
+            ["-p", "p", "docker-env", "--shell", "none"]
+        );
+    }
+
+    #[test]
+    fn minikube_docker_env_output_becomes_an_environment() {
+        let env = parse_env_lines("DOCKER_TLS_VERIFY=\"1\"\nDOCKER_HOST=\"tcp://192.168.49.2:2376\"\nDOCKER_CERT_PATH=\"/root/.minikube/certs\"\nMINIKUBE_ACTIVE_DOCKERD=\"minikube\"\n");
+        assert!(env.contains(&("DOCKER_HOST".into(), "tcp://192.168.49.2:2376".into())));
+        assert_eq!(env.len(), 4);
+        let cli = DockerCli::with_env(env, "from `minikube docker-env`");
+        assert!(cli.host().contains("tcp://192.168.49.2:2376"));
+    }
+
+    #[test]
+    fn minikube_image_ls_lists_normalised_references() {
+        let out = "registry.k8s.io/pause:3.9\ndocker.io/library/shop-api:0123456789ab\n";
+        assert!(listed(out, "shop-api:0123456789ab"));
+        assert!(!listed(out, "shop-api:ffffffffffff"));
+    }
+
+    #[test]
+    fn command_templates_fill_placeholders_per_argument_without_a_shell() {
+        let argv = command_argv(
+            "buildah bud -t {image} -f {dockerfile} {build_args} --layers {context}",
+            &req(),
+            Path::new("/tmp/my ctx"),
+            Path::new("/tmp/my ctx/docker/Dockerfile"),
+        );
+        assert_eq!(
+            argv,
+            [
+                "buildah",
+                "bud",
+                "-t",
+                "shop-api:0123456789ab",
+                "-f",
+                "/tmp/my ctx/docker/Dockerfile",
+                "--build-arg",
+                "A=1",
+                "--build-arg",
+                "B=two words",
+                "--layers",
+                "/tmp/my ctx"
+            ]
+        );
+        let argv = command_argv(
+            "x {repository} {tag}",
+            &req(),
+            Path::new("."),
+            Path::new("D"),
+        );
+        assert_eq!(argv, ["x", "shop-api", "0123456789ab"]);
+    }
+
+    #[test]
+    fn failure_reason_names_the_classic_builders_failing_step() {
+        let tail: Vec<String> = [
+            "DEPRECATED: The legacy builder is deprecated and will be removed in a future release.",
+            "            Install the buildx component to build images with BuildKit:",
+            "Step 1/2 : FROM scratch",
+            " ---> ",
+            "Step 2/2 : COPY missing /x",
+            "COPY failed: file not found in build context or excluded by .dockerignore: stat missing: file does not exist",
+        ]
+        .map(String::from)
+        .to_vec();
+        let reason = failure_reason(&tail);
+        assert!(
+            reason.starts_with("Step 2/2 : COPY missing /x: COPY failed"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn unreachable_engines_are_told_apart_from_missing_images() {
+        assert!(looks_unreachable(
+            "Cannot connect to the Docker daemon at unix:///x.sock. Is the docker daemon running?"
+        ));
+        assert!(!looks_unreachable(
+            "Error response from daemon: No such image: a:b"
+        ));
+    }
+}

@@ -1,0 +1,628 @@
+//! Images: the build-input digest that names each built image (`<repository>:<12 hex>`), and
+//! making sure that tag exists on the target engine, building only what is missing. It never
+//! renders manifests or touches the cluster's API.
+//!
+//! Two steps, so the reconciler can plan without side effects:
+//!
+//! 1. [`plan`] (pure, synchronous): hash every component's build inputs from the commit and
+//!    return the tags. Blob hashes are cached by git blob id in a [`DigestCache`].
+//! 2. [`ensure`] (async, effects): one existence check per distinct tag, then a bounded number of
+//!    parallel builds for the missing ones. Because a git2 repository cannot cross threads,
+//!    `ensure` takes the repository path and commit and reopens them on a blocking thread to make
+//!    each context archive, only for the images it actually builds.
+//!
+//! [`prune_old`] removes old content tags, keeping the newest N per repository, the protected
+//! tags (the last healthy commit's) and any image a running container uses.
+
+pub mod context;
+pub mod digest;
+pub mod engine;
+pub mod ignore;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{watch, Semaphore};
+
+pub use digest::DigestCache;
+pub use engine::{CallCounts, Engine, Existence};
+
+use crate::desired::schema::BuilderKind;
+use crate::desired::{BuildSpec, Stack};
+use crate::source::Snapshot;
+
+/// Errors of planning or ensuring images.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Reading the commit failed.
+    #[error(transparent)]
+    Source(#[from] crate::source::SourceError),
+    /// The build spec does not describe a usable context in this commit.
+    #[error("component `{component}`: {message}")]
+    InvalidContext {
+        /// The component.
+        component: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The engine cannot be reached.
+    #[error("cannot reach the image engine at {host}: {detail}; {hint}")]
+    Unreachable {
+        /// The socket, `DOCKER_HOST` or minikube profile tried.
+        host: String,
+        /// What the CLI said.
+        detail: String,
+        /// How to fix it.
+        hint: String,
+    },
+    /// The engine answered with an error that is not about the image.
+    #[error("`{command}` failed ({status}): {detail}")]
+    Engine {
+        /// The command, without its environment.
+        command: String,
+        /// Its exit status.
+        status: String,
+        /// The last line it printed.
+        detail: String,
+    },
+    /// A command ran past its timeout and was killed.
+    #[error("`{command}` timed out (engine {host})")]
+    Timeout {
+        /// The command.
+        command: String,
+        /// Where it pointed.
+        host: String,
+    },
+    /// The CLI tool is not installed.
+    #[error(
+        "`{program}` was not found on PATH; install it or choose another builder with `--builder`"
+    )]
+    ToolMissing {
+        /// The program.
+        program: String,
+    },
+    /// `builder: command` without a template.
+    #[error("the command builder needs a template, e.g. `buildah bud -t {{image}} -f {{dockerfile}} {{context}}`")]
+    MissingCommandTemplate,
+    /// A build was asked of the `none` builder.
+    #[error("the `none` builder builds nothing")]
+    NoBuilder,
+    /// Shutdown was requested; running builds were killed.
+    #[error("image builds were cancelled")]
+    Cancelled,
+    /// Local I/O (archive, temporary directory).
+    #[error("{what}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How images are built; the daemon and the CLI fill it once.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Which engine.
+    pub builder: BuilderKind,
+    /// Builds at once (at least 1).
+    pub parallelism: usize,
+    /// Content tags kept per repository by [`prune_old`].
+    pub keep: usize,
+    /// The `command` builder's template: placeholders `{image}`, `{repository}`, `{tag}`,
+    /// `{dockerfile}`, `{context}`, `{target}`, `{platform}`, and `{build_args}` (expands to
+    /// `--build-arg K=V` pairs).
+    pub command_template: Option<String>,
+    /// `DOCKER_HOST` for the `docker` builder; the process environment's when `None`.
+    pub docker_host: Option<String>,
+    /// The `command` builder's existence check (exit 0 = the tag exists), same placeholders.
+    pub command_exists_template: Option<String>,
+    /// The minikube profile (`minikube -p`); minikube's current one when `None`.
+    pub minikube_profile: Option<String>,
+    /// Limit for existence checks and other short calls.
+    pub check_timeout: Duration,
+    /// Limit for one build (and push).
+    pub build_timeout: Duration,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        Self {
+            builder: BuilderKind::Docker,
+            parallelism: 2,
+            keep: 5,
+            command_template: None,
+            docker_host: None,
+            command_exists_template: None,
+            minikube_profile: None,
+            check_timeout: Duration::from_secs(30),
+            build_timeout: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+impl BuildOptions {
+    /// Defaults with `builder`.
+    #[must_use]
+    pub fn new(builder: BuilderKind) -> Self {
+        Self {
+            builder,
+            ..Self::default()
+        }
+    }
+}
+
+/// The builder for a stack: the CLI's choice, else the stack's, else minikube when the stack's
+/// kubeconfig context is minikube, else docker.
+pub fn resolve_builder(cli: Option<BuilderKind>, stack: &Stack) -> BuilderKind {
+    cli.or(stack.spec.builder)
+        .unwrap_or(if stack.spec.context == "minikube" {
+            BuilderKind::Minikube
+        } else {
+            BuilderKind::Docker
+        })
+}
+
+/// The image a component will run, named by its build-input digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImagePlan {
+    /// The component's name.
+    pub component: String,
+    /// `<repository>:<first 12 hex of digest>`: what manifests reference.
+    pub image: String,
+    /// The full sha256 (hex) of the build inputs.
+    pub digest: String,
+}
+
+/// What happened to one component's image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "lowercase")]
+pub enum Action {
+    /// The tag was already there; nothing was built.
+    Exists,
+    /// The tag was built now.
+    Built,
+    /// Not built and not confirmed to exist: the `none` builder computes tags only.
+    Skipped,
+    /// The build failed; the component keeps its previous image.
+    Failed {
+        /// The last 40 lines of build output.
+        log_tail: String,
+        /// The failing step and error.
+        reason: String,
+    },
+}
+
+/// The outcome for one component.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BuildOutcome {
+    /// The component.
+    pub component: String,
+    /// The content tag.
+    pub image: String,
+    /// What was done.
+    pub action: Action,
+}
+
+/// Hashes the build inputs of every component of `stack` that has `image.build`, read from the
+/// commit of `snapshot`; pure apart from filling `cache`.
+pub fn plan(
+    snapshot: &Snapshot<'_>,
+    stack: &Stack,
+    cache: &DigestCache,
+) -> Result<Vec<ImagePlan>, BuildError> {
+    let mut out = Vec::new();
+    for c in &stack.components {
+        let Some(spec) = &c.spec.image.build else {
+            continue;
+        };
+        out.push(plan_one(snapshot, &c.spec.name, spec, cache)?);
+    }
+    Ok(out)
+}
+
+/// Hashes one build spec.
+pub fn plan_one(
+    snapshot: &Snapshot<'_>,
+    component: &str,
+    spec: &BuildSpec,
+    cache: &DigestCache,
+) -> Result<ImagePlan, BuildError> {
+    let ctx = digest::resolve_context(snapshot, component, spec)?;
+    if !ctx.skipped_submodules.is_empty() {
+        tracing::warn!(component, submodules = ?ctx.skipped_submodules, "submodules in a build context are not sent (their files are not in the commit)");
+    }
+    let d = digest::digest(snapshot, &ctx, spec, cache)?;
+    Ok(ImagePlan {
+        component: component.to_string(),
+        image: format!("{}:{}", spec.repository, digest::short(&d)),
+        digest: d,
+    })
+}
+
+/// Makes sure every planned image exists on the target, building the missing ones from the commit
+/// (`repo_path` + `commit`) at most `opts.parallelism` at a time. Setting `cancel` to `true` kills
+/// running builds and returns [`BuildError::Cancelled`].
+pub async fn ensure(
+    repo_path: &Path,
+    commit: &str,
+    plans: &[ImagePlan],
+    stack: &Stack,
+    opts: &BuildOptions,
+    cancel: watch::Receiver<bool>,
+) -> Result<Vec<BuildOutcome>, BuildError> {
+    let engine = Engine::new(opts)?;
+    ensure_with(&engine, repo_path, commit, plans, stack, opts, cancel).await
+}
+
+/// [`ensure`] on a given engine, so a caller can keep one (and read its call counts).
+pub async fn ensure_with(
+    engine: &Engine,
+    repo_path: &Path,
+    commit: &str,
+    plans: &[ImagePlan],
+    stack: &Stack,
+    opts: &BuildOptions,
+    cancel: watch::Receiver<bool>,
+) -> Result<Vec<BuildOutcome>, BuildError> {
+    let semaphore = Semaphore::new(opts.parallelism.max(1));
+    // Two components with the same image (same repository and inputs) share one check and build.
+    let mut first_for: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut unique = Vec::new();
+    for (i, p) in plans.iter().enumerate() {
+        if !first_for.contains_key(p.image.as_str()) {
+            first_for.insert(&p.image, i);
+            unique.push(p);
+        }
+    }
+    let tasks = unique.iter().map(|p| {
+        let semaphore = &semaphore;
+        let cancel = cancel.clone();
+        async move {
+            let spec = stack
+                .component(&p.component)
+                .and_then(|c| c.spec.image.build.as_ref())
+                .ok_or_else(|| BuildError::InvalidContext {
+                    component: p.component.clone(),
+                    message: "the plan names a component without `image.build` in this stack"
+                        .into(),
+                })?;
+            let _permit = semaphore
+                .acquire()
+                .await
+                .map_err(|_| BuildError::Cancelled)?;
+            ensure_one(engine, repo_path, commit, p, spec, &cancel).await
+        }
+    });
+    let results = futures::future::join_all(tasks).await;
+    let mut by_image: BTreeMap<String, Action> = BTreeMap::new();
+    for (p, r) in unique.iter().zip(results) {
+        let action = match r {
+            Ok(a) => a,
+            Err(
+                e @ (BuildError::Unreachable { .. }
+                | BuildError::Cancelled
+                | BuildError::ToolMissing { .. }),
+            ) => return Err(e),
+            Err(e) => {
+                tracing::warn!(component = %p.component, image = %p.image, error = %e, "image not ensured");
+                Action::Failed {
+                    log_tail: String::new(),
+                    reason: e.to_string(),
+                }
+            }
+        };
+        by_image.insert(p.image.clone(), action);
+    }
+    if *cancel.borrow() {
+        return Err(BuildError::Cancelled);
+    }
+    Ok(plans
+        .iter()
+        .map(|p| BuildOutcome {
+            component: p.component.clone(),
+            image: p.image.clone(),
+            action: by_image.get(&p.image).cloned().unwrap_or(Action::Skipped),
+        })
+        .collect())
+}
+
+async fn ensure_one(
+    engine: &Engine,
+    repo_path: &Path,
+    commit: &str,
+    plan: &ImagePlan,
+    spec: &BuildSpec,
+    cancel: &watch::Receiver<bool>,
+) -> Result<Action, BuildError> {
+    let existence = engine.exists(&plan.image, cancel).await?;
+    match existence {
+        Existence::Present => {
+            tracing::debug!(component = %plan.component, image = %plan.image, "image exists; not building");
+            return Ok(Action::Exists);
+        }
+        Existence::Unknown if engine.builder() == BuilderKind::None => {
+            tracing::warn!(component = %plan.component, image = %plan.image, "builder `none`: cannot confirm that this image exists; it must be built elsewhere");
+            return Ok(Action::Skipped);
+        }
+        Existence::Missing | Existence::Unknown => {}
+    }
+    let req = engine::BuildRequest {
+        component: &plan.component,
+        image: &plan.image,
+        dockerfile: &spec.dockerfile,
+        args: spec
+            .args
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.0.as_str()))
+            .collect(),
+        target: spec.target.as_deref(),
+        platform: spec.platform.as_deref(),
+        push: spec.push,
+    };
+    tracing::info!(component = %plan.component, image = %plan.image, "building image");
+    match engine.build(&req, repo_path, commit, spec, cancel).await? {
+        engine::BuildResult::Built => {
+            tracing::info!(component = %plan.component, image = %plan.image, "image built");
+            Ok(Action::Built)
+        }
+        engine::BuildResult::Failed { tail, reason } => {
+            tracing::error!(component = %plan.component, image = %plan.image, %reason, "image build failed");
+            Ok(Action::Failed {
+                log_tail: tail.join("\n"),
+                reason,
+            })
+        }
+    }
+}
+
+/// What [`prune_old`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PruneReport {
+    /// Tags removed.
+    pub removed: Vec<String>,
+    /// Old tags kept because they are protected.
+    pub protected: Vec<String>,
+    /// Old tags kept because a container uses them.
+    pub in_use: Vec<String>,
+    /// Old tags whose removal the engine refused, with its reason.
+    pub failed: Vec<(String, String)>,
+}
+
+/// One tag of a repository, as `docker image ls` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedImage {
+    /// `repository:tag`.
+    pub reference: String,
+    /// The image id (short).
+    pub id: String,
+    /// Docker's `CreatedAt` text, e.g. `2026-11-21 23:22:59 +0000 UTC`.
+    pub created: String,
+}
+
+/// Parses `docker image ls --format '{{.Repository}}:{{.Tag}}\t{{.ID}}\t{{.CreatedAt}}'` output.
+pub fn parse_image_list(text: &str) -> Vec<ListedImage> {
+    text.lines()
+        .filter_map(|l| {
+            let mut parts = l.split('\t');
+            let (r, id, c) = (parts.next()?, parts.next()?, parts.next()?);
+            (!r.ends_with(":<none>")).then(|| ListedImage {
+                reference: r.to_string(),
+                id: id.to_string(),
+                created: c.to_string(),
+            })
+        })
+        .collect()
+}
+
+fn created_key(created: &str) -> i64 {
+    // `2026-11-21 23:22:59 +0000 UTC`: the trailing zone name is not parseable, the offset is.
+    let head: String = created.split(' ').take(3).collect::<Vec<_>>().join(" ");
+    chrono::DateTime::parse_from_str(&head, "%Y-%m-%d %H:%M:%S %z")
+        .map(|t| t.timestamp())
+        .unwrap_or(0)
+}
+
+/// Decides which tags to remove: all but the newest `keep` per repository, never a protected tag
+/// or one a container uses (by reference or image id). Pure, for testing.
+pub fn prune_decision(
+    images: &[ListedImage],
+    keep: usize,
+    protect: &HashSet<String>,
+    used: &HashSet<String>,
+) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let mut sorted: Vec<&ListedImage> = images.iter().collect();
+    sorted.sort_by(|a, b| {
+        created_key(&b.created)
+            .cmp(&created_key(&a.created))
+            .then(a.reference.cmp(&b.reference))
+    });
+    let (mut remove, mut protected, mut in_use) = (Vec::new(), Vec::new(), Vec::new());
+    for img in sorted.into_iter().skip(keep) {
+        let short_id = img.id.trim_start_matches("sha256:");
+        let used_by_container = used.contains(&img.reference)
+            || used.iter().any(|u| {
+                let u = u.trim_start_matches("sha256:");
+                u.len() >= 12 && (u.starts_with(short_id) || short_id.starts_with(u))
+            });
+        if protect.contains(&img.reference) {
+            protected.push(img.reference.clone());
+        } else if used_by_container {
+            in_use.push(img.reference.clone());
+        } else {
+            remove.push(img.reference.clone());
+        }
+    }
+    (remove, protected, in_use)
+}
+
+/// Removes old content tags of `repositories` from the engine of `opts`, keeping the newest
+/// `opts.keep` per repository (by image creation time), every tag in `protect` (the last healthy
+/// commit's) and every image a container uses. Only untags (`docker rmi` without force). A no-op
+/// for the `command` and `none` builders and for minikube runtimes other than Docker.
+pub async fn prune_old(
+    opts: &BuildOptions,
+    repositories: &[String],
+    protect: &[String],
+    cancel: watch::Receiver<bool>,
+) -> Result<PruneReport, BuildError> {
+    let engine = Engine::new(opts)?;
+    prune_old_with(&engine, opts.keep, repositories, protect, cancel).await
+}
+
+/// [`prune_old`] on a given engine.
+pub async fn prune_old_with(
+    engine: &Engine,
+    keep: usize,
+    repositories: &[String],
+    protect: &[String],
+    cancel: watch::Receiver<bool>,
+) -> Result<PruneReport, BuildError> {
+    let mut report = PruneReport::default();
+    let Some(cli) = engine.docker_cli(&cancel).await? else {
+        tracing::debug!(builder = ?engine.builder(), "image pruning needs a Docker engine; skipped");
+        return Ok(report);
+    };
+    let ps = ["ps", "-a", "--format", "{{.Image}}\t{{.ImageID}}"]
+        .map(String::from)
+        .to_vec();
+    let out = engine.docker_other(&cli, &ps, &cancel).await?;
+    if !out.status.success() {
+        return Err(BuildError::Unreachable {
+            host: cli.host().to_string(),
+            detail: out.stderr.lines().last().unwrap_or("").to_string(),
+            hint: engine::UNREACHABLE_HINT.into(),
+        });
+    }
+    // Stopped containers count too: `docker rmi` would refuse their images anyway.
+    let used: HashSet<String> = out
+        .stdout
+        .lines()
+        .flat_map(|l| l.split('\t'))
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            if s.contains(':') || s.starts_with("sha256") {
+                s.to_string()
+            } else {
+                format!("{s}:latest")
+            }
+        })
+        .collect();
+    let protect: HashSet<String> = protect.iter().cloned().collect();
+    for repo in repositories {
+        let ls = [
+            "image",
+            "ls",
+            "--no-trunc",
+            "--format",
+            "{{.Repository}}:{{.Tag}}\t{{.ID}}\t{{.CreatedAt}}",
+            repo.as_str(),
+        ]
+        .map(String::from)
+        .to_vec();
+        let out = engine.docker_other(&cli, &ls, &cancel).await?;
+        if !out.status.success() {
+            continue;
+        }
+        let images = parse_image_list(&out.stdout);
+        let (remove, protected, in_use) = prune_decision(&images, keep, &protect, &used);
+        report.protected.extend(protected);
+        report.in_use.extend(in_use);
+        for r in remove {
+            let rmi = vec!["rmi".to_string(), r.clone()];
+            let out = engine.docker_other(&cli, &rmi, &cancel).await?;
+            if out.status.success() {
+                tracing::info!(image = %r, "removed old image tag");
+                report.removed.push(r);
+            } else {
+                let why = out.stderr.lines().last().unwrap_or("").to_string();
+                tracing::warn!(image = %r, reason = %why, "could not remove old image tag");
+                report.failed.push((r, why));
+            }
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn img(r: &str, id: &str, created: &str) -> ListedImage {
+        ListedImage {
+            reference: r.into(),
+            id: id.into(),
+            created: created.into(),
+        }
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_n_protected_and_used_tags() {
+        let images = vec![
+            img(
+                "app:a",
+                "sha256:aaaaaaaaaaaa1",
+                "2026-01-01 00:00:01 +0000 UTC",
+            ),
+            img(
+                "app:b",
+                "sha256:bbbbbbbbbbbb1",
+                "2026-01-01 00:00:02 +0000 UTC",
+            ),
+            img(
+                "app:c",
+                "sha256:cccccccccccc1",
+                "2026-01-01 00:00:03 +0000 UTC",
+            ),
+            img(
+                "app:d",
+                "sha256:dddddddddddd1",
+                "2026-01-01 00:00:04 +0000 UTC",
+            ),
+            img(
+                "app:e",
+                "sha256:eeeeeeeeeeee1",
+                "2026-01-01 00:00:05 +0000 UTC",
+            ),
+        ];
+        let protect: HashSet<String> = ["app:a".to_string()].into();
+        let used: HashSet<String> = ["sha256:bbbbbbbbbbbb".to_string()].into();
+        let (remove, protected, in_use) = prune_decision(&images, 2, &protect, &used);
+        assert_eq!(remove, vec!["app:c"]);
+        assert_eq!(protected, vec!["app:a"]);
+        assert_eq!(in_use, vec!["app:b"]);
+    }
+
+    #[test]
+    fn image_lists_skip_untagged_images() {
+        let list = parse_image_list("app:x\tsha256:1\t2026-01-01 00:00:01 +0000 UTC\napp:<none>\tsha256:2\t2026-01-01 00:00:01 +0000 UTC\n");
+        assert_eq!(list.len(), 1);
+        assert_eq!(created_key(&list[0].created), 1767225601);
+    }
+
+    #[test]
+    fn the_builder_is_the_clis_then_the_stacks_then_by_context() {
+        let spec: crate::desired::StackSpec = serde_yaml_ng::from_str(
+            "apiVersion: converge.dev/v1alpha1\nkind: Stack\nname: s\nnamespace: s\n",
+        )
+        .expect("stack spec");
+        let mut stack = Stack {
+            spec,
+            file: "desired/stack.yaml".into(),
+            dir: "desired".into(),
+            components: Vec::new(),
+        };
+        assert_eq!(resolve_builder(None, &stack), BuilderKind::Minikube);
+        stack.spec.context = "kind-dev".into();
+        assert_eq!(resolve_builder(None, &stack), BuilderKind::Docker);
+        stack.spec.builder = Some(BuilderKind::Command);
+        assert_eq!(resolve_builder(None, &stack), BuilderKind::Command);
+        assert_eq!(
+            resolve_builder(Some(BuilderKind::None), &stack),
+            BuilderKind::None
+        );
+    }
+}
