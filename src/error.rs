@@ -27,13 +27,37 @@ pub enum Error {
         /// Every finding.
         report: Box<Report>,
     },
+    /// `--stack` names no stack of the commit.
+    #[error("commit {commit} has no stack named `{name}`")]
+    UnknownStack {
+        /// The name asked for.
+        name: String,
+        /// The commit read.
+        commit: String,
+    },
+    /// Rendering the chart failed.
+    #[error(transparent)]
+    Render(#[from] crate::render::RenderError),
+    /// The cluster failed.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 impl Error {
     /// What should happen next.
     pub fn disposition(&self) -> Disposition {
         match self {
-            Error::Source(_) | Error::Invalid { .. } => Disposition::Stalled,
+            Error::Source(_) | Error::Invalid { .. } | Error::UnknownStack { .. } => {
+                Disposition::Stalled
+            }
+            Error::Render(crate::render::RenderError::Helm { .. }) => Disposition::Stalled,
+            Error::Render(_) => Disposition::Retry,
+            Error::Cluster(
+                crate::cluster::ClusterError::Conflict { .. }
+                | crate::cluster::ClusterError::Immutable { .. }
+                | crate::cluster::ClusterError::Invalid { .. },
+            ) => Disposition::Stalled,
+            Error::Cluster(_) => Disposition::Retry,
         }
     }
 
@@ -41,7 +65,9 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Error::Source(_) => "SourceFailed",
-            Error::Invalid { .. } => "ValidationFailed",
+            Error::Invalid { .. } | Error::UnknownStack { .. } => "ValidationFailed",
+            Error::Render(_) => crate::vocabulary::reason::RENDER_FAILED,
+            Error::Cluster(_) => crate::vocabulary::reason::CLUSTER_UNREACHABLE,
         }
     }
 }

@@ -13,6 +13,11 @@
 
 pub mod build;
 pub mod cli;
+pub mod cluster;
 pub mod desired;
 pub mod error;
+pub mod reconcile;
+pub mod render;
 pub mod source;
+pub mod status;
+pub mod vocabulary;

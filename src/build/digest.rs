@@ -289,3 +289,176 @@ pub fn digest(
 pub fn short(digest: &str) -> &str {
     digest.get(..12).unwrap_or(digest)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::schema::EnvValue;
+    use crate::source::Repo;
+    use std::process::Command;
+
+    /// A throwaway repository committed through the git CLI.
+    struct TestRepo(tempfile::TempDir);
+
+    impl TestRepo {
+        fn new() -> Self {
+            let r = Self(tempfile::tempdir().expect("tempdir"));
+            r.git(&["init", "-q", "-b", "main"]);
+            r.git(&["config", "user.email", "t@converge.invalid"]);
+            r.git(&["config", "user.name", "t"]);
+            r
+        }
+        fn git(&self, args: &[&str]) {
+            let ok = Command::new("git")
+                .args(args)
+                .current_dir(self.0.path())
+                .env("GIT_CONFIG_NOSYSTEM", "1")
+                .status()
+                .expect("git runs")
+                .success();
+            assert!(ok, "git {args:?}");
+        }
+        fn write(&self, rel: &str, body: &str) -> &Self {
+            let p = self.0.path().join(rel);
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            std::fs::write(p, body).expect("write");
+            self
+        }
+        fn commit(&self) -> &Self {
+            self.git(&["add", "-A"]);
+            self.git(&["commit", "-q", "--allow-empty", "-m", "x"]);
+            self
+        }
+        fn digest(&self, spec: &BuildSpec) -> String {
+            let repo = Repo::open(self.0.path()).expect("repo");
+            let snap = repo.snapshot("HEAD").expect("snapshot");
+            let ctx = resolve_context(&snap, "c", spec).expect("context");
+            digest(&snap, &ctx, spec, &DigestCache::new()).expect("digest")
+        }
+        fn sent(&self, spec: &BuildSpec) -> Vec<(String, bool)> {
+            let repo = Repo::open(self.0.path()).expect("repo");
+            let snap = repo.snapshot("HEAD").expect("snapshot");
+            let ctx = resolve_context(&snap, "c", spec).expect("context");
+            ctx.files.into_iter().map(|f| (f.rel, f.build_file_only)).collect()
+        }
+    }
+
+    fn spec(dockerfile: &str) -> BuildSpec {
+        BuildSpec {
+            context: "app".into(),
+            dockerfile: dockerfile.into(),
+            repository: "app".into(),
+            args: Default::default(),
+            target: None,
+            platform: None,
+            push: false,
+        }
+    }
+
+    fn base() -> TestRepo {
+        let r = TestRepo::new();
+        r.write("app/Dockerfile", "FROM scratch\nCOPY . /\n")
+            .write("app/Dockerfile.debug", "FROM scratch\nCOPY main /\n")
+            .write("app/main", "v1\n")
+            .write("app/.dockerignore", "*.log\n")
+            .write("app/debug.log", "noise\n")
+            .write("other/file", "outside the context\n")
+            .commit();
+        r
+    }
+
+    #[test]
+    fn an_ignored_or_outside_file_does_not_change_the_digest() {
+        let r = base();
+        let before = r.digest(&spec("Dockerfile"));
+        r.write("app/debug.log", "more noise\n").write("other/file", "changed\n").commit();
+        assert_eq!(r.digest(&spec("Dockerfile")), before);
+        r.write("app/main", "v2\n").commit();
+        assert_ne!(r.digest(&spec("Dockerfile")), before);
+    }
+
+    #[test]
+    fn args_target_and_platform_are_inputs() {
+        let r = base();
+        let plain = r.digest(&spec("Dockerfile"));
+        let mut s = spec("Dockerfile");
+        s.args.insert("MODE".into(), EnvValue("a".into()));
+        let with_a = r.digest(&s);
+        s.args.insert("MODE".into(), EnvValue("b".into()));
+        let with_b = r.digest(&s);
+        let mut t = spec("Dockerfile");
+        t.target = Some("prod".into());
+        let mut p = spec("Dockerfile");
+        p.platform = Some("linux/arm64".into());
+        let all = [plain, with_a, with_b, r.digest(&t), r.digest(&p)];
+        let distinct: std::collections::HashSet<_> = all.iter().collect();
+        assert_eq!(distinct.len(), all.len());
+        // The repository is a name, not an input.
+        let mut renamed = spec("Dockerfile");
+        renamed.repository = "other".into();
+        assert_eq!(r.digest(&renamed), all[0]);
+    }
+
+    #[test]
+    fn two_dockerfiles_in_one_context_hash_apart() {
+        let r = base();
+        assert_ne!(r.digest(&spec("Dockerfile")), r.digest(&spec("Dockerfile.debug")));
+    }
+
+    #[test]
+    fn the_executable_bit_is_an_input() {
+        let r = base();
+        let before = r.digest(&spec("Dockerfile"));
+        r.git(&["update-index", "--chmod=+x", "app/main"]);
+        r.git(&["commit", "-q", "-m", "chmod"]);
+        assert_ne!(r.digest(&spec("Dockerfile")), before);
+    }
+
+    #[test]
+    fn an_excluded_dockerfile_is_sent_and_hashed_but_not_part_of_the_context() {
+        let r = base();
+        r.write("app/.dockerignore", "Dockerfile*\n.dockerignore\n").commit();
+        let sent = r.sent(&spec("Dockerfile"));
+        assert!(sent.contains(&("Dockerfile".into(), true)), "{sent:?}");
+        assert!(sent.contains(&(".dockerignore".into(), true)), "{sent:?}");
+        assert!(!sent.iter().any(|(p, _)| p == "Dockerfile.debug"), "{sent:?}");
+        // Its bytes still decide the image.
+        let before = r.digest(&spec("Dockerfile"));
+        r.write("app/Dockerfile", "FROM scratch\nCOPY main /m\n").commit();
+        assert_ne!(r.digest(&spec("Dockerfile")), before);
+    }
+
+    #[test]
+    fn a_dockerfile_specific_ignore_file_wins_over_dockerignore() {
+        let r = base();
+        r.write("app/Dockerfile.dockerignore", "main\n").commit();
+        let sent: Vec<String> = r.sent(&spec("Dockerfile")).into_iter().map(|(p, _)| p).collect();
+        assert!(!sent.contains(&"main".to_string()), "{sent:?}");
+        assert!(sent.contains(&"debug.log".to_string()), "{sent:?}");
+    }
+
+    #[test]
+    fn a_warm_cache_reads_each_blob_once() {
+        let r = base();
+        let repo = Repo::open(r.0.path()).expect("repo");
+        let snap = repo.snapshot("HEAD").expect("snapshot");
+        let cache = DigestCache::new();
+        let s = spec("Dockerfile");
+        let ctx = resolve_context(&snap, "c", &s).expect("context");
+        let first = digest(&snap, &ctx, &s, &cache).expect("digest");
+        let n = cache.len();
+        assert!(n >= 3);
+        assert_eq!(digest(&snap, &ctx, &s, &cache).expect("digest"), first);
+        assert_eq!(cache.len(), n);
+    }
+
+    #[test]
+    fn a_malformed_dockerignore_is_an_error_naming_the_file() {
+        let r = base();
+        r.write("app/.dockerignore", "[\n").commit();
+        let repo = Repo::open(r.0.path()).expect("repo");
+        let snap = repo.snapshot("HEAD").expect("snapshot");
+        let err = resolve_context(&snap, "c", &spec("Dockerfile")).expect_err("bad pattern");
+        assert!(err.to_string().contains("app/.dockerignore"), "{err}");
+    }
+}

@@ -2,6 +2,8 @@
 //!
 //! Library errors become readable diagnostics here and nowhere else.
 
+mod apply;
+mod status;
 mod validate;
 
 use std::io::IsTerminal;
@@ -29,6 +31,12 @@ pub enum Command {
     Validate(validate::ValidateArgs),
     /// Print the JSON Schema of desired-state documents (for editors).
     Schema,
+    /// Reconcile a commit once: render, apply in order, wait for health, prune, record status.
+    Apply(apply::ApplyArgs),
+    /// Show what `apply` would change (server-side dry-run); exit 0 none, 1 some, 2 on error.
+    Diff(apply::DiffArgs),
+    /// Show the status converge recorded in the cluster.
+    Status(status::StatusArgs),
 }
 
 /// Where to read the desired state from.
@@ -77,6 +85,9 @@ pub fn init_tracing(cli: &Cli) {
 pub fn run(cli: Cli) -> ExitCode {
     let code = match cli.command {
         Command::Validate(args) => validate::run(&args),
+        Command::Apply(args) => apply::apply(&args),
+        Command::Diff(args) => apply::diff(&args),
+        Command::Status(args) => status::run(&args),
         Command::Schema => {
             let schema = crate::desired::schema::document_schema();
             match serde_json::to_string_pretty(&schema) {
@@ -107,4 +118,62 @@ pub(crate) fn print_error(err: &dyn std::error::Error) {
 /// Whether stdout gets colour.
 pub(crate) fn color_stdout() -> bool {
     std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+/// A multi-threaded runtime for one command.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, u8> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: starting the async runtime: {e}");
+            EXIT_ERROR
+        })
+}
+
+/// Prints a library error for people or machines and returns its exit code: 1 for an invalid
+/// desired state (a finding), 2 for everything else.
+pub(crate) fn report_error(err: &crate::error::Error, format: Format) -> u8 {
+    let code = match err {
+        crate::error::Error::Invalid { .. } => EXIT_FINDINGS,
+        _ => EXIT_ERROR,
+    };
+    match format {
+        Format::Json => {
+            let mut v = serde_json::json!({"error": err.to_string(), "reason": err.reason()});
+            if let crate::error::Error::Invalid { report, .. } = err {
+                v["diagnostics"] = serde_json::to_value(&report.diagnostics).unwrap_or_default();
+            }
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+        Format::Text => {
+            if let crate::error::Error::Invalid { report, .. } = err {
+                print!("{}", report.render(color_stdout()));
+            }
+            print_error(err);
+        }
+    }
+    code
+}
+
+/// Colours a unified diff on a terminal.
+pub(crate) fn colorize_diff(diff: &str) -> String {
+    if !color_stdout() {
+        return diff.to_string();
+    }
+    diff.lines()
+        .map(|l| {
+            if l.starts_with("+++") || l.starts_with("---") {
+                format!("\x1b[1m{l}\x1b[0m\n")
+            } else if l.starts_with('+') {
+                format!("\x1b[32m{l}\x1b[0m\n")
+            } else if l.starts_with('-') {
+                format!("\x1b[31m{l}\x1b[0m\n")
+            } else if l.starts_with("@@") {
+                format!("\x1b[36m{l}\x1b[0m\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect()
 }

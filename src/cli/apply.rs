@@ -1,0 +1,244 @@
+//! `converge apply`: one reconcile of a commit, in the foreground; `converge diff`: what it would change.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use clap::Args;
+use serde_json::json;
+
+use super::{Format, SourceArgs, EXIT_FINDINGS, EXIT_OK};
+use crate::cluster::{diff, inventory, ApplyOptions, Cluster, ObjectKey};
+use crate::error::Error;
+use crate::reconcile::{self, Options, StackReport};
+use crate::render::Helm;
+
+/// Where and how to apply.
+#[derive(Debug, Clone, Args)]
+pub struct TargetArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Only the stack with this name.
+    #[arg(long)]
+    pub stack: Option<String>,
+    /// The kube context, instead of the stack's `context`.
+    #[arg(long, env = "CONVERGE_CONTEXT")]
+    pub context: Option<String>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Format::Text)]
+    pub output: Format,
+}
+
+impl TargetArgs {
+    pub(crate) fn options(&self) -> Options {
+        Options {
+            context: self.context.clone(),
+            stack: self.stack.clone(),
+            dir: self.source.dir.clone(),
+            ..Options::default()
+        }
+    }
+}
+
+/// Arguments of `converge apply`.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Take ownership of fields another field manager owns.
+    #[arg(long)]
+    force_conflicts: bool,
+    /// Delete and re-create objects whose immutable fields changed, when that loses no data.
+    #[arg(long)]
+    recreate: bool,
+    /// Allow pruning more than half of what converge manages in one go.
+    #[arg(long)]
+    allow_mass_prune: bool,
+    /// Compare every object with the cluster, not only those whose render or live spec moved.
+    #[arg(long)]
+    full: bool,
+    /// How long to wait for the stack to become healthy.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+pub(super) fn apply(args: &ApplyArgs) -> u8 {
+    let mut opts = args.target.options();
+    opts.force_conflicts = args.force_conflicts;
+    opts.recreate = args.recreate;
+    opts.allow_mass_prune = args.allow_mass_prune;
+    opts.full = args.full;
+    opts.timeout = args.timeout;
+    let rt = match super::runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    rt.block_on(async {
+        let reports = match run_apply(&args.target, &opts).await {
+            Ok(r) => r,
+            Err(e) => return super::report_error(&e, args.target.output),
+        };
+        print_reports(&reports, args.target.output);
+        if reports.iter().all(|r| r.ready) {
+            EXIT_OK
+        } else {
+            EXIT_FINDINGS
+        }
+    })
+}
+
+/// Reconciles every selected stack of the commit; the library path the daemon also takes.
+pub async fn run_apply(target: &TargetArgs, opts: &Options) -> Result<Vec<StackReport>, Error> {
+    let (commit, prepared) = reconcile::prepare(&target.source.repo, &target.source.rev, opts)?;
+    let helm = Helm::from_env();
+    helm.check().await?;
+    let mut clusters: BTreeMap<String, Cluster> = BTreeMap::new();
+    let mut reports = Vec::new();
+    for p in &prepared {
+        let ctx = opts.context.clone().unwrap_or_else(|| p.stack.spec.context.clone());
+        if !clusters.contains_key(&ctx) {
+            let c = Cluster::connect(Some(&ctx)).await?;
+            c.ping().await?;
+            clusters.insert(ctx.clone(), c);
+        }
+        let cluster = &clusters[&ctx];
+        reports.push(reconcile::reconcile_stack(cluster, p, &commit, &helm, opts).await);
+    }
+    Ok(reports)
+}
+
+fn print_reports(reports: &[StackReport], format: Format) {
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(reports).unwrap_or_default()),
+        Format::Text => {
+            for r in reports {
+                let verdict = if r.ready { "ready" } else { "NOT ready" };
+                println!(
+                    "stack {} (namespace {}) at {}: {verdict} ({})",
+                    r.stack,
+                    r.namespace,
+                    crate::desired::short_id(&r.commit),
+                    r.reason
+                );
+                println!(
+                    "  {} applied, {} unchanged, {} pruned; {} reads, {} writes in {} ms",
+                    r.applied.len(),
+                    r.unchanged,
+                    r.pruned.len(),
+                    r.requests.reads,
+                    r.requests.writes,
+                    r.duration_ms
+                );
+                for a in &r.applied {
+                    println!("  applied {a}");
+                }
+                for p in &r.pruned {
+                    println!("  pruned {p}");
+                }
+                for k in &r.kept {
+                    println!("  kept {k}");
+                }
+                for c in &r.status.components {
+                    println!("  {:<10} {:<12} {}/{} {}", c.name, c.health, c.ready, c.desired, c.image);
+                }
+                for (c, why) in &r.blocked {
+                    println!("  blocked {c}: {why}");
+                }
+                for e in &r.errors {
+                    println!("  error: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// Arguments of `converge diff`.
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+}
+
+pub(super) fn diff(args: &DiffArgs) -> u8 {
+    let opts = args.target.options();
+    let rt = match super::runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    rt.block_on(async {
+        match run_diff(&args.target, &opts).await {
+            Err(e) => super::report_error(&e, args.target.output),
+            Ok(changes) => {
+                match args.target.output {
+                    Format::Json => println!("{}", serde_json::to_string_pretty(&changes).unwrap_or_default()),
+                    Format::Text => {
+                        for c in &changes {
+                            print!("{}", super::colorize_diff(c["diff"].as_str().unwrap_or("")));
+                        }
+                        if changes.is_empty() {
+                            eprintln!("no differences");
+                        }
+                    }
+                }
+                if changes.is_empty() {
+                    EXIT_OK
+                } else {
+                    EXIT_FINDINGS
+                }
+            }
+        }
+    })
+}
+
+/// Per object that would change: `{object, action, diff}`. Server-side dry-run of every rendered
+/// object, plus what prune would delete. Secret data is masked in the output only.
+pub async fn run_diff(target: &TargetArgs, opts: &Options) -> Result<Vec<serde_json::Value>, Error> {
+    let (_, prepared) = reconcile::prepare(&target.source.repo, &target.source.rev, opts)?;
+    let helm = Helm::from_env();
+    helm.check().await?;
+    let mut out = Vec::new();
+    for p in &prepared {
+        let ctx = opts.context.clone().unwrap_or_else(|| p.stack.spec.context.clone());
+        let cluster = Cluster::connect(Some(&ctx)).await?;
+        let rendered = p.render.template(&helm).await?;
+        let ns = &p.stack.spec.namespace;
+        let namespace_exists = cluster
+            .get(&ObjectKey { group: String::new(), version: "v1".into(), kind: "Namespace".into(), namespace: String::new(), name: ns.clone() })
+            .await?
+            .is_some();
+        let mut keys = Vec::new();
+        for obj in &rendered.objects {
+            let Some(key) = ObjectKey::of(obj) else { continue };
+            keys.push(key.clone());
+            let live = if namespace_exists { cluster.get(&key).await? } else { None };
+            let would = if namespace_exists {
+                cluster.apply(obj, ApplyOptions { force: true, dry_run: true }).await?
+            } else {
+                // Dry-run cannot create into a namespace that does not exist yet: show the render.
+                obj.clone()
+            };
+            let live_v = live.as_ref().map(|l| diff::normalize(&serde_json::to_value(l).unwrap_or_default()));
+            let would_v = diff::normalize(&serde_json::to_value(&would).unwrap_or_default());
+            let title = format!("{}/{}/{}", key.kind, key.namespace, key.name);
+            if let Some(d) = diff::unified(&title, live_v.as_ref(), Some(&would_v)) {
+                let action = if live.is_some() { "update" } else { "create" };
+                out.push(json!({"object": key.to_string(), "action": action, "diff": d}));
+            }
+        }
+        if namespace_exists {
+            let inv = inventory::load(cluster.client(), ns, &p.stack.spec.name).await?;
+            let policy = inventory::PrunePolicy { volumes: p.stack.spec.prune.volumes, namespaces: p.stack.spec.prune.namespace, allow_mass_prune: opts.allow_mass_prune };
+            let plan = inventory::plan_prune(&inv, &keys, policy);
+            for key in plan.delete {
+                if let Some(live) = cluster.get(&key).await? {
+                    let v = diff::normalize(&serde_json::to_value(&live).unwrap_or_default());
+                    let title = format!("{}/{}/{}", key.kind, key.namespace, key.name);
+                    if let Some(d) = diff::unified(&title, Some(&v), None) {
+                        out.push(json!({"object": key.to_string(), "action": "delete", "diff": d}));
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+

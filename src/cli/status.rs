@@ -1,0 +1,100 @@
+//! `converge status`: the status converge recorded in the cluster; needs neither the repository
+//! nor the daemon.
+
+use clap::Args;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, ListParams};
+
+use super::{Format, EXIT_ERROR, EXIT_FINDINGS, EXIT_OK};
+use crate::cluster::Cluster;
+use crate::status::StackStatus;
+use crate::vocabulary::{LABEL_MANAGED_BY, MANAGED_BY};
+
+/// Arguments of `converge status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The kube context (the kubeconfig's current one when absent).
+    #[arg(long, env = "CONVERGE_CONTEXT")]
+    context: Option<String>,
+    /// Only this stack.
+    #[arg(long)]
+    stack: Option<String>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Format::Text)]
+    output: Format,
+}
+
+pub(super) fn run(args: &StatusArgs) -> u8 {
+    let rt = match super::runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    rt.block_on(async {
+        let statuses = match read(args).await {
+            Ok(s) => s,
+            Err(e) => return super::report_error(&crate::error::Error::Cluster(e), args.output),
+        };
+        match args.output {
+            Format::Json => println!("{}", serde_json::to_string_pretty(&statuses).unwrap_or_default()),
+            Format::Text => print_text(&statuses),
+        }
+        if statuses.is_empty() {
+            EXIT_ERROR
+        } else if statuses.iter().all(|s| s.ready) {
+            EXIT_OK
+        } else {
+            EXIT_FINDINGS
+        }
+    })
+}
+
+async fn read(args: &StatusArgs) -> Result<Vec<StackStatus>, crate::cluster::ClusterError> {
+    let cluster = Cluster::connect(args.context.as_deref()).await?;
+    let api: Api<ConfigMap> = Api::all(cluster.client().clone());
+    let lp = ListParams::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
+    let list = api.list(&lp).await.map_err(|source| crate::cluster::ClusterError::Api {
+        action: "listing",
+        object: "status records".into(),
+        source,
+    })?;
+    let mut out: Vec<StackStatus> = list
+        .items
+        .into_iter()
+        .filter(|c| c.metadata.name.as_deref().is_some_and(|n| n.starts_with("converge-") && n.ends_with("-status")))
+        .filter_map(|c| c.data.and_then(|mut d| d.remove("status.json")))
+        .filter_map(|t| serde_json::from_str::<StackStatus>(&t).ok())
+        .filter(|s| args.stack.as_ref().is_none_or(|n| n == &s.stack))
+        .collect();
+    out.sort_by(|a, b| (&a.namespace, &a.stack).cmp(&(&b.namespace, &b.stack)));
+    Ok(out)
+}
+
+fn print_text(statuses: &[StackStatus]) {
+    if statuses.is_empty() {
+        eprintln!("no converge status in this cluster: nothing has been applied yet (run `converge apply`)");
+        return;
+    }
+    for s in statuses {
+        let short = |c: &str| crate::desired::short_id(c).to_string();
+        println!(
+            "stack {} (namespace {}): {} — {}",
+            s.stack,
+            s.namespace,
+            if s.ready { "Ready" } else { "NotReady" },
+            s.reason
+        );
+        println!("  message: {}", s.message);
+        println!("  last applied {}, last healthy {}", short(&s.last_applied_commit), short(&s.last_healthy_commit));
+        println!("  {:<12} {:<12} {:<8} {:<40} SINCE", "COMPONENT", "HEALTH", "READY", "IMAGE");
+        for c in &s.components {
+            println!("  {:<12} {:<12} {:<8} {:<40} {}", c.name, c.health, format!("{}/{}", c.ready, c.desired), c.image, c.since);
+            if !c.last_error.is_empty() {
+                println!("    error: {}", c.last_error);
+            }
+        }
+        println!("  history:");
+        for h in &s.history {
+            println!("    {} {} {:<24} {} ms", h.time, short(&h.commit), h.result, h.duration_ms);
+        }
+    }
+}

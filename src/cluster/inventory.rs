@@ -1,0 +1,277 @@
+//! The inventory: what converge applied for one stack, kept in a ConfigMap in the stack's
+//! namespace so another machine or a restarted daemon knows it. Also the pure prune decision.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, Patch, PatchParams};
+use serde::{Deserialize, Serialize};
+
+use super::{ClusterError, ObjectKey, REQUEST_TIMEOUT};
+use crate::vocabulary::{inventory_name, FIELD_MANAGER, LABEL_MANAGED_BY, LABEL_STACK, MANAGED_BY};
+
+/// What converge knows of one object it applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Record {
+    /// The component it belongs to (`""` for stack-wide objects).
+    #[serde(default)]
+    pub component: String,
+    /// Hash of the rendered object last applied.
+    pub hash: String,
+    /// The live generation right after that apply (spec changes bump it).
+    #[serde(default)]
+    pub generation: i64,
+    /// The live resourceVersion right after that apply (for kinds without a generation).
+    #[serde(default)]
+    pub resource_version: String,
+    /// The commit whose render last changed the object.
+    #[serde(default)]
+    pub commit: String,
+}
+
+/// Every object applied for one stack, by key.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Inventory {
+    /// Records by object key.
+    pub objects: BTreeMap<String, (ObjectKey, Record)>,
+}
+
+impl Inventory {
+    /// The record of `key`.
+    pub fn get(&self, key: &ObjectKey) -> Option<&Record> {
+        self.objects.get(&id(key)).map(|(_, r)| r)
+    }
+
+    /// Records `key`.
+    pub fn insert(&mut self, key: ObjectKey, record: Record) {
+        self.objects.insert(id(&key), (key, record));
+    }
+
+    /// Forgets `key`.
+    pub fn remove(&mut self, key: &ObjectKey) {
+        self.objects.remove(&id(key));
+    }
+
+    /// Every key.
+    pub fn keys(&self) -> impl Iterator<Item = &ObjectKey> {
+        self.objects.values().map(|(k, _)| k)
+    }
+
+    /// Number of objects.
+    pub fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+}
+
+/// A stable string id of a key (`group/Kind/namespace/name`; version is not identity).
+pub fn id(key: &ObjectKey) -> String {
+    format!("{}/{}/{}/{}", key.group, key.kind, key.namespace, key.name)
+}
+
+const DATA_KEY: &str = "inventory.json";
+
+/// Reads the inventory of `stack` in `namespace`; empty when there is none yet.
+pub async fn load(
+    client: &kube::Client,
+    namespace: &str,
+    stack: &str,
+) -> Result<Inventory, ClusterError> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let name = inventory_name(stack);
+    let what = format!("ConfigMap/{name} (namespace {namespace})");
+    let cm = match tokio::time::timeout(REQUEST_TIMEOUT, api.get_opt(&name)).await {
+        Err(_) => {
+            return Err(ClusterError::Timeout {
+                action: "reading",
+                object: what,
+            })
+        }
+        Ok(Err(source)) => {
+            return Err(ClusterError::Api {
+                action: "reading",
+                object: what,
+                source,
+            })
+        }
+        Ok(Ok(cm)) => cm,
+    };
+    let Some(text) = cm.and_then(|c| c.data).and_then(|mut d| d.remove(DATA_KEY)) else {
+        return Ok(Inventory::default());
+    };
+    let entries: Vec<(ObjectKey, Record)> = serde_json::from_str(&text).map_err(|e| ClusterError::Invalid {
+        object: what,
+        message: format!("the inventory is not readable ({e}); converge will not prune until it is repaired or deleted"),
+    })?;
+    let mut inv = Inventory::default();
+    for (k, r) in entries {
+        inv.insert(k, r);
+    }
+    Ok(inv)
+}
+
+/// Writes the inventory (server-side apply of the whole ConfigMap).
+pub async fn save(
+    client: &kube::Client,
+    namespace: &str,
+    stack: &str,
+    inv: &Inventory,
+) -> Result<(), ClusterError> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let name = inventory_name(stack);
+    let entries: Vec<&(ObjectKey, Record)> = inv.objects.values().collect();
+    let text = serde_json::to_string_pretty(&entries).unwrap_or_else(|_| "[]".into());
+    let cm = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {LABEL_MANAGED_BY: MANAGED_BY, LABEL_STACK: stack},
+        },
+        "data": {DATA_KEY: text},
+    });
+    let what = format!("ConfigMap/{name} (namespace {namespace})");
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    match tokio::time::timeout(REQUEST_TIMEOUT, api.patch(&name, &pp, &Patch::Apply(&cm))).await {
+        Err(_) => Err(ClusterError::Timeout {
+            action: "writing",
+            object: what,
+        }),
+        Ok(Err(source)) => Err(ClusterError::Api {
+            action: "writing",
+            object: what,
+            source,
+        }),
+        Ok(Ok(_)) => Ok(()),
+    }
+}
+
+/// What pruning may delete.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PrunePolicy {
+    /// Allow deleting PersistentVolumeClaims.
+    pub volumes: bool,
+    /// Allow deleting Namespaces.
+    pub namespaces: bool,
+    /// Allow deleting more than half of the inventory at once.
+    pub allow_mass_prune: bool,
+}
+
+/// The prune decision for one reconcile.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrunePlan {
+    /// Objects to delete.
+    pub delete: Vec<ObjectKey>,
+    /// Objects no longer rendered but kept, with why.
+    pub keep: Vec<(ObjectKey, &'static str)>,
+    /// Why nothing at all is pruned, when the guard refused.
+    pub refused: Option<String>,
+}
+
+/// Decides what to prune: inventory members no longer rendered, never PVCs or Namespaces unless
+/// opted in, and never more than half of the inventory unless allowed.
+pub fn plan_prune(inv: &Inventory, rendered: &[ObjectKey], policy: PrunePolicy) -> PrunePlan {
+    let rendered: std::collections::HashSet<String> = rendered.iter().map(id).collect();
+    let mut plan = PrunePlan::default();
+    for key in inv.keys() {
+        if rendered.contains(&id(key)) {
+            continue;
+        }
+        match key.kind.as_str() {
+            "PersistentVolumeClaim" if !policy.volumes => plan.keep.push((
+                key.clone(),
+                "a volume holds data; set prune.volumes: true to allow",
+            )),
+            "Namespace" if !policy.namespaces => plan.keep.push((
+                key.clone(),
+                "namespaces are never pruned unless prune.namespace: true",
+            )),
+            _ => plan.delete.push(key.clone()),
+        }
+    }
+    if !policy.allow_mass_prune && !plan.delete.is_empty() && plan.delete.len() * 2 > inv.len() {
+        plan.refused = Some(format!(
+            "refusing to prune {} of {} objects (more than half of what converge manages) in one reconcile; re-run with --allow-mass-prune if that is intended",
+            plan.delete.len(),
+            inv.len()
+        ));
+        plan.delete.clear();
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(kind: &str, name: &str) -> ObjectKey {
+        ObjectKey {
+            group: String::new(),
+            version: "v1".into(),
+            kind: kind.into(),
+            namespace: "ns".into(),
+            name: name.into(),
+        }
+    }
+
+    fn inv(keys: &[ObjectKey]) -> Inventory {
+        let mut i = Inventory::default();
+        for key in keys {
+            i.insert(key.clone(), Record::default());
+        }
+        i
+    }
+
+    #[test]
+    fn only_objects_no_longer_rendered_are_pruned_and_never_volumes() {
+        let all = [
+            k("ConfigMap", "a"),
+            k("Service", "b"),
+            k("PersistentVolumeClaim", "data"),
+            k("ConfigMap", "c"),
+            k("Service", "d"),
+        ];
+        let plan = plan_prune(&inv(&all), &all[..2], PrunePolicy::default());
+        assert_eq!(plan.delete, vec![k("ConfigMap", "c"), k("Service", "d")]);
+        assert_eq!(plan.keep.len(), 1);
+        assert_eq!(plan.keep[0].0, k("PersistentVolumeClaim", "data"));
+    }
+
+    #[test]
+    fn pruning_more_than_half_is_refused_unless_allowed() {
+        let all = [
+            k("ConfigMap", "a"),
+            k("ConfigMap", "b"),
+            k("ConfigMap", "c"),
+        ];
+        let plan = plan_prune(&inv(&all), &all[..1], PrunePolicy::default());
+        assert!(plan.delete.is_empty());
+        assert!(plan
+            .refused
+            .as_deref()
+            .unwrap()
+            .contains("--allow-mass-prune"));
+        let plan = plan_prune(
+            &inv(&all),
+            &all[..1],
+            PrunePolicy {
+                allow_mass_prune: true,
+                ..Default::default()
+            },
+        );
+        assert_eq!(plan.delete.len(), 2);
+    }
+
+    #[test]
+    fn an_empty_render_never_prunes_everything() {
+        let all = [k("ConfigMap", "a"), k("ConfigMap", "b")];
+        let plan = plan_prune(&inv(&all), &[], PrunePolicy::default());
+        assert!(plan.delete.is_empty() && plan.refused.is_some());
+    }
+}

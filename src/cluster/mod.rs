@@ -1,0 +1,496 @@
+//! The live cluster: client, discovery, server-side apply and dry-run, listing what converge
+//! manages, deletion, health and the in-cluster inventory.
+//!
+//! It knows nothing of the desired state: it is handed plain objects and keys. Every API call is
+//! bounded by a timeout.
+
+pub mod client;
+pub mod diff;
+pub mod health;
+pub mod inventory;
+pub mod order;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::{ApiCapabilities, ApiResource, Scope};
+use kube::Client;
+use tokio::sync::Mutex;
+
+pub use client::{RequestCounter, RequestCounts};
+
+use crate::vocabulary::FIELD_MANAGER;
+
+/// How long one API request may take before it counts as failed.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Failures talking to the cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The kubeconfig or context is unusable.
+    #[error("{message}")]
+    Config {
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// The API server could not be reached or answered with an unexpected error.
+    #[error("{action} {object}: {source}")]
+    Api {
+        /// What converge was doing.
+        action: &'static str,
+        /// The object or collection.
+        object: String,
+        /// The client error.
+        #[source]
+        source: kube::Error,
+    },
+    /// A request took longer than [`REQUEST_TIMEOUT`].
+    #[error("{action} {object}: no answer from the API server within {}s", REQUEST_TIMEOUT.as_secs())]
+    Timeout {
+        /// What converge was doing.
+        action: &'static str,
+        /// The object or collection.
+        object: String,
+    },
+    /// The kind is not served by the cluster (a missing CRD, say).
+    #[error("{gvk} is not served by this cluster: {message}")]
+    UnknownKind {
+        /// The kind.
+        gvk: String,
+        /// What discovery said.
+        message: String,
+    },
+    /// Another field manager owns fields converge applies.
+    #[error("{object}: conflict with field manager {} over {}; re-run with --force-conflicts to take ownership", managers.join(", "), fields.join(", "))]
+    Conflict {
+        /// The object.
+        object: String,
+        /// Managers that own the conflicting fields.
+        managers: Vec<String>,
+        /// The conflicting field paths.
+        fields: Vec<String>,
+    },
+    /// A change to a field the API server does not allow to change.
+    #[error("{object}: `{field}` cannot be changed in place ({message}){}", if *recreatable { "; re-run with --recreate to delete and re-create it (no data is lost for this kind)" } else { "; this kind holds data, so converge will not re-create it: change the field back, or migrate by hand" })]
+    Immutable {
+        /// The object.
+        object: String,
+        /// The immutable field.
+        field: String,
+        /// The API server's message.
+        message: String,
+        /// Whether `--recreate` may delete and re-create the object.
+        recreatable: bool,
+    },
+    /// The API server refused the object (validation, admission).
+    #[error("{object}: the API server refused it: {message}")]
+    Invalid {
+        /// The object.
+        object: String,
+        /// The API server's message.
+        message: String,
+    },
+}
+
+/// Identifies one object: group/version/kind plus namespace and name.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct ObjectKey {
+    /// API group (`""` for core).
+    pub group: String,
+    /// API version.
+    pub version: String,
+    /// Kind.
+    pub kind: String,
+    /// Namespace (`""` for cluster-scoped objects).
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl ObjectKey {
+    /// The key of `obj`, with `default_ns` for namespaced objects that name none.
+    pub fn of(obj: &DynamicObject) -> Option<Self> {
+        let tm = obj.types.as_ref()?;
+        let (group, version) = match tm.api_version.split_once('/') {
+            Some((g, v)) => (g.to_string(), v.to_string()),
+            None => (String::new(), tm.api_version.clone()),
+        };
+        Some(Self {
+            group,
+            version,
+            kind: tm.kind.clone(),
+            namespace: obj.metadata.namespace.clone().unwrap_or_default(),
+            name: obj.metadata.name.clone()?,
+        })
+    }
+
+    /// The group/version/kind.
+    pub fn gvk(&self) -> GroupVersionKind {
+        GroupVersionKind::gvk(&self.group, &self.version, &self.kind)
+    }
+
+    /// `Kind/name` as people write it.
+    pub fn short(&self) -> String {
+        format!("{}/{}", self.kind, self.name)
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{}/{}", self.kind, self.name)
+        } else {
+            write!(
+                f,
+                "{}/{} (namespace {})",
+                self.kind, self.name, self.namespace
+            )
+        }
+    }
+}
+
+/// Apply options.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApplyOptions {
+    /// Take ownership of fields another manager owns.
+    pub force: bool,
+    /// Ask the server what it would do, change nothing.
+    pub dry_run: bool,
+}
+
+/// A connection to one cluster, with a discovery cache.
+#[derive(Clone)]
+pub struct Cluster {
+    client: Client,
+    counter: RequestCounter,
+    kinds: Arc<Mutex<HashMap<GroupVersionKind, (ApiResource, ApiCapabilities)>>>,
+}
+
+async fn bounded<T>(
+    action: &'static str,
+    object: &dyn fmt::Display,
+    fut: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, ClusterError> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(source)) => Err(ClusterError::Api {
+            action,
+            object: object.to_string(),
+            source,
+        }),
+        Err(_) => Err(ClusterError::Timeout {
+            action,
+            object: object.to_string(),
+        }),
+    }
+}
+
+impl Cluster {
+    /// Wraps a client whose requests `counter` counts.
+    pub fn new(client: Client, counter: RequestCounter) -> Self {
+        Self {
+            client,
+            counter,
+            kinds: Arc::default(),
+        }
+    }
+
+    /// Connects to `context` of the kubeconfig.
+    pub async fn connect(context: Option<&str>) -> Result<Self, ClusterError> {
+        let (client, counter) = client::connect(context).await?;
+        Ok(Self::new(client, counter))
+    }
+
+    /// The underlying client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Requests sent so far.
+    pub fn requests(&self) -> RequestCounts {
+        self.counter.get()
+    }
+
+    /// Checks the API server answers, with a message naming the server when it does not.
+    pub async fn ping(&self) -> Result<String, ClusterError> {
+        let v = bounded(
+            "reaching",
+            &"the API server",
+            self.client.apiserver_version(),
+        )
+        .await?;
+        Ok(v.git_version)
+    }
+
+    /// The API resource and scope of a kind, from discovery (cached).
+    pub async fn resolve(
+        &self,
+        gvk: &GroupVersionKind,
+    ) -> Result<(ApiResource, ApiCapabilities), ClusterError> {
+        if let Some(found) = self.kinds.lock().await.get(gvk) {
+            return Ok(found.clone());
+        }
+        let name = format!("{}/{}/{}", gvk.group, gvk.version, gvk.kind);
+        let res = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            kube::discovery::pinned_kind(&self.client, gvk),
+        )
+        .await
+        .map_err(|_| ClusterError::Timeout {
+            action: "discovering",
+            object: name.clone(),
+        })?;
+        let found = match res {
+            Ok(f) => f,
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                return Err(ClusterError::UnknownKind {
+                    gvk: name,
+                    message: s.message,
+                })
+            }
+            Err(e) => {
+                return Err(ClusterError::Api {
+                    action: "discovering",
+                    object: name,
+                    source: e,
+                })
+            }
+        };
+        self.kinds.lock().await.insert(gvk.clone(), found.clone());
+        Ok(found)
+    }
+
+    async fn api_for(&self, key: &ObjectKey) -> Result<Api<DynamicObject>, ClusterError> {
+        let (ar, caps) = self.resolve(&key.gvk()).await?;
+        Ok(match caps.scope {
+            Scope::Namespaced => Api::namespaced_with(self.client.clone(), &key.namespace, &ar),
+            Scope::Cluster => Api::all_with(self.client.clone(), &ar),
+        })
+    }
+
+    /// Whether the kind of `key` is namespaced.
+    pub async fn is_namespaced(&self, key: &ObjectKey) -> Result<bool, ClusterError> {
+        let (_, caps) = self.resolve(&key.gvk()).await?;
+        Ok(matches!(caps.scope, Scope::Namespaced))
+    }
+
+    /// Server-side applies `obj` as field manager `converge` (or dry-runs it).
+    pub async fn apply(
+        &self,
+        obj: &DynamicObject,
+        opts: ApplyOptions,
+    ) -> Result<DynamicObject, ClusterError> {
+        let key = ObjectKey::of(obj).ok_or_else(|| ClusterError::Invalid {
+            object: obj.metadata.name.clone().unwrap_or_default(),
+            message: "object has no apiVersion, kind or name".into(),
+        })?;
+        let api = self.api_for(&key).await?;
+        let mut pp = PatchParams::apply(FIELD_MANAGER);
+        pp.force = opts.force;
+        pp.dry_run = opts.dry_run;
+        let action = if opts.dry_run {
+            "dry-running"
+        } else {
+            "applying"
+        };
+        let res = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            api.patch(&key.name, &pp, &Patch::Apply(obj)),
+        )
+        .await;
+        match res {
+            Err(_) => Err(ClusterError::Timeout {
+                action,
+                object: key.to_string(),
+            }),
+            Ok(Ok(o)) => Ok(o),
+            Ok(Err(kube::Error::Api(s))) if s.code == 409 => Err(parse_conflict(&key, &s.message)),
+            Ok(Err(kube::Error::Api(s))) if s.code == 422 && s.message.contains("immutable") => {
+                Err(parse_immutable(&key, &s.message))
+            }
+            Ok(Err(kube::Error::Api(s))) if s.code == 422 || s.code == 400 => {
+                Err(ClusterError::Invalid {
+                    object: key.to_string(),
+                    message: s.message,
+                })
+            }
+            Ok(Err(source)) => Err(ClusterError::Api {
+                action,
+                object: key.to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// A JSON patch (used to strip adopted `kubectl` ownership).
+    pub async fn json_patch(
+        &self,
+        key: &ObjectKey,
+        patch: json_patch::Patch,
+    ) -> Result<DynamicObject, ClusterError> {
+        let api = self.api_for(key).await?;
+        let pp = PatchParams::default();
+        bounded(
+            "patching",
+            key,
+            api.patch(&key.name, &pp, &Patch::<()>::Json(patch)),
+        )
+        .await
+    }
+
+    /// Reads one object; `None` when it does not exist.
+    pub async fn get(&self, key: &ObjectKey) -> Result<Option<DynamicObject>, ClusterError> {
+        let api = self.api_for(key).await?;
+        bounded("reading", key, api.get_opt(&key.name)).await
+    }
+
+    /// Lists objects of one kind in `namespace` (all namespaces for cluster-scoped kinds)
+    /// carrying `selector`.
+    pub async fn list(
+        &self,
+        gvk: &GroupVersionKind,
+        namespace: &str,
+        selector: &str,
+    ) -> Result<Vec<DynamicObject>, ClusterError> {
+        let (ar, caps) = self.resolve(gvk).await?;
+        let api: Api<DynamicObject> = match caps.scope {
+            Scope::Namespaced => Api::namespaced_with(self.client.clone(), namespace, &ar),
+            Scope::Cluster => Api::all_with(self.client.clone(), &ar),
+        };
+        let what = format!("{} in {namespace}", ar.plural);
+        let list = bounded(
+            "listing",
+            &what,
+            api.list(&ListParams::default().labels(selector)),
+        )
+        .await?;
+        Ok(list
+            .items
+            .into_iter()
+            .map(|mut o| {
+                // Lists leave out apiVersion/kind on items; keys need them.
+                o.types = Some(kube::core::TypeMeta {
+                    api_version: ar.api_version.clone(),
+                    kind: ar.kind.clone(),
+                });
+                o
+            })
+            .collect())
+    }
+
+    /// Deletes one object (background propagation); `Ok(false)` when it was already gone.
+    pub async fn delete(&self, key: &ObjectKey) -> Result<bool, ClusterError> {
+        let api = self.api_for(key).await?;
+        match tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            api.delete(&key.name, &DeleteParams::background()),
+        )
+        .await
+        {
+            Err(_) => Err(ClusterError::Timeout {
+                action: "deleting",
+                object: key.to_string(),
+            }),
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(kube::Error::Api(s))) if s.code == 404 => Ok(false),
+            Ok(Err(source)) => Err(ClusterError::Api {
+                action: "deleting",
+                object: key.to_string(),
+                source,
+            }),
+        }
+    }
+}
+
+/// Reads the managers and fields out of a 409 apply conflict message.
+fn parse_conflict(key: &ObjectKey, message: &str) -> ClusterError {
+    let mut managers = Vec::new();
+    let mut rest = message;
+    while let Some(i) = rest.find("with \"") {
+        rest = &rest[i + 6..];
+        if let Some(end) = rest.find('"') {
+            let m = rest[..end].to_string();
+            if !managers.contains(&m) {
+                managers.push(m);
+            }
+            rest = &rest[end..];
+        }
+    }
+    let fields: Vec<String> = message
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|t| t.starts_with('.') && t.len() > 1)
+        .map(str::to_string)
+        .collect();
+    ClusterError::Conflict {
+        object: key.to_string(),
+        managers,
+        fields,
+    }
+}
+
+/// Names the immutable field of a 422 message (`spec.selector: Invalid value: …: field is immutable`).
+fn parse_immutable(key: &ObjectKey, message: &str) -> ClusterError {
+    let field = message
+        .split(": ")
+        .find(|part| {
+            part.starts_with("spec.") || part.starts_with("data") || part.starts_with("metadata.")
+        })
+        .map(|s| s.split_whitespace().next().unwrap_or(s).to_string())
+        .unwrap_or_else(|| "a field".into());
+    let recreatable = order::recreatable(&key.kind);
+    ClusterError::Immutable {
+        object: key.to_string(),
+        field,
+        message: message.to_string(),
+        recreatable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> ObjectKey {
+        ObjectKey {
+            group: "apps".into(),
+            version: "v1".into(),
+            kind: "Deployment".into(),
+            namespace: "ns".into(),
+            name: "web".into(),
+        }
+    }
+
+    #[test]
+    fn conflicts_name_the_manager_and_fields() {
+        let msg = "Apply failed with 1 conflict: conflict with \"other-tool\" using apps/v1: .spec.replicas";
+        match parse_conflict(&key(), msg) {
+            ClusterError::Conflict {
+                managers, fields, ..
+            } => {
+                assert_eq!(managers, ["other-tool"]);
+                assert_eq!(fields, [".spec.replicas"]);
+            }
+            e => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn immutable_errors_name_the_field() {
+        let msg = "Deployment.apps \"web\" is invalid: spec.selector: Invalid value: v1.LabelSelector{...}: field is immutable";
+        match parse_immutable(&key(), msg) {
+            ClusterError::Immutable {
+                field, recreatable, ..
+            } => {
+                assert_eq!(field, "spec.selector");
+                assert!(recreatable);
+            }
+            e => panic!("{e}"),
+        }
+    }
+}

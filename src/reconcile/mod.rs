@@ -1,0 +1,960 @@
+//! THE reconcile of one commit: a fixed skeleton of named steps — read, render, plan, hooks,
+//! apply in order, health, prune, inventory, status — with one outcome per stack.
+//!
+//! It never branches on why it was triggered, and it writes nothing when nothing changed: the
+//! fast path compares each rendered object's hash and the live generation with what the
+//! inventory recorded after the last apply.
+
+mod plan;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use kube::api::DynamicObject;
+use kube::core::GroupVersionKind;
+use serde::Serialize;
+use serde_json::{json, Value};
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::cluster::health::{self, Health};
+use crate::cluster::inventory::{self, Inventory, PrunePolicy, Record};
+use crate::cluster::{order, ApplyOptions, Cluster, ClusterError, ObjectKey, RequestCounts};
+use crate::desired::{self, Stack};
+use crate::error::Error;
+use crate::render::{self, Helm, Hook, Rendered};
+use crate::source::Repo;
+use crate::status::{self, ComponentStatus, HistoryEntry, StackStatus};
+use crate::vocabulary::{
+    reason, LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_STACK, LAST_APPLIED, MANAGED_BY,
+};
+
+pub use plan::{object_hash, Item};
+
+/// How a reconcile behaves.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The kube context; the stack's `context` when absent.
+    pub context: Option<String>,
+    /// Only this stack (by name).
+    pub stack: Option<String>,
+    /// The desired-state directory.
+    pub dir: String,
+    /// Take ownership of fields another manager owns.
+    pub force_conflicts: bool,
+    /// Delete and re-create objects whose immutable fields changed, when that loses no data.
+    pub recreate: bool,
+    /// Allow pruning more than half of the inventory.
+    pub allow_mass_prune: bool,
+    /// Dry-run every object instead of trusting the inventory's record (a full resync).
+    pub full: bool,
+    /// How long one reconcile may wait for health.
+    pub timeout: Duration,
+    /// How long a Pod may sit in a failing state before its rollout counts as failed.
+    pub fail_fast: Duration,
+    /// Images per stack and component, decided by the build step.
+    pub images: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            context: None,
+            stack: None,
+            dir: desired::DEFAULT_DIR.into(),
+            force_conflicts: false,
+            recreate: false,
+            allow_mass_prune: false,
+            full: false,
+            timeout: Duration::from_secs(300),
+            fail_fast: Duration::from_secs(30),
+            images: BTreeMap::new(),
+        }
+    }
+}
+
+/// What one reconcile of one stack did.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StackReport {
+    /// The stack.
+    pub stack: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// The commit reconciled.
+    pub commit: String,
+    /// Whether everything applied and became healthy.
+    pub ready: bool,
+    /// The reason constant.
+    pub reason: String,
+    /// Every problem, one line each.
+    pub errors: Vec<String>,
+    /// Objects applied (created or changed).
+    pub applied: Vec<String>,
+    /// Objects left alone because nothing changed.
+    pub unchanged: usize,
+    /// Objects pruned.
+    pub pruned: Vec<String>,
+    /// Objects no longer rendered but kept, with why.
+    pub kept: Vec<String>,
+    /// Components blocked, with why.
+    pub blocked: BTreeMap<String, String>,
+    /// API requests made.
+    pub requests: RequestCounts,
+    /// Wall time in milliseconds.
+    pub duration_ms: u64,
+    /// The status recorded.
+    pub status: StackStatus,
+}
+
+/// A stack read from a commit and rendered, ready for the cluster.
+pub struct Prepared {
+    /// The validated stack.
+    pub stack: Stack,
+    /// Its chart, exported.
+    pub render: render::Prepared,
+    /// Images by component.
+    pub images: BTreeMap<String, String>,
+}
+
+/// Reads, validates and prepares every selected stack of `rev` (sync: holds git handles).
+pub fn prepare(
+    repo_path: &Path,
+    rev: &str,
+    opts: &Options,
+) -> Result<(String, Vec<Prepared>), Error> {
+    let repo = Repo::open(repo_path)?;
+    let snapshot = repo.snapshot(rev)?;
+    let commit = snapshot.commit().to_string();
+    let loaded = desired::load(&snapshot, &opts.dir).map_err(|report| Error::Invalid {
+        commit: commit.clone(),
+        report: Box::new(report),
+    })?;
+    let mut out = Vec::new();
+    for stack in loaded.state.stacks {
+        if opts.stack.as_ref().is_some_and(|s| s != &stack.spec.name) {
+            continue;
+        }
+        let images = opts
+            .images
+            .get(&stack.spec.name)
+            .cloned()
+            .unwrap_or_default();
+        let prepared = render::prepare(&snapshot, &stack, &images)?;
+        out.push(Prepared {
+            stack,
+            render: prepared,
+            images,
+        });
+    }
+    if out.is_empty() {
+        if let Some(s) = &opts.stack {
+            return Err(Error::UnknownStack {
+                name: s.clone(),
+                commit,
+            });
+        }
+    }
+    Ok((commit, out))
+}
+
+/// Reconciles one prepared stack against `cluster`.
+pub async fn reconcile_stack(
+    cluster: &Cluster,
+    prepared: &Prepared,
+    commit: &str,
+    helm: &Helm,
+    opts: &Options,
+) -> StackReport {
+    let stack = &prepared.stack;
+    let span =
+        info_span!("reconcile", commit = %desired::short_id(commit), stack = %stack.spec.name);
+    async {
+        let started = Instant::now();
+        let before = cluster.requests();
+        let mut run = Run::new(cluster, stack, commit, opts);
+        let result = match prepared.render.template(helm).await {
+            Ok(rendered) => run.execute(rendered, &prepared.images).await,
+            Err(e) => Err((reason::RENDER_FAILED, e.to_string())),
+        };
+        run.finish(result, &prepared.images, started, before).await
+    }
+    .instrument(span)
+    .await
+}
+
+/// The state of one reconcile while it runs.
+struct Run<'a> {
+    cluster: &'a Cluster,
+    stack: &'a Stack,
+    commit: &'a str,
+    opts: &'a Options,
+    inventory: Inventory,
+    loaded_inventory: Inventory,
+    old_status: Option<StackStatus>,
+    live: HashMap<String, DynamicObject>,
+    applied: Vec<String>,
+    unchanged: usize,
+    pruned: Vec<String>,
+    kept: Vec<String>,
+    blocked: BTreeMap<String, String>,
+    failed: BTreeMap<String, String>,
+    errors: Vec<String>,
+    health: BTreeMap<String, (ObjectKey, Value)>,
+}
+
+type StepResult = Result<(), (&'static str, String)>;
+
+impl<'a> Run<'a> {
+    fn new(cluster: &'a Cluster, stack: &'a Stack, commit: &'a str, opts: &'a Options) -> Self {
+        Self {
+            cluster,
+            stack,
+            commit,
+            opts,
+            inventory: Inventory::default(),
+            loaded_inventory: Inventory::default(),
+            old_status: None,
+            live: HashMap::new(),
+            applied: Vec::new(),
+            unchanged: 0,
+            pruned: Vec::new(),
+            kept: Vec::new(),
+            blocked: BTreeMap::new(),
+            failed: BTreeMap::new(),
+            errors: Vec::new(),
+            health: BTreeMap::new(),
+        }
+    }
+
+    fn ns(&self) -> &str {
+        &self.stack.spec.namespace
+    }
+
+    fn selector(&self) -> String {
+        format!("{LABEL_STACK}={}", self.stack.spec.name)
+    }
+
+    async fn execute(
+        &mut self,
+        rendered: Rendered,
+        _images: &BTreeMap<String, String>,
+    ) -> StepResult {
+        let cluster_err = |e: ClusterError| (reason::CLUSTER_UNREACHABLE, e.to_string());
+        self.ensure_namespace().await.map_err(cluster_err)?;
+        self.loaded_inventory =
+            inventory::load(self.cluster.client(), self.ns(), &self.stack.spec.name)
+                .await
+                .map_err(|e| (reason::APPLY_FAILED, e.to_string()))?;
+        self.inventory = self.loaded_inventory.clone();
+        self.old_status = status::load(self.cluster.client(), self.ns(), &self.stack.spec.name)
+            .await
+            .map_err(cluster_err)?;
+        let install = self.loaded_inventory.is_empty();
+        self.check_secrets().await.map_err(cluster_err)?;
+        self.list_live(&rendered)
+            .await
+            .map_err(|e| (reason::APPLY_FAILED, e.to_string()))?;
+
+        let mut items = Vec::new();
+        for obj in rendered.objects {
+            let item = self
+                .plan_item(obj)
+                .await
+                .map_err(|e| (reason::APPLY_FAILED, e.to_string()))?;
+            items.push(item);
+        }
+        let changed = items.iter().any(|i| !i.unchanged);
+        debug!(
+            objects = items.len(),
+            changed = items.iter().filter(|i| !i.unchanged).count(),
+            "planned"
+        );
+
+        if changed {
+            for hook in rendered.hooks.iter().filter(|h| h.runs_before(install)) {
+                self.run_hook(hook).await?;
+            }
+        }
+        // Everything but workloads, in kind order; then workloads, component by component,
+        // each after what it depends on is healthy.
+        let (mut workloads, mut others): (Vec<Item>, Vec<Item>) = items
+            .into_iter()
+            .partition(|i| order::is_workload(&i.key.kind));
+        others.sort_by_key(|i| (order::rank(&i.key.kind), i.key.name.clone()));
+        workloads.sort_by_key(|i| (order::rank(&i.key.kind), i.key.name.clone()));
+        let mut rendered_keys: Vec<ObjectKey> = others
+            .iter()
+            .chain(workloads.iter())
+            .map(|i| i.key.clone())
+            .collect();
+        for item in &others {
+            self.apply_item(item).await;
+        }
+        let mut order_names: Vec<String> = self
+            .stack
+            .components
+            .iter()
+            .map(|c| c.spec.name.clone())
+            .collect();
+        // Workloads of components the desired state does not name (chart extras) go last.
+        for w in &workloads {
+            if !order_names.contains(&w.component) {
+                order_names.push(w.component.clone());
+            }
+        }
+        for name in &order_names {
+            if self.blocked.contains_key(name) || self.failed.contains_key(name) {
+                continue;
+            }
+            if let Some(c) = self.stack.component(name) {
+                let mut waiting = None;
+                for dep in &c.spec.depends_on {
+                    if let Some(why) = self.blocked.get(dep).or_else(|| self.failed.get(dep)) {
+                        waiting = Some(format!("waits for `{dep}`, which is not healthy: {why}"));
+                        break;
+                    }
+                    let dep_keys: Vec<ObjectKey> = workloads
+                        .iter()
+                        .filter(|w| &w.component == dep)
+                        .map(|w| w.key.clone())
+                        .collect();
+                    if let Err(why) = self.wait_healthy(&dep_keys).await {
+                        self.failed.insert(dep.clone(), why.clone());
+                        waiting = Some(format!("waits for `{dep}`, which is not healthy: {why}"));
+                        break;
+                    }
+                }
+                if let Some(w) = waiting {
+                    warn!(component = %name, reason = %w, "component not applied");
+                    self.blocked.insert(name.clone(), w);
+                    continue;
+                }
+            }
+            for item in workloads.iter().filter(|w| &w.component == name) {
+                self.apply_item(item).await;
+            }
+        }
+        let all: Vec<ObjectKey> = workloads
+            .iter()
+            .filter(|w| {
+                !self.blocked.contains_key(&w.component) && !self.failed.contains_key(&w.component)
+            })
+            .map(|w| w.key.clone())
+            .collect();
+        let health_result = self.wait_healthy(&all).await;
+        if let Err(why) = &health_result {
+            self.errors.push(why.clone());
+        }
+        if changed && health_result.is_ok() && self.failed.is_empty() && self.blocked.is_empty() {
+            for hook in rendered.hooks.iter().filter(|h| h.runs_after(install)) {
+                self.run_hook(hook).await?;
+            }
+        }
+        // Objects of blocked components are still wanted: never prune them.
+        rendered_keys.sort();
+        if self.failed.is_empty() && self.errors.is_empty() {
+            self.prune(&rendered_keys).await;
+        } else {
+            info!("prune skipped: an apply or health step failed");
+        }
+        if self.inventory != self.loaded_inventory {
+            inventory::save(
+                self.cluster.client(),
+                self.ns(),
+                &self.stack.spec.name,
+                &self.inventory,
+            )
+            .await
+            .map_err(|e| (reason::APPLY_FAILED, e.to_string()))?;
+        }
+        if let Some((component, why)) = self.failed.iter().next() {
+            let r = if why.starts_with("apply") {
+                reason::APPLY_FAILED
+            } else {
+                reason::HEALTH_FAILED
+            };
+            return Err((r, format!("{component}: {why}")));
+        }
+        if let Err(why) = health_result {
+            return Err((reason::HEALTH_FAILED, why));
+        }
+        if let Some(e) = self.errors.first() {
+            return Err((reason::PRUNE_FAILED, e.clone()));
+        }
+        if let Some((component, why)) = self.blocked.iter().next() {
+            return Err((reason::DEPENDENCY_NOT_READY, format!("{component}: {why}")));
+        }
+        Ok(())
+    }
+
+    async fn ensure_namespace(&self) -> Result<(), ClusterError> {
+        let key = ObjectKey {
+            group: String::new(),
+            version: "v1".into(),
+            kind: "Namespace".into(),
+            namespace: String::new(),
+            name: self.ns().to_string(),
+        };
+        if self.cluster.get(&key).await?.is_some() {
+            return Ok(());
+        }
+        let ns: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": self.ns(), "labels": {LABEL_MANAGED_BY: MANAGED_BY, LABEL_STACK: self.stack.spec.name}},
+        }))
+        .map_err(|e| ClusterError::Invalid { object: key.to_string(), message: e.to_string() })?;
+        self.cluster.apply(&ns, ApplyOptions::default()).await?;
+        info!(namespace = %self.ns(), "namespace created");
+        Ok(())
+    }
+
+    /// Blocks components whose non-optional Secret references do not resolve, and what depends
+    /// on them; reads only key names, never values.
+    async fn check_secrets(&mut self) -> Result<(), ClusterError> {
+        let mut secrets: HashMap<String, Option<BTreeSet<String>>> = HashMap::new();
+        for c in &self.stack.components {
+            for r in c.spec.secret_env.iter().filter(|r| !r.optional) {
+                if !secrets.contains_key(&r.secret) {
+                    let key = ObjectKey {
+                        group: String::new(),
+                        version: "v1".into(),
+                        kind: "Secret".into(),
+                        namespace: self.ns().to_string(),
+                        name: r.secret.clone(),
+                    };
+                    let keys = self.cluster.get(&key).await?.map(|s| {
+                        let mut k = BTreeSet::new();
+                        for field in ["data", "stringData"] {
+                            if let Some(o) = s.data.get(field).and_then(Value::as_object) {
+                                k.extend(o.keys().cloned());
+                            }
+                        }
+                        k
+                    });
+                    secrets.insert(r.secret.clone(), keys);
+                }
+                let why = match secrets.get(&r.secret) {
+                    Some(None) => Some(format!(
+                        "Secret `{}` does not exist in namespace {}; create it: kubectl create secret generic {} -n {} --from-literal={}=<value>",
+                        r.secret, self.ns(), r.secret, self.ns(), r.key
+                    )),
+                    Some(Some(keys)) if !keys.contains(&r.key) => Some(format!(
+                        "Secret `{}` has no key `{}` (for {}); add it: kubectl patch secret {} -n {} --type merge -p '{{\"stringData\":{{\"{}\":\"<value>\"}}}}'",
+                        r.secret, r.key, r.name, r.secret, self.ns(), r.key
+                    )),
+                    _ => None,
+                };
+                if let Some(why) = why {
+                    warn!(component = %c.spec.name, "{why}");
+                    self.blocked.entry(c.spec.name.clone()).or_insert(why);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn list_live(&mut self, rendered: &Rendered) -> Result<(), ClusterError> {
+        let mut gvks: BTreeMap<String, GroupVersionKind> = BTreeMap::new();
+        for o in rendered
+            .objects
+            .iter()
+            .chain(rendered.hooks.iter().map(|h| &h.object))
+        {
+            if let Some(k) = ObjectKey::of(o) {
+                gvks.insert(format!("{}/{}", k.group, k.kind), k.gvk());
+            }
+        }
+        for k in self.inventory.keys() {
+            gvks.entry(format!("{}/{}", k.group, k.kind))
+                .or_insert_with(|| k.gvk());
+        }
+        let selector = self.selector();
+        for gvk in gvks.values() {
+            let items = match self.cluster.list(gvk, self.ns(), &selector).await {
+                Ok(i) => i,
+                // A kind that is gone from the cluster holds nothing to compare against.
+                Err(ClusterError::UnknownKind { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            for o in items {
+                if let Some(k) = ObjectKey::of(&o) {
+                    self.live.insert(inventory::id(&k), o);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn plan_item(&self, obj: DynamicObject) -> Result<Item, ClusterError> {
+        let mut obj = obj;
+        let mut key = ObjectKey::of(&obj).ok_or_else(|| ClusterError::Invalid {
+            object: obj.metadata.name.clone().unwrap_or_default(),
+            message: "rendered object has no kind or name".into(),
+        })?;
+        if !self.cluster.is_namespaced(&key).await? {
+            obj.metadata.namespace = None;
+            key.namespace.clear();
+        }
+        let record = self.inventory.get(&key).cloned();
+        let live = self.live.get(&inventory::id(&key));
+        Ok(plan::item(
+            obj,
+            key,
+            record.as_ref(),
+            live,
+            self.commit,
+            self.opts.full,
+        ))
+    }
+
+    async fn apply_item(&mut self, item: &Item) {
+        if self.blocked.contains_key(&item.component) {
+            return;
+        }
+        if item.unchanged {
+            self.unchanged += 1;
+            if let Some(live) = self.live.get(&inventory::id(&item.key)) {
+                if order::is_workload(&item.key.kind) {
+                    if let Ok(v) = serde_json::to_value(live) {
+                        self.health
+                            .insert(inventory::id(&item.key), (item.key.clone(), v));
+                    }
+                }
+            }
+            return;
+        }
+        if item.adopt {
+            if let Err(e) = self.strip_kubectl(&item.key).await {
+                warn!(object = %item.key, error = %e, "could not remove kubectl ownership");
+            }
+        }
+        let opts = ApplyOptions {
+            force: self.opts.force_conflicts,
+            dry_run: false,
+        };
+        let mut result = self.cluster.apply(&item.object, opts).await;
+        if let Err(ClusterError::Immutable {
+            recreatable: true, ..
+        }) = &result
+        {
+            if self.opts.recreate {
+                info!(object = %item.key, "re-creating: an immutable field changed");
+                result = self.recreate(item, opts).await;
+            }
+        }
+        match result {
+            Ok(live) => {
+                info!(object = %item.key, "applied");
+                self.applied.push(item.key.to_string());
+                let record = Record {
+                    component: item.component.clone(),
+                    hash: item.hash.clone(),
+                    generation: live.metadata.generation.unwrap_or(0),
+                    resource_version: live.metadata.resource_version.clone().unwrap_or_default(),
+                    commit: item.commit.clone(),
+                };
+                self.inventory.insert(item.key.clone(), record);
+                if order::is_workload(&item.key.kind) {
+                    if let Ok(v) = serde_json::to_value(&live) {
+                        self.health
+                            .insert(inventory::id(&item.key), (item.key.clone(), v));
+                    }
+                }
+                self.live.insert(inventory::id(&item.key), live);
+            }
+            Err(e) => {
+                warn!(object = %item.key, error = %e, "apply failed");
+                let component = if item.component.is_empty() {
+                    item.key.short()
+                } else {
+                    item.component.clone()
+                };
+                self.failed
+                    .entry(component)
+                    .or_insert(format!("apply failed: {e}"));
+            }
+        }
+    }
+
+    async fn recreate(
+        &self,
+        item: &Item,
+        opts: ApplyOptions,
+    ) -> Result<DynamicObject, ClusterError> {
+        self.cluster.delete(&item.key).await?;
+        self.wait_gone(&item.key).await?;
+        self.cluster.apply(&item.object, opts).await
+    }
+
+    async fn wait_gone(&self, key: &ObjectKey) -> Result<(), ClusterError> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        while Instant::now() < deadline {
+            tick.tick().await;
+            if self.cluster.get(key).await?.is_none() {
+                return Ok(());
+            }
+        }
+        Err(ClusterError::Timeout {
+            action: "waiting for deletion of",
+            object: key.to_string(),
+        })
+    }
+
+    /// Removes `kubectl`'s ownership and last-applied annotation from an object converge adopts,
+    /// so a hand edit does not survive the next apply.
+    async fn strip_kubectl(&self, key: &ObjectKey) -> Result<(), ClusterError> {
+        let Some(live) = self.live.get(&inventory::id(key)) else {
+            return Ok(());
+        };
+        let mut ops = Vec::new();
+        if live
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(LAST_APPLIED))
+        {
+            ops.push(json!({"op": "remove", "path": "/metadata/annotations/kubectl.kubernetes.io~1last-applied-configuration"}));
+        }
+        let fields = live.metadata.managed_fields.clone().unwrap_or_default();
+        if fields.iter().any(plan::is_kubectl) {
+            let kept: Vec<Value> = fields
+                .iter()
+                .filter(|f| !plan::is_kubectl(f))
+                .filter_map(|f| serde_json::to_value(f).ok())
+                .collect();
+            // An empty list means "leave as is" to the API server; one empty entry clears it.
+            let kept = if kept.is_empty() {
+                vec![json!({})]
+            } else {
+                kept
+            };
+            ops.push(json!({"op": "replace", "path": "/metadata/managedFields", "value": kept}));
+        }
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let patch: json_patch::Patch =
+            serde_json::from_value(Value::Array(ops)).map_err(|e| ClusterError::Invalid {
+                object: key.to_string(),
+                message: e.to_string(),
+            })?;
+        self.cluster.json_patch(key, patch).await?;
+        info!(object = %key, "adopted: removed kubectl ownership");
+        Ok(())
+    }
+
+    /// Waits until every object in `keys` is healthy; fails fast on Pods stuck in a failing state.
+    async fn wait_healthy(&mut self, keys: &[ObjectKey]) -> Result<(), String> {
+        let deadline = Instant::now() + self.opts.timeout;
+        let mut pending: Vec<ObjectKey> = keys.to_vec();
+        let mut first_seen: HashMap<String, Instant> = HashMap::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            let mut still = Vec::new();
+            for key in pending {
+                let id = inventory::id(&key);
+                // The freshest copy we hold first; the API only when it is not ready yet.
+                let known = self.health.get(&id).map(|(_, v)| v.clone()).or_else(|| {
+                    self.live
+                        .get(&id)
+                        .and_then(|o| serde_json::to_value(o).ok())
+                });
+                let ready_now = known
+                    .as_ref()
+                    .is_some_and(|v| health::of(&key.kind, v) == Health::Ready);
+                if ready_now {
+                    continue;
+                }
+                let live = match self.cluster.get(&key).await {
+                    Ok(Some(o)) => serde_json::to_value(&o).unwrap_or(Value::Null),
+                    Ok(None) => return Err(format!("{key} does not exist")),
+                    Err(e) => return Err(e.to_string()),
+                };
+                self.health.insert(id, (key.clone(), live.clone()));
+                match health::of(&key.kind, &live) {
+                    Health::Ready => {}
+                    Health::Failed(why) => return Err(format!("{}: {why}", key.short())),
+                    Health::Progressing(msg) => {
+                        if let Some((pod, why, message)) = self.stuck_pod(&live).await {
+                            let since = *first_seen
+                                .entry(format!("{pod}/{why}"))
+                                .or_insert_with(Instant::now);
+                            if since.elapsed() >= self.opts.fail_fast {
+                                return Err(format!(
+                                    "{}: pod {pod} is {why}: {message}",
+                                    key.short()
+                                ));
+                            }
+                        }
+                        debug!(object = %key, progress = %msg, "waiting");
+                        still.push(key);
+                    }
+                }
+            }
+            if still.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let names: Vec<String> = still.iter().map(ObjectKey::short).collect();
+                return Err(format!(
+                    "not healthy within {}s: {}",
+                    self.opts.timeout.as_secs(),
+                    names.join(", ")
+                ));
+            }
+            pending = still;
+            tick.tick().await;
+        }
+    }
+
+    async fn stuck_pod(&self, workload: &Value) -> Option<(String, String, String)> {
+        let labels = workload
+            .pointer("/spec/selector/matchLabels")?
+            .as_object()?;
+        let selector: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+            .collect();
+        let pods = self
+            .cluster
+            .list(
+                &GroupVersionKind::gvk("", "v1", "Pod"),
+                self.ns(),
+                &selector.join(","),
+            )
+            .await
+            .ok()?;
+        pods.iter().find_map(|p| {
+            let v = serde_json::to_value(p).ok()?;
+            let (why, msg) = health::pod_problem(&v)?;
+            Some((p.metadata.name.clone().unwrap_or_default(), why, msg))
+        })
+    }
+
+    async fn run_hook(&mut self, hook: &Hook) -> StepResult {
+        let Some(key) = ObjectKey::of(&hook.object) else {
+            return Ok(());
+        };
+        let fail = |why: String| (reason::HOOK_FAILED, format!("hook {}: {why}", key.short()));
+        let has = |p: &str| hook.delete_policies.iter().any(|d| d == p);
+        if has("before-hook-creation")
+            && self
+                .cluster
+                .delete(&key)
+                .await
+                .map_err(|e| fail(e.to_string()))?
+        {
+            self.wait_gone(&key)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+        }
+        self.cluster
+            .apply(
+                &hook.object,
+                ApplyOptions {
+                    force: true,
+                    dry_run: false,
+                },
+            )
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        info!(hook = %key, "hook started");
+        let result = if key.kind == "Job" {
+            self.wait_healthy(std::slice::from_ref(&key)).await
+        } else {
+            Ok(())
+        };
+        self.health.remove(&inventory::id(&key));
+        match result {
+            Ok(()) => {
+                if has("hook-succeeded") {
+                    self.cluster
+                        .delete(&key)
+                        .await
+                        .map_err(|e| fail(e.to_string()))?;
+                }
+                info!(hook = %key, "hook succeeded");
+                Ok(())
+            }
+            Err(why) => {
+                if has("hook-failed") {
+                    let _ = self.cluster.delete(&key).await;
+                }
+                Err(fail(why))
+            }
+        }
+    }
+
+    async fn prune(&mut self, rendered: &[ObjectKey]) {
+        let policy = PrunePolicy {
+            volumes: self.stack.spec.prune.volumes,
+            namespaces: self.stack.spec.prune.namespace,
+            allow_mass_prune: self.opts.allow_mass_prune,
+        };
+        let plan = inventory::plan_prune(&self.inventory, rendered, policy);
+        for (key, why) in &plan.keep {
+            self.kept.push(format!("{key}: {why}"));
+        }
+        if let Some(refused) = plan.refused {
+            warn!("{refused}");
+            self.errors.push(refused);
+            return;
+        }
+        for key in plan.delete.iter().rev() {
+            match self.cluster.delete(key).await {
+                Ok(_) => {
+                    info!(object = %key, "pruned");
+                    self.pruned.push(key.to_string());
+                    self.inventory.remove(key);
+                }
+                // Kept in the inventory, so the next reconcile retries and nothing is orphaned.
+                Err(e) => self.errors.push(format!("pruning {key}: {e}")),
+            }
+        }
+    }
+
+    async fn finish(
+        self,
+        result: StepResult,
+        images: &BTreeMap<String, String>,
+        started: Instant,
+        before: RequestCounts,
+    ) -> StackReport {
+        let (ready, why, message) = match &result {
+            Ok(()) => (
+                true,
+                reason::SUCCEEDED,
+                format!("applied {}", desired::short_id(self.commit)),
+            ),
+            Err((r, m)) => (false, *r, m.clone()),
+        };
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let components = self.component_status(images, &now);
+        let old = self.old_status.clone();
+        let last_healthy = if ready {
+            self.commit.to_string()
+        } else {
+            old.as_ref()
+                .map(|o| o.last_healthy_commit.clone())
+                .unwrap_or_default()
+        };
+        let next = StackStatus {
+            stack: self.stack.spec.name.clone(),
+            namespace: self.ns().to_string(),
+            last_applied_commit: self.commit.to_string(),
+            last_healthy_commit: last_healthy,
+            ready,
+            reason: why.to_string(),
+            message: message.clone(),
+            components,
+            history: Vec::new(),
+        };
+        let duration = started.elapsed();
+        let entry = HistoryEntry {
+            commit: self.commit.to_string(),
+            result: why.to_string(),
+            duration_ms: duration.as_millis() as u64,
+            time: now,
+        };
+        let write = old
+            .as_ref()
+            .is_none_or(|o| status::materially_changed(o, &next));
+        let status = status::advance(old.as_ref(), next, entry);
+        let mut errors = self.errors.clone();
+        if !ready && !errors.contains(&message) {
+            errors.insert(0, message);
+        }
+        // An unreachable cluster leaves nothing to write to.
+        if write && why != reason::CLUSTER_UNREACHABLE {
+            if let Err(e) = status::save(self.cluster.client(), &status).await {
+                warn!(error = %e, "status not recorded");
+                errors.push(format!("recording status: {e}"));
+            }
+        }
+        let after = self.cluster.requests();
+        StackReport {
+            stack: self.stack.spec.name.clone(),
+            namespace: self.ns().to_string(),
+            commit: self.commit.to_string(),
+            ready,
+            reason: why.to_string(),
+            errors,
+            applied: self.applied,
+            unchanged: self.unchanged,
+            pruned: self.pruned,
+            kept: self.kept,
+            blocked: self.blocked,
+            requests: RequestCounts {
+                reads: after.reads - before.reads,
+                writes: after.writes - before.writes,
+                dry_runs: after.dry_runs - before.dry_runs,
+            },
+            duration_ms: started.elapsed().as_millis() as u64,
+            status,
+        }
+    }
+
+    fn component_status(
+        &self,
+        images: &BTreeMap<String, String>,
+        now: &str,
+    ) -> Vec<ComponentStatus> {
+        self.stack
+            .components
+            .iter()
+            .map(|c| {
+                let name = &c.spec.name;
+                let image = images
+                    .get(name)
+                    .cloned()
+                    .or_else(|| c.spec.image.reference.clone())
+                    .unwrap_or_default();
+                let mut ready = 0;
+                let mut desired_n = 0;
+                let mut healthy = true;
+                for (key, v) in self.health.values() {
+                    let comp = v
+                        .pointer("/metadata/labels")
+                        .and_then(|l| l.get(LABEL_COMPONENT))
+                        .and_then(Value::as_str);
+                    if comp != Some(name.as_str())
+                        || !order::is_workload(&key.kind)
+                        || key.kind == "Job"
+                    {
+                        continue;
+                    }
+                    desired_n += v
+                        .pointer("/spec/replicas")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(1);
+                    ready += v
+                        .pointer("/status/readyReplicas")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0);
+                    healthy &= health::of(&key.kind, v) == Health::Ready;
+                }
+                let (health, err) = if let Some(b) = self.blocked.get(name) {
+                    ("Blocked", b.clone())
+                } else if let Some(f) = self.failed.get(name) {
+                    ("Failed", f.clone())
+                } else if healthy {
+                    ("Healthy", String::new())
+                } else {
+                    ("Progressing", String::new())
+                };
+                ComponentStatus {
+                    name: name.clone(),
+                    image,
+                    ready,
+                    desired: desired_n,
+                    health: health.into(),
+                    last_error: err,
+                    since: now.to_string(),
+                }
+            })
+            .collect()
+    }
+}

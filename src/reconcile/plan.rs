@@ -1,0 +1,199 @@
+//! The per-object decision (pure): what to apply, what is unchanged since the last apply, and
+//! which objects converge must adopt from kubectl.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+use kube::api::DynamicObject;
+use sha2::{Digest, Sha256};
+
+use crate::cluster::inventory::Record;
+use crate::cluster::ObjectKey;
+use crate::vocabulary::{ANNOTATION_COMMIT, FIELD_MANAGER, LABEL_COMPONENT, LAST_APPLIED};
+
+/// One rendered object and what to do with it.
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// Its key.
+    pub key: ObjectKey,
+    /// The object to apply, with the commit annotation.
+    pub object: DynamicObject,
+    /// Its component (`""` for stack-wide objects).
+    pub component: String,
+    /// Hash of the rendered object (before the commit annotation).
+    pub hash: String,
+    /// The commit recorded as having last changed it.
+    pub commit: String,
+    /// Nothing to do: same render as last applied and no change to the live spec since.
+    pub unchanged: bool,
+    /// kubectl owns fields or left its last-applied annotation: strip before applying.
+    pub adopt: bool,
+}
+
+/// sha256 of the object's canonical JSON.
+pub fn object_hash(obj: &DynamicObject) -> String {
+    let bytes = serde_json::to_vec(obj).unwrap_or_default();
+    hex::encode(Sha256::digest(&bytes))
+}
+
+/// Whether a managed-fields entry belongs to a kubectl command (apply, edit, scale…).
+pub fn is_kubectl(f: &ManagedFieldsEntry) -> bool {
+    f.manager
+        .as_deref()
+        .is_some_and(|m| m.starts_with("kubectl") && m != FIELD_MANAGER)
+}
+
+/// Decides what to do with one rendered object.
+pub fn item(
+    mut obj: DynamicObject,
+    key: ObjectKey,
+    record: Option<&Record>,
+    live: Option<&DynamicObject>,
+    commit: &str,
+    full: bool,
+) -> Item {
+    let hash = object_hash(&obj);
+    let component = obj
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_COMPONENT))
+        .cloned()
+        .unwrap_or_default();
+    let same_render = record.is_some_and(|r| r.hash == hash);
+    let last_commit = match record {
+        Some(r) if same_render && !r.commit.is_empty() => r.commit.clone(),
+        _ => commit.to_string(),
+    };
+    obj.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(ANNOTATION_COMMIT.into(), last_commit.clone());
+    let adopt = live.is_some_and(|l| {
+        l.metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(LAST_APPLIED))
+            || l.metadata
+                .managed_fields
+                .as_ref()
+                .is_some_and(|m| m.iter().any(is_kubectl))
+    });
+    let live_untouched = match (record, live) {
+        (Some(r), Some(l)) => match l.metadata.generation {
+            Some(g) if g > 0 && r.generation > 0 => g == r.generation,
+            _ => l.metadata.resource_version.as_deref() == Some(r.resource_version.as_str()),
+        },
+        _ => false,
+    };
+    Item {
+        key,
+        object: obj,
+        component,
+        hash,
+        commit: last_commit,
+        unchanged: !full && same_render && live_untouched && !adopt,
+        adopt,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(replicas: i64) -> DynamicObject {
+        serde_json::from_value(json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "ns", "labels": {LABEL_COMPONENT: "web"}}, "spec": {"replicas": replicas}})).unwrap()
+    }
+
+    fn live(generation: i64, manager: &str) -> DynamicObject {
+        serde_json::from_value(json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "ns", "generation": generation, "resourceVersion": "9", "managedFields": [{"manager": manager, "operation": "Apply"}]}})).unwrap()
+    }
+
+    fn key() -> ObjectKey {
+        ObjectKey::of(&obj(1)).unwrap()
+    }
+
+    #[test]
+    fn same_render_and_untouched_live_object_is_unchanged() {
+        let o = obj(2);
+        let rec = Record {
+            hash: object_hash(&o),
+            generation: 3,
+            commit: "old".into(),
+            ..Default::default()
+        };
+        let it = item(
+            o,
+            key(),
+            Some(&rec),
+            Some(&live(3, "converge")),
+            "new",
+            false,
+        );
+        assert!(it.unchanged);
+        assert_eq!(
+            it.commit, "old",
+            "an unchanged object keeps the commit that last changed it"
+        );
+        assert_eq!(it.component, "web");
+    }
+
+    #[test]
+    fn a_hand_scaled_object_is_reapplied_and_adopted() {
+        let o = obj(2);
+        let rec = Record {
+            hash: object_hash(&o),
+            generation: 3,
+            ..Default::default()
+        };
+        let it = item(
+            o.clone(),
+            key(),
+            Some(&rec),
+            Some(&live(4, "converge")),
+            "c",
+            false,
+        );
+        assert!(!it.unchanged, "generation moved: someone changed the spec");
+        let it = item(
+            o,
+            key(),
+            Some(&rec),
+            Some(&live(3, "kubectl-edit")),
+            "c",
+            false,
+        );
+        assert!(it.adopt && !it.unchanged);
+    }
+
+    #[test]
+    fn a_new_render_or_a_full_resync_applies() {
+        let rec = Record {
+            hash: object_hash(&obj(2)),
+            generation: 3,
+            ..Default::default()
+        };
+        assert!(
+            !item(
+                obj(3),
+                key(),
+                Some(&rec),
+                Some(&live(3, "converge")),
+                "c",
+                false
+            )
+            .unchanged
+        );
+        assert!(
+            !item(
+                obj(2),
+                key(),
+                Some(&rec),
+                Some(&live(3, "converge")),
+                "c",
+                true
+            )
+            .unchanged
+        );
+        assert!(!item(obj(2), key(), None, None, "c", false).unchanged);
+    }
+}

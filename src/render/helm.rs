@@ -1,0 +1,154 @@
+//! The helm CLI: version check and `helm template`, run with an argv vector and a timeout.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::Command;
+
+use super::RenderError;
+
+/// How long `helm template` may take.
+pub const HELM_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The oldest helm converge supports (server-side-apply friendly output, `--kube-version`).
+pub const MIN_HELM: (u64, u64) = (3, 8);
+
+/// A located helm binary.
+#[derive(Debug, Clone)]
+pub struct Helm {
+    binary: PathBuf,
+}
+
+impl Helm {
+    /// `$CONVERGE_HELM`, or `helm` on the PATH.
+    pub fn from_env() -> Self {
+        let binary = std::env::var_os("CONVERGE_HELM")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("helm"));
+        Self { binary }
+    }
+
+    /// A specific binary.
+    pub fn at(binary: impl Into<PathBuf>) -> Self {
+        Self {
+            binary: binary.into(),
+        }
+    }
+
+    /// Checks helm runs and is new enough; returns its version (`v3.22.0`).
+    pub async fn check(&self) -> Result<String, RenderError> {
+        let out = run(
+            &self.binary,
+            &["version", "--template", "{{.Version}}"],
+            None,
+        )
+        .await?;
+        let version = out.trim().to_string();
+        let parsed = parse_version(&version);
+        match parsed {
+            Some((major, minor)) if (major, minor) >= MIN_HELM => Ok(version),
+            _ => Err(RenderError::HelmTooOld {
+                found: version,
+                binary: self.binary.clone(),
+            }),
+        }
+    }
+
+    /// Renders `chart` as `release` into `namespace` with the values files in order.
+    pub async fn template(
+        &self,
+        release: &str,
+        chart: &Path,
+        namespace: &str,
+        values: &[PathBuf],
+    ) -> Result<String, RenderError> {
+        let mut args: Vec<String> = vec![
+            "template".into(),
+            release.into(),
+            chart.display().to_string(),
+            "--namespace".into(),
+            namespace.into(),
+            "--include-crds".into(),
+        ];
+        for v in values {
+            args.push("--values".into());
+            args.push(v.display().to_string());
+        }
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(&self.binary, &argv, Some(chart)).await
+    }
+}
+
+fn parse_version(v: &str) -> Option<(u64, u64)> {
+    let mut parts = v.trim_start_matches('v').split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+async fn run(binary: &Path, args: &[&str], cwd: Option<&Path>) -> Result<String, RenderError> {
+    let mut cmd = Command::new(binary);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        // helm must not reach a cluster or the network while rendering.
+        .env("HELM_NO_PLUGINS", "1");
+    if let Some(dir) = cwd.and_then(Path::parent) {
+        cmd.current_dir(dir);
+    }
+    let command = format!("{} {}", binary.display(), args.join(" "));
+    let child = cmd.spawn().map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            RenderError::HelmMissing {
+                binary: binary.to_path_buf(),
+            }
+        } else {
+            RenderError::Helm {
+                command: command.clone(),
+                status: None,
+                stderr: e.to_string(),
+            }
+        }
+    })?;
+    let out = match tokio::time::timeout(HELM_TIMEOUT, child.wait_with_output()).await {
+        Err(_) => {
+            return Err(RenderError::Helm {
+                command,
+                status: None,
+                stderr: format!("no result within {}s", HELM_TIMEOUT.as_secs()),
+            })
+        }
+        Ok(Err(e)) => {
+            return Err(RenderError::Helm {
+                command,
+                status: None,
+                stderr: e.to_string(),
+            })
+        }
+        Ok(Ok(o)) => o,
+    };
+    if !out.status.success() {
+        return Err(RenderError::Helm {
+            command,
+            status: out.status.code(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_parse_with_or_without_v() {
+        assert_eq!(parse_version("v3.22.0"), Some((3, 22)));
+        assert_eq!(parse_version("3.8.1+g1"), Some((3, 8)));
+        assert!(parse_version("v3.7.0").unwrap() < MIN_HELM);
+        assert_eq!(parse_version("garbage"), None);
+    }
+}

@@ -1,0 +1,212 @@
+//! The status record of one stack, kept in a ConfigMap in its namespace so `converge status`
+//! works from any machine, with or without the daemon. Holds references, never Secret values.
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, Patch, PatchParams};
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::{ClusterError, REQUEST_TIMEOUT};
+use crate::vocabulary::{status_name, FIELD_MANAGER, LABEL_MANAGED_BY, LABEL_STACK, MANAGED_BY};
+
+/// How many reconciles the history keeps.
+pub const HISTORY: usize = 10;
+
+/// The status of one stack.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StackStatus {
+    /// The stack's name.
+    pub stack: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// The commit of the last reconcile that applied.
+    pub last_applied_commit: String,
+    /// The commit of the last reconcile that ended healthy.
+    pub last_healthy_commit: String,
+    /// `True` when the last reconcile succeeded.
+    pub ready: bool,
+    /// A Flux-style reason constant.
+    pub reason: String,
+    /// A one-line message.
+    pub message: String,
+    /// Per component.
+    pub components: Vec<ComponentStatus>,
+    /// The last reconciles, newest first.
+    pub history: Vec<HistoryEntry>,
+}
+
+/// The status of one component.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentStatus {
+    /// Its name.
+    pub name: String,
+    /// The image deployed.
+    pub image: String,
+    /// Ready replicas.
+    pub ready: i64,
+    /// Desired replicas.
+    pub desired: i64,
+    /// `Healthy`, `Progressing`, `Failed` or `Blocked`.
+    pub health: String,
+    /// The last error, if any.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub last_error: String,
+    /// When this component's status last changed (RFC 3339).
+    pub since: String,
+}
+
+/// One reconcile in the history.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEntry {
+    /// The commit.
+    pub commit: String,
+    /// The reason constant.
+    pub result: String,
+    /// How long it took, in milliseconds.
+    pub duration_ms: u64,
+    /// When it ended (RFC 3339).
+    pub time: String,
+}
+
+const DATA_KEY: &str = "status.json";
+
+/// Reads the status of `stack`; `None` when converge has never recorded one.
+pub async fn load(
+    client: &kube::Client,
+    namespace: &str,
+    stack: &str,
+) -> Result<Option<StackStatus>, ClusterError> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let name = status_name(stack);
+    let what = format!("ConfigMap/{name} (namespace {namespace})");
+    let cm = match tokio::time::timeout(REQUEST_TIMEOUT, api.get_opt(&name)).await {
+        Err(_) => {
+            return Err(ClusterError::Timeout {
+                action: "reading",
+                object: what,
+            })
+        }
+        Ok(Err(source)) => {
+            return Err(ClusterError::Api {
+                action: "reading",
+                object: what,
+                source,
+            })
+        }
+        Ok(Ok(cm)) => cm,
+    };
+    Ok(cm
+        .and_then(|c| c.data)
+        .and_then(|mut d| d.remove(DATA_KEY))
+        .and_then(|t| serde_json::from_str(&t).ok()))
+}
+
+/// Writes the status of `stack`.
+pub async fn save(client: &kube::Client, status: &StackStatus) -> Result<(), ClusterError> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &status.namespace);
+    let name = status_name(&status.stack);
+    let cm = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": name,
+            "namespace": status.namespace,
+            "labels": {LABEL_MANAGED_BY: MANAGED_BY, LABEL_STACK: status.stack},
+        },
+        "data": {DATA_KEY: serde_json::to_string_pretty(status).unwrap_or_default()},
+    });
+    let what = format!("ConfigMap/{name} (namespace {})", status.namespace);
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    match tokio::time::timeout(REQUEST_TIMEOUT, api.patch(&name, &pp, &Patch::Apply(&cm))).await {
+        Err(_) => Err(ClusterError::Timeout {
+            action: "writing",
+            object: what,
+        }),
+        Ok(Err(source)) => Err(ClusterError::Api {
+            action: "writing",
+            object: what,
+            source,
+        }),
+        Ok(Ok(_)) => Ok(()),
+    }
+}
+
+/// Whether `new` differs from `old` in anything but timestamps and durations, so an unchanged
+/// reconcile writes nothing.
+pub fn materially_changed(old: &StackStatus, new: &StackStatus) -> bool {
+    let strip = |s: &StackStatus| {
+        let mut s = s.clone();
+        s.history.clear();
+        for c in &mut s.components {
+            c.since.clear();
+        }
+        s
+    };
+    strip(old) != strip(new)
+}
+
+/// Builds the next status: `next` with `old`'s history plus this reconcile, and component
+/// `since` times kept where nothing changed.
+pub fn advance(
+    old: Option<&StackStatus>,
+    mut next: StackStatus,
+    entry: HistoryEntry,
+) -> StackStatus {
+    let mut history = old.map(|o| o.history.clone()).unwrap_or_default();
+    history.insert(0, entry);
+    history.truncate(HISTORY);
+    next.history = history;
+    if let Some(old) = old {
+        for c in &mut next.components {
+            if let Some(prev) = old.components.iter().find(|p| p.name == c.name) {
+                let mut a = prev.clone();
+                a.since.clear();
+                let mut b = c.clone();
+                b.since.clear();
+                if a == b {
+                    c.since = prev.since.clone();
+                }
+            }
+        }
+    }
+    next
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_keeps_the_last_ten_newest_first() {
+        let mut s: Option<StackStatus> = None;
+        for i in 0..12 {
+            let e = HistoryEntry {
+                commit: format!("c{i}"),
+                ..Default::default()
+            };
+            s = Some(advance(s.as_ref(), StackStatus::default(), e));
+        }
+        let h = s.unwrap().history;
+        assert_eq!(h.len(), HISTORY);
+        assert_eq!(h[0].commit, "c11");
+    }
+
+    #[test]
+    fn timestamps_alone_are_not_a_change() {
+        let a = StackStatus {
+            components: vec![ComponentStatus {
+                name: "x".into(),
+                since: "t1".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mut b = a.clone();
+        b.components[0].since = "t2".into();
+        assert!(!materially_changed(&a, &b));
+        b.components[0].ready = 1;
+        assert!(materially_changed(&a, &b));
+    }
+}
