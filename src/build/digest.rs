@@ -339,7 +339,10 @@ mod tests {
             let repo = Repo::open(self.0.path()).expect("repo");
             let snap = repo.snapshot("HEAD").expect("snapshot");
             let ctx = resolve_context(&snap, "c", spec).expect("context");
-            ctx.files.into_iter().map(|f| (f.rel, f.build_file_only)).collect()
+            ctx.files
+                .into_iter()
+                .map(|f| (f.rel, f.build_file_only))
+                .collect()
         }
     }
 
@@ -371,7 +374,9 @@ mod tests {
     fn an_ignored_or_outside_file_does_not_change_the_digest() {
         let r = base();
         let before = r.digest(&spec("Dockerfile"));
-        r.write("app/debug.log", "more noise\n").write("other/file", "changed\n").commit();
+        r.write("app/debug.log", "more noise\n")
+            .write("other/file", "changed\n")
+            .commit();
         assert_eq!(r.digest(&spec("Dockerfile")), before);
         r.write("app/main", "v2\n").commit();
         assert_ne!(r.digest(&spec("Dockerfile")), before);
@@ -402,7 +407,10 @@ mod tests {
     #[test]
     fn two_dockerfiles_in_one_context_hash_apart() {
         let r = base();
-        assert_ne!(r.digest(&spec("Dockerfile")), r.digest(&spec("Dockerfile.debug")));
+        assert_ne!(
+            r.digest(&spec("Dockerfile")),
+            r.digest(&spec("Dockerfile.debug"))
+        );
     }
 
     #[test]
@@ -417,14 +425,19 @@ mod tests {
     #[test]
     fn an_excluded_dockerfile_is_sent_and_hashed_but_not_part_of_the_context() {
         let r = base();
-        r.write("app/.dockerignore", "Dockerfile*\n.dockerignore\n").commit();
+        r.write("app/.dockerignore", "Dockerfile*\n.dockerignore\n")
+            .commit();
         let sent = r.sent(&spec("Dockerfile"));
         assert!(sent.contains(&("Dockerfile".into(), true)), "{sent:?}");
         assert!(sent.contains(&(".dockerignore".into(), true)), "{sent:?}");
-        assert!(!sent.iter().any(|(p, _)| p == "Dockerfile.debug"), "{sent:?}");
+        assert!(
+            !sent.iter().any(|(p, _)| p == "Dockerfile.debug"),
+            "{sent:?}"
+        );
         // Its bytes still decide the image.
         let before = r.digest(&spec("Dockerfile"));
-        r.write("app/Dockerfile", "FROM scratch\nCOPY main /m\n").commit();
+        r.write("app/Dockerfile", "FROM scratch\nCOPY main /m\n")
+            .commit();
         assert_ne!(r.digest(&spec("Dockerfile")), before);
     }
 
@@ -432,7 +445,11 @@ mod tests {
     fn a_dockerfile_specific_ignore_file_wins_over_dockerignore() {
         let r = base();
         r.write("app/Dockerfile.dockerignore", "main\n").commit();
-        let sent: Vec<String> = r.sent(&spec("Dockerfile")).into_iter().map(|(p, _)| p).collect();
+        let sent: Vec<String> = r
+            .sent(&spec("Dockerfile"))
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
         assert!(!sent.contains(&"main".to_string()), "{sent:?}");
         assert!(sent.contains(&"debug.log".to_string()), "{sent:?}");
     }

@@ -3,6 +3,7 @@
 //! Library errors become readable diagnostics here and nowhere else.
 
 mod apply;
+mod build;
 mod status;
 mod validate;
 
@@ -37,6 +38,8 @@ pub enum Command {
     Diff(apply::DiffArgs),
     /// Show the status converge recorded in the cluster.
     Status(status::StatusArgs),
+    /// Compute content tags and build the missing images; exit 0 ok, 1 a build failed, 2 on error.
+    Build(build::BuildArgs),
 }
 
 /// Where to read the desired state from.
@@ -88,6 +91,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Apply(args) => apply::apply(&args),
         Command::Diff(args) => apply::diff(&args),
         Command::Status(args) => status::run(&args),
+        Command::Build(args) => build::run(&args),
         Command::Schema => {
             let schema = crate::desired::schema::document_schema();
             match serde_json::to_string_pretty(&schema) {
