@@ -486,31 +486,39 @@ pub async fn prune_old_with(
         tracing::debug!(builder = ?engine.builder(), "image pruning needs a Docker engine; skipped");
         return Ok(report);
     };
-    let ps = ["ps", "-a", "--format", "{{.Image}}\t{{.ImageID}}"]
+    // Stopped containers count too: `docker rmi` would refuse their images anyway.
+    let ps = ["ps", "-a", "-q", "--no-trunc"].map(String::from).to_vec();
+    let out = engine.docker_other(&cli, &ps, &cancel).await?;
+    check_status(&cli, &ps, &out)?;
+    let ids: Vec<String> = out.stdout.split_whitespace().map(String::from).collect();
+    let mut used: HashSet<String> = HashSet::new();
+    if !ids.is_empty() {
+        // The reference a container was created from, and the image id it runs.
+        let mut inspect = [
+            "container",
+            "inspect",
+            "--format",
+            "{{.Config.Image}}\t{{.Image}}",
+        ]
         .map(String::from)
         .to_vec();
-    let out = engine.docker_other(&cli, &ps, &cancel).await?;
-    if !out.status.success() {
-        return Err(BuildError::Unreachable {
-            host: cli.host().to_string(),
-            detail: out.stderr.lines().last().unwrap_or("").to_string(),
-            hint: engine::UNREACHABLE_HINT.into(),
-        });
+        inspect.extend(ids);
+        let out = engine.docker_other(&cli, &inspect, &cancel).await?;
+        check_status(&cli, &inspect, &out)?;
+        used = out
+            .stdout
+            .lines()
+            .flat_map(|l| l.split('\t'))
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                if s.contains(':') {
+                    s.to_string()
+                } else {
+                    format!("{s}:latest")
+                }
+            })
+            .collect();
     }
-    // Stopped containers count too: `docker rmi` would refuse their images anyway.
-    let used: HashSet<String> = out
-        .stdout
-        .lines()
-        .flat_map(|l| l.split('\t'))
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            if s.contains(':') || s.starts_with("sha256") {
-                s.to_string()
-            } else {
-                format!("{s}:latest")
-            }
-        })
-        .collect();
     let protect: HashSet<String> = protect.iter().cloned().collect();
     for repo in repositories {
         let ls = [
@@ -545,6 +553,29 @@ pub async fn prune_old_with(
         }
     }
     Ok(report)
+}
+
+fn check_status(
+    cli: &engine::DockerCli,
+    args: &[String],
+    out: &engine::RunOutput,
+) -> Result<(), BuildError> {
+    if out.status.success() {
+        return Ok(());
+    }
+    let detail = out.stderr.lines().last().unwrap_or("").to_string();
+    if engine::looks_unreachable(&out.stderr) {
+        return Err(BuildError::Unreachable {
+            host: cli.host().to_string(),
+            detail,
+            hint: engine::UNREACHABLE_HINT.into(),
+        });
+    }
+    Err(BuildError::Engine {
+        command: format!("docker {}", args.first().map(String::as_str).unwrap_or("")),
+        status: out.status.to_string(),
+        detail,
+    })
 }
 
 #[cfg(test)]

@@ -1,6 +1,5 @@
 //! `converge apply`: one reconcile of a commit, in the foreground; `converge diff`: what it would change.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use clap::Args;
@@ -17,7 +16,7 @@ use crate::render::Helm;
 pub struct TargetArgs {
     #[command(flatten)]
     pub source: SourceArgs,
-    /// Only the stack with this name.
+    /// Only this stack: its name or its directory (`dev`, `desired/dev`).
     #[arg(long)]
     pub stack: Option<String>,
     /// The kube context, instead of the stack's `context`.
@@ -86,29 +85,25 @@ pub(super) fn apply(args: &ApplyArgs) -> u8 {
     })
 }
 
-/// Reconciles every selected stack of the commit; the library path the daemon also takes.
+/// Reconciles every selected stack of the commit.
 pub async fn run_apply(target: &TargetArgs, opts: &Options) -> Result<Vec<StackReport>, Error> {
-    let (commit, prepared) = reconcile::prepare(&target.source.repo, &target.source.rev, opts)?;
-    let helm = Helm::from_env();
-    helm.check().await?;
-    let mut clusters: BTreeMap<String, Cluster> = BTreeMap::new();
-    let mut reports = Vec::new();
-    for p in &prepared {
-        let ctx = opts.context.clone().unwrap_or_else(|| p.stack.spec.context.clone());
-        if !clusters.contains_key(&ctx) {
-            let c = Cluster::connect(Some(&ctx)).await?;
-            c.ping().await?;
-            clusters.insert(ctx.clone(), c);
-        }
-        let cluster = &clusters[&ctx];
-        reports.push(reconcile::reconcile_stack(cluster, p, &commit, &helm, opts).await);
-    }
-    Ok(reports)
+    let mut clusters = reconcile::Clusters::default();
+    reconcile::reconcile_commit(
+        &target.source.repo,
+        &target.source.rev,
+        opts,
+        &Helm::from_env(),
+        &mut clusters,
+    )
+    .await
 }
 
 fn print_reports(reports: &[StackReport], format: Format) {
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(reports).unwrap_or_default()),
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(reports).unwrap_or_default()
+        ),
         Format::Text => {
             for r in reports {
                 let verdict = if r.ready { "ready" } else { "NOT ready" };
@@ -138,7 +133,10 @@ fn print_reports(reports: &[StackReport], format: Format) {
                     println!("  kept {k}");
                 }
                 for c in &r.status.components {
-                    println!("  {:<10} {:<12} {}/{} {}", c.name, c.health, c.ready, c.desired, c.image);
+                    println!(
+                        "  {:<10} {:<12} {}/{} {}",
+                        c.name, c.health, c.ready, c.desired, c.image
+                    );
                 }
                 for (c, why) in &r.blocked {
                     println!("  blocked {c}: {why}");
@@ -169,7 +167,10 @@ pub(super) fn diff(args: &DiffArgs) -> u8 {
             Err(e) => super::report_error(&e, args.target.output),
             Ok(changes) => {
                 match args.target.output {
-                    Format::Json => println!("{}", serde_json::to_string_pretty(&changes).unwrap_or_default()),
+                    Format::Json => println!(
+                        "{}",
+                        serde_json::to_string_pretty(&changes).unwrap_or_default()
+                    ),
                     Format::Text => {
                         for c in &changes {
                             print!("{}", super::colorize_diff(c["diff"].as_str().unwrap_or("")));
@@ -191,32 +192,61 @@ pub(super) fn diff(args: &DiffArgs) -> u8 {
 
 /// Per object that would change: `{object, action, diff}`. Server-side dry-run of every rendered
 /// object, plus what prune would delete. Secret data is masked in the output only.
-pub async fn run_diff(target: &TargetArgs, opts: &Options) -> Result<Vec<serde_json::Value>, Error> {
+pub async fn run_diff(
+    target: &TargetArgs,
+    opts: &Options,
+) -> Result<Vec<serde_json::Value>, Error> {
     let (_, prepared) = reconcile::prepare(&target.source.repo, &target.source.rev, opts)?;
     let helm = Helm::from_env();
     helm.check().await?;
     let mut out = Vec::new();
     for p in &prepared {
-        let ctx = opts.context.clone().unwrap_or_else(|| p.stack.spec.context.clone());
+        let ctx = opts
+            .context
+            .clone()
+            .unwrap_or_else(|| p.stack.spec.context.clone());
         let cluster = Cluster::connect(Some(&ctx)).await?;
-        let rendered = p.render.template(&helm).await?;
+        let version = cluster.ping().await?;
+        let rendered = p.render.template(&helm, Some(&version)).await?;
         let ns = &p.stack.spec.namespace;
         let namespace_exists = cluster
-            .get(&ObjectKey { group: String::new(), version: "v1".into(), kind: "Namespace".into(), namespace: String::new(), name: ns.clone() })
+            .get(&ObjectKey {
+                group: String::new(),
+                version: "v1".into(),
+                kind: "Namespace".into(),
+                namespace: String::new(),
+                name: ns.clone(),
+            })
             .await?
             .is_some();
         let mut keys = Vec::new();
         for obj in &rendered.objects {
-            let Some(key) = ObjectKey::of(obj) else { continue };
+            let Some(key) = ObjectKey::of(obj) else {
+                continue;
+            };
             keys.push(key.clone());
-            let live = if namespace_exists { cluster.get(&key).await? } else { None };
+            let live = if namespace_exists {
+                cluster.get(&key).await?
+            } else {
+                None
+            };
             let would = if namespace_exists {
-                cluster.apply(obj, ApplyOptions { force: true, dry_run: true }).await?
+                cluster
+                    .apply(
+                        obj,
+                        ApplyOptions {
+                            force: true,
+                            dry_run: true,
+                        },
+                    )
+                    .await?
             } else {
                 // Dry-run cannot create into a namespace that does not exist yet: show the render.
                 obj.clone()
             };
-            let live_v = live.as_ref().map(|l| diff::normalize(&serde_json::to_value(l).unwrap_or_default()));
+            let live_v = live
+                .as_ref()
+                .map(|l| diff::normalize(&serde_json::to_value(l).unwrap_or_default()));
             let would_v = diff::normalize(&serde_json::to_value(&would).unwrap_or_default());
             let title = format!("{}/{}/{}", key.kind, key.namespace, key.name);
             if let Some(d) = diff::unified(&title, live_v.as_ref(), Some(&would_v)) {
@@ -226,7 +256,11 @@ pub async fn run_diff(target: &TargetArgs, opts: &Options) -> Result<Vec<serde_j
         }
         if namespace_exists {
             let inv = inventory::load(cluster.client(), ns, &p.stack.spec.name).await?;
-            let policy = inventory::PrunePolicy { volumes: p.stack.spec.prune.volumes, namespaces: p.stack.spec.prune.namespace, allow_mass_prune: opts.allow_mass_prune };
+            let policy = inventory::PrunePolicy {
+                volumes: p.stack.spec.prune.volumes,
+                namespaces: p.stack.spec.prune.namespace,
+                allow_mass_prune: opts.allow_mass_prune,
+            };
             let plan = inventory::plan_prune(&inv, &keys, policy);
             for key in plan.delete {
                 if let Some(live) = cluster.get(&key).await? {
@@ -241,4 +275,3 @@ pub async fn run_diff(target: &TargetArgs, opts: &Options) -> Result<Vec<serde_j
     }
     Ok(out)
 }
-

@@ -35,7 +35,10 @@ pub(super) fn run(args: &StatusArgs) -> u8 {
             Err(e) => return super::report_error(&crate::error::Error::Cluster(e), args.output),
         };
         match args.output {
-            Format::Json => println!("{}", serde_json::to_string_pretty(&statuses).unwrap_or_default()),
+            Format::Json => println!(
+                "{}",
+                serde_json::to_string_pretty(&statuses).unwrap_or_default()
+            ),
             Format::Text => print_text(&statuses),
         }
         if statuses.is_empty() {
@@ -52,15 +55,23 @@ async fn read(args: &StatusArgs) -> Result<Vec<StackStatus>, crate::cluster::Clu
     let cluster = Cluster::connect(args.context.as_deref()).await?;
     let api: Api<ConfigMap> = Api::all(cluster.client().clone());
     let lp = ListParams::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
-    let list = api.list(&lp).await.map_err(|source| crate::cluster::ClusterError::Api {
-        action: "listing",
-        object: "status records".into(),
-        source,
-    })?;
+    let list = api
+        .list(&lp)
+        .await
+        .map_err(|source| crate::cluster::ClusterError::Api {
+            action: "listing",
+            object: "status records".into(),
+            source,
+        })?;
     let mut out: Vec<StackStatus> = list
         .items
         .into_iter()
-        .filter(|c| c.metadata.name.as_deref().is_some_and(|n| n.starts_with("converge-") && n.ends_with("-status")))
+        .filter(|c| {
+            c.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with("converge-") && n.ends_with("-status"))
+        })
         .filter_map(|c| c.data.and_then(|mut d| d.remove("status.json")))
         .filter_map(|t| serde_json::from_str::<StackStatus>(&t).ok())
         .filter(|s| args.stack.as_ref().is_none_or(|n| n == &s.stack))
@@ -84,17 +95,37 @@ fn print_text(statuses: &[StackStatus]) {
             s.reason
         );
         println!("  message: {}", s.message);
-        println!("  last applied {}, last healthy {}", short(&s.last_applied_commit), short(&s.last_healthy_commit));
-        println!("  {:<12} {:<12} {:<8} {:<40} SINCE", "COMPONENT", "HEALTH", "READY", "IMAGE");
+        println!(
+            "  last applied {}, last healthy {}",
+            short(&s.last_applied_commit),
+            short(&s.last_healthy_commit)
+        );
+        println!(
+            "  {:<12} {:<12} {:<8} {:<40} SINCE",
+            "COMPONENT", "HEALTH", "READY", "IMAGE"
+        );
         for c in &s.components {
-            println!("  {:<12} {:<12} {:<8} {:<40} {}", c.name, c.health, format!("{}/{}", c.ready, c.desired), c.image, c.since);
+            println!(
+                "  {:<12} {:<12} {:<8} {:<40} {}",
+                c.name,
+                c.health,
+                format!("{}/{}", c.ready, c.desired),
+                c.image,
+                c.since
+            );
             if !c.last_error.is_empty() {
                 println!("    error: {}", c.last_error);
             }
         }
         println!("  history:");
         for h in &s.history {
-            println!("    {} {} {:<24} {} ms", h.time, short(&h.commit), h.result, h.duration_ms);
+            println!(
+                "    {} {} {:<24} {} ms",
+                h.time,
+                short(&h.commit),
+                h.result,
+                h.duration_ms
+            );
         }
     }
 }

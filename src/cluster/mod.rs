@@ -38,7 +38,7 @@ pub enum ClusterError {
         message: String,
     },
     /// The API server could not be reached or answered with an unexpected error.
-    #[error("{action} {object}: {source}")]
+    #[error("{action} {object}: {}", api_message(source))]
     Api {
         /// What converge was doing.
         action: &'static str,
@@ -94,6 +94,14 @@ pub enum ClusterError {
         /// The API server's message.
         message: String,
     },
+}
+
+/// The API server's own message for API errors, the client's otherwise.
+fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("{} ({})", s.message, s.code),
+        other => other.to_string(),
+    }
 }
 
 /// Identifies one object: group/version/kind plus namespace and name.
@@ -170,6 +178,7 @@ pub struct Cluster {
     client: Client,
     counter: RequestCounter,
     kinds: Arc<Mutex<HashMap<GroupVersionKind, (ApiResource, ApiCapabilities)>>>,
+    version: Arc<tokio::sync::OnceCell<String>>,
 }
 
 async fn bounded<T>(
@@ -198,6 +207,7 @@ impl Cluster {
             client,
             counter,
             kinds: Arc::default(),
+            version: Arc::default(),
         }
     }
 
@@ -217,15 +227,21 @@ impl Cluster {
         self.counter.get()
     }
 
-    /// Checks the API server answers, with a message naming the server when it does not.
+    /// Checks the API server answers and returns its version (`v1.35.8`), asked once.
     pub async fn ping(&self) -> Result<String, ClusterError> {
-        let v = bounded(
-            "reaching",
-            &"the API server",
-            self.client.apiserver_version(),
-        )
-        .await?;
-        Ok(v.git_version)
+        let v = self
+            .version
+            .get_or_try_init(|| async {
+                let v = bounded(
+                    "reaching",
+                    &"the API server",
+                    self.client.apiserver_version(),
+                )
+                .await?;
+                Ok::<_, ClusterError>(v.git_version)
+            })
+            .await?;
+        Ok(v.clone())
     }
 
     /// The API resource and scope of a kind, from discovery (cached).

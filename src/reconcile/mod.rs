@@ -132,7 +132,11 @@ pub fn prepare(
     })?;
     let mut out = Vec::new();
     for stack in loaded.state.stacks {
-        if opts.stack.as_ref().is_some_and(|s| s != &stack.spec.name) {
+        if opts
+            .stack
+            .as_ref()
+            .is_some_and(|s| !stack_matches(&stack, s))
+        {
             continue;
         }
         let images = opts
@@ -158,6 +162,53 @@ pub fn prepare(
     Ok((commit, out))
 }
 
+/// Connections by kube context, kept across reconciles (the daemon holds one for its lifetime).
+#[derive(Default, Clone)]
+pub struct Clusters(BTreeMap<String, Cluster>);
+
+impl Clusters {
+    /// The connection for `context`, connecting (and checking the API server answers) on first use.
+    pub async fn get(&mut self, context: &str) -> Result<Cluster, Error> {
+        if let Some(c) = self.0.get(context) {
+            return Ok(c.clone());
+        }
+        let c = Cluster::connect(Some(context)).await?;
+        c.ping().await?;
+        self.0.insert(context.to_string(), c.clone());
+        Ok(c)
+    }
+}
+
+/// Reads, validates, renders and reconciles every selected stack of `rev`: the whole pipeline,
+/// as `converge apply` and the daemon run it. Builds are decided by the caller (`opts.images`).
+pub async fn reconcile_commit(
+    repo_path: &Path,
+    rev: &str,
+    opts: &Options,
+    helm: &Helm,
+    clusters: &mut Clusters,
+) -> Result<Vec<StackReport>, Error> {
+    let (commit, prepared) = prepare(repo_path, rev, opts)?;
+    helm.check().await?;
+    let mut reports = Vec::new();
+    for p in &prepared {
+        let ctx = opts
+            .context
+            .clone()
+            .unwrap_or_else(|| p.stack.spec.context.clone());
+        let cluster = clusters.get(&ctx).await?;
+        reports.push(reconcile_stack(&cluster, p, &commit, helm, opts).await);
+    }
+    Ok(reports)
+}
+
+/// Whether `--stack` names this stack: its name, its directory, or the directory's last part.
+pub fn stack_matches(stack: &Stack, wanted: &str) -> bool {
+    stack.spec.name == wanted
+        || stack.dir == wanted.trim_end_matches('/')
+        || stack.dir.rsplit('/').next() == Some(wanted)
+}
+
 /// Reconciles one prepared stack against `cluster`.
 pub async fn reconcile_stack(
     cluster: &Cluster,
@@ -173,7 +224,8 @@ pub async fn reconcile_stack(
         let started = Instant::now();
         let before = cluster.requests();
         let mut run = Run::new(cluster, stack, commit, opts);
-        let result = match prepared.render.template(helm).await {
+        let version = cluster.ping().await.ok();
+        let result = match prepared.render.template(helm, version.as_deref()).await {
             Ok(rendered) => run.execute(rendered, &prepared.images).await,
             Err(e) => Err((reason::RENDER_FAILED, e.to_string())),
         };
@@ -201,6 +253,7 @@ struct Run<'a> {
     failed: BTreeMap<String, String>,
     errors: Vec<String>,
     health: BTreeMap<String, (ObjectKey, Value)>,
+    namespace_ready: bool,
 }
 
 type StepResult = Result<(), (&'static str, String)>;
@@ -224,6 +277,7 @@ impl<'a> Run<'a> {
             failed: BTreeMap::new(),
             errors: Vec::new(),
             health: BTreeMap::new(),
+            namespace_ready: false,
         }
     }
 
@@ -242,6 +296,7 @@ impl<'a> Run<'a> {
     ) -> StepResult {
         let cluster_err = |e: ClusterError| (reason::CLUSTER_UNREACHABLE, e.to_string());
         self.ensure_namespace().await.map_err(cluster_err)?;
+        self.namespace_ready = true;
         self.loaded_inventory =
             inventory::load(self.cluster.client(), self.ns(), &self.stack.spec.name)
                 .await
@@ -868,7 +923,7 @@ impl<'a> Run<'a> {
             errors.insert(0, message);
         }
         // An unreachable cluster leaves nothing to write to.
-        if write && why != reason::CLUSTER_UNREACHABLE {
+        if write && self.namespace_ready {
             if let Err(e) = status::save(self.cluster.client(), &status).await {
                 warn!(error = %e, "status not recorded");
                 errors.push(format!("recording status: {e}"));

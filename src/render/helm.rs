@@ -62,6 +62,7 @@ impl Helm {
         chart: &Path,
         namespace: &str,
         values: &[PathBuf],
+        kube_version: Option<&str>,
     ) -> Result<String, RenderError> {
         let mut args: Vec<String> = vec![
             "template".into(),
@@ -71,6 +72,10 @@ impl Helm {
             namespace.into(),
             "--include-crds".into(),
         ];
+        if let Some(v) = kube_version {
+            args.push("--kube-version".into());
+            args.push(v.into());
+        }
         for v in values {
             args.push("--values".into());
             args.push(v.display().to_string());

@@ -220,7 +220,14 @@ pub fn prepare(
 
 impl Prepared {
     /// Runs `helm template` and parses its output into labelled objects and hooks.
-    pub async fn template(&self, helm: &Helm) -> Result<Rendered, RenderError> {
+    ///
+    /// `kube_version` is the target cluster's, so the chart's `kubeVersion` and
+    /// `.Capabilities` checks see the real cluster rather than helm's built-in default.
+    pub async fn template(
+        &self,
+        helm: &Helm,
+        kube_version: Option<&str>,
+    ) -> Result<Rendered, RenderError> {
         let chart_dir = self.tmp.path().join("chart");
         let out = helm
             .template(
@@ -228,6 +235,7 @@ impl Prepared {
                 &chart_dir,
                 &self.namespace,
                 &self.values_files,
+                kube_version,
             )
             .await?;
         parse_manifests(&out, &self.stack, &self.namespace)
