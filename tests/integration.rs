@@ -14,3 +14,6 @@ mod chart;
 
 #[path = "integration/desired.rs"]
 mod desired;
+
+#[path = "integration/build.rs"]
+mod build;
