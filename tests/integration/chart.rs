@@ -906,7 +906,14 @@ async fn the_testbed_apiserver_accepts_every_rendered_object_in_a_server_side_dr
 
 /// `helm status -o json`: the named hook's last run phase and start time.
 fn hook_last_run(namespace: &str, hook: &str) -> (String, String) {
-    let run = run_helm(&["status", RELEASE, "--namespace", namespace, "--output", "json"]);
+    let run = run_helm(&[
+        "status",
+        RELEASE,
+        "--namespace",
+        namespace,
+        "--output",
+        "json",
+    ]);
     assert!(run.ok, "helm status failed:\n{}", run.stderr);
     let status: Value = serde_json::from_str(&run.stdout).expect("helm status JSON");
     let h = status["hooks"]
@@ -916,7 +923,10 @@ fn hook_last_run(namespace: &str, hook: &str) -> (String, String) {
         .find(|h| h["name"] == hook && h["kind"] == "Job")
         .unwrap_or_else(|| panic!("no hook Job {hook} in the release: {}", status["hooks"]));
     let last = &h["last_run"];
-    (last["phase"].as_str().unwrap_or_default().to_string(), last["started_at"].as_str().unwrap_or_default().to_string())
+    (
+        last["phase"].as_str().unwrap_or_default().to_string(),
+        last["started_at"].as_str().unwrap_or_default().to_string(),
+    )
 }
 
 #[tokio::test]
@@ -937,52 +947,137 @@ async fn the_chart_installs_and_upgrades_on_the_testbed_running_its_migration_ho
         }
     }))
     .unwrap();
-    ns.api::<Secret>().create(&PostParams::default(), &secret).await.expect("create the Secret");
+    ns.api::<Secret>()
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create the Secret");
 
     let chart = chart_dir().display().to_string();
     let dev = chart_dir().join("values-dev.yaml").display().to_string();
-    let wait = ["--wait", "--wait-for-jobs", "--timeout", "180s"];
-    let mut install = vec!["install", RELEASE, &chart, "--namespace", ns.name(), "-f", &dev];
-    install.extend(wait);
+    // NodePorts are cluster-wide: let the apiserver pick one, so this test
+    // never collides with another release of values-dev.yaml on the bed.
+    let common = [
+        "-f",
+        dev.as_str(),
+        "--set",
+        "frontend.service.nodePort=null",
+        "--wait",
+        "--wait-for-jobs",
+        "--timeout",
+        "180s",
+    ];
+    let mut install = vec!["install", RELEASE, &chart, "--namespace", ns.name()];
+    install.extend(common);
     let run = run_helm(&install);
     assert!(run.ok, "helm install failed:\n{}{}", run.stdout, run.stderr);
     // NOTES.txt tells how to reach the app on minikube.
-    let reach = format!("minikube service {} -n {} --url", name("frontend"), ns.name());
-    assert!(run.stdout.contains(&reach), "NOTES lack `{reach}`:\n{}", run.stdout);
+    let reach = format!(
+        "minikube service {} -n {} --url",
+        name("frontend"),
+        ns.name()
+    );
+    assert!(
+        run.stdout.contains(&reach),
+        "NOTES lack `{reach}`:\n{}",
+        run.stdout
+    );
 
     let deployments: Api<Deployment> = ns.api();
     for c in ["frontend", "backend"] {
         let d = deployments.get(&name(c)).await.unwrap();
-        assert_eq!(d.status.and_then(|s| s.available_replicas), Some(1), "{c} is not available");
+        assert_eq!(
+            d.status.and_then(|s| s.available_replicas),
+            Some(1),
+            "{c} is not available"
+        );
     }
-    let sts = ns.api::<StatefulSet>().get(&name("postgres")).await.unwrap();
-    assert_eq!(sts.status.and_then(|s| s.ready_replicas), Some(1), "postgres is not ready");
-    let pvc = ns.api::<PersistentVolumeClaim>().get(&format!("data-{}-0", name("postgres"))).await.unwrap();
+    let sts = ns
+        .api::<StatefulSet>()
+        .get(&name("postgres"))
+        .await
+        .unwrap();
+    assert_eq!(
+        sts.status.and_then(|s| s.ready_replicas),
+        Some(1),
+        "postgres is not ready"
+    );
+    let pvc = ns
+        .api::<PersistentVolumeClaim>()
+        .get(&format!("data-{}-0", name("postgres")))
+        .await
+        .unwrap();
     assert_eq!(pvc.status.and_then(|s| s.phase).as_deref(), Some("Bound"));
     // The migration hook ran after the release's objects (post-install) and,
     // having succeeded, was deleted with its ServiceAccount.
     let (phase, installed_at) = hook_last_run(ns.name(), &name("migrations"));
     assert_eq!(phase, "Succeeded");
-    assert!(ns.api::<Job>().get_opt(&name("migrations")).await.unwrap().is_none(), "hook-succeeded must delete the Job");
+    assert!(
+        ns.api::<Job>()
+            .get_opt(&name("migrations"))
+            .await
+            .unwrap()
+            .is_none(),
+        "hook-succeeded must delete the Job"
+    );
 
     let checksum = |d: &Deployment| {
-        d.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.as_ref().unwrap()["checksum/config"].clone()
+        d.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap()["checksum/config"]
+            .clone()
     };
     let before = checksum(&deployments.get(&name("backend")).await.unwrap());
 
     // An upgrade with a config change: the pre-upgrade hook runs again and the pods roll.
-    let mut upgrade = vec!["upgrade", RELEASE, &chart, "--namespace", ns.name(), "-f", &dev, "--set-string", "config.FEATURE_FLAGS=chat-v2"];
-    upgrade.extend(wait);
+    let mut upgrade = vec![
+        "upgrade",
+        RELEASE,
+        &chart,
+        "--namespace",
+        ns.name(),
+        "--set-string",
+        "config.FEATURE_FLAGS=chat-v2",
+    ];
+    upgrade.extend(common);
     let run = run_helm(&upgrade);
     assert!(run.ok, "helm upgrade failed:\n{}{}", run.stdout, run.stderr);
     let backend = deployments.get(&name("backend")).await.unwrap();
-    assert_ne!(checksum(&backend), before, "a config change must roll the backend");
-    let status = backend.status.unwrap();
-    assert_eq!(status.updated_replicas, Some(1));
-    assert_eq!(status.available_replicas, Some(1));
+    assert_ne!(
+        checksum(&backend),
+        before,
+        "a config change must roll the backend"
+    );
+    // helm's --wait returns once the new ReplicaSet is ready; the old Pod may
+    // still be on its way out, so wait for the rollout to finish.
+    let rolled = |d: Option<&Deployment>| {
+        d.and_then(|d| Some((d.metadata.generation, d.status.as_ref()?)))
+            .is_some_and(|(generation, s)| {
+                s.observed_generation == generation
+                    && s.replicas == Some(1)
+                    && s.updated_replicas == Some(1)
+                    && s.available_replicas == Some(1)
+            })
+    };
+    support::wait_for(
+        &deployments,
+        &name("backend"),
+        rolled,
+        support::DEFAULT_TIMEOUT,
+    )
+    .await;
     let (phase, upgraded_at) = hook_last_run(ns.name(), &name("migrations"));
     assert_eq!(phase, "Succeeded");
-    assert_ne!(upgraded_at, installed_at, "the pre-upgrade hook did not run again");
+    assert_ne!(
+        upgraded_at, installed_at,
+        "the pre-upgrade hook did not run again"
+    );
 
     ns.cleanup().await;
 }
