@@ -1081,6 +1081,49 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_cancelled_run_kills_its_process_promptly() {
+        let (tx, rx) = watch::channel(false);
+        let started = std::time::Instant::now();
+        let args = ["30".to_string()];
+        let run = run("sleep", &args, &[], None, Duration::from_secs(60), rx, "t");
+        let cancel = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _ = tx.send(true);
+        };
+        let (result, ()) = tokio::join!(run, cancel);
+        assert!(matches!(result, Err(RunError::Cancelled)), "{result:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn a_run_past_its_timeout_is_killed() {
+        let (_tx, rx) = watch::channel(false);
+        let result = run(
+            "sleep",
+            &["30".to_string()],
+            &[],
+            None,
+            Duration::from_millis(200),
+            rx,
+            "t",
+        )
+        .await;
+        assert!(matches!(result, Err(RunError::Timeout)), "{result:?}");
+    }
+
+    #[tokio::test]
+    async fn output_is_kept_as_the_last_forty_lines() {
+        let (_tx, rx) = watch::channel(false);
+        let args = ["-c".to_string(), "seq 1 100; echo err >&2".to_string()];
+        let out = run("sh", &args, &[], None, Duration::from_secs(10), rx, "t")
+            .await
+            .expect("runs");
+        assert_eq!(out.tail.len(), TAIL_LINES);
+        assert!(out.tail.contains(&"100".to_string()) && out.tail.contains(&"err".to_string()));
+        assert!(!out.tail.contains(&"50".to_string()));
+    }
+
     #[test]
     fn unreachable_engines_are_told_apart_from_missing_images() {
         assert!(looks_unreachable(

@@ -6,7 +6,6 @@ use clap::Args;
 use serde_json::json;
 
 use super::{Format, SourceArgs, EXIT_FINDINGS, EXIT_OK};
-use crate::cluster::{diff, inventory, ApplyOptions, Cluster, ObjectKey};
 use crate::error::Error;
 use crate::reconcile::{self, Options, StackReport};
 use crate::render::Helm;
@@ -22,6 +21,9 @@ pub struct TargetArgs {
     /// The kube context, instead of the stack's `context`.
     #[arg(long, env = "CONVERGE_CONTEXT")]
     pub context: Option<String>,
+    /// The kubeconfig file (`$KUBECONFIG` or `~/.kube/config` when absent).
+    #[arg(long)]
+    pub kubeconfig: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Format::Text)]
     pub output: Format,
@@ -30,6 +32,7 @@ pub struct TargetArgs {
 impl TargetArgs {
     pub(crate) fn options(&self) -> Options {
         Options {
+            kubeconfig: self.kubeconfig.clone(),
             context: self.context.clone(),
             stack: self.stack.clone(),
             dir: self.source.dir.clone(),
@@ -190,88 +193,22 @@ pub(super) fn diff(args: &DiffArgs) -> u8 {
     })
 }
 
-/// Per object that would change: `{object, action, diff}`. Server-side dry-run of every rendered
-/// object, plus what prune would delete. Secret data is masked in the output only.
+/// Per object that would change: `{object, action, diff}` (see [`reconcile::diff_commit`]).
 pub async fn run_diff(
     target: &TargetArgs,
     opts: &Options,
 ) -> Result<Vec<serde_json::Value>, Error> {
-    let (_, prepared) = reconcile::prepare(&target.source.repo, &target.source.rev, opts)?;
-    let helm = Helm::from_env();
-    helm.check().await?;
-    let mut out = Vec::new();
-    for p in &prepared {
-        let ctx = opts
-            .context
-            .clone()
-            .unwrap_or_else(|| p.stack.spec.context.clone());
-        let cluster = Cluster::connect(Some(&ctx)).await?;
-        let version = cluster.ping().await?;
-        let rendered = p.render.template(&helm, Some(&version)).await?;
-        let ns = &p.stack.spec.namespace;
-        let namespace_exists = cluster
-            .get(&ObjectKey {
-                group: String::new(),
-                version: "v1".into(),
-                kind: "Namespace".into(),
-                namespace: String::new(),
-                name: ns.clone(),
-            })
-            .await?
-            .is_some();
-        let mut keys = Vec::new();
-        for obj in &rendered.objects {
-            let Some(key) = ObjectKey::of(obj) else {
-                continue;
-            };
-            keys.push(key.clone());
-            let live = if namespace_exists {
-                cluster.get(&key).await?
-            } else {
-                None
-            };
-            let would = if namespace_exists {
-                cluster
-                    .apply(
-                        obj,
-                        ApplyOptions {
-                            force: true,
-                            dry_run: true,
-                        },
-                    )
-                    .await?
-            } else {
-                // Dry-run cannot create into a namespace that does not exist yet: show the render.
-                obj.clone()
-            };
-            let live_v = live
-                .as_ref()
-                .map(|l| diff::normalize(&serde_json::to_value(l).unwrap_or_default()));
-            let would_v = diff::normalize(&serde_json::to_value(&would).unwrap_or_default());
-            let title = format!("{}/{}/{}", key.kind, key.namespace, key.name);
-            if let Some(d) = diff::unified(&title, live_v.as_ref(), Some(&would_v)) {
-                let action = if live.is_some() { "update" } else { "create" };
-                out.push(json!({"object": key.to_string(), "action": action, "diff": d}));
-            }
-        }
-        if namespace_exists {
-            let inv = inventory::load(cluster.client(), ns, &p.stack.spec.name).await?;
-            let policy = inventory::PrunePolicy {
-                volumes: p.stack.spec.prune.volumes,
-                namespaces: p.stack.spec.prune.namespace,
-                allow_mass_prune: opts.allow_mass_prune,
-            };
-            let plan = inventory::plan_prune(&inv, &keys, policy);
-            for key in plan.delete {
-                if let Some(live) = cluster.get(&key).await? {
-                    let v = diff::normalize(&serde_json::to_value(&live).unwrap_or_default());
-                    let title = format!("{}/{}/{}", key.kind, key.namespace, key.name);
-                    if let Some(d) = diff::unified(&title, Some(&v), None) {
-                        out.push(json!({"object": key.to_string(), "action": "delete", "diff": d}));
-                    }
-                }
-            }
-        }
-    }
-    Ok(out)
+    let mut clusters = reconcile::Clusters::default();
+    let diffs = reconcile::diff_commit(
+        &target.source.repo,
+        &target.source.rev,
+        opts,
+        &Helm::from_env(),
+        &mut clusters,
+    )
+    .await?;
+    Ok(diffs
+        .into_iter()
+        .map(|d| json!({"object": d.object, "action": d.action, "diff": d.diff}))
+        .collect())
 }

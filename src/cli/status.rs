@@ -52,7 +52,7 @@ pub(super) fn run(args: &StatusArgs) -> u8 {
 }
 
 async fn read(args: &StatusArgs) -> Result<Vec<StackStatus>, crate::cluster::ClusterError> {
-    let cluster = Cluster::connect(args.context.as_deref()).await?;
+    let cluster = Cluster::connect(None, args.context.as_deref()).await?;
     let api: Api<ConfigMap> = Api::all(cluster.client().clone());
     let lp = ListParams::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
     let list = api

@@ -90,11 +90,20 @@ where
     }
 }
 
-/// Builds a client for `context` (the kubeconfig's current context when `None`), counting requests.
-pub async fn connect(context: Option<&str>) -> Result<(Client, RequestCounter), ClusterError> {
-    let kubeconfig = Kubeconfig::read().map_err(|e| ClusterError::Config {
-        message: format!("cannot read the kubeconfig ($KUBECONFIG or ~/.kube/config): {e}"),
-    })?;
+/// Builds a client for `context` (the kubeconfig's current context when `None`) of the kubeconfig
+/// at `path` (`$KUBECONFIG` or `~/.kube/config` when `None`), counting requests.
+pub async fn connect(
+    path: Option<&std::path::Path>,
+    context: Option<&str>,
+) -> Result<(Client, RequestCounter), ClusterError> {
+    let kubeconfig = match path {
+        Some(p) => Kubeconfig::read_from(p).map_err(|e| ClusterError::Config {
+            message: format!("cannot read the kubeconfig {}: {e}", p.display()),
+        })?,
+        None => Kubeconfig::read().map_err(|e| ClusterError::Config {
+            message: format!("cannot read the kubeconfig ($KUBECONFIG or ~/.kube/config): {e}"),
+        })?,
+    };
     if let Some(ctx) = context {
         if !kubeconfig.contexts.iter().any(|c| c.name == ctx) {
             let known: Vec<_> = kubeconfig

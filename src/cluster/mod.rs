@@ -211,9 +211,12 @@ impl Cluster {
         }
     }
 
-    /// Connects to `context` of the kubeconfig.
-    pub async fn connect(context: Option<&str>) -> Result<Self, ClusterError> {
-        let (client, counter) = client::connect(context).await?;
+    /// Connects to `context` of the kubeconfig at `kubeconfig` (`$KUBECONFIG` when `None`).
+    pub async fn connect(
+        kubeconfig: Option<&std::path::Path>,
+        context: Option<&str>,
+    ) -> Result<Self, ClusterError> {
+        let (client, counter) = client::connect(kubeconfig, context).await?;
         Ok(Self::new(client, counter))
     }
 
@@ -327,7 +330,11 @@ impl Cluster {
             }),
             Ok(Ok(o)) => Ok(o),
             Ok(Err(kube::Error::Api(s))) if s.code == 409 => Err(parse_conflict(&key, &s.message)),
-            Ok(Err(kube::Error::Api(s))) if s.code == 422 && s.message.contains("immutable") => {
+            Ok(Err(kube::Error::Api(s)))
+                if s.code == 422
+                    && (s.message.contains("immutable")
+                        || s.message.contains("Forbidden: updates to statefulset spec")) =>
+            {
                 Err(parse_immutable(&key, &s.message))
             }
             Ok(Err(kube::Error::Api(s))) if s.code == 422 || s.code == 400 => {
@@ -452,6 +459,8 @@ fn parse_conflict(key: &ObjectKey, message: &str) -> ClusterError {
 
 /// Names the immutable field of a 422 message (`spec.selector: Invalid value: …: field is immutable`).
 fn parse_immutable(key: &ObjectKey, message: &str) -> ClusterError {
+    // StatefulSets refuse any spec change outside a short list, naming no field.
+    let statefulset = message.contains("Forbidden: updates to statefulset spec");
     let field = message
         .split(": ")
         .find(|part| {
@@ -459,6 +468,11 @@ fn parse_immutable(key: &ObjectKey, message: &str) -> ClusterError {
         })
         .map(|s| s.split_whitespace().next().unwrap_or(s).to_string())
         .unwrap_or_else(|| "a field".into());
+    let field = if statefulset {
+        "spec (selector, volumeClaimTemplates, serviceName…)".to_string()
+    } else {
+        field
+    };
     let recreatable = order::recreatable(&key.kind);
     ClusterError::Immutable {
         object: key.to_string(),
@@ -491,6 +505,22 @@ mod tests {
             } => {
                 assert_eq!(managers, ["other-tool"]);
                 assert_eq!(fields, [".spec.replicas"]);
+            }
+            e => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn statefulset_spec_changes_are_immutable_and_never_recreated() {
+        let mut k = key();
+        k.kind = "StatefulSet".into();
+        let msg = "StatefulSet.apps \"db\" is invalid: spec: Forbidden: updates to statefulset spec for fields other than 'replicas' are forbidden";
+        match parse_immutable(&k, msg) {
+            ClusterError::Immutable {
+                field, recreatable, ..
+            } => {
+                assert!(field.starts_with("spec"));
+                assert!(!recreatable, "a StatefulSet owns data volumes");
             }
             e => panic!("{e}"),
         }

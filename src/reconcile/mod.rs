@@ -34,6 +34,8 @@ pub use plan::{object_hash, Item};
 /// How a reconcile behaves.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// The kubeconfig file; `$KUBECONFIG` or `~/.kube/config` when absent.
+    pub kubeconfig: Option<std::path::PathBuf>,
     /// The kube context; the stack's `context` when absent.
     pub context: Option<String>,
     /// Only this stack (by name).
@@ -59,6 +61,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
+            kubeconfig: None,
             context: None,
             stack: None,
             dir: desired::DEFAULT_DIR.into(),
@@ -168,11 +171,15 @@ pub struct Clusters(BTreeMap<String, Cluster>);
 
 impl Clusters {
     /// The connection for `context`, connecting (and checking the API server answers) on first use.
-    pub async fn get(&mut self, context: &str) -> Result<Cluster, Error> {
+    pub async fn get(
+        &mut self,
+        kubeconfig: Option<&Path>,
+        context: &str,
+    ) -> Result<Cluster, Error> {
         if let Some(c) = self.0.get(context) {
             return Ok(c.clone());
         }
-        let c = Cluster::connect(Some(context)).await?;
+        let c = Cluster::connect(kubeconfig, Some(context)).await?;
         c.ping().await?;
         self.0.insert(context.to_string(), c.clone());
         Ok(c)
@@ -196,10 +203,123 @@ pub async fn reconcile_commit(
             .context
             .clone()
             .unwrap_or_else(|| p.stack.spec.context.clone());
-        let cluster = clusters.get(&ctx).await?;
+        let cluster = clusters.get(opts.kubeconfig.as_deref(), &ctx).await?;
         reports.push(reconcile_stack(&cluster, p, &commit, helm, opts).await);
     }
     Ok(reports)
+}
+
+/// One object `apply` would change.
+#[derive(Debug, Clone, Serialize)]
+pub struct ObjectDiff {
+    /// The object.
+    pub object: String,
+    /// `create`, `update` or `delete`.
+    pub action: &'static str,
+    /// A unified diff, Secret data masked.
+    pub diff: String,
+}
+
+/// What `apply` would change: a server-side dry-run of every rendered object (stamped exactly as
+/// apply stamps it) compared with the live object, plus what prune would delete. Writes nothing.
+pub async fn diff_commit(
+    repo_path: &Path,
+    rev: &str,
+    opts: &Options,
+    helm: &Helm,
+    clusters: &mut Clusters,
+) -> Result<Vec<ObjectDiff>, Error> {
+    let (commit, prepared) = prepare(repo_path, rev, opts)?;
+    helm.check().await?;
+    let mut out = Vec::new();
+    for p in &prepared {
+        let ctx = opts
+            .context
+            .clone()
+            .unwrap_or_else(|| p.stack.spec.context.clone());
+        let cluster = clusters.get(opts.kubeconfig.as_deref(), &ctx).await?;
+        let version = cluster.ping().await?;
+        let rendered = p.render.template(helm, Some(&version)).await?;
+        let ns = &p.stack.spec.namespace;
+        let ns_key = ObjectKey {
+            group: String::new(),
+            version: "v1".into(),
+            kind: "Namespace".into(),
+            namespace: String::new(),
+            name: ns.clone(),
+        };
+        let namespace_exists = cluster.get(&ns_key).await?.is_some();
+        let inv = if namespace_exists {
+            inventory::load(cluster.client(), ns, &p.stack.spec.name).await?
+        } else {
+            Inventory::default()
+        };
+        let mut keys = Vec::new();
+        for obj in rendered.objects {
+            let Some(mut key) = ObjectKey::of(&obj) else {
+                continue;
+            };
+            if !cluster.is_namespaced(&key).await? {
+                key.namespace.clear();
+            }
+            let item = plan::item(obj, key.clone(), inv.get(&key), None, &commit, true);
+            keys.push(key.clone());
+            let live = if namespace_exists {
+                cluster.get(&key).await?
+            } else {
+                None
+            };
+            let would = if namespace_exists {
+                cluster
+                    .apply(
+                        &item.object,
+                        ApplyOptions {
+                            force: true,
+                            dry_run: true,
+                        },
+                    )
+                    .await?
+            } else {
+                // A dry-run cannot create into a namespace that does not exist yet: show the render.
+                item.object.clone()
+            };
+            let live_v = live.as_ref().map(|l| {
+                crate::cluster::diff::normalize(&serde_json::to_value(l).unwrap_or_default())
+            });
+            let would_v =
+                crate::cluster::diff::normalize(&serde_json::to_value(&would).unwrap_or_default());
+            let title = format!("{}/{}/{}", key.kind, key.namespace, key.name);
+            if let Some(d) = crate::cluster::diff::unified(&title, live_v.as_ref(), Some(&would_v))
+            {
+                out.push(ObjectDiff {
+                    object: key.to_string(),
+                    action: if live.is_some() { "update" } else { "create" },
+                    diff: d,
+                });
+            }
+        }
+        let policy = PrunePolicy {
+            volumes: p.stack.spec.prune.volumes,
+            namespaces: p.stack.spec.prune.namespace,
+            allow_mass_prune: opts.allow_mass_prune,
+        };
+        for key in inventory::plan_prune(&inv, &keys, policy).delete {
+            if let Some(live) = cluster.get(&key).await? {
+                let v = crate::cluster::diff::normalize(
+                    &serde_json::to_value(&live).unwrap_or_default(),
+                );
+                let title = format!("{}/{}/{}", key.kind, key.namespace, key.name);
+                if let Some(d) = crate::cluster::diff::unified(&title, Some(&v), None) {
+                    out.push(ObjectDiff {
+                        object: key.to_string(),
+                        action: "delete",
+                        diff: d,
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Whether `--stack` names this stack: its name, its directory, or the directory's last part.

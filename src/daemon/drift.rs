@@ -1,0 +1,361 @@
+//! Drift: a metadata watch per managed kind in each stack's namespace (label
+//! `converge.dev/stack=<name>`), turning out-of-band changes into events that name the field
+//! manager who made them.
+//!
+//! It never applies anything and never reads object bodies (only metadata): deciding what to do
+//! about a drift is the daemon loop's job, and the reconcile's fast path does the re-apply.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use futures::StreamExt;
+use kube::api::{Api, DynamicObject, ObjectMeta};
+use kube::core::GroupVersionKind;
+use kube::runtime::watcher::{self, metadata_watcher, Event};
+use kube::runtime::WatchStreamExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+use crate::cluster::Cluster;
+use crate::vocabulary::{inventory_name, status_name, FIELD_MANAGER, LABEL_STACK};
+
+/// Kinds watched for every stack, whatever its inventory holds.
+pub const BASE_KINDS: [(&str, &str, &str); 4] = [
+    ("apps", "v1", "Deployment"),
+    ("apps", "v1", "StatefulSet"),
+    ("", "v1", "Service"),
+    ("", "v1", "ConfigMap"),
+];
+
+/// What a watch reports to the loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Note {
+    /// A managed object changed or disappeared out of band.
+    Drift(DriftEvent),
+    /// A watch (re)listed its objects: from now on it sees every change.
+    Synced {
+        /// The stack.
+        stack: String,
+        /// The kind.
+        kind: String,
+    },
+    /// A watch failed and will retry: changes may be missed until it is `Synced` again.
+    Gap {
+        /// The stack.
+        stack: String,
+        /// The kind.
+        kind: String,
+    },
+}
+
+/// One out-of-band change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriftEvent {
+    /// The stack.
+    pub stack: String,
+    /// `Kind/name`.
+    pub object: String,
+    /// The field manager that made the change (`unknown` when none is recorded).
+    pub manager: String,
+    /// Whether the object was deleted.
+    pub deleted: bool,
+}
+
+/// What the watch remembers of one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    generation: Option<i64>,
+    resource_version: String,
+}
+
+impl Seen {
+    /// From an object's metadata.
+    pub fn of(meta: &ObjectMeta) -> Self {
+        Self {
+            generation: meta.generation.filter(|g| *g > 0),
+            resource_version: meta.resource_version.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// The newest field manager of a spec/metadata change (status writes are skipped); on a tie,
+/// someone other than converge wins, so a same-second hand edit is never mistaken for ours.
+pub fn newest_manager(meta: &ObjectMeta) -> Option<String> {
+    meta.managed_fields
+        .as_ref()?
+        .iter()
+        .filter(|f| f.subresource.as_deref() != Some("status"))
+        .filter_map(|f| {
+            let m = f.manager.clone()?;
+            let t = f.time.as_ref().map(|t| t.0);
+            Some((t, m != FIELD_MANAGER, m))
+        })
+        .max_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)))
+        .map(|(_, _, m)| m)
+}
+
+/// Whether an update of an object last seen as `prev` is drift, and by whom (pure).
+/// Kinds with a generation drift when it moves (status updates never move it); others when the
+/// resourceVersion moves. A change whose newest manager is converge is converge's own apply.
+pub fn classify(prev: Option<&Seen>, meta: &ObjectMeta) -> Option<String> {
+    let prev = prev?;
+    let now = Seen::of(meta);
+    let changed = match (prev.generation, now.generation) {
+        (Some(a), Some(b)) => a != b,
+        _ => prev.resource_version != now.resource_version,
+    };
+    if !changed {
+        return None;
+    }
+    match newest_manager(meta) {
+        Some(m) if m == FIELD_MANAGER => None,
+        Some(m) => Some(m),
+        None => Some("unknown".into()),
+    }
+}
+
+/// The running watches, by stack and kind.
+#[derive(Default)]
+pub struct DriftWatch {
+    tasks: BTreeMap<(String, String), JoinHandle<()>>,
+}
+
+impl DriftWatch {
+    /// Makes sure `stack` in `namespace` is watched for every kind in `kinds` (plus
+    /// [`BASE_KINDS`]); kinds the cluster does not serve are skipped.
+    pub async fn ensure(
+        &mut self,
+        cluster: &Cluster,
+        stack: &str,
+        namespace: &str,
+        kinds: &BTreeSet<(String, String, String)>,
+        tx: &mpsc::Sender<Note>,
+    ) {
+        let mut all: BTreeSet<(String, String, String)> = BASE_KINDS
+            .iter()
+            .map(|(g, v, k)| (g.to_string(), v.to_string(), k.to_string()))
+            .collect();
+        all.extend(kinds.iter().cloned());
+        for (group, version, kind) in all {
+            if kind == "Namespace" {
+                continue;
+            }
+            let id = (stack.to_string(), format!("{group}/{kind}"));
+            if self.tasks.get(&id).is_some_and(|t| !t.is_finished()) {
+                continue;
+            }
+            let gvk = GroupVersionKind::gvk(&group, &version, &kind);
+            let (ar, caps) = match cluster.resolve(&gvk).await {
+                Ok(r) => r,
+                Err(e) => {
+                    debug!(%kind, error = %e, "not watching a kind the cluster does not serve");
+                    continue;
+                }
+            };
+            if !matches!(caps.scope, kube::discovery::Scope::Namespaced) {
+                continue;
+            }
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(cluster.client().clone(), namespace, &ar);
+            let task = tokio::spawn(watch_kind(api, stack.to_string(), kind.clone(), tx.clone()));
+            self.tasks.insert(id, task);
+        }
+    }
+
+    /// Stops watching stacks not in `keep`.
+    pub fn retain(&mut self, keep: &BTreeSet<String>) {
+        self.tasks.retain(|(stack, _), t| {
+            let k = keep.contains(stack);
+            if !k {
+                t.abort();
+            }
+            k
+        });
+    }
+
+    /// How many watches run.
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Whether no watch runs.
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    /// Stops every watch.
+    pub fn stop(&mut self) {
+        for t in self.tasks.values() {
+            t.abort();
+        }
+        self.tasks.clear();
+    }
+}
+
+impl Drop for DriftWatch {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn watch_kind(api: Api<DynamicObject>, stack: String, kind: String, tx: mpsc::Sender<Note>) {
+    let ignored = [status_name(&stack), inventory_name(&stack)];
+    let config = watcher::Config::default().labels(&format!("{LABEL_STACK}={stack}"));
+    let stream = metadata_watcher(api, config).default_backoff();
+    futures::pin_mut!(stream);
+    let mut seen: HashMap<String, Seen> = HashMap::new();
+    let mut listing: Option<HashMap<String, Seen>> = None;
+    let mut synced = false;
+    let drift = |name: &str, manager: String, deleted: bool| {
+        Note::Drift(DriftEvent {
+            stack: stack.clone(),
+            object: format!("{kind}/{name}"),
+            manager,
+            deleted,
+        })
+    };
+    while let Some(event) = stream.next().await {
+        let note = match event {
+            Ok(Event::Init) => {
+                listing = Some(HashMap::new());
+                None
+            }
+            Ok(Event::InitApply(o)) => {
+                let name = o.metadata.name.clone().unwrap_or_default();
+                if ignored.contains(&name) {
+                    continue;
+                }
+                let found = if synced {
+                    classify(seen.get(&name), &o.metadata).map(|m| drift(&name, m, false))
+                } else {
+                    None
+                };
+                if let Some(l) = listing.as_mut() {
+                    l.insert(name, Seen::of(&o.metadata));
+                }
+                found
+            }
+            Ok(Event::InitDone) => {
+                let listed = listing.take().unwrap_or_default();
+                if synced {
+                    // Gone while the watch was down.
+                    for name in seen.keys().filter(|n| !listed.contains_key(*n)) {
+                        let _ = tx.send(drift(name, "unknown".into(), true)).await;
+                    }
+                }
+                seen = listed;
+                synced = true;
+                Some(Note::Synced {
+                    stack: stack.clone(),
+                    kind: kind.clone(),
+                })
+            }
+            Ok(Event::Apply(o)) => {
+                let name = o.metadata.name.clone().unwrap_or_default();
+                if ignored.contains(&name) {
+                    continue;
+                }
+                let found = classify(seen.get(&name), &o.metadata).map(|m| drift(&name, m, false));
+                seen.insert(name, Seen::of(&o.metadata));
+                found
+            }
+            Ok(Event::Delete(o)) => {
+                let name = o.metadata.name.clone().unwrap_or_default();
+                if ignored.contains(&name) {
+                    continue;
+                }
+                seen.remove(&name);
+                let by = newest_manager(&o.metadata)
+                    .filter(|m| m != FIELD_MANAGER)
+                    .unwrap_or_else(|| "unknown".into());
+                Some(drift(&name, by, true))
+            }
+            Err(e) => {
+                warn!(%stack, %kind, error = %e, "drift watch failed; retrying with back-off");
+                Some(Note::Gap {
+                    stack: stack.clone(),
+                    kind: kind.clone(),
+                })
+            }
+        };
+        if let Some(n) = note {
+            if tx.send(n).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, Time};
+    use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+    fn meta(generation: i64, rv: &str, fields: &[(&str, Option<&str>, i64)]) -> ObjectMeta {
+        let t0 = Timestamp::from_second(1_700_000_000).unwrap();
+        ObjectMeta {
+            generation: Some(generation),
+            resource_version: Some(rv.into()),
+            managed_fields: Some(
+                fields
+                    .iter()
+                    .map(|(m, sub, secs)| ManagedFieldsEntry {
+                        manager: Some(m.to_string()),
+                        subresource: sub.map(str::to_string),
+                        time: Some(Time(t0 + SignedDuration::from_secs(*secs))),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn kubectl_scale_is_drift_named_after_kubectl() {
+        let prev = Seen::of(&meta(1, "10", &[("converge", None, 0)]));
+        let now = meta(2, "11", &[("converge", None, 0), ("kubectl", Some("scale"), 5)]);
+        assert_eq!(classify(Some(&prev), &now), Some("kubectl".into()));
+    }
+
+    #[test]
+    fn status_updates_by_controllers_are_not_drift() {
+        let prev = Seen::of(&meta(2, "11", &[("converge", None, 0)]));
+        let now = meta(
+            2,
+            "12",
+            &[("converge", None, 0), ("kube-controller-manager", Some("status"), 9)],
+        );
+        assert_eq!(classify(Some(&prev), &now), None);
+    }
+
+    #[test]
+    fn converges_own_apply_is_not_drift() {
+        let prev = Seen::of(&meta(2, "11", &[("kubectl", Some("scale"), 5)]));
+        let now = meta(3, "13", &[("converge", None, 7)]);
+        assert_eq!(classify(Some(&prev), &now), None);
+    }
+
+    #[test]
+    fn a_same_second_tie_is_blamed_on_the_other_manager() {
+        let prev = Seen::of(&meta(1, "1", &[]));
+        let now = meta(2, "2", &[("converge", None, 3), ("kubectl-edit", None, 3)]);
+        assert_eq!(classify(Some(&prev), &now), Some("kubectl-edit".into()));
+    }
+
+    #[test]
+    fn kinds_without_generation_drift_on_resource_version() {
+        let mut m = meta(0, "5", &[("converge", None, 0)]);
+        m.generation = None;
+        let prev = Seen::of(&m);
+        let mut now = meta(0, "6", &[("converge", None, 0), ("kubectl-edit", None, 4)]);
+        now.generation = None;
+        assert_eq!(classify(Some(&prev), &now), Some("kubectl-edit".into()));
+    }
+
+    #[test]
+    fn an_object_seen_for_the_first_time_is_not_drift() {
+        assert_eq!(classify(None, &meta(1, "1", &[("kubectl", None, 0)])), None);
+    }
+}

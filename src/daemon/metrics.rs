@@ -1,0 +1,289 @@
+//! The daemon's counters and their Prometheus text rendering (pure apart from atomics).
+//!
+//! It never does I/O: the HTTP module serves what [`Metrics::render`] returns.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the reconcile duration histogram.
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+/// Everything `/metrics` reports; shared between the loop and the HTTP server.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+    ready: AtomicBool,
+    heartbeat_ms: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    reconciles: BTreeMap<String, u64>,
+    builds: BTreeMap<String, u64>,
+    buckets: [u64; DURATION_BUCKETS.len()],
+    duration_sum: f64,
+    duration_count: u64,
+    drift_events: u64,
+    drift_corrections: u64,
+    resyncs_skipped: u64,
+    requests: BTreeMap<&'static str, u64>,
+    last_commit: String,
+    last_success_unix: f64,
+}
+
+/// A reconcile's result label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResultLabel {
+    /// Applied and healthy.
+    Success,
+    /// Applied but not healthy, or an apply step failed.
+    Failed,
+    /// The commit's desired state is invalid.
+    Invalid,
+    /// The cluster, helm or the repository failed.
+    Error,
+    /// Abandoned at shutdown.
+    Abandoned,
+}
+
+impl ResultLabel {
+    fn as_str(self) -> &'static str {
+        match self {
+            ResultLabel::Success => "success",
+            ResultLabel::Failed => "failed",
+            ResultLabel::Invalid => "invalid",
+            ResultLabel::Error => "error",
+            ResultLabel::Abandoned => "abandoned",
+        }
+    }
+}
+
+impl Metrics {
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        // A panic while holding the lock leaves plain counters behind: still worth reporting.
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g)
+    }
+
+    /// Counts one reconcile and its duration.
+    pub fn reconcile(&self, result: ResultLabel, took: Duration) {
+        self.with(|m| {
+            *m.reconciles.entry(result.as_str().into()).or_default() += 1;
+            let s = took.as_secs_f64();
+            for (i, le) in DURATION_BUCKETS.iter().enumerate() {
+                if s <= *le {
+                    m.buckets[i] += 1;
+                }
+            }
+            m.duration_sum += s;
+            m.duration_count += 1;
+        });
+    }
+
+    /// Counts one image build outcome (`built`, `exists`, `failed`, `skipped`).
+    pub fn build(&self, action: &str) {
+        self.with(|m| *m.builds.entry(action.into()).or_default() += 1);
+    }
+
+    /// Counts an out-of-band change seen by the drift watch.
+    pub fn drift_event(&self) {
+        self.with(|m| m.drift_events += 1);
+    }
+
+    /// Counts objects re-applied by a drift-triggered reconcile.
+    pub fn drift_corrected(&self, objects: u64) {
+        self.with(|m| m.drift_corrections += objects);
+    }
+
+    /// Counts a periodic resync answered from the watch cache with no API request.
+    pub fn resync_skipped(&self) {
+        self.with(|m| m.resyncs_skipped += 1);
+    }
+
+    /// Adds API requests made by a reconcile.
+    pub fn requests(&self, reads: u64, writes: u64, dry_runs: u64) {
+        self.with(|m| {
+            *m.requests.entry("read").or_default() += reads;
+            *m.requests.entry("write").or_default() += writes;
+            *m.requests.entry("dry_run").or_default() += dry_runs;
+        });
+    }
+
+    /// Records the commit last applied successfully.
+    pub fn applied(&self, commit: &str) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.with(|m| {
+            m.last_commit = commit.to_string();
+            m.last_success_unix = now;
+        });
+    }
+
+    /// Marks the daemon ready (`/readyz` answers 200) or not.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Whether `/readyz` answers 200.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Records that the main loop is alive at `now_ms` (milliseconds since start).
+    pub fn heartbeat(&self, now_ms: u64) {
+        self.heartbeat_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// The last heartbeat (milliseconds since start).
+    pub fn last_heartbeat(&self) -> u64 {
+        self.heartbeat_ms.load(Ordering::Relaxed)
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        self.with(|m| {
+            let mut o = String::new();
+            let _ = writeln!(o, "# HELP converge_reconciles_total Reconciles by result.");
+            let _ = writeln!(o, "# TYPE converge_reconciles_total counter");
+            for r in ["success", "failed", "invalid", "error", "abandoned"] {
+                let n = m.reconciles.get(r).copied().unwrap_or(0);
+                let _ = writeln!(o, "converge_reconciles_total{{result=\"{r}\"}} {n}");
+            }
+            let _ = writeln!(
+                o,
+                "# HELP converge_reconcile_duration_seconds Wall time of one reconcile."
+            );
+            let _ = writeln!(o, "# TYPE converge_reconcile_duration_seconds histogram");
+            for (i, le) in DURATION_BUCKETS.iter().enumerate() {
+                let _ = writeln!(
+                    o,
+                    "converge_reconcile_duration_seconds_bucket{{le=\"{le}\"}} {}",
+                    m.buckets[i]
+                );
+            }
+            let _ = writeln!(
+                o,
+                "converge_reconcile_duration_seconds_bucket{{le=\"+Inf\"}} {}",
+                m.duration_count
+            );
+            let _ = writeln!(
+                o,
+                "converge_reconcile_duration_seconds_sum {}",
+                m.duration_sum
+            );
+            let _ = writeln!(
+                o,
+                "converge_reconcile_duration_seconds_count {}",
+                m.duration_count
+            );
+            let _ = writeln!(
+                o,
+                "# HELP converge_drift_events_total Out-of-band changes seen on managed objects."
+            );
+            let _ = writeln!(o, "# TYPE converge_drift_events_total counter");
+            let _ = writeln!(o, "converge_drift_events_total {}", m.drift_events);
+            let _ = writeln!(
+                o,
+                "# HELP converge_drift_corrections_total Objects re-applied after drift."
+            );
+            let _ = writeln!(o, "# TYPE converge_drift_corrections_total counter");
+            let _ = writeln!(
+                o,
+                "converge_drift_corrections_total {}",
+                m.drift_corrections
+            );
+            let _ = writeln!(
+                o,
+                "# HELP converge_resyncs_skipped_total Periodic resyncs answered from the watch cache."
+            );
+            let _ = writeln!(o, "# TYPE converge_resyncs_skipped_total counter");
+            let _ = writeln!(o, "converge_resyncs_skipped_total {}", m.resyncs_skipped);
+            let _ = writeln!(o, "# HELP converge_builds_total Image outcomes by action.");
+            let _ = writeln!(o, "# TYPE converge_builds_total counter");
+            for (a, n) in &m.builds {
+                let _ = writeln!(o, "converge_builds_total{{action=\"{a}\"}} {n}");
+            }
+            let _ = writeln!(
+                o,
+                "# HELP converge_api_requests_total API requests made by reconciles."
+            );
+            let _ = writeln!(o, "# TYPE converge_api_requests_total counter");
+            for (k, n) in &m.requests {
+                let _ = writeln!(o, "converge_api_requests_total{{kind=\"{k}\"}} {n}");
+            }
+            let _ = writeln!(
+                o,
+                "# HELP converge_last_applied_commit_info The commit last applied successfully."
+            );
+            let _ = writeln!(o, "# TYPE converge_last_applied_commit_info gauge");
+            if !m.last_commit.is_empty() {
+                let _ = writeln!(
+                    o,
+                    "converge_last_applied_commit_info{{commit=\"{}\"}} 1",
+                    m.last_commit
+                );
+            }
+            let _ = writeln!(
+                o,
+                "# HELP converge_last_success_timestamp_seconds When the last successful reconcile ended."
+            );
+            let _ = writeln!(o, "# TYPE converge_last_success_timestamp_seconds gauge");
+            let _ = writeln!(
+                o,
+                "converge_last_success_timestamp_seconds {}",
+                m.last_success_unix
+            );
+            let _ = writeln!(o, "# HELP converge_ready Whether the last reconcile succeeded.");
+            let _ = writeln!(o, "# TYPE converge_ready gauge");
+            let _ = writeln!(o, "converge_ready {}", u8::from(self.is_ready()));
+            o
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_counts_add_up() {
+        let m = Metrics::default();
+        m.reconcile(ResultLabel::Success, Duration::from_millis(3));
+        m.reconcile(ResultLabel::Failed, Duration::from_millis(700));
+        let text = m.render();
+        assert!(text.contains("converge_reconcile_duration_seconds_bucket{le=\"0.005\"} 1"));
+        assert!(text.contains("converge_reconcile_duration_seconds_bucket{le=\"1\"} 2"));
+        assert!(text.contains("converge_reconcile_duration_seconds_bucket{le=\"+Inf\"} 2"));
+        assert!(text.contains("converge_reconciles_total{result=\"success\"} 1"));
+        assert!(text.contains("converge_reconciles_total{result=\"failed\"} 1"));
+    }
+
+    #[test]
+    fn last_applied_commit_is_an_info_metric() {
+        let m = Metrics::default();
+        assert!(!m.render().contains("converge_last_applied_commit_info{"));
+        m.applied("abc123");
+        assert!(m
+            .render()
+            .contains("converge_last_applied_commit_info{commit=\"abc123\"} 1"));
+    }
+
+    #[test]
+    fn every_metric_line_is_a_comment_or_name_and_value() {
+        let m = Metrics::default();
+        m.build("built");
+        m.requests(3, 1, 0);
+        for line in m.render().lines() {
+            assert!(
+                line.starts_with('#') || line.split(' ').count() == 2,
+                "bad line: {line}"
+            );
+        }
+    }
+}

@@ -1,0 +1,1074 @@
+//! The long-running daemon (`converge run`): one `select! { biased; … }` loop that turns triggers
+//! — git ref changes, drift on managed objects, the resync timer, `converge sync`/SIGUSR1, SIGHUP —
+//! into one reconcile at a time, coalesced, with back-off on failure and two-phase shutdown.
+//!
+//! It never reads the working tree (it reconciles commit ids of the tracked ref), never runs two
+//! reconciles at once, never prints (tracing only), and never decides per object what to apply:
+//! that is `reconcile::reconcile_commit`'s job, which the daemon calls as the CLI does.
+
+pub mod backoff;
+pub mod drift;
+pub mod http;
+pub mod images;
+pub mod lock;
+pub mod metrics;
+pub mod refs;
+pub mod sd;
+pub mod service;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{debug, error, info, info_span, warn, Instrument};
+
+use crate::build::DigestCache;
+use crate::cluster::inventory;
+use crate::desired::{self, schema::BuilderKind};
+use crate::error::{Disposition, Error};
+use crate::reconcile::{self, Clusters, Options, StackReport};
+use crate::render::Helm;
+use crate::status::{self, HistoryEntry, StackStatus};
+use crate::vocabulary::reason;
+
+use backoff::{Backoff, ObjectBackoff};
+use drift::{DriftWatch, Note};
+use lock::{FileLock, Holder, LeaseGuard};
+use metrics::{Metrics, ResultLabel};
+
+/// How far back from HEAD the daemon looks for a valid desired state to learn its stacks.
+const DISCOVER_DEPTH: usize = 50;
+/// How often the Lease is renewed.
+const LEASE_RENEW: Duration = Duration::from_secs(10);
+/// The loop's heartbeat when systemd asks for no watchdog.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// The daemon's settings, resolved once from the command line.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Any directory inside the checkout.
+    pub repo: PathBuf,
+    /// The desired-state directory.
+    pub dir: String,
+    /// Only this stack.
+    pub stack: Option<String>,
+    /// The kubeconfig file (`$KUBECONFIG` when absent).
+    pub kubeconfig: Option<PathBuf>,
+    /// The kube context, instead of each stack's.
+    pub context: Option<String>,
+    /// The branch to deploy, instead of the stacks' `branch`.
+    pub branch: Option<String>,
+    /// Pull mode: fetch this remote.
+    pub remote: Option<String>,
+    /// Pull mode: how often to fetch.
+    pub poll: Duration,
+    /// Pull mode: follow a rewritten remote history.
+    pub allow_non_fast_forward: bool,
+    /// How often to check that nothing drifted unseen (free when the watch cache proves it).
+    pub resync: Duration,
+    /// How often to compare every object with the cluster regardless.
+    pub full_resync: Duration,
+    /// Quiet time after a ref change before reading the new tip.
+    pub debounce: Duration,
+    /// The longest retry delay after a failed reconcile.
+    pub retry_max: Duration,
+    /// How long shutdown waits for the reconcile in flight.
+    pub shutdown_grace: Duration,
+    /// The loopback address of `/metrics`, `/healthz`, `/readyz` and `/sync`.
+    pub listen: SocketAddr,
+    /// Whether to hold a coordination Lease per stack.
+    pub lease: bool,
+    /// The image builder, instead of each stack's.
+    pub builder: Option<BuilderKind>,
+    /// Reconcile options (timeouts, conflicts, recreate).
+    pub options: Options,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            repo: PathBuf::from("."),
+            dir: desired::DEFAULT_DIR.into(),
+            stack: None,
+            kubeconfig: None,
+            context: None,
+            branch: None,
+            remote: None,
+            poll: Duration::from_secs(30),
+            allow_non_fast_forward: false,
+            resync: Duration::from_secs(300),
+            full_resync: Duration::from_secs(3600),
+            debounce: Duration::from_millis(100),
+            retry_max: Duration::from_secs(300),
+            shutdown_grace: Duration::from_secs(10),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            lease: true,
+            builder: None,
+            options: Options::default(),
+        }
+    }
+}
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Another daemon holds the checkout or the stack.
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
+    /// The ref watch or pull mode failed.
+    #[error(transparent)]
+    Refs(#[from] refs::RefsError),
+    /// The repository could not be read.
+    #[error(transparent)]
+    Source(#[from] crate::source::SourceError),
+    /// The cluster or the desired state failed at startup.
+    #[error(transparent)]
+    Converge(#[from] Error),
+    /// What to deploy could not be decided.
+    #[error("{message}")]
+    Config {
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// The HTTP endpoint could not listen.
+    #[error("listening on {addr}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Signal handlers could not be installed.
+    #[error("installing signal handlers")]
+    Signals(#[source] std::io::Error),
+    /// A second SIGTERM/SIGINT arrived during shutdown.
+    #[error("aborted by a second signal during shutdown")]
+    Aborted,
+}
+
+/// What woke the daemon; only a span field, the reconcile never branches on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The daemon started.
+    Startup,
+    /// The tracked ref moved.
+    Commit,
+    /// A managed object changed out of band.
+    Drift,
+    /// The periodic resync found a reason to look.
+    Resync,
+    /// The periodic full resync.
+    FullResync,
+    /// `converge sync` or SIGUSR1.
+    Sync,
+    /// SIGHUP.
+    Reload,
+    /// A retry after a failure.
+    Retry,
+}
+
+impl Trigger {
+    /// The span field value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Startup => "startup",
+            Trigger::Commit => "commit",
+            Trigger::Drift => "drift",
+            Trigger::Resync => "resync",
+            Trigger::FullResync => "full-resync",
+            Trigger::Sync => "sync",
+            Trigger::Reload => "reload",
+            Trigger::Retry => "retry",
+        }
+    }
+}
+
+/// A stack the daemon manages.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Target {
+    /// The stack's name.
+    pub stack: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// The kube context it is applied to.
+    pub context: String,
+}
+
+/// The stacks of `stacks` as targets, with `context` overriding each stack's.
+fn targets_of(stacks: &[desired::Stack], context: Option<&str>) -> Vec<Target> {
+    stacks
+        .iter()
+        .map(|s| Target {
+            stack: s.spec.name.clone(),
+            namespace: s.spec.namespace.clone(),
+            context: context.map_or_else(|| s.spec.context.clone(), str::to_string),
+        })
+        .collect()
+}
+
+/// The branch and stacks to manage, from the newest of HEAD's last commits whose desired state is
+/// valid (so a daemon starts even when HEAD itself is broken).
+fn discover(cfg: &Config) -> Result<(String, Vec<Target>), DaemonError> {
+    let repo = crate::source::Repo::open(&cfg.repo)?;
+    let start = match &cfg.branch {
+        Some(b) => format!("refs/heads/{b}"),
+        None => "HEAD".to_string(),
+    };
+    for depth in 0..DISCOVER_DEPTH {
+        let rev = format!("{start}~{depth}");
+        let Ok(snapshot) = repo.snapshot(&rev) else {
+            break;
+        };
+        let Ok(loaded) = desired::load(&snapshot, &cfg.dir) else {
+            continue;
+        };
+        let stacks: Vec<desired::Stack> = loaded
+            .state
+            .stacks
+            .into_iter()
+            .filter(|s| {
+                cfg.stack
+                    .as_deref()
+                    .is_none_or(|w| reconcile::stack_matches(s, w))
+            })
+            .collect();
+        if stacks.is_empty() {
+            return Err(DaemonError::Config {
+                message: match &cfg.stack {
+                    Some(s) => format!("commit {rev} has no stack `{s}` in `{}`", cfg.dir),
+                    None => format!("commit {rev} has no stack in `{}`", cfg.dir),
+                },
+            });
+        }
+        let branch = match &cfg.branch {
+            Some(b) => b.clone(),
+            None => {
+                let branches: BTreeSet<&str> =
+                    stacks.iter().map(|s| s.spec.branch.as_str()).collect();
+                if branches.len() > 1 {
+                    return Err(DaemonError::Config {
+                        message: format!(
+                            "the stacks track different branches ({}): run one daemon per branch with --stack or --branch",
+                            branches.into_iter().collect::<Vec<_>>().join(", ")
+                        ),
+                    });
+                }
+                branches.into_iter().next().unwrap_or("main").to_string()
+            }
+        };
+        if depth > 0 {
+            warn!(%rev, "HEAD's desired state is invalid; learned the stacks from an older commit");
+        }
+        return Ok((branch, targets_of(&stacks, cfg.context.as_deref())));
+    }
+    Err(DaemonError::Config {
+        message: format!(
+            "none of the last {DISCOVER_DEPTH} commits of {start} has a valid desired state in `{}`: run `converge validate` and commit a fix",
+            cfg.dir
+        ),
+    })
+}
+
+/// How one reconcile ended.
+enum Outcome {
+    /// `reconcile_commit` ran: one report per stack.
+    Reports(Vec<StackReport>),
+    /// The commit cannot be deployed as it is (invalid, unknown stack, bad chart): wait for a
+    /// new commit.
+    Stalled(String),
+    /// A transient failure: retry with back-off.
+    Retry(String),
+    /// Builds were cancelled by shutdown.
+    Cancelled,
+}
+
+/// What a finished job hands back to the loop.
+struct Done {
+    commit: String,
+    trigger: Trigger,
+    outcome: Outcome,
+    took: Duration,
+    clusters: Clusters,
+    targets: Option<Vec<Target>>,
+    kinds: BTreeMap<String, BTreeSet<(String, String, String)>>,
+    leases: Vec<LeaseGuard>,
+    invalid: bool,
+}
+
+/// Everything a job needs, owned, so the loop stays free while it runs.
+struct JobInput {
+    cfg: Arc<Config>,
+    root: PathBuf,
+    commit: String,
+    trigger: Trigger,
+    full: bool,
+    clusters: Clusters,
+    helm: Helm,
+    cache: Arc<DigestCache>,
+    metrics: Arc<Metrics>,
+    cancel: watch::Receiver<bool>,
+    known: Vec<Target>,
+    leased: BTreeSet<String>,
+    holder: Holder,
+    /// While the tip is stalled, the reason recorded again after reconciling the last good commit.
+    overlay: Option<(String, &'static str, String)>,
+}
+
+/// One reconcile: read and validate the commit, make sure of its images, reconcile, learn the
+/// kinds to watch. Invalid commits and failed builds are recorded in each stack's status.
+async fn job(mut input: JobInput) -> Done {
+    let started = Instant::now();
+    let cfg = input.cfg.clone();
+    let mut done = Done {
+        commit: input.commit.clone(),
+        trigger: input.trigger,
+        outcome: Outcome::Cancelled,
+        took: Duration::ZERO,
+        clusters: Clusters::default(),
+        targets: None,
+        kinds: BTreeMap::new(),
+        leases: Vec::new(),
+        invalid: false,
+    };
+    let read = images::read_commit(
+        &input.root,
+        &input.commit,
+        &cfg.dir,
+        cfg.stack.as_deref(),
+        &input.cache,
+    );
+    let plan = match read {
+        Err(e) => {
+            let invalid = matches!(e, Error::Invalid { .. } | Error::UnknownStack { .. });
+            let (why, message) = describe(&e);
+            record(&mut input, &input.known.clone(), why, &message).await;
+            done.invalid = invalid;
+            done.outcome = match e.disposition() {
+                Disposition::Stalled => Outcome::Stalled(message),
+                _ => Outcome::Retry(message),
+            };
+            done.clusters = input.clusters;
+            done.took = started.elapsed();
+            return done;
+        }
+        Ok(Err(e)) => {
+            let message = e.to_string();
+            record(&mut input, &input.known.clone(), reason::BUILD_FAILED, &message).await;
+            done.outcome = Outcome::Stalled(message);
+            done.clusters = input.clusters;
+            done.took = started.elapsed();
+            return done;
+        }
+        Ok(Ok(plan)) => plan,
+    };
+    let targets = targets_of(&plan.stacks, cfg.context.as_deref());
+    done.targets = Some(targets.clone());
+
+    // A commit may name a stack this daemon does not lease yet.
+    if cfg.lease {
+        for t in targets.iter().filter(|t| !input.leased.contains(&t.stack)) {
+            match take_lease(&mut input.clusters, &cfg, t, &input.holder).await {
+                Ok(g) => done.leases.push(g),
+                Err(e) => {
+                    done.outcome = Outcome::Stalled(e.to_string());
+                    done.clusters = input.clusters;
+                    done.took = started.elapsed();
+                    return done;
+                }
+            }
+        }
+    }
+
+    let mut opts = cfg.options.clone();
+    opts.full = input.full;
+    match images::ensure(
+        &input.root,
+        &plan,
+        cfg.builder,
+        input.cancel.clone(),
+        &input.metrics,
+    )
+    .await
+    {
+        Ok(images) => opts.images = images,
+        Err(images::ImagesError::Cancelled) => {
+            done.clusters = input.clusters;
+            done.took = started.elapsed();
+            return done;
+        }
+        Err(e) => {
+            let message = e.to_string();
+            record(&mut input, &targets, reason::BUILD_FAILED, &message).await;
+            done.outcome = Outcome::Retry(message);
+            done.clusters = input.clusters;
+            done.took = started.elapsed();
+            return done;
+        }
+    }
+
+    info!(stacks = targets.len(), "apply started");
+    let result = reconcile::reconcile_commit(
+        &input.root,
+        &plan.commit,
+        &opts,
+        &input.helm,
+        &mut input.clusters,
+    )
+    .await;
+    done.outcome = match result {
+        Ok(reports) => {
+            // Learn what to watch: the kinds of every object converge now manages.
+            for t in &targets {
+                if let Ok(cluster) = input
+                    .clusters
+                    .get(cfg.kubeconfig.as_deref(), &t.context)
+                    .await
+                {
+                    if let Ok(inv) =
+                        inventory::load(cluster.client(), &t.namespace, &t.stack).await
+                    {
+                        let kinds = inv
+                            .keys()
+                            .map(|k| (k.group.clone(), k.version.clone(), k.kind.clone()))
+                            .collect();
+                        done.kinds.insert(t.stack.clone(), kinds);
+                    }
+                }
+            }
+            if let Some((commit, why, message)) = input.overlay.clone() {
+                record_at(&mut input, &targets, &commit, why, &message).await;
+            }
+            Outcome::Reports(reports)
+        }
+        Err(e) => {
+            let (why, message) = describe(&e);
+            record(&mut input, &targets, why, &message).await;
+            match e.disposition() {
+                Disposition::Stalled => Outcome::Stalled(message),
+                Disposition::Waiting | Disposition::Retry => Outcome::Retry(message),
+            }
+        }
+    };
+    done.clusters = input.clusters;
+    done.took = started.elapsed();
+    done
+}
+
+/// A reason and a one-line message for an error; diagnostics as `file:line:col: message`.
+fn describe(e: &Error) -> (&'static str, String) {
+    match e {
+        Error::Invalid { commit, report } => {
+            let errors: Vec<String> = report
+                .diagnostics
+                .iter()
+                .filter(|d| d.is_error())
+                .take(5)
+                .map(|d| format!("{}: {}", d.location(), d.message))
+                .collect();
+            let more = report.error_count().saturating_sub(errors.len());
+            let mut message = format!(
+                "commit {} is invalid: {}",
+                desired::short_id(commit),
+                errors.join("; ")
+            );
+            if more > 0 {
+                message.push_str(&format!(" (and {more} more)"));
+            }
+            (reason::VALIDATION_FAILED, message)
+        }
+        other => (other.reason(), other.to_string()),
+    }
+}
+
+async fn take_lease(
+    clusters: &mut Clusters,
+    cfg: &Config,
+    t: &Target,
+    holder: &Holder,
+) -> Result<LeaseGuard, DaemonError> {
+    let cluster = clusters.get(cfg.kubeconfig.as_deref(), &t.context).await?;
+    lock::ensure_namespace(cluster.client(), &t.namespace, &t.stack).await?;
+    Ok(LeaseGuard::acquire(cluster.client(), &t.namespace, &t.stack, holder).await?)
+}
+
+async fn record(input: &mut JobInput, targets: &[Target], why: &'static str, message: &str) {
+    let commit = input.commit.clone();
+    record_at(input, targets, &commit, why, message).await;
+}
+
+/// Records a failure that stopped a commit before (or instead of) its reconcile in each stack's
+/// status: not ready, the reason and message, a history entry; the last applied and healthy
+/// commits stay as they were, since nothing was applied.
+async fn record_at(
+    input: &mut JobInput,
+    targets: &[Target],
+    commit: &str,
+    why: &'static str,
+    message: &str,
+) {
+    for t in targets {
+        let cluster = match input
+            .clusters
+            .get(input.cfg.kubeconfig.as_deref(), &t.context)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(stack = %t.stack, error = %e, "status not recorded");
+                continue;
+            }
+        };
+        let old = match status::load(cluster.client(), &t.namespace, &t.stack).await {
+            Ok(o) => o,
+            Err(e) => {
+                warn!(stack = %t.stack, error = %e, "status not recorded");
+                continue;
+            }
+        };
+        let mut next = old.clone().unwrap_or_else(|| StackStatus {
+            stack: t.stack.clone(),
+            namespace: t.namespace.clone(),
+            ..Default::default()
+        });
+        next.ready = false;
+        next.reason = why.to_string();
+        next.message = message.to_string();
+        if old
+            .as_ref()
+            .is_some_and(|o| !status::materially_changed(o, &next))
+        {
+            continue;
+        }
+        let entry = HistoryEntry {
+            commit: commit.to_string(),
+            result: why.to_string(),
+            duration_ms: 0,
+            time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        };
+        let next = status::advance(old.as_ref(), next, entry);
+        if let Err(e) = status::save(cluster.client(), &next).await {
+            warn!(stack = %t.stack, error = %e, "status not recorded");
+        }
+    }
+}
+
+type Job = Pin<Box<dyn Future<Output = Done>>>;
+
+/// A reconcile waiting to start; triggers arriving meanwhile merge into it.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    trigger: Trigger,
+    full: bool,
+}
+
+fn merge(pending: &mut Option<Pending>, trigger: Trigger, full: bool) {
+    match pending {
+        Some(p) => p.full |= full,
+        None => *pending = Some(Pending { trigger, full }),
+    }
+}
+
+/// `tokio::time::sleep_until` on an optional deadline (never fires when `None`).
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT (then `Ok`) or a fatal error.
+pub async fn run(cfg: Config) -> Result<(), DaemonError> {
+    let started = Instant::now();
+    let cfg = Arc::new(cfg);
+    let dirs = refs::GitDirs::discover(&cfg.repo)?;
+    let mut file_lock = FileLock::acquire(&dirs.git_dir)?;
+    let (branch, mut targets) = discover(&cfg)?;
+    let tracked = refs::tracked_ref(&branch, cfg.remote.as_deref());
+    let mut holder = Holder::me(&dirs.root);
+    let metrics = Arc::new(Metrics::default());
+
+    let listener = http::bind(cfg.listen)
+        .await
+        .map_err(|source| DaemonError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| DaemonError::Listen {
+        addr: cfg.listen,
+        source,
+    })?;
+    holder.http = Some(addr.to_string());
+    file_lock.record(&holder)?;
+
+    let mut clusters = Clusters::default();
+    let mut leases: Vec<LeaseGuard> = Vec::new();
+    if cfg.lease {
+        for t in &targets {
+            leases.push(take_lease(&mut clusters, &cfg, t, &holder).await?);
+        }
+    }
+
+    let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGUSR1, SIGHUP])
+        .map_err(DaemonError::Signals)?;
+    let (sync_tx, mut sync_rx) = mpsc::channel::<()>(1);
+    let server = tokio::spawn(http::serve(listener, metrics.clone(), started.into_std(), sync_tx));
+    let (refs_tx, mut refs_rx) = mpsc::channel::<()>(1);
+    let _ref_watch = refs::watch(&dirs, refs_tx)?;
+    let (drift_tx, mut drift_rx) = mpsc::channel::<Note>(256);
+    let mut drift_watch = DriftWatch::default();
+    let (lost_tx, mut lost_rx) = mpsc::channel::<String>(4);
+    let mut renewers = Vec::new();
+    for g in &leases {
+        renewers.push(spawn_renewer(g.clone(), lost_tx.clone()));
+    }
+    let (cancel_tx, cancel_rx) = watch::channel(false);
+    let helm = Helm::from_env();
+    let cache = Arc::new(DigestCache::new());
+
+    let watchdog = sd::watchdog_interval();
+    let mut tick = tokio::time::interval(watchdog.map_or(HEARTBEAT, |w| (w / 2).min(HEARTBEAT)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    info!(
+        repo = %dirs.root.display(),
+        %tracked,
+        stacks = %targets.iter().map(|t| format!("{}@{}/{}", t.stack, t.context, t.namespace)).collect::<Vec<_>>().join(","),
+        http = %addr,
+        pid = std::process::id(),
+        "daemon started"
+    );
+    sd::ready(&format!("watching {tracked}"));
+
+    // Loop state.
+    let mut pending: Option<Pending> = Some(Pending {
+        trigger: Trigger::Startup,
+        full: false,
+    });
+    let mut inflight: Option<Job> = None;
+    let mut refs_deadline: Option<Instant> = None;
+    let mut first_ref_event: Option<Instant> = None;
+    let mut retry = Backoff::new(Duration::from_secs(2), cfg.retry_max);
+    let mut retry_at: Option<Instant> = None;
+    let mut objects = ObjectBackoff::new(
+        Duration::from_millis(500),
+        Duration::from_secs(60),
+        Duration::from_secs(300),
+    );
+    let mut drift_at: Option<Instant> = None;
+    let mut resync_at = Instant::now() + cfg.resync;
+    let mut full_resync_at = Instant::now() + cfg.full_resync;
+    let mut poll_at = cfg.remote.as_ref().map(|_| Instant::now());
+    let mut fetching: Option<tokio::task::JoinHandle<Result<Option<String>, refs::RefsError>>> =
+        None;
+    let mut shutdown_at: Option<Instant> = None;
+    let mut last_tip: Option<String> = refs::tip(&dirs.root, &tracked).ok();
+    let mut applied: Option<String> = None;
+    let mut last_good: Option<String> = None;
+    let mut stalled: Option<(String, &'static str, String)> = None;
+    let mut drift_seq: u64 = 0;
+    let mut job_seq: u64 = 0;
+    let mut clean = false;
+    let mut gaps: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut exit: Result<(), DaemonError> = Ok(());
+
+    loop {
+        // Start the next reconcile when idle.
+        if inflight.is_none() && shutdown_at.is_none() {
+            if let Some(p) = pending.take() {
+                let tip = match refs::tip(&dirs.root, &tracked) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        warn!(error = %e, %tracked, "cannot read the tracked ref");
+                        None
+                    }
+                };
+                let user = matches!(p.trigger, Trigger::Sync | Trigger::Reload);
+                // A stalled tip is not retried until a new commit or a person asks; drift and
+                // resyncs keep the last good commit in place meanwhile.
+                let (commit, overlay) = match (&tip, &stalled) {
+                    (Some(t), Some((s, why, msg))) if t == s && !user => {
+                        (last_good.clone(), Some((s.clone(), *why, msg.clone())))
+                    }
+                    _ => (tip.clone(), None),
+                };
+                if user {
+                    stalled = None;
+                }
+                if let Some(commit) = commit {
+                    let since = first_ref_event.take();
+                    let span = info_span!("reconcile", trigger = p.trigger.as_str(), commit = %desired::short_id(&commit), full = p.full);
+                    span.in_scope(|| match since {
+                        Some(t) => info!(
+                            latency_ms = t.elapsed().as_millis() as u64,
+                            "reconcile started"
+                        ),
+                        None => info!("reconcile started"),
+                    });
+                    job_seq = drift_seq;
+                    let input = JobInput {
+                        cfg: cfg.clone(),
+                        root: dirs.root.clone(),
+                        commit,
+                        trigger: p.trigger,
+                        full: p.full,
+                        clusters: clusters.clone(),
+                        helm: helm.clone(),
+                        cache: cache.clone(),
+                        metrics: metrics.clone(),
+                        cancel: cancel_rx.clone(),
+                        known: targets.clone(),
+                        leased: leases.iter().map(|g| g.stack().to_string()).collect(),
+                        holder: holder.clone(),
+                        overlay,
+                    };
+                    inflight = Some(Box::pin(job(input).instrument(span)));
+                    sd::status("reconciling");
+                } else {
+                    debug!("nothing to reconcile: the tip is stalled and no commit was applied yet");
+                }
+            }
+        }
+        if shutdown_at.is_some() && inflight.is_none() {
+            break;
+        }
+
+        tokio::select! {
+            biased;
+            Some(sig) = signals.next() => match sig {
+                SIGTERM | SIGINT => {
+                    if shutdown_at.is_some() {
+                        error!("second signal: aborting the reconcile in flight");
+                        exit = Err(DaemonError::Aborted);
+                        break;
+                    }
+                    info!(in_flight = inflight.is_some(), grace_s = cfg.shutdown_grace.as_secs(), "stopping: no new work; waiting for the reconcile in flight");
+                    sd::stopping();
+                    let _ = cancel_tx.send(true);
+                    shutdown_at = Some(Instant::now() + cfg.shutdown_grace);
+                }
+                SIGUSR1 => {
+                    info!("sync requested (SIGUSR1)");
+                    merge(&mut pending, Trigger::Sync, true);
+                }
+                SIGHUP => {
+                    info!("reloading (SIGHUP)");
+                    sd::reloading();
+                    match discover(&cfg) {
+                        Ok((b, t)) => {
+                            if b != branch {
+                                warn!(old = %branch, new = %b, "the tracked branch changed: restart the daemon to follow it");
+                            }
+                            targets = t;
+                        }
+                        Err(e) => warn!(error = %e, "reload: keeping the previous configuration"),
+                    }
+                    retry.reset();
+                    retry_at = None;
+                    merge(&mut pending, Trigger::Reload, true);
+                    sd::ready(&format!("watching {tracked}"));
+                }
+                _ => {}
+            },
+            Some(who) = lost_rx.recv() => {
+                error!(holder = %who, "lost the stack's Lease to another daemon; stopping");
+                exit = Err(DaemonError::Config { message: format!("lost the Lease to {who}") });
+                break;
+            }
+            done = async { inflight.as_mut().expect("guarded by the branch condition").await }, if inflight.is_some() => {
+                inflight = None;
+                let took = done.took;
+                if let Some(t) = done.targets.clone() {
+                    targets = t;
+                }
+                for g in done.leases {
+                    renewers.push(spawn_renewer(g.clone(), lost_tx.clone()));
+                    leases.push(g);
+                }
+                clusters = done.clusters;
+                let span = info_span!("reconcile", trigger = done.trigger.as_str(), commit = %desired::short_id(&done.commit));
+                let _enter = span.enter();
+                match done.outcome {
+                    Outcome::Reports(reports) => {
+                        let ok = reports.iter().all(|r| r.ready);
+                        let mut applied_n = 0u64;
+                        for r in &reports {
+                            metrics.requests(r.requests.reads, r.requests.writes, r.requests.dry_runs);
+                            applied_n += r.applied.len() as u64 + r.pruned.len() as u64;
+                            let line = format!("{} applied, {} unchanged, {} pruned", r.applied.len(), r.unchanged, r.pruned.len());
+                            if r.ready {
+                                info!(stack = %r.stack, reason = %r.reason, reads = r.requests.reads, writes = r.requests.writes, ms = r.duration_ms, "{line}");
+                            } else {
+                                warn!(stack = %r.stack, reason = %r.reason, errors = %r.errors.join("; "), "{line}; not ready");
+                            }
+                        }
+                        if done.trigger == Trigger::Drift && applied_n > 0 {
+                            metrics.drift_corrected(applied_n);
+                            info!(objects = applied_n, "drift corrected");
+                        }
+                        if ok {
+                            metrics.reconcile(ResultLabel::Success, took);
+                            // An overlay run reconciled the last good commit under a stalled tip.
+                            if !stalled.as_ref().is_some_and(|(s, _, _)| s != &done.commit) {
+                                applied = Some(done.commit.clone());
+                            }
+                            last_good = Some(done.commit.clone());
+                            metrics.applied(&done.commit);
+                            metrics.set_ready(stalled.is_none());
+                            retry.reset();
+                            retry_at = None;
+                            clean = job_seq == drift_seq && gaps.is_empty() && stalled.is_none();
+                            sd::status(&format!("converged at {}", desired::short_id(&done.commit)));
+                        } else {
+                            metrics.reconcile(ResultLabel::Failed, took);
+                            metrics.set_ready(false);
+                            clean = false;
+                            let delay = retry.next_delay();
+                            retry_at = Some(Instant::now() + delay);
+                            warn!(retry_in_s = delay.as_secs(), "reconcile failed; retrying with back-off");
+                            sd::status(&format!("failed at {}; retrying", desired::short_id(&done.commit)));
+                        }
+                        // Watch what converge now manages.
+                        for t in &targets {
+                            let kinds = done.kinds.get(&t.stack).cloned().unwrap_or_default();
+                            if let Ok(c) = clusters.get(cfg.kubeconfig.as_deref(), &t.context).await {
+                                drift_watch.ensure(&c, &t.stack, &t.namespace, &kinds, &drift_tx).await;
+                            }
+                        }
+                        drift_watch.retain(&targets.iter().map(|t| t.stack.clone()).collect());
+                    }
+                    Outcome::Stalled(message) => {
+                        metrics.reconcile(if done.invalid { ResultLabel::Invalid } else { ResultLabel::Error }, took);
+                        metrics.set_ready(false);
+                        clean = false;
+                        let why = if done.invalid { reason::VALIDATION_FAILED } else { reason::APPLY_FAILED };
+                        error!(%message, "cannot deploy this commit; waiting for a new commit (the cluster keeps the last good state)");
+                        stalled = Some((done.commit.clone(), why, message));
+                        sd::status(&format!("stalled at {}", desired::short_id(&done.commit)));
+                    }
+                    Outcome::Retry(message) => {
+                        metrics.reconcile(ResultLabel::Error, took);
+                        metrics.set_ready(false);
+                        clean = false;
+                        let delay = retry.next_delay();
+                        retry_at = Some(Instant::now() + delay);
+                        warn!(%message, retry_in_s = delay.as_secs(), "reconcile failed; retrying with back-off");
+                    }
+                    Outcome::Cancelled => {
+                        metrics.reconcile(ResultLabel::Abandoned, took);
+                    }
+                }
+            }
+            _ = until(shutdown_at), if shutdown_at.is_some() => {
+                if inflight.take().is_some() {
+                    warn!("the reconcile in flight did not finish within the grace period: abandoned (objects are applied one at a time; the next start re-applies)");
+                    metrics.reconcile(ResultLabel::Abandoned, cfg.shutdown_grace);
+                }
+                break;
+            }
+            Some(()) = refs_rx.recv() => {
+                first_ref_event.get_or_insert_with(Instant::now);
+                refs_deadline = Some(Instant::now() + cfg.debounce);
+            }
+            _ = until(refs_deadline), if refs_deadline.is_some() => {
+                refs_deadline = None;
+                match refs::tip(&dirs.root, &tracked) {
+                    Ok(tip) if last_tip.as_deref() != Some(tip.as_str()) => {
+                        info!(commit = %desired::short_id(&tip), %tracked, "new commit");
+                        last_tip = Some(tip);
+                        stalled = None;
+                        retry.reset();
+                        retry_at = None;
+                        clean = false;
+                        merge(&mut pending, Trigger::Commit, false);
+                    }
+                    Ok(_) => {
+                        first_ref_event = None;
+                    }
+                    Err(e) => {
+                        first_ref_event = None;
+                        debug!(error = %e, %tracked, "tracked ref unreadable");
+                    }
+                }
+            }
+            Some(note) = drift_rx.recv() => match note {
+                Note::Drift(ev) => {
+                    metrics.drift_event();
+                    drift_seq += 1;
+                    clean = false;
+                    let what = if ev.deleted { "deleted" } else { "changed" };
+                    info!(stack = %ev.stack, object = %ev.object, manager = %ev.manager, "drift: {what} out of band");
+                    let now = Instant::now();
+                    let at = Instant::from_std(objects.admit(&format!("{}/{}", ev.stack, ev.object), now.into_std()));
+                    if at <= now {
+                        merge(&mut pending, Trigger::Drift, false);
+                    } else {
+                        debug!(object = %ev.object, delay_ms = (at - now).as_millis() as u64, "drift correction delayed (per-object back-off)");
+                        drift_at = Some(drift_at.map_or(at, |d| d.min(at)));
+                    }
+                }
+                Note::Synced { stack, kind } => {
+                    gaps.remove(&(stack, kind));
+                }
+                Note::Gap { stack, kind } => {
+                    drift_seq += 1;
+                    clean = false;
+                    gaps.insert((stack, kind));
+                }
+            },
+            _ = until(drift_at), if drift_at.is_some() => {
+                drift_at = None;
+                merge(&mut pending, Trigger::Drift, false);
+            }
+            _ = until(retry_at), if retry_at.is_some() => {
+                retry_at = None;
+                merge(&mut pending, Trigger::Retry, false);
+            }
+            Some(()) = sync_rx.recv() => {
+                info!("sync requested (converge sync)");
+                merge(&mut pending, Trigger::Sync, true);
+            }
+            _ = tokio::time::sleep_until(full_resync_at) => {
+                full_resync_at = Instant::now() + cfg.full_resync;
+                resync_at = Instant::now() + cfg.resync;
+                merge(&mut pending, Trigger::FullResync, true);
+            }
+            _ = tokio::time::sleep_until(resync_at) => {
+                let t0 = std::time::Instant::now();
+                resync_at = Instant::now() + cfg.resync;
+                let tip = refs::tip(&dirs.root, &tracked).ok();
+                if clean && pending.is_none() && inflight.is_none() && tip.is_some() && tip == applied {
+                    metrics.resync_skipped();
+                    debug!(took_us = t0.elapsed().as_micros() as u64, "resync: nothing changed since the last apply (watch cache); no request sent");
+                } else if inflight.is_none() {
+                    merge(&mut pending, Trigger::Resync, true);
+                }
+            }
+            _ = until(poll_at), if poll_at.is_some() && fetching.is_none() => {
+                poll_at = None;
+                if let Some(remote) = cfg.remote.clone() {
+                    let (root, b, allow) = (dirs.root.clone(), branch.clone(), cfg.allow_non_fast_forward);
+                    fetching = Some(tokio::spawn(async move {
+                        refs::fetch(&root, &remote, &b, allow, Duration::from_secs(120)).await
+                    }));
+                }
+            }
+            res = async { fetching.as_mut().expect("guarded by the branch condition").await }, if fetching.is_some() => {
+                fetching = None;
+                poll_at = Some(Instant::now() + cfg.poll);
+                match res {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e @ refs::RefsError::NonFastForward { .. })) => error!(error = %e, "pull refused"),
+                    Ok(Err(e)) => warn!(error = %e, "fetch failed; retrying at the next poll"),
+                    Err(e) => warn!(error = %e, "fetch task failed"),
+                }
+            }
+            _ = tick.tick() => {
+                metrics.heartbeat(started.elapsed().as_millis() as u64);
+                if watchdog.is_some() {
+                    sd::watchdog();
+                }
+            }
+        }
+    }
+
+    // Shutdown: stop watching and serving, free the Leases, then the file lock (on drop).
+    drop(inflight);
+    drift_watch.stop();
+    server.abort();
+    for r in &renewers {
+        r.abort();
+    }
+    for g in &leases {
+        let _ = tokio::time::timeout(Duration::from_secs(3), g.release()).await;
+    }
+    match &exit {
+        Ok(()) => info!("stopped"),
+        Err(e) => error!(error = %e, "stopped"),
+    }
+    drop(file_lock);
+    exit
+}
+
+fn spawn_renewer(g: LeaseGuard, lost: mpsc::Sender<String>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut t = tokio::time::interval(LEASE_RENEW);
+        t.tick().await;
+        loop {
+            t.tick().await;
+            match g.renew().await {
+                Ok(()) => {}
+                Err(lock::LockError::LeaseLost { holder, .. }) => {
+                    let _ = lost.send(holder).await;
+                    return;
+                }
+                Err(e) => warn!(error = %e, "Lease renewal failed; retrying"),
+            }
+        }
+    })
+}
+
+/// `converge sync`: asks the daemon of the checkout containing `repo` to reconcile now, through
+/// its loopback endpoint (recorded in the lock file), or SIGUSR1 when it serves none.
+pub async fn request_sync(repo: &Path) -> Result<String, DaemonError> {
+    let dirs = refs::GitDirs::discover(repo)?;
+    if !lock::is_held(&dirs.git_dir) {
+        return Err(DaemonError::Config {
+            message: format!(
+                "no converge daemon runs for {} (start one with `converge run`)",
+                dirs.root.display()
+            ),
+        });
+    }
+    let holder = lock::read_holder(&dirs.git_dir).ok_or_else(|| DaemonError::Config {
+        message: "the daemon's lock file names no holder yet; retry in a moment".into(),
+    })?;
+    if let Some(addr) = holder.http.as_deref().and_then(|a| a.parse().ok()) {
+        let status = http::post_sync(addr)
+            .await
+            .map_err(|source| DaemonError::Listen { addr, source })?;
+        if status.contains(" 202 ") {
+            return Ok(format!("sync queued (daemon pid {} at {addr})", holder.pid));
+        }
+        return Err(DaemonError::Config {
+            message: format!("the daemon at {addr} answered `{status}`"),
+        });
+    }
+    let out = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::process::Command::new("kill")
+            .args(["-USR1", &holder.pid.to_string()])
+            .output(),
+    )
+    .await;
+    match out {
+        Ok(Ok(o)) if o.status.success() => Ok(format!("sent SIGUSR1 to pid {}", holder.pid)),
+        _ => Err(DaemonError::Config {
+            message: format!("could not signal pid {}", holder.pid),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn triggers_arriving_while_one_is_pending_merge_into_it() {
+        let mut p = None;
+        merge(&mut p, Trigger::Commit, false);
+        merge(&mut p, Trigger::Drift, false);
+        merge(&mut p, Trigger::Sync, true);
+        let p = p.unwrap();
+        assert_eq!(p.trigger, Trigger::Commit);
+        assert!(p.full);
+    }
+}

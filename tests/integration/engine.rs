@@ -1,0 +1,566 @@
+//! The reconcile engine against the testbed's real control plane: the shipped chart deployed
+//! from a real git commit, changes, drift, conflicts, pruning, failures, request counts.
+
+use std::path::Path;
+use std::time::Duration;
+
+use converge::reconcile::{self, Clusters, Options, StackReport};
+use converge::render::Helm;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+
+use crate::support::git::GitRepo;
+use crate::support::{kubectl, run_ok, testbed, TestNamespace};
+
+/// Copies the project's chart into `repo` and writes the todo-chatbot stack for namespace `ns`,
+/// with prebuilt image references (the bed's kwok node never pulls images) and the frontend on
+/// a ClusterIP Service so parallel tests do not fight over NodePort 30080.
+fn stack_repo(ns: &str) -> GitRepo {
+    let repo = GitRepo::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    copy_dir(
+        &root.join("charts/todo-chatbot"),
+        &repo,
+        "charts/todo-chatbot",
+    );
+    repo.write(
+        "desired/stack.yaml",
+        format!(
+            "apiVersion: converge.dev/v1alpha1\nkind: Stack\nname: todo\nnamespace: {ns}\nrelease: todo-chatbot\nvalues:\n  frontend:\n    service: {{type: ClusterIP, port: 80}}\n"
+        ),
+    );
+    repo.write(
+        "desired/postgres.yaml",
+        component(
+            "postgres",
+            "postgres:16-alpine",
+            1,
+            "[]",
+            "- {name: POSTGRES_PASSWORD, secret: todo-secrets, key: postgres-password}",
+        ),
+    );
+    repo.write(
+        "desired/backend.yaml",
+        component(
+            "backend",
+            "todo-backend:test",
+            2,
+            "[postgres]",
+            "- {name: DATABASE_URL, secret: todo-secrets, key: database-url}\n  - {name: JWT_SECRET, secret: todo-secrets, key: jwt-secret}",
+        ),
+    );
+    repo.write(
+        "desired/frontend.yaml",
+        component(
+            "frontend",
+            "todo-frontend:test",
+            2,
+            "[backend]",
+            "- {name: JWT_SECRET, secret: todo-secrets, key: jwt-secret}",
+        ),
+    );
+    repo.commit("todo-chatbot stack");
+    repo
+}
+
+fn component(name: &str, image: &str, replicas: u32, deps: &str, secrets: &str) -> String {
+    format!(
+        "apiVersion: converge.dev/v1alpha1\nkind: Component\nname: {name}\nimage:\n  ref: {image}\nreplicas: {replicas}\nsecretEnv:\n  {secrets}\ndependsOn: {deps}\n"
+    )
+}
+
+fn copy_dir(src: &Path, repo: &GitRepo, rel: &str) {
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().to_string();
+        let path = entry.path();
+        if path.is_dir() {
+            copy_dir(&path, repo, &format!("{rel}/{name}"));
+        } else {
+            repo.write(&format!("{rel}/{name}"), std::fs::read(&path).unwrap());
+        }
+    }
+}
+
+async fn create_secret(ns: &TestNamespace, keys: &[&str]) {
+    let data: std::collections::BTreeMap<String, String> = keys
+        .iter()
+        .map(|k| (k.to_string(), "not-a-real-value".to_string()))
+        .collect();
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("todo-secrets".into()),
+            ..Default::default()
+        },
+        string_data: Some(data),
+        ..Default::default()
+    };
+    ns.api::<Secret>()
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+}
+
+const ALL_KEYS: &[&str] = &["postgres-password", "database-url", "jwt-secret"];
+
+fn options() -> Options {
+    let bed = testbed();
+    Options {
+        kubeconfig: Some(bed.kubeconfig.clone()),
+        context: Some(current_context(&bed.kubeconfig)),
+        timeout: Duration::from_secs(90),
+        fail_fast: Duration::from_secs(3),
+        ..Options::default()
+    }
+}
+
+fn current_context(kubeconfig: &Path) -> String {
+    kube::config::Kubeconfig::read_from(kubeconfig)
+        .unwrap()
+        .current_context
+        .unwrap()
+}
+
+async fn reconcile(repo: &GitRepo, opts: &Options) -> StackReport {
+    let helm = Helm::at(&testbed().helm);
+    let mut clusters = Clusters::default();
+    let mut reports = reconcile::reconcile_commit(repo.path(), "HEAD", opts, &helm, &mut clusters)
+        .await
+        .expect("reconcile");
+    assert_eq!(reports.len(), 1);
+    reports.remove(0)
+}
+
+fn converge(args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_converge"))
+        .args(args)
+        .env("KUBECONFIG", &testbed().kubeconfig)
+        .env("CONVERGE_HELM", &testbed().helm)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test]
+async fn the_shipped_stack_deploys_healthy_and_a_second_apply_makes_zero_writes() {
+    let ns = TestNamespace::new("engine-deploy").await;
+    create_secret(&ns, ALL_KEYS).await;
+    let repo = stack_repo(ns.name());
+    let opts = options();
+    let first = reconcile(&repo, &opts).await;
+    assert!(first.ready, "{first:#?}");
+    let health: Vec<_> = first
+        .status
+        .components
+        .iter()
+        .map(|c| (c.name.as_str(), c.health.as_str(), c.ready))
+        .collect();
+    assert_eq!(
+        health,
+        [
+            ("postgres", "Healthy", 1),
+            ("backend", "Healthy", 2),
+            ("frontend", "Healthy", 2)
+        ]
+    );
+    let pvcs = ns
+        .api::<PersistentVolumeClaim>()
+        .list(&Default::default())
+        .await
+        .unwrap();
+    assert_eq!(pvcs.items.len(), 1, "postgres got its volume");
+
+    let second = reconcile(&repo, &opts).await;
+    assert!(second.ready);
+    assert!(second.applied.is_empty(), "{:?}", second.applied);
+    assert_eq!(
+        second.requests.writes, 0,
+        "a no-op reconcile writes nothing: {:?}",
+        second.requests
+    );
+    assert_eq!(second.requests.dry_runs, 0);
+
+    let ctx = current_context(&testbed().kubeconfig);
+    let (code, out) = converge(&[
+        "diff",
+        "--repo",
+        repo.path().to_str().unwrap(),
+        "--context",
+        &ctx,
+    ]);
+    assert_eq!(code, 0, "a freshly applied stack diffs as empty: {out}");
+
+    let (code, out) = converge(&["status", "--context", &ctx, "--stack", "todo", "-o", "json"]);
+    assert!(code == 0 || code == 1, "{out}");
+    assert!(
+        out.contains(ns.name()),
+        "status lists the stack's namespace: {out}"
+    );
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_replicas_change_patches_only_that_deployment() {
+    let ns = TestNamespace::new("engine-replicas").await;
+    create_secret(&ns, ALL_KEYS).await;
+    let repo = stack_repo(ns.name());
+    let opts = options();
+    assert!(reconcile(&repo, &opts).await.ready);
+    repo.write(
+        "desired/backend.yaml",
+        std::fs::read_to_string(repo.file("desired/backend.yaml"))
+            .unwrap()
+            .replace("replicas: 2", "replicas: 3"),
+    );
+    repo.commit("scale backend");
+    let r = reconcile(&repo, &opts).await;
+    assert!(r.ready, "{r:#?}");
+    assert_eq!(
+        r.applied,
+        [format!(
+            "Deployment/todo-chatbot-backend (namespace {})",
+            ns.name()
+        )]
+    );
+    assert_eq!(r.status.components[1].ready, 3);
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_removed_component_is_pruned_while_its_volume_stays() {
+    let ns = TestNamespace::new("engine-prune").await;
+    create_secret(&ns, ALL_KEYS).await;
+    let repo = stack_repo(ns.name());
+    let opts = options();
+    assert!(reconcile(&repo, &opts).await.ready);
+    repo.remove("desired/postgres.yaml");
+    repo.write(
+        "desired/backend.yaml",
+        std::fs::read_to_string(repo.file("desired/backend.yaml"))
+            .unwrap()
+            .replace("dependsOn: [postgres]", "dependsOn: []"),
+    );
+    repo.commit("drop postgres");
+    let r = reconcile(&repo, &opts).await;
+    assert!(r.ready, "{r:#?}");
+    assert!(
+        r.pruned
+            .iter()
+            .any(|p| p.starts_with("StatefulSet/todo-chatbot-postgres")),
+        "{:?}",
+        r.pruned
+    );
+    assert!(
+        r.pruned
+            .iter()
+            .any(|p| p.starts_with("Service/todo-chatbot-postgres")),
+        "{:?}",
+        r.pruned
+    );
+    let pvcs = ns
+        .api::<PersistentVolumeClaim>()
+        .list(&Default::default())
+        .await
+        .unwrap();
+    assert_eq!(pvcs.items.len(), 1, "the data volume is never pruned");
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_missing_secret_blocks_only_its_component_with_the_command_to_fix_it() {
+    let ns = TestNamespace::new("engine-secret").await;
+    create_secret(&ns, &["postgres-password", "database-url"]).await;
+    let repo = stack_repo(ns.name());
+    let r = reconcile(&repo, &options()).await;
+    assert!(!r.ready);
+    let health: Vec<_> = r
+        .status
+        .components
+        .iter()
+        .map(|c| (c.name.as_str(), c.health.as_str()))
+        .collect();
+    assert_eq!(
+        health,
+        [
+            ("postgres", "Healthy"),
+            ("backend", "Blocked"),
+            ("frontend", "Blocked")
+        ]
+    );
+    let why = &r.blocked["backend"];
+    assert!(
+        why.contains("has no key `jwt-secret`")
+            && why.contains("kubectl patch secret todo-secrets"),
+        "{why}"
+    );
+    assert!(
+        !why.contains("not-a-real-value"),
+        "secret values never appear"
+    );
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_conflict_with_another_field_manager_is_reported_with_its_name() {
+    let ns = TestNamespace::new("engine-conflict").await;
+    create_secret(&ns, ALL_KEYS).await;
+    let repo = stack_repo(ns.name());
+    let mut opts = options();
+    assert!(reconcile(&repo, &opts).await.ready);
+    let cms: Api<ConfigMap> = ns.api();
+    let patch =
+        serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"DB_NAME": "theirs"}});
+    cms.patch(
+        "todo-chatbot-backend-config",
+        &PatchParams::apply("other-tool").force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .unwrap();
+    let r = reconcile(&repo, &opts).await;
+    assert!(!r.ready);
+    let msg = r.errors.join("\n");
+    assert!(
+        msg.contains("conflict with field manager other-tool") && msg.contains(".data.DB_NAME"),
+        "{msg}"
+    );
+    assert!(msg.contains("--force-conflicts"), "{msg}");
+    opts.force_conflicts = true;
+    assert!(reconcile(&repo, &opts).await.ready);
+    let cm = cms.get("todo-chatbot-backend-config").await.unwrap();
+    assert_eq!(cm.data.unwrap()["DB_NAME"], "todo");
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_hand_scale_is_undone_and_kubectl_loses_ownership() {
+    let ns = TestNamespace::new("engine-drift").await;
+    create_secret(&ns, ALL_KEYS).await;
+    let repo = stack_repo(ns.name());
+    let opts = options();
+    assert!(reconcile(&repo, &opts).await.ready);
+    run_ok(kubectl().args([
+        "-n",
+        ns.name(),
+        "scale",
+        "deployment/todo-chatbot-backend",
+        "--replicas=5",
+    ]));
+    run_ok(kubectl().args([
+        "-n",
+        ns.name(),
+        "annotate",
+        "deployment/todo-chatbot-backend",
+        "--overwrite",
+        "kubectl.kubernetes.io/last-applied-configuration={}",
+    ]));
+    let r = reconcile(&repo, &opts).await;
+    assert!(r.ready, "{r:#?}");
+    assert_eq!(
+        r.applied,
+        [format!(
+            "Deployment/todo-chatbot-backend (namespace {})",
+            ns.name()
+        )]
+    );
+    let d = ns
+        .api::<Deployment>()
+        .get("todo-chatbot-backend")
+        .await
+        .unwrap();
+    assert_eq!(d.spec.unwrap().replicas, Some(2));
+    let managers: Vec<String> = d
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| m.manager)
+        .collect();
+    assert!(
+        !managers.iter().any(|m| m.starts_with("kubectl")),
+        "{managers:?}"
+    );
+    assert!(!d
+        .metadata
+        .annotations
+        .unwrap_or_default()
+        .contains_key("kubectl.kubernetes.io/last-applied-configuration"));
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_rollout_that_never_becomes_ready_fails_fast_with_the_pods_reason() {
+    let ns = TestNamespace::new("engine-crash").await;
+    create_secret(&ns, ALL_KEYS).await;
+    let repo = stack_repo(ns.name());
+    let backend = std::fs::read_to_string(repo.file("desired/backend.yaml")).unwrap();
+    repo.write(
+        "desired/backend.yaml",
+        format!("{backend}values:\n  podLabels: {{converge.test/fail: crashloop}}\n"),
+    );
+    repo.commit("crashing backend");
+    let started = std::time::Instant::now();
+    let r = reconcile(&repo, &options()).await;
+    assert!(!r.ready);
+    assert_eq!(r.reason, "HealthCheckFailed");
+    let msg = r.errors.join("\n");
+    assert!(
+        msg.contains("CrashLoopBackOff") && msg.contains("pod todo-chatbot-backend-"),
+        "{msg}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "failed fast, not after the timeout"
+    );
+    assert_eq!(
+        r.status.components[2].health, "Blocked",
+        "the frontend waits for its dependency"
+    );
+    assert!(r.pruned.is_empty());
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_immutable_selector_change_is_explained_and_recreate_replaces_what_holds_no_data() {
+    let ns = TestNamespace::new("engine-immutable").await;
+    create_secret(&ns, ALL_KEYS).await;
+    let repo = stack_repo(ns.name());
+    let mut opts = options();
+    assert!(reconcile(&repo, &opts).await.ready);
+    let stack = std::fs::read_to_string(repo.file("desired/stack.yaml")).unwrap();
+    repo.write(
+        "desired/stack.yaml",
+        format!("{stack}  nameOverride: todo\n"),
+    );
+    repo.commit("rename: changes selector labels");
+    let r = reconcile(&repo, &opts).await;
+    assert!(!r.ready);
+    let msg = r.errors.join("\n");
+    assert!(
+        msg.contains("StatefulSet/todo-chatbot-postgres")
+            && msg.contains("cannot be changed in place"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("holds data"),
+        "a StatefulSet is never re-created: {msg}"
+    );
+
+    // Without the StatefulSet, the Deployments' selector change can be replaced safely.
+    repo.remove("desired/postgres.yaml");
+    repo.write(
+        "desired/backend.yaml",
+        std::fs::read_to_string(repo.file("desired/backend.yaml"))
+            .unwrap()
+            .replace("dependsOn: [postgres]", "dependsOn: []"),
+    );
+    repo.commit("no database");
+    let r = reconcile(&repo, &opts).await;
+    let msg = r.errors.join("\n");
+    assert!(
+        msg.contains("`spec.selector` cannot be changed in place") && msg.contains("--recreate"),
+        "{msg}"
+    );
+    opts.recreate = true;
+    let r = reconcile(&repo, &opts).await;
+    assert!(r.ready, "{r:#?}");
+    let d = ns
+        .api::<Deployment>()
+        .get("todo-chatbot-backend")
+        .await
+        .unwrap();
+    assert_eq!(
+        d.spec.unwrap().selector.match_labels.unwrap()["app.kubernetes.io/name"],
+        "todo"
+    );
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_invalid_commit_changes_nothing_in_the_cluster() {
+    let ns = TestNamespace::new("engine-invalid").await;
+    create_secret(&ns, ALL_KEYS).await;
+    let repo = stack_repo(ns.name());
+    let opts = options();
+    assert!(reconcile(&repo, &opts).await.ready);
+    let before = ns
+        .api::<Deployment>()
+        .get("todo-chatbot-backend")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version;
+    repo.write(
+        "desired/backend.yaml",
+        std::fs::read_to_string(repo.file("desired/backend.yaml"))
+            .unwrap()
+            .replace("replicas: 2", "replica: 9"),
+    );
+    repo.commit("typo");
+    let helm = Helm::at(&testbed().helm);
+    let err =
+        reconcile::reconcile_commit(repo.path(), "HEAD", &opts, &helm, &mut Clusters::default())
+            .await
+            .unwrap_err();
+    assert_eq!(err.reason(), "ValidationFailed");
+    let after = ns
+        .api::<Deployment>()
+        .get("todo-chatbot-backend")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version;
+    assert_eq!(before, after);
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_cluster_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    std::fs::write(&kc, "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\nusers: [{name: u, user: {token: t}}]\ncontexts: [{name: nowhere, context: {cluster: c, user: u}}]\ncurrent-context: nowhere\n").unwrap();
+    let repo = stack_repo("unreachable");
+    let opts = Options {
+        kubeconfig: Some(kc),
+        context: Some("nowhere".into()),
+        ..Options::default()
+    };
+    let err = reconcile::reconcile_commit(
+        repo.path(),
+        "HEAD",
+        &opts,
+        &Helm::at(&testbed().helm),
+        &mut Clusters::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("reaching the API server"), "{err}");
+    let opts = Options {
+        context: Some("minikube".into()),
+        kubeconfig: Some(testbed().kubeconfig.clone()),
+        ..Options::default()
+    };
+    let err = reconcile::reconcile_commit(
+        repo.path(),
+        "HEAD",
+        &opts,
+        &Helm::at(&testbed().helm),
+        &mut Clusters::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("kube context `minikube` is not in the kubeconfig"),
+        "{err}"
+    );
+}
