@@ -23,14 +23,22 @@ fn generated_repo(n: usize) -> tempfile::TempDir {
     git(p, &["init", "-q", "-b", "main"]);
     std::fs::create_dir_all(p.join("desired")).unwrap();
     std::fs::create_dir_all(p.join("charts/app")).unwrap();
-    std::fs::write(p.join("charts/app/Chart.yaml"), "apiVersion: v2\nname: app\nversion: 0.1.0\n").unwrap();
+    std::fs::write(
+        p.join("charts/app/Chart.yaml"),
+        "apiVersion: v2\nname: app\nversion: 0.1.0\n",
+    )
+    .unwrap();
     std::fs::write(
         p.join("desired/stack.yaml"),
         "apiVersion: converge.dev/v1alpha1\nkind: Stack\nname: big\nnamespace: big\nchart: charts/app\n",
     )
     .unwrap();
     for i in 0..n {
-        let dep = if i > 0 { format!("dependsOn: [c{}]\n", i - 1) } else { String::new() };
+        let dep = if i > 0 {
+            format!("dependsOn: [c{}]\n", i - 1)
+        } else {
+            String::new()
+        };
         std::fs::write(
             p.join(format!("desired/c{i}.yaml")),
             format!(
@@ -40,7 +48,19 @@ fn generated_repo(n: usize) -> tempfile::TempDir {
         .unwrap();
     }
     git(p, &["add", "-A"]);
-    git(p, &["-c", "user.name=b", "-c", "user.email=b@b", "commit", "-q", "-m", "gen"]);
+    git(
+        p,
+        &[
+            "-c",
+            "user.name=b",
+            "-c",
+            "user.email=b@b",
+            "commit",
+            "-q",
+            "-m",
+            "gen",
+        ],
+    );
     dir
 }
 

@@ -17,3 +17,6 @@ mod desired;
 
 #[path = "integration/build.rs"]
 mod build;
+
+#[path = "integration/engine.rs"]
+mod engine;
