@@ -26,7 +26,11 @@ fn spec(context: &str) -> BuildSpec {
         context: context.into(),
         dockerfile: "Dockerfile".into(),
         repository: "bench".into(),
-        args: [("MODE".to_string(), converge::desired::schema::EnvValue("x".into()))].into(),
+        args: [(
+            "MODE".to_string(),
+            converge::desired::schema::EnvValue("x".into()),
+        )]
+        .into(),
         target: None,
         platform: None,
         push: false,
@@ -48,7 +52,11 @@ fn generated_repo(n: usize) -> tempfile::TempDir {
     for i in 0..n {
         let d = ctx.join(format!("d{:02}", i % 100));
         std::fs::create_dir_all(&d).expect("mkdir");
-        let name = if i % 10 == 0 { format!("f{i}.log") } else { format!("f{i}.txt") };
+        let name = if i % 10 == 0 {
+            format!("f{i}.log")
+        } else {
+            format!("f{i}.txt")
+        };
         std::fs::write(d.join(name), format!("file {i}\n").repeat(20)).expect("write");
     }
     git(p, &["add", "-A"]);
@@ -57,12 +65,16 @@ fn generated_repo(n: usize) -> tempfile::TempDir {
 }
 
 fn bench(c: &mut Criterion) {
-    let here = Repo::open(std::path::Path::new(env!("CARGO_MANIFEST_DIR"))).expect("this repository");
+    let here =
+        Repo::open(std::path::Path::new(env!("CARGO_MANIFEST_DIR"))).expect("this repository");
     let head = here.snapshot("HEAD").expect("HEAD");
     let cache = DigestCache::new();
     for app in ["apps/backend", "apps/frontend"] {
         let s = spec(app);
-        let files = converge::build::digest::resolve_context(&head, app, &s).expect("context").files.len();
+        let files = converge::build::digest::resolve_context(&head, app, &s)
+            .expect("context")
+            .files
+            .len();
         let t = Instant::now();
         plan_one(&head, app, &s, &DigestCache::new()).expect("cold plan");
         eprintln!("{app}: {files} files sent; cold hash {:?}", t.elapsed());
@@ -75,11 +87,17 @@ fn bench(c: &mut Criterion) {
     let repo = Repo::open(repo_dir.path()).expect("generated repo");
     let snap = repo.snapshot("HEAD").expect("HEAD");
     let s = spec("ctx");
-    let files = converge::build::digest::resolve_context(&snap, "ctx", &s).expect("context").files.len();
+    let files = converge::build::digest::resolve_context(&snap, "ctx", &s)
+        .expect("context")
+        .files
+        .len();
     let cache = DigestCache::new();
     let t = Instant::now();
     plan_one(&snap, "ctx", &s, &cache).expect("cold plan");
-    eprintln!("generated: 10000 files committed, {files} sent; cold hash {:?}", t.elapsed());
+    eprintln!(
+        "generated: 10000 files committed, {files} sent; cold hash {:?}",
+        t.elapsed()
+    );
     let mut g = c.benchmark_group("generated");
     g.sample_size(20);
     g.bench_function("hash 10,000-file context (warm)", |b| {
