@@ -564,3 +564,50 @@ async fn an_unreachable_cluster_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// A repository with the `hooks` fixture chart and a one-component stack in `ns`.
+fn hooks_repo(ns: &str, fail: bool, greeting: &str) -> GitRepo {
+    let repo = GitRepo::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    copy_dir(&root.join("tests/fixtures/charts/hooks"), &repo, "charts/hooks");
+    write_hooks_stack(&repo, ns, fail, greeting);
+    repo
+}
+
+fn write_hooks_stack(repo: &GitRepo, ns: &str, fail: bool, greeting: &str) {
+    repo.write(
+        "desired/stack.yaml",
+        format!("apiVersion: converge.dev/v1alpha1\nkind: Stack\nname: hooks\nnamespace: {ns}\nchart: charts/hooks\nvalues:\n  failHook: {fail}\n  data: {{greeting: {greeting}}}\n"),
+    );
+    repo.write("desired/app.yaml", "apiVersion: converge.dev/v1alpha1\nkind: Component\nname: app\nimage: {ref: 'busybox:1.36'}\n");
+    repo.commit("hooks stack");
+}
+
+#[tokio::test]
+async fn helm_hooks_run_in_order_and_a_failed_hook_applies_nothing_after_it() {
+    let ns = TestNamespace::new("engine-hooks").await;
+    let repo = hooks_repo(ns.name(), false, "hello");
+    let opts = options();
+    let r = reconcile(&repo, &opts).await;
+    assert!(r.ready, "{r:#?}");
+    let cms: Api<ConfigMap> = ns.api();
+    assert_eq!(cms.get("app-config").await.unwrap().data.unwrap()["greeting"], "hello");
+    assert!(cms.get_opt("post-install-marker").await.unwrap().is_some(), "post-install hook ran after the release was healthy");
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = ns.api();
+    assert!(jobs.list(&Default::default()).await.unwrap().items.is_empty(), "hook-succeeded Jobs are deleted");
+
+    write_hooks_stack(&repo, ns.name(), true, "changed");
+    let r = reconcile(&repo, &opts).await;
+    assert!(!r.ready);
+    assert_eq!(r.reason, "HookFailed");
+    let msg = r.errors.join("\n");
+    assert!(msg.contains("hook Job/migrate") && msg.contains("BackoffLimitExceeded"), "{msg}");
+    assert_eq!(cms.get("app-config").await.unwrap().data.unwrap()["greeting"], "hello", "nothing is applied after a failed pre-upgrade hook");
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_missing_helm_binary_says_how_to_install_it() {
+    let err = Helm::at("/nonexistent/helm").check().await.unwrap_err().to_string();
+    assert!(err.contains("helm was not found") && err.contains("install Helm v3.8"), "{err}");
+}
