@@ -14,6 +14,7 @@
 pub mod build;
 pub mod cli;
 pub mod cluster;
+pub mod daemon;
 pub mod desired;
 pub mod error;
 pub mod reconcile;

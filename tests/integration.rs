@@ -20,3 +20,6 @@ mod build;
 
 #[path = "integration/engine.rs"]
 mod engine;
+
+#[path = "integration/daemon.rs"]
+mod daemon;

@@ -4,6 +4,7 @@
 
 mod apply;
 mod build;
+mod run;
 mod status;
 mod validate;
 
@@ -20,6 +21,9 @@ pub struct Cli {
     /// Log filter (tracing's env-filter syntax), e.g. `info` or `converge=debug`.
     #[arg(long, global = true, env = "CONVERGE_LOG", default_value = "warn")]
     pub log: String,
+    /// Log format: `text` for people, `json` for journald and log shippers.
+    #[arg(long, global = true, env = "CONVERGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// The command to run.
     #[command(subcommand)]
     pub command: Command,
@@ -40,6 +44,22 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Compute content tags and build the missing images; exit 0 ok, 1 a build failed, 2 on error.
     Build(build::BuildArgs),
+    /// Run the daemon: reconcile every new commit of the tracked branch, undo drift, resync.
+    Run(run::RunArgs),
+    /// Ask the checkout's running daemon to reconcile now.
+    Sync(run::SyncArgs),
+    /// Install or remove the daemon's systemd unit or launchd plist for this checkout.
+    Service(run::ServiceArgs),
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Where to read the desired state from.
@@ -75,13 +95,22 @@ pub const EXIT_ERROR: u8 = 2;
 
 /// Starts tracing to stderr with the `--log` filter.
 pub fn init_tracing(cli: &Cli) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+    // The daemon reports what it applies: `info` unless a filter was chosen.
+    let level = match cli.command {
+        Command::Run(_) if cli.log == "warn" && std::env::var_os("CONVERGE_LOG").is_none() => {
+            "info"
+        }
+        _ => cli.log.as_str(),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => fmt.json().init(),
+        LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
 }
 
 /// Runs the command and returns the process exit code.
@@ -92,6 +121,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Diff(args) => apply::diff(&args),
         Command::Status(args) => status::run(&args),
         Command::Build(args) => build::run(&args),
+        Command::Run(args) => run::run(&args),
+        Command::Sync(args) => run::sync(&args),
+        Command::Service(args) => run::service(&args),
         Command::Schema => {
             let schema = crate::desired::schema::document_schema();
             match serde_json::to_string_pretty(&schema) {

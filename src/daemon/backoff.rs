@@ -134,7 +134,10 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(b.admit("Deployment/web", t0), t0);
         let t1 = t0 + Duration::from_millis(100);
-        assert_eq!(b.admit("Deployment/web", t1), t1 + Duration::from_millis(500));
+        assert_eq!(
+            b.admit("Deployment/web", t1),
+            t1 + Duration::from_millis(500)
+        );
         let t2 = t1 + Duration::from_secs(1);
         assert_eq!(b.admit("Deployment/web", t2), t2 + Duration::from_secs(1));
         // Another object is not slowed by the first one's fight.

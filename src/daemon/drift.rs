@@ -8,9 +8,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use futures::StreamExt;
-use kube::api::{Api, DynamicObject, ObjectMeta};
+use kube::api::{Api, DynamicObject, ObjectMeta, PartialObjectMeta};
 use kube::core::GroupVersionKind;
-use kube::runtime::watcher::{self, metadata_watcher, Event};
+use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -155,7 +155,7 @@ impl DriftWatch {
             if !matches!(caps.scope, kube::discovery::Scope::Namespaced) {
                 continue;
             }
-            let api: Api<DynamicObject> =
+            let api: Api<PartialObjectMeta<DynamicObject>> =
                 Api::namespaced_with(cluster.client().clone(), namespace, &ar);
             let task = tokio::spawn(watch_kind(api, stack.to_string(), kind.clone(), tx.clone()));
             self.tasks.insert(id, task);
@@ -198,10 +198,15 @@ impl Drop for DriftWatch {
     }
 }
 
-async fn watch_kind(api: Api<DynamicObject>, stack: String, kind: String, tx: mpsc::Sender<Note>) {
+async fn watch_kind(
+    api: Api<PartialObjectMeta<DynamicObject>>,
+    stack: String,
+    kind: String,
+    tx: mpsc::Sender<Note>,
+) {
     let ignored = [status_name(&stack), inventory_name(&stack)];
     let config = watcher::Config::default().labels(&format!("{LABEL_STACK}={stack}"));
-    let stream = metadata_watcher(api, config).default_backoff();
+    let stream = watcher::watcher(api, config).default_backoff();
     futures::pin_mut!(stream);
     let mut seen: HashMap<String, Seen> = HashMap::new();
     let mut listing: Option<HashMap<String, Seen>> = None;
@@ -315,7 +320,11 @@ mod tests {
     #[test]
     fn kubectl_scale_is_drift_named_after_kubectl() {
         let prev = Seen::of(&meta(1, "10", &[("converge", None, 0)]));
-        let now = meta(2, "11", &[("converge", None, 0), ("kubectl", Some("scale"), 5)]);
+        let now = meta(
+            2,
+            "11",
+            &[("converge", None, 0), ("kubectl", Some("scale"), 5)],
+        );
         assert_eq!(classify(Some(&prev), &now), Some("kubectl".into()));
     }
 
@@ -325,7 +334,10 @@ mod tests {
         let now = meta(
             2,
             "12",
-            &[("converge", None, 0), ("kube-controller-manager", Some("status"), 9)],
+            &[
+                ("converge", None, 0),
+                ("kube-controller-manager", Some("status"), 9),
+            ],
         );
         assert_eq!(classify(Some(&prev), &now), None);
     }

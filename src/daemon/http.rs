@@ -74,8 +74,7 @@ async fn handle(
                 break;
             }
             buf.extend_from_slice(&chunk[..n]);
-            if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.windows(2).any(|w| w == b"\n\n")
-            {
+            if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.windows(2).any(|w| w == b"\n\n") {
                 break;
             }
             if buf.len() > MAX_REQUEST {
@@ -167,11 +166,20 @@ pub async fn post_sync(addr: SocketAddr) -> std::io::Result<String> {
             .await?;
         let mut out = Vec::new();
         s.read_to_end(&mut out).await?;
-        Ok::<_, std::io::Error>(String::from_utf8_lossy(&out).lines().next().unwrap_or("").to_string())
+        Ok::<_, std::io::Error>(
+            String::from_utf8_lossy(&out)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string(),
+        )
     };
-    tokio::time::timeout(READ_TIMEOUT, fut)
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer from {addr} within 5s")))?
+    tokio::time::timeout(READ_TIMEOUT, fut).await.map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer from {addr} within 5s"),
+        )
+    })?
 }
 
 #[cfg(test)]
@@ -192,8 +200,12 @@ mod tests {
         let m = Metrics::default();
         let (tx, _rx) = mpsc::channel(1);
         m.heartbeat(1_000);
-        assert!(route("GET", "/healthz", &m, 2_000, &tx).0.starts_with("200"));
-        assert!(route("GET", "/healthz", &m, 60_000, &tx).0.starts_with("503"));
+        assert!(route("GET", "/healthz", &m, 2_000, &tx)
+            .0
+            .starts_with("200"));
+        assert!(route("GET", "/healthz", &m, 60_000, &tx)
+            .0
+            .starts_with("503"));
     }
 
     #[test]

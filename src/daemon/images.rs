@@ -116,20 +116,31 @@ pub async fn ensure(
 ) -> Result<BTreeMap<String, BTreeMap<String, String>>, ImagesError> {
     let mut out = BTreeMap::new();
     for stack in &plan.stacks {
-        let plans = plan.images.get(&stack.spec.name).cloned().unwrap_or_default();
+        let plans = plan
+            .images
+            .get(&stack.spec.name)
+            .cloned()
+            .unwrap_or_default();
         if plans.is_empty() {
             continue;
         }
         let opts = BuildOptions::new(build::resolve_builder(builder, stack));
-        let outcomes = build::ensure(repo_root, &plan.commit, &plans, stack, &opts, cancel.clone())
-            .await
-            .map_err(|e| match e {
-                build::BuildError::Cancelled => ImagesError::Cancelled,
-                other => ImagesError::Build {
-                    stack: stack.spec.name.clone(),
-                    message: other.to_string(),
-                },
-            })?;
+        let outcomes = build::ensure(
+            repo_root,
+            &plan.commit,
+            &plans,
+            stack,
+            &opts,
+            cancel.clone(),
+        )
+        .await
+        .map_err(|e| match e {
+            build::BuildError::Cancelled => ImagesError::Cancelled,
+            other => ImagesError::Build {
+                stack: stack.spec.name.clone(),
+                message: other.to_string(),
+            },
+        })?;
         let mut failed = Vec::new();
         let mut images = BTreeMap::new();
         for o in outcomes {

@@ -121,7 +121,11 @@ impl Holder {
 
 impl std::fmt::Display for Holder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "pid {} on {} (since {})", self.pid, self.host, self.since)
+        write!(
+            f,
+            "pid {} on {} (since {})",
+            self.pid, self.host, self.since
+        )
     }
 }
 
@@ -268,9 +272,14 @@ pub async fn ensure_namespace(
     stack: &str,
 ) -> Result<(), LockError> {
     let api: Api<Namespace> = Api::all(client.clone());
-    if bounded("reading namespace for", namespace, "", api.get_opt(namespace))
-        .await?
-        .is_some()
+    if bounded(
+        "reading namespace for",
+        namespace,
+        "",
+        api.get_opt(namespace),
+    )
+    .await?
+    .is_some()
     {
         return Ok(());
     }
@@ -283,7 +292,11 @@ pub async fn ensure_namespace(
         "creating namespace for",
         namespace,
         "",
-        api.patch(namespace, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&ns)),
+        api.patch(
+            namespace,
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(&ns),
+        ),
     )
     .await?;
     Ok(())
@@ -304,7 +317,8 @@ pub fn may_take(
     if holder == identity {
         return true;
     }
-    let same_host = holder.rsplit_once('/').map(|(h, _)| h) == identity.rsplit_once('/').map(|(h, _)| h);
+    let same_host =
+        holder.rsplit_once('/').map(|(h, _)| h) == identity.rsplit_once('/').map(|(h, _)| h);
     let same_checkout = lease
         .metadata
         .annotations
@@ -345,11 +359,21 @@ impl LeaseGuard {
         match existing {
             None => {
                 let lease = guard.lease(None, 0);
-                bounded("creating", &ns, &name, guard.api.create(&PostParams::default(), &lease))
-                    .await?;
+                bounded(
+                    "creating",
+                    &ns,
+                    &name,
+                    guard.api.create(&PostParams::default(), &lease),
+                )
+                .await?;
             }
             Some(l) => {
-                if !may_take(&l, &guard.identity, &guard.checkout, k8s_openapi::jiff::Timestamp::now()) {
+                if !may_take(
+                    &l,
+                    &guard.identity,
+                    &guard.checkout,
+                    k8s_openapi::jiff::Timestamp::now(),
+                ) {
                     let spec = l.spec.clone().unwrap_or_default();
                     let checkout = l
                         .metadata
@@ -379,8 +403,13 @@ impl LeaseGuard {
                     .unwrap_or(0)
                     + 1;
                 let lease = guard.lease(l.metadata.resource_version.clone(), transitions);
-                bounded("taking", &ns, &name, guard.api.replace(&name, &PostParams::default(), &lease))
-                    .await?;
+                bounded(
+                    "taking",
+                    &ns,
+                    &name,
+                    guard.api.replace(&name, &PostParams::default(), &lease),
+                )
+                .await?;
             }
         }
         Ok(guard)
@@ -399,7 +428,9 @@ impl LeaseGuard {
                     ]
                     .into(),
                 ),
-                annotations: Some([(ANNOTATION_CHECKOUT.to_string(), self.checkout.clone())].into()),
+                annotations: Some(
+                    [(ANNOTATION_CHECKOUT.to_string(), self.checkout.clone())].into(),
+                ),
                 ..Default::default()
             },
             spec: Some(LeaseSpec {
@@ -427,7 +458,13 @@ impl LeaseGuard {
             });
         }
         spec.renew_time = Some(now());
-        bounded("renewing", ns, name, self.api.replace(name, &PostParams::default(), &l)).await?;
+        bounded(
+            "renewing",
+            ns,
+            name,
+            self.api.replace(name, &PostParams::default(), &l),
+        )
+        .await?;
         Ok(())
     }
 
@@ -443,7 +480,13 @@ impl LeaseGuard {
         }
         spec.holder_identity = None;
         spec.renew_time = None;
-        let _ = bounded("releasing", ns, name, self.api.replace(name, &PostParams::default(), &l)).await;
+        let _ = bounded(
+            "releasing",
+            ns,
+            name,
+            self.api.replace(name, &PostParams::default(), &l),
+        )
+        .await;
     }
 
     /// The stack.
@@ -484,10 +527,25 @@ mod tests {
     fn an_expired_free_or_own_checkout_lease_is_taken() {
         let now = Timestamp::now();
         let old = now - SignedDuration::from_secs(31);
-        assert!(may_take(&lease(Some("laptop/100"), old, "/src/a"), "desktop/200", "/src/b", now));
-        assert!(may_take(&lease(None, now, "/src/a"), "desktop/200", "/src/b", now));
+        assert!(may_take(
+            &lease(Some("laptop/100"), old, "/src/a"),
+            "desktop/200",
+            "/src/b",
+            now
+        ));
+        assert!(may_take(
+            &lease(None, now, "/src/a"),
+            "desktop/200",
+            "/src/b",
+            now
+        ));
         // The same checkout on the same host: the earlier daemon died (this one holds its file lock).
-        assert!(may_take(&lease(Some("laptop/100"), now, "/src/a"), "laptop/200", "/src/a", now));
+        assert!(may_take(
+            &lease(Some("laptop/100"), now, "/src/a"),
+            "laptop/200",
+            "/src/a",
+            now
+        ));
     }
 
     #[test]

@@ -350,7 +350,8 @@ async fn job(mut input: JobInput) -> Done {
         Err(e) => {
             let invalid = matches!(e, Error::Invalid { .. } | Error::UnknownStack { .. });
             let (why, message) = describe(&e);
-            record(&mut input, &input.known.clone(), why, &message).await;
+            let known = input.known.clone();
+            record(&mut input, &known, why, &message).await;
             done.invalid = invalid;
             done.outcome = match e.disposition() {
                 Disposition::Stalled => Outcome::Stalled(message),
@@ -362,7 +363,8 @@ async fn job(mut input: JobInput) -> Done {
         }
         Ok(Err(e)) => {
             let message = e.to_string();
-            record(&mut input, &input.known.clone(), reason::BUILD_FAILED, &message).await;
+            let known = input.known.clone();
+            record(&mut input, &known, reason::BUILD_FAILED, &message).await;
             done.outcome = Outcome::Stalled(message);
             done.clusters = input.clusters;
             done.took = started.elapsed();
@@ -433,8 +435,7 @@ async fn job(mut input: JobInput) -> Done {
                     .get(cfg.kubeconfig.as_deref(), &t.context)
                     .await
                 {
-                    if let Ok(inv) =
-                        inventory::load(cluster.client(), &t.namespace, &t.stack).await
+                    if let Ok(inv) = inventory::load(cluster.client(), &t.namespace, &t.stack).await
                     {
                         let kinds = inv
                             .keys()
@@ -602,10 +603,12 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             addr: cfg.listen,
             source,
         })?;
-    let addr = listener.local_addr().map_err(|source| DaemonError::Listen {
-        addr: cfg.listen,
-        source,
-    })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| DaemonError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
     holder.http = Some(addr.to_string());
     file_lock.record(&holder)?;
 
@@ -620,7 +623,12 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGUSR1, SIGHUP])
         .map_err(DaemonError::Signals)?;
     let (sync_tx, mut sync_rx) = mpsc::channel::<()>(1);
-    let server = tokio::spawn(http::serve(listener, metrics.clone(), started.into_std(), sync_tx));
+    let server = tokio::spawn(http::serve(
+        listener,
+        metrics.clone(),
+        started.into_std(),
+        sync_tx,
+    ));
     let (refs_tx, mut refs_rx) = mpsc::channel::<()>(1);
     let _ref_watch = refs::watch(&dirs, refs_tx)?;
     let (drift_tx, mut drift_rx) = mpsc::channel::<Note>(256);
@@ -733,7 +741,9 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                     inflight = Some(Box::pin(job(input).instrument(span)));
                     sd::status("reconciling");
                 } else {
-                    debug!("nothing to reconcile: the tip is stalled and no commit was applied yet");
+                    debug!(
+                        "nothing to reconcile: the tip is stalled and no commit was applied yet"
+                    );
                 }
             }
         }
@@ -816,10 +826,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                         }
                         if ok {
                             metrics.reconcile(ResultLabel::Success, took);
-                            // An overlay run reconciled the last good commit under a stalled tip.
-                            if !stalled.as_ref().is_some_and(|(s, _, _)| s != &done.commit) {
-                                applied = Some(done.commit.clone());
-                            }
+                            applied = Some(done.commit.clone());
                             last_good = Some(done.commit.clone());
                             metrics.applied(&done.commit);
                             metrics.set_ready(stalled.is_none());

@@ -188,7 +188,9 @@ async fn git(
         .map_err(|_| fail(format!("no answer within {}s", timeout.as_secs())))?
         .map_err(|e| fail(format!("cannot run git: {e}")))?;
     if out.status.success() {
-        return Ok(Some(String::from_utf8_lossy(&out.stdout).trim().to_string()));
+        return Ok(Some(
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        ));
     }
     if allow_one && out.status.code() == Some(1) {
         return Ok(None);
@@ -214,7 +216,14 @@ pub async fn fetch(
     let refspec = format!("+refs/heads/{branch}:{fetched_ref}");
     git(
         root,
-        &["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", remote, &refspec],
+        &[
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            "--no-write-fetch-head",
+            remote,
+            &refspec,
+        ],
         timeout,
         false,
     )
@@ -223,18 +232,28 @@ pub async fn fetch(
     let new = git(root, &["rev-parse", "--verify", &fetched_ref], short, false)
         .await?
         .unwrap_or_default();
-    let old = git(root, &["rev-parse", "--verify", "--quiet", &tracking], short, true)
-        .await
-        .ok()
-        .flatten()
-        .filter(|s| !s.is_empty());
+    let old = git(
+        root,
+        &["rev-parse", "--verify", "--quiet", &tracking],
+        short,
+        true,
+    )
+    .await
+    .ok()
+    .flatten()
+    .filter(|s| !s.is_empty());
     if old.as_deref() == Some(new.as_str()) {
         return Ok(None);
     }
     if let Some(old) = &old {
-        let ff = git(root, &["merge-base", "--is-ancestor", old, &new], short, true)
-            .await?
-            .is_some();
+        let ff = git(
+            root,
+            &["merge-base", "--is-ancestor", old, &new],
+            short,
+            true,
+        )
+        .await?
+        .is_some();
         if !ff && !allow_non_ff {
             return Err(RefsError::NonFastForward {
                 remote: remote.into(),
@@ -244,7 +263,13 @@ pub async fn fetch(
             });
         }
     }
-    let mut args = vec!["update-ref", "-m", "converge: fetch", tracking.as_str(), new.as_str()];
+    let mut args = vec![
+        "update-ref",
+        "-m",
+        "converge: fetch",
+        tracking.as_str(),
+        new.as_str(),
+    ];
     if let Some(old) = &old {
         args.push(old);
     }
@@ -259,10 +284,24 @@ mod tests {
 
     #[test]
     fn only_ref_paths_wake_the_daemon() {
-        for p in ["HEAD", "packed-refs", "refs/heads/main", "refs/heads/main.lock", "refs/heads/feat/x", "refs/converge/remotes/origin/main"] {
+        for p in [
+            "HEAD",
+            "packed-refs",
+            "refs/heads/main",
+            "refs/heads/main.lock",
+            "refs/heads/feat/x",
+            "refs/converge/remotes/origin/main",
+        ] {
             assert!(is_ref_path(Path::new(p)), "{p}");
         }
-        for p in ["index", "converge.lock", "objects/ab/cdef", "logs/HEAD", "refs/tags/v1", "FETCH_HEAD"] {
+        for p in [
+            "index",
+            "converge.lock",
+            "objects/ab/cdef",
+            "logs/HEAD",
+            "refs/tags/v1",
+            "FETCH_HEAD",
+        ] {
             assert!(!is_ref_path(Path::new(p)), "{p}");
         }
     }
