@@ -17,6 +17,7 @@ pub mod cluster;
 pub mod daemon;
 pub mod desired;
 pub mod error;
+pub mod explain;
 pub mod reconcile;
 pub mod render;
 pub mod source;

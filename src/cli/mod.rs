@@ -4,6 +4,7 @@
 
 mod apply;
 mod build;
+mod down;
 mod run;
 mod status;
 mod validate;
@@ -44,6 +45,8 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Compute content tags and build the missing images; exit 0 ok, 1 a build failed, 2 on error.
     Build(build::BuildArgs),
+    /// Delete everything converge applied for a stack, in reverse order; volumes only with `--volumes`.
+    Down(down::DownArgs),
     /// Run the daemon: reconcile every new commit of the tracked branch, undo drift, resync.
     Run(run::RunArgs),
     /// Ask the checkout's running daemon to reconcile now.
@@ -121,6 +124,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Diff(args) => apply::diff(&args),
         Command::Status(args) => status::run(&args),
         Command::Build(args) => build::run(&args),
+        Command::Down(args) => down::run(&args),
         Command::Run(args) => run::run(&args),
         Command::Sync(args) => run::sync(&args),
         Command::Service(args) => run::service(&args),

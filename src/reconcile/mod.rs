@@ -6,6 +6,7 @@
 //! inventory recorded after the last apply.
 
 mod plan;
+pub mod teardown;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;

@@ -1,0 +1,283 @@
+//! `converge down`: take a stack out of the cluster from its in-cluster inventory; the
+//! repository is only consulted to learn the stack's namespace and context, never required.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{Format, SourceArgs, EXIT_ERROR, EXIT_FINDINGS, EXIT_OK};
+use crate::cluster::{Cluster, ClusterError};
+use crate::reconcile::teardown::{self, DownReport, TeardownOptions};
+
+/// Arguments of `converge down`.
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// The stack: its name or its directory. Required with `--namespace` or without a repository.
+    #[arg(long)]
+    stack: Option<String>,
+    /// The stack's namespace; with `--stack`, the repository is not read at all.
+    #[arg(long, short = 'n')]
+    namespace: Option<String>,
+    /// The kube context, instead of the stack's `context` (or the kubeconfig's current one).
+    #[arg(long, env = "CONVERGE_CONTEXT")]
+    context: Option<String>,
+    /// The kubeconfig file (`$KUBECONFIG` or `~/.kube/config` when absent).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Also delete PersistentVolumeClaims (the data in them is lost).
+    #[arg(long)]
+    volumes: bool,
+    /// How long to wait for everything to be gone.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Format::Text)]
+    output: Format,
+}
+
+/// One stack to take down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Target {
+    /// The stack's name.
+    pub stack: String,
+    /// Its namespace; `None` means "find it in the cluster".
+    pub namespace: Option<String>,
+    /// The kube context; `None` is the kubeconfig's current one.
+    pub context: Option<String>,
+}
+
+/// Which stacks `down` is about: from the flags alone, else from the repository's desired state,
+/// else (a repository without the stack, or none) by `--stack` in the cluster.
+pub(crate) fn targets(
+    source: &SourceArgs,
+    stack: Option<&str>,
+    namespace: Option<&str>,
+    context: Option<&str>,
+) -> Result<Vec<Target>, String> {
+    if let Some(ns) = namespace {
+        let Some(stack) = stack else {
+            return Err("--namespace needs --stack (the stack's name)".into());
+        };
+        return Ok(vec![Target {
+            stack: stack.into(),
+            namespace: Some(ns.into()),
+            context: context.map(str::to_string),
+        }]);
+    }
+    let from_repo = crate::source::Repo::open(&source.repo)
+        .map_err(|e| e.to_string())
+        .and_then(|repo| {
+            let snapshot = repo.snapshot(&source.rev).map_err(|e| e.to_string())?;
+            crate::desired::load(&snapshot, &source.dir)
+                .map(|l| l.state.stacks)
+                .map_err(|_| "the desired state does not validate".to_string())
+        });
+    match (from_repo, stack) {
+        (Ok(stacks), wanted) => {
+            let found: Vec<Target> = stacks
+                .iter()
+                .filter(|s| wanted.is_none_or(|w| crate::reconcile::stack_matches(s, w)))
+                .map(|s| Target {
+                    stack: s.spec.name.clone(),
+                    namespace: Some(s.spec.namespace.clone()),
+                    context: context
+                        .map(str::to_string)
+                        .or_else(|| Some(s.spec.context.clone())),
+                })
+                .collect();
+            match (found.is_empty(), wanted) {
+                (false, _) => Ok(found),
+                // Gone from the repository: look for it in the cluster.
+                (true, Some(w)) => Ok(vec![Target {
+                    stack: w.into(),
+                    namespace: None,
+                    context: context.map(str::to_string),
+                }]),
+                (true, None) => Err("the repository's desired state names no stack; pass --stack (and --namespace)".into()),
+            }
+        }
+        (Err(_), Some(w)) => Ok(vec![Target {
+            stack: w.into(),
+            namespace: None,
+            context: context.map(str::to_string),
+        }]),
+        (Err(why), None) => Err(format!(
+            "cannot read the desired state of {} ({why}); name the stack with --stack (and --namespace)",
+            source.repo.display()
+        )),
+    }
+}
+
+pub(super) fn run(args: &DownArgs) -> u8 {
+    let targets = match targets(
+        &args.source,
+        args.stack.as_deref(),
+        args.namespace.as_deref(),
+        args.context.as_deref(),
+    ) {
+        Ok(t) => t,
+        Err(why) => {
+            eprintln!("error: {why}");
+            return EXIT_ERROR;
+        }
+    };
+    let rt = match super::runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let opts = TeardownOptions {
+        volumes: args.volumes,
+        timeout: args.timeout,
+    };
+    rt.block_on(async {
+        let mut reports = Vec::new();
+        for t in &targets {
+            match take_down(args.kubeconfig.as_deref(), t, opts).await {
+                Ok(mut r) => reports.append(&mut r),
+                Err(e) => {
+                    return super::report_error(&crate::error::Error::Cluster(e), args.output)
+                }
+            }
+        }
+        print(&reports, args.output);
+        if reports.iter().all(DownReport::complete) {
+            EXIT_OK
+        } else {
+            EXIT_FINDINGS
+        }
+    })
+}
+
+async fn take_down(
+    kubeconfig: Option<&std::path::Path>,
+    target: &Target,
+    opts: TeardownOptions,
+) -> Result<Vec<DownReport>, ClusterError> {
+    let cluster = Cluster::connect(kubeconfig, target.context.as_deref()).await?;
+    cluster.ping().await?;
+    let namespaces = match &target.namespace {
+        Some(ns) => vec![ns.clone()],
+        None => teardown::find_stack(&cluster, &target.stack).await?,
+    };
+    if namespaces.is_empty() {
+        return Ok(vec![DownReport {
+            stack: target.stack.clone(),
+            nothing_to_do: true,
+            ..DownReport::default()
+        }]);
+    }
+    let mut out = Vec::new();
+    for ns in namespaces {
+        out.push(teardown::down(&cluster, &ns, &target.stack, opts).await);
+    }
+    Ok(out)
+}
+
+fn print(reports: &[DownReport], format: Format) {
+    match format {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(reports).unwrap_or_default()
+        ),
+        Format::Text => {
+            for r in reports {
+                let ns = if r.namespace.is_empty() {
+                    "no namespace".to_string()
+                } else {
+                    format!("namespace {}", r.namespace)
+                };
+                if r.nothing_to_do {
+                    println!(
+                        "stack {} ({ns}): nothing to take down (converge has no record of it here)",
+                        r.stack
+                    );
+                    continue;
+                }
+                let verdict = if r.complete() { "down" } else { "NOT down" };
+                println!(
+                    "stack {} ({ns}): {verdict}; {} deleted, {} already gone, {} kept in {} ms",
+                    r.stack,
+                    r.deleted.len(),
+                    r.already_gone.len(),
+                    r.kept.len(),
+                    r.duration_ms
+                );
+                for d in &r.deleted {
+                    println!("  deleted {d}");
+                }
+                for k in &r.kept {
+                    println!("  kept {k}");
+                }
+                if r.records_removed {
+                    println!("  removed converge's inventory and status record");
+                }
+                for e in &r.errors {
+                    println!("  error: {e}");
+                }
+                if !r.complete() {
+                    println!(
+                        "  what is left stays in the inventory: re-run `converge down` to retry"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(repo: &str) -> SourceArgs {
+        SourceArgs {
+            repo: repo.into(),
+            rev: "HEAD".into(),
+            dir: "desired".into(),
+        }
+    }
+
+    #[test]
+    fn namespace_and_stack_need_no_repository() {
+        let t = targets(
+            &source("/nonexistent"),
+            Some("todo"),
+            Some("apps"),
+            Some("ctx"),
+        )
+        .unwrap();
+        assert_eq!(
+            t,
+            [Target {
+                stack: "todo".into(),
+                namespace: Some("apps".into()),
+                context: Some("ctx".into())
+            }]
+        );
+    }
+
+    #[test]
+    fn namespace_without_stack_is_a_usage_error() {
+        assert!(targets(&source("/nonexistent"), None, Some("apps"), None)
+            .unwrap_err()
+            .contains("--stack"));
+    }
+
+    #[test]
+    fn without_a_repository_the_stack_is_looked_up_in_the_cluster() {
+        let t = targets(&source("/nonexistent"), Some("todo"), None, None).unwrap();
+        assert_eq!(t[0].namespace, None);
+        assert!(targets(&source("/nonexistent"), None, None, None).is_err());
+    }
+
+    #[test]
+    fn the_shipped_repository_names_its_stacks_namespace_and_context() {
+        let t = targets(&source(env!("CARGO_MANIFEST_DIR")), Some("dev"), None, None).unwrap();
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].stack, "todo-chatbot");
+        assert_eq!(t[0].namespace.as_deref(), Some("todo-chatbot"));
+        assert_eq!(t[0].context.as_deref(), Some("minikube"));
+    }
+}

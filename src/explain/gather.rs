@@ -1,0 +1,629 @@
+//! Evidence gathering for `converge explain`: reads (never writes) the component's workloads,
+//! newest ReplicaSet, Pods, Events, log tails, claims, StorageClasses, referenced Secrets (key
+//! names only) and, when a Pod is unschedulable, every node's room. Each request is bounded.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::core::v1::{Event, Node, PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::storage::v1::StorageClass as K8sStorageClass;
+use kube::api::{Api, ListParams, LogParams};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tracing::debug;
+
+use super::{EventLine, Evidence, LogTail, NodeRoom, SecretRef, StorageClass};
+use crate::cluster::{Cluster, ClusterError, REQUEST_TIMEOUT};
+use crate::status::{self, ComponentStatus};
+use crate::vocabulary::{LABEL_COMPONENT, LABEL_STACK};
+
+/// How many log lines of a failing container are read.
+pub const LOG_LINES: i64 = 30;
+/// How long one log read may take (kubelet endpoints can hang when a node is unhealthy).
+pub const LOG_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many recent Events are kept per component.
+pub const EVENTS: usize = 25;
+
+/// What to explain.
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    /// The stack's name.
+    pub stack: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Only this component; every component when `None`.
+    pub component: Option<String>,
+    /// Components the desired state names, with their Secret references (when it could be read).
+    pub desired: BTreeMap<String, Vec<SecretRef>>,
+}
+
+/// Failures gathering evidence.
+#[derive(Debug, thiserror::Error)]
+pub enum GatherError {
+    /// The cluster failed.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// The component is known neither to the desired state nor to the cluster.
+    #[error("stack {stack} has no component `{name}` (known: {})", if known.is_empty() { "none".to_string() } else { known.join(", ") })]
+    UnknownComponent {
+        /// The stack.
+        stack: String,
+        /// The name asked for.
+        name: String,
+        /// The components that exist.
+        known: Vec<String>,
+    },
+}
+
+async fn bounded<T>(
+    what: String,
+    fut: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, ClusterError> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(source)) => Err(ClusterError::Api {
+            action: "reading",
+            object: what,
+            source,
+        }),
+        Err(_) => Err(ClusterError::Timeout {
+            action: "reading",
+            object: what,
+        }),
+    }
+}
+
+async fn list<K>(api: &Api<K>, lp: &ListParams, what: &str) -> Result<Vec<Value>, ClusterError>
+where
+    K: kube::Resource + Clone + DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let items = bounded(what.to_string(), api.list(lp)).await?.items;
+    Ok(items
+        .iter()
+        .filter_map(|i| serde_json::to_value(i).ok())
+        .collect())
+}
+
+fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
+    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+}
+
+/// `k=v,k=v` of a workload's `spec.selector.matchLabels`.
+pub fn selector_of(workload: &Value) -> Option<String> {
+    let labels = workload
+        .pointer("/spec/selector/matchLabels")?
+        .as_object()?;
+    if labels.is_empty() {
+        return None;
+    }
+    Some(
+        labels
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+            .collect::<Vec<_>>()
+            .join(","),
+    )
+}
+
+/// Drops literal env values (they may be configuration a person would rather not paste);
+/// names and Secret/ConfigMap references stay.
+pub fn redact_env(pod: &mut Value) {
+    for list in ["/spec/containers", "/spec/initContainers"] {
+        if let Some(cs) = pod.pointer_mut(list).and_then(Value::as_array_mut) {
+            for c in cs {
+                if let Some(env) = c.get_mut("env").and_then(Value::as_array_mut) {
+                    for e in env {
+                        if let Some(o) = e.as_object_mut() {
+                            if o.remove("value").is_some() {
+                                o.insert("value".into(), Value::String("<set>".into()));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let Some(m) = pod.pointer_mut("/metadata").and_then(Value::as_object_mut) {
+        m.remove("managedFields");
+    }
+}
+
+/// Secret references of a Pod spec: `env[].valueFrom.secretKeyRef` and `envFrom[].secretRef`.
+pub fn secret_refs(pod_spec: &Value) -> Vec<SecretRef> {
+    let mut out = Vec::new();
+    for list in ["containers", "initContainers"] {
+        for c in pod_spec
+            .get(list)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            for e in c.get("env").and_then(Value::as_array).into_iter().flatten() {
+                if let Some(r) = e.pointer("/valueFrom/secretKeyRef") {
+                    out.push(SecretRef {
+                        secret: text(r, "/name").into(),
+                        key: text(r, "/key").into(),
+                        optional: r.get("optional").and_then(Value::as_bool).unwrap_or(false),
+                    });
+                }
+            }
+            for e in c
+                .get("envFrom")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(r) = e.get("secretRef") {
+                    out.push(SecretRef {
+                        secret: text(r, "/name").into(),
+                        key: String::new(),
+                        optional: r.get("optional").and_then(Value::as_bool).unwrap_or(false),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+fn event_line(e: &Value) -> EventLine {
+    let last = [
+        "/lastTimestamp",
+        "/eventTime",
+        "/firstTimestamp",
+        "/metadata/creationTimestamp",
+    ]
+    .iter()
+    .map(|p| text(e, p))
+    .find(|t| !t.is_empty())
+    .unwrap_or("")
+    .to_string();
+    EventLine {
+        object: format!(
+            "{}/{}",
+            text(e, "/involvedObject/kind"),
+            text(e, "/involvedObject/name")
+        ),
+        kind: text(e, "/type").into(),
+        reason: text(e, "/reason").into(),
+        message: text(e, "/message").trim().into(),
+        count: e.get("count").and_then(Value::as_i64).unwrap_or(1),
+        last,
+    }
+}
+
+/// Whether a container status is worth a log read: crashing, restarted or terminated.
+fn failing_container(cs: &Value) -> bool {
+    text(cs, "/state/waiting/reason") == "CrashLoopBackOff"
+        || cs.get("restartCount").and_then(Value::as_i64).unwrap_or(0) > 0
+        || cs.pointer("/state/terminated").is_some()
+}
+
+/// Gathers the evidence for every component of `target` (or the one it names).
+pub async fn gather(cluster: &Cluster, target: &Target) -> Result<Vec<Evidence>, GatherError> {
+    let client = cluster.client().clone();
+    let ns = target.namespace.as_str();
+    let recorded: Vec<ComponentStatus> = status::load(&client, ns, &target.stack)
+        .await?
+        .map(|s| s.components)
+        .unwrap_or_default();
+    let stack_sel = format!("{LABEL_STACK}={}", target.stack);
+    let deployments = list(
+        &Api::<Deployment>::namespaced(client.clone(), ns),
+        &ListParams::default().labels(&stack_sel),
+        &format!("deployments in {ns}"),
+    )
+    .await?;
+    let statefulsets = list(
+        &Api::<StatefulSet>::namespaced(client.clone(), ns),
+        &ListParams::default().labels(&stack_sel),
+        &format!("statefulsets in {ns}"),
+    )
+    .await?;
+    let workloads: Vec<Value> = deployments.into_iter().chain(statefulsets).collect();
+    let component_of = |w: &Value| -> String {
+        w.pointer("/metadata/labels")
+            .and_then(|l| l.get(LABEL_COMPONENT))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let mut known: BTreeSet<String> = target.desired.keys().cloned().collect();
+    known.extend(recorded.iter().map(|c| c.name.clone()));
+    known.extend(workloads.iter().map(component_of).filter(|c| !c.is_empty()));
+    let names: Vec<String> = match &target.component {
+        Some(c) if known.contains(c) => vec![c.clone()],
+        Some(c) => {
+            return Err(GatherError::UnknownComponent {
+                stack: target.stack.clone(),
+                name: c.clone(),
+                known: known.into_iter().collect(),
+            })
+        }
+        None => known.into_iter().collect(),
+    };
+    let events = list(
+        &Api::<Event>::namespaced(client.clone(), ns),
+        &ListParams::default(),
+        &format!("events in {ns}"),
+    )
+    .await?;
+    let mut out = Vec::new();
+    for name in names {
+        let mut ev = Evidence {
+            stack: target.stack.clone(),
+            namespace: ns.into(),
+            component: name.clone(),
+            recorded: recorded.iter().find(|c| c.name == name).cloned(),
+            ..Evidence::default()
+        };
+        ev.workloads = workloads
+            .iter()
+            .filter(|w| component_of(w) == name)
+            .cloned()
+            .map(|mut w| {
+                redact_env_template(&mut w);
+                w
+            })
+            .collect();
+        gather_component(cluster, target, &mut ev, &events).await?;
+        out.push(ev);
+    }
+    Ok(out)
+}
+
+fn redact_env_template(workload: &mut Value) {
+    if let Some(m) = workload
+        .pointer_mut("/metadata")
+        .and_then(Value::as_object_mut)
+    {
+        m.remove("managedFields");
+        if let Some(a) = m.get_mut("annotations").and_then(Value::as_object_mut) {
+            a.remove(crate::vocabulary::LAST_APPLIED);
+        }
+    }
+    if let Some(t) = workload.pointer_mut("/spec/template") {
+        redact_env(t);
+    }
+}
+
+async fn gather_component(
+    cluster: &Cluster,
+    target: &Target,
+    ev: &mut Evidence,
+    events: &[Value],
+) -> Result<(), ClusterError> {
+    let client = cluster.client().clone();
+    let ns = ev.namespace.clone();
+    let pods_api = Api::<Pod>::namespaced(client.clone(), &ns);
+    let mut claim_names: BTreeSet<String> = BTreeSet::new();
+    let mut refs: BTreeSet<SecretRef> = target
+        .desired
+        .get(&ev.component)
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    for w in ev.workloads.clone() {
+        let Some(sel) = selector_of(&w) else {
+            continue;
+        };
+        if let Some(spec) = w.pointer("/spec/template/spec") {
+            refs.extend(secret_refs(spec));
+        }
+        if text(&w, "/kind") == "Deployment" {
+            let rss = list(
+                &Api::<ReplicaSet>::namespaced(client.clone(), &ns),
+                &ListParams::default().labels(&sel),
+                &format!("replicasets in {ns}"),
+            )
+            .await?;
+            let rev = |r: &Value| -> i64 {
+                text(
+                    r,
+                    "/metadata/annotations/deployment.kubernetes.io~1revision",
+                )
+                .parse()
+                .unwrap_or(0)
+            };
+            if let Some(newest) = rss.into_iter().max_by_key(rev) {
+                let mut newest = newest;
+                redact_env_template(&mut newest);
+                ev.replica_set = Some(newest);
+            }
+        } else {
+            // A StatefulSet's claims exist before (or without) its Pods.
+            let replicas = w
+                .pointer("/spec/replicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
+            for t in w
+                .pointer("/spec/volumeClaimTemplates")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                for i in 0..replicas.max(0) {
+                    claim_names.insert(format!(
+                        "{}-{}-{i}",
+                        text(t, "/metadata/name"),
+                        text(&w, "/metadata/name")
+                    ));
+                }
+            }
+        }
+        let pods = list(
+            &pods_api,
+            &ListParams::default().labels(&sel),
+            &format!("pods in {ns}"),
+        )
+        .await?;
+        for mut p in pods {
+            for v in p
+                .pointer("/spec/volumes")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let c = text(v, "/persistentVolumeClaim/claimName");
+                if !c.is_empty() {
+                    claim_names.insert(c.to_string());
+                }
+            }
+            redact_env(&mut p);
+            ev.pods.push(p);
+        }
+    }
+    // Events about anything above, oldest first.
+    let mut names: BTreeSet<String> = BTreeSet::new();
+    for v in ev
+        .workloads
+        .iter()
+        .chain(ev.replica_set.iter())
+        .chain(ev.pods.iter())
+    {
+        names.insert(text(v, "/metadata/name").to_string());
+    }
+    names.extend(claim_names.iter().cloned());
+    let mut lines: Vec<EventLine> = events
+        .iter()
+        .filter(|e| names.contains(text(e, "/involvedObject/name")))
+        .map(event_line)
+        .collect();
+    lines.sort_by(|a, b| a.last.cmp(&b.last));
+    let skip = lines.len().saturating_sub(EVENTS);
+    ev.events = lines.into_iter().skip(skip).collect();
+
+    // Log tails of failing containers.
+    for p in ev.pods.clone() {
+        let pod = text(&p, "/metadata/name").to_string();
+        for cs in p
+            .pointer("/status/containerStatuses")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|cs| failing_container(cs))
+        {
+            let container = text(cs, "/name").to_string();
+            if let Some(tail) = log_tail(&pods_api, &pod, &container).await {
+                ev.logs.push(tail);
+            }
+        }
+    }
+
+    // Claims, and the storage classes when one is pending.
+    let claims_api = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns);
+    for c in &claim_names {
+        if let Some(claim) =
+            bounded(format!("PersistentVolumeClaim/{c}"), claims_api.get_opt(c)).await?
+        {
+            if let Ok(mut v) = serde_json::to_value(&claim) {
+                if let Some(m) = v.pointer_mut("/metadata").and_then(Value::as_object_mut) {
+                    m.remove("managedFields");
+                }
+                ev.claims.push(v);
+            }
+        }
+    }
+    if ev
+        .claims
+        .iter()
+        .any(|c| text(c, "/status/phase") == "Pending")
+    {
+        let classes = list(
+            &Api::<K8sStorageClass>::all(client.clone()),
+            &ListParams::default(),
+            "storageclasses",
+        )
+        .await?;
+        ev.storage_classes = classes
+            .iter()
+            .map(|c| StorageClass {
+                name: text(c, "/metadata/name").into(),
+                default: text(
+                    c,
+                    "/metadata/annotations/storageclass.kubernetes.io~1is-default-class",
+                ) == "true",
+                provisioner: text(c, "/provisioner").into(),
+            })
+            .collect();
+    }
+
+    // Secrets: key names only, never values.
+    let secrets_api = Api::<Secret>::namespaced(client.clone(), &ns);
+    ev.secret_refs = refs.into_iter().collect();
+    for name in ev
+        .secret_refs
+        .iter()
+        .map(|r| r.secret.clone())
+        .collect::<BTreeSet<_>>()
+    {
+        let secret = bounded(format!("Secret/{name}"), secrets_api.get_opt(&name)).await?;
+        let keys = secret.map(|s| {
+            let mut k: Vec<String> = s.data.map(|d| d.into_keys().collect()).unwrap_or_default();
+            k.extend(
+                s.string_data
+                    .map(|d| d.into_keys().collect::<Vec<_>>())
+                    .unwrap_or_default(),
+            );
+            k.sort();
+            k
+        });
+        ev.secrets.insert(name, keys);
+    }
+
+    // Room on the nodes, when the scheduler found none.
+    let unschedulable = ev.pods.iter().any(|p| {
+        p.pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|cs| cs.iter().any(|c| text(c, "/reason") == "Unschedulable"))
+    });
+    if unschedulable {
+        ev.nodes = node_room(&client).await?;
+    }
+    Ok(())
+}
+
+async fn log_tail(api: &Api<Pod>, pod: &str, container: &str) -> Option<LogTail> {
+    for previous in [true, false] {
+        let lp = LogParams {
+            container: Some(container.to_string()),
+            tail_lines: Some(LOG_LINES),
+            previous,
+            ..LogParams::default()
+        };
+        match tokio::time::timeout(LOG_TIMEOUT, api.logs(pod, &lp)).await {
+            Ok(Ok(text)) if !text.trim().is_empty() => {
+                let lines: Vec<String> = text.lines().map(str::to_string).collect();
+                let skip = lines.len().saturating_sub(LOG_LINES as usize);
+                return Some(LogTail {
+                    pod: pod.into(),
+                    container: container.into(),
+                    previous,
+                    lines: lines.into_iter().skip(skip).collect(),
+                });
+            }
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => debug!(pod, container, previous, error = %e, "no log"),
+            Err(_) => debug!(pod, container, previous, "log read timed out"),
+        }
+    }
+    None
+}
+
+/// Every node's allocatable CPU and memory and what the Pods on it already request.
+pub async fn node_room(client: &kube::Client) -> Result<Vec<NodeRoom>, ClusterError> {
+    let nodes = list(
+        &Api::<Node>::all(client.clone()),
+        &ListParams::default(),
+        "nodes",
+    )
+    .await?;
+    let pods = list(
+        &Api::<Pod>::all(client.clone()),
+        &ListParams::default().fields("status.phase!=Succeeded,status.phase!=Failed"),
+        "pods in every namespace",
+    )
+    .await?;
+    Ok(room(&nodes, &pods))
+}
+
+/// Pure: nodes' allocatable minus the requests of the Pods bound to them.
+pub fn room(nodes: &[Value], pods: &[Value]) -> Vec<NodeRoom> {
+    let q = |v: &Value, p: &str| -> f64 {
+        v.pointer(p)
+            .and_then(Value::as_str)
+            .and_then(|t| crate::desired::quantity::Quantity::parse(t).ok())
+            .map(|q| q.as_f64())
+            .unwrap_or(0.0)
+    };
+    nodes
+        .iter()
+        .map(|n| {
+            let name = text(n, "/metadata/name").to_string();
+            let (mut cpu, mut mem) = (0, 0);
+            for p in pods.iter().filter(|p| text(p, "/spec/nodeName") == name) {
+                let (c, m) = super::rules::pod_requests(p);
+                cpu += c;
+                mem += m;
+            }
+            NodeRoom {
+                allocatable_cpu_milli: (q(n, "/status/allocatable/cpu") * 1000.0).round() as i64,
+                allocatable_memory: q(n, "/status/allocatable/memory").round() as i64,
+                requested_cpu_milli: cpu,
+                requested_memory: mem,
+                name,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn secret_references_come_from_env_and_env_from() {
+        let spec = json!({"containers": [{"name": "a",
+            "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+                    {"name": "Y", "valueFrom": {"secretKeyRef": {"name": "s", "key": "o", "optional": true}}},
+                    {"name": "Z", "value": "plain"}],
+            "envFrom": [{"secretRef": {"name": "all"}}]}]});
+        assert_eq!(
+            secret_refs(&spec),
+            [
+                SecretRef {
+                    secret: "s".into(),
+                    key: "k".into(),
+                    optional: false
+                },
+                SecretRef {
+                    secret: "s".into(),
+                    key: "o".into(),
+                    optional: true
+                },
+                SecretRef {
+                    secret: "all".into(),
+                    key: String::new(),
+                    optional: false
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn literal_env_values_are_redacted_from_the_evidence() {
+        let mut pod = json!({"metadata": {"name": "p", "managedFields": []}, "spec": {"containers": [{"name": "a",
+            "env": [{"name": "Z", "value": "do-not-show"}, {"name": "X", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}]}});
+        redact_env(&mut pod);
+        let text = pod.to_string();
+        assert!(!text.contains("do-not-show"));
+        assert!(text.contains("secretKeyRef"));
+        assert!(pod.pointer("/metadata/managedFields").is_none());
+    }
+
+    #[test]
+    fn node_room_subtracts_the_requests_of_pods_bound_to_the_node() {
+        let nodes = vec![
+            json!({"metadata": {"name": "n"}, "status": {"allocatable": {"cpu": "4", "memory": "8Gi"}}}),
+        ];
+        let pods = vec![
+            json!({"spec": {"nodeName": "n", "containers": [{"resources": {"requests": {"cpu": "250m", "memory": "256Mi"}}}, {"resources": {"requests": {"cpu": "1"}}}]}}),
+            json!({"spec": {"nodeName": "other", "containers": [{"resources": {"requests": {"cpu": "2"}}}]}}),
+        ];
+        let r = room(&nodes, &pods);
+        assert_eq!(r[0].allocatable_cpu_milli, 4000);
+        assert_eq!(r[0].allocatable_memory, 8 << 30);
+        assert_eq!(r[0].requested_cpu_milli, 1250);
+        assert_eq!(r[0].requested_memory, 256 << 20);
+    }
+
+    #[test]
+    fn a_workload_selector_is_its_match_labels() {
+        let w = json!({"spec": {"selector": {"matchLabels": {"a": "1", "b": "2"}}}});
+        assert_eq!(selector_of(&w).as_deref(), Some("a=1,b=2"));
+        assert_eq!(selector_of(&json!({})), None);
+    }
+}

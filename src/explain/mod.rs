@@ -1,0 +1,150 @@
+//! Diagnosis (`converge explain`): what a person would look at for an unhealthy component — the
+//! rollout's conditions, the newest ReplicaSet, each failing Pod's state and last termination,
+//! recent Events, the failing container's log tail, its claims, Secrets and the nodes' room — and
+//! pure rules that turn that evidence into a short diagnosis with a concrete next step.
+//!
+//! Gathering ([`gather`]) only reads the cluster; the rules ([`rules`]) are pure functions over
+//! [`Evidence`], unit-tested on JSON fixtures. Secret values are never read into the evidence:
+//! only Secret names and key names are. Like `reconcile`, this module sits above `cluster` and
+//! `desired` and may use both; nothing below it imports it.
+
+pub mod gather;
+pub mod rules;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::Value;
+
+pub use gather::{gather, GatherError, Target};
+pub use rules::diagnose;
+
+/// Everything gathered about one component, as plain data (serialised for `-o json` and `--ai`).
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Evidence {
+    /// The stack.
+    pub stack: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// The component.
+    pub component: String,
+    /// What converge recorded for the component (health, last error), when it has.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recorded: Option<crate::status::ComponentStatus>,
+    /// The component's Deployments and StatefulSets (metadata, spec summary, status).
+    pub workloads: Vec<Value>,
+    /// The newest ReplicaSet of a Deployment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica_set: Option<Value>,
+    /// The component's Pods (env values removed; names and references kept).
+    pub pods: Vec<Value>,
+    /// Recent Events about the workloads, ReplicaSet, Pods and claims, oldest first.
+    pub events: Vec<EventLine>,
+    /// Log tails of failing containers.
+    pub logs: Vec<LogTail>,
+    /// The claims the Pods use.
+    pub claims: Vec<Value>,
+    /// The cluster's StorageClasses.
+    pub storage_classes: Vec<StorageClass>,
+    /// Secret references the component needs (from its Pod template and the desired state).
+    pub secret_refs: Vec<SecretRef>,
+    /// The referenced Secrets: key names when the Secret exists, `None` when it does not.
+    pub secrets: BTreeMap<String, Option<Vec<String>>>,
+    /// Room on each node (gathered only when a Pod is unschedulable).
+    pub nodes: Vec<NodeRoom>,
+}
+
+/// One Event, trimmed to what a person reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct EventLine {
+    /// `Kind/name` of the object it is about.
+    pub object: String,
+    /// `Normal` or `Warning`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The reason (`FailedScheduling`, `Unhealthy`…).
+    pub reason: String,
+    /// The message.
+    pub message: String,
+    /// How many times it happened.
+    pub count: i64,
+    /// When it last happened (RFC 3339), when known.
+    pub last: String,
+}
+
+/// The last lines a container wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LogTail {
+    /// The Pod.
+    pub pod: String,
+    /// The container.
+    pub container: String,
+    /// Whether these are the previous (crashed) instance's lines.
+    pub previous: bool,
+    /// The lines, oldest first (at most [`gather::LOG_LINES`]).
+    pub lines: Vec<String>,
+}
+
+/// A StorageClass, for claims that wait for one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StorageClass {
+    /// Its name.
+    pub name: String,
+    /// Whether it is the cluster's default.
+    pub default: bool,
+    /// Its provisioner.
+    pub provisioner: String,
+}
+
+/// A reference from an environment variable to a Secret's key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct SecretRef {
+    /// The Secret.
+    pub secret: String,
+    /// The key; empty for `envFrom` (the whole Secret).
+    pub key: String,
+    /// Whether the Pod starts without it.
+    pub optional: bool,
+}
+
+/// Allocatable resources of a node and what Pods already request there.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRoom {
+    /// The node.
+    pub name: String,
+    /// Allocatable CPU, in millicores.
+    pub allocatable_cpu_milli: i64,
+    /// Allocatable memory, in bytes.
+    pub allocatable_memory: i64,
+    /// CPU requested by the Pods already on it, in millicores.
+    pub requested_cpu_milli: i64,
+    /// Memory requested by the Pods already on it, in bytes.
+    pub requested_memory: i64,
+}
+
+/// A short diagnosis with the evidence it rests on and what to do next.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Diagnosis {
+    /// The component.
+    pub component: String,
+    /// Which rule matched (`ImageNotPresent`, `CrashLoopBackOff`, `MissingSecret`,
+    /// `Unschedulable`, `ReadinessProbeFailing`, `ClaimPending`, `OOMKilled`, `Healthy`,
+    /// `Unknown`).
+    pub rule: String,
+    /// One line: what is wrong.
+    pub summary: String,
+    /// The facts it rests on, one per line.
+    pub evidence: Vec<String>,
+    /// The concrete next step.
+    pub next_step: String,
+}
+
+impl Diagnosis {
+    /// Whether this diagnosis is a problem (anything but `Healthy`).
+    pub fn is_problem(&self) -> bool {
+        self.rule != rules::HEALTHY
+    }
+}

@@ -1,0 +1,594 @@
+//! Teardown (`converge down`): delete everything a stack's in-cluster inventory names, in reverse
+//! apply order, wait until each group is gone, then the inventory and — last — the status record.
+//!
+//! It needs only the namespace and the stack's name, never the desired state, so a stack whose
+//! directory was deleted from the repository can still be taken down. It never deletes
+//! PersistentVolumeClaims (nor a Namespace, which would take its claims with it) unless asked to,
+//! and never touches objects outside the inventory except the stack's own leftover hook Jobs and,
+//! with volumes, the claims a StatefulSet of the inventory created from its templates.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::Scope;
+use kube::runtime::wait::{await_condition, conditions};
+use serde::Serialize;
+use serde_json::Value;
+use tracing::{info, warn};
+
+use crate::cluster::inventory::{self, Inventory};
+use crate::cluster::{order, Cluster, ClusterError, ObjectKey, REQUEST_TIMEOUT};
+use crate::vocabulary::{inventory_name, status_name, LABEL_STACK};
+
+/// How a teardown behaves.
+#[derive(Debug, Clone, Copy)]
+pub struct TeardownOptions {
+    /// Also delete PersistentVolumeClaims (those in the inventory and those a StatefulSet made
+    /// from its volumeClaimTemplates) and a Namespace the inventory names.
+    pub volumes: bool,
+    /// How long the whole teardown may wait for objects to be gone.
+    pub timeout: Duration,
+}
+
+impl Default for TeardownOptions {
+    fn default() -> Self {
+        Self {
+            volumes: false,
+            timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The pure teardown decision: groups of objects to delete, in order, and what stays.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TeardownPlan {
+    /// Groups of one apply rank each, the highest rank (applied last) first.
+    pub groups: Vec<Vec<ObjectKey>>,
+    /// Objects that stay, with why.
+    pub keep: Vec<(ObjectKey, String)>,
+    /// A Namespace to delete after the status record (only with volumes).
+    pub namespaces: Vec<ObjectKey>,
+}
+
+/// Why a volume stays.
+pub const KEEP_VOLUME: &str = "volumes hold data; re-run with --volumes to delete them";
+/// Why a namespace stays.
+pub const KEEP_NAMESPACE: &str =
+    "deleting a namespace deletes its volumes; re-run with --volumes to delete it";
+
+/// Orders the inventory for deletion: reverse apply order (workloads before the Services,
+/// claims, ConfigMaps and accounts they use), claims and namespaces only with `volumes`.
+pub fn plan(inv: &Inventory, volumes: bool) -> TeardownPlan {
+    let mut by_rank: BTreeMap<u8, Vec<ObjectKey>> = BTreeMap::new();
+    let mut out = TeardownPlan::default();
+    for key in inv.keys() {
+        match key.kind.as_str() {
+            "PersistentVolumeClaim" if !volumes => {
+                out.keep.push((key.clone(), KEEP_VOLUME.into()));
+            }
+            "Namespace" if !volumes => out.keep.push((key.clone(), KEEP_NAMESPACE.into())),
+            "Namespace" => out.namespaces.push(key.clone()),
+            _ => by_rank
+                .entry(order::rank(&key.kind))
+                .or_default()
+                .push(key.clone()),
+        }
+    }
+    out.groups = by_rank.into_values().rev().collect();
+    out
+}
+
+/// The claims a StatefulSet made from its volumeClaimTemplates: `<template>-<statefulset>-<n>`,
+/// picked from `claims` (names of the claims in its namespace).
+pub fn statefulset_claims(statefulset: &Value, claims: &[String]) -> Vec<String> {
+    let Some(name) = statefulset
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+    else {
+        return Vec::new();
+    };
+    let templates: Vec<&str> = statefulset
+        .pointer("/spec/volumeClaimTemplates")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.pointer("/metadata/name").and_then(Value::as_str))
+        .collect();
+    let mut out: Vec<String> = claims
+        .iter()
+        .filter(|c| {
+            templates.iter().any(|t| {
+                c.strip_prefix(&format!("{t}-{name}-"))
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            })
+        })
+        .cloned()
+        .collect();
+    out.sort();
+    out
+}
+
+/// What one teardown did.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DownReport {
+    /// The stack.
+    pub stack: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Nothing of the stack was in the cluster (a second `down`).
+    pub nothing_to_do: bool,
+    /// Objects deleted, in order.
+    pub deleted: Vec<String>,
+    /// Objects the inventory named that were already gone.
+    pub already_gone: Vec<String>,
+    /// Objects kept, with why.
+    pub kept: Vec<String>,
+    /// Whether the inventory and status record were removed.
+    pub records_removed: bool,
+    /// Every problem; when not empty, the inventory keeps what is left so `down` can be re-run.
+    pub errors: Vec<String>,
+    /// Wall time in milliseconds.
+    pub duration_ms: u64,
+}
+
+impl DownReport {
+    /// Whether everything asked for is gone.
+    pub fn complete(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+fn configmap_key(namespace: &str, name: String) -> ObjectKey {
+    ObjectKey {
+        group: String::new(),
+        version: "v1".into(),
+        kind: "ConfigMap".into(),
+        namespace: namespace.into(),
+        name,
+    }
+}
+
+/// Takes `stack` in `namespace` down: see the module documentation.
+pub async fn down(
+    cluster: &Cluster,
+    namespace: &str,
+    stack: &str,
+    opts: TeardownOptions,
+) -> DownReport {
+    let started = Instant::now();
+    let deadline = started + opts.timeout;
+    let mut report = DownReport {
+        stack: stack.into(),
+        namespace: namespace.into(),
+        ..DownReport::default()
+    };
+    let result = run(cluster, namespace, stack, opts, deadline, &mut report).await;
+    if let Err(e) = result {
+        report.errors.push(e.to_string());
+    }
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    report
+}
+
+async fn run(
+    cluster: &Cluster,
+    namespace: &str,
+    stack: &str,
+    opts: TeardownOptions,
+    deadline: Instant,
+    report: &mut DownReport,
+) -> Result<(), ClusterError> {
+    let inv_key = configmap_key(namespace, inventory_name(stack));
+    let status_key = configmap_key(namespace, status_name(stack));
+    let mut inv = inventory::load(cluster.client(), namespace, stack).await?;
+    let has_inventory = cluster.get(&inv_key).await?.is_some();
+    let has_status = cluster.get(&status_key).await?.is_some();
+    let hooks = leftover_jobs(cluster, namespace, stack, &inv).await?;
+    if !has_inventory && !has_status && inv.is_empty() && hooks.is_empty() {
+        report.nothing_to_do = true;
+        return Ok(());
+    }
+    let mut plan = plan(&inv, opts.volumes);
+    if !hooks.is_empty() {
+        let job_rank = order::rank("Job");
+        let at = plan
+            .groups
+            .iter()
+            .position(|g| g.first().is_some_and(|k| order::rank(&k.kind) <= job_rank));
+        match at {
+            Some(i) if plan.groups[i].first().map(|k| order::rank(&k.kind)) == Some(job_rank) => {
+                plan.groups[i].extend(hooks)
+            }
+            Some(i) => plan.groups.insert(i, hooks),
+            None => plan.groups.push(hooks),
+        }
+    }
+    for (key, why) in &plan.keep {
+        report.kept.push(format!("{key}: {why}"));
+    }
+    let mut claims: Vec<ObjectKey> = Vec::new();
+    for group in &plan.groups {
+        let is_claims = group
+            .first()
+            .is_some_and(|k| k.kind == "PersistentVolumeClaim");
+        let mut group = group.clone();
+        if is_claims {
+            group.append(&mut claims);
+        }
+        let mut waiting = Vec::new();
+        for key in &group {
+            if key.kind == "StatefulSet" {
+                let found = statefulset_claims_live(cluster, key).await?;
+                if opts.volumes {
+                    claims.extend(found);
+                } else {
+                    for c in found {
+                        report.kept.push(format!("{c}: {KEEP_VOLUME}"));
+                    }
+                }
+            }
+            match delete(cluster, key).await {
+                Ok(Some(uid)) => {
+                    info!(object = %key, "deleted");
+                    waiting.push((key.clone(), uid));
+                }
+                Ok(None) => {
+                    report.already_gone.push(key.to_string());
+                    inv.remove(key);
+                }
+                Err(e) => {
+                    warn!(object = %key, error = %e, "delete failed");
+                    report.errors.push(format!("deleting {key}: {e}"));
+                }
+            }
+        }
+        for (key, uid) in waiting {
+            match wait_gone(cluster, &key, &uid, deadline).await {
+                Ok(()) => {
+                    report.deleted.push(key.to_string());
+                    inv.remove(&key);
+                }
+                Err(e) => report.errors.push(e.to_string()),
+            }
+        }
+        if !report.errors.is_empty() {
+            break;
+        }
+    }
+    // Claims of a StatefulSet when the inventory had no claim group of its own.
+    if opts.volumes && !claims.is_empty() && report.errors.is_empty() {
+        for key in std::mem::take(&mut claims) {
+            match delete(cluster, &key).await {
+                Ok(Some(uid)) => match wait_gone(cluster, &key, &uid, deadline).await {
+                    Ok(()) => report.deleted.push(key.to_string()),
+                    Err(e) => report.errors.push(e.to_string()),
+                },
+                Ok(None) => report.already_gone.push(key.to_string()),
+                Err(e) => report.errors.push(format!("deleting {key}: {e}")),
+            }
+        }
+    }
+    if !report.errors.is_empty() {
+        // Keep what is left recorded, so a second `down` (or the next apply) finds it.
+        if has_inventory {
+            inventory::save(cluster.client(), namespace, stack, &inv).await?;
+        }
+        return Ok(());
+    }
+    // The records last: the inventory, then the status record.
+    for key in [&inv_key, &status_key] {
+        if let Some(uid) = delete(cluster, key).await? {
+            wait_gone(cluster, key, &uid, deadline).await?;
+        }
+    }
+    report.records_removed = true;
+    for key in &plan.namespaces {
+        if let Some(uid) = delete(cluster, key).await? {
+            wait_gone(cluster, key, &uid, deadline).await?;
+            report.deleted.push(key.to_string());
+        } else {
+            report.already_gone.push(key.to_string());
+        }
+    }
+    Ok(())
+}
+
+/// Jobs of the stack that the inventory does not name (Helm hooks converge ran).
+async fn leftover_jobs(
+    cluster: &Cluster,
+    namespace: &str,
+    stack: &str,
+    inv: &Inventory,
+) -> Result<Vec<ObjectKey>, ClusterError> {
+    let gvk = GroupVersionKind::gvk("batch", "v1", "Job");
+    let jobs = match cluster
+        .list(&gvk, namespace, &format!("{LABEL_STACK}={stack}"))
+        .await
+    {
+        Ok(j) => j,
+        Err(ClusterError::UnknownKind { .. }) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    Ok(jobs
+        .iter()
+        .filter_map(ObjectKey::of)
+        .filter(|k| inv.get(k).is_none())
+        .collect())
+}
+
+async fn statefulset_claims_live(
+    cluster: &Cluster,
+    key: &ObjectKey,
+) -> Result<Vec<ObjectKey>, ClusterError> {
+    let Some(sts) = cluster.get(key).await? else {
+        return Ok(Vec::new());
+    };
+    let sts = serde_json::to_value(&sts).unwrap_or(Value::Null);
+    let api: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(cluster.client().clone(), &key.namespace);
+    let what = format!("persistentvolumeclaims in {}", key.namespace);
+    let list = match tokio::time::timeout(REQUEST_TIMEOUT, api.list(&ListParams::default())).await {
+        Err(_) => {
+            return Err(ClusterError::Timeout {
+                action: "listing",
+                object: what,
+            })
+        }
+        Ok(Err(source)) => {
+            return Err(ClusterError::Api {
+                action: "listing",
+                object: what,
+                source,
+            })
+        }
+        Ok(Ok(l)) => l,
+    };
+    let names: Vec<String> = list
+        .items
+        .iter()
+        .filter_map(|c| c.metadata.name.clone())
+        .collect();
+    Ok(statefulset_claims(&sts, &names)
+        .into_iter()
+        .map(|name| ObjectKey {
+            group: String::new(),
+            version: "v1".into(),
+            kind: "PersistentVolumeClaim".into(),
+            namespace: key.namespace.clone(),
+            name,
+        })
+        .collect())
+}
+
+async fn api_for(cluster: &Cluster, key: &ObjectKey) -> Result<Api<DynamicObject>, ClusterError> {
+    let (ar, caps) = cluster.resolve(&key.gvk()).await?;
+    Ok(match caps.scope {
+        Scope::Namespaced => Api::namespaced_with(cluster.client().clone(), &key.namespace, &ar),
+        Scope::Cluster => Api::all_with(cluster.client().clone(), &ar),
+    })
+}
+
+/// Deletes one object with foreground propagation (so it is gone only once what it owns is);
+/// returns its uid, or `None` when it was already gone (or its kind no longer exists).
+async fn delete(cluster: &Cluster, key: &ObjectKey) -> Result<Option<String>, ClusterError> {
+    let api = match api_for(cluster, key).await {
+        Ok(a) => a,
+        Err(ClusterError::UnknownKind { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    match tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        api.delete(&key.name, &DeleteParams::foreground()),
+    )
+    .await
+    {
+        Err(_) => Err(ClusterError::Timeout {
+            action: "deleting",
+            object: key.to_string(),
+        }),
+        // The object (still finalizing) or a Status (already gone): an empty uid means "check".
+        Ok(Ok(answer)) => Ok(Some(
+            answer
+                .left()
+                .and_then(|o| o.metadata.uid)
+                .unwrap_or_default(),
+        )),
+        Ok(Err(kube::Error::Api(s))) if s.code == 404 => Ok(None),
+        Ok(Err(source)) => Err(ClusterError::Api {
+            action: "deleting",
+            object: key.to_string(),
+            source,
+        }),
+    }
+}
+
+/// Waits (a watch, bounded by `deadline`) until the object with `uid` is gone.
+async fn wait_gone(
+    cluster: &Cluster,
+    key: &ObjectKey,
+    uid: &str,
+    deadline: Instant,
+) -> Result<(), ClusterError> {
+    let api = api_for(cluster, key).await?;
+    let left = deadline.saturating_duration_since(Instant::now());
+    let timeout = || ClusterError::Timeout {
+        action: "waiting for the deletion of",
+        object: key.to_string(),
+    };
+    let uid = if uid.is_empty() {
+        // Deleted at once (a Status answer): check it is gone.
+        match tokio::time::timeout(REQUEST_TIMEOUT, api.get_opt(&key.name)).await {
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Ok(Some(o))) => o.metadata.uid.unwrap_or_default(),
+            Ok(Err(source)) => {
+                return Err(ClusterError::Api {
+                    action: "reading",
+                    object: key.to_string(),
+                    source,
+                })
+            }
+            Err(_) => return Err(timeout()),
+        }
+    } else {
+        uid.to_string()
+    };
+    match tokio::time::timeout(
+        left,
+        await_condition(api, &key.name, conditions::is_deleted(&uid)),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(ClusterError::Invalid {
+            object: key.to_string(),
+            message: format!("watching for its deletion failed: {e}"),
+        }),
+        Err(_) => Err(timeout()),
+    }
+}
+
+/// Finds the namespaces holding converge's records of `stack` (for `down` without a repository).
+pub async fn find_stack(cluster: &Cluster, stack: &str) -> Result<Vec<String>, ClusterError> {
+    let api: Api<ConfigMap> = Api::all(cluster.client().clone());
+    let lp = ListParams::default().labels(&format!("{LABEL_STACK}={stack}"));
+    let what = format!("converge records of stack {stack}");
+    let list = match tokio::time::timeout(REQUEST_TIMEOUT, api.list(&lp)).await {
+        Err(_) => {
+            return Err(ClusterError::Timeout {
+                action: "listing",
+                object: what,
+            })
+        }
+        Ok(Err(source)) => {
+            return Err(ClusterError::Api {
+                action: "listing",
+                object: what,
+                source,
+            })
+        }
+        Ok(Ok(l)) => l,
+    };
+    let wanted = [inventory_name(stack), status_name(stack)];
+    let mut out: Vec<String> = list
+        .items
+        .into_iter()
+        .filter(|c| c.metadata.name.as_ref().is_some_and(|n| wanted.contains(n)))
+        .filter_map(|c| c.metadata.namespace)
+        .collect();
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::inventory::Record;
+    use serde_json::json;
+
+    fn k(kind: &str, name: &str) -> ObjectKey {
+        ObjectKey {
+            group: String::new(),
+            version: "v1".into(),
+            kind: kind.into(),
+            namespace: "ns".into(),
+            name: name.into(),
+        }
+    }
+
+    fn inv(keys: &[ObjectKey]) -> Inventory {
+        let mut i = Inventory::default();
+        for key in keys {
+            i.insert(key.clone(), Record::default());
+        }
+        i
+    }
+
+    #[test]
+    fn teardown_deletes_workloads_before_what_they_use_and_keeps_volumes() {
+        let all = [
+            k("ConfigMap", "config"),
+            k("Service", "web"),
+            k("Deployment", "web"),
+            k("PersistentVolumeClaim", "data"),
+            k("StatefulSet", "db"),
+            k("ServiceAccount", "web"),
+            k("Ingress", "web"),
+        ];
+        let p = plan(&inv(&all), false);
+        let kinds: Vec<Vec<&str>> = p
+            .groups
+            .iter()
+            .map(|g| g.iter().map(|k| k.kind.as_str()).collect())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                vec!["Ingress"],
+                vec!["Deployment"],
+                vec!["StatefulSet"],
+                vec!["Service"],
+                vec!["ConfigMap"],
+                vec!["ServiceAccount"]
+            ]
+        );
+        assert_eq!(p.keep.len(), 1);
+        assert_eq!(p.keep[0].0, k("PersistentVolumeClaim", "data"));
+    }
+
+    #[test]
+    fn with_volumes_claims_go_after_the_statefulset_and_the_namespace_after_everything() {
+        let all = [
+            k("PersistentVolumeClaim", "data"),
+            k("StatefulSet", "db"),
+            k("Namespace", "ns"),
+        ];
+        let p = plan(&inv(&all), true);
+        assert!(p.keep.is_empty());
+        assert_eq!(
+            p.groups,
+            vec![
+                vec![k("StatefulSet", "db")],
+                vec![k("PersistentVolumeClaim", "data")]
+            ]
+        );
+        assert_eq!(p.namespaces, vec![k("Namespace", "ns")]);
+    }
+
+    #[test]
+    fn without_volumes_a_namespace_in_the_inventory_stays() {
+        let p = plan(&inv(&[k("Namespace", "ns")]), false);
+        assert!(p.groups.is_empty() && p.namespaces.is_empty());
+        assert_eq!(p.keep[0].1, KEEP_NAMESPACE);
+    }
+
+    #[test]
+    fn an_empty_inventory_plans_nothing() {
+        assert_eq!(plan(&Inventory::default(), true), TeardownPlan::default());
+    }
+
+    #[test]
+    fn statefulset_claims_are_the_templates_ordinals_only() {
+        let sts = json!({"metadata": {"name": "todo-postgres"},
+            "spec": {"volumeClaimTemplates": [{"metadata": {"name": "data"}}]}});
+        let claims: Vec<String> = [
+            "data-todo-postgres-0",
+            "data-todo-postgres-1",
+            "data-todo-postgres-x",
+            "data-other-0",
+            "logs-todo-postgres-0",
+            "data-todo-postgres-",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            statefulset_claims(&sts, &claims),
+            ["data-todo-postgres-0", "data-todo-postgres-1"]
+        );
+        assert!(statefulset_claims(&json!({}), &claims).is_empty());
+    }
+}
