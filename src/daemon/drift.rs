@@ -80,6 +80,7 @@ impl Seen {
 
 /// The newest field manager of a spec/metadata change (status writes are skipped); on a tie,
 /// someone other than converge wins, so a same-second hand edit is never mistaken for ours.
+/// Entries without a time (`kubectl scale` writes one) count as newest.
 pub fn newest_manager(meta: &ObjectMeta) -> Option<String> {
     meta.managed_fields
         .as_ref()?
@@ -87,7 +88,11 @@ pub fn newest_manager(meta: &ObjectMeta) -> Option<String> {
         .filter(|f| f.subresource.as_deref() != Some("status"))
         .filter_map(|f| {
             let m = f.manager.clone()?;
-            let t = f.time.as_ref().map(|t| t.0);
+            // The scale subresource records no time: count an entry without one as newest.
+            let t = f
+                .time
+                .as_ref()
+                .map_or(k8s_openapi::jiff::Timestamp::MAX, |t| t.0);
             Some((t, m != FIELD_MANAGER, m))
         })
         .max_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)))
@@ -157,6 +162,7 @@ impl DriftWatch {
             }
             let api: Api<PartialObjectMeta<DynamicObject>> =
                 Api::namespaced_with(cluster.client().clone(), namespace, &ar);
+            debug!(%stack, %namespace, %kind, "drift watch started");
             let task = tokio::spawn(watch_kind(api, stack.to_string(), kind.clone(), tx.clone()));
             self.tasks.insert(id, task);
         }
@@ -248,6 +254,7 @@ async fn watch_kind(
                         let _ = tx.send(drift(name, "unknown".into(), true)).await;
                     }
                 }
+                debug!(%stack, %kind, objects = listed.len(), "drift watch synced");
                 seen = listed;
                 synced = true;
                 Some(Note::Synced {
@@ -325,6 +332,18 @@ mod tests {
             "11",
             &[("converge", None, 0), ("kubectl", Some("scale"), 5)],
         );
+        assert_eq!(classify(Some(&prev), &now), Some("kubectl".into()));
+    }
+
+    #[test]
+    fn a_scale_entry_without_a_time_counts_as_newest() {
+        let prev = Seen::of(&meta(1, "10", &[("converge", None, 0)]));
+        let mut now = meta(
+            2,
+            "11",
+            &[("converge", None, 9), ("kubectl", Some("scale"), 0)],
+        );
+        now.managed_fields.as_mut().unwrap()[1].time = None;
         assert_eq!(classify(Some(&prev), &now), Some("kubectl".into()));
     }
 

@@ -48,6 +48,8 @@ use metrics::{Metrics, ResultLabel};
 const DISCOVER_DEPTH: usize = 50;
 /// How often the Lease is renewed.
 const LEASE_RENEW: Duration = Duration::from_secs(10);
+/// A reconcile older than this is preempted by a drift (see the drift branch of the loop).
+const PREEMPT_AFTER: Duration = Duration::from_secs(2);
 /// The loop's heartbeat when systemd asks for no watchdog.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
@@ -633,6 +635,14 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let _ref_watch = refs::watch(&dirs, refs_tx)?;
     let (drift_tx, mut drift_rx) = mpsc::channel::<Note>(256);
     let mut drift_watch = DriftWatch::default();
+    // Watch from the start, so drift during the first (possibly long) reconcile is not missed.
+    for t in &targets {
+        if let Ok(c) = clusters.get(cfg.kubeconfig.as_deref(), &t.context).await {
+            drift_watch
+                .ensure(&c, &t.stack, &t.namespace, &BTreeSet::new(), &drift_tx)
+                .await;
+        }
+    }
     let (lost_tx, mut lost_rx) = mpsc::channel::<String>(4);
     let mut renewers = Vec::new();
     for g in &leases {
@@ -662,6 +672,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         full: false,
     });
     let mut inflight: Option<Job> = None;
+    let mut inflight_since = Instant::now();
     let mut refs_deadline: Option<Instant> = None;
     let mut first_ref_event: Option<Instant> = None;
     let mut retry = Backoff::new(Duration::from_secs(2), cfg.retry_max);
@@ -739,6 +750,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                         overlay,
                     };
                     inflight = Some(Box::pin(job(input).instrument(span)));
+                    inflight_since = Instant::now();
                     sd::status("reconciling");
                 } else {
                     debug!(
@@ -916,6 +928,14 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                     let now = Instant::now();
                     let at = Instant::from_std(objects.admit(&format!("{}/{}", ev.stack, ev.object), now.into_std()));
                     if at <= now {
+                        // A reconcile that has run for a while is most likely waiting for health:
+                        // its applies are done, so dropping it loses nothing the next run does
+                        // not redo, and the drift is corrected now instead of after the wait.
+                        if inflight.is_some() && inflight_since.elapsed() >= PREEMPT_AFTER {
+                            inflight = None;
+                            metrics.reconcile(ResultLabel::Abandoned, inflight_since.elapsed());
+                            info!(object = %ev.object, "reconcile in flight preempted to correct drift now");
+                        }
                         merge(&mut pending, Trigger::Drift, false);
                     } else {
                         debug!(object = %ev.object, delay_ms = (at - now).as_millis() as u64, "drift correction delayed (per-object back-off)");
