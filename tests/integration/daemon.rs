@@ -235,7 +235,7 @@ fn env_version(d: &Deployment) -> String {
         .unwrap_or_default()
 }
 
-const CONVERGED: Duration = Duration::from_secs(60);
+const CONVERGED: Duration = Duration::from_secs(150);
 
 #[tokio::test]
 async fn a_new_commit_is_deployed_by_the_running_daemon() {
