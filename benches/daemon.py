@@ -1,0 +1,208 @@
+#!/usr/bin/env python3
+"""Figures for the daemon (issue 7), measured on the testbed with the real `converge run` process.
+
+    . /tmp/converge-testbed/env && cargo build --release --bin converge && python3 benches/daemon.py
+
+Prints, and writes as JSON to target/daemon-bench.json:
+  - commit-to-apply-start latency p50/p99 (git commit started -> the daemon's "apply started"
+    log line for that commit; builds excluded: the stack uses prebuilt image refs),
+  - warm no-op resync: how long the resync decision took and API requests sent (from /metrics),
+  - idle resident memory (VmRSS) with the stack managed,
+  - idle CPU over 60 s (utime+stime from /proc),
+  - drift-correction latency: the "drift: changed out of band" log line -> the replicas back,
+    and kubectl scale started -> replicas back as seen by polling.
+Environment: BENCH_COMMITS (default 20), BENCH_DRIFTS (5), BENCH_IDLE_S (60), CONVERGE_BIN.
+"""
+
+import datetime
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.environ.get("CONVERGE_BIN", os.path.join(ROOT, "target/release/converge"))
+KUBECTL = os.environ.get("CONVERGE_TESTBED_KUBECTL", "kubectl")
+HELM = os.environ.get("CONVERGE_TESTBED_HELM", "helm")
+COMMITS = int(os.environ.get("BENCH_COMMITS", "20"))
+DRIFTS = int(os.environ.get("BENCH_DRIFTS", "5"))
+IDLE_S = int(os.environ.get("BENCH_IDLE_S", "60"))
+
+
+def sh(*args, cwd=None, check=True):
+    return subprocess.run(args, cwd=cwd, check=check, capture_output=True, text=True).stdout.strip()
+
+
+def context():
+    return sh(KUBECTL, "config", "current-context")
+
+
+def ts(line):
+    t = json.loads(line)["timestamp"]
+    return datetime.datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp()
+
+
+class Daemon:
+    def __init__(self, repo):
+        env = dict(os.environ, CONVERGE_HELM=HELM)
+        env.pop("NOTIFY_SOCKET", None)
+        self.p = subprocess.Popen(
+            [BIN, "run", "--repo", repo, "--context", context(), "--log-format", "json",
+             "--log", "converge=debug", "--resync", "2s", "--timeout", "60s"],
+            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+        self.lines = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.p.stderr:
+            with self.lock:
+                self.lines.append(line.rstrip("\n"))
+
+    def find(self, *parts, since=0, timeout=120):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            with self.lock:
+                for i, l in enumerate(self.lines[since:], since):
+                    if all(p in l for p in parts):
+                        return i, l
+            time.sleep(0.01)
+        raise SystemExit(f"no log line with {parts} within {timeout}s")
+
+    def mark(self):
+        with self.lock:
+            return len(self.lines)
+
+
+def write_stack(repo, ns, version):
+    os.makedirs(os.path.join(repo, "desired"), exist_ok=True)
+    with open(os.path.join(repo, "desired/stack.yaml"), "w") as f:
+        f.write("apiVersion: converge.dev/v1alpha1\nkind: Stack\nname: bench\nnamespace: %s\n"
+                "values:\n  migrations:\n    enabled: false\n" % ns)
+    with open(os.path.join(repo, "desired/backend.yaml"), "w") as f:
+        f.write("apiVersion: converge.dev/v1alpha1\nkind: Component\nname: backend\nimage:\n"
+                "  ref: todo-backend:test\nreplicas: 1\nenv:\n  VERSION: \"%s\"\n" % version)
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def metric(addr, name):
+    text = urllib.request.urlopen(f"http://{addr}/metrics", timeout=5).read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def main():
+    if not os.path.exists(BIN):
+        raise SystemExit(f"{BIN} missing: cargo build --release --bin converge")
+    repo = tempfile.mkdtemp(prefix="converge-bench-")
+    ns = "bench-daemon-%d" % os.getpid()
+    out = {}
+    d = None
+    try:
+        sh("git", "init", "-q", "-b", "main", cwd=repo)
+        sh("git", "config", "user.email", "bench@converge.invalid", cwd=repo)
+        sh("git", "config", "user.name", "bench", cwd=repo)
+        shutil.copytree(os.path.join(ROOT, "charts/todo-chatbot"), os.path.join(repo, "charts/todo-chatbot"))
+        write_stack(repo, ns, "v0")
+        sh("git", "add", "-A", cwd=repo)
+        sh("git", "commit", "-qm", "stack", cwd=repo)
+        d = Daemon(repo)
+        d.find("ReconciliationSucceeded", timeout=180)
+        pid = d.p.pid
+
+        # Commit -> apply start.
+        lat = []
+        for i in range(1, COMMITS + 1):
+            write_stack(repo, ns, f"v{i}")
+            sh("git", "add", "-A", cwd=repo)
+            m = d.mark()
+            t0 = time.time()
+            sh("git", "commit", "-qm", f"v{i}", cwd=repo)
+            short = sh("git", "rev-parse", "--short=7", "HEAD", cwd=repo)
+            _, line = d.find("apply started", short, since=m)
+            lat.append((ts(line) - t0) * 1000)
+            d.find("unchanged", short, since=m, timeout=120)
+        out["commit_to_apply_start_ms"] = {"n": len(lat), "p50": round(statistics.median(lat), 1),
+                                           "p99": round(pct(lat, 99), 1), "max": round(max(lat), 1)}
+
+        # Warm no-op resync: --resync 2s; the watch cache proves nothing changed.
+        addr = json.load(open(os.path.join(repo, ".git/converge.lock")))["http"]
+        time.sleep(3)
+        before = metric(addr, "converge_api_requests_total")
+        skipped0 = metric(addr, "converge_resyncs_skipped_total")
+        m = d.mark()
+        took = []
+        for _ in range(3):
+            i, line = d.find("resync: nothing changed", since=m, timeout=30)
+            took.append(json.loads(line)["fields"].get("took_us", 0))
+            m = i + 1
+        after = metric(addr, "converge_api_requests_total")
+        out["warm_noop_resync"] = {"decision_us": took, "api_requests": after - before,
+                                   "skipped": metric(addr, "converge_resyncs_skipped_total") - skipped0}
+
+        # Idle memory and CPU.
+        tick = os.sysconf("SC_CLK_TCK")
+
+        def cpu():
+            f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            return (int(f[11]) + int(f[12])) / tick
+
+        rss = int(re.search(r"VmRSS:\s+(\d+)", open(f"/proc/{pid}/status").read()).group(1))
+        c0, w0 = cpu(), time.time()
+        time.sleep(IDLE_S)
+        c1, w1 = cpu(), time.time()
+        out["idle_rss_mib"] = round(rss / 1024, 1)
+        out["idle_cpu"] = {"seconds": round(c1 - c0, 3), "over_s": round(w1 - w0, 1),
+                           "percent": round(100 * (c1 - c0) / (w1 - w0), 3)}
+
+        # Drift correction.
+        seen, wall = [], []
+        deploy = "deployment/bench-todo-chatbot-backend"
+        for _ in range(DRIFTS):
+            time.sleep(2)
+            m = d.mark()
+            t0 = time.time()
+            sh(KUBECTL, "-n", ns, "scale", deploy, "--replicas=3")
+            _, ev = d.find("drift: changed out of band", since=m, timeout=30)
+            while sh(KUBECTL, "-n", ns, "get", deploy, "-o", "jsonpath={.spec.replicas}") != "1":
+                if time.time() - t0 > 30:
+                    raise SystemExit("drift not corrected within 30 s")
+            wall.append((time.time() - t0) * 1000)
+            _, done = d.find("drift corrected", since=m, timeout=30)
+            seen.append((ts(done) - ts(ev)) * 1000)
+        out["drift_correction_ms"] = {
+            "event_to_corrected_p50": round(statistics.median(seen), 1),
+            "event_to_corrected_max": round(max(seen), 1),
+            "kubectl_to_reverted_p50": round(statistics.median(wall), 1),
+            "kubectl_to_reverted_max": round(max(wall), 1)}
+    finally:
+        if d:
+            d.p.terminate()
+            try:
+                d.p.wait(15)
+            except subprocess.TimeoutExpired:
+                d.p.kill()
+        subprocess.run([KUBECTL, "delete", "namespace", ns, "--wait=false"], capture_output=True)
+        shutil.rmtree(repo, ignore_errors=True)
+    print(json.dumps(out, indent=2))
+    os.makedirs(os.path.join(ROOT, "target"), exist_ok=True)
+    with open(os.path.join(ROOT, "target/daemon-bench.json"), "w") as f:
+        json.dump(out, f, indent=2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
