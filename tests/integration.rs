@@ -23,3 +23,6 @@ mod engine;
 
 #[path = "integration/daemon.rs"]
 mod daemon;
+
+#[path = "integration/operate.rs"]
+mod operate;

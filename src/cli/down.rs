@@ -1,6 +1,7 @@
 //! `converge down`: take a stack out of the cluster from its in-cluster inventory; the
 //! repository is only consulted to learn the stack's namespace and context, never required.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -47,6 +48,8 @@ pub(crate) struct Target {
     pub namespace: Option<String>,
     /// The kube context; `None` is the kubeconfig's current one.
     pub context: Option<String>,
+    /// Components the desired state names, with their Secret references (empty without one).
+    pub components: BTreeMap<String, Vec<crate::explain::SecretRef>>,
 }
 
 /// Which stacks `down` is about: from the flags alone, else from the repository's desired state,
@@ -65,6 +68,7 @@ pub(crate) fn targets(
             stack: stack.into(),
             namespace: Some(ns.into()),
             context: context.map(str::to_string),
+            components: BTreeMap::new(),
         }]);
     }
     let from_repo = crate::source::Repo::open(&source.repo)
@@ -86,6 +90,23 @@ pub(crate) fn targets(
                     context: context
                         .map(str::to_string)
                         .or_else(|| Some(s.spec.context.clone())),
+                    components: s
+                        .components
+                        .iter()
+                        .map(|c| {
+                            let refs = c
+                                .spec
+                                .secret_env
+                                .iter()
+                                .map(|r| crate::explain::SecretRef {
+                                    secret: r.secret.clone(),
+                                    key: r.key.clone(),
+                                    optional: r.optional,
+                                })
+                                .collect();
+                            (c.spec.name.clone(), refs)
+                        })
+                        .collect(),
                 })
                 .collect();
             match (found.is_empty(), wanted) {
@@ -95,6 +116,7 @@ pub(crate) fn targets(
                     stack: w.into(),
                     namespace: None,
                     context: context.map(str::to_string),
+                    components: BTreeMap::new(),
                 }]),
                 (true, None) => Err("the repository's desired state names no stack; pass --stack (and --namespace)".into()),
             }
@@ -103,6 +125,7 @@ pub(crate) fn targets(
             stack: w.into(),
             namespace: None,
             context: context.map(str::to_string),
+            components: BTreeMap::new(),
         }]),
         (Err(why), None) => Err(format!(
             "cannot read the desired state of {} ({why}); name the stack with --stack (and --namespace)",
@@ -151,6 +174,17 @@ pub(super) fn run(args: &DownArgs) -> u8 {
     })
 }
 
+/// The namespaces of `target`: its own, else where the cluster holds converge's records of it.
+pub(crate) async fn namespaces(
+    cluster: &Cluster,
+    target: &Target,
+) -> Result<Vec<String>, ClusterError> {
+    match &target.namespace {
+        Some(ns) => Ok(vec![ns.clone()]),
+        None => teardown::find_stack(cluster, &target.stack).await,
+    }
+}
+
 async fn take_down(
     kubeconfig: Option<&std::path::Path>,
     target: &Target,
@@ -158,10 +192,16 @@ async fn take_down(
 ) -> Result<Vec<DownReport>, ClusterError> {
     let cluster = Cluster::connect(kubeconfig, target.context.as_deref()).await?;
     cluster.ping().await?;
-    let namespaces = match &target.namespace {
-        Some(ns) => vec![ns.clone()],
-        None => teardown::find_stack(&cluster, &target.stack).await?,
-    };
+    let namespaces = namespaces(&cluster, target).await?;
+    if namespaces.len() > 1 {
+        return Err(ClusterError::Config {
+            message: format!(
+                "stack {} is recorded in several namespaces ({}); pass --namespace to say which one to take down",
+                target.stack,
+                namespaces.join(", ")
+            ),
+        });
+    }
     if namespaces.is_empty() {
         return Ok(vec![DownReport {
             stack: target.stack.clone(),
@@ -253,7 +293,8 @@ mod tests {
             [Target {
                 stack: "todo".into(),
                 namespace: Some("apps".into()),
-                context: Some("ctx".into())
+                context: Some("ctx".into()),
+                components: BTreeMap::new(),
             }]
         );
     }

@@ -5,6 +5,7 @@
 mod apply;
 mod build;
 mod down;
+mod explain;
 mod run;
 mod status;
 mod validate;
@@ -47,6 +48,8 @@ pub enum Command {
     Build(build::BuildArgs),
     /// Delete everything converge applied for a stack, in reverse order; volumes only with `--volumes`.
     Down(down::DownArgs),
+    /// Diagnose unhealthy components from the cluster's own evidence, with the next step.
+    Explain(explain::ExplainArgs),
     /// Run the daemon: reconcile every new commit of the tracked branch, undo drift, resync.
     Run(run::RunArgs),
     /// Ask the checkout's running daemon to reconcile now.
@@ -125,6 +128,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Status(args) => status::run(&args),
         Command::Build(args) => build::run(&args),
         Command::Down(args) => down::run(&args),
+        Command::Explain(args) => explain::run(&args),
         Command::Run(args) => run::run(&args),
         Command::Sync(args) => run::sync(&args),
         Command::Service(args) => run::service(&args),

@@ -236,10 +236,12 @@ pub fn missing_secret(ev: &Evidence) -> Option<Diagnosis> {
                     },
                 )),
             },
-            Some(Some(keys)) if !r.key.is_empty() && !keys.contains(&r.key) => {
-                if !missing_keys.contains(&(r.secret.as_str(), r.key.as_str())) {
-                    missing_keys.push((&r.secret, &r.key))
-                }
+            Some(Some(keys))
+                if !r.key.is_empty()
+                    && !keys.contains(&r.key)
+                    && !missing_keys.contains(&(r.secret.as_str(), r.key.as_str())) =>
+            {
+                missing_keys.push((&r.secret, &r.key))
             }
             _ => {}
         }

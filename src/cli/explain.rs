@@ -1,0 +1,270 @@
+//! `converge explain [COMPONENT]`: gather what a person would look at for unhealthy components
+//! and print a short diagnosis with the next step; `--ai` hands the same evidence to
+//! `kubectl-ai` when it is installed. Never prints Secret values (the evidence holds none).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use clap::Args;
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+
+use super::down::{self, Target};
+use super::{Format, SourceArgs, EXIT_ERROR, EXIT_FINDINGS, EXIT_OK};
+use crate::cluster::Cluster;
+use crate::explain::{self, Diagnosis, Evidence, GatherError};
+
+/// How long `kubectl-ai` may take to answer.
+pub const AI_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Arguments of `converge explain`.
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The component to explain; every component of the stack when absent.
+    component: Option<String>,
+    #[command(flatten)]
+    source: SourceArgs,
+    /// The stack: its name or its directory (needed when the repository has several).
+    #[arg(long)]
+    stack: Option<String>,
+    /// The stack's namespace; with `--stack`, the repository is not read.
+    #[arg(long, short = 'n')]
+    namespace: Option<String>,
+    /// The kube context, instead of the stack's `context`.
+    #[arg(long, env = "CONVERGE_CONTEXT")]
+    context: Option<String>,
+    /// The kubeconfig file (`$KUBECONFIG` or `~/.kube/config` when absent).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Also pipe the gathered evidence to `kubectl-ai` (when it is on PATH) for a second opinion.
+    #[arg(long)]
+    ai: bool,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Format::Text)]
+    output: Format,
+}
+
+/// One component's diagnoses and the evidence behind them.
+#[derive(Debug, Serialize)]
+pub struct Explained {
+    /// The component.
+    pub component: String,
+    /// What is wrong, most specific first (one `Healthy` entry when nothing is).
+    pub diagnoses: Vec<Diagnosis>,
+    /// What was gathered.
+    pub evidence: Evidence,
+}
+
+pub(super) fn run(args: &ExplainArgs) -> u8 {
+    let targets = match down::targets(
+        &args.source,
+        args.stack.as_deref(),
+        args.namespace.as_deref(),
+        args.context.as_deref(),
+    ) {
+        Ok(t) => t,
+        Err(why) => {
+            eprintln!("error: {why}");
+            return EXIT_ERROR;
+        }
+    };
+    let rt = match super::runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    rt.block_on(async {
+        let mut all = Vec::new();
+        for t in &targets {
+            match explain_target(args, t).await {
+                Ok(mut e) => all.append(&mut e),
+                Err(GatherError::Cluster(e)) => {
+                    return super::report_error(&crate::error::Error::Cluster(e), args.output)
+                }
+                Err(e) => {
+                    super::print_error(&e);
+                    return EXIT_ERROR;
+                }
+            }
+        }
+        if all.is_empty() {
+            eprintln!(
+                "nothing to explain: converge has no record of {} in this cluster (run `converge apply` first)",
+                targets
+                    .iter()
+                    .map(|t| format!("stack {}", t.stack))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            return EXIT_ERROR;
+        }
+        match args.output {
+            Format::Json => println!(
+                "{}",
+                serde_json::to_string_pretty(&all).unwrap_or_default()
+            ),
+            Format::Text => print_text(&all, args.component.is_some()),
+        }
+        if args.ai {
+            ask_ai(&all, args.kubeconfig.as_deref()).await;
+        }
+        if all.iter().flat_map(|e| &e.diagnoses).any(Diagnosis::is_problem) {
+            EXIT_FINDINGS
+        } else {
+            EXIT_OK
+        }
+    })
+}
+
+async fn explain_target(args: &ExplainArgs, t: &Target) -> Result<Vec<Explained>, GatherError> {
+    let cluster = Cluster::connect(args.kubeconfig.as_deref(), t.context.as_deref()).await?;
+    cluster.ping().await?;
+    let mut out = Vec::new();
+    for ns in down::namespaces(&cluster, t).await? {
+        let target = explain::Target {
+            stack: t.stack.clone(),
+            namespace: ns,
+            component: args.component.clone(),
+            desired: t.components.clone(),
+        };
+        for evidence in explain::gather(&cluster, &target).await? {
+            out.push(Explained {
+                component: evidence.component.clone(),
+                diagnoses: explain::diagnose(&evidence),
+                evidence,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn print_text(all: &[Explained], one: bool) {
+    let color = super::color_stdout();
+    let paint = |code: &str, s: &str| {
+        if color {
+            format!("\x1b[{code}m{s}\x1b[0m")
+        } else {
+            s.to_string()
+        }
+    };
+    for e in all {
+        for d in &e.diagnoses {
+            if !d.is_problem() {
+                println!("{}: {}", e.component, paint("32", &d.summary));
+                if one {
+                    for line in &d.evidence {
+                        println!("  {line}");
+                    }
+                }
+                continue;
+            }
+            println!(
+                "{}: {} — {}",
+                e.component,
+                paint("31;1", &d.rule),
+                d.summary
+            );
+            for line in &d.evidence {
+                println!("  {line}");
+            }
+            println!("  {} {}", paint("1", "next:"), d.next_step);
+        }
+    }
+}
+
+/// Finds `program` on `PATH`.
+pub fn on_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// The question put to `kubectl-ai`; the evidence follows on its stdin.
+pub fn ai_question(all: &[Explained]) -> String {
+    let names: Vec<String> = all
+        .iter()
+        .filter(|e| e.diagnoses.iter().any(Diagnosis::is_problem))
+        .map(|e| format!("{} (namespace {})", e.component, e.evidence.namespace))
+        .collect();
+    format!(
+        "Why is {} not healthy, and what exactly should I change? The JSON on stdin is converge's own diagnosis and the evidence it gathered (rollout conditions, pods, events, log tails, secrets by key name only).",
+        if names.is_empty() {
+            "this stack".to_string()
+        } else {
+            names.join(", ")
+        }
+    )
+}
+
+async fn ask_ai(all: &[Explained], kubeconfig: Option<&Path>) {
+    let Some(program) = on_path("kubectl-ai") else {
+        eprintln!(
+            "--ai: kubectl-ai is not installed (not found on PATH); install it from https://github.com/GoogleCloudPlatform/kubectl-ai to get a second opinion. The diagnosis above is converge's own."
+        );
+        return;
+    };
+    let input = serde_json::to_vec_pretty(all).unwrap_or_default();
+    let mut cmd = tokio::process::Command::new(&program);
+    cmd.arg("--quiet")
+        .arg(ai_question(all))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    if let Some(k) = kubeconfig {
+        cmd.env("KUBECONFIG", k);
+    }
+    println!("\n--- kubectl-ai ({}) ---", program.display());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("--ai: cannot start {}: {e}", program.display());
+            return;
+        }
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        // kubectl-ai may exit before reading everything; its exit status tells.
+        let _ = stdin.write_all(&input).await;
+        let _ = stdin.shutdown().await;
+    }
+    match tokio::time::timeout(AI_TIMEOUT, child.wait()).await {
+        Ok(Ok(status)) if status.success() => {}
+        Ok(Ok(status)) => eprintln!("--ai: {} exited with {status}", program.display()),
+        Ok(Err(e)) => eprintln!("--ai: waiting for {}: {e}", program.display()),
+        Err(_) => eprintln!(
+            "--ai: {} gave no answer within {}s; stopped it",
+            program.display(),
+            AI_TIMEOUT.as_secs()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ai_question_names_only_the_unhealthy_components() {
+        let mk = |c: &str, rule: &str| Explained {
+            component: c.into(),
+            diagnoses: vec![Diagnosis {
+                component: c.into(),
+                rule: rule.into(),
+                ..Diagnosis::default()
+            }],
+            evidence: Evidence {
+                namespace: "apps".into(),
+                ..Evidence::default()
+            },
+        };
+        let q = ai_question(&[mk("backend", "CrashLoopBackOff"), mk("frontend", "Healthy")]);
+        assert!(q.contains("backend (namespace apps)"));
+        assert!(!q.contains("frontend"));
+    }
+}
