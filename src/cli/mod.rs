@@ -4,6 +4,7 @@
 
 mod apply;
 mod build;
+mod doctor;
 mod down;
 mod explain;
 mod run;
@@ -48,6 +49,8 @@ pub enum Command {
     Build(build::BuildArgs),
     /// Delete everything converge applied for a stack, in reverse order; volumes only with `--volumes`.
     Down(down::DownArgs),
+    /// Check the machine, the cluster and the desired state; one line per check with its fix.
+    Doctor(doctor::DoctorArgs),
     /// Diagnose unhealthy components from the cluster's own evidence, with the next step.
     Explain(explain::ExplainArgs),
     /// Run the daemon: reconcile every new commit of the tracked branch, undo drift, resync.
@@ -128,6 +131,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Status(args) => status::run(&args),
         Command::Build(args) => build::run(&args),
         Command::Down(args) => down::run(&args),
+        Command::Doctor(args) => doctor::run(&args),
         Command::Explain(args) => explain::run(&args),
         Command::Run(args) => run::run(&args),
         Command::Sync(args) => run::sync(&args),

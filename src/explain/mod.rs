@@ -8,6 +8,7 @@
 //! only Secret names and key names are. Like `reconcile`, this module sits above `cluster` and
 //! `desired` and may use both; nothing below it imports it.
 
+pub mod doctor;
 pub mod gather;
 pub mod rules;
 
