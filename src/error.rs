@@ -35,6 +35,9 @@ pub enum Error {
         /// The commit read.
         commit: String,
     },
+    /// Hashing build inputs failed.
+    #[error(transparent)]
+    Build(#[from] crate::build::BuildError),
     /// Rendering the chart failed.
     #[error(transparent)]
     Render(#[from] crate::render::RenderError),
@@ -51,6 +54,7 @@ impl Error {
                 Disposition::Stalled
             }
             Error::Render(crate::render::RenderError::Helm { .. }) => Disposition::Stalled,
+            Error::Build(_) => Disposition::Retry,
             Error::Render(_) => Disposition::Retry,
             Error::Cluster(
                 crate::cluster::ClusterError::Conflict { .. }
@@ -67,6 +71,7 @@ impl Error {
             Error::Source(_) => "SourceFailed",
             Error::Invalid { .. } | Error::UnknownStack { .. } => "ValidationFailed",
             Error::Render(_) => crate::vocabulary::reason::RENDER_FAILED,
+            Error::Build(_) => crate::vocabulary::reason::BUILD_FAILED,
             Error::Cluster(_) => crate::vocabulary::reason::CLUSTER_UNREACHABLE,
         }
     }

@@ -58,6 +58,8 @@ pub struct ApplyArgs {
     /// Compare every object with the cluster, not only those whose render or live spec moved.
     #[arg(long)]
     full: bool,
+    #[command(flatten)]
+    build: super::build::BuildFlags,
     /// How long to wait for the stack to become healthy.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -70,6 +72,8 @@ pub(super) fn apply(args: &ApplyArgs) -> u8 {
     opts.allow_mass_prune = args.allow_mass_prune;
     opts.full = args.full;
     opts.timeout = args.timeout;
+    opts.builder = args.build.builder.map(Into::into);
+    opts.build = args.build.options();
     let rt = match super::runtime() {
         Ok(rt) => rt,
         Err(code) => return code,

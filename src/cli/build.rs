@@ -35,32 +35,62 @@ impl From<BuilderArg> for BuilderKind {
     }
 }
 
+/// How to build images: shared by `converge build`, `apply` and `run`.
+#[derive(Debug, Clone, Args)]
+pub struct BuildFlags {
+    /// Where to build; each stack's `builder`, else minikube for a minikube context, else docker.
+    #[arg(long, value_enum)]
+    pub builder: Option<BuilderArg>,
+    /// Builds at once.
+    #[arg(long, default_value_t = 2)]
+    pub parallelism: usize,
+    /// The command builder's template, e.g. `buildah bud -t {image} -f {dockerfile} {context}`.
+    #[arg(long = "command", env = "CONVERGE_BUILD_COMMAND")]
+    pub command_template: Option<String>,
+    /// The command builder's existence check (exit 0 = exists), e.g. `buildah inspect {image}`.
+    #[arg(long = "exists-command", env = "CONVERGE_BUILD_EXISTS_COMMAND")]
+    pub exists_template: Option<String>,
+    /// `DOCKER_HOST` for the docker builder (the environment's when absent).
+    #[arg(long)]
+    pub docker_host: Option<String>,
+    /// minikube profile.
+    #[arg(long)]
+    pub minikube_profile: Option<String>,
+    /// Limit for one build, e.g. `20m`.
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    pub build_timeout: Duration,
+}
+
+impl BuildFlags {
+    /// The build options these flags ask for, with `builder` resolved for `stack`.
+    pub fn options_for(&self, stack: &desired::Stack) -> BuildOptions {
+        BuildOptions {
+            builder: build::resolve_builder(self.builder.map(Into::into), stack),
+            ..self.options()
+        }
+    }
+
+    /// The build options, the builder left to be resolved per stack.
+    pub fn options(&self) -> BuildOptions {
+        BuildOptions {
+            parallelism: self.parallelism.max(1),
+            command_template: self.command_template.clone(),
+            command_exists_template: self.exists_template.clone(),
+            docker_host: self.docker_host.clone(),
+            minikube_profile: self.minikube_profile.clone(),
+            build_timeout: self.build_timeout,
+            ..BuildOptions::default()
+        }
+    }
+}
+
 /// Arguments of `converge build`.
 #[derive(Debug, Args)]
 pub struct BuildArgs {
     #[command(flatten)]
     source: SourceArgs,
-    /// Where to build; each stack's `builder`, else minikube for a minikube context, else docker.
-    #[arg(long, value_enum)]
-    builder: Option<BuilderArg>,
-    /// Builds at once.
-    #[arg(long, default_value_t = 2)]
-    parallelism: usize,
-    /// The command builder's template, e.g. `buildah bud -t {image} -f {dockerfile} {context}`.
-    #[arg(long = "command", env = "CONVERGE_BUILD_COMMAND")]
-    command_template: Option<String>,
-    /// The command builder's existence check (exit 0 = exists), e.g. `buildah inspect {image}`.
-    #[arg(long = "exists-command", env = "CONVERGE_BUILD_EXISTS_COMMAND")]
-    exists_template: Option<String>,
-    /// `DOCKER_HOST` for the docker builder (the environment's when absent).
-    #[arg(long)]
-    docker_host: Option<String>,
-    /// minikube profile.
-    #[arg(long)]
-    minikube_profile: Option<String>,
-    /// Limit for one build, e.g. `20m`.
-    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
-    build_timeout: Duration,
+    #[command(flatten)]
+    flags: BuildFlags,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Format::Text)]
     output: Format,
@@ -118,16 +148,7 @@ pub(super) fn run(args: &BuildArgs) -> u8 {
             Ok(p) => p,
             Err(e) => return fail(&e),
         };
-        let opts = BuildOptions {
-            builder: build::resolve_builder(args.builder.map(Into::into), stack),
-            parallelism: args.parallelism.max(1),
-            command_template: args.command_template.clone(),
-            command_exists_template: args.exists_template.clone(),
-            docker_host: args.docker_host.clone(),
-            minikube_profile: args.minikube_profile.clone(),
-            build_timeout: args.build_timeout,
-            ..BuildOptions::default()
-        };
+        let opts = args.flags.options_for(stack);
         let engine = match Engine::new(&opts) {
             Ok(e) => e,
             Err(e) => return fail(&e),

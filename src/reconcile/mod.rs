@@ -10,6 +10,7 @@ pub mod teardown;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use kube::api::DynamicObject;
@@ -18,9 +19,11 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::build::{self, BuildOptions, BuildOutcome, DigestCache, ImagePlan};
 use crate::cluster::health::{self, Health};
 use crate::cluster::inventory::{self, Inventory, PrunePolicy, Record};
 use crate::cluster::{order, ApplyOptions, Cluster, ClusterError, ObjectKey, RequestCounts};
+use crate::desired::schema::BuilderKind;
 use crate::desired::{self, Stack};
 use crate::error::Error;
 use crate::render::{self, Helm, Hook, Rendered};
@@ -55,8 +58,14 @@ pub struct Options {
     pub timeout: Duration,
     /// How long a Pod may sit in a failing state before its rollout counts as failed.
     pub fail_fast: Duration,
-    /// Images per stack and component, decided by the build step.
+    /// Image overrides per stack and component (the build step's content tags otherwise).
     pub images: BTreeMap<String, BTreeMap<String, String>>,
+    /// The builder, instead of the stack's (`--builder`).
+    pub builder: Option<BuilderKind>,
+    /// How images are built (the builder is resolved per stack).
+    pub build: BuildOptions,
+    /// Set to `true` to cancel builds in flight (the daemon's shutdown).
+    pub cancel: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Default for Options {
@@ -73,6 +82,9 @@ impl Default for Options {
             timeout: Duration::from_secs(300),
             fail_fast: Duration::from_secs(30),
             images: BTreeMap::new(),
+            builder: None,
+            build: BuildOptions::default(),
+            cancel: None,
         }
     }
 }
@@ -119,14 +131,27 @@ pub struct Prepared {
     pub render: render::Prepared,
     /// Images by component.
     pub images: BTreeMap<String, String>,
+    /// What the build step did, per built component.
+    pub builds: Vec<BuildOutcome>,
+    /// Components whose image could not be built: not applied, so their last healthy
+    /// ReplicaSet keeps serving.
+    pub build_failures: BTreeMap<String, String>,
 }
 
-/// Reads, validates and prepares every selected stack of `rev` (sync: holds git handles).
-pub fn prepare(
-    repo_path: &Path,
-    rev: &str,
-    opts: &Options,
-) -> Result<(String, Vec<Prepared>), Error> {
+/// One selected stack of a commit with its content tags (nothing built yet).
+struct Planned {
+    stack: Stack,
+    plans: Vec<ImagePlan>,
+}
+
+/// The process-wide build-input cache: keyed by git blob id, so it never goes stale.
+fn digests() -> &'static DigestCache {
+    static CACHE: OnceLock<DigestCache> = OnceLock::new();
+    CACHE.get_or_init(DigestCache::new)
+}
+
+/// Reads and validates `rev` and hashes the build inputs of every selected stack (sync: git).
+fn read(repo_path: &Path, rev: &str, opts: &Options) -> Result<(String, Vec<Planned>), Error> {
     let repo = Repo::open(repo_path)?;
     let snapshot = repo.snapshot(rev)?;
     let commit = snapshot.commit().to_string();
@@ -143,17 +168,8 @@ pub fn prepare(
         {
             continue;
         }
-        let images = opts
-            .images
-            .get(&stack.spec.name)
-            .cloned()
-            .unwrap_or_default();
-        let prepared = render::prepare(&snapshot, &stack, &images)?;
-        out.push(Prepared {
-            stack,
-            render: prepared,
-            images,
-        });
+        let plans = build::plan(&snapshot, &stack, digests())?;
+        out.push(Planned { stack, plans });
     }
     if out.is_empty() {
         if let Some(s) = &opts.stack {
@@ -164,6 +180,110 @@ pub fn prepare(
         }
     }
     Ok((commit, out))
+}
+
+/// Exports each stack's chart at `commit` with its images (sync: git).
+fn render_all(
+    repo_path: &Path,
+    commit: &str,
+    stacks: Vec<(Planned, Vec<BuildOutcome>, BTreeMap<String, String>)>,
+    opts: &Options,
+) -> Result<Vec<Prepared>, Error> {
+    let repo = Repo::open(repo_path)?;
+    let snapshot = repo.snapshot(commit)?;
+    let mut out = Vec::new();
+    for (planned, builds, build_failures) in stacks {
+        let mut images: BTreeMap<String, String> = planned
+            .plans
+            .iter()
+            .map(|p| (p.component.clone(), p.image.clone()))
+            .collect();
+        if let Some(over) = opts.images.get(&planned.stack.spec.name) {
+            images.extend(over.clone());
+        }
+        let render = render::prepare(&snapshot, &planned.stack, &images)?;
+        out.push(Prepared {
+            stack: planned.stack,
+            render,
+            images,
+            builds,
+            build_failures,
+        });
+    }
+    Ok(out)
+}
+
+/// Reads, validates and renders every selected stack of `rev` with its content tags, building
+/// nothing (what `diff` shows).
+pub fn prepare(
+    repo_path: &Path,
+    rev: &str,
+    opts: &Options,
+) -> Result<(String, Vec<Prepared>), Error> {
+    let (commit, planned) = read(repo_path, rev, opts)?;
+    let stacks = planned
+        .into_iter()
+        .map(|p| (p, Vec::new(), BTreeMap::new()))
+        .collect();
+    let prepared = render_all(repo_path, &commit, stacks, opts)?;
+    Ok((commit, prepared))
+}
+
+/// Builds what is missing for one stack; a failed build, or an engine that cannot be reached,
+/// holds back only the components it concerns.
+async fn build_stack(
+    repo_path: &Path,
+    commit: &str,
+    planned: &Planned,
+    opts: &Options,
+) -> (Vec<BuildOutcome>, BTreeMap<String, String>) {
+    let mut failures = BTreeMap::new();
+    if planned.plans.is_empty() {
+        return (Vec::new(), failures);
+    }
+    let mut bopts = opts.build.clone();
+    bopts.builder = build::resolve_builder(opts.builder, &planned.stack);
+    let cancel = opts
+        .cancel
+        .clone()
+        .unwrap_or_else(|| tokio::sync::watch::channel(false).1);
+    match build::ensure(
+        repo_path,
+        commit,
+        &planned.plans,
+        &planned.stack,
+        &bopts,
+        cancel,
+    )
+    .await
+    {
+        Ok(outcomes) => {
+            for o in &outcomes {
+                if let build::Action::Failed {
+                    reason: why,
+                    log_tail,
+                } = &o.action
+                {
+                    warn!(component = %o.component, image = %o.image, "build failed: {why}");
+                    failures.insert(
+                        o.component.clone(),
+                        format!("build of {} failed: {why}\n{log_tail}", o.image),
+                    );
+                }
+            }
+            (outcomes, failures)
+        }
+        Err(e) => {
+            warn!(error = %e, "images not built");
+            for p in &planned.plans {
+                failures.insert(
+                    p.component.clone(),
+                    format!("image {} not built: {e}", p.image),
+                );
+            }
+            (Vec::new(), failures)
+        }
+    }
 }
 
 /// Connections by kube context, kept across reconciles (the daemon holds one for its lifetime).
@@ -196,8 +316,13 @@ pub async fn reconcile_commit(
     helm: &Helm,
     clusters: &mut Clusters,
 ) -> Result<Vec<StackReport>, Error> {
-    let (commit, prepared) = prepare(repo_path, rev, opts)?;
-    helm.check().await?;
+    let (commit, planned) = read(repo_path, rev, opts)?;
+    let mut built = Vec::new();
+    for p in planned {
+        let (outcomes, failures) = build_stack(repo_path, &commit, &p, opts).await;
+        built.push((p, outcomes, failures));
+    }
+    let prepared = render_all(repo_path, &commit, built, opts)?;
     let mut reports = Vec::new();
     for p in &prepared {
         let ctx = opts
@@ -231,7 +356,6 @@ pub async fn diff_commit(
     clusters: &mut Clusters,
 ) -> Result<Vec<ObjectDiff>, Error> {
     let (commit, prepared) = prepare(repo_path, rev, opts)?;
-    helm.check().await?;
     let mut out = Vec::new();
     for p in &prepared {
         let ctx = opts
@@ -345,6 +469,7 @@ pub async fn reconcile_stack(
         let started = Instant::now();
         let before = cluster.requests();
         let mut run = Run::new(cluster, stack, commit, opts);
+        run.blocked.extend(prepared.build_failures.clone());
         let version = cluster.ping().await.ok();
         let result = match prepared.render.template(helm, version.as_deref()).await {
             Ok(rendered) => run.execute(rendered, &prepared.images).await,

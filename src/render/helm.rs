@@ -18,6 +18,8 @@ pub const MIN_HELM: (u64, u64) = (3, 8);
 #[derive(Debug, Clone)]
 pub struct Helm {
     binary: PathBuf,
+    /// The version, once checked: helm does not change under a running process.
+    checked: std::sync::Arc<tokio::sync::OnceCell<String>>,
 }
 
 impl Helm {
@@ -26,18 +28,44 @@ impl Helm {
         let binary = std::env::var_os("CONVERGE_HELM")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("helm"));
-        Self { binary }
+        Self {
+            binary,
+            checked: Default::default(),
+        }
     }
 
     /// A specific binary.
     pub fn at(binary: impl Into<PathBuf>) -> Self {
         Self {
             binary: binary.into(),
+            checked: Default::default(),
+        }
+    }
+
+    /// Identifies the binary for caches: its path, size and modification time.
+    pub fn identity(&self) -> String {
+        let meta = which(&self.binary).and_then(|p| std::fs::metadata(p).ok());
+        match meta {
+            Some(m) => format!(
+                "{}:{}:{:?}",
+                self.binary.display(),
+                m.len(),
+                m.modified().ok()
+            ),
+            None => self.binary.display().to_string(),
         }
     }
 
     /// Checks helm runs and is new enough; returns its version (`v3.22.0`).
     pub async fn check(&self) -> Result<String, RenderError> {
+        let v = self
+            .checked
+            .get_or_try_init(|| self.check_uncached())
+            .await?;
+        Ok(v.clone())
+    }
+
+    async fn check_uncached(&self) -> Result<String, RenderError> {
         let out = run(
             &self.binary,
             &["version", "--template", "{{.Version}}"],
@@ -83,6 +111,18 @@ impl Helm {
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         run(&self.binary, &argv, Some(chart)).await
     }
+}
+
+/// Finds `binary` on the PATH when it is a bare name.
+fn which(binary: &Path) -> Option<PathBuf> {
+    if binary.components().count() > 1 {
+        return Some(binary.to_path_buf());
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(binary))
+            .find(|p| p.is_file())
+    })
 }
 
 fn parse_version(v: &str) -> Option<(u64, u64)> {

@@ -1,6 +1,7 @@
 //! Rendering: desired state + image tags → chart values → `helm template` on the chart exported
 //! from the same commit → objects labelled as converge's. Never renders from the working tree.
 
+mod cache;
 pub mod helm;
 pub mod values;
 
@@ -9,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use kube::api::DynamicObject;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 pub use helm::Helm;
 
@@ -113,8 +115,11 @@ pub struct Rendered {
 }
 
 /// Exports `dir` of the commit into `dest` (files only, following git's modes).
-pub fn export_dir(snapshot: &Snapshot<'_>, dir: &str, dest: &Path) -> Result<(), RenderError> {
+///
+/// Returns a digest of the exported tree (paths, modes and blob ids), which identifies its content.
+pub fn export_dir(snapshot: &Snapshot<'_>, dir: &str, dest: &Path) -> Result<String, RenderError> {
     let dir = dir.trim_end_matches('/');
+    let mut tree = Sha256::new();
     for entry in snapshot.walk(dir)? {
         if !matches!(entry.kind, EntryKind::File | EntryKind::Executable) {
             continue;
@@ -131,13 +136,14 @@ pub fn export_dir(snapshot: &Snapshot<'_>, dir: &str, dest: &Path) -> Result<(),
                 source,
             })?;
         }
+        tree.update(format!("{rel}\0{:?}\0{}\n", entry.kind, entry.oid).as_bytes());
         let bytes = snapshot.blob(&entry.path, entry.oid)?;
         std::fs::write(&target, bytes).map_err(|source| RenderError::Export {
             path: target.clone(),
             source,
         })?;
     }
-    Ok(())
+    Ok(hex::encode(tree.finalize()))
 }
 
 /// The chart's component keys: top-level values with an `enabled` switch.
@@ -169,6 +175,8 @@ pub struct Prepared {
     stack: String,
     namespace: String,
     values_files: Vec<PathBuf>,
+    /// Identifies the inputs of `helm template` (chart tree, values, release, namespace).
+    key: String,
 }
 
 /// Exports the chart and values of `stack` at `snapshot`, with `images` (component → image
@@ -183,7 +191,8 @@ pub fn prepare(
         source,
     })?;
     let chart_dir = tmp.path().join("chart");
-    export_dir(snapshot, &stack.spec.chart, &chart_dir)?;
+    let mut key = Sha256::new();
+    key.update(export_dir(snapshot, &stack.spec.chart, &chart_dir)?.as_bytes());
     let mut values_files = Vec::new();
     for (i, vf) in stack.spec.values_files.iter().enumerate() {
         let path = tmp.path().join(format!("values-{i}.yaml"));
@@ -191,6 +200,7 @@ pub fn prepare(
             index: 0,
             message: format!("values file `{vf}` is not in the commit"),
         })?;
+        key.update(format!("values {i} {}\n", entry.oid).as_bytes());
         let bytes = snapshot.blob(vf, entry.oid)?;
         std::fs::write(&path, bytes).map_err(|source| RenderError::Export {
             path: path.clone(),
@@ -209,12 +219,24 @@ pub fn prepare(
         source,
     })?;
     values_files.push(gen_path);
+    let generated_bytes = serde_json::to_vec(&generated).unwrap_or_default();
+    key.update(&generated_bytes);
+    key.update(
+        format!(
+            "\0{}\0{}\0{}",
+            stack.release(),
+            stack.spec.name,
+            stack.spec.namespace
+        )
+        .as_bytes(),
+    );
     Ok(Prepared {
         tmp,
         release: stack.release().to_string(),
         stack: stack.spec.name.clone(),
         namespace: stack.spec.namespace.clone(),
         values_files,
+        key: hex::encode(key.finalize()),
     })
 }
 
@@ -228,6 +250,13 @@ impl Prepared {
         helm: &Helm,
         kube_version: Option<&str>,
     ) -> Result<Rendered, RenderError> {
+        let cache = cache::RenderCache::open();
+        let key = cache::key(&self.key, helm, kube_version);
+        if let Some(text) = cache.as_ref().and_then(|c| c.get(&key)) {
+            return parse_manifests(&text, &self.stack, &self.namespace);
+        }
+        // Only a render that misses the cache needs helm, so only then is it checked.
+        helm.check().await?;
         let chart_dir = self.tmp.path().join("chart");
         let out = helm
             .template(
@@ -238,7 +267,11 @@ impl Prepared {
                 kube_version,
             )
             .await?;
-        parse_manifests(&out, &self.stack, &self.namespace)
+        let rendered = parse_manifests(&out, &self.stack, &self.namespace)?;
+        if let Some(c) = &cache {
+            c.put(&key, &out);
+        }
+        Ok(rendered)
     }
 }
 

@@ -132,6 +132,13 @@ async fn reconcile(repo: &GitRepo, opts: &Options) -> StackReport {
     reports.remove(0)
 }
 
+/// Reconciles and asserts the stack ended healthy, showing the whole report when not.
+async fn ready(repo: &GitRepo, opts: &Options) -> StackReport {
+    let r = reconcile(repo, opts).await;
+    assert!(r.ready, "expected a healthy stack: {r:#?}");
+    r
+}
+
 fn converge(args: &[&str]) -> (i32, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_converge"))
         .args(args)
@@ -214,7 +221,7 @@ async fn a_replicas_change_patches_only_that_deployment() {
     create_secret(&ns, ALL_KEYS).await;
     let repo = stack_repo(ns.name());
     let opts = options();
-    assert!(reconcile(&repo, &opts).await.ready);
+    ready(&repo, &opts).await;
     repo.write(
         "desired/backend.yaml",
         std::fs::read_to_string(repo.file("desired/backend.yaml"))
@@ -241,7 +248,7 @@ async fn a_removed_component_is_pruned_while_its_volume_stays() {
     create_secret(&ns, ALL_KEYS).await;
     let repo = stack_repo(ns.name());
     let opts = options();
-    assert!(reconcile(&repo, &opts).await.ready);
+    ready(&repo, &opts).await;
     repo.remove("desired/postgres.yaml");
     repo.write(
         "desired/backend.yaml",
@@ -315,7 +322,7 @@ async fn a_conflict_with_another_field_manager_is_reported_with_its_name() {
     create_secret(&ns, ALL_KEYS).await;
     let repo = stack_repo(ns.name());
     let mut opts = options();
-    assert!(reconcile(&repo, &opts).await.ready);
+    ready(&repo, &opts).await;
     let cms: Api<ConfigMap> = ns.api();
     let patch =
         serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"DB_NAME": "theirs"}});
@@ -335,7 +342,7 @@ async fn a_conflict_with_another_field_manager_is_reported_with_its_name() {
     );
     assert!(msg.contains("--force-conflicts"), "{msg}");
     opts.force_conflicts = true;
-    assert!(reconcile(&repo, &opts).await.ready);
+    ready(&repo, &opts).await;
     let cm = cms.get("todo-chatbot-backend-config").await.unwrap();
     assert_eq!(cm.data.unwrap()["DB_NAME"], "todo");
     ns.cleanup().await;
@@ -347,7 +354,7 @@ async fn a_hand_scale_is_undone_and_kubectl_loses_ownership() {
     create_secret(&ns, ALL_KEYS).await;
     let repo = stack_repo(ns.name());
     let opts = options();
-    assert!(reconcile(&repo, &opts).await.ready);
+    ready(&repo, &opts).await;
     run_ok(kubectl().args([
         "-n",
         ns.name(),
@@ -435,7 +442,7 @@ async fn an_immutable_selector_change_is_explained_and_recreate_replaces_what_ho
     create_secret(&ns, ALL_KEYS).await;
     let repo = stack_repo(ns.name());
     let mut opts = options();
-    assert!(reconcile(&repo, &opts).await.ready);
+    ready(&repo, &opts).await;
     let stack = std::fs::read_to_string(repo.file("desired/stack.yaml")).unwrap();
     repo.write(
         "desired/stack.yaml",
@@ -491,7 +498,7 @@ async fn an_invalid_commit_changes_nothing_in_the_cluster() {
     create_secret(&ns, ALL_KEYS).await;
     let repo = stack_repo(ns.name());
     let opts = options();
-    assert!(reconcile(&repo, &opts).await.ready);
+    ready(&repo, &opts).await;
     let before = ns
         .api::<Deployment>()
         .get("todo-chatbot-backend")
@@ -569,7 +576,11 @@ async fn an_unreachable_cluster_is_a_clear_error() {
 fn hooks_repo(ns: &str, fail: bool, greeting: &str) -> GitRepo {
     let repo = GitRepo::new();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    copy_dir(&root.join("tests/fixtures/charts/hooks"), &repo, "charts/hooks");
+    copy_dir(
+        &root.join("tests/fixtures/charts/hooks"),
+        &repo,
+        "charts/hooks",
+    );
     write_hooks_stack(&repo, ns, fail, greeting);
     repo
 }
@@ -591,23 +602,50 @@ async fn helm_hooks_run_in_order_and_a_failed_hook_applies_nothing_after_it() {
     let r = reconcile(&repo, &opts).await;
     assert!(r.ready, "{r:#?}");
     let cms: Api<ConfigMap> = ns.api();
-    assert_eq!(cms.get("app-config").await.unwrap().data.unwrap()["greeting"], "hello");
-    assert!(cms.get_opt("post-install-marker").await.unwrap().is_some(), "post-install hook ran after the release was healthy");
+    assert_eq!(
+        cms.get("app-config").await.unwrap().data.unwrap()["greeting"],
+        "hello"
+    );
+    assert!(
+        cms.get_opt("post-install-marker").await.unwrap().is_some(),
+        "post-install hook ran after the release was healthy"
+    );
     let jobs: Api<k8s_openapi::api::batch::v1::Job> = ns.api();
-    assert!(jobs.list(&Default::default()).await.unwrap().items.is_empty(), "hook-succeeded Jobs are deleted");
+    assert!(
+        jobs.list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "hook-succeeded Jobs are deleted"
+    );
 
     write_hooks_stack(&repo, ns.name(), true, "changed");
     let r = reconcile(&repo, &opts).await;
     assert!(!r.ready);
     assert_eq!(r.reason, "HookFailed");
     let msg = r.errors.join("\n");
-    assert!(msg.contains("hook Job/migrate") && msg.contains("BackoffLimitExceeded"), "{msg}");
-    assert_eq!(cms.get("app-config").await.unwrap().data.unwrap()["greeting"], "hello", "nothing is applied after a failed pre-upgrade hook");
+    assert!(
+        msg.contains("hook Job/migrate") && msg.contains("BackoffLimitExceeded"),
+        "{msg}"
+    );
+    assert_eq!(
+        cms.get("app-config").await.unwrap().data.unwrap()["greeting"],
+        "hello",
+        "nothing is applied after a failed pre-upgrade hook"
+    );
     ns.cleanup().await;
 }
 
 #[tokio::test]
 async fn a_missing_helm_binary_says_how_to_install_it() {
-    let err = Helm::at("/nonexistent/helm").check().await.unwrap_err().to_string();
-    assert!(err.contains("helm was not found") && err.contains("install Helm v3.8"), "{err}");
+    let err = Helm::at("/nonexistent/helm")
+        .check()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("helm was not found") && err.contains("install Helm v3.8"),
+        "{err}"
+    );
 }
