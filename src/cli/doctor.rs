@@ -740,7 +740,6 @@ async fn check_service(repo: &Path) -> Check {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use clap::Parser;
 
     #[test]

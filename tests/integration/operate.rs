@@ -659,3 +659,153 @@ async fn explain_diagnoses_scheduling_claims_oom_never_pull_and_readiness_from_c
     );
     ns.cleanup().await;
 }
+
+fn check<'a>(checks: &'a Value, id: &str) -> &'a Value {
+    checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == id)
+        .unwrap_or_else(|| panic!("no {id} check in {checks:#}"))
+}
+
+#[tokio::test]
+async fn doctor_fails_each_broken_check_with_its_fix_and_passes_once_they_are_fixed() {
+    let ns = TestNamespace::new("doctor").await;
+    // A NodePort of our own, away from 30080 and from other tests.
+    let port = 31000 + (ns.name().bytes().map(u32::from).sum::<u32>() % 700) as i64;
+    let repo = GitRepo::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    copy_dir(
+        &root.join("charts/todo-chatbot"),
+        &repo,
+        "charts/todo-chatbot",
+    );
+    repo.write(
+        "desired/stack.yaml",
+        format!(
+            "apiVersion: converge.dev/v1alpha1\nkind: Stack\nname: {n}\nnamespace: {n}\nrelease: todo-chatbot\nbuilder: docker\nvalues:\n  frontend:\n    service: {{type: NodePort, port: 80, nodePort: {port}}}\n",
+            n = ns.name()
+        ),
+    );
+    repo.write(
+        "desired/frontend.yaml",
+        "apiVersion: converge.dev/v1alpha1\nkind: Component\nname: frontend\nimage:\n  ref: todo-frontend:test\nreplicas: 2\nresources:\n  requests: {cpu: 400m, memory: 128Mi}\nsecretEnv:\n  - {name: JWT_SECRET, secret: todo-secrets, key: jwt-secret}\n",
+    );
+    repo.commit("a frontend on a NodePort");
+    // Break three things: the Secret, the NodePort and the quota.
+    let holder: Service = serde_json::from_value(json!({
+        "metadata": {"name": "holder"},
+        "spec": {"type": "NodePort", "selector": {"app": "none"}, "ports": [{"port": 80, "nodePort": port}]}
+    }))
+    .unwrap();
+    ns.api::<Service>()
+        .create(&PostParams::default(), &holder)
+        .await
+        .unwrap();
+    let quota: k8s_openapi::api::core::v1::ResourceQuota = serde_json::from_value(json!({
+        "metadata": {"name": "small"},
+        "spec": {"hard": {"requests.cpu": "500m"}}
+    }))
+    .unwrap();
+    let quotas: Api<k8s_openapi::api::core::v1::ResourceQuota> = ns.api();
+    quotas.create(&PostParams::default(), &quota).await.unwrap();
+    // The quota controller fills in status.hard/used.
+    crate::support::wait_for(
+        &quotas,
+        "small",
+        |q: Option<&k8s_openapi::api::core::v1::ResourceQuota>| {
+            q.and_then(|q| q.status.as_ref())
+                .and_then(|s| s.hard.as_ref())
+                .is_some()
+        },
+        Duration::from_secs(60),
+    )
+    .await;
+
+    let repo_path = repo.path().to_str().unwrap().to_string();
+    let ctx = current_context();
+    let docker_host = crate::support::docker_host().to_string();
+    let doctor = |extra: &[&str]| {
+        let mut args = vec![
+            "doctor",
+            "--repo",
+            &repo_path,
+            "--context",
+            &ctx,
+            "--skip",
+            "service",
+        ];
+        args.extend_from_slice(extra);
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_converge"));
+        cmd.args(&args)
+            .env("KUBECONFIG", &testbed().kubeconfig)
+            .env("CONVERGE_HELM", &testbed().helm)
+            .env("DOCKER_HOST", &docker_host)
+            .env("NO_COLOR", "1");
+        let out = cmd.output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = doctor(&["-o", "json"]);
+    assert_eq!(code, 1, "{out}");
+    let checks = json_of(&out);
+    for id in ["desired", "helm", "context", "builder"] {
+        assert_eq!(
+            check(&checks, id)["status"],
+            "pass",
+            "{:#}",
+            check(&checks, id)
+        );
+    }
+    let cluster = check(&checks, "cluster");
+    assert!(
+        cluster["message"]
+            .as_str()
+            .unwrap()
+            .contains("a kwok cluster"),
+        "{cluster:#}"
+    );
+    let secrets = check(&checks, "secrets");
+    assert_eq!(secrets["status"], "fail");
+    assert!(secrets["fix"].as_str().unwrap().contains(&format!(
+        "kubectl create secret generic todo-secrets -n {} --from-literal=jwt-secret=<value>",
+        ns.name()
+    )));
+    let nodeport = check(&checks, "nodeport");
+    assert_eq!(nodeport["status"], "fail");
+    assert!(nodeport["message"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("NodePort {port}")));
+    assert!(nodeport["message"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("{}/holder", ns.name())));
+    let quota = check(&checks, "quota");
+    assert_eq!(quota["status"], "fail", "{quota:#}");
+    assert!(quota["message"]
+        .as_str()
+        .unwrap()
+        .contains("requests.cpu 800m (others use 0) exceeds the hard limit 500m"));
+    assert_eq!(check(&checks, "capacity")["status"], "pass");
+
+    // Fix all three: exit 0, every line `ok`.
+    create_secret(&ns, &["jwt-secret"]).await;
+    ns.api::<Service>()
+        .delete("holder", &Default::default())
+        .await
+        .unwrap();
+    quotas.delete("small", &Default::default()).await.unwrap();
+    let (code, out) = doctor(&[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.lines()
+            .filter(|l| !l.contains("checks:"))
+            .all(|l| l.starts_with("ok ")),
+        "{out}"
+    );
+    ns.cleanup().await;
+}
