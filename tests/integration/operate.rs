@@ -809,3 +809,174 @@ async fn doctor_fails_each_broken_check_with_its_fix_and_passes_once_they_are_fi
     );
     ns.cleanup().await;
 }
+
+/// The newcomer docs this module keeps honest.
+const DOCS: &[&str] = &[
+    "docs/README.md",
+    "docs/quickstart.md",
+    "docs/how-it-works.md",
+    "docs/configuration.md",
+    "docs/troubleshooting.md",
+    "docs/cleanup.md",
+];
+
+fn doc(rel: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(rel))
+        .unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// The `converge …` command lines of a page's fenced `sh` blocks (continuations joined).
+fn documented_commands(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut in_sh = false;
+    let mut pending = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with("```") {
+            in_sh = !in_sh && t == "```sh";
+            continue;
+        }
+        if !in_sh {
+            continue;
+        }
+        pending.push_str(t.trim_end_matches('\\'));
+        pending.push(' ');
+        if t.ends_with('\\') {
+            continue;
+        }
+        let cmd = std::mem::take(&mut pending);
+        let cmd = cmd.split(" # ").next().unwrap_or("").trim().to_string();
+        if cmd.starts_with("converge ") {
+            out.push(cmd);
+        }
+    }
+    out
+}
+
+/// Splits like a shell for the simple quoting the docs use.
+fn shell_words(cmd: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut quote: Option<char> = None;
+    let mut any = false;
+    for c in cmd.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => cur.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                any = true
+            }
+            (None, c) if c.is_whitespace() => {
+                if !cur.is_empty() || any {
+                    words.push(std::mem::take(&mut cur));
+                }
+                any = false;
+            }
+            (None, c) => cur.push(c),
+        }
+    }
+    if !cur.is_empty() || any {
+        words.push(cur);
+    }
+    words
+}
+
+fn long_flags(cmd: &clap::Command, out: &mut std::collections::BTreeSet<String>) {
+    for a in cmd.get_arguments() {
+        if let Some(l) = a.get_long() {
+            out.insert(format!("--{l}"));
+        }
+    }
+    for s in cmd.get_subcommands() {
+        long_flags(s, out);
+    }
+}
+
+#[test]
+fn every_converge_command_in_the_docs_parses_with_the_real_command_line() {
+    use clap::Parser;
+    let mut seen = 0;
+    for rel in DOCS {
+        for cmd in documented_commands(&doc(rel)) {
+            let words: Vec<String> = shell_words(&cmd)
+                .into_iter()
+                .map(|w| if w.contains('<') { "x".into() } else { w })
+                .collect();
+            if let Err(e) = converge::cli::Cli::try_parse_from(&words) {
+                panic!("{rel}: `{cmd}` does not parse:\n{e}");
+            }
+            seen += 1;
+        }
+    }
+    assert!(seen >= 20, "only {seen} documented commands found");
+}
+
+#[test]
+fn every_flag_environment_variable_and_link_in_the_docs_exists() {
+    use clap::CommandFactory;
+    let mut flags = std::collections::BTreeSet::new();
+    long_flags(&converge::cli::Cli::command(), &mut flags);
+    flags.extend(["--help".to_string(), "--version".to_string()]);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut sources = String::new();
+    for dir in [
+        "src",
+        "src/cli",
+        "src/daemon",
+        "src/render",
+        "src/build",
+        "src/cluster",
+    ] {
+        for e in std::fs::read_dir(root.join(dir)).unwrap().flatten() {
+            if e.path().extension().is_some_and(|x| x == "rs") {
+                sources.push_str(&std::fs::read_to_string(e.path()).unwrap());
+            }
+        }
+    }
+    for rel in DOCS {
+        let text = doc(rel);
+        // Flags: every `--name` in a code span or block (kubectl's and minikube's excepted).
+        for line in text
+            .lines()
+            .filter(|l| l.contains("converge") || l.starts_with('|'))
+        {
+            for word in line.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-')) {
+                if word.starts_with("--")
+                    && word.as_bytes().get(2).is_some_and(u8::is_ascii_lowercase)
+                    && !line.contains("kubectl")
+                    && !line.contains("minikube")
+                    && !line.contains("journalctl")
+                {
+                    assert!(
+                        flags.contains(word),
+                        "{rel}: unknown flag {word} in: {line}"
+                    );
+                }
+            }
+        }
+        // Environment variables of converge's own.
+        for word in text.split(|c: char| !(c.is_ascii_uppercase() || c == '_')) {
+            if word.starts_with("CONVERGE_") && word.len() > 9 {
+                assert!(
+                    sources.contains(word),
+                    "{rel}: {word} is read nowhere in src/"
+                );
+            }
+        }
+        // Relative links.
+        for part in text.split("](").skip(1) {
+            let target = part.split(')').next().unwrap_or("");
+            if target.starts_with("http") {
+                continue;
+            }
+            let file = target.split('#').next().unwrap_or("");
+            if !file.is_empty() {
+                assert!(
+                    root.join("docs").join(file).exists(),
+                    "{rel}: broken link {target}"
+                );
+            }
+        }
+    }
+}
