@@ -297,6 +297,7 @@ enum Outcome {
 struct Done {
     commit: String,
     trigger: Trigger,
+    drift: bool,
     outcome: Outcome,
     took: Duration,
     clusters: Clusters,
@@ -312,6 +313,7 @@ struct JobInput {
     root: PathBuf,
     commit: String,
     trigger: Trigger,
+    drift: bool,
     full: bool,
     clusters: Clusters,
     helm: Helm,
@@ -333,6 +335,7 @@ async fn job(mut input: JobInput) -> Done {
     let mut done = Done {
         commit: input.commit.clone(),
         trigger: input.trigger,
+        drift: input.drift,
         outcome: Outcome::Cancelled,
         took: Duration::ZERO,
         clusters: Clusters::default(),
@@ -571,12 +574,24 @@ type Job = Pin<Box<dyn Future<Output = Done>>>;
 struct Pending {
     trigger: Trigger,
     full: bool,
+    /// Whether a drift merged into it (its applies count as drift corrections).
+    drift: bool,
 }
 
 fn merge(pending: &mut Option<Pending>, trigger: Trigger, full: bool) {
+    let drift = trigger == Trigger::Drift;
     match pending {
-        Some(p) => p.full |= full,
-        None => *pending = Some(Pending { trigger, full }),
+        Some(p) => {
+            p.full |= full;
+            p.drift |= drift;
+        }
+        None => {
+            *pending = Some(Pending {
+                trigger,
+                full,
+                drift,
+            })
+        }
     }
 }
 
@@ -670,6 +685,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let mut pending: Option<Pending> = Some(Pending {
         trigger: Trigger::Startup,
         full: false,
+        drift: false,
     });
     let mut inflight: Option<Job> = None;
     let mut inflight_since = Instant::now();
@@ -738,6 +754,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                         root: dirs.root.clone(),
                         commit,
                         trigger: p.trigger,
+                        drift: p.drift,
                         full: p.full,
                         clusters: clusters.clone(),
                         helm: helm.clone(),
@@ -832,7 +849,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                                 warn!(stack = %r.stack, reason = %r.reason, errors = %r.errors.join("; "), "{line}; not ready");
                             }
                         }
-                        if done.trigger == Trigger::Drift && applied_n > 0 {
+                        if done.drift && applied_n > 0 {
                             metrics.drift_corrected(applied_n);
                             info!(objects = applied_n, "drift corrected");
                         }
