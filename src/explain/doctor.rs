@@ -232,12 +232,16 @@ pub fn totals(objects: &[Value]) -> Totals {
     t
 }
 
+/// One quota resource: (name, the stack's want, its current use, formatter, scale of a quantity
+/// to the same unit).
+type QuotaLine = (&'static str, i64, i64, fn(i64) -> String, fn(f64) -> i64);
+
 /// What a ResourceQuota refuses: for each limited resource, whether `used` (what already runs,
 /// minus what the stack itself runs now) plus the stack's totals exceed `hard`.
 pub fn quota_findings(quota: &Value, t: &Totals, own: &Totals) -> Vec<String> {
     let name = s(quota, "/metadata/name");
     let mut out = Vec::new();
-    let checks: [(&str, i64, i64, fn(i64) -> String, fn(f64) -> i64); 7] = [
+    let checks: [QuotaLine; 7] = [
         ("requests.cpu", t.cpu_milli, own.cpu_milli, fmt_cpu, |v| {
             (v * 1000.0).round() as i64
         }),
@@ -419,7 +423,8 @@ mod tests {
         let ours = json!({"kind": "Service", "metadata": {"namespace": "todo", "name": "web"}, "spec": {"ports": [{"port": 80, "nodePort": 30080}]}});
         let same = json!({"metadata": {"namespace": "todo", "name": "web"}, "spec": {"ports": [{"nodePort": 30080}]}});
         let other = json!({"metadata": {"namespace": "demo", "name": "shop"}, "spec": {"ports": [{"nodePort": 30080}]}});
-        let (wanted, clashes) = nodeport_clashes(std::slice::from_ref(&ours), &[same.clone()]);
+        let (wanted, clashes) =
+            nodeport_clashes(std::slice::from_ref(&ours), std::slice::from_ref(&same));
         assert_eq!(wanted, [30080]);
         assert!(clashes.is_empty());
         let (_, clashes) = nodeport_clashes(&[ours], &[same, other]);
