@@ -6,7 +6,7 @@
 //! `cargo bench --bench engine`
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod support;
 
 use std::path::Path;

@@ -41,8 +41,10 @@ pub fn normalize(obj: &Value) -> Value {
     v
 }
 
-/// Replaces Secret values by a marker that still shows whether they changed.
-pub fn mask_secret(obj: &Value, other: Option<&Value>) -> Value {
+/// Replaces Secret values by a marker that still shows whether they changed, as `kubectl diff`
+/// does: `***` when equal, `*** (before)` / `*** (after)` when not. `side` is `before` for the
+/// live object and `after` for the desired one.
+pub fn mask_secret(obj: &Value, other: Option<&Value>, side: &str) -> Value {
     let mut v = obj.clone();
     if v.get("kind").and_then(Value::as_str) != Some("Secret") {
         return v;
@@ -55,9 +57,9 @@ pub fn mask_secret(obj: &Value, other: Option<&Value>) -> Value {
                     .and_then(|d| d.get(k))
                     .is_some_and(|ov| ov == val);
                 *val = Value::String(if same {
-                    "*** (unchanged)".into()
+                    "***".into()
                 } else {
-                    "*** (changed)".into()
+                    format!("*** ({side})")
                 });
             }
         }
@@ -70,8 +72,8 @@ pub fn unified(title: &str, live: Option<&Value>, desired: Option<&Value>) -> Op
     if live == desired {
         return None;
     }
-    let masked_live = live.map(|l| mask_secret(l, desired));
-    let masked_desired = desired.map(|d| mask_secret(d, live));
+    let masked_live = live.map(|l| mask_secret(l, desired, "before"));
+    let masked_desired = desired.map(|d| mask_secret(d, live, "after"));
     let to_yaml = |v: Option<&Value>| {
         v.map(|v| serde_yaml_ng::to_string(v).unwrap_or_default())
             .unwrap_or_default()
@@ -112,11 +114,11 @@ mod tests {
             !d.contains("aHVudGVyMg==") && !d.contains("c2VjcmV0") && !d.contains("YWRtaW4="),
             "{d}"
         );
+        assert!(d.contains("-  password: '*** (before)'"), "{d}");
+        assert!(d.contains("+  password: '*** (after)'"), "{d}");
         assert!(
-            d.contains("password: '*** (changed)'")
-                || d.contains("password: \"*** (changed)\"")
-                || d.contains("*** (changed)"),
-            "{d}"
+            d.contains("   user: '***'"),
+            "an unchanged value shows as unchanged: {d}"
         );
     }
 

@@ -543,14 +543,13 @@ impl<'a> Run<'a> {
         let cluster_err = |e: ClusterError| (reason::CLUSTER_UNREACHABLE, e.to_string());
         self.ensure_namespace().await.map_err(cluster_err)?;
         self.namespace_ready = true;
-        self.loaded_inventory =
-            inventory::load(self.cluster.client(), self.ns(), &self.stack.spec.name)
-                .await
-                .map_err(|e| (reason::APPLY_FAILED, e.to_string()))?;
+        let (inv, old_status) = tokio::join!(
+            inventory::load(self.cluster.client(), self.ns(), &self.stack.spec.name),
+            status::load(self.cluster.client(), self.ns(), &self.stack.spec.name),
+        );
+        self.loaded_inventory = inv.map_err(|e| (reason::APPLY_FAILED, e.to_string()))?;
         self.inventory = self.loaded_inventory.clone();
-        self.old_status = status::load(self.cluster.client(), self.ns(), &self.stack.spec.name)
-            .await
-            .map_err(cluster_err)?;
+        self.old_status = old_status.map_err(cluster_err)?;
         let install = self.loaded_inventory.is_empty();
         self.check_secrets().await.map_err(cluster_err)?;
         self.list_live(&rendered)
@@ -571,6 +570,10 @@ impl<'a> Run<'a> {
             changed = items.iter().filter(|i| !i.unchanged).count(),
             "planned"
         );
+
+        self.write_ahead(&items)
+            .await
+            .map_err(|e| (reason::APPLY_FAILED, e.to_string()))?;
 
         if changed {
             for hook in rendered.hooks.iter().filter(|h| h.runs_before(install)) {
@@ -689,6 +692,36 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
+    /// Records objects about to be created in the inventory before creating them, so a crash
+    /// between the create and the inventory write cannot leave an object nobody prunes. The
+    /// placeholder's empty hash never matches a render, so the next reconcile applies it again.
+    async fn write_ahead(&mut self, items: &[Item]) -> Result<(), ClusterError> {
+        let mut added = false;
+        for item in items {
+            if self.inventory.get(&item.key).is_none()
+                && !self.blocked.contains_key(&item.component)
+            {
+                let record = Record {
+                    component: item.component.clone(),
+                    ..Record::default()
+                };
+                self.inventory.insert(item.key.clone(), record);
+                added = true;
+            }
+        }
+        if added {
+            inventory::save(
+                self.cluster.client(),
+                self.ns(),
+                &self.stack.spec.name,
+                &self.inventory,
+            )
+            .await?;
+            self.loaded_inventory = self.inventory.clone();
+        }
+        Ok(())
+    }
+
     async fn ensure_namespace(&self) -> Result<(), ClusterError> {
         let key = ObjectKey {
             group: String::new(),
@@ -772,8 +805,14 @@ impl<'a> Run<'a> {
                 .or_insert_with(|| k.gvk());
         }
         let selector = self.selector();
-        for gvk in gvks.values() {
-            let items = match self.cluster.list(gvk, self.ns(), &selector).await {
+        // One LIST per kind, all at once: on a no-op these reads are the whole cost.
+        let lists = futures::future::join_all(
+            gvks.values()
+                .map(|gvk| self.cluster.list(gvk, self.ns(), &selector)),
+        )
+        .await;
+        for result in lists {
+            let items = match result {
                 Ok(i) => i,
                 // A kind that is gone from the cluster holds nothing to compare against.
                 Err(ClusterError::UnknownKind { .. }) => continue,
@@ -952,6 +991,7 @@ impl<'a> Run<'a> {
         let deadline = Instant::now() + self.opts.timeout;
         let mut pending: Vec<ObjectKey> = keys.to_vec();
         let mut first_seen: HashMap<String, Instant> = HashMap::new();
+        let mut last_problem: BTreeMap<String, String> = BTreeMap::new();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             let mut still = Vec::new();
@@ -980,10 +1020,16 @@ impl<'a> Run<'a> {
                     Health::Failed(why) => return Err(format!("{}: {why}", key.short())),
                     Health::Progressing(msg) => {
                         if let Some((pod, why, message)) = self.stuck_pod(&live).await {
+                            last_problem
+                                .insert(key.short(), format!("pod {pod} is {why}: {message}"));
                             let since = *first_seen
                                 .entry(format!("{pod}/{why}"))
                                 .or_insert_with(Instant::now);
-                            if since.elapsed() >= self.opts.fail_fast {
+                            // Unschedulable often clears by itself (a volume being bound, a
+                            // node joining): it is reported at the deadline, never failed fast.
+                            let fatal = health::FAIL_FAST_REASONS.contains(&why.as_str())
+                                || why == "OOMKilled";
+                            if fatal && since.elapsed() >= self.opts.fail_fast {
                                 return Err(format!(
                                     "{}: pod {pod} is {why}: {message}",
                                     key.short()
@@ -999,7 +1045,13 @@ impl<'a> Run<'a> {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                let names: Vec<String> = still.iter().map(ObjectKey::short).collect();
+                let names: Vec<String> = still
+                    .iter()
+                    .map(|k| match last_problem.get(&k.short()) {
+                        Some(p) => format!("{} ({p})", k.short()),
+                        None => k.short(),
+                    })
+                    .collect();
                 return Err(format!(
                     "not healthy within {}s: {}",
                     self.opts.timeout.as_secs(),
