@@ -1,20 +1,15 @@
-//! The daemon's build step, the seam between a commit and `reconcile_commit`: read the commit's
-//! desired state, hash each built component's inputs (`build::plan`), and make sure the images
-//! exist (`build::ensure`), giving `Options::images`.
+//! The daemon's look at a commit before `reconcile_commit`: read and validate its desired state
+//! (which stacks, namespaces and contexts to lease and watch) and hash each built component's
+//! inputs (`build::plan`), so a bad build context stalls the commit before anything is applied.
+//! Building the missing images is `reconcile_commit`'s step (`build::ensure`).
 //!
-//! It never applies anything to the cluster, and builds nothing for components with a fixed
-//! `image.ref` (a stack of prebuilt images never touches an engine).
+//! It never builds, and never touches the cluster.
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 
-use tokio::sync::watch;
-use tracing::{info, warn};
-
-use super::metrics::Metrics;
-use crate::build::{self, Action, BuildOptions, DigestCache, ImagePlan};
-use crate::desired::{self, schema::BuilderKind, Stack};
+use crate::build::{self, DigestCache, ImagePlan};
+use crate::desired::{self, Stack};
 use crate::error::Error;
 use crate::reconcile::stack_matches;
 use crate::source::Repo;
@@ -103,70 +98,4 @@ pub fn read_commit(
         stacks,
         images,
     }))
-}
-
-/// Makes sure every planned image exists, building what is missing; returns the images by stack
-/// and component for `Options::images`.
-pub async fn ensure(
-    repo_root: &Path,
-    plan: &CommitPlan,
-    builder: Option<BuilderKind>,
-    cancel: watch::Receiver<bool>,
-    metrics: &Arc<Metrics>,
-) -> Result<BTreeMap<String, BTreeMap<String, String>>, ImagesError> {
-    let mut out = BTreeMap::new();
-    for stack in &plan.stacks {
-        let plans = plan
-            .images
-            .get(&stack.spec.name)
-            .cloned()
-            .unwrap_or_default();
-        if plans.is_empty() {
-            continue;
-        }
-        let opts = BuildOptions::new(build::resolve_builder(builder, stack));
-        let outcomes = build::ensure(
-            repo_root,
-            &plan.commit,
-            &plans,
-            stack,
-            &opts,
-            cancel.clone(),
-        )
-        .await
-        .map_err(|e| match e {
-            build::BuildError::Cancelled => ImagesError::Cancelled,
-            other => ImagesError::Build {
-                stack: stack.spec.name.clone(),
-                message: other.to_string(),
-            },
-        })?;
-        let mut failed = Vec::new();
-        let mut images = BTreeMap::new();
-        for o in outcomes {
-            let word = match &o.action {
-                Action::Exists => "exists",
-                Action::Built => {
-                    info!(component = %o.component, image = %o.image, "image built");
-                    "built"
-                }
-                Action::Skipped => "skipped",
-                Action::Failed { reason, .. } => {
-                    warn!(component = %o.component, image = %o.image, %reason, "image build failed");
-                    failed.push(format!("{}: {reason}", o.component));
-                    "failed"
-                }
-            };
-            metrics.build(word);
-            images.insert(o.component, o.image);
-        }
-        if !failed.is_empty() {
-            return Err(ImagesError::Build {
-                stack: stack.spec.name.clone(),
-                message: format!("image build failed: {}", failed.join("; ")),
-            });
-        }
-        out.insert(stack.spec.name.clone(), images);
-    }
-    Ok(out)
 }

@@ -318,7 +318,6 @@ struct JobInput {
     clusters: Clusters,
     helm: Helm,
     cache: Arc<DigestCache>,
-    metrics: Arc<Metrics>,
     cancel: watch::Receiver<bool>,
     known: Vec<Target>,
     leased: BTreeSet<String>,
@@ -395,32 +394,12 @@ async fn job(mut input: JobInput) -> Done {
         }
     }
 
+    // reconcile_commit builds what is missing (build::plan + build::ensure per stack, a failed
+    // build blocking only its components); the daemon passes the builder and its cancel switch.
     let mut opts = cfg.options.clone();
     opts.full = input.full;
-    match images::ensure(
-        &input.root,
-        &plan,
-        cfg.builder,
-        input.cancel.clone(),
-        &input.metrics,
-    )
-    .await
-    {
-        Ok(images) => opts.images = images,
-        Err(images::ImagesError::Cancelled) => {
-            done.clusters = input.clusters;
-            done.took = started.elapsed();
-            return done;
-        }
-        Err(e) => {
-            let message = e.to_string();
-            record(&mut input, &targets, reason::BUILD_FAILED, &message).await;
-            done.outcome = Outcome::Retry(message);
-            done.clusters = input.clusters;
-            done.took = started.elapsed();
-            return done;
-        }
-    }
+    opts.builder = cfg.builder;
+    opts.cancel = Some(input.cancel.clone());
 
     info!(stacks = targets.len(), "apply started");
     let result = reconcile::reconcile_commit(
@@ -759,7 +738,6 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                         clusters: clusters.clone(),
                         helm: helm.clone(),
                         cache: cache.clone(),
-                        metrics: metrics.clone(),
                         cancel: cancel_rx.clone(),
                         known: targets.clone(),
                         leased: leases.iter().map(|g| g.stack().to_string()).collect(),
