@@ -109,7 +109,7 @@ fn options() -> Options {
     Options {
         kubeconfig: Some(bed.kubeconfig.clone()),
         context: Some(current_context(&bed.kubeconfig)),
-        timeout: Duration::from_secs(90),
+        timeout: Duration::from_secs(180),
         fail_fast: Duration::from_secs(3),
         ..Options::default()
     }
