@@ -819,6 +819,14 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                         let mut applied_n = 0u64;
                         for r in &reports {
                             metrics.requests(r.requests.reads, r.requests.writes, r.requests.dry_runs);
+                            for b in &r.builds {
+                                metrics.build(match b.action {
+                                    crate::build::Action::Exists => "exists",
+                                    crate::build::Action::Built => "built",
+                                    crate::build::Action::Skipped => "skipped",
+                                    crate::build::Action::Failed { .. } => "failed",
+                                });
+                            }
                             applied_n += r.applied.len() as u64 + r.pruned.len() as u64;
                             let line = format!("{} applied, {} unchanged, {} pruned", r.applied.len(), r.unchanged, r.pruned.len());
                             if r.ready {

@@ -121,6 +121,8 @@ pub struct StackReport {
     pub duration_ms: u64,
     /// The status recorded.
     pub status: StackStatus,
+    /// What the build step did, per built component.
+    pub builds: Vec<BuildOutcome>,
 }
 
 /// A stack read from a commit and rendered, ready for the cluster.
@@ -475,7 +477,9 @@ pub async fn reconcile_stack(
             Ok(rendered) => run.execute(rendered, &prepared.images).await,
             Err(e) => Err((reason::RENDER_FAILED, e.to_string())),
         };
-        run.finish(result, &prepared.images, started, before).await
+        let mut report = run.finish(result, &prepared.images, started, before).await;
+        report.builds = prepared.builds.clone();
+        report
     }
     .instrument(span)
     .await
@@ -1247,6 +1251,7 @@ impl<'a> Run<'a> {
             },
             duration_ms: started.elapsed().as_millis() as u64,
             status,
+            builds: Vec::new(),
         }
     }
 
