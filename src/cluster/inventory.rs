@@ -3,12 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, Patch, PatchParams};
 use serde::{Deserialize, Serialize};
 
-use super::{ClusterError, ObjectKey, REQUEST_TIMEOUT};
-use crate::vocabulary::{inventory_name, FIELD_MANAGER, LABEL_MANAGED_BY, LABEL_STACK, MANAGED_BY};
+use super::record::Place;
+use super::{ClusterError, ObjectKey};
+use crate::vocabulary::inventory_name;
 
 /// What converge knows of one object it applied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -82,30 +81,13 @@ pub async fn load(
     namespace: &str,
     stack: &str,
 ) -> Result<Inventory, ClusterError> {
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     let name = inventory_name(stack);
-    let what = format!("ConfigMap/{name} (namespace {namespace})");
-    let cm = match tokio::time::timeout(REQUEST_TIMEOUT, api.get_opt(&name)).await {
-        Err(_) => {
-            return Err(ClusterError::Timeout {
-                action: "reading",
-                object: what,
-            })
-        }
-        Ok(Err(source)) => {
-            return Err(ClusterError::Api {
-                action: "reading",
-                object: what,
-                source,
-            })
-        }
-        Ok(Ok(cm)) => cm,
-    };
-    let Some(text) = cm.and_then(|c| c.data).and_then(|mut d| d.remove(DATA_KEY)) else {
+    let place = place(namespace, &name, stack);
+    let Some(text) = place.read(client).await? else {
         return Ok(Inventory::default());
     };
     let entries: Vec<(ObjectKey, Record)> = serde_json::from_str(&text).map_err(|e| ClusterError::Invalid {
-        object: what,
+        object: format!("ConfigMap/{name} (namespace {namespace})"),
         message: format!("the inventory is not readable ({e}); converge will not prune until it is repaired or deleted"),
     })?;
     let mut inv = Inventory::default();
@@ -115,6 +97,15 @@ pub async fn load(
     Ok(inv)
 }
 
+fn place<'a>(namespace: &'a str, name: &'a str, stack: &'a str) -> Place<'a> {
+    Place {
+        namespace,
+        name,
+        stack,
+        key: DATA_KEY,
+    }
+}
+
 /// Writes the inventory (server-side apply of the whole ConfigMap).
 pub async fn save(
     client: &kube::Client,
@@ -122,34 +113,10 @@ pub async fn save(
     stack: &str,
     inv: &Inventory,
 ) -> Result<(), ClusterError> {
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     let name = inventory_name(stack);
     let entries: Vec<&(ObjectKey, Record)> = inv.objects.values().collect();
     let text = serde_json::to_string_pretty(&entries).unwrap_or_else(|_| "[]".into());
-    let cm = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": {LABEL_MANAGED_BY: MANAGED_BY, LABEL_STACK: stack},
-        },
-        "data": {DATA_KEY: text},
-    });
-    let what = format!("ConfigMap/{name} (namespace {namespace})");
-    let pp = PatchParams::apply(FIELD_MANAGER).force();
-    match tokio::time::timeout(REQUEST_TIMEOUT, api.patch(&name, &pp, &Patch::Apply(&cm))).await {
-        Err(_) => Err(ClusterError::Timeout {
-            action: "writing",
-            object: what,
-        }),
-        Ok(Err(source)) => Err(ClusterError::Api {
-            action: "writing",
-            object: what,
-            source,
-        }),
-        Ok(Ok(_)) => Ok(()),
-    }
+    place(namespace, &name, stack).write(client, text).await
 }
 
 /// What pruning may delete.

@@ -9,6 +9,7 @@ pub mod diff;
 pub mod health;
 pub mod inventory;
 pub mod order;
+pub mod record;
 
 use std::collections::HashMap;
 use std::fmt;

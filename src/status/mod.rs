@@ -1,12 +1,11 @@
 //! The status record of one stack, kept in a ConfigMap in its namespace so `converge status`
 //! works from any machine, with or without the daemon. Holds references, never Secret values.
 
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, Patch, PatchParams};
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::{ClusterError, REQUEST_TIMEOUT};
-use crate::vocabulary::{status_name, FIELD_MANAGER, LABEL_MANAGED_BY, LABEL_STACK, MANAGED_BY};
+use crate::cluster::record::Place;
+use crate::cluster::ClusterError;
+use crate::vocabulary::status_name;
 
 /// How many reconciles the history keeps.
 pub const HISTORY: usize = 10;
@@ -78,59 +77,27 @@ pub async fn load(
     namespace: &str,
     stack: &str,
 ) -> Result<Option<StackStatus>, ClusterError> {
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     let name = status_name(stack);
-    let what = format!("ConfigMap/{name} (namespace {namespace})");
-    let cm = match tokio::time::timeout(REQUEST_TIMEOUT, api.get_opt(&name)).await {
-        Err(_) => {
-            return Err(ClusterError::Timeout {
-                action: "reading",
-                object: what,
-            })
-        }
-        Ok(Err(source)) => {
-            return Err(ClusterError::Api {
-                action: "reading",
-                object: what,
-                source,
-            })
-        }
-        Ok(Ok(cm)) => cm,
-    };
-    Ok(cm
-        .and_then(|c| c.data)
-        .and_then(|mut d| d.remove(DATA_KEY))
-        .and_then(|t| serde_json::from_str(&t).ok()))
+    let text = place(namespace, &name, stack).read(client).await?;
+    Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+}
+
+fn place<'a>(namespace: &'a str, name: &'a str, stack: &'a str) -> Place<'a> {
+    Place {
+        namespace,
+        name,
+        stack,
+        key: DATA_KEY,
+    }
 }
 
 /// Writes the status of `stack`.
 pub async fn save(client: &kube::Client, status: &StackStatus) -> Result<(), ClusterError> {
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &status.namespace);
     let name = status_name(&status.stack);
-    let cm = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": name,
-            "namespace": status.namespace,
-            "labels": {LABEL_MANAGED_BY: MANAGED_BY, LABEL_STACK: status.stack},
-        },
-        "data": {DATA_KEY: serde_json::to_string_pretty(status).unwrap_or_default()},
-    });
-    let what = format!("ConfigMap/{name} (namespace {})", status.namespace);
-    let pp = PatchParams::apply(FIELD_MANAGER).force();
-    match tokio::time::timeout(REQUEST_TIMEOUT, api.patch(&name, &pp, &Patch::Apply(&cm))).await {
-        Err(_) => Err(ClusterError::Timeout {
-            action: "writing",
-            object: what,
-        }),
-        Ok(Err(source)) => Err(ClusterError::Api {
-            action: "writing",
-            object: what,
-            source,
-        }),
-        Ok(Ok(_)) => Ok(()),
-    }
+    let text = serde_json::to_string_pretty(status).unwrap_or_default();
+    place(&status.namespace, &name, &status.stack)
+        .write(client, text)
+        .await
 }
 
 /// Whether `new` differs from `old` in anything but timestamps and durations, so an unchanged

@@ -12,19 +12,14 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use serde_json::Value;
 
-use crate::support::git::GitRepo;
+use crate::support::git::{copy_project_dir, GitRepo};
 use crate::support::{kubectl, run_ok, testbed, TestNamespace};
 
 /// Copies the project's chart into `repo` and writes a stack for namespace `ns`: postgres (a
 /// StatefulSet) and backend (a Deployment) from prebuilt image refs, no Secrets needed.
 fn stack_repo(ns: &str) -> GitRepo {
     let repo = GitRepo::new();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    copy_dir(
-        &root.join("charts/todo-chatbot"),
-        &repo,
-        "charts/todo-chatbot",
-    );
+    copy_project_dir(&repo, "charts/todo-chatbot", "charts/todo-chatbot");
     repo.write(
         "desired/stack.yaml",
         format!(
@@ -45,25 +40,6 @@ fn write_backend(repo: &GitRepo, version: &str) {
         "desired/backend.yaml",
         format!("apiVersion: converge.dev/v1alpha1\nkind: Component\nname: backend\nimage:\n  ref: todo-backend:test\nreplicas: 1\nenv:\n  VERSION: \"{version}\"\ndependsOn: [postgres]\n"),
     );
-}
-
-fn copy_dir(src: &Path, repo: &GitRepo, rel: &str) {
-    for entry in std::fs::read_dir(src).expect("read the chart directory") {
-        let path = entry.expect("chart directory entry").path();
-        let name = path.file_name().unwrap().to_string_lossy().to_string();
-        if path.is_dir() {
-            copy_dir(&path, repo, &format!("{rel}/{name}"));
-        } else {
-            repo.write(&format!("{rel}/{name}"), std::fs::read(&path).unwrap());
-        }
-    }
-}
-
-fn context() -> String {
-    kube::config::Kubeconfig::read_from(&testbed().kubeconfig)
-        .unwrap()
-        .current_context
-        .unwrap()
 }
 
 /// `converge` preset for the bed (kubeconfig, helm and its caches).
@@ -94,7 +70,7 @@ impl Daemon {
             .arg(repo)
             .args([
                 "--context",
-                &context(),
+                &crate::support::current_context(),
                 "--log-format",
                 "json",
                 "--log",
@@ -429,7 +405,7 @@ async fn an_invalid_commit_changes_nothing_and_status_shows_the_file_and_line() 
     assert_eq!(backend(&ns).await.metadata.generation, before);
 
     let out = converge()
-        .args(["status", "--context", &context()])
+        .args(["status", "--context", &crate::support::current_context()])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -454,7 +430,7 @@ async fn a_second_daemon_refuses_and_names_the_first() {
     let out = converge()
         .args(["run", "--repo"])
         .arg(repo.path())
-        .args(["--context", &context()])
+        .args(["--context", &crate::support::current_context()])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -467,7 +443,7 @@ async fn a_second_daemon_refuses_and_names_the_first() {
     let out = converge()
         .args(["run", "--repo"])
         .arg(other.path())
-        .args(["--context", &context()])
+        .args(["--context", &crate::support::current_context()])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

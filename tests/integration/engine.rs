@@ -1,16 +1,15 @@
 //! The reconcile engine against the testbed's real control plane: the shipped chart deployed
 //! from a real git commit, changes, drift, conflicts, pruning, failures, request counts.
 
-use std::path::Path;
 use std::time::Duration;
 
 use converge::reconcile::{self, Clusters, Options, StackReport};
 use converge::render::Helm;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim};
+use kube::api::{Api, Patch, PatchParams};
 
-use crate::support::git::GitRepo;
+use crate::support::git::{copy_project_dir, GitRepo};
 use crate::support::{kubectl, run_ok, testbed, TestNamespace};
 
 /// Copies the project's chart into `repo` and writes the todo-chatbot stack for namespace `ns`,
@@ -18,12 +17,7 @@ use crate::support::{kubectl, run_ok, testbed, TestNamespace};
 /// a ClusterIP Service so parallel tests do not fight over NodePort 30080.
 fn stack_repo(ns: &str) -> GitRepo {
     let repo = GitRepo::new();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    copy_dir(
-        &root.join("charts/todo-chatbot"),
-        &repo,
-        "charts/todo-chatbot",
-    );
+    copy_project_dir(&repo, "charts/todo-chatbot", "charts/todo-chatbot");
     repo.write(
         "desired/stack.yaml",
         format!(
@@ -70,36 +64,8 @@ fn component(name: &str, image: &str, replicas: u32, deps: &str, secrets: &str) 
     )
 }
 
-fn copy_dir(src: &Path, repo: &GitRepo, rel: &str) {
-    for entry in std::fs::read_dir(src).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name().to_string_lossy().to_string();
-        let path = entry.path();
-        if path.is_dir() {
-            copy_dir(&path, repo, &format!("{rel}/{name}"));
-        } else {
-            repo.write(&format!("{rel}/{name}"), std::fs::read(&path).unwrap());
-        }
-    }
-}
-
 async fn create_secret(ns: &TestNamespace, keys: &[&str]) {
-    let data: std::collections::BTreeMap<String, String> = keys
-        .iter()
-        .map(|k| (k.to_string(), "not-a-real-value".to_string()))
-        .collect();
-    let secret = Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some("todo-secrets".into()),
-            ..Default::default()
-        },
-        string_data: Some(data),
-        ..Default::default()
-    };
-    ns.api::<Secret>()
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
+    crate::support::create_secret(ns, "todo-secrets", keys).await;
 }
 
 const ALL_KEYS: &[&str] = &["postgres-password", "database-url", "jwt-secret"];
@@ -108,18 +74,11 @@ fn options() -> Options {
     let bed = testbed();
     Options {
         kubeconfig: Some(bed.kubeconfig.clone()),
-        context: Some(current_context(&bed.kubeconfig)),
+        context: Some(crate::support::current_context()),
         timeout: Duration::from_secs(180),
         fail_fast: Duration::from_secs(3),
         ..Options::default()
     }
-}
-
-fn current_context(kubeconfig: &Path) -> String {
-    kube::config::Kubeconfig::read_from(kubeconfig)
-        .unwrap()
-        .current_context
-        .unwrap()
 }
 
 async fn reconcile(repo: &GitRepo, opts: &Options) -> StackReport {
@@ -196,7 +155,7 @@ async fn the_shipped_stack_deploys_healthy_and_a_second_apply_makes_zero_writes(
     );
     assert_eq!(second.requests.dry_runs, 0);
 
-    let ctx = current_context(&testbed().kubeconfig);
+    let ctx = crate::support::current_context();
     let (code, out) = converge(&[
         "diff",
         "--repo",
@@ -575,12 +534,7 @@ async fn an_unreachable_cluster_is_a_clear_error() {
 /// A repository with the `hooks` fixture chart and a one-component stack in `ns`.
 fn hooks_repo(ns: &str, fail: bool, greeting: &str) -> GitRepo {
     let repo = GitRepo::new();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    copy_dir(
-        &root.join("tests/fixtures/charts/hooks"),
-        &repo,
-        "charts/hooks",
-    );
+    copy_project_dir(&repo, "tests/fixtures/charts/hooks", "charts/hooks");
     write_hooks_stack(&repo, ns, fail, greeting);
     repo
 }

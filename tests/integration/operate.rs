@@ -13,39 +13,21 @@ use converge::reconcile::{self, Clusters, Options, StackReport};
 use converge::render::Helm;
 use converge::vocabulary::{LABEL_COMPONENT, LABEL_STACK};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Event, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, PersistentVolumeClaim, Pod, Service};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
 
-use crate::support::git::GitRepo;
-use crate::support::{testbed, TestNamespace, FAIL_LABEL};
+use crate::support::git::{copy_project_dir, GitRepo};
+use crate::support::{current_context, testbed, TestNamespace, FAIL_LABEL};
 
 const ALL_KEYS: &[&str] = &["postgres-password", "database-url", "jwt-secret"];
-
-fn copy_dir(src: &Path, repo: &GitRepo, rel: &str) {
-    for entry in std::fs::read_dir(src).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name().to_string_lossy().to_string();
-        let path = entry.path();
-        if path.is_dir() {
-            copy_dir(&path, repo, &format!("{rel}/{name}"));
-        } else {
-            repo.write(&format!("{rel}/{name}"), std::fs::read(&path).unwrap());
-        }
-    }
-}
 
 /// The shipped chart with postgres, backend and frontend as stack `ns` in namespace `ns` (a
 /// name no other test uses); `backend_values`
 /// and `frontend_values` are extra YAML lines under each component's `values:`.
 fn stack_repo(ns: &str, backend_values: &str, frontend_values: &str) -> GitRepo {
     let repo = GitRepo::new();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    copy_dir(
-        &root.join("charts/todo-chatbot"),
-        &repo,
-        "charts/todo-chatbot",
-    );
+    copy_project_dir(&repo, "charts/todo-chatbot", "charts/todo-chatbot");
     repo.write(
         "desired/stack.yaml",
         format!(
@@ -97,29 +79,7 @@ fn stack_repo(ns: &str, backend_values: &str, frontend_values: &str) -> GitRepo 
 }
 
 async fn create_secret(ns: &TestNamespace, keys: &[&str]) {
-    let data = keys
-        .iter()
-        .map(|k| (k.to_string(), "not-a-real-value".to_string()))
-        .collect();
-    let secret = Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some("todo-secrets".into()),
-            ..Default::default()
-        },
-        string_data: Some(data),
-        ..Default::default()
-    };
-    ns.api::<Secret>()
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
-}
-
-fn current_context() -> String {
-    kube::config::Kubeconfig::read_from(&testbed().kubeconfig)
-        .unwrap()
-        .current_context
-        .unwrap()
+    crate::support::create_secret(ns, "todo-secrets", keys).await;
 }
 
 async fn reconcile(repo: &GitRepo) -> StackReport {
@@ -675,12 +635,7 @@ async fn doctor_fails_each_broken_check_with_its_fix_and_passes_once_they_are_fi
     // A NodePort of our own, away from 30080 and from other tests.
     let port = 31000 + (ns.name().bytes().map(u32::from).sum::<u32>() % 700) as i64;
     let repo = GitRepo::new();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    copy_dir(
-        &root.join("charts/todo-chatbot"),
-        &repo,
-        "charts/todo-chatbot",
-    );
+    copy_project_dir(&repo, "charts/todo-chatbot", "charts/todo-chatbot");
     repo.write(
         "desired/stack.yaml",
         format!(

@@ -93,3 +93,29 @@ pub fn write_minimal_stack(repo: &GitRepo) {
             "apiVersion: converge.dev/v1alpha1\nkind: Component\nname: api\nimage:\n  build:\n    context: apps/api\n    repository: shop-api\nreplicas: 2\nresources:\n  requests: {cpu: 100m, memory: 128Mi}\n  limits: {cpu: 500m, memory: 256Mi}\ndependsOn: [db]\n",
         );
 }
+
+/// Copies the project's directory `from` (relative to the crate root, e.g. `charts/todo-chatbot`)
+/// into `repo` at `to`, without staging it.
+pub fn copy_project_dir(repo: &GitRepo, from: &str, to: &str) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(from);
+    copy_dir(&src, repo, to);
+}
+
+fn copy_dir(src: &Path, repo: &GitRepo, rel: &str) {
+    for entry in std::fs::read_dir(src).expect("read a project directory") {
+        let path = entry.expect("directory entry").path();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
+        if path.is_dir() {
+            copy_dir(&path, repo, &format!("{rel}/{name}"));
+        } else {
+            repo.write(
+                &format!("{rel}/{name}"),
+                std::fs::read(&path).expect("read a project file"),
+            );
+        }
+    }
+}

@@ -400,3 +400,31 @@ impl Drop for TestNamespace {
 
 #[path = "git.rs"]
 pub mod git;
+
+/// The testbed kubeconfig's current context (what `--context` names for the bed).
+pub fn current_context() -> String {
+    Kubeconfig::read_from(&testbed().kubeconfig)
+        .ok()
+        .and_then(|k| k.current_context)
+        .expect("the testbed kubeconfig names a current context")
+}
+
+/// Creates Secret `name` in `ns` with placeholder values for `keys` (tests only read key names).
+pub async fn create_secret(ns: &TestNamespace, name: &str, keys: &[&str]) {
+    let data = keys
+        .iter()
+        .map(|k| (k.to_string(), "not-a-real-value".to_string()))
+        .collect();
+    let secret = k8s_openapi::api::core::v1::Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        string_data: Some(data),
+        ..Default::default()
+    };
+    ns.api::<k8s_openapi::api::core::v1::Secret>()
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap_or_else(|e| panic!("create secret {name}: {e}"));
+}
