@@ -332,9 +332,43 @@ pub async fn reconcile_commit(
             .clone()
             .unwrap_or_else(|| p.stack.spec.context.clone());
         let cluster = clusters.get(opts.kubeconfig.as_deref(), &ctx).await?;
-        reports.push(reconcile_stack(&cluster, p, &commit, helm, opts).await);
+        let report = reconcile_stack(&cluster, p, &commit, helm, opts).await;
+        if report.ready {
+            collect_old_images(p, opts).await;
+        }
+        reports.push(report);
     }
     Ok(reports)
+}
+
+/// Removes old content tags of a stack's repositories after it became healthy, keeping the newest
+/// `opts.build.keep` and never the images it now runs (a revert of the next commit needs them).
+/// Best effort: a failure is logged, never a failed reconcile.
+async fn collect_old_images(p: &Prepared, opts: &Options) {
+    let builder = build::resolve_builder(opts.builder, &p.stack);
+    if p.builds.is_empty() || builder == BuilderKind::None {
+        return;
+    }
+    let mut bopts = opts.build.clone();
+    bopts.builder = builder;
+    let repositories: Vec<String> = p
+        .stack
+        .components
+        .iter()
+        .filter_map(|c| c.spec.image.build.as_ref().map(|b| b.repository.clone()))
+        .collect();
+    let protect: Vec<String> = p.images.values().cloned().collect();
+    let cancel = opts
+        .cancel
+        .clone()
+        .unwrap_or_else(|| tokio::sync::watch::channel(false).1);
+    match build::prune_old(&bopts, &repositories, &protect, cancel).await {
+        Ok(r) if !r.removed.is_empty() => {
+            info!(removed = r.removed.len(), "old image tags removed")
+        }
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "old image tags not collected"),
+    }
 }
 
 /// One object `apply` would change.

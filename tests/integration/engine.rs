@@ -603,3 +603,146 @@ async fn a_missing_helm_binary_says_how_to_install_it() {
         "{err}"
     );
 }
+
+/// A stack with one component, `backend`, built by converge from a `FROM scratch` context.
+fn built_backend_repo(ns: &str) -> GitRepo {
+    let repo = GitRepo::new();
+    copy_project_dir(&repo, "charts/todo-chatbot", "charts/todo-chatbot");
+    repo.write(
+        "desired/stack.yaml",
+        format!("apiVersion: converge.dev/v1alpha1\nkind: Stack\nname: built\nnamespace: {ns}\nrelease: todo-chatbot\nbuilder: docker\nvalues:\n  migrations: {{enabled: false}}\n"),
+    );
+    repo.write(
+        "desired/backend.yaml",
+        "apiVersion: converge.dev/v1alpha1\nkind: Component\nname: backend\nimage:\n  build: {context: app, repository: converge-test/revert}\nreplicas: 1\nsecretEnv: []\n",
+    );
+    repo.write("app/Dockerfile", "FROM scratch\nCOPY version /version\n");
+    repo.write("app/version", "v1\n");
+    repo.commit("v1");
+    repo
+}
+
+fn built_options() -> Options {
+    let mut opts = options();
+    opts.build.docker_host = testbed().docker_host.clone();
+    opts
+}
+
+#[tokio::test]
+async fn git_revert_brings_back_the_previous_image_without_building_it() {
+    let ns = TestNamespace::new("engine-revert").await;
+    let repo = built_backend_repo(ns.name());
+    let opts = built_options();
+    let image = |r: &StackReport| {
+        r.builds
+            .iter()
+            .map(|b| (b.image.clone(), format!("{:?}", b.action)))
+            .collect::<Vec<_>>()
+    };
+    let v1 = ready(&repo, &opts).await;
+    let (tag1, action) = image(&v1)[0].clone();
+    assert_eq!(action, "Built");
+    repo.write("app/version", "v2\n");
+    repo.commit("v2");
+    let v2 = ready(&repo, &opts).await;
+    let (tag2, action) = image(&v2)[0].clone();
+    assert_ne!(tag1, tag2, "a changed input is a new tag");
+    assert_eq!(action, "Built");
+    repo.git(&["revert", "--no-edit", "HEAD"]);
+    let reverted = ready(&repo, &opts).await;
+    assert_eq!(
+        image(&reverted),
+        [(tag1.clone(), "Exists".to_string())],
+        "the revert reuses the old image: zero builds"
+    );
+    let d = ns
+        .api::<Deployment>()
+        .get("todo-chatbot-backend")
+        .await
+        .unwrap();
+    let running = d.spec.unwrap().template.spec.unwrap().containers[0]
+        .image
+        .clone()
+        .unwrap();
+    assert_eq!(running, tag1);
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn kill_9_in_the_middle_of_an_apply_leaves_no_orphans_after_a_restart() {
+    let ns = TestNamespace::new("engine-kill").await;
+    create_secret(&ns, ALL_KEYS).await;
+    let repo = stack_repo(ns.name());
+    let ctx = crate::support::current_context();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_converge"))
+        .args([
+            "apply",
+            "--repo",
+            repo.path().to_str().unwrap(),
+            "--context",
+            &ctx,
+        ])
+        .env("KUBECONFIG", &testbed().kubeconfig)
+        .env("CONVERGE_HELM", &testbed().helm)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once the StatefulSet exists: the backend and frontend are still waiting on it.
+    let sts: Api<k8s_openapi::api::apps::v1::StatefulSet> = ns.api();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while sts
+        .get_opt("todo-chatbot-postgres")
+        .await
+        .unwrap()
+        .is_none()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "apply never reached the StatefulSet"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    let opts = options();
+    let r = ready(&repo, &opts).await;
+    // Everything converge labelled is in its inventory, once.
+    let inv = converge::cluster::inventory::load(&ns.client(), ns.name(), "todo")
+        .await
+        .unwrap();
+    let listed = crate::support::run_ok(crate::support::kubectl().args([
+        "-n",
+        ns.name(),
+        "get",
+        "deploy,sts,svc,cm,sa,pdb",
+        "-l",
+        "converge.dev/stack=todo",
+        "-o",
+        "name",
+    ]));
+    for line in listed.lines() {
+        let (kind, name) = line.split_once('/').unwrap();
+        if name.starts_with("converge-todo-") {
+            continue; // the inventory and status records themselves
+        }
+        assert!(
+            inv.keys()
+                .any(|k| k.name == name && kind.starts_with(&k.kind.to_lowercase())),
+            "{line} is not in the inventory: an orphan ({r:#?})"
+        );
+    }
+    // And what is removed from desired/ is pruned, so nothing was lost track of.
+    repo.remove("desired/frontend.yaml");
+    repo.commit("drop frontend");
+    let r = ready(&repo, &opts).await;
+    assert!(
+        r.pruned
+            .iter()
+            .any(|p| p.starts_with("Deployment/todo-chatbot-frontend")),
+        "{:?}",
+        r.pruned
+    );
+    ns.cleanup().await;
+}
