@@ -2,7 +2,6 @@
 //! repository is only consulted to learn the stack's namespace and context, never required.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -16,18 +15,8 @@ use crate::reconcile::teardown::{self, DownReport, TeardownOptions};
 pub struct DownArgs {
     #[command(flatten)]
     source: SourceArgs,
-    /// The stack: its name or its directory. Required with `--namespace` or without a repository.
-    #[arg(long)]
-    stack: Option<String>,
-    /// The stack's namespace; with `--stack`, the repository is not read at all.
-    #[arg(long, short = 'n')]
-    namespace: Option<String>,
-    /// The kube context, instead of the stack's `context` (or the kubeconfig's current one).
-    #[arg(long, env = "CONVERGE_CONTEXT")]
-    context: Option<String>,
-    /// The kubeconfig file (`$KUBECONFIG` or `~/.kube/config` when absent).
-    #[arg(long)]
-    kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    target: super::StackArgs,
     /// Also delete PersistentVolumeClaims (the data in them is lost).
     #[arg(long)]
     volumes: bool,
@@ -137,9 +126,9 @@ pub(crate) fn targets(
 pub(super) fn run(args: &DownArgs) -> u8 {
     let targets = match targets(
         &args.source,
-        args.stack.as_deref(),
-        args.namespace.as_deref(),
-        args.context.as_deref(),
+        args.target.stack.as_deref(),
+        args.target.namespace.as_deref(),
+        args.target.context.as_deref(),
     ) {
         Ok(t) => t,
         Err(why) => {
@@ -158,7 +147,7 @@ pub(super) fn run(args: &DownArgs) -> u8 {
     rt.block_on(async {
         let mut reports = Vec::new();
         for t in &targets {
-            match take_down(args.kubeconfig.as_deref(), t, opts).await {
+            match take_down(args.target.kubeconfig.as_deref(), t, opts).await {
                 Ok(mut r) => reports.append(&mut r),
                 Err(e) => {
                     return super::report_error(&crate::error::Error::Cluster(e), args.output)

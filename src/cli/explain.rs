@@ -25,18 +25,8 @@ pub struct ExplainArgs {
     component: Option<String>,
     #[command(flatten)]
     source: SourceArgs,
-    /// The stack: its name or its directory (needed when the repository has several).
-    #[arg(long)]
-    stack: Option<String>,
-    /// The stack's namespace; with `--stack`, the repository is not read.
-    #[arg(long, short = 'n')]
-    namespace: Option<String>,
-    /// The kube context, instead of the stack's `context`.
-    #[arg(long, env = "CONVERGE_CONTEXT")]
-    context: Option<String>,
-    /// The kubeconfig file (`$KUBECONFIG` or `~/.kube/config` when absent).
-    #[arg(long)]
-    kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    target: super::StackArgs,
     /// Also pipe the gathered evidence to `kubectl-ai` (when it is on PATH) for a second opinion.
     #[arg(long)]
     ai: bool,
@@ -59,9 +49,9 @@ pub struct Explained {
 pub(super) fn run(args: &ExplainArgs) -> u8 {
     let targets = match down::targets(
         &args.source,
-        args.stack.as_deref(),
-        args.namespace.as_deref(),
-        args.context.as_deref(),
+        args.target.stack.as_deref(),
+        args.target.namespace.as_deref(),
+        args.target.context.as_deref(),
     ) {
         Ok(t) => t,
         Err(why) => {
@@ -106,7 +96,7 @@ pub(super) fn run(args: &ExplainArgs) -> u8 {
             Format::Text => print_text(&all, args.component.is_some()),
         }
         if args.ai {
-            ask_ai(&all, args.kubeconfig.as_deref()).await;
+            ask_ai(&all, args.target.kubeconfig.as_deref()).await;
         }
         if all.iter().flat_map(|e| &e.diagnoses).any(Diagnosis::is_problem) {
             EXIT_FINDINGS
@@ -117,7 +107,7 @@ pub(super) fn run(args: &ExplainArgs) -> u8 {
 }
 
 async fn explain_target(args: &ExplainArgs, t: &Target) -> Result<Vec<Explained>, GatherError> {
-    let cluster = Cluster::connect(args.kubeconfig.as_deref(), t.context.as_deref()).await?;
+    let cluster = Cluster::connect(args.target.kubeconfig.as_deref(), t.context.as_deref()).await?;
     cluster.ping().await?;
     let mut out = Vec::new();
     for ns in down::namespaces(&cluster, t).await? {

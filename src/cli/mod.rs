@@ -85,6 +85,24 @@ pub struct SourceArgs {
     pub dir: String,
 }
 
+/// Which stack in which cluster, for commands that can work from the cluster's own records
+/// (`down`, `explain`) without reading the repository.
+#[derive(Debug, Clone, Args)]
+pub struct StackArgs {
+    /// The stack: its name or its directory (needed when the repository has several).
+    #[arg(long)]
+    pub stack: Option<String>,
+    /// The stack's namespace; with `--stack`, the repository is not read at all.
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+    /// The kube context, instead of the stack's `context` (or the kubeconfig's current one).
+    #[arg(long, env = "CONVERGE_CONTEXT")]
+    pub context: Option<String>,
+    /// The kubeconfig file (`$KUBECONFIG` or `~/.kube/config` when absent).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+}
+
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum Format {
