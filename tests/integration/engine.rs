@@ -617,7 +617,9 @@ fn built_backend_repo(ns: &str) -> GitRepo {
         "apiVersion: converge.dev/v1alpha1\nkind: Component\nname: backend\nimage:\n  build: {context: app, repository: converge-test/revert}\nreplicas: 1\nsecretEnv: []\n",
     );
     repo.write("app/Dockerfile", "FROM scratch\nCOPY version /version\n");
-    repo.write("app/version", "v1\n");
+    // Unique per test run: the bed's Docker engine outlives a run, and the same content would
+    // (rightly) find its image already there.
+    repo.write("app/version", format!("v1 {ns}\n"));
     repo.commit("v1");
     repo
 }
@@ -642,7 +644,7 @@ async fn git_revert_brings_back_the_previous_image_without_building_it() {
     let v1 = ready(&repo, &opts).await;
     let (tag1, action) = image(&v1)[0].clone();
     assert_eq!(action, "Built");
-    repo.write("app/version", "v2\n");
+    repo.write("app/version", format!("v2 {}\n", ns.name()));
     repo.commit("v2");
     let v2 = ready(&repo, &opts).await;
     let (tag2, action) = image(&v2)[0].clone();
