@@ -1115,7 +1115,12 @@ mod tests {
     #[tokio::test]
     async fn output_is_kept_as_the_last_forty_lines() {
         let (_tx, rx) = watch::channel(false);
-        let args = ["-c".to_string(), "seq 1 100; echo err >&2".to_string()];
+        // stdout and stderr are read concurrently, so "last" is arrival order: the pause makes
+        // the stderr line arrive after every stdout line, as a build's final error does.
+        let args = [
+            "-c".to_string(),
+            "seq 1 100; sleep 0.3; echo err >&2".to_string(),
+        ];
         let out = run("sh", &args, &[], None, Duration::from_secs(10), rx, "t")
             .await
             .expect("runs");
