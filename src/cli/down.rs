@@ -43,6 +43,23 @@ pub(crate) struct Target {
 
 /// Which stacks `down` is about: from the flags alone, else from the repository's desired state,
 /// else (a repository without the stack, or none) by `--stack` in the cluster.
+/// [`targets`] for a command's `StackArgs`, printing why it failed (exit code 2).
+pub(crate) fn resolve_targets(
+    source: &SourceArgs,
+    target: &super::StackArgs,
+) -> Result<Vec<Target>, u8> {
+    targets(
+        source,
+        target.stack.as_deref(),
+        target.namespace.as_deref(),
+        target.context.as_deref(),
+    )
+    .map_err(|why| {
+        eprintln!("error: {why}");
+        EXIT_ERROR
+    })
+}
+
 pub(crate) fn targets(
     source: &SourceArgs,
     stack: Option<&str>,
@@ -124,17 +141,9 @@ pub(crate) fn targets(
 }
 
 pub(super) fn run(args: &DownArgs) -> u8 {
-    let targets = match targets(
-        &args.source,
-        args.target.stack.as_deref(),
-        args.target.namespace.as_deref(),
-        args.target.context.as_deref(),
-    ) {
+    let targets = match resolve_targets(&args.source, &args.target) {
         Ok(t) => t,
-        Err(why) => {
-            eprintln!("error: {why}");
-            return EXIT_ERROR;
-        }
+        Err(code) => return code,
     };
     let rt = match super::runtime() {
         Ok(rt) => rt,

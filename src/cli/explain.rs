@@ -47,17 +47,9 @@ pub struct Explained {
 }
 
 pub(super) fn run(args: &ExplainArgs) -> u8 {
-    let targets = match down::targets(
-        &args.source,
-        args.target.stack.as_deref(),
-        args.target.namespace.as_deref(),
-        args.target.context.as_deref(),
-    ) {
+    let targets = match down::resolve_targets(&args.source, &args.target) {
         Ok(t) => t,
-        Err(why) => {
-            eprintln!("error: {why}");
-            return EXIT_ERROR;
-        }
+        Err(code) => return code,
     };
     let rt = match super::runtime() {
         Ok(rt) => rt,

@@ -173,11 +173,13 @@ pub fn plan_prune(inv: &Inventory, rendered: &[ObjectKey], policy: PrunePolicy) 
     plan
 }
 
+/// Keys and inventories for unit tests of the modules that plan over an inventory.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod fixtures {
+    use super::{Inventory, ObjectKey, Record};
 
-    fn k(kind: &str, name: &str) -> ObjectKey {
+    /// A core-group key in namespace `ns`.
+    pub fn k(kind: &str, name: &str) -> ObjectKey {
         ObjectKey {
             group: String::new(),
             version: "v1".into(),
@@ -187,13 +189,20 @@ mod tests {
         }
     }
 
-    fn inv(keys: &[ObjectKey]) -> Inventory {
+    /// An inventory holding `keys` with empty records.
+    pub fn inv(keys: &[ObjectKey]) -> Inventory {
         let mut i = Inventory::default();
         for key in keys {
             i.insert(key.clone(), Record::default());
         }
         i
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{inv, k};
+    use super::*;
 
     #[test]
     fn only_objects_no_longer_rendered_are_pruned_and_never_volumes() {

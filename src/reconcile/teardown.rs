@@ -487,26 +487,8 @@ pub async fn find_stack(cluster: &Cluster, stack: &str) -> Result<Vec<String>, C
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::inventory::Record;
+    use crate::cluster::inventory::fixtures::{inv, k};
     use serde_json::json;
-
-    fn k(kind: &str, name: &str) -> ObjectKey {
-        ObjectKey {
-            group: String::new(),
-            version: "v1".into(),
-            kind: kind.into(),
-            namespace: "ns".into(),
-            name: name.into(),
-        }
-    }
-
-    fn inv(keys: &[ObjectKey]) -> Inventory {
-        let mut i = Inventory::default();
-        for key in keys {
-            i.insert(key.clone(), Record::default());
-        }
-        i
-    }
 
     #[test]
     fn teardown_deletes_workloads_before_what_they_use_and_keeps_volumes() {
