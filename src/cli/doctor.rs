@@ -231,9 +231,9 @@ fn read_stacks(args: &DoctorArgs) -> Result<Vec<Stack>, String> {
     let snapshot = repo.snapshot(&args.source.rev).map_err(|e| e.to_string())?;
     let loaded = crate::desired::load(&snapshot, &args.source.dir).map_err(|r| {
         format!(
-            "the desired state at {} does not validate ({} errors)",
+            "the desired state at {} does not validate ({})",
             args.source.rev,
-            r.error_count()
+            plural(r.error_count(), "error")
         )
     })?;
     let stacks: Vec<Stack> = loaded

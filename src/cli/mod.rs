@@ -102,35 +102,38 @@ pub enum LogFormat {
 
 /// Where to read the desired state from.
 #[derive(Debug, Clone, Args)]
-#[command(next_help_heading = "Source")]
 pub struct SourceArgs {
     /// The git repository (any directory inside it).
-    #[arg(long, default_value = ".", env = "CONVERGE_REPO")]
+    #[arg(long, default_value = ".", env = "CONVERGE_REPO", help_heading = SOURCE)]
     pub repo: PathBuf,
     /// The revision to read (commit, branch, tag); HEAD when absent.
-    #[arg(long, default_value = "HEAD")]
+    #[arg(long, default_value = "HEAD", help_heading = SOURCE)]
     pub rev: String,
     /// The desired-state directory inside the repository.
-    #[arg(long, default_value = crate::desired::DEFAULT_DIR)]
+    #[arg(long, default_value = crate::desired::DEFAULT_DIR, help_heading = SOURCE)]
     pub dir: String,
 }
 
+/// The help heading of the repository flags.
+const SOURCE: &str = "Source";
+/// The help heading of the stack and cluster flags.
+const TARGET: &str = "Stack and cluster";
+
 /// Which stack in which cluster: the same selectors on every command that works on stacks.
 #[derive(Debug, Clone, Default, Args)]
-#[command(next_help_heading = "Stack and cluster")]
 pub struct StackArgs {
     /// The stack: its directory (`dev`, `desired/dev`) or its name; every stack when absent.
-    #[arg(long)]
+    #[arg(long, help_heading = TARGET)]
     pub stack: Option<String>,
-    /// Only the stack in this namespace; with `--stack` on `down`, `explain` and `status`, the
-    /// repository is not needed.
-    #[arg(long, short = 'n')]
+    /// Only the stack in this namespace (`down`, `explain` and `status` with `--stack` also find
+    /// a stack the repository no longer has).
+    #[arg(long, short = 'n', help_heading = TARGET)]
     pub namespace: Option<String>,
     /// The kube context, instead of the stack's `context` (or the kubeconfig's current one).
-    #[arg(long, env = "CONVERGE_CONTEXT")]
+    #[arg(long, env = "CONVERGE_CONTEXT", help_heading = TARGET)]
     pub context: Option<String>,
     /// The kubeconfig file (`$KUBECONFIG` or `~/.kube/config` when absent).
-    #[arg(long)]
+    #[arg(long, help_heading = TARGET)]
     pub kubeconfig: Option<PathBuf>,
 }
 
