@@ -192,16 +192,29 @@ fn advice_in_source() -> Vec<(String, String)> {
 #[test]
 fn every_converge_command_in_converges_own_messages_is_accepted_by_its_command_line() {
     let found = advice_in_source();
-    assert!(found.len() >= 15, "only {} advice commands found", found.len());
+    assert!(
+        found.len() >= 15,
+        "only {} advice commands found",
+        found.len()
+    );
     let mut bad = Vec::new();
     for (place, cmd) in &found {
         if let Err(e) = parses(cmd) {
             bad.push(format!("{place}: `{cmd}`:\n{e}"));
         }
     }
-    assert!(bad.is_empty(), "advice that does not run:\n{}", bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "advice that does not run:\n{}",
+        bad.join("\n")
+    );
     // The flags messages tell a user to re-run `converge apply` with.
-    for flag in ["--force-conflicts", "--recreate", "--allow-mass-prune", "--full"] {
+    for flag in [
+        "--force-conflicts",
+        "--recreate",
+        "--allow-mass-prune",
+        "--full",
+    ] {
         parses(&format!("converge apply {flag}")).unwrap();
     }
 }
@@ -239,10 +252,17 @@ fn global_flags_are_listed_once_under_their_own_heading() {
     cmd.build();
     let apply = cmd.find_subcommand_mut("apply").unwrap();
     let help = apply.render_long_help().to_string();
-    let heading = help.find("Global options:").expect("a Global options heading");
+    let heading = help
+        .find("Global options:")
+        .expect("a Global options heading");
     for flag in ["--log <LOG>", "--log-format", "--verbose"] {
-        let at = help.find(flag).unwrap_or_else(|| panic!("{flag} missing: {help}"));
-        assert!(at > heading, "{flag} is listed among the command's own flags");
+        let at = help
+            .find(flag)
+            .unwrap_or_else(|| panic!("{flag} missing: {help}"));
+        assert!(
+            at > heading,
+            "{flag} is listed among the command's own flags"
+        );
         assert_eq!(help.matches(flag).count(), 1, "{flag} listed twice");
     }
     let run = cmd.find_subcommand_mut("run").unwrap();
@@ -258,7 +278,10 @@ fn global_flags_are_listed_once_under_their_own_heading() {
 fn two_stack_repo(name: &str, ns: &str, image: &str) -> GitRepo {
     let repo = GitRepo::new();
     copy_project_dir(&repo, "charts/todo-chatbot", "charts/todo-chatbot");
-    for (dir, namespace) in [("dev", ns.to_string()), ("staging", format!("{ns}-staging"))] {
+    for (dir, namespace) in [
+        ("dev", ns.to_string()),
+        ("staging", format!("{ns}-staging")),
+    ] {
         repo.write(
             &format!("desired/{dir}/stack.yaml"),
             format!(
@@ -346,7 +369,17 @@ async fn stacks_sharing_a_name_are_selected_alike_and_labelled_by_directory_and_
     assert_eq!(code, 0, "a freshly applied stack has no diff: {out}{err}");
     let (code, out, err) = converge_in(
         dir,
-        &["doctor", "--stack", "dev", "--builder", "none", "--skip", "service", "-o", "yaml"],
+        &[
+            "doctor",
+            "--stack",
+            "dev",
+            "--builder",
+            "none",
+            "--skip",
+            "service",
+            "-o",
+            "yaml",
+        ],
         &[],
     );
     assert_eq!(code, 0, "{out}{err}");
@@ -354,7 +387,9 @@ async fn stacks_sharing_a_name_are_selected_alike_and_labelled_by_directory_and_
     let (code, out, err) = converge_in(dir, &["down", "--stack", "dev"], &[]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.contains(&format!("stack {name} (desired/dev → namespace {name}): down")),
+        out.contains(&format!(
+            "stack {name} (desired/dev → namespace {name}): down"
+        )),
         "{out}"
     );
     ns.cleanup().await;
@@ -371,7 +406,15 @@ async fn advice_printed_by_apply_status_explain_and_doctor_runs_as_printed() {
     let mut printed = String::new();
     let (code, out, err) = converge_in(
         dir,
-        &["apply", "--stack", "dev", "--builder", "none", "--timeout", "20s"],
+        &[
+            "apply",
+            "--stack",
+            "dev",
+            "--builder",
+            "none",
+            "--timeout",
+            "20s",
+        ],
         &[],
     );
     assert_eq!(code, 1, "{out}{err}");
@@ -429,7 +472,15 @@ async fn advice_printed_by_apply_status_explain_and_doctor_runs_as_printed() {
     crate::support::run_ok(crate::support::kubectl().args(&words));
     let (_, out, _) = converge_in(
         dir,
-        &["apply", "--stack", "dev", "--builder", "none", "--timeout", "5s"],
+        &[
+            "apply",
+            "--stack",
+            "dev",
+            "--builder",
+            "none",
+            "--timeout",
+            "5s",
+        ],
         &[],
     );
     assert!(!out.contains("kubectl patch secret"), "{out}");
@@ -494,7 +545,11 @@ async fn status_shows_live_ready_counts_ages_and_whether_a_daemon_holds_the_stac
     let (code, out, err) = converge_in(dir, &["down", "--stack", "dev"], &[]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("kept Lease/converge-"), "{out}");
-    assert!(leases.get_opt(&format!("converge-{name}")).await.unwrap().is_some());
+    assert!(leases
+        .get_opt(&format!("converge-{name}"))
+        .await
+        .unwrap()
+        .is_some());
     ns.cleanup().await;
 }
 
@@ -515,11 +570,18 @@ async fn down_deletes_the_lease_a_stopped_daemon_left() {
     .unwrap();
     leases.create(&PostParams::default(), &lease).await.unwrap();
     let (_, out, _) = converge_in(dir, &["status", "--stack", "dev"], &[]);
-    assert!(out.contains("daemon: none running (Lease last renewed by box/1"), "{out}");
+    assert!(
+        out.contains("daemon: none running (Lease last renewed by box/1"),
+        "{out}"
+    );
     let (code, out, err) = converge_in(dir, &["down", "--stack", "dev"], &[]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("deleted Lease/converge-"), "{out}");
-    assert!(leases.get_opt(&format!("converge-{name}")).await.unwrap().is_none());
+    assert!(leases
+        .get_opt(&format!("converge-{name}"))
+        .await
+        .unwrap()
+        .is_none());
     ns.cleanup().await;
 }
 
@@ -534,7 +596,16 @@ async fn a_full_resync_of_an_unchanged_stack_applies_and_writes_nothing() {
     assert_eq!(code, 0, "{out}{err}");
     let (code, out, err) = converge_in(
         dir,
-        &["apply", "--stack", "dev", "--builder", "none", "--full", "-o", "json"],
+        &[
+            "apply",
+            "--stack",
+            "dev",
+            "--builder",
+            "none",
+            "--full",
+            "-o",
+            "json",
+        ],
         &[("CONVERGE_LOG", "info")],
     );
     assert_eq!(code, 0, "{out}{err}");
@@ -557,7 +628,16 @@ async fn a_full_resync_of_an_unchanged_stack_applies_and_writes_nothing() {
     ]));
     let (code, out, err) = converge_in(
         dir,
-        &["apply", "--stack", "dev", "--builder", "none", "--full", "-o", "json"],
+        &[
+            "apply",
+            "--stack",
+            "dev",
+            "--builder",
+            "none",
+            "--full",
+            "-o",
+            "json",
+        ],
         &[],
     );
     assert_eq!(code, 0, "{out}{err}");
@@ -592,7 +672,9 @@ async fn exit_codes_tell_changes_from_errors_and_warnings_from_failures() {
     let (code, _, err) = converge_in(dir, &["diff", "--stack", "dev"], &[]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        err.contains("uncommitted changes under desired/ (desired/dev/frontend.yaml) are not deployed"),
+        err.contains(
+            "uncommitted changes under desired/ (desired/dev/frontend.yaml) are not deployed"
+        ),
         "{err}"
     );
     repo.commit("three");
@@ -604,7 +686,10 @@ async fn exit_codes_tell_changes_from_errors_and_warnings_from_failures() {
     );
     repo.commit("typo");
     let (code, out, err) = converge_in(dir, &["diff", "--stack", "dev"], &[]);
-    assert_eq!(code, 2, "an invalid commit is an error, not a change: {out}{err}");
+    assert_eq!(
+        code, 2,
+        "an invalid commit is an error, not a change: {out}{err}"
+    );
     let (code, _, _) = converge_in(dir, &["diff", "--stack", "nosuch"], &[]);
     assert_eq!(code, 2);
     let (code, _, _) = converge_in(dir, &["validate"], &[]);
@@ -612,7 +697,8 @@ async fn exit_codes_tell_changes_from_errors_and_warnings_from_failures() {
     repo.git(&["revert", "--no-edit", "HEAD"]);
 
     // doctor: warnings alone exit 0 (no service installed is a warning); a failure exits 1.
-    let (code, out, err) = converge_in(dir, &["doctor", "--stack", "dev", "--builder", "none"], &[]);
+    let (code, out, err) =
+        converge_in(dir, &["doctor", "--stack", "dev", "--builder", "none"], &[]);
     assert!(out.contains("WARN service"), "{out}");
     assert!(!out.contains("FAIL"), "{out}");
     assert_eq!(code, 0, "{out}{err}");
@@ -621,15 +707,32 @@ async fn exit_codes_tell_changes_from_errors_and_warnings_from_failures() {
     let (code, out, _) = converge_in(
         dir,
         &[
-            "doctor", "--stack", "dev", "--builder", "none", "--skip", "helm", "--skip",
-            "nodeport", "--skip", "quota", "--skip", "capacity", "-o", "json",
+            "doctor",
+            "--stack",
+            "dev",
+            "--builder",
+            "none",
+            "--skip",
+            "helm",
+            "--skip",
+            "nodeport",
+            "--skip",
+            "quota",
+            "--skip",
+            "capacity",
+            "-o",
+            "json",
         ],
         &[("CONVERGE_HELM", "/nonexistent/helm")],
     );
     assert_eq!(code, 0, "{out}");
     let checks = json_of(&out);
     assert!(
-        checks.as_array().unwrap().iter().all(|c| c["check"] != "helm"),
+        checks
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["check"] != "helm"),
         "{checks:#}"
     );
     let (code, out, _) = converge_in(
@@ -654,7 +757,10 @@ async fn exit_codes_tell_changes_from_errors_and_warnings_from_failures() {
     assert!(lines[1].starts_with("hint: install Helm v3.8"), "{err}");
     // doctor says which builder it checked and why.
     let (_, out, _) = converge_in(dir, &["doctor", "--stack", "dev", "--builder", "none"], &[]);
-    assert!(out.contains("[builder none: chosen with --builder]"), "{out}");
+    assert!(
+        out.contains("[builder none: chosen with --builder]"),
+        "{out}"
+    );
     ns.cleanup().await;
 }
 
@@ -666,7 +772,10 @@ fn errors_say_what_failed_and_what_to_do_next() {
     assert_eq!(code, 2);
     assert!(err.contains("is not a git repository"), "{err}");
     assert!(err.contains("hint:") && err.contains("--repo"), "{err}");
-    assert!(!err.contains("class=Repository"), "libgit2's noise only with -v: {err}");
+    assert!(
+        !err.contains("class=Repository"),
+        "libgit2's noise only with -v: {err}"
+    );
     let (_, _, err) = converge_bare(empty.path(), &["-v", "validate"], &[]);
     assert!(err.contains("caused by"), "{err}");
 
@@ -703,7 +812,10 @@ fn errors_say_what_failed_and_what_to_do_next() {
         &[],
     );
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("https://127.0.0.1:9"), "names the server: {err}");
+    assert!(
+        err.contains("https://127.0.0.1:9"),
+        "names the server: {err}"
+    );
     assert!(err.contains("`minikube start`"), "{err}");
     assert!(!err.contains("caused by"), "{err}");
     assert!(!err.contains("kube_client"), "no client log lines: {err}");
@@ -765,6 +877,70 @@ fn a_base_image_that_cannot_be_pulled_is_reported_as_the_failing_step() {
         "{out}{err}"
     );
     assert!(out.contains("app  ux-pull-test/app:"), "{out}");
-    assert!(out.contains("failed: Step 1/2 : FROM registry.invalid"), "{out}");
-    assert!(out.contains("builder docker (chosen with --builder)"), "{out}");
+    assert!(
+        out.contains("failed: Step 1/2 : FROM registry.invalid"),
+        "{out}"
+    );
+    assert!(
+        out.contains("builder docker (chosen with --builder)"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_rollout_states_its_fail_fast_window_and_is_failed_not_progressing() {
+    let ns = TestNamespace::new("ux-fail").await;
+    let name = ns.name().to_string();
+    crate::support::create_secret(&ns, "ux-secrets", &["jwt-secret", "api-key"]).await;
+    let repo = two_stack_repo(&name, ns.name(), "todo-frontend:test");
+    let file = repo.file("desired/dev/frontend.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    repo.write(
+        "desired/dev/frontend.yaml",
+        format!(
+            "{text}values:\n  podLabels: {{{}: crashloop}}\n",
+            crate::support::FAIL_LABEL
+        ),
+    );
+    repo.commit("a frontend that crashes");
+    let dir = Some(repo.path());
+    let (code, out, err) = converge_in(
+        dir,
+        &[
+            "apply",
+            "--stack",
+            "dev",
+            "--builder",
+            "none",
+            "--timeout",
+            "10s",
+        ],
+        &[],
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("CrashLoopBackOff; fails in") && err.contains("s fail-fast window)"),
+        "the health wait says what it waits for and when it gives up: {err}"
+    );
+    let row = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("frontend"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        row.contains("Failed"),
+        "not Progressing under HealthCheckFailed: {out}"
+    );
+    let (_, out, _) = converge_in(dir, &["status", "--stack", "dev", "-o", "json"], &[]);
+    let v = json_of(&out);
+    assert_eq!(v[0]["reason"], "HealthCheckFailed", "{v:#}");
+    assert_eq!(v[0]["components"][0]["health"], "Failed", "{v:#}");
+    assert_eq!(v[0]["live"][0]["health"], "Progressing", "{v:#}");
+    assert!(
+        v[0]["live"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("CrashLoopBackOff"),
+        "{v:#}"
+    );
+    ns.cleanup().await;
 }
