@@ -233,7 +233,11 @@ pub struct ImagePlan {
 
 /// What happened to one component's image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "action", rename_all = "lowercase")]
+#[serde(
+    tag = "action",
+    rename_all = "lowercase",
+    rename_all_fields = "camelCase"
+)]
 pub enum Action {
     /// The tag was already there; nothing was built.
     Exists,
@@ -673,6 +677,13 @@ fn check_status(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_none_builder_warns_about_an_image_once_per_process() {
+        assert!(super::first_time_unconfirmed("warn-once:1"));
+        assert!(!super::first_time_unconfirmed("warn-once:1"));
+        assert!(super::first_time_unconfirmed("warn-once:2"));
+    }
+
     use super::*;
 
     fn img(r: &str, id: &str, created: &str) -> ListedImage {

@@ -137,6 +137,7 @@ async fn explain_target(
         }
         let target = explain::Target {
             stack: t.stack.clone(),
+            dir: t.dir.clone(),
             namespace: ns.clone(),
             component: args.component.clone(),
             desired: t.components.clone(),

@@ -90,6 +90,16 @@ fn component_file(ev: &Evidence) -> String {
     format!("the `{}` component's desired-state file", ev.component)
 }
 
+/// The flags that select exactly this stack on any command: its directory when known, else its
+/// name and namespace (two stacks may share a name).
+pub fn stack_flags(ev: &Evidence) -> String {
+    if ev.dir.is_empty() {
+        format!("--stack {} -n {}", ev.stack, ev.namespace)
+    } else {
+        format!("--stack {}", ev.dir)
+    }
+}
+
 /// `ErrImageNeverPull`, `ImagePullBackOff`, `ErrImagePull`, `InvalidImageName`.
 pub fn image_not_present(ev: &Evidence) -> Option<Diagnosis> {
     for pod in &ev.pods {
@@ -120,13 +130,13 @@ pub fn image_not_present(ev: &Evidence) -> Option<Diagnosis> {
                 )
             } else if reason == "ErrImageNeverPull" || !looks_like_registry(image) {
                 format!(
-                    "the image is not in the cluster's container runtime: build it there with `converge build --stack {}` (the minikube builder builds straight into minikube), or load an image you built elsewhere with `minikube image load {image}`; the next reconcile (or `converge apply`) rolls it out",
-                    ev.stack
+                    "the image is not in the cluster's container runtime: build it there with `converge build {}` (the minikube builder builds straight into minikube), or load an image you built elsewhere with `minikube image load {image}`; the next reconcile (or `converge apply`) rolls it out",
+                    stack_flags(ev)
                 )
             } else {
                 format!(
-                    "check that `{image}` exists and the cluster can pull it (`docker pull {image}` on the node's network; for a private registry add an imagePullSecret); or build it locally with `converge build --stack {}` and `minikube image load {image}`",
-                    ev.stack
+                    "check that `{image}` exists and the cluster can pull it (`docker pull {image}` on the node's network; for a private registry add an imagePullSecret); or build it locally with `converge build {}` and `minikube image load {image}`",
+                    stack_flags(ev)
                 )
             };
             return Some(Diagnosis {
@@ -806,8 +816,8 @@ fn fallback(ev: &Evidence) -> Diagnosis {
         (
             "the component has no workload in the cluster".to_string(),
             format!(
-                "converge has not applied it: see `converge status` for why, or run `converge apply --stack {}`",
-                ev.stack
+                "converge has not applied it: see `converge status {0}` for why, or run `converge apply {0}`",
+                stack_flags(ev)
             ),
         )
     } else {
