@@ -886,13 +886,11 @@ impl<'a> Run<'a> {
         }
         let mut blocked = Vec::new();
         for c in &self.stack.components {
-            let Some(r) = c
-                .spec
-                .secret_env
-                .iter()
-                .filter(|r| !r.optional)
-                .find(|r| missing.contains_key(r.secret.as_str()))
-            else {
+            let Some(r) = c.spec.secret_env.iter().filter(|r| !r.optional).find(|r| {
+                missing
+                    .get(r.secret.as_str())
+                    .is_some_and(|keys| keys.contains(r.key.as_str()))
+            }) else {
                 continue;
             };
             let keys: Vec<&str> = missing[r.secret.as_str()].iter().copied().collect();
