@@ -18,6 +18,10 @@ pub enum BuilderArg {
     Minikube,
     /// On the Docker engine named by `DOCKER_HOST` (or `--docker-host`).
     Docker,
+    /// With Docker, then `kind load docker-image` (a `kind-<name>` context).
+    Kind,
+    /// With Docker, then `ctr images import` into the node's containerd (`CONTAINERD_ADDRESS`).
+    Containerd,
     /// With `--command`.
     Command,
     /// Compute tags only.
@@ -29,6 +33,8 @@ impl From<BuilderArg> for BuilderKind {
         match b {
             BuilderArg::Minikube => BuilderKind::Minikube,
             BuilderArg::Docker => BuilderKind::Docker,
+            BuilderArg::Kind => BuilderKind::Kind,
+            BuilderArg::Containerd => BuilderKind::Containerd,
             BuilderArg::Command => BuilderKind::Command,
             BuilderArg::None => BuilderKind::None,
         }
@@ -62,12 +68,10 @@ pub struct BuildFlags {
 }
 
 impl BuildFlags {
-    /// The build options these flags ask for, with `builder` resolved for `stack`.
-    pub fn options_for(&self, stack: &desired::Stack) -> BuildOptions {
-        BuildOptions {
-            builder: build::resolve_builder(self.builder.map(Into::into), stack),
-            ..self.options()
-        }
+    /// The build options these flags ask for, with `builder` chosen for `stack` on `context`.
+    pub fn options_for(&self, stack: &desired::Stack, context: &str) -> BuildOptions {
+        self.options()
+            .for_stack(self.builder.map(Into::into), stack, context)
     }
 
     /// The build options, the builder left to be resolved per stack.
@@ -91,6 +95,10 @@ pub struct BuildArgs {
     source: SourceArgs,
     #[command(flatten)]
     flags: BuildFlags,
+    /// The kube context the images are for (it decides the builder); the stack's `context`
+    /// when absent.
+    #[arg(long, env = "CONVERGE_CONTEXT")]
+    context: Option<String>,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Format::Text)]
     output: Format,
@@ -148,7 +156,8 @@ pub(super) fn run(args: &BuildArgs) -> u8 {
             Ok(p) => p,
             Err(e) => return fail(&e),
         };
-        let opts = args.flags.options_for(stack);
+        let context = args.context.as_deref().unwrap_or(&stack.spec.context);
+        let opts = args.flags.options_for(stack, context);
         let engine = match Engine::new(&opts) {
             Ok(e) => e,
             Err(e) => return fail(&e),
@@ -172,6 +181,7 @@ pub(super) fn run(args: &BuildArgs) -> u8 {
             let (word, reason, tail) = match &o.action {
                 Action::Exists => ("exists", None, None),
                 Action::Built => ("built", None, None),
+                Action::Loaded => ("loaded", None, None),
                 Action::Skipped => (
                     "skipped",
                     Some("builder `none`: not confirmed to exist"),

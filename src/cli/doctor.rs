@@ -156,7 +156,7 @@ async fn all_checks(args: &DoctorArgs) -> Vec<Check> {
             .context
             .clone()
             .unwrap_or_else(|| stack.spec.context.clone());
-        out.push(check_builder(stack).await);
+        out.push(check_builder(stack, &ctx).await);
         let Some(cluster) = check_cluster(args, Some(&ctx), &mut out).await else {
             continue;
         };
@@ -326,11 +326,25 @@ async fn command(program: &str, args: &[&str]) -> Result<(bool, String, String),
     }
 }
 
-async fn check_builder(stack: &Stack) -> Check {
-    let builder = crate::build::resolve_builder(None, stack);
+async fn check_builder(stack: &Stack, context: &str) -> Check {
+    let choice = crate::build::choose_builder(
+        None,
+        stack,
+        context,
+        &crate::build::BuildEnv::from_process(),
+    );
     let name = &label(stack);
+    let check = check_builder_kind(name, choice.builder).await;
+    // Say which builder was chosen and why, so a surprising choice is visible.
+    Check {
+        message: format!("{} — {}", check.message, choice.reason),
+        ..check
+    }
+}
+
+async fn check_builder_kind(name: &str, builder: BuilderKind) -> Check {
     match builder {
-        BuilderKind::Docker => {
+        BuilderKind::Docker | BuilderKind::Kind | BuilderKind::Containerd => {
             let host = std::env::var("DOCKER_HOST")
                 .ok()
                 .filter(|h| !h.is_empty())

@@ -823,6 +823,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                                 metrics.build(match b.action {
                                     crate::build::Action::Exists => "exists",
                                     crate::build::Action::Built => "built",
+                                    crate::build::Action::Loaded => "loaded",
                                     crate::build::Action::Skipped => "skipped",
                                     crate::build::Action::Failed { .. } => "failed",
                                 });

@@ -243,8 +243,11 @@ async fn build_stack(
     if planned.plans.is_empty() {
         return (Vec::new(), failures);
     }
-    let mut bopts = opts.build.clone();
-    bopts.builder = build::resolve_builder(opts.builder, &planned.stack);
+    let context = opts
+        .context
+        .as_deref()
+        .unwrap_or(&planned.stack.spec.context);
+    let bopts = opts.build.for_stack(opts.builder, &planned.stack, context);
     let cancel = opts
         .cancel
         .clone()
@@ -345,12 +348,11 @@ pub async fn reconcile_commit(
 /// `opts.build.keep` and never the images it now runs (a revert of the next commit needs them).
 /// Best effort: a failure is logged, never a failed reconcile.
 async fn collect_old_images(p: &Prepared, opts: &Options) {
-    let builder = build::resolve_builder(opts.builder, &p.stack);
-    if p.builds.is_empty() || builder == BuilderKind::None {
+    let context = opts.context.as_deref().unwrap_or(&p.stack.spec.context);
+    let bopts = opts.build.for_stack(opts.builder, &p.stack, context);
+    if p.builds.is_empty() || bopts.builder == BuilderKind::None {
         return;
     }
-    let mut bopts = opts.build.clone();
-    bopts.builder = builder;
     let repositories: Vec<String> = p
         .stack
         .components
