@@ -20,7 +20,7 @@ pub enum Error {
     #[error(transparent)]
     Source(#[from] crate::source::SourceError),
     /// The desired state is invalid; the report holds every finding.
-    #[error("the desired state at commit {commit} is invalid ({} errors)", report.error_count())]
+    #[error("the desired state at commit {commit} is invalid ({})", count(report.error_count(), "error"))]
     Invalid {
         /// The commit that was read.
         commit: String,
@@ -44,6 +44,15 @@ pub enum Error {
     /// The cluster failed.
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
+}
+
+/// `1 error`, `2 errors`.
+fn count(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("{n} {word}")
+    } else {
+        format!("{n} {word}s")
+    }
 }
 
 impl Error {

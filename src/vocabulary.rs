@@ -30,6 +30,11 @@ pub fn status_name(stack: &str) -> String {
     format!("converge-{stack}-status")
 }
 
+/// Name of the coordination Lease a daemon holds for a stack: `converge-<stack>`.
+pub fn lease_name(stack: &str) -> String {
+    format!("converge-{stack}")
+}
+
 /// Reasons recorded in status, matching Flux's where the meaning is the same.
 pub mod reason {
     /// Everything applied and healthy.

@@ -29,3 +29,5 @@ mod operate;
 
 #[path = "integration/realnode.rs"]
 mod realnode;
+#[path = "integration/ux.rs"]
+mod ux;

@@ -521,18 +521,36 @@ pub async fn run(
 }
 
 /// Whether Docker CLI stderr means "the engine is not there" rather than "the image is not".
+/// A registry that cannot be reached while pulling a base image is the build's failure, not the
+/// engine's: the engine answered ("Error response from daemon", a build step, BuildKit's solver).
 pub fn looks_unreachable(stderr: &str) -> bool {
     let s = stderr.to_ascii_lowercase();
-    [
-        "cannot connect to the docker daemon",
-        "error during connect",
-        "connection refused",
-        "is the docker daemon running",
-        "permission denied while trying to connect",
-        "no such host",
+    let engine_answered = [
+        "error response from daemon",
+        "step ",
+        "failed to solve",
+        "failed to resolve",
+        "pull access denied",
+        "manifest unknown",
+        "error: failed to build",
     ]
     .iter()
-    .any(|m| s.contains(m))
+    .any(|m| s.contains(m));
+    if engine_answered {
+        return false;
+    }
+    let about_engine = [
+        "cannot connect to the docker daemon",
+        "error during connect",
+        "is the docker daemon running",
+        "permission denied while trying to connect",
+    ]
+    .iter()
+    .any(|m| s.contains(m));
+    // Refused or unresolvable addresses count only when they are the engine's own.
+    let engine_address = (s.contains("connection refused") || s.contains("no such host"))
+        && (s.contains("docker.sock") || s.contains("docker daemon") || s.contains("docker_host"));
+    about_engine || engine_address
 }
 
 /// The step a failed build stopped at and why, from its output's last lines: the classic
@@ -1491,5 +1509,28 @@ mod tests {
         assert!(!looks_unreachable(
             "Error response from daemon: No such image: a:b"
         ));
+    }
+
+    #[test]
+    fn a_base_image_that_cannot_be_pulled_is_a_failed_build_not_an_unreachable_engine() {
+        let classic = "Error response from daemon: Get \"https://registry-1.docker.io/v2/\": dial tcp: lookup registry-1.docker.io on 127.0.0.53:53: no such host";
+        assert!(!looks_unreachable(classic));
+        let buildkit = "ERROR: failed to solve: debian:bookworm: failed to resolve source metadata for docker.io/library/debian:bookworm: dial tcp: connect: connection refused";
+        assert!(!looks_unreachable(buildkit));
+        let tail: Vec<String> = [
+            "Sending build context to Docker daemon  2.048kB",
+            "Step 1/2 : FROM nonexistent.invalid/base:1",
+            classic,
+        ]
+        .iter()
+        .map(|l| l.to_string())
+        .collect();
+        let reason = failure_reason(&tail);
+        assert!(
+            reason.starts_with(
+                "Step 1/2 : FROM nonexistent.invalid/base:1: Error response from daemon"
+            ),
+            "{reason}"
+        );
     }
 }

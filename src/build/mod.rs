@@ -221,7 +221,7 @@ impl BuildEnv {
 }
 
 /// The builder chosen, and why (shown by `converge doctor` and `converge build`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BuilderChoice {
     /// The builder.
     pub builder: BuilderKind,
@@ -283,6 +283,21 @@ pub fn choose_builder(
 /// The builder for a stack on the kube `context` actually used (see [`choose_builder`]).
 pub fn resolve_builder(cli: Option<BuilderKind>, stack: &Stack, context: &str) -> BuilderKind {
     choose_builder(cli, stack, context, &BuildEnv::from_process()).builder
+}
+
+/// The builder for `stack` on kube context `context` (the one actually used), with the reason:
+/// what `doctor` and `build` report. See [`choose_builder`].
+pub fn select_builder(
+    explicit: Option<BuilderKind>,
+    stack: &Stack,
+    context: &str,
+) -> BuilderChoice {
+    choose_builder(explicit, stack, context, &BuildEnv::from_process())
+}
+
+/// The lowercase name of a builder, as flags and the desired state spell it.
+pub fn builder_name(kind: BuilderKind) -> &'static str {
+    kind.as_str()
 }
 
 /// The image a component will run, named by its build-input digest.
@@ -418,6 +433,7 @@ pub async fn ensure_with(
             ensure_one(engine, repo_path, commit, p, spec, &cancel).await
         }
     });
+    let started = std::time::Instant::now();
     let results = futures::future::join_all(tasks).await;
     let mut by_image: BTreeMap<String, Action> = BTreeMap::new();
     for (p, r) in unique.iter().zip(results) {
@@ -440,6 +456,16 @@ pub async fn ensure_with(
     }
     if *cancel.borrow() {
         return Err(BuildError::Cancelled);
+    }
+    let count = |f: fn(&Action) -> bool| by_image.values().filter(|a| f(a)).count();
+    let built = count(|a| matches!(a, Action::Built));
+    let failed = count(|a| matches!(a, Action::Failed { .. }));
+    if built + failed > 0 {
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let exists = count(|a| matches!(a, Action::Exists));
+        tracing::info!(target: PROGRESS, step = "build.summary", stack = %stack.spec.name, built, failed, exists, elapsed_ms,
+            "images of stack {}: {built} built, {failed} failed, {exists} already there, in {:.1}s",
+            stack.spec.name, elapsed_ms as f64 / 1000.0);
     }
     Ok(plans
         .iter()
@@ -466,7 +492,12 @@ async fn ensure_one(
             return Ok(Action::Exists);
         }
         Existence::Unknown if engine.builder() == BuilderKind::None => {
-            tracing::warn!(component = %plan.component, image = %plan.image, "builder `none`: cannot confirm that this image exists; it must be built elsewhere");
+            // Once per image and process: the daemon reconciles the same tags again and again.
+            if first_time_unconfirmed(&plan.image) {
+                tracing::warn!(component = %plan.component, image = %plan.image, "builder `none`: cannot confirm that this image exists; it must be built elsewhere");
+            } else {
+                tracing::debug!(component = %plan.component, image = %plan.image, "builder `none`: image not confirmed");
+            }
             return Ok(Action::Skipped);
         }
         Existence::NotLoaded => {
@@ -498,7 +529,17 @@ async fn ensure_one(
         push: spec.push,
     };
     tracing::info!(component = %plan.component, image = %plan.image, "building image");
-    match engine.build(&req, repo_path, commit, spec, cancel).await? {
+    let started = std::time::Instant::now();
+    tracing::info!(target: PROGRESS, step = "build.start", component = %plan.component, image = %plan.image, "building {} ({})", plan.component, plan.image);
+    let result = engine.build(&req, repo_path, commit, spec, cancel).await;
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    let (action, reason) = match &result {
+        Ok(engine::BuildResult::Built) => ("built", String::new()),
+        Ok(engine::BuildResult::Failed { reason, .. }) => ("failed", reason.clone()),
+        Err(e) => ("failed", e.to_string()),
+    };
+    tracing::info!(target: PROGRESS, step = "build.done", component = %plan.component, image = %plan.image, action, elapsed_ms, reason = %reason, "{} ({}) {action} in {:.1}s", plan.component, plan.image, elapsed_ms as f64 / 1000.0);
+    match result? {
         engine::BuildResult::Built => {
             tracing::info!(component = %plan.component, image = %plan.image, "image built");
             Ok(Action::Built)
@@ -511,6 +552,19 @@ async fn ensure_one(
             })
         }
     }
+}
+
+/// The target of progress events (rendered as live lines on a terminal by the CLI).
+const PROGRESS: &str = "converge::progress";
+
+/// Whether `image` is reported as unconfirmed for the first time in this process.
+fn first_time_unconfirmed(image: &str) -> bool {
+    static SEEN: std::sync::OnceLock<std::sync::Mutex<HashSet<String>>> =
+        std::sync::OnceLock::new();
+    SEEN.get_or_init(Default::default)
+        .lock()
+        .map(|mut s| s.insert(image.to_string()))
+        .unwrap_or(true)
 }
 
 /// What [`prune_old`] did.

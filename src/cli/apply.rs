@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::Args;
 use serde_json::json;
 
-use super::{Format, SourceArgs, EXIT_FINDINGS, EXIT_OK};
+use super::{Format, SourceArgs, EXIT_ERROR, EXIT_FINDINGS, EXIT_OK};
 use crate::error::Error;
 use crate::reconcile::{self, Options, StackReport};
 use crate::render::Helm;
@@ -15,15 +15,8 @@ use crate::render::Helm;
 pub struct TargetArgs {
     #[command(flatten)]
     pub source: SourceArgs,
-    /// Only this stack: its name or its directory (`dev`, `desired/dev`).
-    #[arg(long)]
-    pub stack: Option<String>,
-    /// The kube context, instead of the stack's `context`.
-    #[arg(long, env = "CONVERGE_CONTEXT")]
-    pub context: Option<String>,
-    /// The kubeconfig file (`$KUBECONFIG` or `~/.kube/config` when absent).
-    #[arg(long)]
-    pub kubeconfig: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub stack: super::StackArgs,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Format::Text)]
     pub output: Format,
@@ -32,9 +25,10 @@ pub struct TargetArgs {
 impl TargetArgs {
     pub(crate) fn options(&self) -> Options {
         Options {
-            kubeconfig: self.kubeconfig.clone(),
-            context: self.context.clone(),
-            stack: self.stack.clone(),
+            kubeconfig: self.stack.kubeconfig.clone(),
+            context: self.stack.context.clone(),
+            stack: self.stack.stack.clone(),
+            namespace: self.stack.namespace.clone(),
             dir: self.source.dir.clone(),
             ..Options::default()
         }
@@ -106,52 +100,56 @@ pub async fn run_apply(target: &TargetArgs, opts: &Options) -> Result<Vec<StackR
 }
 
 fn print_reports(reports: &[StackReport], format: Format) {
-    match format {
-        Format::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(reports).unwrap_or_default()
-        ),
-        Format::Text => {
-            for r in reports {
-                let verdict = if r.ready { "ready" } else { "NOT ready" };
-                println!(
-                    "stack {} (namespace {}) at {}: {verdict} ({})",
-                    r.stack,
-                    r.namespace,
-                    crate::desired::short_id(&r.commit),
-                    r.reason
-                );
-                println!(
-                    "  {} applied, {} unchanged, {} pruned; {} reads, {} writes in {} ms",
-                    r.applied.len(),
-                    r.unchanged,
-                    r.pruned.len(),
-                    r.requests.reads,
-                    r.requests.writes,
-                    r.duration_ms
-                );
-                for a in &r.applied {
-                    println!("  applied {a}");
-                }
-                for p in &r.pruned {
-                    println!("  pruned {p}");
-                }
-                for k in &r.kept {
-                    println!("  kept {k}");
-                }
-                for c in &r.status.components {
-                    println!(
-                        "  {:<10} {:<12} {}/{} {}",
-                        c.name, c.health, c.ready, c.desired, c.image
-                    );
-                }
-                for (c, why) in &r.blocked {
-                    println!("  blocked {c}: {why}");
-                }
-                for e in &r.errors {
-                    println!("  error: {e}");
-                }
-            }
+    if format.structured() {
+        super::emit(reports, format);
+        return;
+    }
+    let color = super::color_stdout();
+    for r in reports {
+        let verdict = if r.ready {
+            super::paint(color, "32", "ready")
+        } else {
+            super::paint(color, "31;1", "NOT ready")
+        };
+        println!(
+            "stack {} at {}: {verdict} ({})",
+            super::stack_label(&r.stack, &r.dir, &r.namespace),
+            crate::desired::short_id(&r.commit),
+            r.reason
+        );
+        println!(
+            "  {} applied, {} unchanged, {} pruned; {} reads, {} writes in {} ms",
+            r.applied.len(),
+            r.unchanged,
+            r.pruned.len(),
+            r.requests.reads,
+            r.requests.writes,
+            r.duration_ms
+        );
+        for a in &r.applied {
+            println!("  applied {a}");
+        }
+        for p in &r.pruned {
+            println!("  pruned {p}");
+        }
+        for k in &r.kept {
+            println!("  kept {k}");
+        }
+        for c in &r.status.components {
+            println!(
+                "  {:<10} {:<12} {}/{} {}",
+                c.name, c.health, c.ready, c.desired, c.image
+            );
+        }
+        for (c, why) in &r.blocked {
+            println!("  blocked {c}: {why}");
+        }
+        for e in r
+            .errors
+            .iter()
+            .filter(|e| !r.blocked.values().any(|b| e.ends_with(b.as_str())))
+        {
+            println!("  error: {e}");
         }
     }
 }
@@ -163,38 +161,69 @@ pub struct DiffArgs {
     target: TargetArgs,
 }
 
+/// `converge diff` follows `kubectl diff`: 0 no changes, 1 changes, 2 on any error (an invalid
+/// commit included), so CI can tell "changes pending" from "broken".
 pub(super) fn diff(args: &DiffArgs) -> u8 {
     let opts = args.target.options();
     let rt = match super::runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
     };
+    let uncommitted = uncommitted_note(&args.target.source);
     rt.block_on(async {
-        match run_diff(&args.target, &opts).await {
-            Err(e) => super::report_error(&e, args.target.output),
-            Ok(changes) => {
-                match args.target.output {
-                    Format::Json => println!(
-                        "{}",
-                        serde_json::to_string_pretty(&changes).unwrap_or_default()
-                    ),
-                    Format::Text => {
-                        for c in &changes {
-                            print!("{}", super::colorize_diff(c["diff"].as_str().unwrap_or("")));
-                        }
-                        if changes.is_empty() {
-                            eprintln!("no differences");
-                        }
-                    }
+        let changes = match run_diff(&args.target, &opts).await {
+            Ok(c) => c,
+            Err(e) => {
+                super::report_error_as(&e, args.target.output);
+                if let Some(note) = &uncommitted {
+                    eprintln!("note: {note}");
                 }
-                if changes.is_empty() {
-                    EXIT_OK
-                } else {
-                    EXIT_FINDINGS
-                }
+                return EXIT_ERROR;
+            }
+        };
+        if args.target.output.structured() {
+            super::emit(&changes, args.target.output);
+        } else {
+            for c in &changes {
+                print!("{}", super::colorize_diff(c["diff"].as_str().unwrap_or("")));
+            }
+            if changes.is_empty() {
+                eprintln!("no differences");
             }
         }
+        if let Some(note) = &uncommitted {
+            eprintln!("note: {note}");
+        }
+        if changes.is_empty() {
+            EXIT_OK
+        } else {
+            EXIT_FINDINGS
+        }
     })
+}
+
+/// One line when the working tree has changes under the desired-state directory that `diff`
+/// (which reads commits) does not show.
+fn uncommitted_note(source: &SourceArgs) -> Option<String> {
+    if source.rev != "HEAD" {
+        return None;
+    }
+    let repo = crate::source::Repo::open(&source.repo).ok()?;
+    let paths = repo.uncommitted(&source.dir).ok()?;
+    if paths.is_empty() {
+        return None;
+    }
+    let shown: Vec<&str> = paths.iter().take(3).map(String::as_str).collect();
+    let more = if paths.len() > 3 {
+        format!(" and {} more", paths.len() - 3)
+    } else {
+        String::new()
+    };
+    Some(format!(
+        "uncommitted changes under {}/ ({}{more}) are not deployed and not shown; commit them",
+        source.dir.trim_end_matches('/'),
+        shown.join(", ")
+    ))
 }
 
 /// Per object that would change: `{object, action, diff}` (see [`reconcile::diff_commit`]).

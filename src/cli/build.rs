@@ -68,10 +68,20 @@ pub struct BuildFlags {
 }
 
 impl BuildFlags {
-    /// The build options these flags ask for, with `builder` chosen for `stack` on `context`.
-    pub fn options_for(&self, stack: &desired::Stack, context: &str) -> BuildOptions {
-        self.options()
-            .for_stack(self.builder.map(Into::into), stack, context)
+    /// The build options these flags ask for, with the builder chosen for `stack` on kube
+    /// context `context` (see [`build::select_builder`]).
+    pub fn options_for(
+        &self,
+        stack: &desired::Stack,
+        context: &str,
+    ) -> (BuildOptions, build::BuilderChoice) {
+        let choice = build::select_builder(self.builder.map(Into::into), stack, context);
+        let opts = BuildOptions {
+            builder: choice.builder,
+            kind_cluster: choice.kind_cluster.clone(),
+            ..self.options()
+        };
+        (opts, choice)
     }
 
     /// The build options, the builder left to be resolved per stack.
@@ -94,21 +104,24 @@ pub struct BuildArgs {
     #[command(flatten)]
     source: SourceArgs,
     #[command(flatten)]
+    target: super::StackArgs,
+    #[command(flatten)]
     flags: BuildFlags,
-    /// The kube context the images are for (it decides the builder); the stack's `context`
-    /// when absent.
-    #[arg(long, env = "CONVERGE_CONTEXT")]
-    context: Option<String>,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Format::Text)]
     output: Format,
 }
 
 pub(super) fn run(args: &BuildArgs) -> u8 {
-    let fail = |e: &dyn std::error::Error| {
-        match args.output {
-            Format::Json => println!("{}", json!({"error": e.to_string()})),
-            Format::Text => super::print_error(e),
+    let fail = |e: &(dyn std::error::Error + 'static)| {
+        if args.output.structured() {
+            let mut v = json!({"error": e.to_string()});
+            if let Some(h) = super::hints::for_error(e) {
+                v["hint"] = h.into();
+            }
+            super::emit(&v, args.output);
+        } else {
+            super::print_error(e);
         }
         EXIT_ERROR
     };
@@ -124,15 +137,28 @@ pub(super) fn run(args: &BuildArgs) -> u8 {
     let loaded = match desired::load(&snapshot, &args.source.dir) {
         Ok(l) => l,
         Err(report) => {
-            if args.output == Format::Text {
-                print!("{}", report.render(super::color_stdout()));
-            }
-            return fail(&crate::error::Error::Invalid {
+            let err = crate::error::Error::Invalid {
                 commit: commit.clone(),
                 report: Box::new(report),
-            });
+            };
+            super::report_error_as(&err, args.output);
+            return EXIT_ERROR;
         }
     };
+    let stacks: Vec<&desired::Stack> = loaded
+        .state
+        .stacks
+        .iter()
+        .filter(|s| args.target.selects(s))
+        .collect();
+    if stacks.is_empty() {
+        let err = crate::error::Error::UnknownStack {
+            name: args.target.stack.clone().unwrap_or_default(),
+            commit: commit.clone(),
+        };
+        super::report_error_as(&err, args.output);
+        return EXIT_ERROR;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -151,13 +177,18 @@ pub(super) fn run(args: &BuildArgs) -> u8 {
 
     let mut stacks_out = Vec::new();
     let mut any_failed = false;
-    for stack in &loaded.state.stacks {
+    for stack in stacks {
+        let label = super::stack_label(&stack.spec.name, &stack.dir, &stack.spec.namespace);
         let plans = match build::plan(&snapshot, stack, &cache) {
             Ok(p) => p,
             Err(e) => return fail(&e),
         };
-        let context = args.context.as_deref().unwrap_or(&stack.spec.context);
-        let opts = args.flags.options_for(stack, context);
+        let context = args
+            .target
+            .context
+            .clone()
+            .unwrap_or_else(|| stack.spec.context.clone());
+        let (opts, choice) = args.flags.options_for(stack, &context);
         let engine = match Engine::new(&opts) {
             Ok(e) => e,
             Err(e) => return fail(&e),
@@ -193,10 +224,7 @@ pub(super) fn run(args: &BuildArgs) -> u8 {
                 }
             };
             if args.output == Format::Text {
-                let line = format!(
-                    "{}@{}/{}  {}  {word}",
-                    stack.spec.name, stack.spec.namespace, o.component, o.image
-                );
+                let line = format!("{}  {}  {word}", o.component, o.image);
                 match reason {
                     Some(r) => println!("{line}: {r}"),
                     None => println!("{line}"),
@@ -216,29 +244,30 @@ pub(super) fn run(args: &BuildArgs) -> u8 {
                 "logTail": tail,
             }));
         }
+        let builder = build::builder_name(choice.builder);
         if args.output == Format::Text {
             println!(
-                "{}@{}: {} images, builder {:?}, {} existence checks, {} builds (commit {})",
-                stack.spec.name,
-                stack.spec.namespace,
-                plans.len(),
-                opts.builder,
-                calls.checks,
-                calls.builds,
+                "stack {label}: {}, builder {builder} ({}), {}, {} (commit {})",
+                super::validate::plural(plans.len(), "image"),
+                choice.reason,
+                super::validate::plural(calls.checks, "existence check"),
+                super::validate::plural(calls.builds, "build"),
                 desired::short_id(&commit)
             );
         }
         stacks_out.push(json!({
             "name": stack.spec.name,
+            "dir": stack.dir,
             "namespace": stack.spec.namespace,
-            "builder": opts.builder,
+            "builder": builder,
+            "builderReason": choice.reason,
             "images": images,
             "engineCalls": calls,
         }));
     }
-    if args.output == Format::Json {
+    if args.output.structured() {
         let out = json!({"commit": commit, "stacks": stacks_out});
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        super::emit(&out, args.output);
     }
     if any_failed {
         EXIT_FINDINGS

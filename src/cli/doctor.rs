@@ -2,7 +2,7 @@
 //! state, each with the exact fix; exit 0 only when every check passes. The decisions are the
 //! pure functions of `explain::doctor`; this file only gathers (reads, never writes).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use clap::Args;
@@ -10,7 +10,8 @@ use k8s_openapi::api::core::v1::{LimitRange, Node, Pod, ResourceQuota, Service};
 use kube::api::{Api, ListParams};
 use serde_json::Value;
 
-use super::{Format, SourceArgs, EXIT_ERROR, EXIT_FINDINGS, EXIT_OK};
+use super::validate::plural;
+use super::{Format, SourceArgs, EXIT_FINDINGS, EXIT_OK};
 use crate::cluster::{Cluster, ClusterError, REQUEST_TIMEOUT};
 use crate::desired::schema::BuilderKind;
 use crate::desired::Stack;
@@ -32,17 +33,13 @@ pub const CHECKS: &[&str] = &[
 pub struct DoctorArgs {
     #[command(flatten)]
     source: SourceArgs,
-    /// Only this stack: its name or its directory.
-    #[arg(long)]
-    stack: Option<String>,
-    /// The kube context, instead of each stack's `context`.
-    #[arg(long, env = "CONVERGE_CONTEXT")]
-    context: Option<String>,
-    /// The kubeconfig file (`$KUBECONFIG` or `~/.kube/config` when absent).
-    #[arg(long)]
-    kubeconfig: Option<PathBuf>,
-    /// Skip a check (repeatable): desired, helm, context, cluster, builder, secrets, nodeport,
-    /// quota, capacity, service.
+    #[command(flatten)]
+    target: super::StackArgs,
+    /// Check this builder instead of the one converge would choose for each stack.
+    #[arg(long, value_enum)]
+    builder: Option<super::build::BuilderArg>,
+    /// Skip a check (repeatable; it is not run at all): desired, helm, context, cluster,
+    /// builder, secrets, nodeport, quota, capacity, service.
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(CHECKS))]
     skip: Vec<String>,
     /// Output format.
@@ -50,6 +47,13 @@ pub struct DoctorArgs {
     output: Format,
 }
 
+impl DoctorArgs {
+    fn wants(&self, check: &str) -> bool {
+        !self.skip.iter().any(|s| s == check)
+    }
+}
+
+/// Exit 0 when nothing failed (warnings included), 1 when a check failed.
 pub(super) fn run(args: &DoctorArgs) -> u8 {
     let rt = match super::runtime() {
         Ok(rt) => rt,
@@ -58,21 +62,17 @@ pub(super) fn run(args: &DoctorArgs) -> u8 {
     let checks: Vec<Check> = rt
         .block_on(all_checks(args))
         .into_iter()
-        .filter(|c| !args.skip.contains(&c.check))
+        .filter(|c| args.wants(&c.check))
         .collect();
-    match args.output {
-        Format::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&checks).unwrap_or_default()
-        ),
-        Format::Text => print_text(&checks),
-    }
-    if checks.is_empty() {
-        EXIT_ERROR
-    } else if checks.iter().all(|c| c.status == Status::Pass) {
-        EXIT_OK
+    if args.output.structured() {
+        super::emit(&checks, args.output);
     } else {
+        print_text(&checks);
+    }
+    if checks.iter().any(|c| c.status == Status::Fail) {
         EXIT_FINDINGS
+    } else {
+        EXIT_OK
     }
 }
 
@@ -84,11 +84,7 @@ fn print_text(checks: &[Check]) {
             Status::Warn => ("WARN", "33"),
             Status::Fail => ("FAIL", "31;1"),
         };
-        let word = if color {
-            format!("\x1b[{code}m{word}\x1b[0m")
-        } else {
-            word.to_string()
-        };
+        let word = super::paint(color, code, word);
         println!("{word} {:<9} {}", c.check, c.message);
         if let Some(fix) = &c.fix {
             println!("     {:<9} fix: {fix}", "");
@@ -96,10 +92,17 @@ fn print_text(checks: &[Check]) {
     }
     let failed = checks.iter().filter(|c| c.status == Status::Fail).count();
     let warned = checks.iter().filter(|c| c.status == Status::Warn).count();
+    let verdict = match (failed, warned) {
+        (0, 0) => "all good",
+        (0, _) => "no failures (warnings do not fail doctor)",
+        _ => "fix the failures above",
+    };
     println!(
-        "{} checks: {} passed, {failed} failed, {warned} warnings",
-        checks.len(),
-        checks.len() - failed - warned
+        "{}: {} passed, {} failed, {}; {verdict}",
+        plural(checks.len(), "check"),
+        checks.len() - failed - warned,
+        failed,
+        plural(warned, "warning"),
     );
 }
 
@@ -131,42 +134,67 @@ async fn all_checks(args: &DoctorArgs) -> Vec<Check> {
         }
     };
     let helm = Helm::from_env();
-    let helm_ok = match helm.check().await {
-        Ok(v) => {
-            out.push(Check::pass("helm", format!("helm {v}")));
-            true
+    let need_render = ["nodeport", "quota", "capacity"]
+        .iter()
+        .any(|c| args.wants(c));
+    let helm_ok = if args.wants("helm") || need_render {
+        match helm.check().await {
+            Ok(v) => {
+                out.push(Check::pass("helm", format!("helm {v}")));
+                true
+            }
+            Err(e) => {
+                out.push(Check::fail(
+                    "helm",
+                    e.to_string(),
+                    "install helm 3.8 or newer (https://helm.sh/docs/intro/install/), or point CONVERGE_HELM at it",
+                ));
+                false
+            }
         }
-        Err(e) => {
-            out.push(Check::fail(
-                "helm",
-                e.to_string(),
-                "install helm 3.8 or newer (https://helm.sh/docs/intro/install/), or point CONVERGE_HELM at it",
-            ));
-            false
-        }
+    } else {
+        false
     };
-    if stacks.is_empty() {
+    let need_cluster = [
+        "context", "cluster", "secrets", "nodeport", "quota", "capacity",
+    ]
+    .iter()
+    .any(|c| args.wants(c));
+    if stacks.is_empty() && need_cluster {
         // Still check the cluster the flags (or the kubeconfig) name.
-        if let Some(cluster) = check_cluster(args, args.context.as_deref(), &mut out).await {
-            let _ = cluster;
-        }
+        let _ = check_cluster(args, args.target.context.as_deref(), &mut out).await;
     }
     for stack in &stacks {
         let ctx = args
+            .target
             .context
             .clone()
             .unwrap_or_else(|| stack.spec.context.clone());
-        out.push(check_builder(stack, &ctx).await);
+        if args.wants("builder") {
+            let choice = crate::build::select_builder(args.builder.map(Into::into), stack, &ctx);
+            out.push(check_builder(stack, &choice).await);
+        }
+        if !need_cluster {
+            continue;
+        }
         let Some(cluster) = check_cluster(args, Some(&ctx), &mut out).await else {
             continue;
         };
-        out.push(check_secrets(&cluster, stack).await);
-        if helm_ok {
+        if args.wants("secrets") {
+            out.push(check_secrets(&cluster, stack).await);
+        }
+        if helm_ok && need_render {
             match render(args, stack, &helm, &cluster).await {
                 Ok(objects) => {
-                    out.push(check_nodeport(&cluster, stack, &objects).await);
-                    out.push(check_quota(&cluster, stack, &objects).await);
-                    out.push(check_capacity(&cluster, stack, &objects).await);
+                    if args.wants("nodeport") {
+                        out.push(check_nodeport(&cluster, stack, &objects).await);
+                    }
+                    if args.wants("quota") {
+                        out.push(check_quota(&cluster, stack, &objects).await);
+                    }
+                    if args.wants("capacity") {
+                        out.push(check_capacity(&cluster, stack, &objects).await);
+                    }
                 }
                 Err(e) => {
                     for check in ["nodeport", "quota", "capacity"] {
@@ -184,7 +212,9 @@ async fn all_checks(args: &DoctorArgs) -> Vec<Check> {
             }
         }
     }
-    out.push(check_service(&args.source.repo).await);
+    if args.wants("service") {
+        out.push(check_service(&args.source.repo).await);
+    }
     out
 }
 
@@ -201,23 +231,24 @@ fn read_stacks(args: &DoctorArgs) -> Result<Vec<Stack>, String> {
     let snapshot = repo.snapshot(&args.source.rev).map_err(|e| e.to_string())?;
     let loaded = crate::desired::load(&snapshot, &args.source.dir).map_err(|r| {
         format!(
-            "the desired state at {} does not validate ({} errors)",
+            "the desired state at {} does not validate ({})",
             args.source.rev,
-            r.error_count()
+            plural(r.error_count(), "error")
         )
     })?;
     let stacks: Vec<Stack> = loaded
         .state
         .stacks
         .into_iter()
-        .filter(|s| {
-            args.stack
-                .as_ref()
-                .is_none_or(|w| crate::reconcile::stack_matches(s, w))
-        })
+        .filter(|s| args.target.selects(s))
         .collect();
-    match (&args.stack, stacks.is_empty()) {
-        (Some(w), true) => Err(format!("the desired state has no stack `{w}`")),
+    match (
+        &args.target.stack,
+        &args.target.namespace,
+        stacks.is_empty(),
+    ) {
+        (Some(w), _, true) => Err(format!("the desired state has no stack `{w}`")),
+        (None, Some(n), true) => Err(format!("the desired state has no stack in namespace `{n}`")),
         _ => Ok(stacks),
     }
 }
@@ -229,7 +260,7 @@ async fn check_cluster(
     out: &mut Vec<Check>,
 ) -> Option<Cluster> {
     let name = context.unwrap_or("(the kubeconfig's current context)");
-    let cluster = match Cluster::connect(args.kubeconfig.as_deref(), context).await {
+    let cluster = match Cluster::connect(args.target.kubeconfig.as_deref(), context).await {
         Ok(c) => {
             out.push(Check::pass(
                 "context",
@@ -238,13 +269,9 @@ async fn check_cluster(
             c
         }
         Err(e) => {
-            let fix = if e.to_string().contains("cannot read the kubeconfig") {
-                "point KUBECONFIG (or --kubeconfig) at your kubeconfig; `minikube start` writes ~/.kube/config".to_string()
-            } else if context == Some("minikube") {
-                "start the cluster: `minikube start` (it writes the `minikube` context)".to_string()
-            } else {
+            let fix = super::hints::for_error(&e).unwrap_or_else(|| {
                 "list the contexts with `kubectl config get-contexts` and pass one with --context (or set the stack's `context`)".to_string()
-            };
+            });
             out.push(Check::fail("context", e.to_string(), fix));
             return None;
         }
@@ -252,11 +279,9 @@ async fn check_cluster(
     let version = match cluster.ping().await {
         Ok(v) => v,
         Err(e) => {
-            let fix = if context == Some("minikube") {
-                "`minikube status` tells why; `minikube start` starts it again"
-            } else {
-                "start the cluster, or check the server address in the kubeconfig (`kubectl cluster-info`)"
-            };
+            let fix = super::hints::for_error(&e).unwrap_or_else(|| {
+                super::hints::start_cluster(context.unwrap_or(cluster.context()))
+            });
             out.push(Check::fail("cluster", e.to_string(), fix));
             return None;
         }
@@ -326,23 +351,20 @@ async fn command(program: &str, args: &[&str]) -> Result<(bool, String, String),
     }
 }
 
-async fn check_builder(stack: &Stack, context: &str) -> Check {
-    let choice = crate::build::choose_builder(
-        None,
-        stack,
-        context,
-        &crate::build::BuildEnv::from_process(),
+/// The builder check, saying which builder was chosen and why.
+async fn check_builder(stack: &Stack, choice: &crate::build::BuilderChoice) -> Check {
+    let mut check = check_builder_kind(stack, choice.builder).await;
+    check.message = format!(
+        "{} [builder {}: {}]",
+        check.message,
+        crate::build::builder_name(choice.builder),
+        choice.reason
     );
-    let name = &label(stack);
-    let check = check_builder_kind(name, choice.builder).await;
-    // Say which builder was chosen and why, so a surprising choice is visible.
-    Check {
-        message: format!("{} — {}", check.message, choice.reason),
-        ..check
-    }
+    check
 }
 
-async fn check_builder_kind(name: &str, builder: BuilderKind) -> Check {
+async fn check_builder_kind(stack: &Stack, builder: BuilderKind) -> Check {
+    let name = &label(stack);
     match builder {
         BuilderKind::Docker | BuilderKind::Kind | BuilderKind::Containerd => {
             let host = std::env::var("DOCKER_HOST")

@@ -33,6 +33,8 @@ pub struct DownArgs {
 pub(crate) struct Target {
     /// The stack's name.
     pub stack: String,
+    /// Its directory in the repository (empty when it was not read).
+    pub dir: String,
     /// Its namespace; `None` means "find it in the cluster".
     pub namespace: Option<String>,
     /// The kube context; `None` is the kubeconfig's current one.
@@ -66,17 +68,14 @@ pub(crate) fn targets(
     namespace: Option<&str>,
     context: Option<&str>,
 ) -> Result<Vec<Target>, String> {
-    if let Some(ns) = namespace {
-        let Some(stack) = stack else {
-            return Err("--namespace needs --stack (the stack's name)".into());
-        };
-        return Ok(vec![Target {
-            stack: stack.into(),
-            namespace: Some(ns.into()),
-            context: context.map(str::to_string),
-            components: BTreeMap::new(),
-        }]);
-    }
+    // Named by the flags alone: what the cluster's records say, when the repository does not.
+    let by_name = |w: &str| Target {
+        stack: w.into(),
+        dir: String::new(),
+        namespace: namespace.map(str::to_string),
+        context: context.map(str::to_string),
+        components: BTreeMap::new(),
+    };
     let from_repo = crate::source::Repo::open(&source.repo)
         .map_err(|e| e.to_string())
         .and_then(|repo| {
@@ -85,58 +84,59 @@ pub(crate) fn targets(
                 .map(|l| l.state.stacks)
                 .map_err(|_| "the desired state does not validate".to_string())
         });
-    match (from_repo, stack) {
-        (Ok(stacks), wanted) => {
-            let found: Vec<Target> = stacks
-                .iter()
-                .filter(|s| wanted.is_none_or(|w| crate::reconcile::stack_matches(s, w)))
-                .map(|s| Target {
-                    stack: s.spec.name.clone(),
-                    namespace: Some(s.spec.namespace.clone()),
-                    context: context
-                        .map(str::to_string)
-                        .or_else(|| Some(s.spec.context.clone())),
-                    components: s
-                        .components
-                        .iter()
-                        .map(|c| {
-                            let refs = c
-                                .spec
-                                .secret_env
-                                .iter()
-                                .map(|r| crate::explain::SecretRef {
-                                    secret: r.secret.clone(),
-                                    key: r.key.clone(),
-                                    optional: r.optional,
-                                })
-                                .collect();
-                            (c.spec.name.clone(), refs)
-                        })
-                        .collect(),
-                })
-                .collect();
-            match (found.is_empty(), wanted) {
-                (false, _) => Ok(found),
-                // Gone from the repository: look for it in the cluster.
-                (true, Some(w)) => Ok(vec![Target {
-                    stack: w.into(),
-                    namespace: None,
-                    context: context.map(str::to_string),
-                    components: BTreeMap::new(),
-                }]),
-                (true, None) => Err("the repository's desired state names no stack; pass --stack (and --namespace)".into()),
-            }
+    let stacks = match (from_repo, stack) {
+        (Ok(stacks), _) => stacks,
+        (Err(_), Some(w)) => return Ok(vec![by_name(w)]),
+        (Err(_), None) if namespace.is_some() => {
+            return Err("--namespace needs --stack (the stack's name) when the repository cannot be read".into())
         }
-        (Err(_), Some(w)) => Ok(vec![Target {
-            stack: w.into(),
-            namespace: None,
-            context: context.map(str::to_string),
-            components: BTreeMap::new(),
-        }]),
-        (Err(why), None) => Err(format!(
-            "cannot read the desired state of {} ({why}); name the stack with --stack (and --namespace)",
-            source.repo.display()
+        (Err(why), None) => {
+            return Err(format!(
+                "cannot read the desired state of {} ({why}); name the stack with --stack (and --namespace)",
+                source.repo.display()
+            ))
+        }
+    };
+    let found: Vec<Target> = stacks
+        .iter()
+        .filter(|s| stack.is_none_or(|w| crate::reconcile::stack_matches(s, w)))
+        .filter(|s| namespace.is_none_or(|n| n == s.spec.namespace))
+        .map(|s| Target {
+            stack: s.spec.name.clone(),
+            dir: s.dir.clone(),
+            namespace: Some(s.spec.namespace.clone()),
+            context: context
+                .map(str::to_string)
+                .or_else(|| Some(s.spec.context.clone())),
+            components: s
+                .components
+                .iter()
+                .map(|c| {
+                    let refs = c
+                        .spec
+                        .secret_env
+                        .iter()
+                        .map(|r| crate::explain::SecretRef {
+                            secret: r.secret.clone(),
+                            key: r.key.clone(),
+                            optional: r.optional,
+                        })
+                        .collect();
+                    (c.spec.name.clone(), refs)
+                })
+                .collect(),
+        })
+        .collect();
+    match (found.is_empty(), stack, namespace) {
+        (false, _, _) => Ok(found),
+        // Gone from the repository: look for it in the cluster.
+        (true, Some(w), _) => Ok(vec![by_name(w)]),
+        (true, None, Some(n)) => Err(format!(
+            "the repository's desired state has no stack in namespace {n}; pass --stack (the stack's name) to find it in the cluster"
         )),
+        (true, None, None) => {
+            Err("the repository's desired state names no stack; pass --stack (and --namespace)".into())
+        }
     }
 }
 
@@ -163,7 +163,7 @@ pub(super) fn run(args: &DownArgs) -> u8 {
                 }
             }
         }
-        print(&reports, args.output);
+        print(&reports, &targets, args.output);
         if reports.iter().all(DownReport::complete) {
             EXIT_OK
         } else {
@@ -194,7 +194,7 @@ async fn take_down(
     if namespaces.len() > 1 {
         return Err(ClusterError::Config {
             message: format!(
-                "stack {} is recorded in several namespaces ({}); pass --namespace to say which one to take down",
+                "stack {} is recorded in several namespaces ({}); pass -n <namespace> to say which one to take down",
                 target.stack,
                 namespaces.join(", ")
             ),
@@ -214,53 +214,51 @@ async fn take_down(
     Ok(out)
 }
 
-fn print(reports: &[DownReport], format: Format) {
-    match format {
-        Format::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(reports).unwrap_or_default()
-        ),
-        Format::Text => {
-            for r in reports {
-                let ns = if r.namespace.is_empty() {
-                    "no namespace".to_string()
-                } else {
-                    format!("namespace {}", r.namespace)
-                };
-                if r.nothing_to_do {
-                    println!(
-                        "stack {} ({ns}): nothing to take down (converge has no record of it here)",
-                        r.stack
-                    );
-                    continue;
-                }
-                let verdict = if r.complete() { "down" } else { "NOT down" };
-                println!(
-                    "stack {} ({ns}): {verdict}; {} deleted, {} already gone, {} kept in {} ms",
-                    r.stack,
-                    r.deleted.len(),
-                    r.already_gone.len(),
-                    r.kept.len(),
-                    r.duration_ms
-                );
-                for d in &r.deleted {
-                    println!("  deleted {d}");
-                }
-                for k in &r.kept {
-                    println!("  kept {k}");
-                }
-                if r.records_removed {
-                    println!("  removed converge's inventory and status record");
-                }
-                for e in &r.errors {
-                    println!("  error: {e}");
-                }
-                if !r.complete() {
-                    println!(
-                        "  what is left stays in the inventory: re-run `converge down` to retry"
-                    );
-                }
+fn print(reports: &[DownReport], targets: &[Target], format: Format) {
+    if format.structured() {
+        super::emit(reports, format);
+        return;
+    }
+    for r in reports {
+        let dir = targets
+            .iter()
+            .find(|t| t.stack == r.stack && t.namespace.as_deref().is_none_or(|n| n == r.namespace))
+            .map(|t| t.dir.as_str())
+            .unwrap_or("");
+        let label = if r.namespace.is_empty() {
+            format!("{} (no namespace)", r.stack)
+        } else {
+            super::stack_label(&r.stack, dir, &r.namespace)
+        };
+        if r.nothing_to_do {
+            println!("stack {label}: nothing to take down (converge has no record of it here)");
+            for d in &r.deleted {
+                println!("  deleted {d} (left behind earlier)");
             }
+            continue;
+        }
+        let verdict = if r.complete() { "down" } else { "NOT down" };
+        println!(
+            "stack {label}: {verdict}; {} deleted, {} already gone, {} kept in {} ms",
+            r.deleted.len(),
+            r.already_gone.len(),
+            r.kept.len(),
+            r.duration_ms
+        );
+        for d in &r.deleted {
+            println!("  deleted {d}");
+        }
+        for k in &r.kept {
+            println!("  kept {k}");
+        }
+        if r.records_removed {
+            println!("  removed converge's inventory and status record");
+        }
+        for e in &r.errors {
+            println!("  error: {e}");
+        }
+        if !r.complete() {
+            println!("  what is left stays in the inventory: re-run `converge down` to retry");
         }
     }
 }
@@ -290,6 +288,7 @@ mod tests {
             t,
             [Target {
                 stack: "todo".into(),
+                dir: String::new(),
                 namespace: Some("apps".into()),
                 context: Some("ctx".into()),
                 components: BTreeMap::new(),

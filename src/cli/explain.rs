@@ -38,6 +38,12 @@ pub struct ExplainArgs {
 /// One component's diagnoses and the evidence behind them.
 #[derive(Debug, Serialize)]
 pub struct Explained {
+    /// The stack's name.
+    pub stack: String,
+    /// Its directory in the repository (empty when it was not read).
+    pub dir: String,
+    /// Its namespace.
+    pub namespace: String,
     /// The component.
     pub component: String,
     /// What is wrong, most specific first (one `Healthy` entry when nothing is).
@@ -57,9 +63,13 @@ pub(super) fn run(args: &ExplainArgs) -> u8 {
     };
     rt.block_on(async {
         let mut all = Vec::new();
+        let mut never_applied = Vec::new();
         for t in &targets {
             match explain_target(args, t).await {
-                Ok(mut e) => all.append(&mut e),
+                Ok((mut e, mut skipped)) => {
+                    all.append(&mut e);
+                    never_applied.append(&mut skipped);
+                }
                 Err(GatherError::Cluster(e)) => {
                     return super::report_error(&crate::error::Error::Cluster(e), args.output)
                 }
@@ -69,9 +79,18 @@ pub(super) fn run(args: &ExplainArgs) -> u8 {
                 }
             }
         }
+        // A stack of the repository that was never applied to this cluster is not a failure
+        // of it: say so once, on stderr.
+        for label in &never_applied {
+            eprintln!("stack {label}: not applied to this cluster; nothing to explain");
+        }
         if all.is_empty() {
+            let apply = match &args.target.stack {
+                Some(s) => format!("converge apply --stack {s}"),
+                None => "converge apply".into(),
+            };
             eprintln!(
-                "nothing to explain: converge has no record of {} in this cluster (run `converge apply` first)",
+                "nothing to explain: converge has no record of {} in this cluster (run `{apply}` first)",
                 targets
                     .iter()
                     .map(|t| format!("stack {}", t.stack))
@@ -80,12 +99,10 @@ pub(super) fn run(args: &ExplainArgs) -> u8 {
             );
             return EXIT_ERROR;
         }
-        match args.output {
-            Format::Json => println!(
-                "{}",
-                serde_json::to_string_pretty(&all).unwrap_or_default()
-            ),
-            Format::Text => print_text(&all, args.component.is_some()),
+        if args.output.structured() {
+            super::emit(&all, args.output);
+        } else {
+            print_text(&all, args.component.is_some());
         }
         if args.ai {
             ask_ai(&all, args.target.kubeconfig.as_deref()).await;
@@ -98,58 +115,84 @@ pub(super) fn run(args: &ExplainArgs) -> u8 {
     })
 }
 
-async fn explain_target(args: &ExplainArgs, t: &Target) -> Result<Vec<Explained>, GatherError> {
+/// The explained components of one target, and the labels of its namespaces where converge has
+/// never applied it.
+async fn explain_target(
+    args: &ExplainArgs,
+    t: &Target,
+) -> Result<(Vec<Explained>, Vec<String>), GatherError> {
     let cluster = Cluster::connect(args.target.kubeconfig.as_deref(), t.context.as_deref()).await?;
     cluster.ping().await?;
     let mut out = Vec::new();
+    let mut never = Vec::new();
     for ns in down::namespaces(&cluster, t).await? {
+        let client = cluster.client();
+        let recorded = crate::status::load(client, &ns, &t.stack).await?.is_some()
+            || !crate::cluster::inventory::load(client, &ns, &t.stack)
+                .await?
+                .is_empty();
+        if !recorded {
+            never.push(super::stack_label(&t.stack, &t.dir, &ns));
+            continue;
+        }
         let target = explain::Target {
             stack: t.stack.clone(),
-            namespace: ns,
+            namespace: ns.clone(),
             component: args.component.clone(),
             desired: t.components.clone(),
         };
         for evidence in explain::gather(&cluster, &target).await? {
             out.push(Explained {
+                stack: t.stack.clone(),
+                dir: t.dir.clone(),
+                namespace: ns.clone(),
                 component: evidence.component.clone(),
                 diagnoses: explain::diagnose(&evidence),
                 evidence,
             });
         }
     }
-    Ok(out)
+    Ok((out, never))
 }
 
 fn print_text(all: &[Explained], one: bool) {
     let color = super::color_stdout();
-    let paint = |code: &str, s: &str| {
-        if color {
-            format!("\x1b[{code}m{s}\x1b[0m")
-        } else {
-            s.to_string()
-        }
-    };
+    let paint = |code: &str, s: &str| super::paint(color, code, s);
+    let mut last_stack: Option<(&str, &str)> = None;
     for e in all {
+        if last_stack != Some((e.stack.as_str(), e.namespace.as_str())) {
+            println!(
+                "{}",
+                paint(
+                    "1",
+                    &format!(
+                        "stack {}",
+                        super::stack_label(&e.stack, &e.dir, &e.namespace)
+                    )
+                )
+            );
+            last_stack = Some((e.stack.as_str(), e.namespace.as_str()));
+        }
         for d in &e.diagnoses {
             if !d.is_problem() {
-                println!("{}: {}", e.component, paint("32", &d.summary));
+                println!("  {}: {}", e.component, paint("32", &d.summary));
                 if one {
                     for line in &d.evidence {
-                        println!("  {line}");
+                        println!("    {line}");
                     }
                 }
                 continue;
             }
             println!(
-                "{}: {} — {}",
+                "  {}: {} — {}",
                 e.component,
                 paint("31;1", &d.rule),
                 d.summary
             );
             for line in &d.evidence {
-                println!("  {line}");
+                println!("    {line}");
             }
-            println!("  {} {}", paint("1", "next:"), d.next_step);
+            println!("    {} {}", paint("1", "next:"), d.next_step);
         }
     }
 }
@@ -234,6 +277,9 @@ mod tests {
     #[test]
     fn the_ai_question_names_only_the_unhealthy_components() {
         let mk = |c: &str, rule: &str| Explained {
+            stack: "todo".into(),
+            dir: String::new(),
+            namespace: "apps".into(),
             component: c.into(),
             diagnoses: vec![Diagnosis {
                 component: c.into(),

@@ -7,6 +7,8 @@ mod build;
 mod doctor;
 mod down;
 mod explain;
+mod hints;
+pub mod progress;
 mod run;
 mod status;
 mod validate;
@@ -17,19 +19,46 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// The heading global flags are listed under, once, after each command's own flags.
+const GLOBAL: &str = "Global options";
+
 /// Keep a Kubernetes cluster converged on what is committed in a git checkout.
 #[derive(Debug, Parser)]
 #[command(name = "converge", version, about, propagate_version = true)]
 pub struct Cli {
-    /// Log filter (tracing's env-filter syntax), e.g. `info` or `converge=debug`.
-    #[arg(long, global = true, env = "CONVERGE_LOG", default_value = "warn")]
-    pub log: String,
+    /// Log filter (tracing's env-filter syntax), e.g. `info` or `converge=debug` [default: `info`
+    /// for `converge run`, `warn` for every other command].
+    #[arg(long, global = true, env = "CONVERGE_LOG", help_heading = GLOBAL)]
+    pub log: Option<String>,
     /// Log format: `text` for people, `json` for journald and log shippers.
-    #[arg(long, global = true, env = "CONVERGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, env = "CONVERGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, help_heading = GLOBAL)]
     pub log_format: LogFormat,
+    /// More detail: the full chain of causes under an error (`-v`), debug logs too (`-vv`).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = GLOBAL)]
+    pub verbose: u8,
     /// The command to run.
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The log filter in force: `--log`, else `info` for the daemon and `warn` for the others;
+    /// the kube client's own error lines only with `-v` (converge reports those failures itself).
+    pub fn log_filter(&self) -> String {
+        if let Some(l) = &self.log {
+            return l.clone();
+        }
+        let base = match (&self.command, self.verbose) {
+            (_, v) if v >= 2 => "debug,hyper=info,tower=info,rustls=info",
+            (Command::Run(_), _) => "info",
+            _ => "warn",
+        };
+        if self.verbose == 0 {
+            format!("{base},kube_client=off")
+        } else {
+            base.to_string()
+        }
+    }
 }
 
 /// The commands.
@@ -38,7 +67,7 @@ pub enum Command {
     /// Validate the desired state of a commit; exit 0 valid, 1 invalid, 2 on usage or repository errors.
     Validate(validate::ValidateArgs),
     /// Print the JSON Schema of desired-state documents (for editors).
-    Schema,
+    Schema(SchemaArgs),
     /// Reconcile a commit once: render, apply in order, wait for health, prune, record status.
     Apply(apply::ApplyArgs),
     /// Show what `apply` would change (server-side dry-run); exit 0 none, 1 some, 2 on error.
@@ -75,32 +104,69 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 pub struct SourceArgs {
     /// The git repository (any directory inside it).
-    #[arg(long, default_value = ".", env = "CONVERGE_REPO")]
+    #[arg(long, default_value = ".", env = "CONVERGE_REPO", help_heading = SOURCE)]
     pub repo: PathBuf,
     /// The revision to read (commit, branch, tag); HEAD when absent.
-    #[arg(long, default_value = "HEAD")]
+    #[arg(long, default_value = "HEAD", help_heading = SOURCE)]
     pub rev: String,
     /// The desired-state directory inside the repository.
-    #[arg(long, default_value = crate::desired::DEFAULT_DIR)]
+    #[arg(long, default_value = crate::desired::DEFAULT_DIR, help_heading = SOURCE)]
     pub dir: String,
 }
 
-/// Which stack in which cluster, for commands that can work from the cluster's own records
-/// (`down`, `explain`) without reading the repository.
-#[derive(Debug, Clone, Args)]
+/// The help heading of the repository flags.
+const SOURCE: &str = "Source";
+/// The help heading of the stack and cluster flags.
+const TARGET: &str = "Stack and cluster";
+
+/// Which stack in which cluster: the same selectors on every command that works on stacks.
+#[derive(Debug, Clone, Default, Args)]
 pub struct StackArgs {
-    /// The stack: its name or its directory (needed when the repository has several).
-    #[arg(long)]
+    /// The stack: its directory (`dev`, `desired/dev`) or its name; every stack when absent.
+    #[arg(long, help_heading = TARGET)]
     pub stack: Option<String>,
-    /// The stack's namespace; with `--stack`, the repository is not read at all.
-    #[arg(long, short = 'n')]
+    /// Only the stack in this namespace (`down`, `explain` and `status` with `--stack` also find
+    /// a stack the repository no longer has).
+    #[arg(long, short = 'n', help_heading = TARGET)]
     pub namespace: Option<String>,
     /// The kube context, instead of the stack's `context` (or the kubeconfig's current one).
-    #[arg(long, env = "CONVERGE_CONTEXT")]
+    #[arg(long, env = "CONVERGE_CONTEXT", help_heading = TARGET)]
     pub context: Option<String>,
     /// The kubeconfig file (`$KUBECONFIG` or `~/.kube/config` when absent).
-    #[arg(long)]
+    #[arg(long, help_heading = TARGET)]
     pub kubeconfig: Option<PathBuf>,
+}
+
+impl StackArgs {
+    /// Whether a stack of the desired state is selected.
+    pub fn selects(&self, stack: &crate::desired::Stack) -> bool {
+        self.stack
+            .as_deref()
+            .is_none_or(|w| crate::reconcile::stack_matches(stack, w))
+            && self
+                .namespace
+                .as_deref()
+                .is_none_or(|n| n == stack.spec.namespace)
+    }
+
+    /// Whether an in-cluster record (name, namespace, and the stack's directory when recorded)
+    /// is selected.
+    pub fn selects_record(&self, name: &str, namespace: &str, dir: &str) -> bool {
+        self.stack
+            .as_deref()
+            .is_none_or(|w| name == w || (!dir.is_empty() && crate::reconcile::dir_matches(dir, w)))
+            && self.namespace.as_deref().is_none_or(|n| n == namespace)
+    }
+}
+
+/// How a stack is named in every output: two stacks may share a name (dev and staging of one
+/// app), so its directory and namespace go with it.
+pub fn stack_label(name: &str, dir: &str, namespace: &str) -> String {
+    if dir.is_empty() {
+        format!("{name} (namespace {namespace})")
+    } else {
+        format!("{name} ({dir} → namespace {namespace})")
+    }
 }
 
 /// Output format.
@@ -111,6 +177,27 @@ pub enum Format {
     Text,
     /// For machines.
     Json,
+    /// For machines and people who read YAML.
+    Yaml,
+}
+
+impl Format {
+    /// Whether this format is for machines (JSON or YAML).
+    pub fn structured(self) -> bool {
+        self != Format::Text
+    }
+}
+
+/// Prints `value` as JSON or YAML (nothing for text).
+pub(crate) fn emit<T: serde::Serialize + ?Sized>(value: &T, format: Format) {
+    match format {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        ),
+        Format::Yaml => print!("{}", serde_yaml_ng::to_string(value).unwrap_or_default()),
+        Format::Text => {}
+    }
 }
 
 /// Exit code for success.
@@ -120,28 +207,26 @@ pub const EXIT_FINDINGS: u8 = 1;
 /// Exit code for usage, repository or cluster errors.
 pub const EXIT_ERROR: u8 = 2;
 
-/// Starts tracing to stderr with the `--log` filter.
+static VERBOSE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+fn verbose() -> u8 {
+    VERBOSE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Starts tracing to stderr with the log filter (see [`Cli::log_filter`]); on a terminal,
+/// progress events become live lines instead of log lines.
 pub fn init_tracing(cli: &Cli) {
-    // The daemon reports what it applies: `info` unless a filter was chosen.
-    let level = match cli.command {
-        Command::Run(_) if cli.log == "warn" && std::env::var_os("CONVERGE_LOG").is_none() => {
-            "info"
-        }
-        _ => cli.log.as_str(),
-    };
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Json => fmt.json().init(),
-        LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).init(),
-    }
+    VERBOSE.store(cli.verbose, std::sync::atomic::Ordering::Relaxed);
+    let filter = cli.log_filter();
+    let live = cli.log_format == LogFormat::Text
+        && std::io::stderr().is_terminal()
+        && !matches!(cli.command, Command::Run(_));
+    progress::init(&filter, cli.log_format, live, cli.log.is_some());
 }
 
 /// Runs the command and returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
+    VERBOSE.store(cli.verbose, std::sync::atomic::Ordering::Relaxed);
     let code = match cli.command {
         Command::Validate(args) => validate::run(&args),
         Command::Apply(args) => apply::apply(&args),
@@ -154,36 +239,83 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Run(args) => run::run(&args),
         Command::Sync(args) => run::sync(&args),
         Command::Service(args) => run::service(&args),
-        Command::Schema => {
+        Command::Schema(args) => {
             let schema = crate::desired::schema::document_schema();
-            match serde_json::to_string_pretty(&schema) {
-                Ok(s) => {
-                    println!("{s}");
-                    EXIT_OK
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    EXIT_ERROR
-                }
+            match args.output {
+                Format::Yaml => emit(&schema, Format::Yaml),
+                _ => emit(&schema, Format::Json),
             }
+            EXIT_OK
         }
     };
+    progress::finish();
     ExitCode::from(code)
 }
 
-/// Prints an error with its chain of causes, the way people read them.
-pub(crate) fn print_error(err: &dyn std::error::Error) {
-    eprintln!("error: {err}");
-    let mut source = err.source();
-    while let Some(s) = source {
-        eprintln!("  caused by: {s}");
-        source = s.source();
+/// Arguments of `converge schema`.
+#[derive(Debug, Args)]
+pub struct SchemaArgs {
+    /// Output format (`text` is JSON).
+    #[arg(short, long, value_enum, default_value_t = Format::Json)]
+    output: Format,
+}
+
+/// Prints an error the way people read it: what failed on one line, the likely fix on the next,
+/// and the chain of causes only with `-v`.
+pub(crate) fn print_error(err: &(dyn std::error::Error + 'static)) {
+    print_problem(
+        &err.to_string(),
+        hints::for_error(err).as_deref(),
+        err.source(),
+    );
+}
+
+/// Prints `error: what`, `hint: fix` (taken out of `what` when the message already ends with it)
+/// and, with `-v`, the causes.
+pub(crate) fn print_problem(
+    what: &str,
+    fix: Option<&str>,
+    source: Option<&(dyn std::error::Error + 'static)>,
+) {
+    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let paint = |code: &str, s: &str| {
+        if color {
+            format!("\x1b[{code}m{s}\x1b[0m")
+        } else {
+            s.to_string()
+        }
+    };
+    let what = match fix.and_then(|f| what.find(f)) {
+        Some(i) if i > 0 => what[..i].trim_end_matches([':', ';', ',', ' ']),
+        _ => what,
+    };
+    eprintln!("{} {what}", paint("31;1", "error:"));
+    if let Some(fix) = fix {
+        eprintln!("{} {fix}", paint("1", "hint:"));
+    }
+    let mut source = source;
+    if verbose() > 0 {
+        while let Some(s) = source {
+            eprintln!("  caused by: {s}");
+            source = s.source();
+        }
+    } else if source.is_some() {
+        eprintln!("  (run with -v for the underlying errors)");
     }
 }
 
 /// Whether stdout gets colour.
 pub(crate) fn color_stdout() -> bool {
     std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+/// Paints `s` with an ANSI SGR code when `color` holds.
+pub(crate) fn paint(color: bool, code: &str, s: &str) -> String {
+    if color {
+        format!("\x1b[{code}m{s}\x1b[0m")
+    } else {
+        s.to_string()
+    }
 }
 
 /// A multi-threaded runtime for one command.
@@ -204,22 +336,28 @@ pub(crate) fn report_error(err: &crate::error::Error, format: Format) -> u8 {
         crate::error::Error::Invalid { .. } => EXIT_FINDINGS,
         _ => EXIT_ERROR,
     };
-    match format {
-        Format::Json => {
-            let mut v = serde_json::json!({"error": err.to_string(), "reason": err.reason()});
-            if let crate::error::Error::Invalid { report, .. } = err {
-                v["diagnostics"] = serde_json::to_value(&report.diagnostics).unwrap_or_default();
-            }
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-        }
-        Format::Text => {
-            if let crate::error::Error::Invalid { report, .. } = err {
-                print!("{}", report.render(color_stdout()));
-            }
-            print_error(err);
-        }
-    }
+    report_error_as(err, format);
     code
+}
+
+/// Prints a library error for people or machines (see [`report_error`]), without deciding the
+/// exit code.
+pub(crate) fn report_error_as(err: &crate::error::Error, format: Format) {
+    if format.structured() {
+        let mut v = serde_json::json!({"error": err.to_string(), "reason": err.reason()});
+        if let Some(h) = hints::for_error(err) {
+            v["hint"] = h.into();
+        }
+        if let crate::error::Error::Invalid { report, .. } = err {
+            v["diagnostics"] = serde_json::to_value(&report.diagnostics).unwrap_or_default();
+        }
+        emit(&v, format);
+    } else {
+        if let crate::error::Error::Invalid { report, .. } = err {
+            print!("{}", report.render(color_stdout()));
+        }
+        print_error(err);
+    }
 }
 
 /// Colours a unified diff on a terminal.

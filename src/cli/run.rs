@@ -26,15 +26,8 @@ pub struct RunArgs {
     /// The desired-state directory inside the repository.
     #[arg(long, default_value = crate::desired::DEFAULT_DIR)]
     dir: String,
-    /// Only this stack: its name or its directory.
-    #[arg(long)]
-    stack: Option<String>,
-    /// The kube context, instead of each stack's `context`.
-    #[arg(long, env = "CONVERGE_CONTEXT")]
-    context: Option<String>,
-    /// The kubeconfig file ($KUBECONFIG or ~/.kube/config when absent).
-    #[arg(long)]
-    kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    target: super::StackArgs,
     /// The branch to deploy, instead of the stacks' `branch` (default main).
     #[arg(long)]
     branch: Option<String>,
@@ -85,9 +78,9 @@ impl RunArgs {
         Config {
             repo: self.repo.clone(),
             dir: self.dir.clone(),
-            stack: self.stack.clone(),
-            kubeconfig: self.kubeconfig.clone(),
-            context: self.context.clone(),
+            stack: self.target.stack.clone(),
+            kubeconfig: self.target.kubeconfig.clone(),
+            context: self.target.context.clone(),
             branch: self.branch.clone(),
             remote: self.remote.clone(),
             poll: self.poll,
@@ -100,9 +93,10 @@ impl RunArgs {
             lease: !self.no_lease,
             builder: self.builder.map(Into::into),
             options: Options {
-                kubeconfig: self.kubeconfig.clone(),
-                context: self.context.clone(),
-                stack: self.stack.clone(),
+                kubeconfig: self.target.kubeconfig.clone(),
+                context: self.target.context.clone(),
+                stack: self.target.stack.clone(),
+                namespace: self.target.namespace.clone(),
                 dir: self.dir.clone(),
                 force_conflicts: self.force_conflicts,
                 recreate: self.recreate,

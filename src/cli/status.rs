@@ -1,27 +1,80 @@
-//! `converge status`: the status converge recorded in the cluster; needs neither the repository
-//! nor the daemon.
+//! `converge status`: the status converge recorded in the cluster, next to what the cluster
+//! shows now (ready/desired replicas and why not), whether a daemon holds the stack, and how long
+//! ago things happened; needs neither the repository nor the daemon.
+
+use std::collections::BTreeMap;
 
 use clap::Args;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, ListParams};
+use serde::Serialize;
+use serde_json::Value;
 
-use super::{Format, EXIT_ERROR, EXIT_FINDINGS, EXIT_OK};
-use crate::cluster::Cluster;
+use super::{Format, SourceArgs, EXIT_ERROR, EXIT_FINDINGS, EXIT_OK};
+use crate::cluster::health::{self, Health};
+use crate::cluster::{Cluster, ClusterError, REQUEST_TIMEOUT};
 use crate::status::StackStatus;
-use crate::vocabulary::{LABEL_MANAGED_BY, MANAGED_BY};
+use crate::vocabulary::{LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_STACK, MANAGED_BY};
 
 /// Arguments of `converge status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// The kube context (the kubeconfig's current one when absent).
-    #[arg(long, env = "CONVERGE_CONTEXT")]
-    context: Option<String>,
-    /// Only this stack.
-    #[arg(long)]
-    stack: Option<String>,
+    #[command(flatten)]
+    source: SourceArgs,
+    #[command(flatten)]
+    target: super::StackArgs,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Format::Text)]
     output: Format,
+}
+
+/// One stack: the record, the live view and the daemon.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StackView {
+    /// What converge recorded.
+    #[serde(flatten)]
+    pub recorded: StackStatus,
+    /// What the cluster shows now, per component.
+    pub live: Vec<LiveComponent>,
+    /// The daemon holding the stack's Lease, if one does.
+    pub daemon: DaemonView,
+}
+
+/// A component as the cluster shows it now.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LiveComponent {
+    /// The component.
+    pub name: String,
+    /// Ready replicas now.
+    pub ready: i64,
+    /// Desired replicas now.
+    pub desired: i64,
+    /// `Healthy`, `Progressing`, `Failed` or `Missing` (no workload in the cluster).
+    pub health: String,
+    /// Why it is not healthy (rollout message, a Pod's waiting reason), when it is not.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+/// Whether a daemon holds a stack.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DaemonView {
+    /// Whether a live daemon holds the Lease.
+    pub held: bool,
+    /// The holder (`host/pid`), current or last.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub holder: String,
+    /// The checkout it deploys from.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub checkout: String,
+    /// When it last renewed the Lease (RFC 3339).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub renewed: String,
 }
 
 pub(super) fn run(args: &StatusArgs) -> u8 {
@@ -30,20 +83,18 @@ pub(super) fn run(args: &StatusArgs) -> u8 {
         Err(code) => return code,
     };
     rt.block_on(async {
-        let statuses = match read(args).await {
+        let views = match read(args).await {
             Ok(s) => s,
             Err(e) => return super::report_error(&crate::error::Error::Cluster(e), args.output),
         };
-        match args.output {
-            Format::Json => println!(
-                "{}",
-                serde_json::to_string_pretty(&statuses).unwrap_or_default()
-            ),
-            Format::Text => print_text(&statuses),
+        if args.output.structured() {
+            super::emit(&views, args.output);
+        } else {
+            print_text(&views, args);
         }
-        if statuses.is_empty() {
+        if views.is_empty() {
             EXIT_ERROR
-        } else if statuses.iter().all(|s| s.ready) {
+        } else if views.iter().all(StackView::healthy) {
             EXIT_OK
         } else {
             EXIT_FINDINGS
@@ -51,19 +102,48 @@ pub(super) fn run(args: &StatusArgs) -> u8 {
     })
 }
 
-async fn read(args: &StatusArgs) -> Result<Vec<StackStatus>, crate::cluster::ClusterError> {
-    let cluster = Cluster::connect(None, args.context.as_deref()).await?;
+impl StackView {
+    /// Ready by the record and every component healthy now.
+    fn healthy(&self) -> bool {
+        self.recorded.ready && self.live.iter().all(|c| c.health == "Healthy")
+    }
+}
+
+/// The (name, namespace) pairs the selectors name in the repository, when it can be read.
+fn from_repo(args: &StatusArgs) -> Vec<(String, String)> {
+    if args.target.stack.is_none() && args.target.namespace.is_none() {
+        return Vec::new();
+    }
+    let Ok(repo) = crate::source::Repo::open(&args.source.repo) else {
+        return Vec::new();
+    };
+    let Ok(snapshot) = repo.snapshot(&args.source.rev) else {
+        return Vec::new();
+    };
+    match crate::desired::load(&snapshot, &args.source.dir) {
+        Ok(l) => l
+            .state
+            .stacks
+            .iter()
+            .filter(|s| args.target.selects(s))
+            .map(|s| (s.spec.name.clone(), s.spec.namespace.clone()))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+async fn read(args: &StatusArgs) -> Result<Vec<StackView>, ClusterError> {
+    let cluster = Cluster::connect(
+        args.target.kubeconfig.as_deref(),
+        args.target.context.as_deref(),
+    )
+    .await?;
+    cluster.ping().await?;
     let api: Api<ConfigMap> = Api::all(cluster.client().clone());
     let lp = ListParams::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
-    let list = api
-        .list(&lp)
-        .await
-        .map_err(|source| crate::cluster::ClusterError::Api {
-            action: "listing",
-            object: "status records".into(),
-            source,
-        })?;
-    let mut out: Vec<StackStatus> = list
+    let list = bounded("listing", "status records", api.list(&lp)).await?;
+    let named = from_repo(args);
+    let mut records: Vec<StackStatus> = list
         .items
         .into_iter()
         .filter(|c| {
@@ -74,58 +154,357 @@ async fn read(args: &StatusArgs) -> Result<Vec<StackStatus>, crate::cluster::Clu
         })
         .filter_map(|c| c.data.and_then(|mut d| d.remove("status.json")))
         .filter_map(|t| serde_json::from_str::<StackStatus>(&t).ok())
-        .filter(|s| args.stack.as_ref().is_none_or(|n| n == &s.stack))
+        .filter(|s| {
+            args.target.selects_record(&s.stack, &s.namespace, &s.dir)
+                || named
+                    .iter()
+                    .any(|(n, ns)| n == &s.stack && ns == &s.namespace)
+        })
         .collect();
-    out.sort_by(|a, b| (&a.namespace, &a.stack).cmp(&(&b.namespace, &b.stack)));
+    records.sort_by(|a, b| (&a.namespace, &a.stack).cmp(&(&b.namespace, &b.stack)));
+    let mut out = Vec::new();
+    for recorded in records {
+        let live = live_components(&cluster, &recorded).await?;
+        let daemon = daemon_of(&cluster, &recorded).await;
+        out.push(StackView {
+            recorded,
+            live,
+            daemon,
+        });
+    }
     Ok(out)
 }
 
-fn print_text(statuses: &[StackStatus]) {
-    if statuses.is_empty() {
-        eprintln!("no converge status in this cluster: nothing has been applied yet (run `converge apply`)");
+async fn bounded<T>(
+    action: &'static str,
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, ClusterError> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(source)) => Err(ClusterError::Api {
+            action,
+            object: what.into(),
+            source,
+        }),
+        Err(_) => Err(ClusterError::Timeout {
+            action,
+            object: what.into(),
+        }),
+    }
+}
+
+fn values<T: Serialize>(items: Vec<T>) -> Vec<Value> {
+    items
+        .iter()
+        .filter_map(|i| serde_json::to_value(i).ok())
+        .collect()
+}
+
+/// Ready/desired replicas and health of each component's workloads, as the cluster has them now.
+async fn live_components(
+    cluster: &Cluster,
+    s: &StackStatus,
+) -> Result<Vec<LiveComponent>, ClusterError> {
+    let client = cluster.client().clone();
+    let ns = s.namespace.as_str();
+    let lp = ListParams::default().labels(&format!("{LABEL_STACK}={}", s.stack));
+    let what = format!("workloads of stack {} in {ns}", s.stack);
+    let deployments = bounded(
+        "listing",
+        &what,
+        Api::<Deployment>::namespaced(client.clone(), ns).list(&lp),
+    )
+    .await?;
+    let statefulsets = bounded(
+        "listing",
+        &what,
+        Api::<StatefulSet>::namespaced(client.clone(), ns).list(&lp),
+    )
+    .await?;
+    let mut workloads: Vec<(&str, Value)> = values(deployments.items)
+        .into_iter()
+        .map(|v| ("Deployment", v))
+        .collect();
+    workloads.extend(
+        values(statefulsets.items)
+            .into_iter()
+            .map(|v| ("StatefulSet", v)),
+    );
+    let component_of = |v: &Value| -> String {
+        v.pointer("/metadata/labels")
+            .and_then(|l| l.get(LABEL_COMPONENT))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    // Components in the record's order, then any the cluster has that it does not name.
+    let mut names: Vec<String> = s.components.iter().map(|c| c.name.clone()).collect();
+    for (_, w) in &workloads {
+        let c = component_of(w);
+        if !c.is_empty() && !names.contains(&c) {
+            names.push(c);
+        }
+    }
+    let mut out = Vec::new();
+    for name in names {
+        let mine: Vec<&(&str, Value)> = workloads
+            .iter()
+            .filter(|(_, w)| component_of(w) == name)
+            .collect();
+        let mut c = LiveComponent {
+            name: name.clone(),
+            ..LiveComponent::default()
+        };
+        if mine.is_empty() {
+            c.health = "Missing".into();
+            c.reason = "no Deployment or StatefulSet of it in the cluster".into();
+            out.push(c);
+            continue;
+        }
+        let mut reasons: BTreeMap<u8, String> = BTreeMap::new();
+        let mut pod_reason = None;
+        for (kind, w) in &mine {
+            // A Pod's own reason (CrashLoopBackOff, ImagePullBackOff…) says more than the
+            // rollout's; Pods carry the workload's selector labels, not converge's.
+            if let (None, Some(sel)) = (&pod_reason, crate::explain::gather::selector_of(w)) {
+                let pods = bounded(
+                    "listing",
+                    &format!("pods of {name} in {ns}"),
+                    Api::<Pod>::namespaced(client.clone(), ns)
+                        .list(&ListParams::default().labels(&sel)),
+                )
+                .await?;
+                pod_reason = values(pods.items)
+                    .iter()
+                    .find_map(health::pod_problem)
+                    .map(|(why, msg)| format!("{why}: {msg}"));
+            }
+            if let Some((ready, desired)) = crate::reconcile::ready_counts(w) {
+                c.ready += ready;
+                c.desired += desired;
+            }
+            match health::of(kind, w) {
+                Health::Ready => {}
+                Health::Progressing(m) => {
+                    reasons.entry(1).or_insert(m);
+                }
+                Health::Failed(m) => {
+                    reasons.insert(0, m);
+                }
+            }
+        }
+        c.health = if reasons.contains_key(&0) {
+            "Failed"
+        } else if reasons.contains_key(&1) || pod_reason.is_some() {
+            "Progressing"
+        } else {
+            "Healthy"
+        }
+        .into();
+        c.reason = pod_reason
+            .or_else(|| reasons.into_values().next())
+            .unwrap_or_default();
+        out.push(c);
+    }
+    Ok(out)
+}
+
+/// The stack's Lease: held when a holder renewed it within its duration.
+async fn daemon_of(cluster: &Cluster, s: &StackStatus) -> DaemonView {
+    let api: Api<Lease> = Api::namespaced(cluster.client().clone(), &s.namespace);
+    let name = crate::vocabulary::lease_name(&s.stack);
+    let Ok(Ok(Some(lease))) = tokio::time::timeout(REQUEST_TIMEOUT, api.get_opt(&name)).await
+    else {
+        return DaemonView::default();
+    };
+    let spec = lease.spec.clone().unwrap_or_default();
+    let holder = spec.holder_identity.clone().unwrap_or_default();
+    let renewed = spec.renew_time.clone().or(spec.acquire_time.clone());
+    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(0));
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let held = !holder.is_empty()
+        && renewed
+            .as_ref()
+            .is_some_and(|t| now.as_second() <= t.0.as_second() + duration);
+    DaemonView {
+        held,
+        holder,
+        checkout: lease
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(crate::daemon::lock::ANNOTATION_CHECKOUT))
+            .cloned()
+            .unwrap_or_default(),
+        renewed: renewed.map(|t| t.0.to_string()).unwrap_or_default(),
+    }
+}
+
+/// `3m ago`-style age of an RFC 3339 time; the time itself when it does not parse.
+pub fn ago(time: &str, now: chrono::DateTime<chrono::Utc>) -> String {
+    match chrono::DateTime::parse_from_rfc3339(time) {
+        Ok(t) => format!("{} ago", age(now.signed_duration_since(t).num_seconds())),
+        Err(_) if time.is_empty() => "never".into(),
+        Err(_) => time.to_string(),
+    }
+}
+
+/// `45s`, `3m`, `2h`, `4d`.
+pub fn age(seconds: i64) -> String {
+    let s = seconds.max(0);
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        3600..=86_399 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+fn print_text(views: &[StackView], args: &StatusArgs) {
+    if views.is_empty() {
+        let which = match (&args.target.stack, &args.target.namespace) {
+            (Some(s), Some(n)) => format!("of stack {s} in namespace {n} "),
+            (Some(s), None) => format!("of stack {s} "),
+            (None, Some(n)) => format!("in namespace {n} "),
+            (None, None) => String::new(),
+        };
+        let apply = match &args.target.stack {
+            Some(s) => format!("converge apply --stack {s}"),
+            None => "converge apply".into(),
+        };
+        eprintln!(
+            "no converge status {which}in this cluster: nothing has been applied yet (run `{apply}`)"
+        );
         return;
     }
-    for s in statuses {
-        let short = |c: &str| crate::desired::short_id(c).to_string();
+    let color = super::color_stdout();
+    let now = chrono::Utc::now();
+    let short = |c: &str| crate::desired::short_id(c).to_string();
+    for v in views {
+        let s = &v.recorded;
+        let verdict = if v.healthy() {
+            super::paint(color, "32", "Ready")
+        } else {
+            super::paint(color, "31;1", "NotReady")
+        };
         println!(
-            "stack {} (namespace {}): {} — {}",
-            s.stack,
-            s.namespace,
-            if s.ready { "Ready" } else { "NotReady" },
+            "stack {}: {verdict} — {}",
+            super::stack_label(&s.stack, &s.dir, &s.namespace),
             s.reason
         );
         println!("  message: {}", s.message);
+        let applied_at = s
+            .history
+            .iter()
+            .find(|h| h.commit == s.last_applied_commit)
+            .map(|h| format!(" {}", ago(&h.time, now)))
+            .unwrap_or_default();
+        let healthy_at = s
+            .history
+            .iter()
+            .find(|h| {
+                h.commit == s.last_healthy_commit
+                    && h.result == crate::vocabulary::reason::SUCCEEDED
+            })
+            .map(|h| format!(" {}", ago(&h.time, now)))
+            .unwrap_or_default();
         println!(
-            "  last applied {}, last healthy {}",
+            "  applied {}{applied_at}; last healthy {}{healthy_at}",
             short(&s.last_applied_commit),
-            short(&s.last_healthy_commit)
+            if s.last_healthy_commit.is_empty() {
+                "never".to_string()
+            } else {
+                short(&s.last_healthy_commit)
+            },
         );
+        let d = &v.daemon;
+        let daemon = if d.held {
+            format!(
+                "held by {}{} (renewed {})",
+                d.holder,
+                if d.checkout.is_empty() {
+                    String::new()
+                } else {
+                    format!(" for {}", d.checkout)
+                },
+                ago(&d.renewed, now)
+            )
+        } else if !d.holder.is_empty() {
+            format!(
+                "none running (Lease last renewed by {} {})",
+                d.holder,
+                ago(&d.renewed, now)
+            )
+        } else {
+            "none (no daemon has held this stack; `converge run` starts one)".into()
+        };
+        println!("  daemon: {daemon}");
         println!(
-            "  {:<12} {:<12} {:<8} {:<40} SINCE",
-            "COMPONENT", "HEALTH", "READY", "IMAGE"
+            "  {:<12} {:<7} {:<12} {:<12} {:<8} IMAGE",
+            "COMPONENT", "READY", "STATUS", "RECORDED", "SINCE"
         );
-        for c in &s.components {
+        for c in &v.live {
+            let rec = s.components.iter().find(|r| r.name == c.name);
+            let status_code = match c.health.as_str() {
+                "Healthy" => "32",
+                "Progressing" => "33",
+                _ => "31;1",
+            };
             println!(
-                "  {:<12} {:<12} {:<8} {:<40} {}",
+                "  {:<12} {:<7} {} {:<12} {:<8} {}",
                 c.name,
-                c.health,
                 format!("{}/{}", c.ready, c.desired),
-                c.image,
-                c.since
+                super::paint(color, status_code, &format!("{:<12}", c.health)),
+                rec.map(|r| r.health.as_str()).unwrap_or("-"),
+                rec.map(|r| age_of(&r.since, now)).unwrap_or_default(),
+                rec.map(|r| r.image.as_str()).unwrap_or("")
             );
-            if !c.last_error.is_empty() {
-                println!("    error: {}", c.last_error);
+            if !c.reason.is_empty() {
+                println!("    now: {}", c.reason);
+            }
+            if let Some(e) = rec.map(|r| &r.last_error).filter(|e| !e.is_empty()) {
+                println!("    recorded: {}", first_line(e));
             }
         }
         println!("  history:");
         for h in &s.history {
             println!(
-                "    {} {} {:<24} {} ms",
-                h.time,
+                "    {:<8} {} {:<24} {} ms",
+                ago(&h.time, now),
                 short(&h.commit),
                 h.result,
                 h.duration_ms
             );
         }
+    }
+}
+
+fn age_of(time: &str, now: chrono::DateTime<chrono::Utc>) -> String {
+    match chrono::DateTime::parse_from_rfc3339(time) {
+        Ok(t) => age(now.signed_duration_since(t).num_seconds()),
+        Err(_) => String::new(),
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_like_kubectl() {
+        assert_eq!(age(5), "5s");
+        assert_eq!(age(180), "3m");
+        assert_eq!(age(7200), "2h");
+        assert_eq!(age(200_000), "2d");
+        let now = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:10:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        assert_eq!(ago("2026-01-01T00:07:00Z", now), "3m ago");
+        assert_eq!(ago("", now), "never");
     }
 }

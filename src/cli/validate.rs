@@ -36,6 +36,7 @@ pub(super) fn run(args: &ValidateArgs) -> u8 {
                 .map(|s| {
                     json!({
                         "name": s.spec.name,
+                        "dir": s.dir,
                         "namespace": s.spec.namespace,
                         "file": s.file,
                         "components": s.components.iter().map(|c| c.spec.name.clone()).collect::<Vec<_>>(),
@@ -47,7 +48,7 @@ pub(super) fn run(args: &ValidateArgs) -> u8 {
         Err(report) => (false, report, Vec::new()),
     };
     match args.output {
-        Format::Json => {
+        Format::Json | Format::Yaml => {
             let out = json!({
                 "valid": valid,
                 "commit": commit,
@@ -56,7 +57,7 @@ pub(super) fn run(args: &ValidateArgs) -> u8 {
                 "diagnostics": report.diagnostics,
                 "stacks": summary,
             });
-            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+            super::emit(&out, args.output);
         }
         Format::Text => print_text(&report, valid, &commit, &summary),
     }
@@ -76,10 +77,16 @@ fn print_text(report: &Report, valid: bool, commit: &str, stacks: &[serde_json::
     if valid {
         for s in stacks {
             println!(
-                "ok: stack `{}` (namespace {}) with {} components, from {}",
-                s["name"].as_str().unwrap_or(""),
-                s["namespace"].as_str().unwrap_or(""),
-                s["components"].as_array().map(|a| a.len()).unwrap_or(0),
+                "ok: stack {} with {}, from {}",
+                super::stack_label(
+                    s["name"].as_str().unwrap_or(""),
+                    s["dir"].as_str().unwrap_or(""),
+                    s["namespace"].as_str().unwrap_or("")
+                ),
+                plural(
+                    s["components"].as_array().map(|a| a.len()).unwrap_or(0),
+                    "component"
+                ),
                 s["file"].as_str().unwrap_or("")
             );
         }
@@ -97,12 +104,14 @@ fn print_text(report: &Report, valid: bool, commit: &str, stacks: &[serde_json::
 }
 
 fn usage_error(format: Format, err: &crate::source::SourceError) -> u8 {
-    match format {
-        Format::Json => {
-            let out = json!({"valid": false, "error": err.to_string()});
-            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    if format.structured() {
+        let mut out = json!({"valid": false, "error": err.to_string()});
+        if let Some(h) = super::hints::for_error(err) {
+            out["hint"] = h.into();
         }
-        Format::Text => super::print_error(err),
+        super::emit(&out, format);
+    } else {
+        super::print_error(err);
     }
     EXIT_ERROR
 }

@@ -23,6 +23,7 @@ struct Counts {
 
 /// A snapshot of the counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RequestCounts {
     /// GET/LIST/WATCH requests.
     pub reads: u64,
@@ -96,48 +97,88 @@ pub async fn connect(
     path: Option<&std::path::Path>,
     context: Option<&str>,
 ) -> Result<(Client, RequestCounter), ClusterError> {
-    let kubeconfig = match path {
-        Some(p) => Kubeconfig::read_from(p).map_err(|e| ClusterError::Config {
-            message: format!("cannot read the kubeconfig {}: {e}", p.display()),
-        })?,
-        None => Kubeconfig::read().map_err(|e| ClusterError::Config {
-            message: format!("cannot read the kubeconfig ($KUBECONFIG or ~/.kube/config): {e}"),
-        })?,
-    };
-    if let Some(ctx) = context {
-        if !kubeconfig.contexts.iter().any(|c| c.name == ctx) {
-            let known: Vec<_> = kubeconfig
-                .contexts
-                .iter()
-                .map(|c| c.name.as_str())
-                .collect();
-            let hint = if ctx == "minikube" {
-                "start it with `minikube start`, or pass --context"
-            } else {
-                "pass --context with one of the known contexts"
-            };
-            return Err(ClusterError::Config {
-                message: format!(
-                    "kube context `{ctx}` is not in the kubeconfig (known: {}); {hint}",
-                    if known.is_empty() {
-                        "none".to_string()
-                    } else {
-                        known.join(", ")
-                    }
-                ),
-            });
-        }
+    connect_to(path, context)
+        .await
+        .map(|(client, counter, _, _)| (client, counter))
+}
+
+/// Which kubeconfig file a command reads, as people name it.
+pub fn kubeconfig_path(path: Option<&std::path::Path>) -> String {
+    match path {
+        Some(p) => p.display().to_string(),
+        None => match std::env::var("KUBECONFIG") {
+            Ok(k) if !k.is_empty() => k,
+            _ => std::env::var("HOME")
+                .map(|h| format!("{h}/.kube/config"))
+                .unwrap_or_else(|_| "~/.kube/config".into()),
+        },
     }
+}
+
+/// [`connect`], also returning the API server's URL and the context's name (for messages).
+pub async fn connect_to(
+    path: Option<&std::path::Path>,
+    context: Option<&str>,
+) -> Result<(Client, RequestCounter, String, String), ClusterError> {
+    let file = kubeconfig_path(path);
+    let unusable = |message: String| ClusterError::Kubeconfig {
+        path: file.clone(),
+        message,
+    };
+    let read = match path {
+        Some(p) => Kubeconfig::read_from(p),
+        None => Kubeconfig::read(),
+    };
+    let kubeconfig = read.map_err(|e| {
+        // The innermost cause names the problem (file not found, YAML error); the rest is noise.
+        let mut detail = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            detail = c.to_string();
+            cause = c.source();
+        }
+        unusable(format!("cannot read the kubeconfig {file}: {detail}"))
+    })?;
+    if kubeconfig.contexts.is_empty() {
+        return Err(unusable(format!(
+            "the kubeconfig {file} names no kube context (is it empty?)"
+        )));
+    }
+    let known: Vec<String> = kubeconfig.contexts.iter().map(|c| c.name.clone()).collect();
+    let chosen = match context {
+        Some(ctx) if !known.iter().any(|k| k == ctx) => {
+            return Err(ClusterError::UnknownContext {
+                context: ctx.to_string(),
+                path: file.clone(),
+                known,
+            })
+        }
+        Some(ctx) => ctx.to_string(),
+        None => match kubeconfig.current_context.clone().filter(|c| !c.is_empty()) {
+            Some(c) => c,
+            None => {
+                return Err(unusable(format!(
+                    "the kubeconfig {file} has no current context (known: {})",
+                    known.join(", ")
+                )))
+            }
+        },
+    };
     let options = KubeConfigOptions {
-        context: context.map(str::to_string),
+        context: Some(chosen.clone()),
         ..Default::default()
     };
     let config = Config::from_custom_kubeconfig(kubeconfig, &options)
         .await
-        .map_err(|e| ClusterError::Config {
-            message: format!("kubeconfig context {}: {e}", context.unwrap_or("(current)")),
-        })?;
-    client_for(config)
+        .map_err(|e| unusable(format!("kube context {chosen} in {file}: {e}")))?;
+    let server = config.cluster_url.to_string();
+    let (client, counter) = client_for(config)?;
+    Ok((
+        client,
+        counter,
+        server.trim_end_matches('/').to_string(),
+        chosen,
+    ))
 }
 
 /// Builds a counting client from an already loaded config.

@@ -38,6 +38,38 @@ pub enum ClusterError {
         /// What is wrong and how to fix it.
         message: String,
     },
+    /// The kubeconfig file is missing, unreadable, empty or names no usable context.
+    #[error("{message}")]
+    Kubeconfig {
+        /// The file (or `$KUBECONFIG`'s list) that was read.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The kube context is not in the kubeconfig.
+    #[error("kube context `{context}` is not in the kubeconfig {path} (known: {})", if known.is_empty() { "none".to_string() } else { known.join(", ") })]
+    UnknownContext {
+        /// The context asked for.
+        context: String,
+        /// The kubeconfig read.
+        path: String,
+        /// The contexts it has.
+        known: Vec<String>,
+    },
+    /// Nothing answers at the API server's address.
+    #[error(
+        "cannot reach the API server at {server} (kube context {context}): {}",
+        innermost(source)
+    )]
+    Unreachable {
+        /// The server URL from the kubeconfig.
+        server: String,
+        /// The context.
+        context: String,
+        /// The client error; its innermost cause is the one line shown.
+        #[source]
+        source: kube::Error,
+    },
     /// The API server could not be reached or answered with an unexpected error.
     #[error("{action} {object}: {}", api_message(source))]
     Api {
@@ -95,6 +127,25 @@ pub enum ClusterError {
         /// The API server's message.
         message: String,
     },
+}
+
+/// The innermost cause of an error chain, in one line: "Connection refused (os error 111)".
+fn innermost(e: &kube::Error) -> String {
+    let mut detail = e.to_string();
+    let mut cause: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    while let Some(c) = cause {
+        detail = c.to_string();
+        cause = c.source();
+    }
+    detail
+}
+
+fn or_unknown(s: &str) -> String {
+    if s.is_empty() {
+        "(unknown)".into()
+    } else {
+        s.to_string()
+    }
 }
 
 /// The API server's own message for API errors, the client's otherwise.
@@ -178,6 +229,8 @@ pub struct ApplyOptions {
 pub struct Cluster {
     client: Client,
     counter: RequestCounter,
+    /// The API server's URL and the context's name, for messages (empty when unknown).
+    server: Arc<(String, String)>,
     kinds: Arc<Mutex<HashMap<GroupVersionKind, (ApiResource, ApiCapabilities)>>>,
     version: Arc<tokio::sync::OnceCell<String>>,
 }
@@ -207,6 +260,7 @@ impl Cluster {
         Self {
             client,
             counter,
+            server: Arc::default(),
             kinds: Arc::default(),
             version: Arc::default(),
         }
@@ -217,8 +271,20 @@ impl Cluster {
         kubeconfig: Option<&std::path::Path>,
         context: Option<&str>,
     ) -> Result<Self, ClusterError> {
-        let (client, counter) = client::connect(kubeconfig, context).await?;
-        Ok(Self::new(client, counter))
+        let (client, counter, server, context) = client::connect_to(kubeconfig, context).await?;
+        let mut c = Self::new(client, counter);
+        c.server = Arc::new((server, context));
+        Ok(c)
+    }
+
+    /// The API server's URL, from the kubeconfig (empty when unknown).
+    pub fn server(&self) -> &str {
+        &self.server.0
+    }
+
+    /// The kube context's name (empty when unknown).
+    pub fn context(&self) -> &str {
+        &self.server.1
     }
 
     /// The underlying client.
@@ -241,11 +307,36 @@ impl Cluster {
                     &"the API server",
                     self.client.apiserver_version(),
                 )
-                .await?;
+                .await
+                .map_err(|e| self.unreachable(e))?;
                 Ok::<_, ClusterError>(v.git_version)
             })
             .await?;
         Ok(v.clone())
+    }
+
+    /// A transport failure (nothing listening, TLS, DNS) becomes [`ClusterError::Unreachable`]
+    /// with the server's address; an answer from the API server stays what it was.
+    fn unreachable(&self, e: ClusterError) -> ClusterError {
+        match e {
+            ClusterError::Api { source, .. } if !matches!(source, kube::Error::Api(_)) => {
+                ClusterError::Unreachable {
+                    server: or_unknown(self.server()),
+                    context: or_unknown(self.context()),
+                    source,
+                }
+            }
+            ClusterError::Timeout { .. } if !self.server().is_empty() => {
+                ClusterError::Unreachable {
+                    server: self.server().to_string(),
+                    context: or_unknown(self.context()),
+                    source: kube::Error::Service(
+                        format!("no answer within {}s", REQUEST_TIMEOUT.as_secs()).into(),
+                    ),
+                }
+            }
+            other => other,
+        }
     }
 
     /// The API resource and scope of a kind, from discovery (cached).

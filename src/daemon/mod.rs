@@ -241,6 +241,11 @@ fn discover(cfg: &Config) -> Result<(String, Vec<Target>), DaemonError> {
                 cfg.stack
                     .as_deref()
                     .is_none_or(|w| reconcile::stack_matches(s, w))
+                    && cfg
+                        .options
+                        .namespace
+                        .as_deref()
+                        .is_none_or(|n| n == s.spec.namespace)
             })
             .collect();
         if stacks.is_empty() {

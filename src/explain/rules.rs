@@ -214,6 +214,36 @@ pub fn crash_loop(ev: &Evidence) -> Option<Diagnosis> {
     None
 }
 
+/// The one command that makes Secret `name` in `namespace` hold every key in `keys`: `kubectl
+/// create secret generic` when it does not exist, `kubectl patch` when it does. Values are
+/// placeholders (`<value>`), never read from anywhere.
+pub fn secret_fix(name: &str, namespace: &str, exists: bool, keys: &[&str]) -> String {
+    let keys: Vec<&str> = if keys.iter().all(|k| k.is_empty()) {
+        vec!["<key>"]
+    } else {
+        keys.iter().copied().filter(|k| !k.is_empty()).collect()
+    };
+    if exists {
+        let data: Vec<String> = keys
+            .iter()
+            .map(|k| format!("\"{k}\":\"<value>\""))
+            .collect();
+        format!(
+            "kubectl patch secret {name} -n {namespace} --type merge -p '{{\"stringData\":{{{}}}}}'",
+            data.join(",")
+        )
+    } else {
+        let literals: Vec<String> = keys
+            .iter()
+            .map(|k| format!("--from-literal={k}=<value>"))
+            .collect();
+        format!(
+            "kubectl create secret generic {name} -n {namespace} {}",
+            literals.join(" ")
+        )
+    }
+}
+
 /// A referenced Secret or key that does not exist (from the Secrets themselves, or the
 /// kubelet's `CreateContainerConfigError`).
 pub fn missing_secret(ev: &Evidence) -> Option<Diagnosis> {
@@ -286,21 +316,24 @@ pub fn missing_secret(ev: &Evidence) -> Option<Diagnosis> {
             },
             ev.namespace
         ));
-        let literals: Vec<String> = if keys.is_empty() {
-            vec!["--from-literal=<key>=<value>".into()]
-        } else {
-            keys.iter()
-                .map(|k| format!("--from-literal={k}=<value>"))
-                .collect()
-        };
-        steps.push(format!(
-            "kubectl create secret generic {name} -n {} {}",
-            ev.namespace,
-            literals.join(" ")
-        ));
+        steps.push(secret_fix(name, &ev.namespace, false, keys));
     }
+    // One patch per Secret with every key it lacks.
+    let mut by_secret: Vec<(&str, Vec<&str>)> = Vec::new();
     for (name, key) in &missing_keys {
-        parts.push(format!("Secret `{name}` has no key `{key}`"));
+        match by_secret.iter_mut().find(|(n, _)| n == name) {
+            Some((_, keys)) => keys.push(key),
+            None => by_secret.push((name, vec![key])),
+        }
+    }
+    for (name, keys) in &by_secret {
+        parts.push(format!(
+            "Secret `{name}` has no key {}",
+            keys.iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
         let have = ev
             .secrets
             .get(*name)
@@ -308,12 +341,14 @@ pub fn missing_secret(ev: &Evidence) -> Option<Diagnosis> {
             .map(|k| k.join(", "))
             .unwrap_or_default();
         evidence.push(format!(
-            "Secret {name} has keys [{have}]; `{key}` is referenced"
+            "Secret {name} has keys [{have}]; {} referenced",
+            keys.iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+                + if keys.len() == 1 { " is" } else { " are" }
         ));
-        steps.push(format!(
-            "kubectl patch secret {name} -n {} --type merge -p '{{\"stringData\":{{\"{key}\":\"<value>\"}}}}'",
-            ev.namespace
-        ));
+        steps.push(secret_fix(name, &ev.namespace, true, keys));
     }
     Some(Diagnosis {
         component: ev.component.clone(),

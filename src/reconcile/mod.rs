@@ -42,8 +42,10 @@ pub struct Options {
     pub kubeconfig: Option<std::path::PathBuf>,
     /// The kube context; the stack's `context` when absent.
     pub context: Option<String>,
-    /// Only this stack (by name).
+    /// Only this stack (by name or directory, see [`stack_matches`]).
     pub stack: Option<String>,
+    /// Only the stack in this namespace.
+    pub namespace: Option<String>,
     /// The desired-state directory.
     pub dir: String,
     /// Take ownership of fields another manager owns.
@@ -74,6 +76,7 @@ impl Default for Options {
             kubeconfig: None,
             context: None,
             stack: None,
+            namespace: None,
             dir: desired::DEFAULT_DIR.into(),
             force_conflicts: false,
             recreate: false,
@@ -97,6 +100,8 @@ pub struct StackReport {
     pub stack: String,
     /// Its namespace.
     pub namespace: String,
+    /// Its directory in the repository (`desired/dev`).
+    pub dir: String,
     /// The commit reconciled.
     pub commit: String,
     /// Whether everything applied and became healthy.
@@ -167,19 +172,24 @@ fn read(repo_path: &Path, rev: &str, opts: &Options) -> Result<(String, Vec<Plan
             .stack
             .as_ref()
             .is_some_and(|s| !stack_matches(&stack, s))
+            || opts
+                .namespace
+                .as_ref()
+                .is_some_and(|n| n != &stack.spec.namespace)
         {
             continue;
         }
         let plans = build::plan(&snapshot, &stack, digests())?;
         out.push(Planned { stack, plans });
     }
-    if out.is_empty() {
-        if let Some(s) = &opts.stack {
-            return Err(Error::UnknownStack {
-                name: s.clone(),
-                commit,
-            });
-        }
+    if out.is_empty() && (opts.stack.is_some() || opts.namespace.is_some()) {
+        let name = match (&opts.stack, &opts.namespace) {
+            (Some(s), Some(n)) => format!("{s}` in namespace `{n}"),
+            (Some(s), None) => s.clone(),
+            (None, Some(n)) => format!("(any)` in namespace `{n}"),
+            (None, None) => String::new(),
+        };
+        return Err(Error::UnknownStack { name, commit });
     }
     Ok((commit, out))
 }
@@ -243,11 +253,11 @@ async fn build_stack(
     if planned.plans.is_empty() {
         return (Vec::new(), failures);
     }
-    let context = opts
-        .context
-        .as_deref()
-        .unwrap_or(&planned.stack.spec.context);
-    let bopts = opts.build.for_stack(opts.builder, &planned.stack, context);
+    let bopts = opts.build.for_stack(
+        opts.builder,
+        &planned.stack,
+        context_of(opts, &planned.stack),
+    );
     let cancel = opts
         .cancel
         .clone()
@@ -289,6 +299,11 @@ async fn build_stack(
             (Vec::new(), failures)
         }
     }
+}
+
+/// The kube context a stack is reconciled on: `--context`, else the stack's.
+pub fn context_of<'a>(opts: &'a Options, stack: &'a Stack) -> &'a str {
+    opts.context.as_deref().unwrap_or(&stack.spec.context)
 }
 
 /// Connections by kube context, kept across reconciles (the daemon holds one for its lifetime).
@@ -348,8 +363,9 @@ pub async fn reconcile_commit(
 /// `opts.build.keep` and never the images it now runs (a revert of the next commit needs them).
 /// Best effort: a failure is logged, never a failed reconcile.
 async fn collect_old_images(p: &Prepared, opts: &Options) {
-    let context = opts.context.as_deref().unwrap_or(&p.stack.spec.context);
-    let bopts = opts.build.for_stack(opts.builder, &p.stack, context);
+    let bopts = opts
+        .build
+        .for_stack(opts.builder, &p.stack, context_of(opts, &p.stack));
     if p.builds.is_empty() || bopts.builder == BuilderKind::None {
         return;
     }
@@ -487,9 +503,14 @@ pub async fn diff_commit(
 
 /// Whether `--stack` names this stack: its name, its directory, or the directory's last part.
 pub fn stack_matches(stack: &Stack, wanted: &str) -> bool {
-    stack.spec.name == wanted
-        || stack.dir == wanted.trim_end_matches('/')
-        || stack.dir.rsplit('/').next() == Some(wanted)
+    stack.spec.name == wanted || dir_matches(&stack.dir, wanted)
+}
+
+/// Whether a stack directory (`desired/dev`) is what `wanted` names: the directory itself or
+/// its last component (`dev`).
+pub fn dir_matches(dir: &str, wanted: &str) -> bool {
+    let wanted = wanted.trim_end_matches('/');
+    !dir.is_empty() && (dir == wanted || dir.rsplit('/').next() == Some(wanted))
 }
 
 /// Reconciles one prepared stack against `cluster`.
@@ -521,6 +542,28 @@ pub async fn reconcile_stack(
     .await
 }
 
+/// The target of progress events (rendered as live lines on a terminal by the CLI).
+const PROGRESS: &str = "converge::progress";
+
+/// `a`, `b` and `c` with backquotes, for messages.
+fn quoted(keys: &[&str]) -> String {
+    let q: Vec<String> = keys.iter().map(|k| format!("`{k}`")).collect();
+    match q.len() {
+        0 | 1 => q.concat(),
+        n => format!("{} and {}", q[..n - 1].join(", "), q[n - 1]),
+    }
+}
+
+/// Ready and desired replicas of a Deployment or StatefulSet, from its live JSON.
+pub fn ready_counts(live: &Value) -> Option<(i64, i64)> {
+    let desired = live.pointer("/spec/replicas").and_then(Value::as_i64)?;
+    let ready = live
+        .pointer("/status/readyReplicas")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    Some((ready, desired))
+}
+
 /// The state of one reconcile while it runs.
 struct Run<'a> {
     cluster: &'a Cluster,
@@ -540,6 +583,8 @@ struct Run<'a> {
     errors: Vec<String>,
     health: BTreeMap<String, (ObjectKey, Value)>,
     namespace_ready: bool,
+    /// A `health.wait` progress event was sent and its `health.done` is still due.
+    health_reported: bool,
 }
 
 type StepResult = Result<(), (&'static str, String)>;
@@ -564,6 +609,7 @@ impl<'a> Run<'a> {
             errors: Vec::new(),
             health: BTreeMap::new(),
             namespace_ready: false,
+            health_reported: false,
         }
     }
 
@@ -785,46 +831,85 @@ impl<'a> Run<'a> {
     }
 
     /// Blocks components whose non-optional Secret references do not resolve, and what depends
-    /// on them; reads only key names, never values.
+    /// on them; reads only key names, never values. Each message carries one command that
+    /// creates the Secret with every missing key (or patches them into the existing one).
     async fn check_secrets(&mut self) -> Result<(), ClusterError> {
-        let mut secrets: HashMap<String, Option<BTreeSet<String>>> = HashMap::new();
+        let mut secrets: BTreeMap<String, Option<BTreeSet<String>>> = BTreeMap::new();
         for c in &self.stack.components {
             for r in c.spec.secret_env.iter().filter(|r| !r.optional) {
-                if !secrets.contains_key(&r.secret) {
-                    let key = ObjectKey {
-                        group: String::new(),
-                        version: "v1".into(),
-                        kind: "Secret".into(),
-                        namespace: self.ns().to_string(),
-                        name: r.secret.clone(),
-                    };
-                    let keys = self.cluster.get(&key).await?.map(|s| {
-                        let mut k = BTreeSet::new();
-                        for field in ["data", "stringData"] {
-                            if let Some(o) = s.data.get(field).and_then(Value::as_object) {
-                                k.extend(o.keys().cloned());
-                            }
-                        }
-                        k
-                    });
-                    secrets.insert(r.secret.clone(), keys);
+                if secrets.contains_key(&r.secret) {
+                    continue;
                 }
-                let why = match secrets.get(&r.secret) {
-                    Some(None) => Some(format!(
-                        "Secret `{}` does not exist in namespace {}; create it: kubectl create secret generic {} -n {} --from-literal={}=<value>",
-                        r.secret, self.ns(), r.secret, self.ns(), r.key
-                    )),
-                    Some(Some(keys)) if !keys.contains(&r.key) => Some(format!(
-                        "Secret `{}` has no key `{}` (for {}); add it: kubectl patch secret {} -n {} --type merge -p '{{\"stringData\":{{\"{}\":\"<value>\"}}}}'",
-                        r.secret, r.key, r.name, r.secret, self.ns(), r.key
-                    )),
-                    _ => None,
+                let key = ObjectKey {
+                    group: String::new(),
+                    version: "v1".into(),
+                    kind: "Secret".into(),
+                    namespace: self.ns().to_string(),
+                    name: r.secret.clone(),
                 };
-                if let Some(why) = why {
-                    warn!(component = %c.spec.name, "{why}");
-                    self.blocked.entry(c.spec.name.clone()).or_insert(why);
+                let keys = self.cluster.get(&key).await?.map(|s| {
+                    let mut k = BTreeSet::new();
+                    for field in ["data", "stringData"] {
+                        if let Some(o) = s.data.get(field).and_then(Value::as_object) {
+                            k.extend(o.keys().cloned());
+                        }
+                    }
+                    k
+                });
+                secrets.insert(r.secret.clone(), keys);
+            }
+        }
+        // Every missing key of each Secret, across the whole stack.
+        let mut missing: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for c in &self.stack.components {
+            for r in c.spec.secret_env.iter().filter(|r| !r.optional) {
+                match secrets.get(&r.secret) {
+                    Some(Some(keys)) if keys.contains(&r.key) => {}
+                    _ => {
+                        missing.entry(&r.secret).or_default().insert(&r.key);
+                    }
                 }
             }
+        }
+        let mut blocked = Vec::new();
+        for c in &self.stack.components {
+            let Some(r) = c
+                .spec
+                .secret_env
+                .iter()
+                .filter(|r| !r.optional)
+                .find(|r| missing.contains_key(r.secret.as_str()))
+            else {
+                continue;
+            };
+            let keys: Vec<&str> = missing[r.secret.as_str()].iter().copied().collect();
+            let exists = matches!(secrets.get(&r.secret), Some(Some(_)));
+            let fix = crate::explain::rules::secret_fix(&r.secret, self.ns(), exists, &keys);
+            let why = if exists {
+                format!(
+                    "Secret `{}` in namespace {} has no key {}; add {}: {fix}",
+                    r.secret,
+                    self.ns(),
+                    quoted(&keys),
+                    if keys.len() == 1 { "it" } else { "them" }
+                )
+            } else {
+                format!(
+                    "Secret `{}` does not exist in namespace {}; create it with {}: {fix}",
+                    r.secret,
+                    self.ns(),
+                    if keys.len() == 1 {
+                        "its key"
+                    } else {
+                        "all its keys"
+                    }
+                )
+            };
+            blocked.push((c.spec.name.clone(), why));
+        }
+        for (name, why) in blocked {
+            warn!(component = %name, "{why}");
+            self.blocked.entry(name).or_insert(why);
         }
         Ok(())
     }
@@ -914,6 +999,9 @@ impl<'a> Run<'a> {
             force: self.opts.force_conflicts,
             dry_run: false,
         };
+        if self.opts.full && !item.adopt && self.same_as_live(item, opts).await {
+            return;
+        }
         let mut result = self.cluster.apply(&item.object, opts).await;
         if let Err(ClusterError::Immutable {
             recreatable: true, ..
@@ -956,6 +1044,50 @@ impl<'a> Run<'a> {
                     .or_insert(format!("apply failed: {e}"));
             }
         }
+    }
+
+    /// A full resync compares every object with the cluster: a dry-run apply that leaves the
+    /// live object as it is means nothing changed, so nothing is written or reported as applied.
+    async fn same_as_live(&mut self, item: &Item, opts: ApplyOptions) -> bool {
+        let id = inventory::id(&item.key);
+        let Some(live) = self.live.get(&id) else {
+            return false;
+        };
+        let dry = match self
+            .cluster
+            .apply(
+                &item.object,
+                ApplyOptions {
+                    dry_run: true,
+                    ..opts
+                },
+            )
+            .await
+        {
+            Ok(d) => d,
+            // The real apply reports the error.
+            Err(_) => return false,
+        };
+        let (Ok(dry), Ok(live_v)) = (serde_json::to_value(&dry), serde_json::to_value(live)) else {
+            return false;
+        };
+        if crate::cluster::diff::normalize(&dry) != crate::cluster::diff::normalize(&live_v) {
+            return false;
+        }
+        debug!(object = %item.key, "unchanged (compared with the cluster)");
+        self.unchanged += 1;
+        let record = Record {
+            component: item.component.clone(),
+            hash: item.hash.clone(),
+            generation: live.metadata.generation.unwrap_or(0),
+            resource_version: live.metadata.resource_version.clone().unwrap_or_default(),
+            commit: item.commit.clone(),
+        };
+        self.inventory.insert(item.key.clone(), record);
+        if order::is_workload(&item.key.kind) {
+            self.health.insert(id, (item.key.clone(), live_v));
+        }
+        true
     }
 
     async fn recreate(
@@ -1028,12 +1160,28 @@ impl<'a> Run<'a> {
 
     /// Waits until every object in `keys` is healthy; fails fast on Pods stuck in a failing state.
     async fn wait_healthy(&mut self, keys: &[ObjectKey]) -> Result<(), String> {
+        let result = self.wait_healthy_inner(keys).await;
+        if std::mem::take(&mut self.health_reported) {
+            let how = if result.is_ok() {
+                "healthy"
+            } else {
+                "not healthy"
+            };
+            info!(target: PROGRESS, step = "health.done", stack = %self.stack.spec.name, ok = result.is_ok(), "{how}: {}", self.stack.spec.name);
+        }
+        result
+    }
+
+    async fn wait_healthy_inner(&mut self, keys: &[ObjectKey]) -> Result<(), String> {
         let deadline = Instant::now() + self.opts.timeout;
         let mut pending: Vec<ObjectKey> = keys.to_vec();
         let mut first_seen: HashMap<String, Instant> = HashMap::new();
         let mut last_problem: BTreeMap<String, String> = BTreeMap::new();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
+        // What the last progress event said, and when: a new one when it changes or every 10 s.
+        let mut reported: (String, Option<Instant>) = (String::new(), None);
         loop {
+            let mut waiting_on: Vec<String> = Vec::new();
             let mut still = Vec::new();
             for key in pending {
                 let id = inventory::id(&key);
@@ -1059,6 +1207,10 @@ impl<'a> Run<'a> {
                     Health::Ready => {}
                     Health::Failed(why) => return Err(format!("{}: {why}", key.short())),
                     Health::Progressing(msg) => {
+                        let counts = ready_counts(&live)
+                            .map(|(r, d)| format!(" {r}/{d} ready"))
+                            .unwrap_or_default();
+                        let mut line = format!("{}{counts} ({msg})", key.short());
                         if let Some((pod, why, message)) = self.stuck_pod(&live).await {
                             last_problem
                                 .insert(key.short(), format!("pod {pod} is {why}: {message}"));
@@ -1069,20 +1221,42 @@ impl<'a> Run<'a> {
                             // node joining): it is reported at the deadline, never failed fast.
                             let fatal = health::FAIL_FAST_REASONS.contains(&why.as_str())
                                 || why == "OOMKilled";
+                            let window = self.opts.fail_fast.as_secs();
                             if fatal && since.elapsed() >= self.opts.fail_fast {
                                 return Err(format!(
-                                    "{}: pod {pod} is {why}: {message}",
+                                    "{}: pod {pod} is {why}: {message} (still failing after the {window}s fail-fast window)",
                                     key.short()
                                 ));
                             }
+                            line = if fatal {
+                                let left = self.opts.fail_fast.saturating_sub(since.elapsed());
+                                format!(
+                                    "{}{counts}: pod {pod} is {why}; fails in {}s unless it recovers ({window}s fail-fast window)",
+                                    key.short(),
+                                    left.as_secs().max(1)
+                                )
+                            } else {
+                                format!("{}{counts}: pod {pod} is {why}: {message}", key.short())
+                            };
                         }
                         debug!(object = %key, progress = %msg, "waiting");
+                        waiting_on.push(line);
                         still.push(key);
                     }
                 }
             }
             if still.is_empty() {
                 return Ok(());
+            }
+            let pending_text = waiting_on.join("; ");
+            let stale = reported
+                .1
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
+            if pending_text != reported.0 || stale {
+                let left = deadline.saturating_duration_since(Instant::now()).as_secs();
+                info!(target: PROGRESS, step = "health.wait", stack = %self.stack.spec.name, pending = %pending_text, timeout_left_s = left, "waiting for {}: {pending_text}", self.stack.spec.name);
+                reported = (pending_text, Some(Instant::now()));
+                self.health_reported = true;
             }
             if Instant::now() >= deadline {
                 let names: Vec<String> = still
@@ -1237,6 +1411,7 @@ impl<'a> Run<'a> {
         let next = StackStatus {
             stack: self.stack.spec.name.clone(),
             namespace: self.ns().to_string(),
+            dir: self.stack.dir.clone(),
             last_applied_commit: self.commit.to_string(),
             last_healthy_commit: last_healthy,
             ready,
@@ -1271,6 +1446,7 @@ impl<'a> Run<'a> {
         StackReport {
             stack: self.stack.spec.name.clone(),
             namespace: self.ns().to_string(),
+            dir: self.stack.dir.clone(),
             commit: self.commit.to_string(),
             ready,
             reason: why.to_string(),

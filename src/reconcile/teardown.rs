@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams};
 use kube::core::GroupVersionKind;
@@ -21,7 +22,7 @@ use tracing::{info, warn};
 
 use crate::cluster::inventory::{self, Inventory};
 use crate::cluster::{order, Cluster, ClusterError, ObjectKey, REQUEST_TIMEOUT};
-use crate::vocabulary::{inventory_name, status_name, LABEL_STACK};
+use crate::vocabulary::{inventory_name, lease_name, status_name, LABEL_STACK};
 
 /// How a teardown behaves.
 #[derive(Debug, Clone, Copy)]
@@ -190,6 +191,8 @@ async fn run(
     let hooks = leftover_jobs(cluster, namespace, stack, &inv).await?;
     if !has_inventory && !has_status && inv.is_empty() && hooks.is_empty() {
         report.nothing_to_do = true;
+        // A Lease an earlier `down` left behind goes too.
+        remove_lease(cluster, namespace, stack, report).await?;
         return Ok(());
     }
     let mut plan = plan(&inv, opts.volumes);
@@ -286,6 +289,7 @@ async fn run(
         }
     }
     report.records_removed = true;
+    remove_lease(cluster, namespace, stack, report).await?;
     for key in &plan.namespaces {
         if let Some(uid) = delete(cluster, key).await? {
             wait_gone(cluster, key, &uid, deadline).await?;
@@ -295,6 +299,68 @@ async fn run(
         }
     }
     Ok(())
+}
+
+/// Deletes the stack's daemon Lease unless a running daemon renews it (that daemon would apply
+/// the stack again: `down` says so instead of pulling the Lease from under it).
+async fn remove_lease(
+    cluster: &Cluster,
+    namespace: &str,
+    stack: &str,
+    report: &mut DownReport,
+) -> Result<(), ClusterError> {
+    let name = lease_name(stack);
+    let api: Api<Lease> = Api::namespaced(cluster.client().clone(), namespace);
+    let what = format!("Lease {namespace}/{name}");
+    let lease = match tokio::time::timeout(REQUEST_TIMEOUT, api.get_opt(&name)).await {
+        Err(_) => {
+            return Err(ClusterError::Timeout {
+                action: "reading",
+                object: what,
+            })
+        }
+        Ok(Err(source)) => {
+            return Err(ClusterError::Api {
+                action: "reading",
+                object: what,
+                source,
+            })
+        }
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Ok(Some(l))) => l,
+    };
+    let spec = lease.spec.unwrap_or_default();
+    let holder = spec.holder_identity.unwrap_or_default();
+    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(0));
+    let live = !holder.is_empty()
+        && spec.renew_time.or(spec.acquire_time).is_some_and(|t| {
+            k8s_openapi::jiff::Timestamp::now().as_second() <= t.0.as_second() + duration
+        });
+    if live {
+        report.kept.push(format!(
+            "Lease/{name} (namespace {namespace}): the daemon {holder} holds it and will apply the stack again; stop that daemon first"
+        ));
+        return Ok(());
+    }
+    match tokio::time::timeout(REQUEST_TIMEOUT, api.delete(&name, &DeleteParams::default())).await {
+        Ok(Ok(_)) => {
+            info!(lease = %name, "deleted");
+            report
+                .deleted
+                .push(format!("Lease/{name} (namespace {namespace})"));
+            Ok(())
+        }
+        Ok(Err(kube::Error::Api(s))) if s.code == 404 => Ok(()),
+        Ok(Err(source)) => Err(ClusterError::Api {
+            action: "deleting",
+            object: format!("Lease {namespace}/{name}"),
+            source,
+        }),
+        Err(_) => Err(ClusterError::Timeout {
+            action: "deleting",
+            object: format!("Lease {namespace}/{name}"),
+        }),
+    }
 }
 
 /// Jobs of the stack that the inventory does not name (Helm hooks converge ran).

@@ -93,6 +93,31 @@ impl Repo {
         self.repo.path()
     }
 
+    /// Paths under `dir` whose working-tree or index state differs from HEAD (modified, added,
+    /// deleted, untracked), for a warning that they are not deployed. Nothing here is ever
+    /// deployed: only the status is read, never the files' contents.
+    pub fn uncommitted(&self, dir: &str) -> Result<Vec<String>, SourceError> {
+        let dir = dir.trim_matches('/');
+        let mut opts = git2::StatusOptions::new();
+        opts.include_untracked(true)
+            .recurse_untracked_dirs(true)
+            .include_ignored(false)
+            .pathspec(format!("{dir}/"));
+        let statuses = self
+            .repo
+            .statuses(Some(&mut opts))
+            .map_err(|source| SourceError::Read {
+                path: dir.to_string(),
+                commit: "the working tree".into(),
+                source,
+            })?;
+        Ok(statuses
+            .iter()
+            .filter(|e| e.status() != git2::Status::CURRENT)
+            .filter_map(|e| e.path().ok().map(str::to_string))
+            .collect())
+    }
+
     /// Resolves a revision (`HEAD`, a branch, a tag, a hex id, `main~2`) to a snapshot of its commit.
     pub fn snapshot(&self, rev: &str) -> Result<Snapshot<'_>, SourceError> {
         let unknown = |e: git2::Error| SourceError::UnknownRevision {

@@ -18,6 +18,9 @@ pub struct StackStatus {
     pub stack: String,
     /// Its namespace.
     pub namespace: String,
+    /// Its directory in the repository (`desired/dev`): two stacks may share a name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub dir: String,
     /// The commit of the last reconcile that applied.
     pub last_applied_commit: String,
     /// The commit of the last reconcile that ended healthy.
