@@ -199,13 +199,13 @@ impl DriftWatch {
             .collect();
         all.extend(kinds.iter().cloned());
         let record = (stack.to_string(), "record".to_string());
-        if !self.tasks.get(&record).is_some_and(|t| !t.is_finished()) {
+        if self.tasks.get(&record).is_none_or(|t| t.is_finished()) {
             let api: Api<ConfigMap> = Api::namespaced(cluster.client().clone(), namespace);
             let task = tokio::spawn(watch_record(api, stack.to_string(), tx.clone()));
             self.tasks.insert(record, task);
         }
         let secrets = (stack.to_string(), "secrets".to_string());
-        if !self.tasks.get(&secrets).is_some_and(|t| !t.is_finished()) {
+        if self.tasks.get(&secrets).is_none_or(|t| t.is_finished()) {
             let api: Api<PartialObjectMeta<Secret>> =
                 Api::namespaced(cluster.client().clone(), namespace);
             let task = tokio::spawn(watch_secrets(api, stack.to_string(), tx.clone()));
