@@ -756,10 +756,28 @@ async fn drift_during_an_image_build_never_restarts_the_build() {
     repo.write("app/Dockerfile", "FROM scratch\nCOPY version /version\n");
     repo.write("app/version", format!("1 {}\n", ns.name()));
     let first = repo.commit("built backend");
-    // A build that takes six seconds (kwok never pulls the image it names).
+    // A build that takes six seconds and leaves a marker its existence check finds (kwok never
+    // pulls the image it names).
+    let images = tempfile::tempdir().unwrap();
+    let script = images.path().join("build");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nsleep 6\ntouch \"$(dirname \"$0\")/$1\"\n",
+    )
+    .unwrap();
+    run_ok(Command::new("chmod").arg("755").arg(&script));
+    let build = format!("{} {{tag}}", script.display());
+    let exists = format!("test -e {}/{{tag}}", images.path().display());
     let daemon = Daemon::start(
         repo.path(),
-        &["--builder", "command", "--command", "sleep 6"],
+        &[
+            "--builder",
+            "command",
+            "--command",
+            &build,
+            "--exists-command",
+            &exists,
+        ],
     );
     wait_status(&ns, CONVERGED, |s| {
         applied_commit(s) == first && s["ready"] == true
