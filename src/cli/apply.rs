@@ -52,6 +52,10 @@ pub struct ApplyArgs {
     /// Compare every object with the cluster, not only those whose render or live spec moved.
     #[arg(long)]
     full: bool,
+    /// Apply even though a `converge run` daemon manages the stack (it holds the stack's Lease);
+    /// the daemon then reconciles the tip of its branch again.
+    #[arg(long)]
+    force: bool,
     #[command(flatten)]
     build: super::build::BuildFlags,
     /// How long to wait for the stack to become healthy.
@@ -65,6 +69,7 @@ pub(super) fn apply(args: &ApplyArgs) -> u8 {
     opts.recreate = args.recreate;
     opts.allow_mass_prune = args.allow_mass_prune;
     opts.full = args.full;
+    opts.defer_to_daemon = !args.force;
     opts.timeout = args.timeout;
     opts.builder = args.build.builder.map(Into::into);
     opts.build = args.build.options();

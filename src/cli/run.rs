@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use super::build::BuilderArg;
+use super::build::BuildFlags;
 use super::{EXIT_ERROR, EXIT_OK};
 use crate::daemon::{self, service, Config, DaemonError};
 use crate::reconcile::Options;
@@ -52,9 +52,8 @@ pub struct RunArgs {
     /// Do not hold a coordination Lease in the stack's namespace.
     #[arg(long)]
     no_lease: bool,
-    /// Where to build images, instead of each stack's `builder`.
-    #[arg(long, value_enum)]
-    builder: Option<BuilderArg>,
+    #[command(flatten)]
+    build: BuildFlags,
     /// How long one reconcile waits for the stack to become healthy.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -91,7 +90,7 @@ impl RunArgs {
             retry_max: self.retry_max,
             listen: self.listen,
             lease: !self.no_lease,
-            builder: self.builder.map(Into::into),
+            builder: self.build.builder.map(Into::into),
             options: Options {
                 kubeconfig: self.target.kubeconfig.clone(),
                 context: self.target.context.clone(),
@@ -101,6 +100,7 @@ impl RunArgs {
                 force_conflicts: self.force_conflicts,
                 recreate: self.recreate,
                 timeout: self.timeout,
+                build: self.build.options(),
                 ..Options::default()
             },
             ..Config::default()
