@@ -31,3 +31,5 @@ mod operate;
 mod realnode;
 #[path = "integration/ux.rs"]
 mod ux;
+#[path = "integration/standins.rs"]
+mod standins;
