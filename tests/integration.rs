@@ -26,3 +26,6 @@ mod daemon;
 
 #[path = "integration/operate.rs"]
 mod operate;
+
+#[path = "integration/service.rs"]
+mod service;

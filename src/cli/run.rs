@@ -222,6 +222,19 @@ struct UninstallArgs {
 
 type BoxError = Box<dyn std::error::Error>;
 
+/// The checkout's paths: through libgit2, or (for root installing a unit for a checkout another
+/// account owns, which libgit2 refuses to open) by walking up to `.git`.
+fn checkout(repo: &Path) -> Result<service::CheckoutPaths, BoxError> {
+    match daemon::refs::GitDirs::discover(repo) {
+        Ok(d) => Ok(service::CheckoutPaths {
+            root: d.root,
+            git_dir: d.git_dir,
+            common_dir: d.common_dir,
+        }),
+        Err(e) => service::locate_checkout(repo).ok_or_else(|| e.into()),
+    }
+}
+
 /// The unit `service install` writes for this checkout, from the installing session.
 fn unit_for(
     a: &InstallArgs,
@@ -229,7 +242,7 @@ fn unit_for(
     places: &service::Places,
 ) -> Result<(service::Unit, service::capture::Captured), BoxError> {
     use std::os::unix::fs::MetadataExt;
-    let dirs = daemon::refs::GitDirs::discover(&a.repo)?;
+    let dirs = checkout(&a.repo)?;
     let cwd = std::env::current_dir()?;
     // Only variables whose name and value are text can go in a unit file.
     let vars = std::env::vars_os()
@@ -266,11 +279,14 @@ fn unit_for(
         }
     }
     let minikube = capture::on_path(captured.get("PATH"), "minikube").is_some();
-    let writable =
-        capture::writable_paths(&dirs.git_dir, &dirs.common_dir, &captured, &home, minikube);
+    let (git_dir, common_dir) = (
+        service::normalize(&dirs.git_dir),
+        service::normalize(&dirs.common_dir),
+    );
+    let writable = capture::writable_paths(&git_dir, &common_dir, &captured, &home, minikube);
     let unit = service::Unit {
         exe: std::env::current_exe()?,
-        checkout: dirs.root.clone(),
+        checkout: service::normalize(&dirs.root),
         args: a.args.clone(),
         user,
         groups,
@@ -419,9 +435,13 @@ pub(super) fn service(args: &ServiceArgs) -> u8 {
                         }
                         service::ServiceError::NotStarted { unit, .. } => {
                             let scope = if manager == service::Manager::SystemdUser { "--user " } else { "" };
-                            format!("{e}
-why:       journalctl {scope}-u {unit} -n 50
-remove it: converge service uninstall {}--repo {}", if a.user { "--user " } else { "" }, unit_checkout_display(&a.repo)).into()
+                            let user = if a.user { "--user " } else { "" };
+                            let sudo = if manager == service::Manager::SystemdSystem && std::env::var_os("SUDO_USER").is_some() { "sudo " } else { "" };
+                            format!(
+                                "{e}\nwhy:       {sudo}journalctl {scope}-u {unit} -n 50\nremove it: {sudo}converge service uninstall {user}--repo {}",
+                                shell_word(&unit_checkout_display(&a.repo))
+                            )
+                            .into()
                         }
                         _ => Box::new(e),
                     }
@@ -429,7 +449,7 @@ remove it: converge service uninstall {}--repo {}", if a.user { "--user " } else
                 Ok(install_report(&unit, &captured, manager, &done))
             }
             ServiceAction::Uninstall(a) => {
-                let dirs = daemon::refs::GitDirs::discover(&a.repo)?;
+                let dirs = checkout(&a.repo)?;
                 let manager = service::Manager::for_platform(a.user);
                 match service::uninstall(&dirs.root, manager, &places, !a.no_enable, &runner)? {
                     Some(r) if a.no_enable => Ok(format!("removed {}\n", r.path.display())),
@@ -455,8 +475,32 @@ remove it: converge service uninstall {}--repo {}", if a.user { "--user " } else
     }
 }
 
+/// `s` as one word for a POSIX shell, so printed advice runs as printed.
+fn shell_word(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-:=@+,".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
 fn unit_checkout_display(repo: &Path) -> String {
-    daemon::refs::GitDirs::discover(repo)
-        .map(|d| d.root.display().to_string())
+    checkout(repo)
+        .map(|d| service::normalize(&d.root).display().to_string())
         .unwrap_or_else(|_| repo.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_word;
+
+    #[test]
+    fn printed_paths_are_quoted_for_the_shell() {
+        assert_eq!(shell_word("/home/me/todo"), "/home/me/todo");
+        assert_eq!(shell_word("/home/me/todo app"), "'/home/me/todo app'");
+        assert_eq!(shell_word("/home/me/it's"), r"'/home/me/it'\''s'");
+    }
 }

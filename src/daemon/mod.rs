@@ -872,7 +872,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                         metrics.set_ready(false);
                         clean = false;
                         let why = if done.invalid { reason::VALIDATION_FAILED } else { reason::APPLY_FAILED };
-                        error!(%message, "cannot deploy this commit; waiting for a new commit (the cluster keeps the last good state)");
+                        error!(error = %message, "cannot deploy this commit; waiting for a new commit (the cluster keeps the last good state)");
                         stalled = Some((done.commit.clone(), why, message));
                         sd::status(&format!("stalled at {}", desired::short_id(&done.commit)));
                     }
@@ -882,7 +882,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                         clean = false;
                         let delay = retry.next_delay();
                         retry_at = Some(Instant::now() + delay);
-                        warn!(%message, retry_in_s = delay.as_secs(), "reconcile failed; retrying with back-off");
+                        warn!(error = %message, retry_in_s = delay.as_secs(), "reconcile failed; retrying with back-off");
                     }
                     Outcome::Cancelled => {
                         metrics.reconcile(ResultLabel::Abandoned, took);

@@ -146,6 +146,7 @@ pub struct Unit {
 
 /// The unit's name for a checkout: `converge-<directory>-<8 hex of its path>`.
 pub fn name_for(checkout: &Path) -> String {
+    let checkout = normalize(checkout);
     let dir: String = checkout
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
@@ -163,6 +164,52 @@ pub fn name_for(checkout: &Path) -> String {
     format!("converge-{dir}-{}", &hash[..8])
 }
 
+/// `path` without a trailing `/` or `.` components (git reports work trees with a trailing `/`).
+pub fn normalize(path: &Path) -> PathBuf {
+    path.components().collect()
+}
+
+/// A checkout's paths: its top directory, git directory and common directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckoutPaths {
+    /// The work tree's top directory.
+    pub root: PathBuf,
+    /// `.git`, or `.git/worktrees/<name>` of a linked worktree.
+    pub git_dir: PathBuf,
+    /// The directory holding `refs/` (the git directory, or the main one of a worktree).
+    pub common_dir: PathBuf,
+}
+
+/// Finds the checkout containing `path` by walking up as git does, without opening the
+/// repository. For `service install` run as root for a checkout another account owns: libgit2,
+/// like git, refuses to open that ("not owned by current user"), and install needs only the
+/// paths, never the contents (the daemon then runs as the owner).
+pub fn locate_checkout(path: &Path) -> Option<CheckoutPaths> {
+    let start = path.canonicalize().ok()?;
+    for dir in start.ancestors() {
+        let dotgit = dir.join(".git");
+        let git_dir = if dotgit.is_dir() {
+            dotgit
+        } else if dotgit.is_file() {
+            let text = std::fs::read_to_string(&dotgit).ok()?;
+            let target = text.lines().next()?.strip_prefix("gitdir:")?.trim();
+            dir.join(target).canonicalize().ok()?
+        } else {
+            continue;
+        };
+        let common_dir = std::fs::read_to_string(git_dir.join("commondir"))
+            .ok()
+            .and_then(|c| git_dir.join(c.trim()).canonicalize().ok())
+            .unwrap_or_else(|| git_dir.clone());
+        return Some(CheckoutPaths {
+            root: dir.to_path_buf(),
+            git_dir,
+            common_dir,
+        });
+    }
+    None
+}
+
 /// The launchd job label for a checkout.
 pub fn label_for(checkout: &Path) -> String {
     format!("dev.{}", name_for(checkout))
@@ -177,6 +224,10 @@ pub struct Places {
     pub config_home: PathBuf,
     /// Where system units go (`/etc/systemd/system`).
     pub system_dir: PathBuf,
+    /// `$XDG_CACHE_HOME`, else `$HOME/.cache`: a user unit's `CacheDirectory=` base (`%C`).
+    pub cache_home: PathBuf,
+    /// A system unit's `CacheDirectory=` base (`/var/cache`).
+    pub system_cache_dir: PathBuf,
 }
 
 impl Places {
@@ -192,11 +243,27 @@ impl Places {
         let system_dir = std::env::var_os("CONVERGE_SYSTEMD_SYSTEM_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("/etc/systemd/system"));
+        let cache_home = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+            .unwrap_or_else(|| home.join(".cache"));
         Ok(Self {
             home,
             config_home,
             system_dir,
+            cache_home,
+            system_cache_dir: PathBuf::from("/var/cache"),
         })
+    }
+
+    /// The unit's cache directory (`CacheDirectory=converge/<name>`), which systemd made at start.
+    pub fn cache_dir(&self, manager: Manager, name: &str) -> Option<PathBuf> {
+        let base = match manager {
+            Manager::SystemdSystem => &self.system_cache_dir,
+            Manager::SystemdUser => &self.cache_home,
+            Manager::Launchd => return None,
+        };
+        Some(base.join("converge").join(name))
     }
 
     /// The unit or plist file for `name` under `manager`.
@@ -665,9 +732,8 @@ pub struct Removed {
 }
 
 /// Stops, unregisters and removes the unit of `checkout` (with `enable`, through the manager
-/// first: a unit the manager cannot stop is not removed, so nothing runs on from a deleted file).
-/// systemd also drops the unit's cache directory (`systemctl clean`). Returns `None` when there
-/// was no file.
+/// first: a unit the manager cannot stop is not removed, so nothing runs on from a deleted file),
+/// and the unit's cache directory. Returns `None` when there was no file.
 pub fn uninstall(
     checkout: &Path,
     manager: Manager,
@@ -692,8 +758,7 @@ pub fn uninstall(
             }
             m => {
                 systemctl(m, &["disable", "--now", "--quiet", &name], runner)?;
-                // The cache the unit's CacheDirectory= made; a unit that never ran has none.
-                let _ = systemctl(m, &["clean", "--what=cache", &name], runner);
+                // A unit that failed stays listed until this; one that did not fail says so.
                 let _ = systemctl(m, &["reset-failed", &name], runner);
             }
         }
@@ -703,6 +768,26 @@ pub fn uninstall(
         path: path.clone(),
         source,
     })?;
+    // The render cache the unit's CacheDirectory= made (none if it never ran). Removed here, not
+    // with `systemctl clean`, which needs a D-Bus user bus that a lingering user often lacks.
+    if let Some(cache) = places.cache_dir(manager, &base) {
+        match std::fs::remove_dir_all(&cache) {
+            Ok(()) => {
+                // Its parent only if nothing else is cached there.
+                if let Some(parent) = cache.parent() {
+                    let _ = std::fs::remove_dir(parent);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(ServiceError::Io {
+                    action: "removing",
+                    path: cache,
+                    source,
+                })
+            }
+        }
+    }
     if enable && manager != Manager::Launchd {
         systemctl(manager, &["daemon-reload"], runner)?;
     }

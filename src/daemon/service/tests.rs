@@ -84,6 +84,8 @@ fn home() -> Home {
         home: dir.path().into(),
         config_home: dir.path().join("cfg"),
         system_dir: dir.path().join("system"),
+        cache_home: dir.path().join("cache"),
+        system_cache_dir: dir.path().join("var-cache"),
     };
     let mut unit = example_unit();
     unit.checkout = dir.path().join("checkout");
@@ -515,7 +517,7 @@ fn reinstall_over_a_running_unit_reports_that_it_runs_the_old_settings() {
 }
 
 #[test]
-fn uninstall_stops_disables_cleans_removes_and_reloads() {
+fn uninstall_stops_disables_removes_the_unit_and_its_cache_and_reloads() {
     let h = home();
     let done = install(
         &h.unit,
@@ -525,6 +527,13 @@ fn uninstall_stops_disables_cleans_removes_and_reloads() {
         &Script::new(),
     )
     .unwrap();
+    // What systemd makes for CacheDirectory= when the unit runs, and another unit's cache.
+    let name = name_for(&h.unit.checkout);
+    let cache = h.places.cache_dir(Manager::SystemdSystem, &name).unwrap();
+    std::fs::create_dir_all(cache.join("render")).unwrap();
+    std::fs::write(cache.join("render/abc"), "rendered").unwrap();
+    let other = cache.parent().unwrap().join("converge-other-12345678");
+    std::fs::create_dir_all(&other).unwrap();
     let script = Script::new();
     let removed = uninstall(
         &h.unit.checkout,
@@ -541,12 +550,13 @@ fn uninstall_stops_disables_cleans_removes_and_reloads() {
         script.calls(),
         [
             format!("systemctl disable --now --quiet {n}"),
-            format!("systemctl clean --what=cache {n}"),
             format!("systemctl reset-failed {n}"),
             "systemctl daemon-reload".to_string(),
         ]
     );
     assert!(!done.path.exists());
+    assert!(!cache.exists(), "its cache is gone");
+    assert!(other.exists(), "another unit's cache stays");
     assert!(uninstall(
         &h.unit.checkout,
         Manager::SystemdSystem,
@@ -617,6 +627,10 @@ fn unit_names_differ_per_checkout_and_are_safe() {
     assert_ne!(a, b);
     assert!(a.starts_with("converge-my-repo-"));
     assert!(a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    assert_eq!(
+        name_for(Path::new("/home/me/My Repo/")),
+        name_for(Path::new("/home/me/My Repo"))
+    );
 }
 
 #[test]
@@ -627,4 +641,29 @@ fn a_checkout_path_with_a_line_break_is_refused_before_anything_is_written() {
     let err = install(&u, Manager::SystemdUser, &h.places, ENABLE, &Script::new()).unwrap_err();
     assert!(err.to_string().contains("line break"));
     assert_eq!(tree(h.dir.path()), Vec::<String>::new());
+}
+
+#[test]
+fn a_checkout_is_located_from_any_directory_inside_it_without_opening_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap().join("repo");
+    std::fs::create_dir_all(root.join(".git/worktrees/b")).unwrap();
+    std::fs::create_dir_all(root.join("desired/sub")).unwrap();
+    let found = locate_checkout(&root.join("desired/sub")).unwrap();
+    assert_eq!(found.root, root);
+    assert_eq!(found.git_dir, root.join(".git"));
+    assert_eq!(found.common_dir, root.join(".git"));
+    // A linked worktree: `.git` is a file naming its git directory, which names the common one.
+    let wt = dir.path().canonicalize().unwrap().join("wt");
+    std::fs::create_dir_all(&wt).unwrap();
+    std::fs::write(
+        wt.join(".git"),
+        format!("gitdir: {}\n", root.join(".git/worktrees/b").display()),
+    )
+    .unwrap();
+    std::fs::write(root.join(".git/worktrees/b/commondir"), "../..\n").unwrap();
+    let found = locate_checkout(&wt).unwrap();
+    assert_eq!(found.git_dir, root.join(".git/worktrees/b"));
+    assert_eq!(found.common_dir, root.join(".git"));
+    assert_eq!(locate_checkout(Path::new("/proc/self")), None);
 }
