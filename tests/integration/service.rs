@@ -420,6 +420,40 @@ async fn run_as_a_service(scope: Scope) {
     }
     let first = make_checkout(&m, ns.name());
 
+    if scope == Scope::User {
+        // Without a login session there is no user manager to talk to (`sudo -u`, `su` without
+        // `-l`, cron): install says so and writes nothing.
+        let out = docker()
+            .args([
+                "exec",
+                "-u",
+                USER,
+                "-e",
+                &format!("HOME={HOME}"),
+                "-w",
+                CHECKOUT,
+                &m.name,
+                "converge",
+                "service",
+                "install",
+                "--user",
+            ])
+            .output()
+            .expect("docker exec runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(
+            err.contains("your systemd user manager does not answer")
+                && err.contains("nothing was written"),
+            "{err}"
+        );
+        assert_eq!(
+            m.user("ls -A ~/.config 2>/dev/null || true").trim(),
+            "",
+            "nothing under ~/.config"
+        );
+    }
+
     // Install from a shell in the checkout, with KUBECONFIG and helm's directory on PATH, the way
     // the user works; root installs the system unit (it runs as the checkout's owner).
     let env = format!("export KUBECONFIG={KUBECONFIG} PATH={HELM_DIR}:$PATH; cd '{CHECKOUT}'");
@@ -493,6 +527,47 @@ async fn run_as_a_service(scope: Scope) {
         journal.join("\n")
     );
     eprintln!("[service] `{start}` returned after {took_start:?}, status {status:?}");
+
+    // The sandbox as the daemon sees it: home read-only, the checkout's .git writable, a /tmp
+    // of its own (mountinfo escapes the space as \040).
+    let pid = m.prop(scope, &unit, "MainPID");
+    let mounts = m.root(&format!("cat /proc/{pid}/mountinfo"));
+    // The options of the mount that holds `path` (the deepest mount point above it; a later
+    // line for the same point shadows an earlier one).
+    let mount_of = |path: &str| -> String {
+        let mut best: Option<(usize, String)> = None;
+        for l in mounts.lines() {
+            let f: Vec<&str> = l.split(' ').collect();
+            let (point, opts) = (f[4], f[5]);
+            let under = path == point || point == "/" || path.starts_with(&format!("{point}/"));
+            if under && best.as_ref().is_none_or(|(len, _)| point.len() >= *len) {
+                best = Some((point.len(), opts.to_string()));
+            }
+        }
+        best.map(|(_, o)| o).unwrap_or_default()
+    };
+    let ro = |path: &str| mount_of(path).split(',').next() == Some("ro");
+    let checkout = CHECKOUT.replace(' ', "\\040");
+    assert!(
+        ro(&format!("{HOME}/.kube/bed.yaml")),
+        "the kubeconfig is read-only:\n{mounts}"
+    );
+    assert!(
+        ro(&format!("{checkout}/desired")),
+        "the work tree is read-only:\n{mounts}"
+    );
+    assert!(
+        !ro(&format!("{checkout}/.git/converge.lock")),
+        ".git is writable:\n{mounts}"
+    );
+    assert!(
+        ro("/usr/bin") && ro("/etc"),
+        "the system is read-only:\n{mounts}"
+    );
+    assert!(
+        mounts.lines().any(|l| l.split(' ').nth(4) == Some("/tmp")),
+        "a /tmp of its own"
+    );
 
     // The first commit converges under the sandbox (helm from the captured PATH, the kubeconfig
     // from the captured KUBECONFIG, the lock in .git).
@@ -697,13 +772,23 @@ async fn run_as_a_service(scope: Scope) {
     let sample: Vec<&String> = journal
         .iter()
         .filter(|l| {
-            l.contains("\"daemon started\"") || l.contains("new commit") || l.contains("applied,")
+            l.contains("\"daemon started\"") || l.contains("new commit") || l.contains("applied,") || l.contains("stopping") || l.contains("abandoned") || l.contains("SIGHUP")
         })
-        .take(4)
+        .take(12)
         .collect();
     eprintln!(
         "[service] journal sample:\n{}",
         sample
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    let systemd_lines: Vec<&String> = journal.iter().filter(|l| !l.starts_with('{')).collect();
+    eprintln!(
+        "[service] systemd's lines about {unit}:\n{}",
+        systemd_lines
             .iter()
             .map(|s| s.as_str())
             .collect::<Vec<_>>()
@@ -745,7 +830,8 @@ async fn run_as_a_service(scope: Scope) {
         started.elapsed()
     );
     drop(m);
-    ns.cleanup().await;
+    // Deleted without waiting: nothing after this reads the namespace.
+    drop(ns);
 }
 
 #[tokio::test]
@@ -764,4 +850,39 @@ async fn user_unit_installed_by_converge_runs_reloads_restarts_stops_and_uninsta
         return;
     }
     run_as_a_service(Scope::User).await;
+}
+
+#[test]
+fn system_install_where_systemd_is_not_init_says_so_and_writes_nothing() {
+    if engine().is_none() {
+        return;
+    }
+    // The same image without systemd as PID 1, as in most containers.
+    let script = "git init -q /srv/todo && cd /srv/todo && converge service install 2>&1; echo \"exit=$?\"; ls -A /etc/systemd/system | grep converge || echo none";
+    let out = run_ok(docker().args([
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        &format!(
+            "{}:/usr/local/bin/converge:ro",
+            env!("CARGO_BIN_EXE_converge")
+        ),
+        image(),
+        "sh",
+        "-c",
+        script,
+    ]));
+    assert!(
+        out.contains("systemd (the system manager) does not answer"),
+        "{out}"
+    );
+    assert!(out.contains("not been booted with systemd"), "{out}");
+    assert!(out.contains("nothing was written"), "{out}");
+    assert!(out.contains("exit=2"), "{out}");
+    assert!(
+        out.trim_end().ends_with("none"),
+        "a unit was left behind: {out}"
+    );
 }

@@ -589,10 +589,7 @@ pub fn install(
             let _ = std::fs::remove_dir(d);
         }
     }
-    let (replaced, was_running, started) = match result {
-        Ok(r) => r,
-        Err(e) => return Err(e),
-    };
+    let (replaced, was_running, started) = result?;
     Ok(Installed {
         path,
         name,
