@@ -769,21 +769,29 @@ async fn run_as_a_service(scope: Scope) {
         .expect("a line reporting what a reconcile applied");
     assert!(applied["fields"]["writes"].as_u64().is_some(), "{applied}");
     assert!(applied["span"]["commit"].is_string(), "{applied}");
-    let sample: Vec<&String> = journal
+    // For docs/daemon.md: the first start and commit, and the last lines (the stop).
+    let json: Vec<&str> = journal
         .iter()
-        .filter(|l| {
-            l.contains("\"daemon started\"") || l.contains("new commit") || l.contains("applied,") || l.contains("stopping") || l.contains("abandoned") || l.contains("SIGHUP")
-        })
-        .take(12)
+        .filter(|l| l.starts_with('{'))
+        .map(String::as_str)
         .collect();
     eprintln!(
-        "[service] journal sample:\n{}",
-        sample
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>()
-            .join("\n")
+        "[service] journal, first and last lines:\n{}\n…\n{}",
+        json[..4.min(json.len())].join("\n"),
+        json[json.len().saturating_sub(4)..].join("\n")
     );
+
+    // The whole journal and status, for docs/daemon.md (target/service-test/).
+    let out = repo_root().join("target/service-test");
+    let _ = std::fs::create_dir_all(&out);
+    let tag = if scope == Scope::System {
+        "system"
+    } else {
+        "user"
+    };
+    let _ = std::fs::write(out.join(format!("{tag}-journal.txt")), journal.join("\n"));
+    let _ = std::fs::write(out.join(format!("{tag}-status.txt")), &status_text);
+    let _ = std::fs::write(out.join(format!("{tag}-install.txt")), &report);
 
     let systemd_lines: Vec<&String> = journal.iter().filter(|l| !l.starts_with('{')).collect();
     eprintln!(
