@@ -29,7 +29,9 @@ mod operate;
 
 #[path = "integration/realnode.rs"]
 mod realnode;
-#[path = "integration/ux.rs"]
-mod ux;
+#[path = "integration/service.rs"]
+mod service;
 #[path = "integration/standins.rs"]
 mod standins;
+#[path = "integration/ux.rs"]
+mod ux;

@@ -734,8 +734,9 @@ async fn check_service(repo: &Path) -> Check {
             continue;
         }
         let unit = format!("{name}.service");
+        let label = crate::daemon::service::label_for(&dirs.root);
         let (program, args): (&str, Vec<&str>) = match m {
-            Manager::Launchd => ("launchctl", vec!["list", "dev.converge"]),
+            Manager::Launchd => ("launchctl", vec!["list", &label]),
             Manager::SystemdUser => ("systemctl", vec!["--user", "is-active", &unit]),
             Manager::SystemdSystem => ("systemctl", vec!["is-active", &unit]),
         };

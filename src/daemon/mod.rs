@@ -975,16 +975,16 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                         metrics.reconcile(if done.invalid { ResultLabel::Invalid } else { ResultLabel::Error }, took);
                         metrics.set_ready(false);
                         if after.stalled {
-                            error!(%message, "cannot deploy this commit; waiting for a new commit (the cluster keeps the last applied state)");
+                            error!(error = %message, "cannot deploy this commit; waiting for a new commit (the cluster keeps the last applied state)");
                             sd::status(&format!("stalled at {}", desired::short_id(&done.commit)));
                         } else {
-                            warn!(%message, "the commit the cluster's status record names cannot be re-applied from this checkout");
+                            warn!(error = %message, "the commit the cluster's status record names cannot be re-applied from this checkout");
                         }
                     }
                     Outcome::Retry(message) => {
                         metrics.reconcile(ResultLabel::Error, took);
                         metrics.set_ready(false);
-                        warn!(%message, retry_in_s, "reconcile failed; retrying with back-off");
+                        warn!(error = %message, retry_in_s, "reconcile failed; retrying with back-off");
                     }
                     Outcome::Cancelled => {
                         metrics.reconcile(ResultLabel::Abandoned, took);
