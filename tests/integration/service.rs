@@ -1,10 +1,10 @@
 //! converge as a service under a real systemd: a Debian bookworm container on the bed's Docker
 //! engine boots systemd 252 as PID 1 (tests/testbed/systemd/build makes its root file system from
 //! Debian's packages). The test installs the unit the way a user does — `converge service install`
-//! from a shell in the checkout, with KUBECONFIG and a PATH holding helm — then drives it only
-//! with systemctl, git and kill: READY before `active`, a commit reconciled under the unit's
-//! sandbox, reload keeping the PID, the watchdog, `kill -9`, a stop with a reconcile in flight,
-//! the JSON journal, and uninstall. One test for the system manager, one for a lingering user's
+//! from a shell in the checkout, with KUBECONFIG, a PATH holding helm and DOCKER_HOST — then
+//! drives it only with systemctl, git and kill: READY before `active`, the sandbox in the
+//! daemon's mounts, an image built and a commit reconciled under it, reload keeping the PID, the
+//! watchdog, `kill -9`, a stop with a reconcile in flight, the JSON journal, and uninstall. One test for the system manager, one for a lingering user's
 //! `--user` manager; the container shares the host's network, so the daemon reaches the bed's
 //! apiserver on 127.0.0.1.
 //!
