@@ -1,10 +1,10 @@
 //! converge as a service under a real systemd: a Debian bookworm container on the bed's Docker
 //! engine boots systemd 252 as PID 1 (tests/testbed/systemd/build makes its root file system from
 //! Debian's packages). The test installs the unit the way a user does — `converge service install`
-//! from a shell in the checkout, with KUBECONFIG and a PATH holding helm — then drives it only
-//! with systemctl, git and kill: READY before `active`, a commit reconciled under the unit's
-//! sandbox, reload keeping the PID, the watchdog, `kill -9`, a stop with a reconcile in flight,
-//! the JSON journal, and uninstall. One test for the system manager, one for a lingering user's
+//! from a shell in the checkout, with KUBECONFIG, a PATH holding helm and DOCKER_HOST — then
+//! drives it only with systemctl, git and kill: READY before `active`, the sandbox in the
+//! daemon's mounts, an image built and a commit reconciled under it, reload keeping the PID, the
+//! watchdog, `kill -9`, a stop with a reconcile in flight, the JSON journal, and uninstall. One test for the system manager, one for a lingering user's
 //! `--user` manager; the container shares the host's network, so the daemon reaches the bed's
 //! apiserver on 127.0.0.1.
 //!
@@ -32,6 +32,8 @@ const CHECKOUT: &str = "/home/alice/todo app";
 const HELM_DIR: &str = "/opt/bed/bin";
 /// The kubeconfig, not at the default place, so only a captured KUBECONFIG finds it.
 const KUBECONFIG: &str = "/home/alice/.kube/bed.yaml";
+/// Where the bed's Docker socket is mounted in the container.
+const DOCKER_SOCKET: &str = "/run/docker.sock";
 /// How long a reconcile on the kwok node may take.
 const CONVERGED: Duration = Duration::from_secs(120);
 
@@ -44,6 +46,17 @@ fn engine() -> Option<()> {
         return None;
     }
     Some(())
+}
+
+/// The docker CLI on this machine's PATH (mounted into the container).
+fn docker_cli() -> std::path::PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("docker"))
+                .find(|p| p.is_file())
+        })
+        .expect("the docker CLI on PATH")
 }
 
 fn repo_root() -> &'static Path {
@@ -127,10 +140,25 @@ impl Machine {
             &format!("{exe}:/usr/local/bin/converge:ro"),
             "-v",
             &format!("{}:{HELM_DIR}/helm:ro", bed.helm.display()),
+            // The bed's Docker engine and the docker CLI, for the docker builder.
+            "-v",
+            &format!(
+                "{}:{DOCKER_SOCKET}",
+                crate::support::docker_socket().display()
+            ),
+            "-v",
+            &format!("{}:/usr/local/bin/docker:ro", docker_cli().display()),
             image(),
             "/lib/systemd/systemd",
         ]));
         let m = Machine { name };
+        // The socket's group, as on a machine with Docker installed: the user is in it.
+        let gid = std::fs::metadata(crate::support::docker_socket())
+            .map(|md| std::os::unix::fs::MetadataExt::gid(&md))
+            .expect("the bed's Docker socket");
+        m.root(&format!(
+            "groupadd -g {gid} docker && usermod -aG docker {USER}"
+        ));
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let out = m.exec(&["systemctl", "is-system-running"]);
@@ -307,7 +335,8 @@ fn flag(scope: Scope) -> &'static str {
 }
 
 /// The checkout a user has: the project's chart, a stack on the bed's context in namespace `ns`
-/// (postgres and backend from image refs, so no build), committed on `main`.
+/// built with the docker builder (backend from a `FROM scratch` context, postgres from an image
+/// ref), committed on `main`.
 fn make_checkout(m: &Machine, ns: &str) -> String {
     let bed = testbed();
     let kubeconfig = run_ok(kubectl().args(["config", "view", "--raw", "--flatten"]));
@@ -326,7 +355,7 @@ fn make_checkout(m: &Machine, ns: &str) -> String {
     m.write(
         &format!("{CHECKOUT}/desired/stack.yaml"),
         &format!(
-            "apiVersion: converge.dev/v1alpha1\nkind: Stack\nname: todo\nnamespace: {ns}\ncontext: {}\nvalues:\n  frontend:\n    service: {{type: ClusterIP, port: 80}}\n  migrations:\n    enabled: false\n",
+            "apiVersion: converge.dev/v1alpha1\nkind: Stack\nname: todo\nnamespace: {ns}\ncontext: {}\nbuilder: docker\nvalues:\n  frontend:\n    service: {{type: ClusterIP, port: 80}}\n  migrations:\n    enabled: false\n",
             current_context()
         ),
     );
@@ -335,6 +364,13 @@ fn make_checkout(m: &Machine, ns: &str) -> String {
         "apiVersion: converge.dev/v1alpha1\nkind: Component\nname: postgres\nimage:\n  ref: postgres:16-alpine\nreplicas: 1\n",
     );
     write_backend(m, "v0", "");
+    m.write(
+        &format!("{CHECKOUT}/app/Dockerfile"),
+        "FROM scratch\nCOPY version /version\n",
+    );
+    // Unique per run: the bed's engine outlives the test, and the same input would find its
+    // image there and build nothing.
+    m.write(&format!("{CHECKOUT}/app/version"), &format!("{ns}\n"));
     m.user(&format!(
         "cd '{CHECKOUT}' && git init -q -b main && git config user.email alice@converge.invalid && git config user.name alice"
     ));
@@ -344,7 +380,7 @@ fn make_checkout(m: &Machine, ns: &str) -> String {
 fn write_backend(m: &Machine, version: &str, extra: &str) {
     m.write(
         &format!("{CHECKOUT}/desired/backend.yaml"),
-        &format!("apiVersion: converge.dev/v1alpha1\nkind: Component\nname: backend\nimage:\n  ref: todo-backend:test\nreplicas: 1\nenv:\n  VERSION: \"{version}\"\ndependsOn: [postgres]\n{extra}"),
+        &format!("apiVersion: converge.dev/v1alpha1\nkind: Component\nname: backend\nimage:\n  build: {{context: app, repository: converge-test/service}}\nreplicas: 1\nenv:\n  VERSION: \"{version}\"\ndependsOn: [postgres]\n{extra}"),
     );
 }
 
@@ -360,6 +396,19 @@ async fn backend_version(ns: &TestNamespace) -> String {
         .and_then(|c| c.env)
         .and_then(|e| e.into_iter().find(|v| v.name == "VERSION"))
         .and_then(|v| v.value)
+        .unwrap_or_default()
+}
+
+async fn backend_image(ns: &TestNamespace) -> String {
+    let d = ns
+        .api::<Deployment>()
+        .get("todo-todo-chatbot-backend")
+        .await
+        .expect("backend Deployment");
+    d.spec
+        .and_then(|s| s.template.spec)
+        .and_then(|s| s.containers.into_iter().next())
+        .and_then(|c| c.image)
         .unwrap_or_default()
 }
 
@@ -456,7 +505,9 @@ async fn run_as_a_service(scope: Scope) {
 
     // Install from a shell in the checkout, with KUBECONFIG and helm's directory on PATH, the way
     // the user works; root installs the system unit (it runs as the checkout's owner).
-    let env = format!("export KUBECONFIG={KUBECONFIG} PATH={HELM_DIR}:$PATH; cd '{CHECKOUT}'");
+    let env = format!(
+        "export KUBECONFIG={KUBECONFIG} PATH={HELM_DIR}:$PATH DOCKER_HOST=unix://{DOCKER_SOCKET} DOCKER_BUILDKIT=0; cd '{CHECKOUT}'"
+    );
     let report = match scope {
         Scope::System => m.root(&format!("{env} && converge service install")),
         Scope::User => m.user(&format!("{env} && converge service install --user")),
@@ -494,9 +545,16 @@ async fn run_as_a_service(scope: Scope) {
         }
     }
     assert!(
-        report.contains("from your environment: KUBECONFIG, PATH"),
+        report.contains("from your environment: DOCKER_BUILDKIT, DOCKER_HOST, KUBECONFIG, PATH"),
         "{report}"
     );
+    if scope == Scope::System {
+        let text = m.root(&format!("cat {unit_file}"));
+        assert!(
+            text.lines().any(|l| l == "SupplementaryGroups=docker"),
+            "{text}"
+        );
+    }
     assert_eq!(m.prop(scope, &unit, "UnitFileState"), "enabled");
     assert_eq!(
         m.prop(scope, &unit, "ActiveState"),
@@ -576,6 +634,16 @@ async fn run_as_a_service(scope: Scope) {
         s == format!("converged at {}", short(&first))
     });
     assert_eq!(applied_commit(&ns).await.as_deref(), Some(first.as_str()));
+    // The backend's image was built by the daemon, through the socket, under the sandbox.
+    let image = backend_image(&ns).await;
+    assert!(image.starts_with("converge-test/service:"), "{image}");
+    run_ok(docker().args(["image", "inspect", "--format", "{{.Id}}", &image]));
+    m.wait_journal(
+        scope,
+        &unit,
+        &["\"image built\"", &image],
+        Duration::from_secs(1),
+    );
 
     // A commit made in the checkout is picked up by the watch and deployed.
     write_backend(&m, "v1", "");
