@@ -1,4 +1,6 @@
 # shellcheck shell=bash
+# Variables here are also read by the scripts that source this file.
+# shellcheck disable=SC2034
 # The testbed's real node: containerd's CRI plugin, CNI, kubelet, kube-proxy
 # and CoreDNS. Sourced by `up` (after lib.sh and its own helpers: start,
 # wait_until, log_tail, free_port, kubectl_bed) and by `down` (cleanup only).
@@ -101,6 +103,10 @@ claim_node() {
     if mkdir "$NODE_CLAIM" 2>/dev/null; then
       echo "$BED_DIR" >"$NODE_CLAIM/owner"
       record_sysctls
+      # containerd's CNI library caches results in /var/lib/cni/results (not
+      # configurable in containerd 1.6); cleanup removes the directory only
+      # if the node made it.
+      [[ -e /var/lib/cni ]] || : >"$NODE_CLAIM/var-lib-cni.created"
       break
     fi
     owner="$(cat "$NODE_CLAIM/owner" 2>/dev/null || true)"
@@ -169,7 +175,7 @@ node_preflight() {
     [[ -e /proc/sys/net/bridge/bridge-nf-call-iptables ]] ||
       die "real node: the kernel lacks br_netfilter (Services between Pods of one node need it): modprobe br_netfilter, $no_node"
   fi
-  grep -qE '[[:space:]]cgroup2?$' /proc/filesystems && grep -qE ' cgroup2? ' /proc/mounts ||
+  grep -qE ' cgroup2? ' /proc/mounts ||
     die "real node: no cgroup filesystem is mounted (kubelet needs cgroups), $no_node"
   if [[ ! -e /sys/fs/cgroup/cgroup.controllers ]]; then
     local c
@@ -343,8 +349,8 @@ load_base_images() {
 
 # --- kubelet, kube-proxy, CoreDNS ---------------------------------------------------
 
-# The cgroup under which kubelet puts kubepods, in every v1 hierarchy (and
-# the v2 one on a unified host), so that cleanup removes exactly it.
+# The cgroup under which kubelet puts kubepods, in every hierarchy, so that
+# cleanup removes exactly it.
 make_cgroup_root() {
   local mnt
   while read -r mnt; do
@@ -357,12 +363,10 @@ make_cgroup_root() {
   done < <(cgroup_mounts)
 }
 
+# Every cgroup hierarchy: the v1 ones and, on a hybrid host, the v2 one
+# beside them (runc creates the Pods' cgroups there too).
 cgroup_mounts() {
-  if [[ -e /sys/fs/cgroup/cgroup.controllers ]]; then
-    echo /sys/fs/cgroup
-  else
-    awk '$3 == "cgroup" { print $2 }' /proc/mounts
-  fi
+  awk '$3 == "cgroup" || $3 == "cgroup2" { print $2 }' /proc/mounts
 }
 
 write_node_configs() {
@@ -498,47 +502,51 @@ start_node() {
 ipt_sweep() {
   local ipt="$1" table rules chains chain line
   command -v "$ipt" >/dev/null || return 0
+  # Each Pod's CNI rules carry `name: "<network>"` in their comment, which
+  # iptables -S prints with escaped quotes.
+  local net="name: \\\"$NODE_NETWORK\\\""
   for table in filter nat mangle raw; do
     rules="$("$ipt" -w -t "$table" -S 2>/dev/null)" || continue
     # Chains of ours: kube-proxy's and kubelet's, and each Pod's CNI chains
-    # (targets of the rules whose comment names our network).
-    chains="$(
-      awk '$1 == "-N" && $2 ~ /^KUBE-/ { print $2 }' <<<"$rules"
-      grep -F "name: \\\"$NODE_NETWORK\\\"" <<<"$rules" |
-        sed -n 's/.* -j \(CNI-[A-Za-z0-9_-]*\).*/\1/p' | grep -v '^CNI-HOSTPORT-'
-    )"
-    chains="$(sort -u <<<"$chains" | sed '/^$/d')"
+    # (targets of the rules that name our network).
+    chains="$(NET="$net" awk '
+      $1 == "-N" && $2 ~ /^KUBE-/ { print $2 }
+      $1 == "-A" && index($0, ENVIRON["NET"]) {
+        for (i = 1; i < NF; i++)
+          if ($i == "-j" && $(i + 1) ~ /^CNI-/ && $(i + 1) !~ /^CNI-HOSTPORT-/) print $(i + 1)
+      }' <<<"$rules" | sort -u)"
     # Rules that name our network or jump to one of our chains.
     while IFS= read -r line; do
       [[ "$line" == "-A "* ]] || continue
       local target=""
       [[ "$line" =~ \ -j\ ([^ ]+) ]] && target="${BASH_REMATCH[1]}"
-      if [[ "$line" == *"name: \\\"$NODE_NETWORK\\\""* ]] || { [[ -n "$target" ]] && grep -qxF -- "$target" <<<"$chains"; }; then
+      if [[ "$line" == *"$net"* ]] || { [[ -n "$target" ]] && grep -qxF -- "$target" <<<"$chains"; }; then
         eval "\"\$ipt\" -w -t \"\$table\" -D ${line#-A }" 2>/dev/null ||
           log "could not delete iptables rule ($table): $line"
       fi
     done <<<"$rules"
     while IFS= read -r chain; do
-      [[ -n "$chain" ]] || continue
-      "$ipt" -w -t "$table" -F "$chain" 2>/dev/null || true
+      [[ -n "$chain" ]] && "$ipt" -w -t "$table" -F "$chain" 2>/dev/null
     done <<<"$chains"
     while IFS= read -r chain; do
       [[ -n "$chain" ]] || continue
       "$ipt" -w -t "$table" -X "$chain" 2>/dev/null || log "could not delete iptables chain $chain ($table)"
     done <<<"$chains"
-    # portmap's shared chains, once no network uses them any more.
-    if [[ "$table" == nat ]] && "$ipt" -w -t nat -S CNI-HOSTPORT-DNAT >/dev/null 2>&1 &&
-      [[ "$("$ipt" -w -t nat -S CNI-HOSTPORT-DNAT | grep -c '^-A')" == 0 ]]; then
-      rules="$("$ipt" -w -t nat -S)"
-      while IFS= read -r line; do
-        [[ "$line" =~ ^-A\ .*\ -j\ CNI-HOSTPORT- ]] || continue
-        eval "\"\$ipt\" -w -t nat -D ${line#-A }" 2>/dev/null || true
-      done <<<"$rules"
-      for chain in CNI-HOSTPORT-DNAT CNI-HOSTPORT-SETMARK CNI-HOSTPORT-MASQ; do
-        "$ipt" -w -t nat -F "$chain" 2>/dev/null && "$ipt" -w -t nat -X "$chain" 2>/dev/null || true
-      done
-    fi
   done
+  # portmap's shared chains, once no network has a port in them any more.
+  if "$ipt" -w -t nat -S CNI-HOSTPORT-DNAT >/dev/null 2>&1 &&
+    ! "$ipt" -w -t nat -S CNI-HOSTPORT-DNAT | grep -q '^-A'; then
+    rules="$("$ipt" -w -t nat -S)"
+    while IFS= read -r line; do
+      [[ "$line" =~ ^-A\ .*\ -j\ CNI-HOSTPORT- ]] || continue
+      eval "\"\$ipt\" -w -t nat -D ${line#-A }" 2>/dev/null || log "could not delete iptables rule (nat): $line"
+    done <<<"$rules"
+    for chain in CNI-HOSTPORT-DNAT CNI-HOSTPORT-SETMARK CNI-HOSTPORT-MASQ; do
+      "$ipt" -w -t nat -F "$chain" 2>/dev/null || continue
+      "$ipt" -w -t nat -X "$chain" 2>/dev/null || log "could not delete iptables chain $chain (nat)"
+    done
+  fi
+  return 0
 }
 
 restore_sysctls() {
@@ -561,14 +569,15 @@ kill_node_processes() {
   local mnt procs
   while read -r mnt; do
     [[ -d "$mnt/$NODE_CGROUP_ROOT" ]] || continue
-    procs="$(find "$mnt/$NODE_CGROUP_ROOT" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u)"
-    [[ -n "$procs" ]] && kill -KILL $procs 2>/dev/null
+    # (A cgroup may vanish while find walks the tree.)
+    procs="$(find "$mnt/$NODE_CGROUP_ROOT" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u)" || true
+    [[ -n "$procs" ]] && xargs -r kill -KILL <<<"$procs" 2>/dev/null
   done < <(cgroup_mounts)
   local sock="${1:-}" p
   [[ -n "$sock" ]] || return 0
   # Shims are started by our containerd with its socket as -address.
   for p in /proc/[0-9]*; do
-    if tr '\0' '\n' <"$p/cmdline" 2>/dev/null | grep -qxF -- "$sock"; then
+    if tr '\0' '\n' 2>/dev/null <"$p/cmdline" | grep -qxF -- "$sock"; then
       [[ "$(basename "$(readlink "$p/exe" 2>/dev/null)")" == containerd-shim* ]] && kill -KILL "${p#/proc/}" 2>/dev/null
     fi
   done
@@ -579,8 +588,7 @@ remove_cgroup_root() {
   local mnt
   while read -r mnt; do
     [[ -d "$mnt/$NODE_CGROUP_ROOT" ]] || continue
-    local tries
-    for tries in 1 2 3 4 5 6 7 8 9 10; do
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
       find "$mnt/$NODE_CGROUP_ROOT" -depth -type d -exec rmdir {} + 2>/dev/null
       [[ -d "$mnt/$NODE_CGROUP_ROOT" ]] || break
       sleep 0.2
@@ -593,22 +601,51 @@ remove_cgroup_root() {
 # Undoes the node's host changes and releases the claim. Processes must be
 # stopped first (down does; a crashed bed's are gone or killed here).
 node_host_cleanup() {
-  local owner bin_proxy
+  local owner
   owner="$(cat "$NODE_CLAIM/owner" 2>/dev/null || echo "$BED_DIR")"
-  kill_node_processes "$owner/containerd/containerd.sock"
-  bin_proxy="$BIN_K8S/kube-proxy"
-  if [[ -x "$bin_proxy" ]]; then
-    "$bin_proxy" --cleanup >"${LOGS:-/tmp}/kube-proxy-cleanup.log" 2>&1 ||
-      log "kube-proxy --cleanup failed (log: ${LOGS:-/tmp}/kube-proxy-cleanup.log); removing its chains one by one"
+  # Every step runs whatever the previous one did: a half-undone host is
+  # worse than a reported failure.
+  cleanup_step kill_node_processes "$owner/containerd/containerd.sock"
+  cleanup_step kube_proxy_cleanup
+  cleanup_step ipt_sweep iptables
+  cleanup_step ipt_sweep ip6tables
+  if ip link show "$NODE_BRIDGE" >/dev/null 2>&1; then
+    cleanup_step ip link delete "$NODE_BRIDGE"
   fi
-  ipt_sweep iptables
-  ipt_sweep ip6tables
-  ip link show "$NODE_BRIDGE" >/dev/null 2>&1 && { ip link delete "$NODE_BRIDGE" || log "could not delete the bridge $NODE_BRIDGE"; }
-  remove_cgroup_root
+  cleanup_step remove_cgroup_root
   # kubelet's legacy symlinks into the bed's pod log directory.
   if [[ -d /var/log/containers ]]; then
-    find /var/log/containers -maxdepth 1 -type l -lname "$owner/node/pod-logs/*" -delete 2>/dev/null || true
+    cleanup_step find /var/log/containers -maxdepth 1 -type l -lname "$owner/node/pod-logs/*" -delete
   fi
-  restore_sysctls
+  cleanup_step remove_cni_cache
+  cleanup_step restore_sysctls
   rm -rf "$NODE_CLAIM"
+}
+
+# The CNI library's cached results of the bed's network's Pods (and of
+# their loopback), which a Pod killed without a CNI DEL leaves behind.
+remove_cni_cache() {
+  local dir=/var/lib/cni/results f id
+  for f in "$dir/$NODE_NETWORK-"*; do
+    [[ -e "$f" ]] || continue
+    id="${f#"$dir/$NODE_NETWORK-"}"
+    id="${id%-*}"
+    rm -f "$f" "$dir/cni-loopback-$id-lo"
+  done
+  if [[ -e "$NODE_CLAIM/var-lib-cni.created" && -d /var/lib/cni ]]; then
+    rmdir "$dir" 2>/dev/null
+    rmdir /var/lib/cni 2>/dev/null || log "/var/lib/cni is not empty: kept it (another CNI user?)"
+  fi
+  return 0
+}
+
+cleanup_step() {
+  "$@" || log "cleanup: '$*' failed (exit $?)"
+}
+
+kube_proxy_cleanup() {
+  [[ -x "$BIN_K8S/kube-proxy" ]] || return 0
+  local logf="${LOGS:-/tmp}/kube-proxy-cleanup.log"
+  "$BIN_K8S/kube-proxy" --cleanup >"$logf" 2>&1 ||
+    log "kube-proxy --cleanup failed (log: $logf); removing its chains one by one"
 }
