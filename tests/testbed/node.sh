@@ -195,6 +195,8 @@ node_preflight() {
   [[ "$NODE_IP" =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ ]] ||
     die "real node: no IPv4 address other than loopback found (Pods reach the API server through the node's address):
   set CONVERGE_TESTBED_NODE_IP to one of this machine's addresses, $no_node"
+  ip -4 -o addr show | awk '{ sub("/.*", "", $4); print $4 }' | grep -qxF "$NODE_IP" ||
+    die "real node: $NODE_IP${CONVERGE_TESTBED_NODE_IP:+ (CONVERGE_TESTBED_NODE_IP)} is not an address of this machine; its addresses: $(ip -4 -o addr show | awk '{ sub("/.*", "", $4); printf "%s ", $4 }')"
   SNAPSHOTTER=overlayfs
   grep -qw overlay /proc/filesystems || SNAPSHOTTER=native
 }
