@@ -1,5 +1,6 @@
 //! Integration tests against the testbed (tests/testbed/up): a real
-//! Kubernetes control plane with a kwok node, and a private Docker engine.
+//! Kubernetes control plane with a kwok node and a real node, and a private
+//! Docker engine.
 //! Each test module lives in tests/integration/; shared helpers in
 //! tests/support/.
 
@@ -35,3 +36,5 @@ mod service;
 mod standins;
 #[path = "integration/ux.rs"]
 mod ux;
+#[path = "integration/node.rs"]
+mod node;
