@@ -107,21 +107,21 @@ pub async fn run_apply(target: &TargetArgs, opts: &Options) -> Result<Vec<StackR
 
 fn print_reports(reports: &[StackReport], format: Format) {
     match format {
-        Format::Json => println!(
+        Format::Json => outln!(
             "{}",
             serde_json::to_string_pretty(reports).unwrap_or_default()
         ),
         Format::Text => {
             for r in reports {
                 let verdict = if r.ready { "ready" } else { "NOT ready" };
-                println!(
+                outln!(
                     "stack {} (namespace {}) at {}: {verdict} ({})",
                     r.stack,
                     r.namespace,
                     crate::desired::short_id(&r.commit),
                     r.reason
                 );
-                println!(
+                outln!(
                     "  {} applied, {} unchanged, {} pruned; {} reads, {} writes in {} ms",
                     r.applied.len(),
                     r.unchanged,
@@ -131,25 +131,29 @@ fn print_reports(reports: &[StackReport], format: Format) {
                     r.duration_ms
                 );
                 for a in &r.applied {
-                    println!("  applied {a}");
+                    outln!("  applied {a}");
                 }
                 for p in &r.pruned {
-                    println!("  pruned {p}");
+                    outln!("  pruned {p}");
                 }
                 for k in &r.kept {
-                    println!("  kept {k}");
+                    outln!("  kept {k}");
                 }
                 for c in &r.status.components {
-                    println!(
+                    outln!(
                         "  {:<10} {:<12} {}/{} {}",
-                        c.name, c.health, c.ready, c.desired, c.image
+                        c.name,
+                        c.health,
+                        c.ready,
+                        c.desired,
+                        c.image
                     );
                 }
                 for (c, why) in &r.blocked {
-                    println!("  blocked {c}: {why}");
+                    outln!("  blocked {c}: {why}");
                 }
                 for e in &r.errors {
-                    println!("  error: {e}");
+                    outln!("  error: {e}");
                 }
             }
         }
@@ -174,16 +178,16 @@ pub(super) fn diff(args: &DiffArgs) -> u8 {
             Err(e) => super::report_error(&e, args.target.output),
             Ok(changes) => {
                 match args.target.output {
-                    Format::Json => println!(
+                    Format::Json => outln!(
                         "{}",
                         serde_json::to_string_pretty(&changes).unwrap_or_default()
                     ),
                     Format::Text => {
                         for c in &changes {
-                            print!("{}", super::colorize_diff(c["diff"].as_str().unwrap_or("")));
+                            out!("{}", super::colorize_diff(c["diff"].as_str().unwrap_or("")));
                         }
                         if changes.is_empty() {
-                            eprintln!("no differences");
+                            errln!("no differences");
                         }
                     }
                 }

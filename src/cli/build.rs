@@ -99,7 +99,7 @@ pub struct BuildArgs {
 pub(super) fn run(args: &BuildArgs) -> u8 {
     let fail = |e: &dyn std::error::Error| {
         match args.output {
-            Format::Json => println!("{}", json!({"error": e.to_string()})),
+            Format::Json => outln!("{}", json!({"error": e.to_string()})),
             Format::Text => super::print_error(e),
         }
         EXIT_ERROR
@@ -117,7 +117,7 @@ pub(super) fn run(args: &BuildArgs) -> u8 {
         Ok(l) => l,
         Err(report) => {
             if args.output == Format::Text {
-                print!("{}", report.render(super::color_stdout()));
+                out!("{}", report.render(super::color_stdout()));
             }
             return fail(&crate::error::Error::Invalid {
                 commit: commit.clone(),
@@ -188,12 +188,12 @@ pub(super) fn run(args: &BuildArgs) -> u8 {
                     stack.spec.name, stack.spec.namespace, o.component, o.image
                 );
                 match reason {
-                    Some(r) => println!("{line}: {r}"),
-                    None => println!("{line}"),
+                    Some(r) => outln!("{line}: {r}"),
+                    None => outln!("{line}"),
                 }
                 if let Some(t) = tail.filter(|t| !t.is_empty()) {
                     for l in t.lines() {
-                        println!("    | {l}");
+                        outln!("    | {l}");
                     }
                 }
             }
@@ -207,7 +207,7 @@ pub(super) fn run(args: &BuildArgs) -> u8 {
             }));
         }
         if args.output == Format::Text {
-            println!(
+            outln!(
                 "{}@{}: {} images, builder {:?}, {} existence checks, {} builds (commit {})",
                 stack.spec.name,
                 stack.spec.namespace,
@@ -228,7 +228,7 @@ pub(super) fn run(args: &BuildArgs) -> u8 {
     }
     if args.output == Format::Json {
         let out = json!({"commit": commit, "stacks": stacks_out});
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     }
     if any_failed {
         EXIT_FINDINGS

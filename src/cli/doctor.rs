@@ -61,7 +61,7 @@ pub(super) fn run(args: &DoctorArgs) -> u8 {
         .filter(|c| !args.skip.contains(&c.check))
         .collect();
     match args.output {
-        Format::Json => println!(
+        Format::Json => outln!(
             "{}",
             serde_json::to_string_pretty(&checks).unwrap_or_default()
         ),
@@ -89,14 +89,14 @@ fn print_text(checks: &[Check]) {
         } else {
             word.to_string()
         };
-        println!("{word} {:<9} {}", c.check, c.message);
+        outln!("{word} {:<9} {}", c.check, c.message);
         if let Some(fix) = &c.fix {
-            println!("     {:<9} fix: {fix}", "");
+            outln!("     {:<9} fix: {fix}", "");
         }
     }
     let failed = checks.iter().filter(|c| c.status == Status::Fail).count();
     let warned = checks.iter().filter(|c| c.status == Status::Warn).count();
-    println!(
+    outln!(
         "{} checks: {} passed, {failed} failed, {warned} warnings",
         checks.len(),
         checks.len() - failed - warned

@@ -55,7 +55,7 @@ pub(crate) fn resolve_targets(
         target.context.as_deref(),
     )
     .map_err(|why| {
-        eprintln!("error: {why}");
+        errln!("error: {why}");
         EXIT_ERROR
     })
 }
@@ -216,7 +216,7 @@ async fn take_down(
 
 fn print(reports: &[DownReport], format: Format) {
     match format {
-        Format::Json => println!(
+        Format::Json => outln!(
             "{}",
             serde_json::to_string_pretty(reports).unwrap_or_default()
         ),
@@ -228,14 +228,14 @@ fn print(reports: &[DownReport], format: Format) {
                     format!("namespace {}", r.namespace)
                 };
                 if r.nothing_to_do {
-                    println!(
+                    outln!(
                         "stack {} ({ns}): nothing to take down (converge has no record of it here)",
                         r.stack
                     );
                     continue;
                 }
                 let verdict = if r.complete() { "down" } else { "NOT down" };
-                println!(
+                outln!(
                     "stack {} ({ns}): {verdict}; {} deleted, {} already gone, {} kept in {} ms",
                     r.stack,
                     r.deleted.len(),
@@ -244,19 +244,19 @@ fn print(reports: &[DownReport], format: Format) {
                     r.duration_ms
                 );
                 for d in &r.deleted {
-                    println!("  deleted {d}");
+                    outln!("  deleted {d}");
                 }
                 for k in &r.kept {
-                    println!("  kept {k}");
+                    outln!("  kept {k}");
                 }
                 if r.records_removed {
-                    println!("  removed converge's inventory and status record");
+                    outln!("  removed converge's inventory and status record");
                 }
                 for e in &r.errors {
-                    println!("  error: {e}");
+                    outln!("  error: {e}");
                 }
                 if !r.complete() {
-                    println!(
+                    outln!(
                         "  what is left stays in the inventory: re-run `converge down` to retry"
                     );
                 }

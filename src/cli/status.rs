@@ -35,7 +35,7 @@ pub(super) fn run(args: &StatusArgs) -> u8 {
             Err(e) => return super::report_error(&crate::error::Error::Cluster(e), args.output),
         };
         match args.output {
-            Format::Json => println!(
+            Format::Json => outln!(
                 "{}",
                 serde_json::to_string_pretty(&statuses).unwrap_or_default()
             ),
@@ -82,30 +82,33 @@ async fn read(args: &StatusArgs) -> Result<Vec<StackStatus>, crate::cluster::Clu
 
 fn print_text(statuses: &[StackStatus]) {
     if statuses.is_empty() {
-        eprintln!("no converge status in this cluster: nothing has been applied yet (run `converge apply`)");
+        errln!("no converge status in this cluster: nothing has been applied yet (run `converge apply`)");
         return;
     }
     for s in statuses {
         let short = |c: &str| crate::desired::short_id(c).to_string();
-        println!(
+        outln!(
             "stack {} (namespace {}): {} — {}",
             s.stack,
             s.namespace,
             if s.ready { "Ready" } else { "NotReady" },
             s.reason
         );
-        println!("  message: {}", s.message);
-        println!(
+        outln!("  message: {}", s.message);
+        outln!(
             "  last applied {}, last healthy {}",
             short(&s.last_applied_commit),
             short(&s.last_healthy_commit)
         );
-        println!(
+        outln!(
             "  {:<12} {:<12} {:<8} {:<40} SINCE",
-            "COMPONENT", "HEALTH", "READY", "IMAGE"
+            "COMPONENT",
+            "HEALTH",
+            "READY",
+            "IMAGE"
         );
         for c in &s.components {
-            println!(
+            outln!(
                 "  {:<12} {:<12} {:<8} {:<40} {}",
                 c.name,
                 c.health,
@@ -114,12 +117,12 @@ fn print_text(statuses: &[StackStatus]) {
                 c.since
             );
             if !c.last_error.is_empty() {
-                println!("    error: {}", c.last_error);
+                outln!("    error: {}", c.last_error);
             }
         }
-        println!("  history:");
+        outln!("  history:");
         for h in &s.history {
-            println!(
+            outln!(
                 "    {} {} {:<24} {} ms",
                 h.time,
                 short(&h.commit),

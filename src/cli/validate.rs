@@ -56,7 +56,7 @@ pub(super) fn run(args: &ValidateArgs) -> u8 {
                 "diagnostics": report.diagnostics,
                 "stacks": summary,
             });
-            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+            outln!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         }
         Format::Text => print_text(&report, valid, &commit, &summary),
     }
@@ -70,12 +70,12 @@ pub(super) fn run(args: &ValidateArgs) -> u8 {
 fn print_text(report: &Report, valid: bool, commit: &str, stacks: &[serde_json::Value]) {
     let rendered = report.render(super::color_stdout());
     if !rendered.is_empty() {
-        print!("{rendered}");
+        out!("{rendered}");
     }
     let short = desired::short_id(commit);
     if valid {
         for s in stacks {
-            println!(
+            outln!(
                 "ok: stack `{}` (namespace {}) with {} components, from {}",
                 s["name"].as_str().unwrap_or(""),
                 s["namespace"].as_str().unwrap_or(""),
@@ -83,12 +83,12 @@ fn print_text(report: &Report, valid: bool, commit: &str, stacks: &[serde_json::
                 s["file"].as_str().unwrap_or("")
             );
         }
-        println!(
+        outln!(
             "commit {short}: desired state is valid ({})",
             plural(report.warning_count(), "warning")
         );
     } else {
-        println!(
+        outln!(
             "commit {short}: desired state is invalid: {}, {}; nothing will be applied",
             plural(report.error_count(), "error"),
             plural(report.warning_count(), "warning")
@@ -100,7 +100,7 @@ fn usage_error(format: Format, err: &crate::source::SourceError) -> u8 {
     match format {
         Format::Json => {
             let out = json!({"valid": false, "error": err.to_string()});
-            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+            outln!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         }
         Format::Text => super::print_error(err),
     }
