@@ -155,6 +155,9 @@ fn print_reports(reports: &[StackReport], format: Format) {
                 for e in &r.errors {
                     outln!("  error: {e}");
                 }
+                for w in &r.warnings {
+                    outln!("  warning: {w}");
+                }
             }
         }
     }

@@ -7,7 +7,7 @@ use kube::api::{Api, ListParams};
 
 use super::{Format, EXIT_ERROR, EXIT_FINDINGS, EXIT_OK};
 use crate::cluster::Cluster;
-use crate::status::StackStatus;
+use crate::status::{self, StackStatus};
 use crate::vocabulary::{LABEL_MANAGED_BY, MANAGED_BY};
 
 /// Arguments of `converge status`.
@@ -30,20 +30,24 @@ pub(super) fn run(args: &StatusArgs) -> u8 {
         Err(code) => return code,
     };
     rt.block_on(async {
-        let statuses = match read(args).await {
+        let (statuses, unreadable) = match read(args).await {
             Ok(s) => s,
             Err(e) => return super::report_error(&crate::error::Error::Cluster(e), args.output),
         };
+        for u in &unreadable {
+            errln!("error: {u}");
+        }
         match args.output {
             Format::Json => outln!(
                 "{}",
                 serde_json::to_string_pretty(&statuses).unwrap_or_default()
             ),
+            Format::Text if statuses.is_empty() && !unreadable.is_empty() => {}
             Format::Text => print_text(&statuses),
         }
         if statuses.is_empty() {
             EXIT_ERROR
-        } else if statuses.iter().all(|s| s.ready) {
+        } else if unreadable.is_empty() && statuses.iter().all(|s| s.ready) {
             EXIT_OK
         } else {
             EXIT_FINDINGS
@@ -51,7 +55,10 @@ pub(super) fn run(args: &StatusArgs) -> u8 {
     })
 }
 
-async fn read(args: &StatusArgs) -> Result<Vec<StackStatus>, crate::cluster::ClusterError> {
+/// The readable records, and one message per record that does not parse (never dropped silently).
+async fn read(
+    args: &StatusArgs,
+) -> Result<(Vec<StackStatus>, Vec<String>), crate::cluster::ClusterError> {
     let cluster = Cluster::connect(None, args.context.as_deref()).await?;
     let api: Api<ConfigMap> = Api::all(cluster.client().clone());
     let lp = ListParams::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
@@ -63,21 +70,42 @@ async fn read(args: &StatusArgs) -> Result<Vec<StackStatus>, crate::cluster::Clu
             object: "status records".into(),
             source,
         })?;
-    let mut out: Vec<StackStatus> = list
-        .items
-        .into_iter()
-        .filter(|c| {
-            c.metadata
-                .name
-                .as_deref()
-                .is_some_and(|n| n.starts_with("converge-") && n.ends_with("-status"))
-        })
-        .filter_map(|c| c.data.and_then(|mut d| d.remove("status.json")))
-        .filter_map(|t| serde_json::from_str::<StackStatus>(&t).ok())
-        .filter(|s| args.stack.as_ref().is_none_or(|n| n == &s.stack))
-        .collect();
+    let mut out: Vec<StackStatus> = Vec::new();
+    let mut unreadable = Vec::new();
+    for c in list.items {
+        let name = c.metadata.name.clone().unwrap_or_default();
+        if !(name.starts_with("converge-") && name.ends_with("-status")) {
+            continue;
+        }
+        let namespace = c.metadata.namespace.clone().unwrap_or_default();
+        let stack = c
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(crate::vocabulary::LABEL_STACK).cloned());
+        if args
+            .stack
+            .as_ref()
+            .is_some_and(|n| stack.as_ref().is_some_and(|s| s != n))
+        {
+            continue;
+        }
+        let text = c.data.and_then(|mut d| d.remove(status::DATA_KEY));
+        match status::parse(text) {
+            status::Record::Missing => {}
+            status::Record::Status(s) => {
+                if args.stack.as_ref().is_none_or(|n| n == &s.stack) {
+                    out.push(s);
+                }
+            }
+            status::Record::Unreadable { error, .. } => unreadable.push(format!(
+                "the status record in ConfigMap/{name} (namespace {namespace}) is unreadable ({error}); it is left as it is, and the next reconcile keeps it under key `{}<time>` before recording anew",
+                status::UNREADABLE_PREFIX
+            )),
+        }
+    }
     out.sort_by(|a, b| (&a.namespace, &a.stack).cmp(&(&b.namespace, &b.stack)));
-    Ok(out)
+    Ok((out, unreadable))
 }
 
 fn print_text(statuses: &[StackStatus]) {
