@@ -26,3 +26,6 @@ mod daemon;
 
 #[path = "integration/operate.rs"]
 mod operate;
+
+#[path = "integration/hostile.rs"]
+mod hostile;

@@ -155,6 +155,8 @@ pub fn load(snapshot: &Snapshot<'_>, dir: &str) -> Result<Loaded, Report> {
         if let Some(e) = scan.error {
             let over_budget = e.limit == Some(yaml::LimitKind::Expansion);
             report.push(limit_diagnostic(&entry.path, e));
+            // It may be the stack: its components are not orphans, just unread with it.
+            broken_stacks.push(entry.path.clone());
             if over_budget {
                 // The budget is shared: every later file would be refused for the same reason.
                 break;

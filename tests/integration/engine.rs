@@ -251,7 +251,9 @@ async fn a_removed_component_is_pruned_while_its_volumes_stay() {
         r.pruned
     );
     assert!(
-        !r.pruned.iter().any(|p| p.starts_with("PersistentVolumeClaim/")),
+        !r.pruned
+            .iter()
+            .any(|p| p.starts_with("PersistentVolumeClaim/")),
         "no claim is pruned: {:?}",
         r.pruned
     );
@@ -274,7 +276,10 @@ async fn a_removed_component_is_pruned_while_its_volumes_stay() {
     live.sort();
     assert_eq!(
         live,
-        ["data-todo-chatbot-postgres-0", "todo-chatbot-postgres-backup"],
+        [
+            "data-todo-chatbot-postgres-0",
+            "todo-chatbot-postgres-backup"
+        ],
         "neither the StatefulSet's nor the chart's data volume is ever pruned"
     );
     ns.cleanup().await;
