@@ -460,3 +460,66 @@ async fn an_unreadable_status_record_is_reported_and_kept_not_overwritten() {
     assert!(keys.contains(aside[0]), "{keys:?}");
     ns.cleanup().await;
 }
+
+#[tokio::test]
+async fn the_daemon_never_logs_or_records_a_refused_credentials_value() {
+    use std::io::{BufRead, BufReader};
+    use std::sync::{Arc, Mutex};
+
+    let ns = TestNamespace::new("hostile-secret").await;
+    let repo = todo_repo(ns.name());
+    let mut cmd = on_bed(converge());
+    cmd.args(["run", "--repo"])
+        .arg(repo.path())
+        .args(["--context", &crate::support::current_context()])
+        .args(["--log", "debug", "--log-format", "json"])
+        .args(["--resync", "1h", "--timeout", "60s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn converge run");
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = lines.clone();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let head = repo.head();
+    let deadline = Instant::now() + Duration::from_secs(150);
+    while !status_record(&ns).await.0.is_some_and(|s| s.contains(&head)) {
+        assert!(Instant::now() < deadline, "commit {head} not applied in time");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A credential pasted as a plain value, and by mistake into a quantity too: the quantity's
+    // message would quote it.
+    let secret = "hunter2-daemon-secret";
+    repo.write(
+        "desired/backend.yaml",
+        format!("apiVersion: converge.dev/v1alpha1\nkind: Component\nname: backend\nimage:\n  ref: todo-backend:test\nreplicas: 1\nenv:\n  DB_PASSWORD: {secret}\nresources:\n  requests: {{cpu: {secret}}}\ndependsOn: [postgres]\n"),
+    );
+    repo.commit("a credential in plain env");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let record = loop {
+        let s = status_record(&ns).await.0.unwrap_or_default();
+        if s.contains("ValidationFailed") && s.contains("desired/backend.yaml") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no ValidationFailed status: {s}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(record.contains("********"), "{record}");
+    assert!(!record.contains(secret), "{record}");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "no exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = lines.lock().unwrap().join("\n");
+    assert!(log.contains("desired/backend.yaml"), "{log}");
+    assert!(!log.contains(secret), "{log}");
+    ns.cleanup().await;
+}
