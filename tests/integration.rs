@@ -28,6 +28,10 @@ mod daemon;
 #[path = "integration/operate.rs"]
 mod operate;
 
+#[path = "integration/hostile.rs"]
+mod hostile;
+#[path = "integration/node.rs"]
+mod node;
 #[path = "integration/realnode.rs"]
 mod realnode;
 #[path = "integration/service.rs"]
@@ -36,5 +40,3 @@ mod service;
 mod standins;
 #[path = "integration/ux.rs"]
 mod ux;
-#[path = "integration/node.rs"]
-mod node;

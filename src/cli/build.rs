@@ -226,12 +226,12 @@ pub(super) fn run(args: &BuildArgs) -> u8 {
             if args.output == Format::Text {
                 let line = format!("{}  {}  {word}", o.component, o.image);
                 match reason {
-                    Some(r) => println!("{line}: {r}"),
-                    None => println!("{line}"),
+                    Some(r) => outln!("{line}: {r}"),
+                    None => outln!("{line}"),
                 }
                 if let Some(t) = tail.filter(|t| !t.is_empty()) {
                     for l in t.lines() {
-                        println!("    | {l}");
+                        outln!("    | {l}");
                     }
                 }
             }
@@ -246,7 +246,7 @@ pub(super) fn run(args: &BuildArgs) -> u8 {
         }
         let builder = build::builder_name(choice.builder);
         if args.output == Format::Text {
-            println!(
+            outln!(
                 "stack {label}: {}, builder {builder} ({}), {}, {} (commit {})",
                 super::validate::plural(plans.len(), "image"),
                 choice.reason,

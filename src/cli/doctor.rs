@@ -85,9 +85,9 @@ fn print_text(checks: &[Check]) {
             Status::Fail => ("FAIL", "31;1"),
         };
         let word = super::paint(color, code, word);
-        println!("{word} {:<9} {}", c.check, c.message);
+        outln!("{word} {:<9} {}", c.check, c.message);
         if let Some(fix) = &c.fix {
-            println!("     {:<9} fix: {fix}", "");
+            outln!("     {:<9} fix: {fix}", "");
         }
     }
     let failed = checks.iter().filter(|c| c.status == Status::Fail).count();
@@ -97,7 +97,7 @@ fn print_text(checks: &[Check]) {
         (0, _) => "no failures (warnings do not fail doctor)",
         _ => "fix the failures above",
     };
-    println!(
+    outln!(
         "{}: {} passed, {} failed, {}; {verdict}",
         plural(checks.len(), "check"),
         checks.len() - failed - warned,

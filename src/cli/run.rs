@@ -115,7 +115,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, u8> {
         .enable_all()
         .build()
         .map_err(|e| {
-            eprintln!("error: starting the async runtime: {e}");
+            errln!("error: starting the async runtime: {e}");
             EXIT_ERROR
         })
 }
@@ -153,7 +153,7 @@ pub(super) fn sync(args: &SyncArgs) -> u8 {
     };
     match rt.block_on(daemon::request_sync(&args.repo)) {
         Ok(msg) => {
-            eprintln!("{msg}");
+            errln!("{msg}");
             EXIT_OK
         }
         Err(e) => {
@@ -459,7 +459,7 @@ pub(super) fn service(args: &ServiceArgs) -> u8 {
     })();
     match result {
         Ok(msg) => {
-            print!("{msg}");
+            out!("{msg}");
             EXIT_OK
         }
         Err(e) => {

@@ -595,8 +595,9 @@ async fn record_at(
                 continue;
             }
         };
-        let old = match status::load(cluster.client(), &t.namespace, &t.stack).await {
-            Ok(o) => o,
+        // An unreadable record is kept aside (and logged) before this one replaces it.
+        let old = match status::load_for_update(cluster.client(), &t.namespace, &t.stack).await {
+            Ok((o, _kept_aside)) => o,
             Err(e) => {
                 warn!(stack = %t.stack, error = %e, "status not recorded");
                 continue;

@@ -144,6 +144,8 @@ pub struct StackReport {
     pub reason: String,
     /// Every problem, one line each.
     pub errors: Vec<String>,
+    /// What went wrong but was handled (an unreadable status record kept aside), one line each.
+    pub warnings: Vec<String>,
     /// Objects applied (created or changed).
     pub applied: Vec<String>,
     /// Objects left alone because nothing changed.
@@ -640,8 +642,11 @@ struct Run<'a> {
     blocked: BTreeMap<String, String>,
     failed: BTreeMap<String, String>,
     errors: Vec<String>,
+    warnings: Vec<String>,
     health: BTreeMap<String, (ObjectKey, Value)>,
     namespace_ready: bool,
+    /// The old status was read (or kept aside): only then may a new one be written over it.
+    status_read: bool,
     /// A `health.wait` progress event was sent and its `health.done` is still due.
     health_reported: bool,
     /// Components whose apply failed in a way only a new commit or a person fixes.
@@ -698,6 +703,8 @@ impl<'a> Run<'a> {
             blocked: BTreeMap::new(),
             failed: BTreeMap::new(),
             errors: Vec::new(),
+            warnings: Vec::new(),
+            status_read: false,
             health: BTreeMap::new(),
             namespace_ready: false,
             health_reported: false,
@@ -736,11 +743,14 @@ impl<'a> Run<'a> {
         self.namespace_ready = true;
         let (inv, old_status) = tokio::join!(
             inventory::load(self.cluster.client(), self.ns(), &self.stack.spec.name),
-            status::load(self.cluster.client(), self.ns(), &self.stack.spec.name),
+            status::load_for_update(self.cluster.client(), self.ns(), &self.stack.spec.name),
         );
         self.loaded_inventory = inv.map_err(|e| (reason::APPLY_FAILED, e.to_string()))?;
         self.inventory = self.loaded_inventory.clone();
-        self.old_status = old_status.map_err(cluster_err)?;
+        let (old_status, kept_aside) = old_status.map_err(cluster_err)?;
+        self.old_status = old_status;
+        self.status_read = true;
+        self.warnings.extend(kept_aside);
         let install = self.loaded_inventory.is_empty();
         self.check_secrets().await.map_err(cluster_err)?;
         self.list_live(&rendered).await;
@@ -1649,8 +1659,9 @@ impl<'a> Run<'a> {
         if !ready && !preempted && !errors.contains(&message) {
             errors.insert(0, message);
         }
-        // An unreachable cluster leaves nothing to write to.
-        if write && self.namespace_ready {
+        // An unreachable cluster leaves nothing to write to, and a record that could not be read
+        // (or kept aside) is never written over: its history would be lost.
+        if write && self.namespace_ready && self.status_read {
             if let Err(e) = status::save(self.cluster.client(), &status).await {
                 warn!(error = %e, "status not recorded");
                 errors.push(format!("recording status: {e}"));
@@ -1665,6 +1676,7 @@ impl<'a> Run<'a> {
             ready,
             reason: why.to_string(),
             errors,
+            warnings: self.warnings.clone(),
             applied: self.applied,
             unchanged: self.unchanged,
             pruned: self.pruned,

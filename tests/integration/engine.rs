@@ -201,13 +201,31 @@ async fn a_replicas_change_patches_only_that_deployment() {
     ns.cleanup().await;
 }
 
+/// A claim the chart renders itself (not one a StatefulSet makes from its volumeClaimTemplates,
+/// which is never in the inventory): only the prune guard keeps it when its component goes.
+const RENDERED_CLAIM: &str = "{{- if .Values.postgres.enabled }}\napiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: {{ .Release.Name }}-postgres-backup\n  namespace: {{ .Release.Namespace }}\nspec:\n  accessModes: [ReadWriteOnce]\n  resources:\n    requests:\n      storage: 64Mi\n{{- end }}\n";
+
 #[tokio::test]
-async fn a_removed_component_is_pruned_while_its_volume_stays() {
+async fn a_removed_component_is_pruned_while_its_volumes_stay() {
     let ns = TestNamespace::new("engine-prune").await;
     create_secret(&ns, ALL_KEYS).await;
     let repo = stack_repo(ns.name());
+    repo.write(
+        "charts/todo-chatbot/templates/postgres-backup-pvc.yaml",
+        RENDERED_CLAIM,
+    );
+    repo.commit("postgres gets a backup claim rendered by the chart");
     let opts = options();
-    ready(&repo, &opts).await;
+    let first = ready(&repo, &opts).await;
+    let claim = format!(
+        "PersistentVolumeClaim/todo-chatbot-postgres-backup (namespace {})",
+        ns.name()
+    );
+    assert!(
+        first.applied.contains(&claim),
+        "the rendered claim is applied, so it is in the inventory: {:?}",
+        first.applied
+    );
     repo.remove("desired/postgres.yaml");
     repo.write(
         "desired/backend.yaml",
@@ -232,12 +250,38 @@ async fn a_removed_component_is_pruned_while_its_volume_stays() {
         "{:?}",
         r.pruned
     );
+    assert!(
+        !r.pruned
+            .iter()
+            .any(|p| p.starts_with("PersistentVolumeClaim/")),
+        "no claim is pruned: {:?}",
+        r.pruned
+    );
+    assert!(
+        r.kept.iter().any(|k| k.starts_with(&claim)),
+        "the rendered claim is kept, with why: {:?}",
+        r.kept
+    );
     let pvcs = ns
         .api::<PersistentVolumeClaim>()
         .list(&Default::default())
         .await
         .unwrap();
-    assert_eq!(pvcs.items.len(), 1, "the data volume is never pruned");
+    let mut live: Vec<_> = pvcs
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| p.metadata.name.clone().unwrap_or_default())
+        .collect();
+    live.sort();
+    assert_eq!(
+        live,
+        [
+            "data-todo-chatbot-postgres-0",
+            "todo-chatbot-postgres-backup"
+        ],
+        "neither the StatefulSet's nor the chart's data volume is ever pruned"
+    );
     ns.cleanup().await;
 }
 
