@@ -329,24 +329,48 @@ import_image() {
 # non-zero on failure, and prints on stdout the paths of image archives
 # (`docker save` or OCI format), one per line, that the real node's
 # containerd must have; each is imported into the k8s.io namespace.
-load_base_images() {
+#
+# start_base_images runs it in the background as soon as dockerd answers
+# (loading the stand-ins takes about as long as starting the node);
+# finish_base_images waits for it, showing its progress, and imports.
+BASE_IMAGES_PID=""
+start_base_images() {
   local build="$TESTBED_SRC/images/build"
   [[ -x "$build" ]] || return 0
   if ((!WITH_DOCKER)); then
     log "real node: no base images (they are built on the bed's dockerd, off with CONVERGE_TESTBED_NO_DOCKER=1)"
     return 0
   fi
-  log "real node: base images ($build)"
-  local archives archive
-  archives="$(
-    export DOCKER_HOST="unix://$BED_DIR/docker.sock" DOCKER_BUILDKIT=0 CONVERGE_TESTBED_DIR="$BED_DIR"
-    "$build"
-  )" || die "building the base images failed: see the output of $build above"
+  log "real node: base images ($build), in the background"
+  # Its own session, so that a failed `up` can stop it and all its children.
+  DOCKER_HOST="unix://$BED_DIR/docker.sock" DOCKER_BUILDKIT=0 CONVERGE_TESTBED_DIR="$BED_DIR" \
+    setsid "$build" </dev/null >"$BED_DIR/base-images.list" 2>"$LOGS/base-images.log" 9>&- &
+  BASE_IMAGES_PID=$!
+}
+
+finish_base_images() {
+  [[ -n "$BASE_IMAGES_PID" ]] || return 0
+  local pid="$BASE_IMAGES_PID" rc=0
+  # Its progress so far, then live until it ends.
+  tail -n +1 --pid="$pid" -f "$LOGS/base-images.log" >&2
+  wait "$pid" || rc=$?
+  BASE_IMAGES_PID=""
+  ((rc == 0)) || die "building the base images failed (exit $rc; the output of $TESTBED_SRC/images/build is above and in $LOGS/base-images.log)"
+  local archive
   while IFS= read -r archive; do
     [[ -n "$archive" ]] || continue
-    [[ -s "$archive" ]] || die "$build listed $archive, which does not exist"
+    [[ -s "$archive" ]] || die "$TESTBED_SRC/images/build listed $archive, which does not exist"
     import_image "$archive"
-  done <<<"$archives"
+  done <"$BED_DIR/base-images.list"
+}
+
+# Stops a background base-image build (a failed `up`).
+stop_base_images() {
+  [[ -n "$BASE_IMAGES_PID" ]] || return 0
+  kill -TERM -- "-$BASE_IMAGES_PID" 2>/dev/null
+  wait "$BASE_IMAGES_PID" 2>/dev/null
+  BASE_IMAGES_PID=""
+  return 0
 }
 
 # --- kubelet, kube-proxy, CoreDNS ---------------------------------------------------
@@ -494,7 +518,7 @@ start_node() {
   start_kubelet
   start_kube_proxy
   start_coredns
-  load_base_images
+  finish_base_images
 }
 
 # --- cleanup (down, or the next up after a crash) ------------------------------------
