@@ -59,3 +59,14 @@ lock_bed() {
   fi
   export CONVERGE_TESTBED_LOCKED="$BED_DIR"
 }
+
+# Names of the Docker engine's bridge network, derived from the bed directory (see
+# setup_docker_bridge in up; removed by down).
+bed_net_names() {
+  local h
+  h="$(printf '%s' "$BED_DIR" | sha256sum | cut -c1-6)"
+  DOCKER_BRIDGE="cvg$h"
+  DOCKER_SUBNET="172.30.$((16#${h:0:2})).0/24"
+  DOCKER_GW="${DOCKER_SUBNET%.0/24}.1"
+  NET_TAG="converge-testbed:$BED_DIR"
+}
