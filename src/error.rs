@@ -44,6 +44,21 @@ pub enum Error {
     /// The cluster failed.
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
+    /// A running daemon manages the stack: a one-shot apply would be undone by it, or undo it.
+    #[error("a converge daemon manages stack `{stack}` (Lease {namespace}/converge-{stack} is held by {holder}, checkout {checkout}): it deploys the tip of its branch and this apply would silently roll the cluster to another commit. Commit and let the daemon deploy it, stop the daemon, or re-run with --force to apply anyway (the daemon then reconciles its tip again)")]
+    DaemonRunning {
+        /// The stack.
+        stack: String,
+        /// Its namespace.
+        namespace: String,
+        /// The daemon's identity (`host/pid`).
+        holder: String,
+        /// The checkout it deploys from.
+        checkout: String,
+    },
+    /// Reading the stack's Lease failed.
+    #[error(transparent)]
+    Lease(#[from] crate::cluster::lease::LeaseError),
 }
 
 /// `1 error`, `2 errors`.
@@ -71,6 +86,8 @@ impl Error {
                 | crate::cluster::ClusterError::Invalid { .. },
             ) => Disposition::Stalled,
             Error::Cluster(_) => Disposition::Retry,
+            Error::DaemonRunning { .. } => Disposition::Stalled,
+            Error::Lease(_) => Disposition::Retry,
         }
     }
 
@@ -81,7 +98,8 @@ impl Error {
             Error::Invalid { .. } | Error::UnknownStack { .. } => "ValidationFailed",
             Error::Render(_) => crate::vocabulary::reason::RENDER_FAILED,
             Error::Build(_) => crate::vocabulary::reason::BUILD_FAILED,
-            Error::Cluster(_) => crate::vocabulary::reason::CLUSTER_UNREACHABLE,
+            Error::Cluster(_) | Error::Lease(_) => crate::vocabulary::reason::CLUSTER_UNREACHABLE,
+            Error::DaemonRunning { .. } => "DaemonRunning",
         }
     }
 }

@@ -57,4 +57,7 @@ pub mod reason {
     pub const HOOK_FAILED: &str = "HookFailed";
     /// The cluster could not be reached.
     pub const CLUSTER_UNREACHABLE: &str = "ClusterUnreachable";
+    /// Applied, but the health wait was cut short because newer work (a new commit, a drift,
+    /// shutdown) was waiting; the next reconcile picks up from here.
+    pub const PROGRESSING: &str = "Progressing";
 }

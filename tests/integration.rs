@@ -1,5 +1,6 @@
 //! Integration tests against the testbed (tests/testbed/up): a real
-//! Kubernetes control plane with a kwok node, and a private Docker engine.
+//! Kubernetes control plane with a kwok node and a real node, and a private
+//! Docker engine.
 //! Each test module lives in tests/integration/; shared helpers in
 //! tests/support/.
 
@@ -27,5 +28,15 @@ mod daemon;
 #[path = "integration/operate.rs"]
 mod operate;
 
+#[path = "integration/hostile.rs"]
+mod hostile;
+#[path = "integration/node.rs"]
+mod node;
+#[path = "integration/realnode.rs"]
+mod realnode;
+#[path = "integration/service.rs"]
+mod service;
+#[path = "integration/standins.rs"]
+mod standins;
 #[path = "integration/ux.rs"]
 mod ux;

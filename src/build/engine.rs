@@ -1,5 +1,7 @@
 //! Image engines: the Docker CLI (for `docker` and for minikube's Docker through `minikube
-//! docker-env`), `minikube image`, a user command template, or none. Owns every process converge
+//! docker-env`), `minikube image`, a user command template, or none; and the load step that
+//! hands an image the Docker engine built to a node runtime without a registry (`kind load
+//! docker-image`, or `ctr images import` into a node's containerd). Owns every process converge
 //! starts for images; always argv vectors with a timeout, never a shell. Never reads git.
 
 use std::collections::{HashSet, VecDeque};
@@ -31,6 +33,8 @@ pub enum Existence {
     Missing,
     /// The engine cannot tell (the `none` builder, or a command builder without a check).
     Unknown,
+    /// The build engine has the tag but the node's runtime does not: load it, don't rebuild.
+    NotLoaded,
 }
 
 /// How many engine calls were made, by kind: the figure a no-change reconcile is judged by.
@@ -39,6 +43,7 @@ pub struct EngineCalls {
     checks: AtomicUsize,
     builds: AtomicUsize,
     pushes: AtomicUsize,
+    loads: AtomicUsize,
     other: AtomicUsize,
 }
 
@@ -51,6 +56,8 @@ pub struct CallCounts {
     pub builds: usize,
     /// Pushes.
     pub pushes: usize,
+    /// Loads into a node's runtime (`ctr images import`, `kind load docker-image`).
+    pub loads: usize,
     /// Anything else (`minikube docker-env`, listing and removing for pruning).
     pub other: usize,
 }
@@ -66,6 +73,7 @@ impl EngineCalls {
             checks: self.checks.load(Ordering::Relaxed),
             builds: self.builds.load(Ordering::Relaxed),
             pushes: self.pushes.load(Ordering::Relaxed),
+            loads: self.loads.load(Ordering::Relaxed),
             other: self.other.load(Ordering::Relaxed),
         }
     }
@@ -128,6 +136,102 @@ pub fn docker_inspect_args(image: &str) -> Vec<String> {
     ["image", "inspect", "--format", "{{.Id}}", image]
         .map(String::from)
         .to_vec()
+}
+
+/// Where a built image is handed to the cluster's node runtime when there is no registry: the
+/// `kind load docker-image` pattern. The Docker engine builds; the loader copies the image into
+/// the runtime the kubelet pulls from, so the Pod runs exactly the image converge built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Loader {
+    /// `docker save` then `ctr images import` into a containerd the node runs on this machine
+    /// (the project's testbed, k3s, a kubeadm node on a laptop).
+    Containerd {
+        /// containerd's socket (`CONTAINERD_ADDRESS`).
+        address: String,
+        /// containerd namespace the CRI plugin uses (`k8s.io`).
+        namespace: String,
+    },
+    /// `kind load docker-image --name <cluster>`.
+    Kind {
+        /// The kind cluster's name (the kube context without its `kind-` prefix).
+        cluster: String,
+    },
+}
+
+impl Loader {
+    /// Where images go, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Loader::Containerd { address, namespace } => {
+                format!("containerd at {address} (namespace {namespace})")
+            }
+            Loader::Kind { cluster } => format!("kind cluster {cluster}"),
+        }
+    }
+}
+
+/// The name a CRI runtime files an image under: Docker's short names are expanded
+/// (`todo-backend:1` → `docker.io/library/todo-backend:1`), as `ctr images import` does.
+pub fn normalized_reference(image: &str) -> String {
+    let first = image.split('/').next().unwrap_or(image);
+    let has_registry =
+        image.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
+    if has_registry {
+        image.to_string()
+    } else if image.contains('/') {
+        format!("docker.io/{image}")
+    } else {
+        format!("docker.io/library/{image}")
+    }
+}
+
+/// Arguments of `ctr images ls` filtered to one reference: prints its name when present.
+pub fn ctr_ls_args(address: &str, namespace: &str, image: &str) -> Vec<String> {
+    vec![
+        "--address".into(),
+        address.into(),
+        "--namespace".into(),
+        namespace.into(),
+        "images".into(),
+        "ls".into(),
+        "-q".into(),
+        format!("name=={}", normalized_reference(image)),
+    ]
+}
+
+/// Arguments of `ctr images import` for a `docker save` archive.
+pub fn ctr_import_args(address: &str, namespace: &str, archive: &Path) -> Vec<String> {
+    vec![
+        "--address".into(),
+        address.into(),
+        "--namespace".into(),
+        namespace.into(),
+        "images".into(),
+        "import".into(),
+        archive.to_string_lossy().into_owned(),
+    ]
+}
+
+/// Arguments of `kind load docker-image`.
+pub fn kind_load_args(cluster: &str, image: &str) -> Vec<String> {
+    ["load", "docker-image", image, "--name", cluster]
+        .map(String::from)
+        .to_vec()
+}
+
+/// Arguments of a `docker exec` into kind's control-plane node listing one image.
+pub fn kind_ls_args(cluster: &str, image: &str) -> Vec<String> {
+    vec![
+        "exec".into(),
+        format!("{cluster}-control-plane"),
+        "ctr".into(),
+        "--namespace".into(),
+        "k8s.io".into(),
+        "images".into(),
+        "ls".into(),
+        "-q".into(),
+        format!("name=={}", normalized_reference(image)),
+    ]
 }
 
 /// What to build: everything but the context itself.
@@ -506,6 +610,8 @@ enum Kind {
 #[derive(Debug)]
 pub struct Engine {
     kind: Kind,
+    /// Where a Docker build is loaded afterwards (only with the Docker CLI).
+    load: Option<Loader>,
     calls: Arc<EngineCalls>,
     check_timeout: Duration,
     build_timeout: Duration,
@@ -528,8 +634,25 @@ pub enum BuildResult {
 impl Engine {
     /// The engine for `opts.builder`.
     pub fn new(opts: &BuildOptions) -> Result<Self, BuildError> {
+        let mut load = None;
         let kind = match opts.builder {
             BuilderKind::Docker => Kind::Docker(DockerCli::new(opts.docker_host.as_deref())),
+            BuilderKind::Containerd => {
+                load = Some(Loader::Containerd {
+                    address: opts.containerd_address(),
+                    namespace: opts.containerd_namespace(),
+                });
+                Kind::Docker(DockerCli::new(opts.docker_host.as_deref()))
+            }
+            BuilderKind::Kind => {
+                load = Some(Loader::Kind {
+                    cluster: opts
+                        .kind_cluster
+                        .clone()
+                        .ok_or(BuildError::MissingKindCluster)?,
+                });
+                Kind::Docker(DockerCli::new(opts.docker_host.as_deref()))
+            }
             BuilderKind::Minikube => Kind::Minikube {
                 profile: opts.minikube_profile.clone(),
                 mode: OnceCell::new(),
@@ -547,6 +670,7 @@ impl Engine {
         };
         Ok(Self {
             kind,
+            load,
             calls: Arc::new(EngineCalls::default()),
             check_timeout: opts.check_timeout,
             build_timeout: opts.build_timeout,
@@ -555,12 +679,19 @@ impl Engine {
 
     /// The builder kind.
     pub fn builder(&self) -> BuilderKind {
-        match self.kind {
-            Kind::Docker(_) => BuilderKind::Docker,
-            Kind::Minikube { .. } => BuilderKind::Minikube,
-            Kind::Command { .. } => BuilderKind::Command,
-            Kind::None => BuilderKind::None,
+        match (&self.kind, &self.load) {
+            (_, Some(Loader::Containerd { .. })) => BuilderKind::Containerd,
+            (_, Some(Loader::Kind { .. })) => BuilderKind::Kind,
+            (Kind::Docker(_), None) => BuilderKind::Docker,
+            (Kind::Minikube { .. }, None) => BuilderKind::Minikube,
+            (Kind::Command { .. }, None) => BuilderKind::Command,
+            (Kind::None, None) => BuilderKind::None,
         }
+    }
+
+    /// Where built images are loaded, if anywhere.
+    pub fn loader(&self) -> Option<&Loader> {
+        self.load.as_ref()
     }
 
     /// The calls made so far.
@@ -613,8 +744,169 @@ impl Engine {
         .cloned()
     }
 
-    /// Asks the target whether `image` exists (one engine call, none for `none`).
+    /// Asks the target whether `image` exists: the node's runtime when images are loaded (and
+    /// then the build engine, so an image built before is loaded, not rebuilt), else the engine.
     pub async fn exists(
+        &self,
+        image: &str,
+        cancel: &watch::Receiver<bool>,
+    ) -> Result<Existence, BuildError> {
+        let Some(loader) = &self.load else {
+            return self.engine_exists(image, cancel).await;
+        };
+        if self.node_has(loader, image, cancel).await? {
+            return Ok(Existence::Present);
+        }
+        Ok(match self.engine_exists(image, cancel).await? {
+            Existence::Present => Existence::NotLoaded,
+            other => other,
+        })
+    }
+
+    /// One call asking the node's runtime for `image`.
+    async fn node_has(
+        &self,
+        loader: &Loader,
+        image: &str,
+        cancel: &watch::Receiver<bool>,
+    ) -> Result<bool, BuildError> {
+        EngineCalls::bump(&self.calls.checks);
+        let (program, args, env, host) = match loader {
+            Loader::Containerd { address, namespace } => (
+                "ctr".to_string(),
+                ctr_ls_args(address, namespace, image),
+                Vec::new(),
+                loader.describe(),
+            ),
+            Loader::Kind { cluster } => {
+                let Kind::Docker(cli) = &self.kind else {
+                    return Ok(false);
+                };
+                (
+                    cli.program.clone(),
+                    kind_ls_args(cluster, image),
+                    cli.env.clone(),
+                    loader.describe(),
+                )
+            }
+        };
+        let out = run(
+            &program,
+            &args,
+            &env,
+            None,
+            self.check_timeout,
+            cancel.clone(),
+            image,
+        )
+        .await
+        .map_err(|e| run_error(&program, &args, e, host.clone()))?;
+        if !out.status.success() {
+            return Err(BuildError::Unreachable {
+                host,
+                detail: last_line(&out.stderr),
+                hint: match loader {
+                    Loader::Containerd { .. } => "start the node's containerd, or point CONTAINERD_ADDRESS at its socket (the testbed's env file sets it)".into(),
+                    Loader::Kind { cluster } => format!("start the cluster with `kind create cluster --name {cluster}`, or choose another builder with `--builder`"),
+                },
+            });
+        }
+        Ok(!out.stdout.trim().is_empty())
+    }
+
+    /// Copies `image` from the build engine into the node's runtime. `Ok(Failed)` when the
+    /// engine or the runtime refuses; `Err` when a tool is missing or the call was cancelled.
+    pub async fn load(
+        &self,
+        image: &str,
+        cancel: &watch::Receiver<bool>,
+    ) -> Result<BuildResult, BuildError> {
+        let (Some(loader), Kind::Docker(cli)) = (&self.load, &self.kind) else {
+            return Ok(BuildResult::Built);
+        };
+        EngineCalls::bump(&self.calls.loads);
+        let step = |what: &str, out: RunOutput| {
+            let reason = format!(
+                "built, but loading into {} failed at `{what}`: {}",
+                loader.describe(),
+                last_line(&out.stderr)
+            );
+            BuildResult::Failed {
+                tail: out.tail,
+                reason,
+            }
+        };
+        match loader {
+            Loader::Kind { cluster } => {
+                let args = kind_load_args(cluster, image);
+                let out = run(
+                    "kind",
+                    &args,
+                    &cli.env,
+                    None,
+                    self.build_timeout,
+                    cancel.clone(),
+                    image,
+                )
+                .await
+                .map_err(|e| run_error("kind", &args, e, loader.describe()))?;
+                if !out.status.success() {
+                    return Ok(step("kind load docker-image", out));
+                }
+            }
+            Loader::Containerd { address, namespace } => {
+                // `docker save` to a file rather than a pipe between two children: both stay
+                // argv-only processes with their own timeout and exit status.
+                let dir = tempfile::Builder::new()
+                    .prefix("converge-load-")
+                    .tempdir()
+                    .map_err(|source| BuildError::Io {
+                        what: "creating a temporary directory for `docker save`".into(),
+                        source,
+                    })?;
+                let archive = dir.path().join("image.tar");
+                let args: Vec<String> = vec![
+                    "save".into(),
+                    "-o".into(),
+                    archive.to_string_lossy().into_owned(),
+                    image.into(),
+                ];
+                let out = run(
+                    &cli.program,
+                    &args,
+                    &cli.env,
+                    None,
+                    self.build_timeout,
+                    cancel.clone(),
+                    image,
+                )
+                .await
+                .map_err(|e| run_error(&cli.program, &args, e, cli.host.clone()))?;
+                if !out.status.success() {
+                    return Ok(step("docker save", out));
+                }
+                let args = ctr_import_args(address, namespace, &archive);
+                let out = run(
+                    "ctr",
+                    &args,
+                    &[],
+                    None,
+                    self.build_timeout,
+                    cancel.clone(),
+                    image,
+                )
+                .await
+                .map_err(|e| run_error("ctr", &args, e, loader.describe()))?;
+                if !out.status.success() {
+                    return Ok(step("ctr images import", out));
+                }
+            }
+        }
+        Ok(BuildResult::Built)
+    }
+
+    /// Asks the build engine itself whether `image` exists (one call, none for `none`).
+    async fn engine_exists(
         &self,
         image: &str,
         cancel: &watch::Receiver<bool>,
@@ -856,6 +1148,9 @@ impl Engine {
                 return Ok(f);
             }
         }
+        if self.load.is_some() {
+            return self.load(req.image, cancel).await;
+        }
         Ok(BuildResult::Built)
     }
 
@@ -963,6 +1258,65 @@ fn run_error(program: &str, args: &[String], e: RunError, host: String) -> Build
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_short_docker_name_is_filed_under_docker_io_library_as_cri_runtimes_do() {
+        assert_eq!(
+            normalized_reference("todo-backend:0123456789ab"),
+            "docker.io/library/todo-backend:0123456789ab"
+        );
+        assert_eq!(normalized_reference("me/app:1"), "docker.io/me/app:1");
+        assert_eq!(
+            normalized_reference("localhost:5000/app:1"),
+            "localhost:5000/app:1"
+        );
+        assert_eq!(normalized_reference("ghcr.io/o/app:1"), "ghcr.io/o/app:1");
+    }
+
+    #[test]
+    fn loads_are_argv_vectors_naming_the_node_runtime() {
+        assert_eq!(
+            ctr_ls_args("/run/c.sock", "k8s.io", "app:1").join(" "),
+            "--address /run/c.sock --namespace k8s.io images ls -q name==docker.io/library/app:1"
+        );
+        assert_eq!(
+            ctr_import_args("/run/c.sock", "k8s.io", Path::new("/tmp/x/image.tar")).join(" "),
+            "--address /run/c.sock --namespace k8s.io images import /tmp/x/image.tar"
+        );
+        assert_eq!(
+            kind_load_args("dev", "app:1").join(" "),
+            "load docker-image app:1 --name dev"
+        );
+        assert_eq!(
+            kind_ls_args("dev", "app:1")[..2].join(" "),
+            "exec dev-control-plane"
+        );
+    }
+
+    #[test]
+    fn the_loading_builders_report_their_own_kind() {
+        let mut opts = BuildOptions::new(BuilderKind::Containerd);
+        opts.containerd_address = Some("/run/x.sock".into());
+        let e = Engine::new(&opts).expect("containerd engine");
+        assert_eq!(e.builder(), BuilderKind::Containerd);
+        assert_eq!(
+            e.loader(),
+            Some(&Loader::Containerd {
+                address: "/run/x.sock".into(),
+                namespace: opts.containerd_namespace()
+            })
+        );
+        assert!(matches!(
+            Engine::new(&BuildOptions::new(BuilderKind::Kind)),
+            Err(BuildError::MissingKindCluster)
+        ));
+        let mut kind = BuildOptions::new(BuilderKind::Kind);
+        kind.kind_cluster = Some("dev".into());
+        assert_eq!(
+            Engine::new(&kind).expect("kind engine").builder(),
+            BuilderKind::Kind
+        );
+    }
 
     fn req() -> BuildRequest<'static> {
         BuildRequest {

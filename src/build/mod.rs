@@ -89,6 +89,9 @@ pub enum BuildError {
     /// A build was asked of the `none` builder.
     #[error("the `none` builder builds nothing")]
     NoBuilder,
+    /// `builder: kind` on a context that names no kind cluster.
+    #[error("the kind builder needs a `kind-<cluster>` kube context (or choose another builder with `--builder`)")]
+    MissingKindCluster,
     /// Shutdown was requested; running builds were killed.
     #[error("image builds were cancelled")]
     Cancelled,
@@ -122,6 +125,12 @@ pub struct BuildOptions {
     pub command_exists_template: Option<String>,
     /// The minikube profile (`minikube -p`); minikube's current one when `None`.
     pub minikube_profile: Option<String>,
+    /// The `containerd` builder's socket; `$CONTAINERD_ADDRESS`, else containerd's default.
+    pub containerd_address: Option<String>,
+    /// The `containerd` builder's namespace; `$CONTAINERD_NAMESPACE`, else `k8s.io` (CRI's).
+    pub containerd_namespace: Option<String>,
+    /// The `kind` builder's cluster (from a `kind-<name>` context).
+    pub kind_cluster: Option<String>,
     /// Limit for existence checks and other short calls.
     pub check_timeout: Duration,
     /// Limit for one build (and push).
@@ -138,6 +147,9 @@ impl Default for BuildOptions {
             docker_host: None,
             command_exists_template: None,
             minikube_profile: None,
+            containerd_address: None,
+            containerd_namespace: None,
+            kind_cluster: None,
             check_timeout: Duration::from_secs(30),
             build_timeout: Duration::from_secs(30 * 60),
         }
@@ -155,69 +167,137 @@ impl BuildOptions {
     }
 }
 
-/// The builder chosen for a stack and why, as `doctor` and `build` report it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct BuilderChoice {
-    /// The builder.
-    pub kind: BuilderKind,
-    /// Why it was chosen, in words (`--builder`, the stack's `builder`, the kube context…).
-    pub why: String,
-}
+impl BuildOptions {
+    /// The socket the `containerd` builder loads into.
+    pub fn containerd_address(&self) -> String {
+        self.containerd_address
+            .clone()
+            .or_else(|| env_nonempty("CONTAINERD_ADDRESS"))
+            .unwrap_or_else(|| DEFAULT_CONTAINERD_ADDRESS.into())
+    }
 
-/// The lowercase name of a builder, as flags and the desired state spell it.
-pub fn builder_name(kind: BuilderKind) -> &'static str {
-    match kind {
-        BuilderKind::Minikube => "minikube",
-        BuilderKind::Docker => "docker",
-        BuilderKind::Command => "command",
-        BuilderKind::None => "none",
+    /// The containerd namespace the `containerd` builder loads into.
+    pub fn containerd_namespace(&self) -> String {
+        self.containerd_namespace
+            .clone()
+            .or_else(|| env_nonempty("CONTAINERD_NAMESPACE"))
+            .unwrap_or_else(|| "k8s.io".into())
+    }
+
+    /// These options with the builder chosen for `stack` on the kube `context` actually used.
+    #[must_use]
+    pub fn for_stack(&self, cli: Option<BuilderKind>, stack: &Stack, context: &str) -> Self {
+        let choice = choose_builder(cli, stack, context, &BuildEnv::from_process());
+        Self {
+            builder: choice.builder,
+            kind_cluster: choice.kind_cluster,
+            ..self.clone()
+        }
     }
 }
 
-/// Chooses the builder for `stack` when converge talks to kube context `context` (the one
-/// actually used, which `--context` may override): `--builder`, else the stack's `builder`,
-/// else from the cluster. Every command that builds or checks the builder asks this one function.
+/// containerd's own default socket.
+pub const DEFAULT_CONTAINERD_ADDRESS: &str = "/run/containerd/containerd.sock";
+
+fn env_nonempty(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// What of the environment decides the builder (a value, so the choice is a pure function).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BuildEnv {
+    /// `CONTAINERD_ADDRESS`: the node's containerd is on this machine (as `DOCKER_HOST` after
+    /// `minikube docker-env` says the node's Docker is).
+    pub containerd_address: Option<String>,
+}
+
+impl BuildEnv {
+    /// Read from this process's environment.
+    pub fn from_process() -> Self {
+        Self {
+            containerd_address: env_nonempty("CONTAINERD_ADDRESS"),
+        }
+    }
+}
+
+/// The builder chosen, and why (shown by `converge doctor` and `converge build`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BuilderChoice {
+    /// The builder.
+    pub builder: BuilderKind,
+    /// The kind cluster, for [`BuilderKind::Kind`].
+    pub kind_cluster: Option<String>,
+    /// One line: why this builder.
+    pub reason: String,
+}
+
+/// Chooses how images reach the cluster converge is talking to: `--builder`, else the stack's
+/// `builder`, else from the kube context actually used — minikube builds into minikube's
+/// runtime, a `kind-<name>` context builds with Docker and `kind load`s, a node containerd on
+/// this machine (`CONTAINERD_ADDRESS`) builds with Docker and imports, anything else builds with
+/// Docker (a remote cluster also needs `image.build.push` or an explicit builder).
+pub fn choose_builder(
+    cli: Option<BuilderKind>,
+    stack: &Stack,
+    context: &str,
+    env: &BuildEnv,
+) -> BuilderChoice {
+    let kind_cluster = context.strip_prefix("kind-").map(str::to_string);
+    let choice = |builder: BuilderKind, reason: String| BuilderChoice {
+        builder,
+        kind_cluster: kind_cluster
+            .clone()
+            .filter(|_| builder == BuilderKind::Kind),
+        reason,
+    };
+    if let Some(b) = cli {
+        return choice(b, "chosen with --builder".into());
+    }
+    if let Some(b) = stack.spec.builder {
+        return choice(b, format!("the stack's `builder: {}`", b.as_str()));
+    }
+    if context == "minikube" || context.starts_with("minikube-") {
+        return choice(
+            BuilderKind::Minikube,
+            format!("context `{context}` is a minikube cluster: build into its runtime"),
+        );
+    }
+    if kind_cluster.is_some() {
+        return choice(
+            BuilderKind::Kind,
+            format!("context `{context}` is a kind cluster: build with Docker, then `kind load docker-image`"),
+        );
+    }
+    if let Some(address) = &env.containerd_address {
+        return choice(
+            BuilderKind::Containerd,
+            format!("CONTAINERD_ADDRESS={address}: build with Docker, then import into the node's containerd"),
+        );
+    }
+    choice(
+        BuilderKind::Docker,
+        format!("context `{context}` is not minikube or kind: build with Docker (DOCKER_HOST); a remote cluster needs `image.build.push: true`"),
+    )
+}
+
+/// The builder for a stack on the kube `context` actually used (see [`choose_builder`]).
+pub fn resolve_builder(cli: Option<BuilderKind>, stack: &Stack, context: &str) -> BuilderKind {
+    choose_builder(cli, stack, context, &BuildEnv::from_process()).builder
+}
+
+/// The builder for `stack` on kube context `context` (the one actually used), with the reason:
+/// what `doctor` and `build` report. See [`choose_builder`].
 pub fn select_builder(
     explicit: Option<BuilderKind>,
     stack: &Stack,
     context: &str,
 ) -> BuilderChoice {
-    if let Some(kind) = explicit {
-        return BuilderChoice {
-            kind,
-            why: "chosen with --builder".into(),
-        };
-    }
-    if let Some(kind) = stack.spec.builder {
-        return BuilderChoice {
-            kind,
-            why: format!("the stack's `builder: {}`", builder_name(kind)),
-        };
-    }
-    if context == "minikube" {
-        BuilderChoice {
-            kind: BuilderKind::Minikube,
-            why: "kube context `minikube` is a minikube cluster".into(),
-        }
-    } else {
-        BuilderChoice {
-            kind: BuilderKind::Docker,
-            why: format!(
-                "kube context `{context}` is not minikube: the Docker engine of DOCKER_HOST"
-            ),
-        }
-    }
+    choose_builder(explicit, stack, context, &BuildEnv::from_process())
 }
 
-/// The builder for a stack: the CLI's choice, else the stack's, else minikube when the stack's
-/// kubeconfig context is minikube, else docker.
-pub fn resolve_builder(cli: Option<BuilderKind>, stack: &Stack) -> BuilderKind {
-    cli.or(stack.spec.builder)
-        .unwrap_or(if stack.spec.context == "minikube" {
-            BuilderKind::Minikube
-        } else {
-            BuilderKind::Docker
-        })
+/// The lowercase name of a builder, as flags and the desired state spell it.
+pub fn builder_name(kind: BuilderKind) -> &'static str {
+    kind.as_str()
 }
 
 /// The image a component will run, named by its build-input digest.
@@ -243,6 +323,8 @@ pub enum Action {
     Exists,
     /// The tag was built now.
     Built,
+    /// The build engine had the tag; it was loaded into the node's runtime, not rebuilt.
+    Loaded,
     /// Not built and not confirmed to exist: the `none` builder computes tags only.
     Skipped,
     /// The build failed; the component keeps its previous image.
@@ -421,6 +503,19 @@ async fn ensure_one(
                 tracing::debug!(component = %plan.component, image = %plan.image, "builder `none`: image not confirmed");
             }
             return Ok(Action::Skipped);
+        }
+        Existence::NotLoaded => {
+            tracing::info!(component = %plan.component, image = %plan.image, "image built before; loading it into the node");
+            return match engine.load(&plan.image, cancel).await? {
+                engine::BuildResult::Built => Ok(Action::Loaded),
+                engine::BuildResult::Failed { tail, reason } => {
+                    tracing::error!(component = %plan.component, image = %plan.image, %reason, "image load failed");
+                    Ok(Action::Failed {
+                        log_tail: tail.join("\n"),
+                        reason,
+                    })
+                }
+            };
         }
         Existence::Missing | Existence::Unknown => {}
     }
@@ -750,13 +845,29 @@ mod tests {
             dir: "desired".into(),
             components: Vec::new(),
         };
-        assert_eq!(resolve_builder(None, &stack), BuilderKind::Minikube);
-        stack.spec.context = "kind-dev".into();
-        assert_eq!(resolve_builder(None, &stack), BuilderKind::Docker);
-        stack.spec.builder = Some(BuilderKind::Command);
-        assert_eq!(resolve_builder(None, &stack), BuilderKind::Command);
+        let none = BuildEnv::default();
+        let local = BuildEnv {
+            containerd_address: Some("/run/x.sock".into()),
+        };
+        // The context actually used decides, not the stack's declared `context: minikube`.
+        let pick = |stack: &Stack, ctx: &str, env: &BuildEnv| {
+            choose_builder(None, stack, ctx, env).builder
+        };
+        assert_eq!(pick(&stack, "minikube", &none), BuilderKind::Minikube);
+        assert_eq!(pick(&stack, "kind-dev", &none), BuilderKind::Kind);
         assert_eq!(
-            resolve_builder(Some(BuilderKind::None), &stack),
+            choose_builder(None, &stack, "kind-dev", &none).kind_cluster,
+            Some("dev".into())
+        );
+        assert_eq!(
+            pick(&stack, "converge-testbed", &local),
+            BuilderKind::Containerd
+        );
+        assert_eq!(pick(&stack, "gke_prod", &none), BuilderKind::Docker);
+        stack.spec.builder = Some(BuilderKind::Command);
+        assert_eq!(pick(&stack, "minikube", &none), BuilderKind::Command);
+        assert_eq!(
+            choose_builder(Some(BuilderKind::None), &stack, "minikube", &none).builder,
             BuilderKind::None
         );
     }

@@ -52,6 +52,10 @@ pub struct ApplyArgs {
     /// Compare every object with the cluster, not only those whose render or live spec moved.
     #[arg(long)]
     full: bool,
+    /// Apply even though a `converge run` daemon manages the stack (it holds the stack's Lease);
+    /// the daemon then reconciles the tip of its branch again.
+    #[arg(long)]
+    force: bool,
     #[command(flatten)]
     build: super::build::BuildFlags,
     /// How long to wait for the stack to become healthy.
@@ -65,6 +69,7 @@ pub(super) fn apply(args: &ApplyArgs) -> u8 {
     opts.recreate = args.recreate;
     opts.allow_mass_prune = args.allow_mass_prune;
     opts.full = args.full;
+    opts.defer_to_daemon = !args.force;
     opts.timeout = args.timeout;
     opts.builder = args.build.builder.map(Into::into);
     opts.build = args.build.options();
@@ -111,13 +116,13 @@ fn print_reports(reports: &[StackReport], format: Format) {
         } else {
             super::paint(color, "31;1", "NOT ready")
         };
-        println!(
+        outln!(
             "stack {} at {}: {verdict} ({})",
             super::stack_label(&r.stack, &r.dir, &r.namespace),
             crate::desired::short_id(&r.commit),
             r.reason
         );
-        println!(
+        outln!(
             "  {} applied, {} unchanged, {} pruned; {} reads, {} writes in {} ms",
             r.applied.len(),
             r.unchanged,
@@ -127,29 +132,33 @@ fn print_reports(reports: &[StackReport], format: Format) {
             r.duration_ms
         );
         for a in &r.applied {
-            println!("  applied {a}");
+            outln!("  applied {a}");
         }
         for p in &r.pruned {
-            println!("  pruned {p}");
+            outln!("  pruned {p}");
         }
         for k in &r.kept {
-            println!("  kept {k}");
+            outln!("  kept {k}");
         }
         for c in &r.status.components {
-            println!(
+            outln!(
                 "  {:<10} {:<12} {}/{} {}",
-                c.name, c.health, c.ready, c.desired, c.image
+                c.name,
+                c.health,
+                c.ready,
+                c.desired,
+                c.image
             );
         }
         for (c, why) in &r.blocked {
-            println!("  blocked {c}: {why}");
+            outln!("  blocked {c}: {why}");
         }
         for e in r
             .errors
             .iter()
             .filter(|e| !r.blocked.values().any(|b| e.ends_with(b.as_str())))
         {
-            println!("  error: {e}");
+            outln!("  error: {e}");
         }
     }
 }
@@ -176,7 +185,7 @@ pub(super) fn diff(args: &DiffArgs) -> u8 {
             Err(e) => {
                 super::report_error_as(&e, args.target.output);
                 if let Some(note) = &uncommitted {
-                    eprintln!("note: {note}");
+                    errln!("note: {note}");
                 }
                 return EXIT_ERROR;
             }
@@ -185,14 +194,14 @@ pub(super) fn diff(args: &DiffArgs) -> u8 {
             super::emit(&changes, args.target.output);
         } else {
             for c in &changes {
-                print!("{}", super::colorize_diff(c["diff"].as_str().unwrap_or("")));
+                out!("{}", super::colorize_diff(c["diff"].as_str().unwrap_or("")));
             }
             if changes.is_empty() {
-                eprintln!("no differences");
+                errln!("no differences");
             }
         }
         if let Some(note) = &uncommitted {
-            eprintln!("note: {note}");
+            errln!("note: {note}");
         }
         if changes.is_empty() {
             EXIT_OK

@@ -18,6 +18,10 @@ pub enum BuilderArg {
     Minikube,
     /// On the Docker engine named by `DOCKER_HOST` (or `--docker-host`).
     Docker,
+    /// With Docker, then `kind load docker-image` (a `kind-<name>` context).
+    Kind,
+    /// With Docker, then `ctr images import` into the node's containerd (`CONTAINERD_ADDRESS`).
+    Containerd,
     /// With `--command`.
     Command,
     /// Compute tags only.
@@ -29,6 +33,8 @@ impl From<BuilderArg> for BuilderKind {
         match b {
             BuilderArg::Minikube => BuilderKind::Minikube,
             BuilderArg::Docker => BuilderKind::Docker,
+            BuilderArg::Kind => BuilderKind::Kind,
+            BuilderArg::Containerd => BuilderKind::Containerd,
             BuilderArg::Command => BuilderKind::Command,
             BuilderArg::None => BuilderKind::None,
         }
@@ -71,7 +77,8 @@ impl BuildFlags {
     ) -> (BuildOptions, build::BuilderChoice) {
         let choice = build::select_builder(self.builder.map(Into::into), stack, context);
         let opts = BuildOptions {
-            builder: choice.kind,
+            builder: choice.builder,
+            kind_cluster: choice.kind_cluster.clone(),
             ..self.options()
         };
         (opts, choice)
@@ -205,6 +212,7 @@ pub(super) fn run(args: &BuildArgs) -> u8 {
             let (word, reason, tail) = match &o.action {
                 Action::Exists => ("exists", None, None),
                 Action::Built => ("built", None, None),
+                Action::Loaded => ("loaded", None, None),
                 Action::Skipped => (
                     "skipped",
                     Some("builder `none`: not confirmed to exist"),
@@ -218,12 +226,12 @@ pub(super) fn run(args: &BuildArgs) -> u8 {
             if args.output == Format::Text {
                 let line = format!("{}  {}  {word}", o.component, o.image);
                 match reason {
-                    Some(r) => println!("{line}: {r}"),
-                    None => println!("{line}"),
+                    Some(r) => outln!("{line}: {r}"),
+                    None => outln!("{line}"),
                 }
                 if let Some(t) = tail.filter(|t| !t.is_empty()) {
                     for l in t.lines() {
-                        println!("    | {l}");
+                        outln!("    | {l}");
                     }
                 }
             }
@@ -236,12 +244,12 @@ pub(super) fn run(args: &BuildArgs) -> u8 {
                 "logTail": tail,
             }));
         }
-        let builder = build::builder_name(choice.kind);
+        let builder = build::builder_name(choice.builder);
         if args.output == Format::Text {
-            println!(
+            outln!(
                 "stack {label}: {}, builder {builder} ({}), {}, {} (commit {})",
                 super::validate::plural(plans.len(), "image"),
-                choice.why,
+                choice.reason,
                 super::validate::plural(calls.checks, "existence check"),
                 super::validate::plural(calls.builds, "build"),
                 desired::short_id(&commit)
@@ -252,7 +260,7 @@ pub(super) fn run(args: &BuildArgs) -> u8 {
             "dir": stack.dir,
             "namespace": stack.spec.namespace,
             "builder": builder,
-            "builderReason": choice.why,
+            "builderReason": choice.reason,
             "images": images,
             "engineCalls": calls,
         }));

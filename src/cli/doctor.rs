@@ -85,9 +85,9 @@ fn print_text(checks: &[Check]) {
             Status::Fail => ("FAIL", "31;1"),
         };
         let word = super::paint(color, code, word);
-        println!("{word} {:<9} {}", c.check, c.message);
+        outln!("{word} {:<9} {}", c.check, c.message);
         if let Some(fix) = &c.fix {
-            println!("     {:<9} fix: {fix}", "");
+            outln!("     {:<9} fix: {fix}", "");
         }
     }
     let failed = checks.iter().filter(|c| c.status == Status::Fail).count();
@@ -97,7 +97,7 @@ fn print_text(checks: &[Check]) {
         (0, _) => "no failures (warnings do not fail doctor)",
         _ => "fix the failures above",
     };
-    println!(
+    outln!(
         "{}: {} passed, {} failed, {}; {verdict}",
         plural(checks.len(), "check"),
         checks.len() - failed - warned,
@@ -353,12 +353,12 @@ async fn command(program: &str, args: &[&str]) -> Result<(bool, String, String),
 
 /// The builder check, saying which builder was chosen and why.
 async fn check_builder(stack: &Stack, choice: &crate::build::BuilderChoice) -> Check {
-    let mut check = check_builder_kind(stack, choice.kind).await;
+    let mut check = check_builder_kind(stack, choice.builder).await;
     check.message = format!(
         "{} [builder {}: {}]",
         check.message,
-        crate::build::builder_name(choice.kind),
-        choice.why
+        crate::build::builder_name(choice.builder),
+        choice.reason
     );
     check
 }
@@ -366,7 +366,7 @@ async fn check_builder(stack: &Stack, choice: &crate::build::BuilderChoice) -> C
 async fn check_builder_kind(stack: &Stack, builder: BuilderKind) -> Check {
     let name = &label(stack);
     match builder {
-        BuilderKind::Docker => {
+        BuilderKind::Docker | BuilderKind::Kind | BuilderKind::Containerd => {
             let host = std::env::var("DOCKER_HOST")
                 .ok()
                 .filter(|h| !h.is_empty())
@@ -734,8 +734,9 @@ async fn check_service(repo: &Path) -> Check {
             continue;
         }
         let unit = format!("{name}.service");
+        let label = crate::daemon::service::label_for(&dirs.root);
         let (program, args): (&str, Vec<&str>) = match m {
-            Manager::Launchd => ("launchctl", vec!["list", "dev.converge"]),
+            Manager::Launchd => ("launchctl", vec!["list", &label]),
             Manager::SystemdUser => ("systemctl", vec!["--user", "is-active", &unit]),
             Manager::SystemdSystem => ("systemctl", vec!["is-active", &unit]),
         };

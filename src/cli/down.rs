@@ -57,7 +57,7 @@ pub(crate) fn resolve_targets(
         target.context.as_deref(),
     )
     .map_err(|why| {
-        eprintln!("error: {why}");
+        errln!("error: {why}");
         EXIT_ERROR
     })
 }
@@ -231,14 +231,14 @@ fn print(reports: &[DownReport], targets: &[Target], format: Format) {
             super::stack_label(&r.stack, dir, &r.namespace)
         };
         if r.nothing_to_do {
-            println!("stack {label}: nothing to take down (converge has no record of it here)");
+            outln!("stack {label}: nothing to take down (converge has no record of it here)");
             for d in &r.deleted {
-                println!("  deleted {d} (left behind earlier)");
+                outln!("  deleted {d} (left behind earlier)");
             }
             continue;
         }
         let verdict = if r.complete() { "down" } else { "NOT down" };
-        println!(
+        outln!(
             "stack {label}: {verdict}; {} deleted, {} already gone, {} kept in {} ms",
             r.deleted.len(),
             r.already_gone.len(),
@@ -246,19 +246,19 @@ fn print(reports: &[DownReport], targets: &[Target], format: Format) {
             r.duration_ms
         );
         for d in &r.deleted {
-            println!("  deleted {d}");
+            outln!("  deleted {d}");
         }
         for k in &r.kept {
-            println!("  kept {k}");
+            outln!("  kept {k}");
         }
         if r.records_removed {
-            println!("  removed converge's inventory and status record");
+            outln!("  removed converge's inventory and status record");
         }
         for e in &r.errors {
-            println!("  error: {e}");
+            outln!("  error: {e}");
         }
         if !r.complete() {
-            println!("  what is left stays in the inventory: re-run `converge down` to retry");
+            outln!("  what is left stays in the inventory: re-run `converge down` to retry");
         }
     }
 }

@@ -82,14 +82,14 @@ pub(super) fn run(args: &ExplainArgs) -> u8 {
         // A stack of the repository that was never applied to this cluster is not a failure
         // of it: say so once, on stderr.
         for label in &never_applied {
-            eprintln!("stack {label}: not applied to this cluster; nothing to explain");
+            errln!("stack {label}: not applied to this cluster; nothing to explain");
         }
         if all.is_empty() {
             let apply = match &args.target.stack {
                 Some(s) => format!("converge apply --stack {s}"),
                 None => "converge apply".into(),
             };
-            eprintln!(
+            errln!(
                 "nothing to explain: converge has no record of {} in this cluster (run `{apply}` first)",
                 targets
                     .iter()
@@ -168,7 +168,7 @@ fn print_text(all: &[Explained], one: bool) {
     let mut last_stack: Option<(&str, &str)> = None;
     for e in all {
         if last_stack != Some((e.stack.as_str(), e.namespace.as_str())) {
-            println!(
+            outln!(
                 "{}",
                 paint(
                     "1",
@@ -182,24 +182,24 @@ fn print_text(all: &[Explained], one: bool) {
         }
         for d in &e.diagnoses {
             if !d.is_problem() {
-                println!("  {}: {}", e.component, paint("32", &d.summary));
+                outln!("  {}: {}", e.component, paint("32", &d.summary));
                 if one {
                     for line in &d.evidence {
-                        println!("    {line}");
+                        outln!("    {line}");
                     }
                 }
                 continue;
             }
-            println!(
+            outln!(
                 "  {}: {} — {}",
                 e.component,
                 paint("31;1", &d.rule),
                 d.summary
             );
             for line in &d.evidence {
-                println!("    {line}");
+                outln!("    {line}");
             }
-            println!("    {} {}", paint("1", "next:"), d.next_step);
+            outln!("    {} {}", paint("1", "next:"), d.next_step);
         }
     }
 }
@@ -236,7 +236,7 @@ pub fn ai_question(all: &[Explained]) -> String {
 
 async fn ask_ai(all: &[Explained], kubeconfig: Option<&Path>) {
     let Some(program) = on_path("kubectl-ai") else {
-        eprintln!(
+        errln!(
             "--ai: kubectl-ai is not installed (not found on PATH); install it from https://github.com/GoogleCloudPlatform/kubectl-ai to get a second opinion. The diagnosis above is converge's own."
         );
         return;
@@ -252,11 +252,11 @@ async fn ask_ai(all: &[Explained], kubeconfig: Option<&Path>) {
     if let Some(k) = kubeconfig {
         cmd.env("KUBECONFIG", k);
     }
-    println!("\n--- kubectl-ai ({}) ---", program.display());
+    outln!("\n--- kubectl-ai ({}) ---", program.display());
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("--ai: cannot start {}: {e}", program.display());
+            errln!("--ai: cannot start {}: {e}", program.display());
             return;
         }
     };
@@ -267,9 +267,9 @@ async fn ask_ai(all: &[Explained], kubeconfig: Option<&Path>) {
     }
     match tokio::time::timeout(AI_TIMEOUT, child.wait()).await {
         Ok(Ok(status)) if status.success() => {}
-        Ok(Ok(status)) => eprintln!("--ai: {} exited with {status}", program.display()),
-        Ok(Err(e)) => eprintln!("--ai: waiting for {}: {e}", program.display()),
-        Err(_) => eprintln!(
+        Ok(Ok(status)) => errln!("--ai: {} exited with {status}", program.display()),
+        Ok(Err(e)) => errln!("--ai: waiting for {}: {e}", program.display()),
+        Err(_) => errln!(
             "--ai: {} gave no answer within {}s; stopped it",
             program.display(),
             AI_TIMEOUT.as_secs()

@@ -45,6 +45,9 @@ fn of_error(e: &crate::error::Error) -> Option<String> {
         Error::UnknownStack { .. } => Some(
             "`converge validate` lists the stacks of the commit; pass one with --stack (its directory, e.g. `dev`, or its name)".into(),
         ),
+        // Its message already names the three ways out (commit, stop the daemon, --force).
+        Error::DaemonRunning { .. } => None,
+        Error::Lease(_) => None,
     }
 }
 

@@ -1,6 +1,26 @@
 //! The command line: clap arguments, one file per command, output formats and exit codes.
 //!
 //! Library errors become readable diagnostics here and nowhere else.
+//!
+//! Output goes through `outln!`/`errln!`, never `println!`: a reader that went away (`| head -1`)
+//! ends a read-only command the way SIGPIPE ends other Unix tools, and never panics a command
+//! that changes the cluster or the daemon (they finish their work without output).
+
+/// `println!` to stdout that survives a closed pipe (see [`write_stdout`]).
+macro_rules! outln {
+    () => { $crate::cli::write_stdout(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// `print!` to stdout that survives a closed pipe (see [`write_stdout`]).
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::cli::write_stdout(format_args!($($arg)*)) };
+}
+
+/// `eprintln!` that ignores a closed or failing stderr instead of panicking.
+macro_rules! errln {
+    ($($arg:tt)*) => { $crate::cli::write_stderr(format_args!("{}\n", format_args!($($arg)*))) };
+}
 
 mod apply;
 mod build;
@@ -13,9 +33,10 @@ mod run;
 mod status;
 mod validate;
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -189,11 +210,11 @@ impl Format {
 /// Prints `value` as JSON or YAML (nothing for text).
 pub(crate) fn emit<T: serde::Serialize + ?Sized>(value: &T, format: Format) {
     match format {
-        Format::Json => println!(
+        Format::Json => outln!(
             "{}",
             serde_json::to_string_pretty(value).unwrap_or_default()
         ),
-        Format::Yaml => print!("{}", serde_yaml_ng::to_string(value).unwrap_or_default()),
+        Format::Yaml => out!("{}", serde_yaml_ng::to_string(value).unwrap_or_default()),
         Format::Text => {}
     }
 }
@@ -204,6 +225,54 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FINDINGS: u8 = 1;
 /// Exit code for usage, repository or cluster errors.
 pub const EXIT_ERROR: u8 = 2;
+
+/// Whether a closed stdout ends the process (read-only commands) rather than only the output.
+static DIE_ON_CLOSED_STDOUT: AtomicBool = AtomicBool::new(true);
+
+/// Writes to stdout. On a closed pipe, a read-only command dies of SIGPIPE like `cat` or `git
+/// log` would (quietly; the shell sees 141); a command that changes things (`apply`, `down`,
+/// `build`, `run`, `service`) keeps working and stays silent, so no reader can cut an apply
+/// short. Other write errors are ignored: there is nowhere left to report them.
+pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>) {
+    let mut stdout = std::io::stdout().lock();
+    let result = stdout.write_fmt(args).and_then(|()| stdout.flush());
+    if let Err(e) = result {
+        if e.kind() == std::io::ErrorKind::BrokenPipe
+            && DIE_ON_CLOSED_STDOUT.load(Ordering::Relaxed)
+        {
+            die_of_sigpipe();
+        }
+    }
+}
+
+/// Writes to stderr, ignoring any failure (a closed pipe included).
+pub(crate) fn write_stderr(args: std::fmt::Arguments<'_>) {
+    let _ = std::io::stderr().lock().write_fmt(args);
+}
+
+/// Ends the process the way the default SIGPIPE action does; Rust ignores SIGPIPE so that a
+/// closed socket is an error rather than a death, so the default is restored just for this.
+fn die_of_sigpipe() -> ! {
+    let _ = signal_hook::low_level::emulate_default_handler(signal_hook::consts::SIGPIPE);
+    // Only reached if the signal could not be raised: the exit status a shell would show.
+    std::process::exit(128 + signal_hook::consts::SIGPIPE)
+}
+
+/// stderr for tracing: a failed write (a closed pipe under `converge run 2>&1 | head`) is
+/// dropped, never a panic or an internal-error line that would itself fail.
+pub(crate) struct QuietStderr;
+
+impl Write for QuietStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
 
 static VERBOSE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
@@ -225,6 +294,15 @@ pub fn init_tracing(cli: &Cli) {
 /// Runs the command and returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
     VERBOSE.store(cli.verbose, std::sync::atomic::Ordering::Relaxed);
+    let changes_things = matches!(
+        cli.command,
+        Command::Apply(_)
+            | Command::Build(_)
+            | Command::Down(_)
+            | Command::Run(_)
+            | Command::Service(_)
+    );
+    DIE_ON_CLOSED_STDOUT.store(!changes_things, Ordering::Relaxed);
     let code = match cli.command {
         Command::Validate(args) => validate::run(&args),
         Command::Apply(args) => apply::apply(&args),
@@ -287,18 +365,18 @@ pub(crate) fn print_problem(
         Some(i) if i > 0 => what[..i].trim_end_matches([':', ';', ',', ' ']),
         _ => what,
     };
-    eprintln!("{} {what}", paint("31;1", "error:"));
+    errln!("{} {what}", paint("31;1", "error:"));
     if let Some(fix) = fix {
-        eprintln!("{} {fix}", paint("1", "hint:"));
+        errln!("{} {fix}", paint("1", "hint:"));
     }
     let mut source = source;
     if verbose() > 0 {
         while let Some(s) = source {
-            eprintln!("  caused by: {s}");
+            errln!("  caused by: {s}");
             source = s.source();
         }
     } else if source.is_some() {
-        eprintln!("  (run with -v for the underlying errors)");
+        errln!("  (run with -v for the underlying errors)");
     }
 }
 
@@ -322,7 +400,7 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, u8> {
         .enable_all()
         .build()
         .map_err(|e| {
-            eprintln!("error: starting the async runtime: {e}");
+            errln!("error: starting the async runtime: {e}");
             EXIT_ERROR
         })
 }
@@ -352,7 +430,7 @@ pub(crate) fn report_error_as(err: &crate::error::Error, format: Format) {
         emit(&v, format);
     } else {
         if let crate::error::Error::Invalid { report, .. } = err {
-            print!("{}", report.render(color_stdout()));
+            out!("{}", report.render(color_stdout()));
         }
         print_error(err);
     }

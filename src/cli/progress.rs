@@ -65,11 +65,11 @@ pub fn init(filter: &str, format: LogFormat, live: bool, explicit: bool) {
     let logs = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
-            .with_writer(std::io::stderr)
+            .with_writer(|| super::QuietStderr)
             .with_filter(env())
             .boxed(),
         LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
+            .with_writer(|| super::QuietStderr)
             .with_ansi(ansi)
             .with_filter(env())
             .boxed(),

@@ -4,13 +4,14 @@
 //! Flags are resolved here once into an immutable `daemon::Config`; the daemon never sees clap.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use super::build::BuilderArg;
+use super::build::BuildFlags;
 use super::{EXIT_ERROR, EXIT_OK};
+use crate::daemon::service::capture;
 use crate::daemon::{self, service, Config, DaemonError};
 use crate::reconcile::Options;
 
@@ -52,9 +53,8 @@ pub struct RunArgs {
     /// Do not hold a coordination Lease in the stack's namespace.
     #[arg(long)]
     no_lease: bool,
-    /// Where to build images, instead of each stack's `builder`.
-    #[arg(long, value_enum)]
-    builder: Option<BuilderArg>,
+    #[command(flatten)]
+    build: BuildFlags,
     /// How long one reconcile waits for the stack to become healthy.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -91,7 +91,7 @@ impl RunArgs {
             retry_max: self.retry_max,
             listen: self.listen,
             lease: !self.no_lease,
-            builder: self.builder.map(Into::into),
+            builder: self.build.builder.map(Into::into),
             options: Options {
                 kubeconfig: self.target.kubeconfig.clone(),
                 context: self.target.context.clone(),
@@ -101,6 +101,7 @@ impl RunArgs {
                 force_conflicts: self.force_conflicts,
                 recreate: self.recreate,
                 timeout: self.timeout,
+                build: self.build.options(),
                 ..Options::default()
             },
             ..Config::default()
@@ -114,7 +115,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, u8> {
         .enable_all()
         .build()
         .map_err(|e| {
-            eprintln!("error: starting the async runtime: {e}");
+            errln!("error: starting the async runtime: {e}");
             EXIT_ERROR
         })
 }
@@ -152,7 +153,7 @@ pub(super) fn sync(args: &SyncArgs) -> u8 {
     };
     match rt.block_on(daemon::request_sync(&args.repo)) {
         Ok(msg) => {
-            eprintln!("{msg}");
+            errln!("{msg}");
             EXIT_OK
         }
         Err(e) => {
@@ -186,11 +187,15 @@ struct InstallArgs {
     #[arg(long)]
     user: bool,
     /// Only write the file; do not run systemctl or launchctl.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "now")]
     no_enable: bool,
-    /// The Docker socket builds use.
-    #[arg(long, default_value = "/run/docker.sock")]
-    docker_socket: PathBuf,
+    /// Also start it now (systemd; launchd starts what it loads).
+    #[arg(long)]
+    now: bool,
+    /// The account a system unit runs as (default: the owner of the checkout's git directory,
+    /// which the daemon must write).
+    #[arg(long, value_name = "USER", conflicts_with = "user")]
+    run_as: Option<String>,
     /// Extra `converge run` arguments, after `--`.
     #[arg(last = true)]
     args: Vec<String>,
@@ -209,47 +214,287 @@ struct UninstallArgs {
     no_enable: bool,
 }
 
+type BoxError = Box<dyn std::error::Error>;
+
+/// The checkout's paths: through libgit2, or (for root installing a unit for a checkout another
+/// account owns, which libgit2 refuses to open) by walking up to `.git`.
+fn checkout(repo: &Path) -> Result<service::CheckoutPaths, BoxError> {
+    match daemon::refs::GitDirs::discover(repo) {
+        Ok(d) => Ok(service::CheckoutPaths {
+            root: d.root,
+            git_dir: d.git_dir,
+            common_dir: d.common_dir,
+        }),
+        Err(e) => service::locate_checkout(repo).ok_or_else(|| e.into()),
+    }
+}
+
+/// The unit `service install` writes for this checkout, from the installing session.
+fn unit_for(
+    a: &InstallArgs,
+    manager: service::Manager,
+    places: &service::Places,
+) -> Result<(service::Unit, service::capture::Captured), BoxError> {
+    use std::os::unix::fs::MetadataExt;
+    let dirs = checkout(&a.repo)?;
+    let cwd = std::env::current_dir()?;
+    // Only variables whose name and value are text can go in a unit file.
+    let vars = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    let captured = capture::capture(vars, &cwd);
+    let system = manager == service::Manager::SystemdSystem;
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let (user, home) = if system {
+        let owner = std::fs::metadata(&dirs.git_dir)?.uid();
+        let user = match &a.run_as {
+            Some(u) => u.clone(),
+            None => capture::account_by_uid(&passwd, owner)
+                .map(|(name, _)| name)
+                // systemd takes a numeric UID for an account not in /etc/passwd (NSS).
+                .unwrap_or_else(|| owner.to_string()),
+        };
+        let home = capture::home_of(&passwd, &user).unwrap_or_else(|| places.home.clone());
+        (Some(user), home)
+    } else {
+        (None, places.home.clone())
+    };
+    let mut groups = Vec::new();
+    if system && user.as_deref() != Some("root") {
+        if let Some(meta) =
+            capture::docker_socket(&captured).and_then(|s| std::fs::metadata(s).ok())
+        {
+            if meta.gid() != 0 && meta.mode() & 0o060 == 0o060 {
+                let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+                groups.push(
+                    capture::group_name(&group, meta.gid())
+                        .unwrap_or_else(|| meta.gid().to_string()),
+                );
+            }
+        }
+    }
+    let minikube = capture::on_path(captured.get("PATH"), "minikube").is_some();
+    let (git_dir, common_dir) = (
+        service::normalize(&dirs.git_dir),
+        service::normalize(&dirs.common_dir),
+    );
+    let writable = capture::writable_paths(&git_dir, &common_dir, &captured, &home, minikube);
+    let unit = service::Unit {
+        exe: std::env::current_exe()?,
+        checkout: service::normalize(&dirs.root),
+        args: a.args.clone(),
+        user,
+        groups,
+        env: captured.env.clone(),
+        writable,
+        sandbox: manager != service::Manager::SystemdUser
+            || capture::user_namespaces_allowed_here(),
+    };
+    Ok((unit, captured))
+}
+
+/// What `service install` prints: what it wrote, and the commands to start and follow it, as
+/// they run (with `sudo` when it ran under sudo, `--user` for a user unit).
+fn install_report(
+    unit: &service::Unit,
+    captured: &service::capture::Captured,
+    manager: service::Manager,
+    done: &service::Installed,
+) -> String {
+    use service::Manager;
+    let mut out = String::new();
+    let kind = match manager {
+        Manager::SystemdSystem => format!(
+            "a systemd system unit, running as {}",
+            unit.user.as_deref().unwrap_or("root")
+        ),
+        Manager::SystemdUser => "a systemd user unit".into(),
+        Manager::Launchd => "a launchd agent".into(),
+    };
+    out.push_str(&format!("wrote {} ({kind})\n", done.path.display()));
+    let mut exec = vec![
+        unit.exe.display().to_string(),
+        "run".into(),
+        "--repo".into(),
+        unit.checkout.display().to_string(),
+    ];
+    exec.extend(unit.args.iter().cloned());
+    out.push_str(&format!("  runs:      {}\n", exec.join(" ")));
+    if !captured.env.is_empty() {
+        let names: Vec<&str> = captured.env.iter().map(|(k, _)| k.as_str()).collect();
+        out.push_str(&format!("  from your environment: {}\n", names.join(", ")));
+    }
+    for (name, why) in &captured.skipped {
+        out.push_str(&format!("  not taken: {name} ({why})\n"));
+    }
+    if manager != Manager::Launchd {
+        if manager == Manager::SystemdUser && !unit.sandbox {
+            out.push_str("  sandbox:   none for the file system (this kernel forbids unprivileged user namespaces)\n");
+        } else {
+            for (i, w) in unit.writable.iter().enumerate() {
+                let label = if i == 0 {
+                    "  writable: "
+                } else {
+                    "            "
+                };
+                out.push_str(&format!("{label} {} ({})\n", w.path.display(), w.why));
+            }
+        }
+    }
+    let sudo = if manager == Manager::SystemdSystem && std::env::var_os("SUDO_USER").is_some() {
+        "sudo "
+    } else {
+        ""
+    };
+    let scope = if manager == Manager::SystemdUser {
+        "--user "
+    } else {
+        ""
+    };
+    let name = &done.name;
+    match manager {
+        Manager::Launchd => {
+            if done.enabled {
+                out.push_str("loaded it: it runs now and at every login\n");
+            } else {
+                out.push_str(&format!(
+                    "load it:   launchctl load -w {}\n",
+                    done.path.display()
+                ));
+            }
+            if let Some(log) = &done.log {
+                out.push_str(&format!("follow it: tail -f {}\n", log.display()));
+            }
+        }
+        _ => {
+            if !done.enabled {
+                out.push_str(&format!("start it:  {sudo}systemctl {scope}daemon-reload && {sudo}systemctl {scope}enable --now {name}\n"));
+            } else if done.was_running {
+                out.push_str(&format!(
+                    "enabled it; it is running the previous version of the unit
+apply it:  {sudo}systemctl {scope}restart {name}\n"
+                ));
+            } else if done.started {
+                out.push_str(&format!(
+                    "enabled and started it ({})\n",
+                    if manager == Manager::SystemdUser {
+                        "it starts with your user manager"
+                    } else {
+                        "it starts at boot"
+                    }
+                ));
+            } else {
+                out.push_str(&format!(
+                    "enabled it ({})\n",
+                    if manager == Manager::SystemdUser {
+                        "it starts with your user manager"
+                    } else {
+                        "it starts at boot"
+                    }
+                ));
+                out.push_str(&format!("start it:  {sudo}systemctl {scope}start {name}\n"));
+            }
+            out.push_str(&format!(
+                "follow it: {sudo}journalctl {scope}-u {name} -f\n"
+            ));
+            if manager == Manager::SystemdUser {
+                let me = std::env::var("USER").unwrap_or_default();
+                if !me.is_empty() && !Path::new("/var/lib/systemd/linger").join(&me).exists() {
+                    out.push_str(&format!("keep it running when you log out, and start it at boot: loginctl enable-linger {me}\n"));
+                }
+            }
+        }
+    }
+    out
+}
+
 pub(super) fn service(args: &ServiceArgs) -> u8 {
-    let result = (|| -> Result<String, Box<dyn std::error::Error>> {
+    let result = (|| -> Result<String, BoxError> {
         let places = service::Places::from_env()?;
+        let runner = service::Commands::default();
         match &args.action {
             ServiceAction::Install(a) => {
-                let dirs = daemon::refs::GitDirs::discover(&a.repo)?;
-                let exe = std::env::current_exe()?;
-                let unit = service::Unit {
-                    exe,
-                    checkout: dirs.root.clone(),
-                    git_dir: dirs.git_dir.clone(),
-                    args: a.args.clone(),
-                    user: std::env::var("USER").ok(),
-                    docker_socket: a.docker_socket.clone(),
-                };
                 let manager = service::Manager::for_platform(a.user);
-                let path = service::install(&unit, manager, &places, !a.no_enable)?;
-                Ok(format!(
-                    "wrote {}{}",
-                    path.display(),
-                    if a.no_enable { "" } else { " and enabled it" }
-                ))
+                let (unit, captured) = unit_for(a, manager, &places)?;
+                let opts = service::InstallOptions {
+                    enable: !a.no_enable,
+                    start: a.now,
+                };
+                let done = service::install(&unit, manager, &places, opts, &runner).map_err(|e| -> BoxError {
+                    match &e {
+                        service::ServiceError::Io { source, .. }
+                            if manager == service::Manager::SystemdSystem
+                                && source.kind() == std::io::ErrorKind::PermissionDenied =>
+                        {
+                            format!("{e}: system units need root (`sudo converge service install`), or install a user unit with `--user`").into()
+                        }
+                        service::ServiceError::NotStarted { unit, .. } => {
+                            let scope = if manager == service::Manager::SystemdUser { "--user " } else { "" };
+                            let user = if a.user { "--user " } else { "" };
+                            let sudo = if manager == service::Manager::SystemdSystem && std::env::var_os("SUDO_USER").is_some() { "sudo " } else { "" };
+                            format!(
+                                "{e}\nwhy:       {sudo}journalctl {scope}-u {unit} -n 50\nremove it: {sudo}converge service uninstall {user}--repo {}",
+                                shell_word(&unit_checkout_display(&a.repo))
+                            )
+                            .into()
+                        }
+                        _ => Box::new(e),
+                    }
+                })?;
+                Ok(install_report(&unit, &captured, manager, &done))
             }
             ServiceAction::Uninstall(a) => {
-                let dirs = daemon::refs::GitDirs::discover(&a.repo)?;
+                let dirs = checkout(&a.repo)?;
                 let manager = service::Manager::for_platform(a.user);
-                match service::uninstall(&dirs.root, manager, &places, !a.no_enable)? {
-                    Some(p) => Ok(format!("removed {}", p.display())),
-                    None => Ok("no unit installed for this checkout".into()),
+                match service::uninstall(&dirs.root, manager, &places, !a.no_enable, &runner)? {
+                    Some(r) if a.no_enable => Ok(format!("removed {}\n", r.path.display())),
+                    Some(r) => Ok(format!(
+                        "stopped and removed {} ({})\n",
+                        r.name,
+                        r.path.display()
+                    )),
+                    None => Ok("no unit installed for this checkout\n".into()),
                 }
             }
         }
     })();
     match result {
         Ok(msg) => {
-            eprintln!("{msg}");
+            out!("{msg}");
             EXIT_OK
         }
         Err(e) => {
             super::print_error(e.as_ref());
             EXIT_ERROR
         }
+    }
+}
+
+/// `s` as one word for a POSIX shell, so printed advice runs as printed.
+fn shell_word(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-:=@+,".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+fn unit_checkout_display(repo: &Path) -> String {
+    checkout(repo)
+        .map(|d| service::normalize(&d.root).display().to_string())
+        .unwrap_or_else(|_| repo.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_word;
+
+    #[test]
+    fn printed_paths_are_quoted_for_the_shell() {
+        assert_eq!(shell_word("/home/me/todo"), "/home/me/todo");
+        assert_eq!(shell_word("/home/me/todo app"), "'/home/me/todo app'");
+        assert_eq!(shell_word("/home/me/it's"), r"'/home/me/it'\''s'");
     }
 }

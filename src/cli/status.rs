@@ -378,7 +378,7 @@ fn print_text(views: &[StackView], args: &StatusArgs) {
             Some(s) => format!("converge apply --stack {s}"),
             None => "converge apply".into(),
         };
-        eprintln!(
+        errln!(
             "no converge status {which}in this cluster: nothing has been applied yet (run `{apply}`)"
         );
         return;
@@ -393,12 +393,12 @@ fn print_text(views: &[StackView], args: &StatusArgs) {
         } else {
             super::paint(color, "31;1", "NotReady")
         };
-        println!(
+        outln!(
             "stack {}: {verdict} — {}",
             super::stack_label(&s.stack, &s.dir, &s.namespace),
             s.reason
         );
-        println!("  message: {}", s.message);
+        outln!("  message: {}", s.message);
         let applied_at = s
             .history
             .iter()
@@ -414,7 +414,7 @@ fn print_text(views: &[StackView], args: &StatusArgs) {
             })
             .map(|h| format!(" {}", ago(&h.time, now)))
             .unwrap_or_default();
-        println!(
+        outln!(
             "  applied {}{applied_at}; last healthy {}{healthy_at}",
             short(&s.last_applied_commit),
             if s.last_healthy_commit.is_empty() {
@@ -444,10 +444,14 @@ fn print_text(views: &[StackView], args: &StatusArgs) {
         } else {
             "none (no daemon has held this stack; `converge run` starts one)".into()
         };
-        println!("  daemon: {daemon}");
-        println!(
+        outln!("  daemon: {daemon}");
+        outln!(
             "  {:<12} {:<7} {:<12} {:<12} {:<8} IMAGE",
-            "COMPONENT", "READY", "STATUS", "RECORDED", "SINCE"
+            "COMPONENT",
+            "READY",
+            "STATUS",
+            "RECORDED",
+            "SINCE"
         );
         for c in &v.live {
             let rec = s.components.iter().find(|r| r.name == c.name);
@@ -456,7 +460,7 @@ fn print_text(views: &[StackView], args: &StatusArgs) {
                 "Progressing" => "33",
                 _ => "31;1",
             };
-            println!(
+            outln!(
                 "  {:<12} {:<7} {} {:<12} {:<8} {}",
                 c.name,
                 format!("{}/{}", c.ready, c.desired),
@@ -466,15 +470,15 @@ fn print_text(views: &[StackView], args: &StatusArgs) {
                 rec.map(|r| r.image.as_str()).unwrap_or("")
             );
             if !c.reason.is_empty() {
-                println!("    now: {}", c.reason);
+                outln!("    now: {}", c.reason);
             }
             if let Some(e) = rec.map(|r| &r.last_error).filter(|e| !e.is_empty()) {
-                println!("    recorded: {}", first_line(e));
+                outln!("    recorded: {}", first_line(e));
             }
         }
-        println!("  history:");
+        outln!("  history:");
         for h in &s.history {
-            println!(
+            outln!(
                 "    {:<8} {} {:<24} {} ms",
                 ago(&h.time, now),
                 short(&h.commit),

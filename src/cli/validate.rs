@@ -71,12 +71,12 @@ pub(super) fn run(args: &ValidateArgs) -> u8 {
 fn print_text(report: &Report, valid: bool, commit: &str, stacks: &[serde_json::Value]) {
     let rendered = report.render(super::color_stdout());
     if !rendered.is_empty() {
-        print!("{rendered}");
+        out!("{rendered}");
     }
     let short = desired::short_id(commit);
     if valid {
         for s in stacks {
-            println!(
+            outln!(
                 "ok: stack {} with {}, from {}",
                 super::stack_label(
                     s["name"].as_str().unwrap_or(""),
@@ -90,12 +90,12 @@ fn print_text(report: &Report, valid: bool, commit: &str, stacks: &[serde_json::
                 s["file"].as_str().unwrap_or("")
             );
         }
-        println!(
+        outln!(
             "commit {short}: desired state is valid ({})",
             plural(report.warning_count(), "warning")
         );
     } else {
-        println!(
+        outln!(
             "commit {short}: desired state is invalid: {}, {}; nothing will be applied",
             plural(report.error_count(), "error"),
             plural(report.warning_count(), "warning")

@@ -8,6 +8,7 @@ pub mod client;
 pub mod diff;
 pub mod health;
 pub mod inventory;
+pub mod lease;
 pub mod order;
 pub mod record;
 
@@ -145,6 +146,13 @@ fn or_unknown(s: &str) -> String {
         "(unknown)".into()
     } else {
         s.to_string()
+    }
+}
+
+impl ClusterError {
+    /// Whether the API server answered with HTTP status `code`.
+    pub fn is_http(&self, code: u16) -> bool {
+        matches!(self, ClusterError::Api { source: kube::Error::Api(s), .. } if s.code == code)
     }
 }
 
@@ -377,6 +385,22 @@ impl Cluster {
         Ok(found)
     }
 
+    /// Forgets what discovery said about `gvk`, so the next use asks again (a CRD deleted, or
+    /// its served versions changed, under a running daemon).
+    pub async fn forget(&self, gvk: &GroupVersionKind) {
+        self.kinds.lock().await.remove(gvk);
+    }
+
+    /// After a 404 on a collection of `gvk`: asks discovery again, and answers
+    /// [`ClusterError::UnknownKind`] when the kind is no longer served, else `err` unchanged.
+    async fn recheck_kind(&self, gvk: &GroupVersionKind, err: ClusterError) -> ClusterError {
+        self.forget(gvk).await;
+        match self.resolve(gvk).await {
+            Err(e @ ClusterError::UnknownKind { .. }) => e,
+            _ => err,
+        }
+    }
+
     async fn api_for(&self, key: &ObjectKey) -> Result<Api<DynamicObject>, ClusterError> {
         let (ar, caps) = self.resolve(&key.gvk()).await?;
         Ok(match caps.scope {
@@ -435,6 +459,15 @@ impl Cluster {
                     message: s.message,
                 })
             }
+            Ok(Err(kube::Error::Api(s))) if s.code == 404 => {
+                // An apply creates what is missing: a 404 means the kind itself is gone.
+                let err = ClusterError::Api {
+                    action,
+                    object: key.to_string(),
+                    source: kube::Error::Api(s),
+                };
+                Err(self.recheck_kind(&key.gvk(), err).await)
+            }
             Ok(Err(source)) => Err(ClusterError::Api {
                 action,
                 object: key.to_string(),
@@ -479,12 +512,19 @@ impl Cluster {
             Scope::Cluster => Api::all_with(self.client.clone(), &ar),
         };
         let what = format!("{} in {namespace}", ar.plural);
-        let list = bounded(
+        let list = match bounded(
             "listing",
             &what,
             api.list(&ListParams::default().labels(selector)),
         )
-        .await?;
+        .await
+        {
+            Ok(l) => l,
+            // Listing never answers 404 for a served kind (an empty list at worst): the kind is
+            // gone since discovery was cached.
+            Err(e) if e.is_http(404) => return Err(self.recheck_kind(gvk, e).await),
+            Err(e) => return Err(e),
+        };
         Ok(list
             .items
             .into_iter()

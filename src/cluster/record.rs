@@ -21,7 +21,8 @@ pub struct Place<'a> {
 }
 
 impl Place<'_> {
-    fn what(&self) -> String {
+    /// `ConfigMap/<name> (namespace <ns>)`, for messages.
+    pub fn what(&self) -> String {
         format!("ConfigMap/{} (namespace {})", self.name, self.namespace)
     }
 
@@ -45,6 +46,39 @@ impl Place<'_> {
             Ok(Ok(cm)) => cm,
         };
         Ok(cm.and_then(|c| c.data).and_then(|mut d| d.remove(self.key)))
+    }
+
+    /// Copies `text` under another `key` of the same ConfigMap, with a merge patch: an update
+    /// rather than an apply, so later applies of the record's own key leave the copy alone.
+    pub async fn keep_aside(
+        &self,
+        client: &kube::Client,
+        key: &str,
+        text: &str,
+    ) -> Result<(), ClusterError> {
+        let api: Api<ConfigMap> = Api::namespaced(client.clone(), self.namespace);
+        let patch = serde_json::json!({"data": {key: text}});
+        let pp = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..PatchParams::default()
+        };
+        match tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            api.patch(self.name, &pp, &Patch::Merge(&patch)),
+        )
+        .await
+        {
+            Err(_) => Err(ClusterError::Timeout {
+                action: "writing",
+                object: self.what(),
+            }),
+            Ok(Err(source)) => Err(ClusterError::Api {
+                action: "writing",
+                object: self.what(),
+                source,
+            }),
+            Ok(Ok(_)) => Ok(()),
+        }
     }
 
     /// Writes the document (server-side apply of the whole ConfigMap as converge's).

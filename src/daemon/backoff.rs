@@ -12,6 +12,8 @@ pub struct Backoff {
     base: Duration,
     cap: Duration,
     failures: u32,
+    /// The retry scheduled by the last counted failure.
+    next: Option<Instant>,
 }
 
 impl Backoff {
@@ -21,7 +23,20 @@ impl Backoff {
             base,
             cap: cap.max(base),
             failures: 0,
+            next: None,
         }
+    }
+
+    /// A failed attempt at `now`; returns when to retry. The delay grows per attempt in time,
+    /// not per event: a failure before the scheduled retry (a run that drift or a sync started
+    /// meanwhile) keeps that schedule instead of doubling it again.
+    pub fn fail(&mut self, now: Instant) -> Instant {
+        if let Some(at) = self.next.filter(|at| now < *at) {
+            return at;
+        }
+        let at = now + self.next_delay();
+        self.next = Some(at);
+        at
     }
 
     /// The delay before the next attempt, counting one more failure.
@@ -42,6 +57,7 @@ impl Backoff {
     /// Forgets the failures (after a success or a new commit).
     pub fn reset(&mut self) {
         self.failures = 0;
+        self.next = None;
     }
 }
 
@@ -114,6 +130,23 @@ mod tests {
         assert_eq!(d, vec![2, 4, 8, 10, 10]);
         b.reset();
         assert_eq!(b.next_delay(), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn failures_before_the_scheduled_retry_do_not_grow_the_delay() {
+        let mut b = Backoff::new(Duration::from_secs(2), Duration::from_secs(300));
+        let t0 = Instant::now();
+        let first = b.fail(t0);
+        assert_eq!(first, t0 + Duration::from_secs(2));
+        // A burst of drift-triggered runs failing within the same second.
+        for i in 1..30 {
+            assert_eq!(b.fail(t0 + Duration::from_millis(30 * i)), first);
+        }
+        // The retry itself fails: now the delay doubles, once.
+        assert_eq!(b.fail(first), first + Duration::from_secs(4));
+        b.reset();
+        let t1 = first + Duration::from_secs(1);
+        assert_eq!(b.fail(t1), t1 + Duration::from_secs(2));
     }
 
     #[test]

@@ -2,10 +2,17 @@
 //! `converge.dev/stack=<name>`), turning out-of-band changes into events that name the field
 //! manager who made them.
 //!
-//! It never applies anything and never reads object bodies (only metadata): deciding what to do
-//! about a drift is the daemon loop's job, and the reconcile's fast path does the re-apply.
+//! Beside the managed kinds it watches each stack's status record (one small ConfigMap, read in
+//! full: another `converge apply` shows there) and the metadata of the Secrets in its namespace
+//! (a Secret a blocked component waits for may appear at any time; values are never read).
+//!
+//! It never applies anything and never reads the bodies of managed objects (only metadata):
+//! deciding what to do about a drift is the daemon loop's job, and the reconcile's fast path
+//! does the re-apply.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 
 use futures::StreamExt;
 use kube::api::{Api, DynamicObject, ObjectMeta, PartialObjectMeta};
@@ -46,6 +53,27 @@ pub enum Note {
         /// The kind.
         kind: String,
     },
+    /// A watch ended for good: the cluster no longer serves its kind.
+    Gone {
+        /// The stack.
+        stack: String,
+        /// The kind.
+        kind: String,
+    },
+    /// The stack's status record names this commit as the last applied.
+    Record {
+        /// The stack.
+        stack: String,
+        /// `lastAppliedCommit`.
+        commit: String,
+    },
+    /// A Secret in the stack's namespace was created, changed or deleted.
+    Secret {
+        /// The stack.
+        stack: String,
+        /// The Secret's name.
+        name: String,
+    },
 }
 
 /// One out-of-band change.
@@ -66,14 +94,31 @@ pub struct DriftEvent {
 pub struct Seen {
     generation: Option<i64>,
     resource_version: String,
+    /// Managers of spec/metadata fields other than converge.
+    others: BTreeSet<String>,
+    /// When converge's own entry last changed.
+    ours: Option<k8s_openapi::jiff::Timestamp>,
 }
 
 impl Seen {
     /// From an object's metadata.
     pub fn of(meta: &ObjectMeta) -> Self {
+        let fields = meta.managed_fields.as_deref().unwrap_or_default();
+        let spec = || {
+            fields
+                .iter()
+                .filter(|f| f.subresource.as_deref() != Some("status"))
+        };
         Self {
             generation: meta.generation.filter(|g| *g > 0),
             resource_version: meta.resource_version.clone().unwrap_or_default(),
+            others: spec()
+                .filter_map(|f| f.manager.clone())
+                .filter(|m| m != FIELD_MANAGER)
+                .collect(),
+            ours: spec()
+                .find(|f| f.manager.as_deref() == Some(FIELD_MANAGER))
+                .and_then(|f| f.time.as_ref().map(|t| t.0)),
         }
     }
 }
@@ -101,7 +146,9 @@ pub fn newest_manager(meta: &ObjectMeta) -> Option<String> {
 
 /// Whether an update of an object last seen as `prev` is drift, and by whom (pure).
 /// Kinds with a generation drift when it moves (status updates never move it); others when the
-/// resourceVersion moves. A change whose newest manager is converge is converge's own apply.
+/// resourceVersion moves. A change whose newest manager is converge is converge's own apply —
+/// unless converge's entry did not move and another manager's entry vanished: that manager
+/// released its fields, and the values it alone owned went with them.
 pub fn classify(prev: Option<&Seen>, meta: &ObjectMeta) -> Option<String> {
     let prev = prev?;
     let now = Seen::of(meta);
@@ -113,7 +160,16 @@ pub fn classify(prev: Option<&Seen>, meta: &ObjectMeta) -> Option<String> {
         return None;
     }
     match newest_manager(meta) {
-        Some(m) if m == FIELD_MANAGER => None,
+        Some(m) if m == FIELD_MANAGER => {
+            if now.ours != prev.ours {
+                return None;
+            }
+            // converge strips kubectl's entries itself when it adopts an object.
+            prev.others
+                .difference(&now.others)
+                .find(|m| !m.starts_with("kubectl"))
+                .map(|m| format!("{m} (released its fields)"))
+        }
         Some(m) => Some(m),
         None => Some("unknown".into()),
     }
@@ -127,7 +183,8 @@ pub struct DriftWatch {
 
 impl DriftWatch {
     /// Makes sure `stack` in `namespace` is watched for every kind in `kinds` (plus
-    /// [`BASE_KINDS`]); kinds the cluster does not serve are skipped.
+    /// [`BASE_KINDS`]), and its status record and Secrets; kinds the cluster does not serve are
+    /// skipped.
     pub async fn ensure(
         &mut self,
         cluster: &Cluster,
@@ -141,6 +198,19 @@ impl DriftWatch {
             .map(|(g, v, k)| (g.to_string(), v.to_string(), k.to_string()))
             .collect();
         all.extend(kinds.iter().cloned());
+        let record = (stack.to_string(), "record".to_string());
+        if self.tasks.get(&record).is_none_or(|t| t.is_finished()) {
+            let api: Api<ConfigMap> = Api::namespaced(cluster.client().clone(), namespace);
+            let task = tokio::spawn(watch_record(api, stack.to_string(), tx.clone()));
+            self.tasks.insert(record, task);
+        }
+        let secrets = (stack.to_string(), "secrets".to_string());
+        if self.tasks.get(&secrets).is_none_or(|t| t.is_finished()) {
+            let api: Api<PartialObjectMeta<Secret>> =
+                Api::namespaced(cluster.client().clone(), namespace);
+            let task = tokio::spawn(watch_secrets(api, stack.to_string(), tx.clone()));
+            self.tasks.insert(secrets, task);
+        }
         for (group, version, kind) in all {
             if kind == "Namespace" {
                 continue;
@@ -150,6 +220,10 @@ impl DriftWatch {
                 continue;
             }
             let gvk = GroupVersionKind::gvk(&group, &version, &kind);
+            // A watch that ended found its kind gone: ask discovery again before restarting it.
+            if self.tasks.contains_key(&id) {
+                cluster.forget(&gvk).await;
+            }
             let (ar, caps) = match cluster.resolve(&gvk).await {
                 Ok(r) => r,
                 Err(e) => {
@@ -282,6 +356,16 @@ async fn watch_kind(
                     .unwrap_or_else(|| "unknown".into());
                 Some(drift(&name, by, true))
             }
+            Err(e) if kind_gone(&e) => {
+                warn!(%stack, %kind, "the cluster no longer serves this kind: drift watch stopped");
+                let _ = tx
+                    .send(Note::Gone {
+                        stack: stack.clone(),
+                        kind: kind.clone(),
+                    })
+                    .await;
+                return;
+            }
             Err(e) => {
                 warn!(%stack, %kind, error = %e, "drift watch failed; retrying with back-off");
                 Some(Note::Gap {
@@ -292,6 +376,105 @@ async fn watch_kind(
         };
         if let Some(n) = note {
             if tx.send(n).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Whether a watch error says the kind is not served (a 404 on the collection).
+fn kind_gone(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code == 404,
+        watcher::Error::WatchError(s) => s.code == 404,
+        _ => false,
+    }
+}
+
+/// Follows `stack`'s status record: reports its `lastAppliedCommit` whenever it is written.
+async fn watch_record(api: Api<ConfigMap>, stack: String, tx: mpsc::Sender<Note>) {
+    let name = status_name(&stack);
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let stream = watcher::watcher(api, config).default_backoff();
+    futures::pin_mut!(stream);
+    while let Some(event) = stream.next().await {
+        let cm = match event {
+            Ok(Event::Apply(cm) | Event::InitApply(cm)) => cm,
+            Ok(_) => continue,
+            Err(e) => {
+                debug!(%stack, error = %e, "status record watch failed; retrying with back-off");
+                continue;
+            }
+        };
+        let commit = cm
+            .data
+            .as_ref()
+            .and_then(|d| d.get("status.json"))
+            .and_then(|t| serde_json::from_str::<crate::status::StackStatus>(t).ok())
+            .map(|s| s.last_applied_commit)
+            .unwrap_or_default();
+        let note = Note::Record {
+            stack: stack.clone(),
+            commit,
+        };
+        if tx.send(note).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Follows the Secrets of `stack`'s namespace by metadata (never values): reports each change
+/// after the first listing.
+async fn watch_secrets(api: Api<PartialObjectMeta<Secret>>, stack: String, tx: mpsc::Sender<Note>) {
+    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+    futures::pin_mut!(stream);
+    let mut seen: HashMap<String, String> = HashMap::new();
+    let mut listing: Option<HashMap<String, String>> = None;
+    let mut synced = false;
+    while let Some(event) = stream.next().await {
+        let mut changed = Vec::new();
+        match event {
+            Ok(Event::Init) => listing = Some(HashMap::new()),
+            Ok(Event::InitApply(o)) => {
+                let name = o.metadata.name.clone().unwrap_or_default();
+                let rv = o.metadata.resource_version.clone().unwrap_or_default();
+                if synced && seen.get(&name) != Some(&rv) {
+                    changed.push(name.clone());
+                }
+                if let Some(l) = listing.as_mut() {
+                    l.insert(name, rv);
+                }
+            }
+            Ok(Event::InitDone) => {
+                let listed = listing.take().unwrap_or_default();
+                if synced {
+                    changed.extend(seen.keys().filter(|n| !listed.contains_key(*n)).cloned());
+                }
+                seen = listed;
+                synced = true;
+            }
+            Ok(Event::Apply(o)) => {
+                let name = o.metadata.name.clone().unwrap_or_default();
+                let rv = o.metadata.resource_version.clone().unwrap_or_default();
+                if seen.insert(name.clone(), rv.clone()).as_ref() != Some(&rv) {
+                    changed.push(name);
+                }
+            }
+            Ok(Event::Delete(o)) => {
+                let name = o.metadata.name.clone().unwrap_or_default();
+                seen.remove(&name);
+                changed.push(name);
+            }
+            Err(e) => debug!(%stack, error = %e, "Secret watch failed; retrying with back-off"),
+        }
+        for name in changed {
+            let note = Note::Secret {
+                stack: stack.clone(),
+                name,
+            };
+            if tx.send(note).await.is_err() {
                 return;
             }
         }
@@ -383,6 +566,35 @@ mod tests {
         let mut now = meta(0, "6", &[("converge", None, 0), ("kubectl-edit", None, 4)]);
         now.generation = None;
         assert_eq!(classify(Some(&prev), &now), Some("kubectl-edit".into()));
+    }
+
+    #[test]
+    fn a_manager_releasing_its_fields_is_drift_although_converge_is_newest() {
+        let prev = Seen::of(&meta(
+            4,
+            "20",
+            &[("converge", None, 0), ("deploy-bot", None, 5)],
+        ));
+        // deploy-bot re-applied without the fields it alone owned: its entry is gone and the
+        // values with it, while converge's entry did not move.
+        let now = meta(5, "21", &[("converge", None, 0)]);
+        assert_eq!(
+            classify(Some(&prev), &now),
+            Some("deploy-bot (released its fields)".into())
+        );
+        // converge's own apply moves its entry: not drift.
+        let own = meta(5, "21", &[("converge", None, 9)]);
+        assert_eq!(classify(Some(&prev), &own), None);
+        // converge stripping kubectl's ownership when adopting is not drift either.
+        let prev = Seen::of(&meta(
+            4,
+            "20",
+            &[("converge", None, 0), ("kubectl", None, 5)],
+        ));
+        assert_eq!(
+            classify(Some(&prev), &meta(5, "21", &[("converge", None, 0)])),
+            None
+        );
     }
 
     #[test]

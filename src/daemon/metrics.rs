@@ -49,6 +49,8 @@ pub enum ResultLabel {
     Error,
     /// Abandoned at shutdown.
     Abandoned,
+    /// Applied, and its health wait cut short for newer work (a new commit, a drift, shutdown).
+    Preempted,
 }
 
 impl ResultLabel {
@@ -59,6 +61,7 @@ impl ResultLabel {
             ResultLabel::Invalid => "invalid",
             ResultLabel::Error => "error",
             ResultLabel::Abandoned => "abandoned",
+            ResultLabel::Preempted => "preempted",
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod refs;
 pub mod sd;
 pub mod service;
+pub mod state;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -32,24 +33,26 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::build::DigestCache;
 use crate::cluster::inventory;
+use crate::cluster::lease::{LeaseError, Renewal};
 use crate::desired::{self, schema::BuilderKind};
 use crate::error::{Disposition, Error};
-use crate::reconcile::{self, Clusters, Options, StackReport};
+use crate::reconcile::{self, Clusters, Options, OwnDeletions, StackReport};
 use crate::render::Helm;
 use crate::status::{self, HistoryEntry, StackStatus};
 use crate::vocabulary::reason;
+use kube::runtime::WatchStreamExt;
 
-use backoff::{Backoff, ObjectBackoff};
 use drift::{DriftWatch, Note};
-use lock::{FileLock, Holder, LeaseGuard};
+use lock::{FileLock, Holder, LeaseGuard, LockError};
 use metrics::{Metrics, ResultLabel};
+use state::{DriftVerdict, Finished, Next, RecordVerdict, Stall, State};
 
 /// How far back from HEAD the daemon looks for a valid desired state to learn its stacks.
 const DISCOVER_DEPTH: usize = 50;
 /// How often the Lease is renewed.
 const LEASE_RENEW: Duration = Duration::from_secs(10);
-/// A reconcile older than this is preempted by a drift (see the drift branch of the loop).
-const PREEMPT_AFTER: Duration = Duration::from_secs(2);
+/// How soon a failed Lease renewal is tried again.
+const LEASE_RETRY: Duration = Duration::from_secs(1);
 /// The loop's heartbeat when systemd asks for no watchdog.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
@@ -176,6 +179,10 @@ pub enum Trigger {
     Reload,
     /// A retry after a failure.
     Retry,
+    /// The cluster's status record names a commit this daemon did not apply.
+    Record,
+    /// A Secret the stack reads changed.
+    Secret,
 }
 
 impl Trigger {
@@ -190,6 +197,8 @@ impl Trigger {
             Trigger::Sync => "sync",
             Trigger::Reload => "reload",
             Trigger::Retry => "retry",
+            Trigger::Record => "record",
+            Trigger::Secret => "secret",
         }
     }
 }
@@ -291,7 +300,7 @@ enum Outcome {
     Reports(Vec<StackReport>),
     /// The commit cannot be deployed as it is (invalid, unknown stack, bad chart): wait for a
     /// new commit.
-    Stalled(String),
+    Stalled(&'static str, String),
     /// A transient failure: retry with back-off.
     Retry(String),
     /// Builds were cancelled by shutdown.
@@ -308,6 +317,8 @@ struct Done {
     clusters: Clusters,
     targets: Option<Vec<Target>>,
     kinds: BTreeMap<String, BTreeSet<(String, String, String)>>,
+    /// The Secrets each stack's components read.
+    secrets: BTreeMap<String, BTreeSet<String>>,
     leases: Vec<LeaseGuard>,
     invalid: bool,
 }
@@ -324,11 +335,13 @@ struct JobInput {
     helm: Helm,
     cache: Arc<DigestCache>,
     cancel: watch::Receiver<bool>,
+    preempt: watch::Receiver<bool>,
+    own_deletions: OwnDeletions,
     known: Vec<Target>,
     leased: BTreeSet<String>,
     holder: Holder,
     /// While the tip is stalled, the reason recorded again after reconciling the last good commit.
-    overlay: Option<(String, &'static str, String)>,
+    overlay: Option<Stall>,
 }
 
 /// One reconcile: read and validate the commit, make sure of its images, reconcile, learn the
@@ -345,6 +358,7 @@ async fn job(mut input: JobInput) -> Done {
         clusters: Clusters::default(),
         targets: None,
         kinds: BTreeMap::new(),
+        secrets: BTreeMap::new(),
         leases: Vec::new(),
         invalid: false,
     };
@@ -363,7 +377,7 @@ async fn job(mut input: JobInput) -> Done {
             record(&mut input, &known, why, &message).await;
             done.invalid = invalid;
             done.outcome = match e.disposition() {
-                Disposition::Stalled => Outcome::Stalled(message),
+                Disposition::Stalled => Outcome::Stalled(why, message),
                 _ => Outcome::Retry(message),
             };
             done.clusters = input.clusters;
@@ -374,7 +388,7 @@ async fn job(mut input: JobInput) -> Done {
             let message = e.to_string();
             let known = input.known.clone();
             record(&mut input, &known, reason::BUILD_FAILED, &message).await;
-            done.outcome = Outcome::Stalled(message);
+            done.outcome = Outcome::Stalled(reason::BUILD_FAILED, message);
             done.clusters = input.clusters;
             done.took = started.elapsed();
             return done;
@@ -383,6 +397,14 @@ async fn job(mut input: JobInput) -> Done {
     };
     let targets = targets_of(&plan.stacks, cfg.context.as_deref());
     done.targets = Some(targets.clone());
+    for s in &plan.stacks {
+        let names = s
+            .components
+            .iter()
+            .flat_map(|c| c.spec.secret_env.iter().map(|r| r.secret.clone()))
+            .collect();
+        done.secrets.insert(s.spec.name.clone(), names);
+    }
 
     // A commit may name a stack this daemon does not lease yet.
     if cfg.lease {
@@ -390,7 +412,7 @@ async fn job(mut input: JobInput) -> Done {
             match take_lease(&mut input.clusters, &cfg, t, &input.holder).await {
                 Ok(g) => done.leases.push(g),
                 Err(e) => {
-                    done.outcome = Outcome::Stalled(e.to_string());
+                    done.outcome = Outcome::Stalled(reason::APPLY_FAILED, e.to_string());
                     done.clusters = input.clusters;
                     done.took = started.elapsed();
                     return done;
@@ -400,11 +422,14 @@ async fn job(mut input: JobInput) -> Done {
     }
 
     // reconcile_commit builds what is missing (build::plan + build::ensure per stack, a failed
-    // build blocking only its components); the daemon passes the builder and its cancel switch.
+    // build blocking only its components); the daemon passes the builder, its cancel switch
+    // (shutdown) and its preempt switch (newer work: stop at the next health wait).
     let mut opts = cfg.options.clone();
     opts.full = input.full;
     opts.builder = cfg.builder;
     opts.cancel = Some(input.cancel.clone());
+    opts.preempt = Some(input.preempt.clone());
+    opts.own_deletions = Some(input.own_deletions.clone());
 
     info!(stacks = targets.len(), "apply started");
     let result = reconcile::reconcile_commit(
@@ -434,8 +459,15 @@ async fn job(mut input: JobInput) -> Done {
                     }
                 }
             }
-            if let Some((commit, why, message)) = input.overlay.clone() {
-                record_at(&mut input, &targets, &commit, why, &message).await;
+            if let Some(stall) = input.overlay.clone() {
+                record_at(
+                    &mut input,
+                    &targets,
+                    &stall.commit,
+                    stall.reason,
+                    &stall.message,
+                )
+                .await;
             }
             Outcome::Reports(reports)
         }
@@ -443,7 +475,7 @@ async fn job(mut input: JobInput) -> Done {
             let (why, message) = describe(&e);
             record(&mut input, &targets, why, &message).await;
             match e.disposition() {
-                Disposition::Stalled => Outcome::Stalled(message),
+                Disposition::Stalled => Outcome::Stalled(why, message),
                 Disposition::Waiting | Disposition::Retry => Outcome::Retry(message),
             }
         }
@@ -451,6 +483,42 @@ async fn job(mut input: JobInput) -> Done {
     done.clusters = input.clusters;
     done.took = started.elapsed();
     done
+}
+
+/// The policy's view of a job's outcome.
+fn finished(outcome: &Outcome) -> Finished {
+    match outcome {
+        Outcome::Reports(reports) => {
+            let ready = reports.iter().all(|r| r.ready);
+            let preempted =
+                !ready && reports.iter().all(|r| r.ready || r.preempted) && !reports.is_empty();
+            let stalled: Vec<&StackReport> = reports
+                .iter()
+                .filter(|r| !r.ready && r.needs_new_commit)
+                .collect();
+            let needs_new_commit =
+                (!ready && !preempted && reports.iter().all(|r| r.ready || r.needs_new_commit))
+                    .then(|| {
+                        let message = stalled
+                            .iter()
+                            .map(|r| format!("stack {}: {}", r.stack, r.status.message))
+                            .collect::<Vec<_>>()
+                            .join("; ");
+                        (reason::APPLY_FAILED, message)
+                    });
+            Finished::Reports {
+                ready,
+                preempted,
+                needs_new_commit,
+            }
+        }
+        Outcome::Stalled(why, message) => Finished::Stalled {
+            reason: why,
+            message: message.clone(),
+        },
+        Outcome::Retry(_) => Finished::Retry,
+        Outcome::Cancelled => Finished::Cancelled,
+    }
 }
 
 /// A reason and a one-line message for an error; diagnostics as `file:line:col: message`.
@@ -486,8 +554,18 @@ async fn take_lease(
     holder: &Holder,
 ) -> Result<LeaseGuard, DaemonError> {
     let cluster = clusters.get(cfg.kubeconfig.as_deref(), &t.context).await?;
-    lock::ensure_namespace(cluster.client(), &t.namespace, &t.stack).await?;
-    Ok(LeaseGuard::acquire(cluster.client(), &t.namespace, &t.stack, holder).await?)
+    lock::ensure_namespace(cluster.client(), &t.namespace, &t.stack)
+        .await
+        .map_err(LockError::from)?;
+    LeaseGuard::acquire(
+        cluster.client(),
+        &t.namespace,
+        &t.stack,
+        &holder.identity(),
+        &holder.checkout,
+    )
+    .await
+    .map_err(|e| LockError::from(e).into())
 }
 
 async fn record(input: &mut JobInput, targets: &[Target], why: &'static str, message: &str) {
@@ -517,8 +595,9 @@ async fn record_at(
                 continue;
             }
         };
-        let old = match status::load(cluster.client(), &t.namespace, &t.stack).await {
-            Ok(o) => o,
+        // An unreadable record is kept aside (and logged) before this one replaces it.
+        let old = match status::load_for_update(cluster.client(), &t.namespace, &t.stack).await {
+            Ok((o, _kept_aside)) => o,
             Err(e) => {
                 warn!(stack = %t.stack, error = %e, "status not recorded");
                 continue;
@@ -553,38 +632,54 @@ async fn record_at(
 
 type Job = Pin<Box<dyn Future<Output = Done>>>;
 
-/// A reconcile waiting to start; triggers arriving meanwhile merge into it.
-#[derive(Debug, Clone, Copy)]
-struct Pending {
-    trigger: Trigger,
-    full: bool,
-    /// Whether a drift merged into it (its applies count as drift corrections).
-    drift: bool,
-}
-
-fn merge(pending: &mut Option<Pending>, trigger: Trigger, full: bool) {
-    let drift = trigger == Trigger::Drift;
-    match pending {
-        Some(p) => {
-            p.full |= full;
-            p.drift |= drift;
-        }
-        None => {
-            *pending = Some(Pending {
-                trigger,
-                full,
-                drift,
-            })
-        }
-    }
-}
-
 /// `tokio::time::sleep_until` on an optional deadline (never fires when `None`).
 async fn until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// An optional std deadline as a tokio one.
+fn tokio_at(at: Option<std::time::Instant>) -> Option<Instant> {
+    at.map(Instant::from_std)
+}
+
+/// The commit every stack's status record names as last applied, when they agree (pure).
+fn agreed_commit(records: &[String]) -> Option<String> {
+    let first = records.first()?;
+    records.iter().all(|c| c == first).then(|| first.clone())
+}
+
+/// The last applied commit the cluster's status records name for `targets`, when they agree and
+/// this checkout holds it: what drift corrections re-apply after a restart onto a stalled tip.
+async fn recorded_commit(
+    clusters: &mut Clusters,
+    cfg: &Config,
+    targets: &[Target],
+    root: &Path,
+) -> Option<String> {
+    let mut commits = Vec::new();
+    for t in targets {
+        let cluster = clusters
+            .get(cfg.kubeconfig.as_deref(), &t.context)
+            .await
+            .ok()?;
+        match status::load(cluster.client(), &t.namespace, &t.stack).await {
+            Ok(Some(s)) if !s.last_applied_commit.is_empty() => commits.push(s.last_applied_commit),
+            Ok(_) => {}
+            Err(e) => warn!(stack = %t.stack, error = %e, "status record not read"),
+        }
+    }
+    let commit = agreed_commit(&commits)?;
+    let readable = crate::source::Repo::open(root)
+        .and_then(|r| r.snapshot(&commit).map(|_| ()))
+        .is_ok();
+    if !readable {
+        warn!(commit = %desired::short_id(&commit), "the cluster's status record names a commit this checkout does not hold");
+        return None;
+    }
+    Some(commit)
 }
 
 /// Runs the daemon until SIGTERM/SIGINT (then `Ok`) or a fatal error.
@@ -650,10 +745,19 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let (cancel_tx, cancel_rx) = watch::channel(false);
     let helm = Helm::from_env();
     let cache = Arc::new(DigestCache::new());
+    let own_deletions = OwnDeletions::default();
 
     let watchdog = sd::watchdog_interval();
     let mut tick = tokio::time::interval(watchdog.map_or(HEARTBEAT, |w| (w / 2).min(HEARTBEAT)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    let mut state = State::new(refs::tip(&dirs.root, &tracked).ok(), cfg.retry_max);
+    // After a restart the cluster's record says what runs there: if the tip turns out stalled,
+    // drift is corrected with that commit.
+    if let Some(c) = recorded_commit(&mut clusters, &cfg, &targets, &dirs.root).await {
+        debug!(commit = %desired::short_id(&c), "last applied commit, from the cluster's status record");
+        state.learn_applied(c);
+    }
 
     info!(
         repo = %dirs.root.display(),
@@ -665,66 +769,38 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     );
     sd::ready(&format!("watching {tracked}"));
 
-    // Loop state.
-    let mut pending: Option<Pending> = Some(Pending {
-        trigger: Trigger::Startup,
-        full: false,
-        drift: false,
-    });
+    // Loop state (the policy's is in `state`; this is the I/O's).
     let mut inflight: Option<Job> = None;
+    let mut preempt_tx: Option<watch::Sender<bool>> = None;
     let mut inflight_since = Instant::now();
     let mut refs_deadline: Option<Instant> = None;
     let mut first_ref_event: Option<Instant> = None;
-    let mut retry = Backoff::new(Duration::from_secs(2), cfg.retry_max);
-    let mut retry_at: Option<Instant> = None;
-    let mut objects = ObjectBackoff::new(
-        Duration::from_millis(500),
-        Duration::from_secs(60),
-        Duration::from_secs(300),
-    );
-    let mut drift_at: Option<Instant> = None;
     let mut resync_at = Instant::now() + cfg.resync;
     let mut full_resync_at = Instant::now() + cfg.full_resync;
     let mut poll_at = cfg.remote.as_ref().map(|_| Instant::now());
     let mut fetching: Option<tokio::task::JoinHandle<Result<Option<String>, refs::RefsError>>> =
         None;
     let mut shutdown_at: Option<Instant> = None;
-    let mut last_tip: Option<String> = refs::tip(&dirs.root, &tracked).ok();
-    let mut applied: Option<String> = None;
-    let mut last_good: Option<String> = None;
-    let mut stalled: Option<(String, &'static str, String)> = None;
-    let mut drift_seq: u64 = 0;
-    let mut job_seq: u64 = 0;
-    let mut clean = false;
-    let mut gaps: BTreeSet<(String, String)> = BTreeSet::new();
     let mut exit: Result<(), DaemonError> = Ok(());
 
     loop {
         // Start the next reconcile when idle.
         if inflight.is_none() && shutdown_at.is_none() {
-            if let Some(p) = pending.take() {
-                let tip = match refs::tip(&dirs.root, &tracked) {
-                    Ok(t) => Some(t),
-                    Err(e) => {
-                        warn!(error = %e, %tracked, "cannot read the tracked ref");
-                        None
-                    }
-                };
-                let user = matches!(p.trigger, Trigger::Sync | Trigger::Reload);
-                // A stalled tip is not retried until a new commit or a person asks; drift and
-                // resyncs keep the last good commit in place meanwhile.
-                let (commit, overlay) = match (&tip, &stalled) {
-                    (Some(t), Some((s, why, msg))) if t == s && !user => {
-                        (last_good.clone(), Some((s.clone(), *why, msg.clone())))
-                    }
-                    _ => (tip.clone(), None),
-                };
-                if user {
-                    stalled = None;
+            let tip = match refs::tip(&dirs.root, &tracked) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    warn!(error = %e, %tracked, "cannot read the tracked ref");
+                    None
                 }
-                if let Some(commit) = commit {
+            };
+            match state.next(tip.as_deref()) {
+                Next::Idle => {}
+                Next::NothingApplied => {
+                    debug!("nothing to reconcile: the tip is stalled and no commit is known to be applied");
+                }
+                Next::Start(st) => {
                     let since = first_ref_event.take();
-                    let span = info_span!("reconcile", trigger = p.trigger.as_str(), commit = %desired::short_id(&commit), full = p.full);
+                    let span = info_span!("reconcile", trigger = st.trigger.as_str(), commit = %desired::short_id(&st.commit), full = st.full);
                     span.in_scope(|| match since {
                         Some(t) => info!(
                             latency_ms = t.elapsed().as_millis() as u64,
@@ -732,36 +808,44 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                         ),
                         None => info!("reconcile started"),
                     });
-                    job_seq = drift_seq;
+                    let (ptx, prx) = watch::channel(false);
+                    preempt_tx = Some(ptx);
                     let input = JobInput {
                         cfg: cfg.clone(),
                         root: dirs.root.clone(),
-                        commit,
-                        trigger: p.trigger,
-                        drift: p.drift,
-                        full: p.full,
+                        commit: st.commit,
+                        trigger: st.trigger,
+                        drift: st.drift,
+                        full: st.full,
                         clusters: clusters.clone(),
                         helm: helm.clone(),
                         cache: cache.clone(),
                         cancel: cancel_rx.clone(),
+                        preempt: prx,
+                        own_deletions: own_deletions.clone(),
                         known: targets.clone(),
                         leased: leases.iter().map(|g| g.stack().to_string()).collect(),
                         holder: holder.clone(),
-                        overlay,
+                        overlay: st.overlay,
                     };
                     inflight = Some(Box::pin(job(input).instrument(span)));
                     inflight_since = Instant::now();
                     sd::status("reconciling");
-                } else {
-                    debug!(
-                        "nothing to reconcile: the tip is stalled and no commit was applied yet"
-                    );
                 }
             }
         }
         if shutdown_at.is_some() && inflight.is_none() {
             break;
         }
+        let preempt = |why: &str| {
+            if let Some(p) = &preempt_tx {
+                let _ = p.send(true);
+                info!(
+                    running_s = inflight_since.elapsed().as_secs(),
+                    "the reconcile in flight stops at its next health wait: {why}"
+                );
+            }
+        };
 
         tokio::select! {
             biased;
@@ -775,11 +859,15 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                     info!(in_flight = inflight.is_some(), grace_s = cfg.shutdown_grace.as_secs(), "stopping: no new work; waiting for the reconcile in flight");
                     sd::stopping();
                     let _ = cancel_tx.send(true);
+                    // A health wait ends at once, so the reconcile records its status and exits.
+                    if inflight.is_some() {
+                        preempt("shutdown");
+                    }
                     shutdown_at = Some(Instant::now() + cfg.shutdown_grace);
                 }
                 SIGUSR1 => {
                     info!("sync requested (SIGUSR1)");
-                    merge(&mut pending, Trigger::Sync, true);
+                    state.on_sync();
                 }
                 SIGHUP => {
                     info!("reloading (SIGHUP)");
@@ -793,9 +881,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                         }
                         Err(e) => warn!(error = %e, "reload: keeping the previous configuration"),
                     }
-                    retry.reset();
-                    retry_at = None;
-                    merge(&mut pending, Trigger::Reload, true);
+                    state.on_reload();
                     sd::ready(&format!("watching {tracked}"));
                 }
                 _ => {}
@@ -807,9 +893,13 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             }
             done = async { inflight.as_mut().expect("guarded by the branch condition").await }, if inflight.is_some() => {
                 inflight = None;
+                preempt_tx = None;
                 let took = done.took;
                 if let Some(t) = done.targets.clone() {
                     targets = t;
+                }
+                for (stack, names) in done.secrets {
+                    state.set_secrets(stack, names);
                 }
                 for g in done.leases {
                     renewers.push(spawn_renewer(g.clone(), lost_tx.clone()));
@@ -818,9 +908,11 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                 clusters = done.clusters;
                 let span = info_span!("reconcile", trigger = done.trigger.as_str(), commit = %desired::short_id(&done.commit));
                 let _enter = span.enter();
+                let fin = finished(&done.outcome);
+                let after = state.on_done(fin.clone(), Instant::now().into_std());
+                let retry_in_s = after.retry_at.map(|at| at.saturating_duration_since(std::time::Instant::now()).as_secs());
                 match done.outcome {
                     Outcome::Reports(reports) => {
-                        let ok = reports.iter().all(|r| r.ready);
                         let mut applied_n = 0u64;
                         for r in &reports {
                             metrics.requests(r.requests.reads, r.requests.writes, r.requests.dry_runs);
@@ -828,6 +920,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                                 metrics.build(match b.action {
                                     crate::build::Action::Exists => "exists",
                                     crate::build::Action::Built => "built",
+                                    crate::build::Action::Loaded => "loaded",
                                     crate::build::Action::Skipped => "skipped",
                                     crate::build::Action::Failed { .. } => "failed",
                                 });
@@ -836,6 +929,8 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                             let line = format!("{} applied, {} unchanged, {} pruned", r.applied.len(), r.unchanged, r.pruned.len());
                             if r.ready {
                                 info!(stack = %r.stack, reason = %r.reason, reads = r.requests.reads, writes = r.requests.writes, ms = r.duration_ms, "{line}");
+                            } else if r.preempted {
+                                info!(stack = %r.stack, reason = %r.reason, ms = r.duration_ms, "{line}; health wait preempted");
                             } else {
                                 warn!(stack = %r.stack, reason = %r.reason, errors = %r.errors.join("; "), "{line}; not ready");
                             }
@@ -844,24 +939,29 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                             metrics.drift_corrected(applied_n);
                             info!(objects = applied_n, "drift corrected");
                         }
-                        if ok {
-                            metrics.reconcile(ResultLabel::Success, took);
-                            applied = Some(done.commit.clone());
-                            last_good = Some(done.commit.clone());
-                            metrics.applied(&done.commit);
-                            metrics.set_ready(stalled.is_none());
-                            retry.reset();
-                            retry_at = None;
-                            clean = job_seq == drift_seq && gaps.is_empty() && stalled.is_none();
-                            sd::status(&format!("converged at {}", desired::short_id(&done.commit)));
-                        } else {
-                            metrics.reconcile(ResultLabel::Failed, took);
-                            metrics.set_ready(false);
-                            clean = false;
-                            let delay = retry.next_delay();
-                            retry_at = Some(Instant::now() + delay);
-                            warn!(retry_in_s = delay.as_secs(), "reconcile failed; retrying with back-off");
-                            sd::status(&format!("failed at {}; retrying", desired::short_id(&done.commit)));
+                        match fin {
+                            Finished::Reports { ready: true, .. } => {
+                                metrics.reconcile(ResultLabel::Success, took);
+                                metrics.applied(&done.commit);
+                                metrics.set_ready(after.ready);
+                                sd::status(&format!("converged at {}", desired::short_id(&done.commit)));
+                            }
+                            Finished::Reports { preempted: true, .. } => {
+                                metrics.reconcile(ResultLabel::Preempted, took);
+                                metrics.applied(&done.commit);
+                            }
+                            Finished::Reports { needs_new_commit: Some((_, message)), .. } => {
+                                metrics.reconcile(ResultLabel::Failed, took);
+                                metrics.set_ready(false);
+                                error!(%message, "cannot deploy this commit as it is; waiting for a new commit (retrying would fail the same way; `converge sync` tries again)");
+                                sd::status(&format!("stalled at {}", desired::short_id(&done.commit)));
+                            }
+                            _ => {
+                                metrics.reconcile(ResultLabel::Failed, took);
+                                metrics.set_ready(false);
+                                warn!(retry_in_s, "reconcile failed; retrying with back-off");
+                                sd::status(&format!("failed at {}; retrying", desired::short_id(&done.commit)));
+                            }
                         }
                         // Watch what converge now manages.
                         for t in &targets {
@@ -872,22 +972,20 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                         }
                         drift_watch.retain(&targets.iter().map(|t| t.stack.clone()).collect());
                     }
-                    Outcome::Stalled(message) => {
+                    Outcome::Stalled(_, message) => {
                         metrics.reconcile(if done.invalid { ResultLabel::Invalid } else { ResultLabel::Error }, took);
                         metrics.set_ready(false);
-                        clean = false;
-                        let why = if done.invalid { reason::VALIDATION_FAILED } else { reason::APPLY_FAILED };
-                        error!(%message, "cannot deploy this commit; waiting for a new commit (the cluster keeps the last good state)");
-                        stalled = Some((done.commit.clone(), why, message));
-                        sd::status(&format!("stalled at {}", desired::short_id(&done.commit)));
+                        if after.stalled {
+                            error!(error = %message, "cannot deploy this commit; waiting for a new commit (the cluster keeps the last applied state)");
+                            sd::status(&format!("stalled at {}", desired::short_id(&done.commit)));
+                        } else {
+                            warn!(error = %message, "the commit the cluster's status record names cannot be re-applied from this checkout");
+                        }
                     }
                     Outcome::Retry(message) => {
                         metrics.reconcile(ResultLabel::Error, took);
                         metrics.set_ready(false);
-                        clean = false;
-                        let delay = retry.next_delay();
-                        retry_at = Some(Instant::now() + delay);
-                        warn!(%message, retry_in_s = delay.as_secs(), "reconcile failed; retrying with back-off");
+                        warn!(error = %message, retry_in_s, "reconcile failed; retrying with back-off");
                     }
                     Outcome::Cancelled => {
                         metrics.reconcile(ResultLabel::Abandoned, took);
@@ -908,18 +1006,15 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             _ = until(refs_deadline), if refs_deadline.is_some() => {
                 refs_deadline = None;
                 match refs::tip(&dirs.root, &tracked) {
-                    Ok(tip) if last_tip.as_deref() != Some(tip.as_str()) => {
-                        info!(commit = %desired::short_id(&tip), %tracked, "new commit");
-                        last_tip = Some(tip);
-                        stalled = None;
-                        retry.reset();
-                        retry_at = None;
-                        clean = false;
-                        merge(&mut pending, Trigger::Commit, false);
-                    }
-                    Ok(_) => {
-                        first_ref_event = None;
-                    }
+                    Ok(tip) => match state.on_tip(&tip) {
+                        None => first_ref_event = None,
+                        Some(ask) => {
+                            info!(commit = %desired::short_id(&tip), %tracked, "new commit");
+                            if ask {
+                                preempt("a new commit is waiting");
+                            }
+                        }
+                    },
                     Err(e) => {
                         first_ref_event = None;
                         debug!(error = %e, %tracked, "tracked ref unreadable");
@@ -927,64 +1022,62 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                 }
             }
             Some(note) = drift_rx.recv() => match note {
+                Note::Drift(ev) if ev.deleted && own_deletions.take(&ev.stack, &ev.object) => {
+                    debug!(stack = %ev.stack, object = %ev.object, "deleted by converge's prune: not drift");
+                }
                 Note::Drift(ev) => {
                     metrics.drift_event();
-                    drift_seq += 1;
-                    clean = false;
                     let what = if ev.deleted { "deleted" } else { "changed" };
                     info!(stack = %ev.stack, object = %ev.object, manager = %ev.manager, "drift: {what} out of band");
                     let now = Instant::now();
-                    let at = Instant::from_std(objects.admit(&format!("{}/{}", ev.stack, ev.object), now.into_std()));
-                    if at <= now {
-                        // A reconcile that has run for a while is most likely waiting for health:
-                        // its applies are done, so dropping it loses nothing the next run does
-                        // not redo, and the drift is corrected now instead of after the wait.
-                        if inflight.is_some() && inflight_since.elapsed() >= PREEMPT_AFTER {
-                            inflight = None;
-                            metrics.reconcile(ResultLabel::Abandoned, inflight_since.elapsed());
-                            info!(object = %ev.object, "reconcile in flight preempted to correct drift now");
+                    match state.on_drift(&format!("{}/{}", ev.stack, ev.object), now.into_std()) {
+                        DriftVerdict::Now { preempt: true } => preempt("drift is corrected next"),
+                        DriftVerdict::Now { preempt: false } => {}
+                        DriftVerdict::Later(at) => {
+                            debug!(object = %ev.object, delay_ms = at.saturating_duration_since(now.into_std()).as_millis() as u64, "drift correction delayed (per-object back-off)");
                         }
-                        merge(&mut pending, Trigger::Drift, false);
-                    } else {
-                        debug!(object = %ev.object, delay_ms = (at - now).as_millis() as u64, "drift correction delayed (per-object back-off)");
-                        drift_at = Some(drift_at.map_or(at, |d| d.min(at)));
                     }
                 }
-                Note::Synced { stack, kind } => {
-                    gaps.remove(&(stack, kind));
-                }
-                Note::Gap { stack, kind } => {
-                    drift_seq += 1;
-                    clean = false;
-                    gaps.insert((stack, kind));
+                Note::Synced { stack, kind } => state.on_synced(stack, kind),
+                Note::Gap { stack, kind } => state.on_gap(stack, kind),
+                Note::Gone { stack, kind } => state.on_gone(stack, kind),
+                Note::Record { stack, commit } => match state.on_record(&commit) {
+                    RecordVerdict::Agrees => {}
+                    RecordVerdict::Learned => {
+                        debug!(%stack, commit = %desired::short_id(&commit), "last applied commit, from the cluster's status record");
+                    }
+                    RecordVerdict::Foreign { ours } => {
+                        warn!(%stack, recorded = %desired::short_id(&commit), ours = %desired::short_id(&ours), "the cluster's status record says another commit was applied (a one-shot `converge apply --force`?); reconciling the tip again");
+                    }
+                },
+                Note::Secret { stack, name } => {
+                    if state.on_secret(&stack, &name) {
+                        info!(%stack, secret = %name, "a Secret the stack reads changed; reconciling");
+                    }
                 }
             },
-            _ = until(drift_at), if drift_at.is_some() => {
-                drift_at = None;
-                merge(&mut pending, Trigger::Drift, false);
+            _ = until(tokio_at(state.drift_at())), if state.drift_at().is_some() => {
+                state.on_drift_due();
             }
-            _ = until(retry_at), if retry_at.is_some() => {
-                retry_at = None;
-                merge(&mut pending, Trigger::Retry, false);
+            _ = until(tokio_at(state.retry_at())), if state.retry_at().is_some() => {
+                state.on_retry_due();
             }
             Some(()) = sync_rx.recv() => {
                 info!("sync requested (converge sync)");
-                merge(&mut pending, Trigger::Sync, true);
+                state.on_sync();
             }
             _ = tokio::time::sleep_until(full_resync_at) => {
                 full_resync_at = Instant::now() + cfg.full_resync;
                 resync_at = Instant::now() + cfg.resync;
-                merge(&mut pending, Trigger::FullResync, true);
+                state.on_full_resync();
             }
             _ = tokio::time::sleep_until(resync_at) => {
                 let t0 = std::time::Instant::now();
                 resync_at = Instant::now() + cfg.resync;
                 let tip = refs::tip(&dirs.root, &tracked).ok();
-                if clean && pending.is_none() && inflight.is_none() && tip.is_some() && tip == applied {
+                if state.on_resync(tip.as_deref()) {
                     metrics.resync_skipped();
                     debug!(took_us = t0.elapsed().as_micros() as u64, "resync: nothing changed since the last apply (watch cache); no request sent");
-                } else if inflight.is_none() {
-                    merge(&mut pending, Trigger::Resync, true);
                 }
             }
             _ = until(poll_at), if poll_at.is_some() && fetching.is_none() => {
@@ -1033,19 +1126,51 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     exit
 }
 
+/// Keeps a Lease: renews it every [`LEASE_RENEW`], re-creates it at once when it is deleted
+/// (by hand, or with its namespace), retries every second while that fails, and reports a
+/// Lease another daemon took on `lost`.
 fn spawn_renewer(g: LeaseGuard, lost: mpsc::Sender<String>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut t = tokio::time::interval(LEASE_RENEW);
-        t.tick().await;
+        let config = kube::runtime::watcher::Config::default()
+            .fields(&format!("metadata.name={}", g.name()));
+        let deleted = kube::runtime::watcher::watcher(g.api().clone(), config)
+            .default_backoff()
+            .filter_map(|e| async move {
+                matches!(e, Ok(kube::runtime::watcher::Event::Delete(_))).then_some(())
+            });
+        futures::pin_mut!(deleted);
+        let mut wait = LEASE_RENEW;
+        let mut failing = false;
         loop {
-            t.tick().await;
-            match g.renew().await {
-                Ok(()) => {}
-                Err(lock::LockError::LeaseLost { holder, .. }) => {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                Some(()) = deleted.next() => {
+                    warn!(stack = %g.stack(), "the stack's Lease was deleted; re-creating it");
+                }
+            }
+            match g.keep().await {
+                Ok(r) => {
+                    if r == Renewal::Recreate {
+                        info!(stack = %g.stack(), "Lease re-created: this daemon still manages the stack");
+                    }
+                    failing = false;
+                    wait = LEASE_RENEW;
+                }
+                Err(LeaseError::Lost { holder, .. }) => {
                     let _ = lost.send(holder).await;
                     return;
                 }
-                Err(e) => warn!(error = %e, "Lease renewal failed; retrying"),
+                Err(e) => {
+                    // While a namespace terminates nothing can be created in it: retry soon, so
+                    // the Lease is back the moment it is gone, before anyone else can take it.
+                    if !failing {
+                        warn!(stack = %g.stack(), error = %e, "Lease renewal failed; retrying every second");
+                    } else {
+                        debug!(stack = %g.stack(), error = %e, "Lease renewal failed");
+                    }
+                    failing = true;
+                    wait = LEASE_RETRY;
+                }
             }
         }
     })
@@ -1097,13 +1222,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn triggers_arriving_while_one_is_pending_merge_into_it() {
-        let mut p = None;
-        merge(&mut p, Trigger::Commit, false);
-        merge(&mut p, Trigger::Drift, false);
-        merge(&mut p, Trigger::Sync, true);
-        let p = p.unwrap();
-        assert_eq!(p.trigger, Trigger::Commit);
-        assert!(p.full);
+    fn the_recorded_commit_counts_only_when_every_stack_agrees() {
+        assert_eq!(agreed_commit(&[]), None);
+        assert_eq!(agreed_commit(&["a".into(), "a".into()]), Some("a".into()));
+        assert_eq!(agreed_commit(&["a".into(), "b".into()]), None);
     }
 }

@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use annotate_snippets::{Level, Renderer, Snippet};
 use serde::Serialize;
 
-use super::yaml::Pos;
+use super::yaml::{Pos, Secret};
+
+/// What a suspected secret is shown as, in source lines and in every text field.
+pub const MASK: &str = "********";
 
 /// How bad a diagnostic is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -33,8 +36,8 @@ pub struct Diagnostic {
     pub column: usize,
     /// JSON pointer of the offending node inside its YAML document.
     pub path: String,
-    /// The offending value as written, when there is one. Never a secret: secret values cannot
-    /// be written in the desired state at all.
+    /// The offending value as written, when there is one. A value under a credential-like key
+    /// (or quoted by an alias of one) is shown as [`MASK`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
     /// What is wrong.
@@ -141,6 +144,8 @@ pub struct Report {
     /// Every finding, errors first, then in file and line order.
     pub diagnostics: Vec<Diagnostic>,
     sources: BTreeMap<String, String>,
+    /// Per file: values that look like secrets, masked in every rendering of every finding.
+    secrets: BTreeMap<String, Vec<Secret>>,
 }
 
 impl Report {
@@ -149,9 +154,51 @@ impl Report {
         self.sources.insert(file.to_string(), text.to_string());
     }
 
-    /// Adds a finding.
-    pub fn push(&mut self, d: Diagnostic) {
+    /// Marks values of `file` as secrets: source lines show them as [`MASK`], and so do the
+    /// value and message of any finding (text and JSON, CLI, daemon log and status record alike).
+    pub fn add_secrets(&mut self, file: &str, secrets: Vec<Secret>) {
+        if secrets.is_empty() {
+            return;
+        }
+        self.secrets
+            .entry(file.to_string())
+            .or_default()
+            .extend(secrets);
+        let mut diagnostics = std::mem::take(&mut self.diagnostics);
+        for d in &mut diagnostics {
+            self.mask(d);
+        }
+        self.diagnostics = diagnostics;
+    }
+
+    /// Adds a finding, with any secret it quotes masked.
+    pub fn push(&mut self, mut d: Diagnostic) {
+        self.mask(&mut d);
         self.diagnostics.push(d);
+    }
+
+    /// Masks the secrets of `d`'s file in its value and message: the whole value when `d` points
+    /// into a secret, and any quote of a secret's text (four characters or more) anywhere.
+    fn mask(&self, d: &mut Diagnostic) {
+        let Some(secrets) = self.secrets.get(&d.file) else {
+            return;
+        };
+        for s in secrets {
+            let points_into =
+                d.line > 0 && d.offset < s.range.end && s.range.start < d.offset + d.len.max(1);
+            if d.value.is_some() && (points_into || d.value.as_deref() == Some(s.text.as_str())) {
+                d.value = Some(MASK.to_string());
+            }
+            if s.text.is_empty() || (s.text.chars().count() < 4 && !points_into) {
+                continue;
+            }
+            if let Some(m) = replace_token(&d.message, &s.text) {
+                d.message = m;
+            }
+            if let Some(v) = d.value.as_deref().and_then(|v| replace_token(v, &s.text)) {
+                d.value = Some(v);
+            }
+        }
     }
 
     /// Whether any finding is an error.
@@ -185,16 +232,143 @@ impl Report {
         } else {
             Renderer::plain()
         };
+        let mut masked: BTreeMap<&str, Masked> = BTreeMap::new();
         let mut out = String::new();
         for d in &self.diagnostics {
-            out.push_str(&render_one(&renderer, d, self.sources.get(&d.file)));
+            let source = self.sources.get(&d.file).map(|src| {
+                &*masked.entry(d.file.as_str()).or_insert_with(|| {
+                    Masked::new(src, self.secrets.get(&d.file).map(Vec::as_slice))
+                })
+            });
+            out.push_str(&render_one(&renderer, d, source));
             out.push_str("\n\n");
         }
         out
     }
 }
 
-fn render_one(renderer: &Renderer, d: &Diagnostic, source: Option<&String>) -> String {
+/// Byte ranges where `needle` occurs in `hay` as a whole token (not inside a longer word).
+fn token_ranges(hay: &str, needle: &str) -> Vec<std::ops::Range<usize>> {
+    let word = |c: char| c.is_alphanumeric() || c == '_' || c == '-';
+    let mut out = Vec::new();
+    if needle.is_empty() {
+        return out;
+    }
+    for (i, _) in hay.match_indices(needle) {
+        let end = i + needle.len();
+        let before = hay[..i].chars().next_back().is_some_and(word);
+        let after = hay[end..].chars().next().is_some_and(word);
+        if !before && !after {
+            out.push(i..end);
+        }
+    }
+    out
+}
+
+/// `hay` with every whole-token occurrence of `needle` replaced by [`MASK`]; `None` if none.
+fn replace_token(hay: &str, needle: &str) -> Option<String> {
+    let ranges = token_ranges(hay, needle);
+    if ranges.is_empty() {
+        return None;
+    }
+    let mut out = String::with_capacity(hay.len());
+    let mut at = 0;
+    for r in ranges {
+        out.push_str(&hay[at..r.start]);
+        out.push_str(MASK);
+        at = r.end;
+    }
+    out.push_str(&hay[at..]);
+    Some(out)
+}
+
+/// A source with every secret replaced by [`MASK`], and the map from original byte offsets to
+/// offsets in the masked text (so underlines still land on the right characters).
+struct Masked {
+    text: String,
+    /// (original range, masked range) of every replaced segment, in order.
+    replaced: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
+}
+
+impl Masked {
+    fn new(src: &str, secrets: Option<&[Secret]>) -> Self {
+        let secrets = secrets.unwrap_or_default();
+        let mut ranges: Vec<std::ops::Range<usize>> = secrets
+            .iter()
+            .map(|s| s.range.start.min(src.len())..s.range.end.min(src.len()))
+            .filter(|r| r.start < r.end)
+            .collect();
+        // The same text written elsewhere (under a key that does not look secret) is masked too,
+        // as messages quoting it are.
+        for s in secrets.iter().filter(|s| s.text.chars().count() >= 4) {
+            ranges.extend(token_ranges(src, &s.text));
+        }
+        if ranges.is_empty() {
+            return Self {
+                text: src.to_string(),
+                replaced: Vec::new(),
+            };
+        }
+        ranges.sort_by_key(|r| r.start);
+        // Each line of a secret is masked on its own, keeping indentation and line breaks, so a
+        // multi-line value (`|` block) still renders as the same number of lines.
+        let mut segments: Vec<std::ops::Range<usize>> = Vec::new();
+        for r in ranges {
+            let mut start = r.start;
+            for line in src[r.start..r.end].split_inclusive('\n') {
+                let end = start + line.len();
+                let body = line.trim_end();
+                let lead = if start == r.start || !src.is_char_boundary(start) {
+                    0
+                } else {
+                    body.len() - body.trim_start().len()
+                };
+                let seg = start + lead..start + body.len();
+                if seg.start < seg.end {
+                    match segments.last_mut() {
+                        Some(last) if last.end > seg.start => last.end = last.end.max(seg.end),
+                        _ => segments.push(seg),
+                    }
+                }
+                start = end;
+            }
+        }
+        let mut text = String::with_capacity(src.len());
+        let mut replaced = Vec::new();
+        let mut at = 0;
+        for seg in segments {
+            if seg.start < at || !src.is_char_boundary(seg.start) || !src.is_char_boundary(seg.end)
+            {
+                continue;
+            }
+            text.push_str(&src[at..seg.start]);
+            let new_start = text.len();
+            text.push_str(MASK);
+            replaced.push((seg.clone(), new_start..text.len()));
+            at = seg.end;
+        }
+        text.push_str(&src[at..]);
+        Self { text, replaced }
+    }
+
+    /// Where original byte `offset` is in the masked text (inside a mask: the mask's start, or
+    /// its end when `end` is set, so a span over a secret underlines the whole mask).
+    fn map(&self, offset: usize, end: bool) -> usize {
+        let mut shift: isize = 0;
+        for (orig, new) in &self.replaced {
+            if offset < orig.start || (end && offset == orig.start) {
+                break;
+            }
+            if offset < orig.end || (end && offset == orig.end) {
+                return if end { new.end } else { new.start };
+            }
+            shift += new.len() as isize - orig.len() as isize;
+        }
+        offset.saturating_add_signed(shift)
+    }
+}
+
+fn render_one(renderer: &Renderer, d: &Diagnostic, source: Option<&Masked>) -> String {
     let level = match d.severity {
         Severity::Error => Level::Error,
         Severity::Warning => Level::Warning,
@@ -210,14 +384,18 @@ fn render_one(renderer: &Renderer, d: &Diagnostic, source: Option<&String>) -> S
     let text;
     let mut message = level.title(&d.message).id(d.code);
     match source {
-        Some(src) if d.line > 0 && d.offset <= src.len() => {
-            text = src.as_str();
-            let end = (d.offset + d.len).min(src.len()).max(d.offset);
+        Some(masked) if d.line > 0 && masked.map(d.offset, false) <= masked.text.len() => {
+            text = masked.text.as_str();
+            let start = masked.map(d.offset, false);
+            let end = masked
+                .map(d.offset + d.len, true)
+                .min(text.len())
+                .max(start);
             // An empty span at the end of a file still needs a character to point at.
-            let span = if end == d.offset && end < src.len() {
-                d.offset..end + 1
+            let span = if end == start && end < text.len() {
+                start..end + 1
             } else {
-                d.offset..end
+                start..end
             };
             message = message.snippet(
                 Snippet::source(text)
@@ -278,5 +456,105 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("= help: did you mean `replicas`?"), "{text}");
+    }
+
+    fn report_with_secret(src: &str) -> Report {
+        let mut r = Report::default();
+        r.add_source("desired/web.yaml", src);
+        let scan = super::super::yaml::scan(
+            src,
+            super::super::yaml::Limits::DESIRED,
+            &mut Default::default(),
+        );
+        r.add_secrets("desired/web.yaml", scan.secrets);
+        r
+    }
+
+    #[test]
+    fn a_credential_value_is_masked_in_the_source_line_and_every_field() {
+        let src = "env:\n  DB_PASSWORD: hunter2\n  LOG: x\nresources: {requests: {cpu: hunter2}}\n";
+        let mut r = report_with_secret(src);
+        let key = Pos {
+            line: 2,
+            column: 3,
+            offset: 7,
+            len: 11,
+        };
+        r.push(
+            Diagnostic::error(
+                "credential-in-env",
+                "desired/web.yaml",
+                key,
+                "`DB_PASSWORD` looks like a credential",
+            )
+            .value("DB_PASSWORD"),
+        );
+        // A finding on the secret itself, and one quoting the same text elsewhere.
+        let value = Pos {
+            line: 2,
+            column: 16,
+            offset: 20,
+            len: 7,
+        };
+        r.push(
+            Diagnostic::error("bad-value", "desired/web.yaml", value, "`hunter2` is wrong")
+                .value("hunter2"),
+        );
+        let cpu = Pos {
+            line: 4,
+            column: 31,
+            offset: src.rfind("hunter2").unwrap(),
+            len: 7,
+        };
+        r.push(
+            Diagnostic::error(
+                "bad-quantity",
+                "desired/web.yaml",
+                cpu,
+                "`hunter2` is not a quantity",
+            )
+            .value("hunter2"),
+        );
+        let text = r.render(false);
+        let json = serde_json::to_string(&r.diagnostics).unwrap();
+        for out in [&text, &json] {
+            assert!(!out.contains("hunter2"), "{out}");
+        }
+        assert!(text.contains("2 |   DB_PASSWORD: ********"), "{text}");
+        assert!(text.contains("--> desired/web.yaml:2:3"), "{text}");
+        assert!(
+            text.contains("found `DB_PASSWORD`"),
+            "the key name stays: {text}"
+        );
+        // The underline of a finding on the secret covers the mask, not the old length.
+        assert!(text.contains("^^^^^^^^ found `********`"), "{text}");
+        assert_eq!(r.diagnostics[1].value.as_deref(), Some(MASK));
+        assert_eq!(r.diagnostics[2].message, "`********` is not a quantity");
+    }
+
+    #[test]
+    fn masking_keeps_later_underlines_on_their_characters() {
+        let src = "env: {API_TOKEN: a-long-token-value, replica: 2}\n";
+        let mut r = report_with_secret(src);
+        let at = src.find("replica").unwrap();
+        r.push(Diagnostic::error(
+            "unknown-field",
+            "desired/web.yaml",
+            Pos {
+                line: 1,
+                column: at + 1,
+                offset: at,
+                len: 7,
+            },
+            "unknown field `replica`",
+        ));
+        let text = r.render(false);
+        assert!(
+            text.contains("1 | env: {API_TOKEN: ********, replica: 2}"),
+            "{text}"
+        );
+        let caret_line = text.lines().find(|l| l.contains('^')).unwrap();
+        let rendered = text.lines().find(|l| l.contains("replica: 2")).unwrap();
+        assert_eq!(caret_line.find('^'), rendered.find("replica"), "{text}");
     }
 }

@@ -24,6 +24,11 @@ use crate::source::{resolve_symlink, EntryKind, Snapshot};
 /// mistake (a generated dump, a binary) and reading it would only slow every reconcile.
 pub const MAX_FILE_BYTES: usize = 1024 * 1024;
 
+/// The most bytes of YAML one desired state may hold, all files together: with
+/// [`yaml::Limits::DESIRED`] this keeps validating any accepted input within a small multiple of
+/// [`MAX_FILE_BYTES`] in memory.
+pub const MAX_TOTAL_BYTES: usize = 4 * MAX_FILE_BYTES;
+
 /// The default directory holding the desired state.
 pub const DEFAULT_DIR: &str = "desired";
 
@@ -117,6 +122,9 @@ pub fn load(snapshot: &Snapshot<'_>, dir: &str) -> Result<Loaded, Report> {
     let mut stacks = Vec::new();
     let mut components = Vec::new();
     let mut broken_stacks = Vec::new();
+    // One budget for the whole tree: many small files multiplying aliases are bounded together.
+    let mut budget = yaml::Budget::default();
+    let mut total_bytes = 0usize;
     for entry in entries {
         if !(entry.path.ends_with(".yaml") || entry.path.ends_with(".yml")) {
             continue;
@@ -124,7 +132,37 @@ pub fn load(snapshot: &Snapshot<'_>, dir: &str) -> Result<Loaded, Report> {
         let Some(text) = read_text(snapshot, &entry, &mut report) else {
             continue;
         };
+        total_bytes += text.len();
+        if total_bytes > MAX_TOTAL_BYTES {
+            report.push(
+                Diagnostic::file_error(
+                    "desired-too-large",
+                    dir,
+                    format!(
+                        "`{dir}/` holds more than {MAX_TOTAL_BYTES} bytes of YAML (at {})",
+                        entry.path
+                    ),
+                )
+                .help("a desired state is a few kilobytes; move generated data out of it"),
+            );
+            break;
+        }
+        // Walk the event stream before building anything: refuses nesting and alias expansion
+        // past the limits at their line and column, and finds values a diagnostic must mask.
+        let scan = yaml::scan(&text, yaml::Limits::DESIRED, &mut budget);
         report.add_source(&entry.path, &text);
+        report.add_secrets(&entry.path, scan.secrets);
+        if let Some(e) = scan.error {
+            let over_budget = e.limit == Some(yaml::LimitKind::Expansion);
+            report.push(limit_diagnostic(&entry.path, e));
+            // It may be the stack: its components are not orphans, just unread with it.
+            broken_stacks.push(entry.path.clone());
+            if over_budget {
+                // The budget is shared: every later file would be refused for the same reason.
+                break;
+            }
+            continue;
+        }
         structure::parse_file(
             &entry.path,
             &text,
@@ -161,6 +199,18 @@ pub fn load(snapshot: &Snapshot<'_>, dir: &str) -> Result<Loaded, Report> {
             }
             Err(report)
         }
+    }
+}
+
+/// The diagnostic for YAML refused by [`yaml::Limits`] (too deep, or aliases expanding too far).
+fn limit_diagnostic(file: &str, e: yaml::YamlError) -> Diagnostic {
+    match e.limit {
+        Some(yaml::LimitKind::Depth) => Diagnostic::error("yaml-too-deep", file, e.pos, e.message)
+            .expected(format!("at most {} levels of nesting", yaml::Limits::DESIRED.max_depth))
+            .help("a desired state nests a few levels; this looks generated, not written"),
+        _ => Diagnostic::error("yaml-too-large", file, e.pos, e.message).help(
+            "anchors and aliases may share a few values; write the values out, or split the desired state",
+        ),
     }
 }
 

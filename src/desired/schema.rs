@@ -116,10 +116,28 @@ pub enum BuilderKind {
     Minikube,
     /// On the engine named by `DOCKER_HOST`.
     Docker,
+    /// With Docker, then `kind load docker-image` into the kind cluster of the context.
+    Kind,
+    /// With Docker, then `ctr images import` into the node's containerd (`CONTAINERD_ADDRESS`).
+    Containerd,
     /// With a user-given command.
     Command,
     /// Compute tags only; images are built elsewhere.
     None,
+}
+
+impl BuilderKind {
+    /// The name users write (`builder: kind`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuilderKind::Minikube => "minikube",
+            BuilderKind::Docker => "docker",
+            BuilderKind::Kind => "kind",
+            BuilderKind::Containerd => "containerd",
+            BuilderKind::Command => "command",
+            BuilderKind::None => "none",
+        }
+    }
 }
 
 /// `Component`: one workload of the stack and everything the chart needs to deploy it.

@@ -243,7 +243,7 @@ fn check_component(snapshot: &Snapshot<'_>, c: &Parsed<ComponentSpec>, report: &
                     let df = join_within(&ctx, &b.dockerfile);
                     let found = df.as_deref().and_then(|p| snapshot.entry(p));
                     if !found.is_some_and(|e| matches!(e.kind, EntryKind::File | EntryKind::Executable)) {
-                        let pos = if c.doc.spans.contains_key(df_path) {
+                        let pos = if c.doc.has_span(df_path) {
                             value_pos(c, df_path)
                         } else {
                             key_pos(c, "/image/build")

@@ -68,6 +68,37 @@ pub struct Options {
     pub build: BuildOptions,
     /// Set to `true` to cancel builds in flight (the daemon's shutdown).
     pub cancel: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Set to `true` to stop at the next health wait, where nothing is lost (a new commit,
+    /// a drift or shutdown is waiting). Builds, applies and hooks always run to their end.
+    pub preempt: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Refuse when a running daemon holds a stack's Lease (`converge apply` without `--force`).
+    pub defer_to_daemon: bool,
+    /// Where converge notes the objects it deletes itself, so the daemon's drift watch does
+    /// not take them for drift.
+    pub own_deletions: Option<OwnDeletions>,
+}
+
+/// Objects converge is deleting itself (prune, re-create, hook clean-up), keyed
+/// `stack/Kind/name`, shared between a reconcile and the daemon's drift watch.
+#[derive(Debug, Clone, Default)]
+pub struct OwnDeletions(std::sync::Arc<std::sync::Mutex<BTreeSet<String>>>);
+
+impl OwnDeletions {
+    /// Notes that converge deletes `Kind/name` of `stack`.
+    pub fn note(&self, stack: &str, object: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(format!("{stack}/{object}"));
+    }
+
+    /// Whether converge deleted `Kind/name` of `stack` itself (forgetting it).
+    pub fn take(&self, stack: &str, object: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&format!("{stack}/{object}"))
+    }
 }
 
 impl Default for Options {
@@ -88,6 +119,9 @@ impl Default for Options {
             builder: None,
             build: BuildOptions::default(),
             cancel: None,
+            preempt: None,
+            defer_to_daemon: false,
+            own_deletions: None,
         }
     }
 }
@@ -110,6 +144,8 @@ pub struct StackReport {
     pub reason: String,
     /// Every problem, one line each.
     pub errors: Vec<String>,
+    /// What went wrong but was handled (an unreadable status record kept aside), one line each.
+    pub warnings: Vec<String>,
     /// Objects applied (created or changed).
     pub applied: Vec<String>,
     /// Objects left alone because nothing changed.
@@ -128,6 +164,11 @@ pub struct StackReport {
     pub status: StackStatus,
     /// What the build step did, per built component.
     pub builds: Vec<BuildOutcome>,
+    /// The health wait was cut short because newer work was waiting: applied, not failed.
+    pub preempted: bool,
+    /// Every failure needs a new commit or a person (a field-manager conflict, an immutable
+    /// field, an object the API server refuses): retrying the same commit fails the same way.
+    pub needs_new_commit: bool,
 }
 
 /// A stack read from a commit and rendered, ready for the cluster.
@@ -253,13 +294,11 @@ async fn build_stack(
     if planned.plans.is_empty() {
         return (Vec::new(), failures);
     }
-    let mut bopts = opts.build.clone();
-    bopts.builder = build::select_builder(
+    let bopts = opts.build.for_stack(
         opts.builder,
         &planned.stack,
         context_of(opts, &planned.stack),
-    )
-    .kind;
+    );
     let cancel = opts
         .cancel
         .clone()
@@ -339,6 +378,26 @@ pub async fn reconcile_commit(
     clusters: &mut Clusters,
 ) -> Result<Vec<StackReport>, Error> {
     let (commit, planned) = read(repo_path, rev, opts)?;
+    if opts.defer_to_daemon {
+        for p in &planned {
+            let ctx = opts
+                .context
+                .clone()
+                .unwrap_or_else(|| p.stack.spec.context.clone());
+            let cluster = clusters.get(opts.kubeconfig.as_deref(), &ctx).await?;
+            let (ns, name) = (&p.stack.spec.namespace, &p.stack.spec.name);
+            if let Some((holder, checkout)) =
+                crate::cluster::lease::holder_of(cluster.client(), ns, name).await?
+            {
+                return Err(Error::DaemonRunning {
+                    stack: name.clone(),
+                    namespace: ns.clone(),
+                    holder,
+                    checkout,
+                });
+            }
+        }
+    }
     let mut built = Vec::new();
     for p in planned {
         let (outcomes, failures) = build_stack(repo_path, &commit, &p, opts).await;
@@ -365,12 +424,12 @@ pub async fn reconcile_commit(
 /// `opts.build.keep` and never the images it now runs (a revert of the next commit needs them).
 /// Best effort: a failure is logged, never a failed reconcile.
 async fn collect_old_images(p: &Prepared, opts: &Options) {
-    let builder = build::select_builder(opts.builder, &p.stack, context_of(opts, &p.stack)).kind;
-    if p.builds.is_empty() || builder == BuilderKind::None {
+    let bopts = opts
+        .build
+        .for_stack(opts.builder, &p.stack, context_of(opts, &p.stack));
+    if p.builds.is_empty() || bopts.builder == BuilderKind::None {
         return;
     }
-    let mut bopts = opts.build.clone();
-    bopts.builder = builder;
     let repositories: Vec<String> = p
         .stack
         .components
@@ -594,13 +653,48 @@ struct Run<'a> {
     blocked: BTreeMap<String, String>,
     failed: BTreeMap<String, String>,
     errors: Vec<String>,
+    warnings: Vec<String>,
     health: BTreeMap<String, (ObjectKey, Value)>,
     namespace_ready: bool,
+    /// The old status was read (or kept aside): only then may a new one be written over it.
+    status_read: bool,
     /// A `health.wait` progress event was sent and its `health.done` is still due.
     health_reported: bool,
+    /// Components whose apply failed in a way only a new commit or a person fixes.
+    stall_class: BTreeSet<String>,
+    /// A health wait was cut short (see [`Options::preempt`]).
+    preempted: bool,
 }
 
 type StepResult = Result<(), (&'static str, String)>;
+
+/// Why a health wait ended without everything healthy.
+enum Wait {
+    /// Not healthy: why.
+    Failed(String),
+    /// Newer work is waiting (see [`Options::preempt`]).
+    Preempted,
+}
+
+/// The component label of a rendered object (`""` for stack-wide objects).
+fn component_of(obj: &DynamicObject) -> String {
+    obj.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_COMPONENT))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Whether an apply failure fails again on every retry of the same commit.
+fn needs_new_commit(e: &ClusterError) -> bool {
+    matches!(
+        e,
+        ClusterError::Conflict { .. }
+            | ClusterError::Immutable { .. }
+            | ClusterError::Invalid { .. }
+    )
+}
 
 impl<'a> Run<'a> {
     fn new(cluster: &'a Cluster, stack: &'a Stack, commit: &'a str, opts: &'a Options) -> Self {
@@ -620,9 +714,25 @@ impl<'a> Run<'a> {
             blocked: BTreeMap::new(),
             failed: BTreeMap::new(),
             errors: Vec::new(),
+            warnings: Vec::new(),
+            status_read: false,
             health: BTreeMap::new(),
             namespace_ready: false,
             health_reported: false,
+            stall_class: BTreeSet::new(),
+            preempted: false,
+        }
+    }
+
+    /// Whether newer work asked this run to stop at its next health wait.
+    fn preempt_requested(&self) -> bool {
+        self.opts.preempt.as_ref().is_some_and(|p| *p.borrow())
+    }
+
+    /// Notes an object converge deletes itself, for the daemon's drift watch.
+    fn note_deletion(&self, key: &ObjectKey) {
+        if let Some(d) = &self.opts.own_deletions {
+            d.note(&self.stack.spec.name, &key.short());
         }
     }
 
@@ -644,24 +754,36 @@ impl<'a> Run<'a> {
         self.namespace_ready = true;
         let (inv, old_status) = tokio::join!(
             inventory::load(self.cluster.client(), self.ns(), &self.stack.spec.name),
-            status::load(self.cluster.client(), self.ns(), &self.stack.spec.name),
+            status::load_for_update(self.cluster.client(), self.ns(), &self.stack.spec.name),
         );
         self.loaded_inventory = inv.map_err(|e| (reason::APPLY_FAILED, e.to_string()))?;
         self.inventory = self.loaded_inventory.clone();
-        self.old_status = old_status.map_err(cluster_err)?;
+        let (old_status, kept_aside) = old_status.map_err(cluster_err)?;
+        self.old_status = old_status;
+        self.status_read = true;
+        self.warnings.extend(kept_aside);
         let install = self.loaded_inventory.is_empty();
         self.check_secrets().await.map_err(cluster_err)?;
-        self.list_live(&rendered)
-            .await
-            .map_err(|e| (reason::APPLY_FAILED, e.to_string()))?;
+        self.list_live(&rendered).await;
 
         let mut items = Vec::new();
         for obj in rendered.objects {
-            let item = self
-                .plan_item(obj)
-                .await
-                .map_err(|e| (reason::APPLY_FAILED, e.to_string()))?;
-            items.push(item);
+            let component = component_of(&obj);
+            let name = obj.metadata.name.clone().unwrap_or_default();
+            match self.plan_item(obj).await {
+                Ok(item) => items.push(item),
+                // One object the cluster cannot take (its kind is not served, say) fails its
+                // component, never the whole stack.
+                Err(e) => {
+                    warn!(object = %name, error = %e, "cannot apply");
+                    let c = if component.is_empty() {
+                        name
+                    } else {
+                        component
+                    };
+                    self.failed.entry(c).or_insert(format!("apply failed: {e}"));
+                }
+            }
         }
         let changed = items.iter().any(|i| !i.unchanged);
         debug!(
@@ -679,6 +801,9 @@ impl<'a> Run<'a> {
                 self.run_hook(hook).await?;
             }
         }
+        // A post hook runs only in the reconcile that changed something: a health wait before
+        // one is not a boundary where nothing is lost, so it is never preempted.
+        let post_hooks = changed && rendered.hooks.iter().any(|h| h.runs_after(install));
         // Everything but workloads, in kind order; then workloads, component by component,
         // each after what it depends on is healthy.
         let (mut workloads, mut others): (Vec<Item>, Vec<Item>) = items
@@ -706,7 +831,7 @@ impl<'a> Run<'a> {
                 order_names.push(w.component.clone());
             }
         }
-        for name in &order_names {
+        'components: for name in &order_names {
             if self.blocked.contains_key(name) || self.failed.contains_key(name) {
                 continue;
             }
@@ -722,10 +847,15 @@ impl<'a> Run<'a> {
                         .filter(|w| &w.component == dep)
                         .map(|w| w.key.clone())
                         .collect();
-                    if let Err(why) = self.wait_healthy(&dep_keys).await {
-                        self.failed.insert(dep.clone(), why.clone());
-                        waiting = Some(format!("waits for `{dep}`, which is not healthy: {why}"));
-                        break;
+                    match self.wait_healthy(&dep_keys, !post_hooks).await {
+                        Ok(()) => {}
+                        Err(Wait::Preempted) => break 'components,
+                        Err(Wait::Failed(why)) => {
+                            self.failed.insert(dep.clone(), why.clone());
+                            waiting =
+                                Some(format!("waits for `{dep}`, which is not healthy: {why}"));
+                            break;
+                        }
                     }
                 }
                 if let Some(w) = waiting {
@@ -745,7 +875,26 @@ impl<'a> Run<'a> {
             })
             .map(|w| w.key.clone())
             .collect();
-        let health_result = self.wait_healthy(&all).await;
+        let health_result = if self.preempted {
+            Ok(())
+        } else {
+            match self.wait_healthy(&all, !post_hooks).await {
+                Ok(()) => Ok(()),
+                Err(Wait::Preempted) => Ok(()),
+                Err(Wait::Failed(why)) => Err(why),
+            }
+        };
+        if self.preempted {
+            // What was applied is recorded; health, hooks and prune are the next run's.
+            self.save_inventory().await?;
+            return Err((
+                reason::PROGRESSING,
+                format!(
+                    "applied {}; the health wait was cut short because newer work is waiting (a new commit, a drift or shutdown)",
+                    desired::short_id(self.commit)
+                ),
+            ));
+        }
         if let Err(why) = &health_result {
             self.errors.push(why.clone());
         }
@@ -761,16 +910,7 @@ impl<'a> Run<'a> {
         } else {
             info!("prune skipped: an apply or health step failed");
         }
-        if self.inventory != self.loaded_inventory {
-            inventory::save(
-                self.cluster.client(),
-                self.ns(),
-                &self.stack.spec.name,
-                &self.inventory,
-            )
-            .await
-            .map_err(|e| (reason::APPLY_FAILED, e.to_string()))?;
-        }
+        self.save_inventory().await?;
         if let Some((component, why)) = self.failed.iter().next() {
             let r = if why.starts_with("apply") {
                 reason::APPLY_FAILED
@@ -787,6 +927,22 @@ impl<'a> Run<'a> {
         }
         if let Some((component, why)) = self.blocked.iter().next() {
             return Err((reason::DEPENDENCY_NOT_READY, format!("{component}: {why}")));
+        }
+        Ok(())
+    }
+
+    /// Writes the inventory when it changed.
+    async fn save_inventory(&mut self) -> StepResult {
+        if self.inventory != self.loaded_inventory {
+            inventory::save(
+                self.cluster.client(),
+                self.ns(),
+                &self.stack.spec.name,
+                &self.inventory,
+            )
+            .await
+            .map_err(|e| (reason::APPLY_FAILED, e.to_string()))?;
+            self.loaded_inventory = self.inventory.clone();
         }
         Ok(())
     }
@@ -925,8 +1081,13 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    async fn list_live(&mut self, rendered: &Rendered) -> Result<(), ClusterError> {
+    /// Lists the live objects of every kind rendered or in the inventory (one LIST per kind).
+    /// A kind the cluster no longer serves holds nothing: its inventory entries that are not
+    /// rendered any more are dropped (nothing is left to delete). Any other failed LIST leaves
+    /// its objects to a plain apply, so one kind never blocks the rest.
+    async fn list_live(&mut self, rendered: &Rendered) {
         let mut gvks: BTreeMap<String, GroupVersionKind> = BTreeMap::new();
+        let mut wanted: BTreeSet<(String, String, String)> = BTreeSet::new();
         for o in rendered
             .objects
             .iter()
@@ -934,6 +1095,7 @@ impl<'a> Run<'a> {
         {
             if let Some(k) = ObjectKey::of(o) {
                 gvks.insert(format!("{}/{}", k.group, k.kind), k.gvk());
+                wanted.insert((k.group, k.kind, k.name));
             }
         }
         for k in self.inventory.keys() {
@@ -947,12 +1109,29 @@ impl<'a> Run<'a> {
                 .map(|gvk| self.cluster.list(gvk, self.ns(), &selector)),
         )
         .await;
-        for result in lists {
+        for (gvk, result) in gvks.values().zip(lists) {
             let items = match result {
                 Ok(i) => i,
-                // A kind that is gone from the cluster holds nothing to compare against.
-                Err(ClusterError::UnknownKind { .. }) => continue,
-                Err(e) => return Err(e),
+                Err(ClusterError::UnknownKind { .. }) => {
+                    let gone: Vec<ObjectKey> = self
+                        .inventory
+                        .keys()
+                        .filter(|k| k.group == gvk.group && k.kind == gvk.kind)
+                        .filter(|k| {
+                            !wanted.contains(&(k.group.clone(), k.kind.clone(), k.name.clone()))
+                        })
+                        .cloned()
+                        .collect();
+                    for k in gone {
+                        warn!(object = %k, "dropped from the inventory: its kind is no longer served by the cluster, so nothing is left to delete");
+                        self.inventory.remove(&k);
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    warn!(kind = %gvk.kind, error = %e, "listing failed; its objects are applied without comparing");
+                    continue;
+                }
             };
             for o in items {
                 if let Some(k) = ObjectKey::of(&o) {
@@ -960,7 +1139,6 @@ impl<'a> Run<'a> {
                 }
             }
         }
-        Ok(())
     }
 
     async fn plan_item(&self, obj: DynamicObject) -> Result<Item, ClusterError> {
@@ -1050,6 +1228,9 @@ impl<'a> Run<'a> {
                 } else {
                     item.component.clone()
                 };
+                if needs_new_commit(&e) {
+                    self.stall_class.insert(component.clone());
+                }
                 self.failed
                     .entry(component)
                     .or_insert(format!("apply failed: {e}"));
@@ -1120,6 +1301,7 @@ impl<'a> Run<'a> {
         item: &Item,
         opts: ApplyOptions,
     ) -> Result<DynamicObject, ClusterError> {
+        self.note_deletion(&item.key);
         self.cluster.delete(&item.key).await?;
         self.wait_gone(&item.key).await?;
         self.cluster.apply(&item.object, opts).await
@@ -1183,9 +1365,10 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Waits until every object in `keys` is healthy; fails fast on Pods stuck in a failing state.
-    async fn wait_healthy(&mut self, keys: &[ObjectKey]) -> Result<(), String> {
-        let result = self.wait_healthy_inner(keys).await;
+    /// Waits until every object in `keys` is healthy; fails fast on Pods stuck in a failing
+    /// state. When `preemptible`, stops as soon as newer work asks (see [`Options::preempt`]).
+    async fn wait_healthy(&mut self, keys: &[ObjectKey], preemptible: bool) -> Result<(), Wait> {
+        let result = self.wait_healthy_inner(keys, preemptible).await;
         if std::mem::take(&mut self.health_reported) {
             let how = if result.is_ok() {
                 "healthy"
@@ -1197,7 +1380,11 @@ impl<'a> Run<'a> {
         result
     }
 
-    async fn wait_healthy_inner(&mut self, keys: &[ObjectKey]) -> Result<(), String> {
+    async fn wait_healthy_inner(
+        &mut self,
+        keys: &[ObjectKey],
+        preemptible: bool,
+    ) -> Result<(), Wait> {
         let deadline = Instant::now() + self.opts.timeout;
         let mut pending: Vec<ObjectKey> = keys.to_vec();
         let mut first_seen: HashMap<String, Instant> = HashMap::new();
@@ -1224,13 +1411,15 @@ impl<'a> Run<'a> {
                 }
                 let live = match self.cluster.get(&key).await {
                     Ok(Some(o)) => serde_json::to_value(&o).unwrap_or(Value::Null),
-                    Ok(None) => return Err(format!("{key} does not exist")),
-                    Err(e) => return Err(e.to_string()),
+                    Ok(None) => return Err(Wait::Failed(format!("{key} does not exist"))),
+                    Err(e) => return Err(Wait::Failed(e.to_string())),
                 };
                 self.health.insert(id, (key.clone(), live.clone()));
                 match health::of(&key.kind, &live) {
                     Health::Ready => {}
-                    Health::Failed(why) => return Err(format!("{}: {why}", key.short())),
+                    Health::Failed(why) => {
+                        return Err(Wait::Failed(format!("{}: {why}", key.short())))
+                    }
                     Health::Progressing(msg) => {
                         let counts = ready_counts(&live)
                             .map(|(r, d)| format!(" {r}/{d} ready"))
@@ -1248,10 +1437,10 @@ impl<'a> Run<'a> {
                                 || why == "OOMKilled";
                             let window = self.opts.fail_fast.as_secs();
                             if fatal && since.elapsed() >= self.opts.fail_fast {
-                                return Err(format!(
+                                return Err(Wait::Failed(format!(
                                     "{}: pod {pod} is {why}: {message} (still failing after the {window}s fail-fast window)",
                                     key.short()
-                                ));
+                                )));
                             }
                             line = if fatal {
                                 let left = self.opts.fail_fast.saturating_sub(since.elapsed());
@@ -1291,15 +1480,33 @@ impl<'a> Run<'a> {
                         None => k.short(),
                     })
                     .collect();
-                return Err(format!(
+                return Err(Wait::Failed(format!(
                     "not healthy within {}s: {}",
                     self.opts.timeout.as_secs(),
                     names.join(", ")
-                ));
+                )));
             }
             pending = still;
-            tick.tick().await;
+            // Something is still not healthy: a boundary where stopping loses nothing.
+            if preemptible && self.preempt_requested() {
+                return Err(self.preempted_at(&pending));
+            }
+            let mut preempt = self.opts.preempt.clone().filter(|_| preemptible);
+            tokio::select! {
+                _ = tick.tick() => {}
+                Ok(()) = async { match preempt.as_mut() { Some(p) => p.changed().await, None => std::future::pending().await } } => {}
+            }
+            if preemptible && self.preempt_requested() {
+                return Err(self.preempted_at(&pending));
+            }
         }
+    }
+
+    fn preempted_at(&mut self, waiting: &[ObjectKey]) -> Wait {
+        let names: Vec<String> = waiting.iter().map(ObjectKey::short).collect();
+        info!(waiting = %names.join(", "), "health wait preempted: newer work is waiting");
+        self.preempted = true;
+        Wait::Preempted
     }
 
     async fn stuck_pod(&self, workload: &Value) -> Option<(String, String, String)> {
@@ -1355,7 +1562,12 @@ impl<'a> Run<'a> {
             .map_err(|e| fail(e.to_string()))?;
         info!(hook = %key, "hook started");
         let result = if key.kind == "Job" {
-            self.wait_healthy(std::slice::from_ref(&key)).await
+            self.wait_healthy(std::slice::from_ref(&key), false)
+                .await
+                .map_err(|w| match w {
+                    Wait::Failed(why) => why,
+                    Wait::Preempted => "preempted".to_string(),
+                })
         } else {
             Ok(())
         };
@@ -1396,10 +1608,16 @@ impl<'a> Run<'a> {
             return;
         }
         for key in plan.delete.iter().rev() {
+            self.note_deletion(key);
             match self.cluster.delete(key).await {
                 Ok(_) => {
                     info!(object = %key, "pruned");
                     self.pruned.push(key.to_string());
+                    self.inventory.remove(key);
+                }
+                // The kind is gone from the cluster, and every object of it with it.
+                Err(ClusterError::UnknownKind { .. }) => {
+                    warn!(object = %key, "dropped from the inventory: its kind is no longer served by the cluster, so nothing is left to delete");
                     self.inventory.remove(key);
                 }
                 // Kept in the inventory, so the next reconcile retries and nothing is orphaned.
@@ -1423,6 +1641,10 @@ impl<'a> Run<'a> {
             ),
             Err((r, m)) => (false, *r, m.clone()),
         };
+        let preempted = self.preempted && !ready;
+        let needs_new_commit = why == reason::APPLY_FAILED
+            && !self.failed.is_empty()
+            && self.failed.keys().all(|c| self.stall_class.contains(c));
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let components = self.component_status(images, &now);
         let old = self.old_status.clone();
@@ -1457,11 +1679,12 @@ impl<'a> Run<'a> {
             .is_none_or(|o| status::materially_changed(o, &next));
         let status = status::advance(old.as_ref(), next, entry);
         let mut errors = self.errors.clone();
-        if !ready && !errors.contains(&message) {
+        if !ready && !preempted && !errors.contains(&message) {
             errors.insert(0, message);
         }
-        // An unreachable cluster leaves nothing to write to.
-        if write && self.namespace_ready {
+        // An unreachable cluster leaves nothing to write to, and a record that could not be read
+        // (or kept aside) is never written over: its history would be lost.
+        if write && self.namespace_ready && self.status_read {
             if let Err(e) = status::save(self.cluster.client(), &status).await {
                 warn!(error = %e, "status not recorded");
                 errors.push(format!("recording status: {e}"));
@@ -1476,6 +1699,7 @@ impl<'a> Run<'a> {
             ready,
             reason: why.to_string(),
             errors,
+            warnings: self.warnings.clone(),
             applied: self.applied,
             unchanged: self.unchanged,
             pruned: self.pruned,
@@ -1489,6 +1713,8 @@ impl<'a> Run<'a> {
             duration_ms: started.elapsed().as_millis() as u64,
             status,
             builds: Vec::new(),
+            preempted,
+            needs_new_commit,
         }
     }
 

@@ -151,7 +151,13 @@ fn chart_components(chart_dir: &Path) -> Vec<String> {
     let Ok(text) = std::fs::read_to_string(chart_dir.join("values.yaml")) else {
         return Vec::new();
     };
-    let Ok(v) = serde_yaml_ng::from_str::<Value>(&text) else {
+    // The chart comes from the commit: read it with the bounded parser (depth, aliases, merge
+    // keys) like the desired state, not with a loader that expands aliases without limit.
+    let Some(v) = crate::desired::yaml::parse(&text)
+        .ok()
+        .and_then(|docs| docs.into_iter().next())
+        .map(|d| d.value)
+    else {
         return Vec::new();
     };
     v.as_object()
@@ -290,15 +296,79 @@ const CLUSTER_SCOPED: &[&str] = &[
     "APIService",
 ];
 
+/// Refuses helm output whose aliases would expand past [`Limits::MANIFESTS`]: templates print
+/// what a chart's author (or its values) wrote, and serde_yaml_ng's own repetition limit still
+/// lets work grow with the square of the input. Nesting is bounded by serde_yaml_ng (128).
+fn check_expansion(text: &str) -> Result<(), RenderError> {
+    use crate::desired::yaml::{scan, Budget, Limits};
+    // No `*`, no alias: nothing can expand.
+    if !text.contains('*') {
+        return Ok(());
+    }
+    match scan(text, Limits::MANIFESTS, &mut Budget::default()).error {
+        None => Ok(()),
+        Some(e) => {
+            let before = &text[..e.pos.offset.min(text.len())];
+            let index = before
+                .lines()
+                .filter(|l| l.starts_with("---"))
+                .count()
+                .max(1);
+            Err(RenderError::Output {
+                index,
+                message: format!("line {} of helm's output: {}", e.pos.line, e.message),
+            })
+        }
+    }
+}
+
+/// One document of helm's output as JSON, with YAML merge keys (`<<: *defaults`) applied the way
+/// kubectl applies them, so a literal `<<` field never reaches the apiserver.
+fn document_value(doc: serde_yaml_ng::Deserializer<'_>, merges: bool) -> Result<Value, String> {
+    if !merges {
+        return serde::Deserialize::deserialize(doc).map_err(|e| e.to_string());
+    }
+    let mut yaml: serde_yaml_ng::Value =
+        serde::Deserialize::deserialize(doc).map_err(|e| e.to_string())?;
+    // A merged mapping can bring its own `<<`: apply until none is left (bounded by depth).
+    for _ in 0..128 {
+        yaml.apply_merge().map_err(|e| e.to_string())?;
+        let value = serde_json::to_value(&yaml).map_err(|e| e.to_string())?;
+        if !has_merge_key(&value) {
+            return Ok(value);
+        }
+    }
+    Err("a YAML merge key `<<` could not be applied".into())
+}
+
+/// Whether any mapping in `v` still has a `<<` key.
+fn has_merge_key(v: &Value) -> bool {
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Object(o) => {
+                if o.contains_key("<<") {
+                    return true;
+                }
+                stack.extend(o.values());
+            }
+            Value::Array(a) => stack.extend(a),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Parses helm's multi-document output, labels every object as converge's and splits out hooks.
 pub fn parse_manifests(text: &str, stack: &str, namespace: &str) -> Result<Rendered, RenderError> {
+    check_expansion(text)?;
+    let merges = text.contains("<<");
     let mut rendered = Rendered::default();
     for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-        let value: Value =
-            serde::Deserialize::deserialize(doc).map_err(|e| RenderError::Output {
-                index: i + 1,
-                message: e.to_string(),
-            })?;
+        let value = document_value(doc, merges).map_err(|message| RenderError::Output {
+            index: i + 1,
+            message,
+        })?;
         if value.is_null() {
             continue;
         }
@@ -401,5 +471,30 @@ mod tests {
     fn output_that_is_not_an_object_is_an_error_naming_the_document() {
         let err = parse_manifests("---\nkind: ConfigMap\n---\n- 1\n", "s", "n").unwrap_err();
         assert!(err.to_string().contains("document 1"), "{err}");
+    }
+
+    #[test]
+    fn an_alias_bomb_in_helm_output_is_refused_naming_its_document() {
+        let mut text = String::from("---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\ndata:\n  a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..9 {
+            let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+            text.push_str(&format!("  a{i}: &a{i} [{refs}]\n"));
+        }
+        let err = parse_manifests(&text, "s", "n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("document 2"), "{msg}");
+        assert!(msg.contains("billion laughs"), "{msg}");
+    }
+
+    #[test]
+    fn merge_keys_in_helm_output_are_applied_never_passed_on() {
+        let text = "---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n  labels: {tier: web}\ndata:\n  <<: {x: \"1\"}\n  y: \"2\"\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: b\n  annotations: &l {tier: web}\n  labels:\n    <<: *l\n    app: b\n";
+        let r = parse_manifests(text, "s", "n").unwrap();
+        let a = serde_json::to_value(&r.objects[0]).unwrap();
+        assert_eq!(a["data"], serde_json::json!({"x": "1", "y": "2"}));
+        let b = r.objects[1].metadata.labels.clone().unwrap();
+        assert_eq!(b["tier"], "web");
+        assert_eq!(b["app"], "b");
+        assert!(!serde_json::to_string(&r.objects).unwrap().contains("<<"));
     }
 }

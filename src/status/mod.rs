@@ -2,6 +2,7 @@
 //! works from any machine, with or without the daemon. Holds references, never Secret values.
 
 use serde::{Deserialize, Serialize};
+use tracing::warn;
 
 use crate::cluster::record::Place;
 use crate::cluster::ClusterError;
@@ -72,17 +73,103 @@ pub struct HistoryEntry {
     pub time: String,
 }
 
-const DATA_KEY: &str = "status.json";
+/// The data key of the status record in its ConfigMap.
+pub const DATA_KEY: &str = "status.json";
 
-/// Reads the status of `stack`; `None` when converge has never recorded one.
+/// The prefix of the key a record that could not be read is kept under.
+pub const UNREADABLE_PREFIX: &str = "status.json.unreadable-";
+
+/// What the cluster holds as the status of a stack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// Nothing recorded yet.
+    Missing,
+    /// A record converge can read.
+    Status(StackStatus),
+    /// A record that does not parse (edited by hand, truncated, a newer format): never
+    /// overwritten before it is kept aside.
+    Unreadable {
+        /// The text as found.
+        text: String,
+        /// Why it does not parse.
+        error: String,
+    },
+}
+
+/// Parses the text of a status record; `Unreadable` keeps the text and why.
+pub fn parse(text: Option<String>) -> Record {
+    match text {
+        None => Record::Missing,
+        Some(t) => match serde_json::from_str(&t) {
+            Ok(s) => Record::Status(s),
+            Err(e) => Record::Unreadable {
+                text: t,
+                error: e.to_string(),
+            },
+        },
+    }
+}
+
+/// Reads the status record of `stack`, readable or not.
+pub async fn read(
+    client: &kube::Client,
+    namespace: &str,
+    stack: &str,
+) -> Result<Record, ClusterError> {
+    let name = status_name(stack);
+    Ok(parse(place(namespace, &name, stack).read(client).await?))
+}
+
+/// Reads the status of `stack` for display; `None` when converge has never recorded one. A
+/// record that does not parse is reported (a warning naming it) and left as it is.
 pub async fn load(
     client: &kube::Client,
     namespace: &str,
     stack: &str,
 ) -> Result<Option<StackStatus>, ClusterError> {
-    let name = status_name(stack);
-    let text = place(namespace, &name, stack).read(client).await?;
-    Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+    match read(client, namespace, stack).await? {
+        Record::Missing => Ok(None),
+        Record::Status(s) => Ok(Some(s)),
+        Record::Unreadable { error, .. } => {
+            let name = status_name(stack);
+            warn!(
+                record = %place(namespace, &name, stack).what(),
+                %error,
+                "the status record is unreadable; left as it is (the next reconcile keeps a copy aside)"
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// Reads the status of `stack` before a new one is written over it. A record that does not
+/// parse is first copied aside, under `status.json.unreadable-<UTC time>` of the same ConfigMap,
+/// and the returned message says where; if the copy fails, the error is returned and the caller
+/// must not write, so a record is never lost.
+pub async fn load_for_update(
+    client: &kube::Client,
+    namespace: &str,
+    stack: &str,
+) -> Result<(Option<StackStatus>, Option<String>), ClusterError> {
+    match read(client, namespace, stack).await? {
+        Record::Missing => Ok((None, None)),
+        Record::Status(s) => Ok((Some(s), None)),
+        Record::Unreadable { text, error } => {
+            let name = status_name(stack);
+            let place = place(namespace, &name, stack);
+            let key = format!(
+                "{UNREADABLE_PREFIX}{}",
+                chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+            );
+            place.keep_aside(client, &key, &text).await?;
+            let message = format!(
+                "the status record in {} was unreadable ({error}); kept as key `{key}` of that ConfigMap and started anew",
+                place.what()
+            );
+            warn!("{message}");
+            Ok((None, Some(message)))
+        }
+    }
 }
 
 fn place<'a>(namespace: &'a str, name: &'a str, stack: &'a str) -> Place<'a> {
@@ -178,5 +265,19 @@ mod tests {
         assert!(!materially_changed(&a, &b));
         b.components[0].ready = 1;
         assert!(materially_changed(&a, &b));
+    }
+
+    #[test]
+    fn a_record_that_does_not_parse_is_kept_with_why() {
+        assert_eq!(parse(None), Record::Missing);
+        let good = serde_json::to_string(&StackStatus::default()).unwrap();
+        assert!(matches!(parse(Some(good)), Record::Status(_)));
+        match parse(Some("{\"stack\": 1".into())) {
+            Record::Unreadable { text, error } => {
+                assert_eq!(text, "{\"stack\": 1");
+                assert!(!error.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

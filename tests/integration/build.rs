@@ -181,6 +181,7 @@ async fn first_run_builds_every_image_and_a_no_change_run_makes_one_check_per_im
             checks: 2,
             builds: 0,
             pushes: 0,
+            loads: 0,
             other: 0
         },
         "a no-change run is one existence check per image and nothing else"

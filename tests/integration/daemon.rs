@@ -347,7 +347,7 @@ async fn kubectl_scale_by_hand_is_reverted_and_the_log_names_kubectl() {
 }
 
 #[tokio::test]
-async fn sigterm_stops_the_daemon_with_exit_0_within_10_seconds() {
+async fn sigterm_mid_reconcile_records_what_was_applied_and_exits_0_within_10_seconds() {
     let ns = TestNamespace::new("daemon-sigterm").await;
     let repo = stack_repo(ns.name());
     let first = repo.head();
@@ -356,17 +356,29 @@ async fn sigterm_stops_the_daemon_with_exit_0_within_10_seconds() {
         applied_commit(s) == first && s["ready"] == true
     })
     .await;
-    // Mid-reconcile: a new commit, then SIGTERM right away.
-    write_backend(&repo, "v2");
-    repo.commit("backend v2");
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Mid-reconcile: a commit whose backend never becomes ready keeps the reconcile in its
+    // health wait (up to the 60 s timeout) when SIGTERM arrives.
+    write_backend_with(&repo, "v2", NEVER_READY);
+    let second = repo.commit("backend v2, never ready");
+    wait_backend_unready_applied(&daemon, &ns).await;
     let sent = Instant::now();
     daemon.signal("TERM");
-    let status = daemon
+    let status_code = daemon
         .wait_exit(Duration::from_secs(10))
         .unwrap_or_else(|| panic!("still running 10 s after SIGTERM; log:\n{}", daemon.log()));
-    assert!(status.success(), "exit {status}; log:\n{}", daemon.log());
+    assert!(
+        status_code.success(),
+        "exit {status_code}; log:\n{}",
+        daemon.log()
+    );
     eprintln!("stopped {:?} after SIGTERM", sent.elapsed());
+    let stopping = daemon.wait_log(&["stopping: no new work"], Duration::from_secs(1));
+    assert!(stopping.contains("\"in_flight\":true"), "{stopping}");
+    // The reconcile in flight recorded what it applied before the daemon exited.
+    let s = status(&ns).await.unwrap();
+    assert_eq!(applied_commit(&s), second, "{s:#}");
+    assert_eq!(s["reason"], "Progressing", "{s:#}");
+    assert_eq!(s["history"][0]["commit"], second.as_str(), "{s:#}");
     // The Lease is free for the next daemon.
     let lease = run_ok(kubectl().args([
         "-n",
@@ -512,4 +524,512 @@ fn http_get(addr: &str, path: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
+}
+
+// ---- Fault injection: each test below fails when the fix it names is removed. ----
+
+/// The backend Deployment's replicas.
+async fn backend_replicas(ns: &TestNamespace) -> i32 {
+    backend(ns).await.spec.and_then(|s| s.replicas).unwrap_or(1)
+}
+
+/// Scales the backend by hand and waits until the daemon put it back to one replica.
+async fn scale_and_expect_reverted(daemon: &Daemon, ns: &TestNamespace, within: Duration) {
+    run_ok(kubectl().args([
+        "-n",
+        ns.name(),
+        "scale",
+        "deployment/todo-todo-chatbot-backend",
+        "--replicas=3",
+    ]));
+    let deadline = Instant::now() + within;
+    while backend_replicas(ns).await != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the hand scale was not reverted within {within:?}; log:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Writes a temporary manifest and runs `kubectl <args> -f <file>`.
+fn kubectl_with_file(args: &[&str], manifest: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("manifest.yaml");
+    std::fs::write(&path, manifest).unwrap();
+    run_ok(kubectl().args(args).arg("-f").arg(&path))
+}
+
+/// The backend's component file with `extra` appended (podLabels, secretEnv…).
+fn write_backend_with(repo: &GitRepo, version: &str, extra: &str) {
+    write_backend(repo, version);
+    let text = std::fs::read_to_string(repo.file("desired/backend.yaml")).unwrap();
+    repo.write("desired/backend.yaml", format!("{text}{extra}"));
+}
+
+const NEVER_READY: &str = "values:\n  podLabels: {converge.test/fail: unready}\n";
+
+/// Waits until the backend's pod template carries the never-ready label (the apply is done and
+/// the reconcile waits for health).
+async fn wait_backend_unready_applied(daemon: &Daemon, ns: &TestNamespace) {
+    let deadline = Instant::now() + CONVERGED;
+    loop {
+        let labels = backend(ns)
+            .await
+            .spec
+            .and_then(|s| s.template.metadata)
+            .and_then(|m| m.labels)
+            .unwrap_or_default();
+        if labels.get("converge.test/fail").map(String::as_str) == Some("unready") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the never-ready backend was not applied; log:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn restarted_onto_a_commit_that_deletes_desired_the_daemon_still_reverts_a_hand_scale() {
+    let ns = TestNamespace::new("daemon-restart-stalled").await;
+    let repo = stack_repo(ns.name());
+    let first = repo.head();
+    let mut daemon = Daemon::start(repo.path(), &[]);
+    wait_status(&ns, CONVERGED, |s| {
+        applied_commit(s) == first && s["ready"] == true
+    })
+    .await;
+    daemon.signal("TERM");
+    assert!(daemon.wait_exit(Duration::from_secs(15)).is_some());
+
+    repo.git(&["rm", "-r", "-q", "desired"]);
+    repo.commit("remove desired/");
+    let daemon = Daemon::start(repo.path(), &[]);
+    daemon.wait_log(&["cannot deploy this commit"], Duration::from_secs(60));
+    // Let the drift watches list their objects.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    scale_and_expect_reverted(&daemon, &ns, Duration::from_secs(20)).await;
+    // The status keeps saying why the tip is not deployed, and what runs is the recorded commit.
+    let s = status(&ns).await.unwrap();
+    assert_eq!(s["reason"], "ValidationFailed", "{s:#}");
+    assert_eq!(applied_commit(&s), first, "{s:#}");
+    drop(daemon);
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn deleting_the_namespace_under_a_daemon_brings_its_lease_back_and_a_second_daemon_is_refused(
+) {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::Namespace;
+    let ns = TestNamespace::new("daemon-ns-deleted").await;
+    let repo = stack_repo(ns.name());
+    let first = repo.head();
+    let mut daemon = Daemon::start(repo.path(), &[]);
+    wait_status(&ns, CONVERGED, |s| {
+        applied_commit(s) == first && s["ready"] == true
+    })
+    .await;
+    let namespaces: kube::Api<Namespace> = kube::Api::all(ns.client());
+    let uid = namespaces.get(ns.name()).await.unwrap().metadata.uid;
+    run_ok(kubectl().args(["delete", "namespace", ns.name(), "--wait=false"]));
+
+    // The namespace comes back (a new one) with the daemon's Lease in it.
+    let leases: kube::Api<Lease> = ns.api();
+    let me = format!("/{}", daemon.pid());
+    let deadline = Instant::now() + Duration::from_secs(150);
+    loop {
+        let back = namespaces
+            .get_opt(ns.name())
+            .await
+            .unwrap()
+            .is_some_and(|n| n.metadata.uid != uid && n.metadata.deletion_timestamp.is_none());
+        if back {
+            let holder = leases
+                .get_opt("converge-todo")
+                .await
+                .unwrap()
+                .and_then(|l| l.spec)
+                .and_then(|s| s.holder_identity)
+                .unwrap_or_default();
+            if holder.ends_with(&me) {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the Lease was not re-created by its holder; log:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Another checkout of the same stack is refused, and the first daemon keeps running.
+    let other = GitRepo::new();
+    other.git(&["pull", "-q", &repo.path().to_string_lossy(), "main"]);
+    let out = converge()
+        .args(["run", "--repo"])
+        .arg(other.path())
+        .args(["--context", &crate::support::current_context()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("Lease") && err.contains(&me), "{err}");
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "the first daemon stopped; log:\n{}",
+        daemon.log()
+    );
+    // And the stack is deployed again.
+    wait_status(&ns, CONVERGED, |s| {
+        applied_commit(s) == first && s["ready"] == true
+    })
+    .await;
+    drop(daemon);
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_kind_the_cluster_stops_serving_leaves_the_inventory_and_the_rest_still_converges() {
+    let ns = TestNamespace::new("daemon-crd-gone").await;
+    let group = format!("{}.converge.test", ns.name());
+    let crd = format!("widgets.{group}");
+    kubectl_with_file(
+        &["apply"],
+        &format!(
+            "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {{name: {crd}}}\nspec:\n  group: {group}\n  scope: Namespaced\n  names: {{plural: widgets, singular: widget, kind: Widget}}\n  versions:\n  - name: v1\n    served: true\n    storage: true\n    schema: {{openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}}}\n"
+        ),
+    );
+    run_ok(kubectl().args([
+        "wait",
+        "--for=condition=established",
+        &format!("crd/{crd}"),
+        "--timeout=60s",
+    ]));
+    let repo = stack_repo(ns.name());
+    let template = "charts/todo-chatbot/templates/widget.yaml";
+    repo.write(
+        template,
+        format!("apiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: {{{{ .Release.Name }}}}-widget\nspec:\n  size: 1\n"),
+    );
+    let first = repo.commit("a widget");
+    let daemon = Daemon::start(repo.path(), &[]);
+    wait_status(&ns, CONVERGED, |s| {
+        applied_commit(s) == first && s["ready"] == true
+    })
+    .await;
+    let widgets = run_ok(kubectl().args(["-n", ns.name(), "get", &crd, "-o", "name"]));
+    assert!(widgets.contains("widget"), "{widgets}");
+
+    run_ok(kubectl().args(["delete", "crd", &crd, "--wait=true"]));
+    repo.remove(template);
+    let second = repo.commit("no widget");
+    let s = wait_status(&ns, Duration::from_secs(60), |s| {
+        applied_commit(s) == second
+    })
+    .await;
+    assert_eq!(s["ready"], true, "{s:#}\nlog:\n{}", daemon.log());
+    daemon.wait_log(
+        &["dropped from the inventory", "Widget"],
+        Duration::from_secs(1),
+    );
+    // Drift correction works for the rest of the stack.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    scale_and_expect_reverted(&daemon, &ns, Duration::from_secs(20)).await;
+    drop(daemon);
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn drift_during_an_image_build_never_restarts_the_build() {
+    let ns = TestNamespace::new("daemon-build-drift").await;
+    let repo = stack_repo(ns.name());
+    let built = |version: &str| {
+        format!("apiVersion: converge.dev/v1alpha1\nkind: Component\nname: backend\nimage:\n  build: {{context: app, repository: converge-test/slow}}\nreplicas: 1\nenv:\n  VERSION: \"{version}\"\ndependsOn: [postgres]\n")
+    };
+    repo.write("desired/backend.yaml", built("b1"));
+    repo.write("app/Dockerfile", "FROM scratch\nCOPY version /version\n");
+    repo.write("app/version", format!("1 {}\n", ns.name()));
+    let first = repo.commit("built backend");
+    // A build that takes six seconds and leaves a marker its existence check finds (kwok never
+    // pulls the image it names).
+    let images = tempfile::tempdir().unwrap();
+    let script = images.path().join("build");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nsleep 6\ntouch \"$(dirname \"$0\")/$1\"\n",
+    )
+    .unwrap();
+    run_ok(Command::new("chmod").arg("755").arg(&script));
+    let build = format!("{} {{tag}}", script.display());
+    let exists = format!("test -e {}/{{tag}}", images.path().display());
+    let daemon = Daemon::start(
+        repo.path(),
+        &[
+            "--builder",
+            "command",
+            "--command",
+            &build,
+            "--exists-command",
+            &exists,
+        ],
+    );
+    wait_status(&ns, CONVERGED, |s| {
+        applied_commit(s) == first && s["ready"] == true
+    })
+    .await;
+    assert_eq!(daemon.count_log(&["building image"]), 1, "{}", daemon.log());
+
+    repo.write("app/version", format!("2 {}\n", ns.name()));
+    let second = repo.commit("new build input");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while daemon.count_log(&["building image"]) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no second build; log:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Well into the build (the old rule preempted anything older than 2 s), drift by hand.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    run_ok(kubectl().args([
+        "-n",
+        ns.name(),
+        "scale",
+        "deployment/todo-todo-chatbot-backend",
+        "--replicas=3",
+    ]));
+    let s = wait_status(&ns, CONVERGED, |s| {
+        applied_commit(s) == second && s["ready"] == true
+    })
+    .await;
+    assert_eq!(s["ready"], true);
+    assert_eq!(
+        daemon.count_log(&["building image"]),
+        2,
+        "the build was started again; log:\n{}",
+        daemon.log()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while backend_replicas(&ns).await != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "drift not corrected; log:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(daemon);
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn converge_apply_beside_a_daemon_is_refused_and_a_forced_one_is_undone_by_the_daemon() {
+    let ns = TestNamespace::new("daemon-apply-beside").await;
+    let repo = stack_repo(ns.name());
+    let old = repo.head();
+    write_backend(&repo, "v1");
+    let tip = repo.commit("backend v1");
+    let daemon = Daemon::start(repo.path(), &[]);
+    wait_status(&ns, CONVERGED, |s| {
+        applied_commit(s) == tip && s["ready"] == true
+    })
+    .await;
+    let apply = |force: bool| {
+        let mut cmd = converge();
+        cmd.args(["apply", "--repo"])
+            .arg(repo.path())
+            .args([
+                "--rev",
+                &old,
+                "--context",
+                &crate::support::current_context(),
+            ])
+            .args(["--timeout", "60s"])
+            .env("NO_COLOR", "1");
+        if force {
+            cmd.arg("--force");
+        }
+        cmd.output().unwrap()
+    };
+    let out = apply(false);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("--force") && text.contains(&format!("/{}", daemon.pid())),
+        "{text}"
+    );
+    assert_eq!(
+        env_version(&backend(&ns).await),
+        "v1",
+        "nothing was applied"
+    );
+
+    let out = apply(true);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The daemon sees another commit in the record and puts the tip back.
+    let s = wait_status(&ns, Duration::from_secs(60), |s| {
+        applied_commit(s) == tip && s["ready"] == true && s["history"][0]["commit"] == tip
+    })
+    .await;
+    assert_eq!(s["history"][1]["commit"], old.as_str(), "{s:#}");
+    assert_eq!(env_version(&backend(&ns).await), "v1");
+    daemon.wait_log(&["another commit was applied"], Duration::from_secs(1));
+    drop(daemon);
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_revert_preempts_the_health_wait_of_a_commit_that_never_becomes_ready() {
+    let ns = TestNamespace::new("daemon-revert-preempts").await;
+    let repo = stack_repo(ns.name());
+    let first = repo.head();
+    let daemon = Daemon::start(repo.path(), &[]);
+    wait_status(&ns, CONVERGED, |s| {
+        applied_commit(s) == first && s["ready"] == true
+    })
+    .await;
+    write_backend_with(&repo, "bad", NEVER_READY);
+    repo.commit("a backend that never becomes ready");
+    wait_backend_unready_applied(&daemon, &ns).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    repo.git(&["revert", "--no-edit", "HEAD"]);
+    let revert = repo.head();
+    let reverted = Instant::now();
+    // The daemon's health timeout is 60 s: the revert must not wait for it.
+    let s = wait_status(&ns, Duration::from_secs(30), |s| {
+        applied_commit(s) == revert && s["ready"] == true
+    })
+    .await;
+    assert_eq!(env_version(&backend(&ns).await), "v0", "{s:#}");
+    eprintln!(
+        "revert applied and healthy {:?} after the commit",
+        reverted.elapsed()
+    );
+    daemon.wait_log(&["health wait preempted"], Duration::from_secs(1));
+    drop(daemon);
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_component_pruned_by_a_commit_is_not_counted_as_drift() {
+    let ns = TestNamespace::new("daemon-prune-not-drift").await;
+    let repo = stack_repo(ns.name());
+    repo.write(
+        "desired/frontend.yaml",
+        "apiVersion: converge.dev/v1alpha1\nkind: Component\nname: frontend\nimage:\n  ref: todo-frontend:test\nreplicas: 1\ndependsOn: [backend]\n",
+    );
+    let first = repo.commit("frontend");
+    let daemon = Daemon::start(repo.path(), &[]);
+    wait_status(&ns, CONVERGED, |s| {
+        applied_commit(s) == first && s["ready"] == true
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    repo.remove("desired/frontend.yaml");
+    let second = repo.commit("drop frontend");
+    wait_status(&ns, CONVERGED, |s| {
+        applied_commit(s) == second && s["ready"] == true
+    })
+    .await;
+    daemon.wait_log(
+        &["pruned", "todo-todo-chatbot-frontend"],
+        Duration::from_secs(1),
+    );
+    // Give the watches time to report the deletions.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        daemon.count_log(&["drift: deleted out of band"]),
+        0,
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(
+        daemon.count_log(&["reconcile started", "\"trigger\":\"drift\""]),
+        0,
+        "{}",
+        daemon.log()
+    );
+    drop(daemon);
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_field_manager_conflict_waits_for_a_new_commit_instead_of_retrying() {
+    let ns = TestNamespace::new("daemon-conflict").await;
+    let repo = stack_repo(ns.name());
+    let first = repo.head();
+    let daemon = Daemon::start(repo.path(), &[]);
+    wait_status(&ns, CONVERGED, |s| {
+        applied_commit(s) == first && s["ready"] == true
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Another tool takes spec.replicas by force.
+    kubectl_with_file(
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=deploy-bot",
+        ],
+        &format!("apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: todo-todo-chatbot-backend, namespace: {}}}\nspec: {{replicas: 3}}\n", ns.name()),
+    );
+    let line = daemon.wait_log(
+        &["cannot deploy this commit as it is"],
+        Duration::from_secs(30),
+    );
+    assert!(line.contains("deploy-bot"), "{line}");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        daemon.count_log(&["reconcile started", "\"trigger\":\"retry\""]),
+        0,
+        "{}",
+        daemon.log()
+    );
+    drop(daemon);
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_secret_created_for_a_blocked_component_is_picked_up_at_once() {
+    let ns = TestNamespace::new("daemon-secret").await;
+    let repo = stack_repo(ns.name());
+    write_backend_with(
+        &repo,
+        "v0",
+        "secretEnv:\n  - {name: API_KEY, secret: late-secret, key: api-key}\n",
+    );
+    let first = repo.commit("backend reads a Secret");
+    let daemon = Daemon::start(repo.path(), &[]);
+    wait_status(&ns, CONVERGED, |s| {
+        applied_commit(s) == first && s["reason"] == "DependencyNotReady"
+    })
+    .await;
+    // Let the back-off grow past anything the test waits for below.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    crate::support::create_secret(&ns, "late-secret", &["api-key"]).await;
+    daemon.wait_log(
+        &["reconcile started", "\"trigger\":\"secret\""],
+        Duration::from_secs(5),
+    );
+    wait_status(&ns, Duration::from_secs(60), |s| s["ready"] == true).await;
+    drop(daemon);
+    ns.cleanup().await;
 }

@@ -201,13 +201,31 @@ async fn a_replicas_change_patches_only_that_deployment() {
     ns.cleanup().await;
 }
 
+/// A claim the chart renders itself (not one a StatefulSet makes from its volumeClaimTemplates,
+/// which is never in the inventory): only the prune guard keeps it when its component goes.
+const RENDERED_CLAIM: &str = "{{- if .Values.postgres.enabled }}\napiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: {{ .Release.Name }}-postgres-backup\n  namespace: {{ .Release.Namespace }}\nspec:\n  accessModes: [ReadWriteOnce]\n  resources:\n    requests:\n      storage: 64Mi\n{{- end }}\n";
+
 #[tokio::test]
-async fn a_removed_component_is_pruned_while_its_volume_stays() {
+async fn a_removed_component_is_pruned_while_its_volumes_stay() {
     let ns = TestNamespace::new("engine-prune").await;
     create_secret(&ns, ALL_KEYS).await;
     let repo = stack_repo(ns.name());
+    repo.write(
+        "charts/todo-chatbot/templates/postgres-backup-pvc.yaml",
+        RENDERED_CLAIM,
+    );
+    repo.commit("postgres gets a backup claim rendered by the chart");
     let opts = options();
-    ready(&repo, &opts).await;
+    let first = ready(&repo, &opts).await;
+    let claim = format!(
+        "PersistentVolumeClaim/todo-chatbot-postgres-backup (namespace {})",
+        ns.name()
+    );
+    assert!(
+        first.applied.contains(&claim),
+        "the rendered claim is applied, so it is in the inventory: {:?}",
+        first.applied
+    );
     repo.remove("desired/postgres.yaml");
     repo.write(
         "desired/backend.yaml",
@@ -232,12 +250,38 @@ async fn a_removed_component_is_pruned_while_its_volume_stays() {
         "{:?}",
         r.pruned
     );
+    assert!(
+        !r.pruned
+            .iter()
+            .any(|p| p.starts_with("PersistentVolumeClaim/")),
+        "no claim is pruned: {:?}",
+        r.pruned
+    );
+    assert!(
+        r.kept.iter().any(|k| k.starts_with(&claim)),
+        "the rendered claim is kept, with why: {:?}",
+        r.kept
+    );
     let pvcs = ns
         .api::<PersistentVolumeClaim>()
         .list(&Default::default())
         .await
         .unwrap();
-    assert_eq!(pvcs.items.len(), 1, "the data volume is never pruned");
+    let mut live: Vec<_> = pvcs
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| p.metadata.name.clone().unwrap_or_default())
+        .collect();
+    live.sort();
+    assert_eq!(
+        live,
+        [
+            "data-todo-chatbot-postgres-0",
+            "todo-chatbot-postgres-backup"
+        ],
+        "neither the StatefulSet's nor the chart's data volume is ever pruned"
+    );
     ns.cleanup().await;
 }
 
@@ -675,7 +719,7 @@ async fn git_revert_brings_back_the_previous_image_without_building_it() {
 }
 
 #[tokio::test]
-async fn kill_9_in_the_middle_of_an_apply_leaves_no_orphans_after_a_restart() {
+async fn kill_9_mid_apply_then_removing_the_half_created_component_prunes_what_it_had_created() {
     let ns = TestNamespace::new("engine-kill").await;
     create_secret(&ns, ALL_KEYS).await;
     let repo = stack_repo(ns.name());
@@ -694,7 +738,9 @@ async fn kill_9_in_the_middle_of_an_apply_leaves_no_orphans_after_a_restart() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // Kill it once the StatefulSet exists: the backend and frontend are still waiting on it.
+    // Kill it once the StatefulSet exists: every Service is created by then (they go before
+    // workloads), while the backend and frontend Deployments still wait on postgres. The
+    // frontend is half-created: its Service exists, its Deployment does not.
     let sts: Api<k8s_openapi::api::apps::v1::StatefulSet> = ns.api();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while sts
@@ -711,44 +757,47 @@ async fn kill_9_in_the_middle_of_an_apply_leaves_no_orphans_after_a_restart() {
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
+    let services: Api<k8s_openapi::api::core::v1::Service> = ns.api();
+    assert!(
+        services
+            .get_opt("todo-chatbot-frontend")
+            .await
+            .unwrap()
+            .is_some(),
+        "the frontend was not half-created when the apply was killed"
+    );
+    let deployments: Api<Deployment> = ns.api();
+    assert!(
+        deployments
+            .get_opt("todo-chatbot-frontend")
+            .await
+            .unwrap()
+            .is_none(),
+        "killed too late: the frontend was fully created"
+    );
 
-    let opts = options();
-    let r = ready(&repo, &opts).await;
-    // Everything converge labelled is in its inventory, once.
-    let inv = converge::cluster::inventory::load(&ns.client(), ns.name(), "todo")
-        .await
-        .unwrap();
-    let listed = crate::support::run_ok(crate::support::kubectl().args([
-        "-n",
-        ns.name(),
-        "get",
-        "deploy,sts,svc,cm,sa,pdb",
-        "-l",
-        "converge.dev/stack=todo",
-        "-o",
-        "name",
-    ]));
-    for line in listed.lines() {
-        let (kind, name) = line.split_once('/').unwrap();
-        if name.starts_with("converge-todo-") {
-            continue; // the inventory and status records themselves
-        }
-        assert!(
-            inv.keys()
-                .any(|k| k.name == name && kind.starts_with(&k.kind.to_lowercase())),
-            "{line} is not in the inventory: an orphan ({r:#?})"
-        );
-    }
-    // And what is removed from desired/ is pruned, so nothing was lost track of.
+    // The user drops the half-created component: only a record made before the create (the
+    // write-ahead inventory) lets the next reconcile find and prune what the killed run made.
     repo.remove("desired/frontend.yaml");
     repo.commit("drop frontend");
-    let r = ready(&repo, &opts).await;
+    let r = ready(&repo, &options()).await;
     assert!(
         r.pruned
             .iter()
-            .any(|p| p.starts_with("Deployment/todo-chatbot-frontend")),
+            .any(|p| p.starts_with("Service/todo-chatbot-frontend")),
         "{:?}",
         r.pruned
     );
+    let left = crate::support::run_ok(crate::support::kubectl().args([
+        "-n",
+        ns.name(),
+        "get",
+        "all,cm,sa,pdb",
+        "-l",
+        "app.kubernetes.io/component=frontend",
+        "-o",
+        "name",
+    ]));
+    assert_eq!(left.trim(), "", "orphans of the killed apply");
     ns.cleanup().await;
 }

@@ -119,3 +119,28 @@ fn copy_dir(src: &Path, repo: &GitRepo, rel: &str) {
         }
     }
 }
+
+/// Copies the files git tracks under the project's directory `from` into `repo` at `to`, without
+/// staging them: a clean checkout's view, so local build output (node_modules, .venv, .next) the
+/// app tests leave in the source tree never reaches a build context.
+pub fn copy_tracked(repo: &GitRepo, from: &str, to: &str) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(["ls-files", "-z", "--", from])
+        .output()
+        .expect("run git ls-files in the project");
+    assert!(out.status.success(), "git ls-files {from} failed");
+    let listed = String::from_utf8(out.stdout).expect("tracked paths are UTF-8");
+    let mut n = 0;
+    for rel in listed.split('\0').filter(|p| !p.is_empty()) {
+        let dest = format!("{to}{}", &rel[from.len()..]);
+        repo.write(
+            &dest,
+            std::fs::read(root.join(rel)).expect("read a tracked file"),
+        );
+        n += 1;
+    }
+    assert!(n > 0, "no tracked files under {from}");
+}

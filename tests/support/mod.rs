@@ -1,7 +1,12 @@
 //! Test support shared by every integration test: the testbed (a real
-//! kube-apiserver, controller-manager, scheduler and kwok node on loopback,
-//! plus a private Docker engine), a kube `Client` for it, a fresh namespace
-//! per test, and the paths of the CLI tools built for it.
+//! kube-apiserver, controller-manager, scheduler, a kwok node and a real
+//! node, plus a private Docker engine), a kube `Client` for it, a fresh
+//! namespace per test, and the paths of the CLI tools built for it.
+//!
+//! Node placement: a [`TestNamespace::new`] namespace puts its Pods on the
+//! kwok node (fake Pods: any image name works, `converge.test/fail` picks a
+//! failure); a [`TestNamespace::real_node`] namespace puts them on the real
+//! node, whose kubelet runs them with images loaded into its containerd.
 //!
 //! The bed is started by `tests/testbed/up`, which writes an env file. The
 //! first call to [`testbed`] in a test process runs `up` (idempotent: a
@@ -35,6 +40,14 @@ pub const TEST_NAMESPACE_LABEL: &str = "converge.test/namespace";
 pub const FAIL_LABEL: &str = "converge.test/fail";
 /// Default time a wait helper gives the bed before failing the test.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Namespace annotation (PodNodeSelector admission) that pins a namespace's
+/// Pods to the kwok node, whose label `type=kwok` it selects.
+pub const NODE_SELECTOR_ANNOTATION: &str = "scheduler.alpha.kubernetes.io/node-selector";
+/// Namespace annotation (PodTolerationRestriction admission) that gives a
+/// namespace's Pods a toleration of the kwok node's taint.
+pub const DEFAULT_TOLERATIONS_ANNOTATION: &str = "scheduler.alpha.kubernetes.io/defaultTolerations";
+/// The taint `up` puts on the kwok node when the bed has a real node.
+pub const KWOK_TAINT_KEY: &str = "converge.test/kwok";
 
 /// What `tests/testbed/up` wrote into the env file.
 #[derive(Debug, Clone)]
@@ -47,8 +60,18 @@ pub struct Testbed {
     pub api_server: String,
     /// The pinned Kubernetes release, e.g. `v1.35.6` (`CONVERGE_TESTBED_K8S_VERSION`).
     pub k8s_version: String,
-    /// Name of the kwok node Pods are scheduled to (`CONVERGE_TESTBED_NODE`).
+    /// Name of the kwok node a [`TestNamespace::new`] namespace's Pods are
+    /// scheduled to (`CONVERGE_TESTBED_NODE`).
     pub node: String,
+    /// Name of the real node (kubelet + containerd), if the bed has one
+    /// (`CONVERGE_TESTBED_REAL_NODE`).
+    pub real_node: Option<String>,
+    /// The real node's address, where Pods reach the API server
+    /// (`CONVERGE_TESTBED_NODE_IP`).
+    pub node_ip: Option<String>,
+    /// Socket of the real node's containerd (`CONTAINERD_ADDRESS`); images
+    /// are loaded into its `k8s.io` namespace.
+    pub containerd_address: Option<String>,
     /// Default StorageClass, provisioned by kwok (`CONVERGE_TESTBED_STORAGE_CLASS`).
     pub storage_class: String,
     /// `unix://…/docker.sock` of the bed's own dockerd, if it was started
@@ -141,6 +164,9 @@ pub fn testbed() -> &'static Testbed {
             api_server: get("CONVERGE_TESTBED_API_SERVER"),
             k8s_version: get("CONVERGE_TESTBED_K8S_VERSION"),
             node: get("CONVERGE_TESTBED_NODE"),
+            real_node: vars.get("CONVERGE_TESTBED_REAL_NODE").cloned(),
+            node_ip: vars.get("CONVERGE_TESTBED_NODE_IP").cloned(),
+            containerd_address: vars.get("CONTAINERD_ADDRESS").cloned(),
             storage_class: get("CONVERGE_TESTBED_STORAGE_CLASS"),
             docker_host: vars.get("CONVERGE_TESTBED_DOCKER_HOST").cloned(),
             kubectl: get("CONVERGE_TESTBED_KUBECTL").into(),
@@ -224,6 +250,54 @@ pub fn docker() -> Command {
     cmd
 }
 
+/// The real node's name; fails the test if the bed has none (it was started
+/// with `CONVERGE_TESTBED_NO_REAL_NODE=1`).
+pub fn real_node() -> &'static str {
+    testbed().real_node.as_deref().expect(
+        "the bed has no real node (started with CONVERGE_TESTBED_NO_REAL_NODE=1?): run tests/testbed/down, then tests/testbed/up",
+    )
+}
+
+/// `ctr` aimed at the real node's containerd, in the `k8s.io` namespace its
+/// kubelet reads images from.
+pub fn ctr() -> Command {
+    real_node();
+    let bed = testbed();
+    let mut cmd = Command::new("ctr");
+    cmd.env(
+        "CONTAINERD_ADDRESS",
+        bed.containerd_address
+            .as_deref()
+            .expect("CONTAINERD_ADDRESS in the env file"),
+    )
+    .env("CONTAINERD_NAMESPACE", "k8s.io");
+    cmd
+}
+
+/// Loads an image of the bed's dockerd into the real node's containerd, the
+/// way `kind load docker-image` does (`docker save | ctr images import -`).
+pub fn load_image_into_node(image: &str) {
+    let mut save = docker()
+        .args(["save", image])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("docker save {image}: {e}"));
+    let stdout = save.stdout.take().expect("docker save's stdout");
+    let import = ctr()
+        .args(["images", "import", "-"])
+        .stdin(stdout)
+        .output()
+        .unwrap_or_else(|e| panic!("ctr images import: {e}"));
+    let saved = save.wait().expect("docker save");
+    assert!(saved.success(), "docker save {image} failed ({saved})");
+    assert!(
+        import.status.success(),
+        "ctr images import of {image} failed ({}):\n{}",
+        import.status,
+        String::from_utf8_lossy(&import.stderr)
+    );
+}
+
 /// Runs a prepared command, panicking with its output if it fails; returns stdout.
 pub fn run_ok(cmd: &mut Command) -> String {
     let out = cmd
@@ -304,9 +378,37 @@ pub struct TestNamespace {
 }
 
 impl TestNamespace {
-    /// Creates `prefix-<random>` and waits for its `default` ServiceAccount
-    /// (until it exists the ServiceAccount admission plugin refuses Pods).
+    /// Creates `prefix-<random>`, whose Pods go to the kwok node, and waits
+    /// for its `default` ServiceAccount (until it exists the ServiceAccount
+    /// admission plugin refuses Pods).
     pub async fn new(prefix: &str) -> TestNamespace {
+        let annotations = [
+            (
+                NODE_SELECTOR_ANNOTATION.to_string(),
+                "type=kwok".to_string(),
+            ),
+            (
+                DEFAULT_TOLERATIONS_ANNOTATION.to_string(),
+                format!(
+                    r#"[{{"key":"{KWOK_TAINT_KEY}","operator":"Exists","effect":"NoSchedule"}}]"#
+                ),
+            ),
+        ];
+        Self::create(prefix, annotations.into()).await
+    }
+
+    /// Creates `prefix-<random>`, whose Pods go to the real node (as the
+    /// Pods of any namespace without the kwok annotations do); fails if the
+    /// bed has no real node.
+    pub async fn real_node(prefix: &str) -> TestNamespace {
+        real_node();
+        Self::create(prefix, Default::default()).await
+    }
+
+    async fn create(
+        prefix: &str,
+        annotations: std::collections::BTreeMap<String, String>,
+    ) -> TestNamespace {
         let client = client().await;
         let name = unique_name(prefix);
         let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -314,6 +416,7 @@ impl TestNamespace {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
                 labels: Some([(TEST_NAMESPACE_LABEL.to_string(), "true".to_string())].into()),
+                annotations: Some(annotations),
                 ..Default::default()
             },
             ..Default::default()

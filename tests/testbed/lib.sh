@@ -16,6 +16,16 @@ BIN_K8S="$CACHE_ROOT/bin/k8s-$K8S_VERSION"
 BIN_ETCD="$CACHE_ROOT/bin/etcd-$ETCD_VERSION"
 BIN_KWOK="$CACHE_ROOT/bin/kwok-$KWOK_VERSION"
 BIN_HELM="$CACHE_ROOT/bin/helm-$HELM_VERSION"
+BIN_COREDNS="$CACHE_ROOT/bin/coredns-$COREDNS_VERSION"
+# The bed's own programs are keyed by a hash of their source (and, for the
+# provisioner, of the client-go version it is built against), so an edit
+# rebuilds them and nothing else.
+src_hash() { cat "$@" | sha256sum | cut -c1-12; }
+BIN_PROVISIONER="$CACHE_ROOT/bin/provisioner-$(printf '%s\n' "$K8S_VERSION" | cat - "$TESTBED_SRC/node/provisioner/main.go" | sha256sum | cut -c1-12)"
+BIN_PAUSE="$CACHE_ROOT/bin/pause-$(src_hash "$TESTBED_SRC/node/pause.c")"
+# Images `up` makes for the real node (OCI archives of pause and CoreDNS),
+# keyed by their binary; apart from images/build's cache in images/.
+IMAGE_CACHE="$CACHE_ROOT/node-images"
 # One directory the env file puts first on PATH: symlinks into the
 # version-keyed directories above, rewritten by every `up`.
 BIN_CURRENT="$CACHE_ROOT/bin/current"
@@ -48,4 +58,15 @@ lock_bed() {
     flock 9
   fi
   export CONVERGE_TESTBED_LOCKED="$BED_DIR"
+}
+
+# Names of the Docker engine's bridge network, derived from the bed directory (see
+# setup_docker_bridge in up; removed by down).
+bed_net_names() {
+  local h
+  h="$(printf '%s' "$BED_DIR" | sha256sum | cut -c1-6)"
+  DOCKER_BRIDGE="cvg$h"
+  DOCKER_SUBNET="172.30.$((16#${h:0:2})).0/24"
+  DOCKER_GW="${DOCKER_SUBNET%.0/24}.1"
+  NET_TAG="converge-testbed:$BED_DIR"
 }

@@ -1,0 +1,484 @@
+//! The coordination Lease `converge-<stack>` in a stack's namespace: who manages the stack now.
+//! A daemon takes it and keeps it (re-creating it when it vanished, say with its namespace);
+//! `converge apply` reads it to refuse undoing a running daemon's work.
+//!
+//! It never takes a Lease another live holder renews: a Lease is taken only when it is free,
+//! expired, or was held by an earlier daemon of the same checkout on the same host.
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+
+use super::REQUEST_TIMEOUT;
+use crate::vocabulary::{FIELD_MANAGER, LABEL_MANAGED_BY, LABEL_STACK, MANAGED_BY};
+
+/// How long a Lease holds without renewal.
+pub const LEASE_SECONDS: i32 = 30;
+/// The annotation naming the checkout a Lease holder deploys from.
+pub const ANNOTATION_CHECKOUT: &str = "converge.dev/checkout";
+
+/// Failures taking, keeping or reading a Lease.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// Another daemon holds the stack's Lease.
+    #[error("another converge daemon manages stack `{stack}`: Lease {namespace}/{name} is held by {holder} (renewed {renewed}); stop it first, or wait {LEASE_SECONDS}s after it stopped")]
+    Held {
+        /// The stack.
+        stack: String,
+        /// The namespace.
+        namespace: String,
+        /// The Lease's name.
+        name: String,
+        /// The holder's identity (`host/pid`) and checkout.
+        holder: String,
+        /// When it was last renewed.
+        renewed: String,
+    },
+    /// The Lease was taken by someone else while this daemon held it.
+    #[error("lost Lease {namespace}/{name} to {holder}")]
+    Lost {
+        /// The namespace.
+        namespace: String,
+        /// The Lease's name.
+        name: String,
+        /// The new holder.
+        holder: String,
+    },
+    /// The API server failed or did not answer in time.
+    #[error("{action} Lease {namespace}/{name}: {message}")]
+    Api {
+        /// What was being done.
+        action: &'static str,
+        /// The namespace.
+        namespace: String,
+        /// The Lease's name.
+        name: String,
+        /// The error.
+        message: String,
+    },
+}
+
+/// The name of a stack's Lease.
+pub fn lease_name(stack: &str) -> String {
+    format!("converge-{stack}")
+}
+
+async fn bounded<T>(
+    action: &'static str,
+    ns: &str,
+    name: &str,
+    fut: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, LeaseError> {
+    let err = |message: String| LeaseError::Api {
+        action,
+        namespace: ns.into(),
+        name: name.into(),
+        message,
+    };
+    match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
+        Err(_) => Err(err(format!(
+            "no answer within {}s",
+            REQUEST_TIMEOUT.as_secs()
+        ))),
+        Ok(Err(e)) => Err(err(e.to_string())),
+        Ok(Ok(v)) => Ok(v),
+    }
+}
+
+fn now() -> MicroTime {
+    MicroTime(Timestamp::now())
+}
+
+/// Creates the stack's namespace when missing (labelled like the reconcile labels it), so the
+/// Lease has somewhere to live before the first reconcile.
+pub async fn ensure_namespace(
+    client: &kube::Client,
+    namespace: &str,
+    stack: &str,
+) -> Result<(), LeaseError> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    if bounded(
+        "reading namespace for",
+        namespace,
+        "",
+        api.get_opt(namespace),
+    )
+    .await?
+    .is_some()
+    {
+        return Ok(());
+    }
+    let ns = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": namespace, "labels": {LABEL_MANAGED_BY: MANAGED_BY, LABEL_STACK: stack}},
+    });
+    bounded(
+        "creating namespace for",
+        namespace,
+        "",
+        api.patch(
+            namespace,
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(&ns),
+        ),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The checkout a Lease's holder recorded.
+fn checkout_of(lease: &Lease) -> Option<&str> {
+    lease
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_CHECKOUT))
+        .map(String::as_str)
+}
+
+/// The holder of a Lease that is held and not expired at `now` (pure): `host/pid`.
+pub fn live_holder(lease: &Lease, now: Timestamp) -> Option<String> {
+    let spec = lease.spec.clone().unwrap_or_default();
+    let holder = spec.holder_identity.filter(|h| !h.is_empty())?;
+    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(LEASE_SECONDS));
+    match spec.renew_time.or(spec.acquire_time) {
+        Some(MicroTime(t)) if now.as_second() <= t.as_second() + duration => Some(holder),
+        _ => None,
+    }
+}
+
+/// Whether a Lease may be taken by `identity` (pure): free, expired, already ours, or held by an
+/// earlier daemon of the same checkout on the same host.
+pub fn may_take(lease: &Lease, identity: &str, checkout: &str, now: Timestamp) -> bool {
+    let Some(holder) = live_holder(lease, now) else {
+        return true;
+    };
+    if holder == identity {
+        return true;
+    }
+    let same_host =
+        holder.rsplit_once('/').map(|(h, _)| h) == identity.rsplit_once('/').map(|(h, _)| h);
+    same_host && checkout_of(lease) == Some(checkout)
+}
+
+/// What a holder does at a renewal (pure).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Renewal {
+    /// Ours: move the renew time.
+    Renew,
+    /// Gone (deleted by hand or with its namespace): create it again, still ours. Nobody else
+    /// took it, since this daemon never released it.
+    Recreate,
+    /// Someone else holds it now.
+    Lost(String),
+}
+
+/// Decides a renewal from the Lease as read (`None`: it does not exist).
+pub fn renewal(existing: Option<&Lease>, identity: &str) -> Renewal {
+    let Some(l) = existing else {
+        return Renewal::Recreate;
+    };
+    let holder = l
+        .spec
+        .as_ref()
+        .and_then(|s| s.holder_identity.clone())
+        .unwrap_or_default();
+    // An emptied holder is someone releasing it on our behalf; take it back.
+    if holder == identity || holder.is_empty() {
+        Renewal::Renew
+    } else {
+        Renewal::Lost(holder)
+    }
+}
+
+/// Who holds the Lease of `stack` in `namespace` now, if a live daemon does: `(host/pid,
+/// checkout)`. One read; a missing namespace or Lease is `None`.
+pub async fn holder_of(
+    client: &kube::Client,
+    namespace: &str,
+    stack: &str,
+) -> Result<Option<(String, String)>, LeaseError> {
+    let name = lease_name(stack);
+    let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
+    let Some(l) = bounded("reading", namespace, &name, api.get_opt(&name)).await? else {
+        return Ok(None);
+    };
+    Ok(live_holder(&l, Timestamp::now())
+        .map(|h| (h, checkout_of(&l).unwrap_or_default().to_string())))
+}
+
+/// A held Lease.
+#[derive(Clone)]
+pub struct LeaseGuard {
+    api: Api<Lease>,
+    client: kube::Client,
+    stack: String,
+    namespace: String,
+    name: String,
+    identity: String,
+    checkout: String,
+}
+
+impl LeaseGuard {
+    /// Takes the Lease of `stack` in `namespace` for `identity` (`host/pid`) deploying from
+    /// `checkout`, or names its holder.
+    pub async fn acquire(
+        client: &kube::Client,
+        namespace: &str,
+        stack: &str,
+        identity: &str,
+        checkout: &str,
+    ) -> Result<Self, LeaseError> {
+        let name = lease_name(stack);
+        let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
+        let guard = Self {
+            api,
+            client: client.clone(),
+            stack: stack.into(),
+            namespace: namespace.into(),
+            name,
+            identity: identity.into(),
+            checkout: checkout.into(),
+        };
+        let ns = guard.namespace.clone();
+        let name = guard.name.clone();
+        let existing = bounded("reading", &ns, &name, guard.api.get_opt(&name)).await?;
+        match existing {
+            None => guard.create().await?,
+            Some(l) => {
+                if !may_take(&l, &guard.identity, &guard.checkout, Timestamp::now()) {
+                    let spec = l.spec.clone().unwrap_or_default();
+                    return Err(LeaseError::Held {
+                        stack: stack.into(),
+                        namespace: ns,
+                        name,
+                        holder: format!(
+                            "{} (checkout {})",
+                            spec.holder_identity.unwrap_or_default(),
+                            checkout_of(&l).unwrap_or_default()
+                        ),
+                        renewed: spec
+                            .renew_time
+                            .map(|t| t.0.to_string())
+                            .unwrap_or_else(|| "never".into()),
+                    });
+                }
+                let transitions = l
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.lease_transitions)
+                    .unwrap_or(0)
+                    + 1;
+                let lease = guard.lease(l.metadata.resource_version.clone(), transitions);
+                bounded(
+                    "taking",
+                    &ns,
+                    &name,
+                    guard.api.replace(&name, &PostParams::default(), &lease),
+                )
+                .await?;
+            }
+        }
+        Ok(guard)
+    }
+
+    async fn create(&self) -> Result<(), LeaseError> {
+        let lease = self.lease(None, 0);
+        bounded(
+            "creating",
+            &self.namespace,
+            &self.name,
+            self.api.create(&PostParams::default(), &lease),
+        )
+        .await?;
+        Ok(())
+    }
+
+    fn lease(&self, resource_version: Option<String>, transitions: i32) -> Lease {
+        Lease {
+            metadata: ObjectMeta {
+                name: Some(self.name.clone()),
+                namespace: Some(self.namespace.clone()),
+                resource_version,
+                labels: Some(
+                    [
+                        (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+                        (LABEL_STACK.to_string(), self.stack.clone()),
+                    ]
+                    .into(),
+                ),
+                annotations: Some(
+                    [(ANNOTATION_CHECKOUT.to_string(), self.checkout.clone())].into(),
+                ),
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(self.identity.clone()),
+                lease_duration_seconds: Some(LEASE_SECONDS),
+                acquire_time: Some(now()),
+                renew_time: Some(now()),
+                lease_transitions: Some(transitions),
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// Renews the Lease, re-creating it (and its namespace) when it vanished; fails with
+    /// [`LeaseError::Lost`] when someone else holds it.
+    pub async fn keep(&self) -> Result<Renewal, LeaseError> {
+        let (ns, name) = (&self.namespace, &self.name);
+        let existing = bounded("reading", ns, name, self.api.get_opt(name)).await?;
+        let action = renewal(existing.as_ref(), &self.identity);
+        match (&action, existing) {
+            (Renewal::Lost(holder), _) => {
+                return Err(LeaseError::Lost {
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                    holder: holder.clone(),
+                })
+            }
+            (Renewal::Recreate, _) => {
+                ensure_namespace(&self.client, ns, &self.stack).await?;
+                if let Err(e) = self.create().await {
+                    // Created by someone else between our read and our create.
+                    if let Some(l) = bounded("reading", ns, name, self.api.get_opt(name)).await? {
+                        if let Renewal::Lost(holder) = renewal(Some(&l), &self.identity) {
+                            return Err(LeaseError::Lost {
+                                namespace: ns.clone(),
+                                name: name.clone(),
+                                holder,
+                            });
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+            (Renewal::Renew, Some(mut l)) => {
+                let spec = l.spec.get_or_insert_with(Default::default);
+                spec.holder_identity = Some(self.identity.clone());
+                spec.renew_time = Some(now());
+                bounded(
+                    "renewing",
+                    ns,
+                    name,
+                    self.api.replace(name, &PostParams::default(), &l),
+                )
+                .await?;
+            }
+            (Renewal::Renew, None) => {}
+        }
+        Ok(action)
+    }
+
+    /// Frees the Lease (best effort), so the next daemon need not wait for it to expire.
+    pub async fn release(&self) {
+        let (ns, name) = (&self.namespace, &self.name);
+        let Ok(Some(mut l)) = bounded("reading", ns, name, self.api.get_opt(name)).await else {
+            return;
+        };
+        let spec = l.spec.get_or_insert_with(Default::default);
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return;
+        }
+        spec.holder_identity = None;
+        spec.renew_time = None;
+        let _ = bounded(
+            "releasing",
+            ns,
+            name,
+            self.api.replace(name, &PostParams::default(), &l),
+        )
+        .await;
+    }
+
+    /// The stack.
+    pub fn stack(&self) -> &str {
+        &self.stack
+    }
+
+    /// The Lease's API, for watching it.
+    pub fn api(&self) -> &Api<Lease> {
+        &self.api
+    }
+
+    /// The Lease's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::SignedDuration;
+
+    fn lease(holder: Option<&str>, renewed: Timestamp, checkout: &str) -> Lease {
+        Lease {
+            metadata: ObjectMeta {
+                annotations: Some([(ANNOTATION_CHECKOUT.to_string(), checkout.to_string())].into()),
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: holder.map(str::to_string),
+                lease_duration_seconds: Some(30),
+                renew_time: Some(MicroTime(renewed)),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn a_live_lease_of_another_daemon_is_not_taken() {
+        let now = Timestamp::now();
+        let l = lease(Some("laptop/100"), now, "/src/a");
+        assert!(!may_take(&l, "desktop/200", "/src/a", now));
+        assert!(!may_take(&l, "laptop/200", "/src/b", now));
+        assert_eq!(live_holder(&l, now).as_deref(), Some("laptop/100"));
+    }
+
+    #[test]
+    fn an_expired_free_or_own_checkout_lease_is_taken() {
+        let now = Timestamp::now();
+        let old = now - SignedDuration::from_secs(31);
+        assert!(may_take(
+            &lease(Some("laptop/100"), old, "/src/a"),
+            "desktop/200",
+            "/src/b",
+            now
+        ));
+        assert_eq!(
+            live_holder(&lease(Some("laptop/100"), old, "/a"), now),
+            None
+        );
+        assert!(may_take(
+            &lease(None, now, "/src/a"),
+            "desktop/200",
+            "/src/b",
+            now
+        ));
+        // The same checkout on the same host: the earlier daemon died (this one holds its file lock).
+        assert!(may_take(
+            &lease(Some("laptop/100"), now, "/src/a"),
+            "laptop/200",
+            "/src/a",
+            now
+        ));
+    }
+
+    #[test]
+    fn a_vanished_lease_is_recreated_by_its_holder_and_a_taken_one_is_lost() {
+        let now = Timestamp::now();
+        assert_eq!(renewal(None, "laptop/1"), Renewal::Recreate);
+        assert_eq!(
+            renewal(Some(&lease(Some("laptop/1"), now, "/a")), "laptop/1"),
+            Renewal::Renew
+        );
+        assert_eq!(
+            renewal(Some(&lease(Some("desk/2"), now, "/b")), "laptop/1"),
+            Renewal::Lost("desk/2".into())
+        );
+    }
+}

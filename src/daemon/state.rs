@@ -1,0 +1,764 @@
+//! The daemon's decisions as a pure state machine: what merges into the pending reconcile, which
+//! commit the next one reads (the tip, or the last applied commit while the tip is stalled), when
+//! a running reconcile is asked to stop at its next step boundary, when to retry, when a resync
+//! may be skipped, and which events are converge's own doing.
+//!
+//! It never performs I/O, never logs and never reads a clock: the loop in `mod.rs` turns I/O into
+//! these calls (passing `now`) and carries out what they return.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use super::backoff::{Backoff, ObjectBackoff};
+use super::Trigger;
+
+/// A reconcile waiting to start; triggers arriving meanwhile merge into it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pending {
+    /// The first trigger (a span field).
+    pub trigger: Trigger,
+    /// Whether any merged trigger asked for a full compare.
+    pub full: bool,
+    /// Whether a drift merged into it (its applies count as drift corrections).
+    pub drift: bool,
+}
+
+/// Merges `trigger` into `pending`.
+pub fn merge(pending: &mut Option<Pending>, trigger: Trigger, full: bool) {
+    let drift = trigger == Trigger::Drift;
+    match pending {
+        Some(p) => {
+            p.full |= full;
+            p.drift |= drift;
+        }
+        None => {
+            *pending = Some(Pending {
+                trigger,
+                full,
+                drift,
+            })
+        }
+    }
+}
+
+/// A tip that cannot be deployed as it is: wait for a new commit (or a person).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stall {
+    /// The stalled commit.
+    pub commit: String,
+    /// The reason recorded.
+    pub reason: &'static str,
+    /// The message recorded.
+    pub message: String,
+}
+
+/// A reconcile to start now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Start {
+    /// The commit to reconcile.
+    pub commit: String,
+    /// What started it.
+    pub trigger: Trigger,
+    /// Compare every object.
+    pub full: bool,
+    /// A drift merged into it.
+    pub drift: bool,
+    /// While the tip is stalled: its reason, recorded again after reconciling `commit`.
+    pub overlay: Option<Stall>,
+}
+
+/// What the loop does when idle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// Nothing pending.
+    Idle,
+    /// Start this reconcile.
+    Start(Start),
+    /// The tip is stalled and no commit is known to have been applied: nothing to do.
+    NothingApplied,
+}
+
+/// How a reconcile ended, as far as the policy cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finished {
+    /// The reconcile ran.
+    Reports {
+        /// Every stack applied and healthy.
+        ready: bool,
+        /// It stopped at a health wait because newer work was waiting: not a failure.
+        preempted: bool,
+        /// Every failure needs a new commit (a field-manager conflict, an immutable field, a
+        /// refused object): retrying the same commit would fail the same way.
+        needs_new_commit: Option<(&'static str, String)>,
+    },
+    /// The commit cannot be deployed as it is (invalid, unknown stack, bad build context).
+    Stalled {
+        /// The reason recorded.
+        reason: &'static str,
+        /// The message recorded.
+        message: String,
+    },
+    /// A transient failure before the reconcile.
+    Retry,
+    /// Builds were cancelled by shutdown.
+    Cancelled,
+}
+
+/// What the loop does after a reconcile ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AfterDone {
+    /// Retry at this time (a failure).
+    pub retry_at: Option<Instant>,
+    /// The daemon is converged on the tip.
+    pub ready: bool,
+    /// The commit is stalled now (the loop logs it once).
+    pub stalled: bool,
+}
+
+/// What to do about one drift event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriftVerdict {
+    /// Correct it now; `preempt` asks the running reconcile to stop at its next health wait.
+    Now {
+        /// Ask the running reconcile to stop at its next step boundary.
+        preempt: bool,
+    },
+    /// The object is being fought over: correct it at this time.
+    Later(Instant),
+}
+
+/// What the cluster's status record says, compared with what this daemon applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordVerdict {
+    /// Nothing to do.
+    Agrees,
+    /// The first commit known to be applied (a restart): re-apply it while the tip is stalled.
+    Learned,
+    /// Someone else applied another commit (`converge apply --force`): reconcile the tip.
+    Foreign {
+        /// What this daemon last applied.
+        ours: String,
+    },
+}
+
+/// The state of a running reconcile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Running {
+    commit: String,
+    /// It re-applies the last applied commit while the tip is stalled.
+    overlay: bool,
+    /// Drift events counted when it started.
+    drift_seq: u64,
+    /// Whether it was already asked to stop at its next step boundary.
+    preempt_requested: bool,
+}
+
+/// Everything the daemon decides from.
+#[derive(Debug, Clone)]
+pub struct State {
+    pending: Option<Pending>,
+    running: Option<Running>,
+    /// The tip last seen.
+    tip: Option<String>,
+    stalled: Option<Stall>,
+    /// The commit last applied to the cluster (by this daemon, or by what the cluster's record
+    /// says after a restart): what drift corrections re-apply while the tip is stalled.
+    last_applied: Option<String>,
+    /// The commit this process last reconciled to healthy (resyncs are skipped on it).
+    healthy: Option<String>,
+    /// Whether this process has reconciled anything yet.
+    applied_here: bool,
+    retry: Backoff,
+    retry_at: Option<Instant>,
+    objects: ObjectBackoff,
+    drift_at: Option<Instant>,
+    drift_seq: u64,
+    /// Whether nothing changed since the last healthy reconcile as far as the watches know.
+    clean: bool,
+    gaps: BTreeSet<(String, String)>,
+    /// The Secrets each stack's components read, by stack.
+    secrets: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl State {
+    /// The state at startup: one reconcile pending, `tip` as the tip last seen.
+    pub fn new(tip: Option<String>, retry_max: Duration) -> Self {
+        Self {
+            pending: Some(Pending {
+                trigger: Trigger::Startup,
+                full: false,
+                drift: false,
+            }),
+            running: None,
+            tip,
+            stalled: None,
+            last_applied: None,
+            healthy: None,
+            applied_here: false,
+            retry: Backoff::new(Duration::from_secs(2), retry_max),
+            retry_at: None,
+            objects: ObjectBackoff::new(
+                Duration::from_millis(500),
+                Duration::from_secs(60),
+                Duration::from_secs(300),
+            ),
+            drift_at: None,
+            drift_seq: 0,
+            clean: false,
+            gaps: BTreeSet::new(),
+            secrets: BTreeMap::new(),
+        }
+    }
+
+    /// Whether a reconcile runs.
+    pub fn running(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// When a failed reconcile is retried.
+    pub fn retry_at(&self) -> Option<Instant> {
+        self.retry_at
+    }
+
+    /// When a delayed drift correction is due.
+    pub fn drift_at(&self) -> Option<Instant> {
+        self.drift_at
+    }
+
+    /// The commit last applied, as far as this daemon knows.
+    pub fn last_applied(&self) -> Option<&str> {
+        self.last_applied.as_deref()
+    }
+
+    /// Merges a trigger into the pending reconcile.
+    pub fn request(&mut self, trigger: Trigger, full: bool) {
+        merge(&mut self.pending, trigger, full);
+    }
+
+    /// Seeds the last applied commit from the cluster's status record at startup (before any
+    /// reconcile of this process), so a stalled tip still has something to correct drift with.
+    pub fn learn_applied(&mut self, commit: String) {
+        if self.last_applied.is_none() && !commit.is_empty() {
+            self.last_applied = Some(commit);
+        }
+    }
+
+    /// Picks the next reconcile when idle, reading `tip` (the tracked ref now).
+    pub fn next(&mut self, tip: Option<&str>) -> Next {
+        if self.running.is_some() {
+            return Next::Idle;
+        }
+        let Some(p) = self.pending.take() else {
+            return Next::Idle;
+        };
+        let user = matches!(p.trigger, Trigger::Sync | Trigger::Reload);
+        if user {
+            // A person asked: the stalled tip is tried again.
+            self.stalled = None;
+        }
+        // A stalled tip is not retried until a new commit or a person asks; drift and resyncs
+        // keep the last applied commit in place meanwhile.
+        let (commit, overlay) = match (tip, &self.stalled) {
+            (Some(t), Some(s)) if t == s.commit => (self.last_applied.clone(), Some(s.clone())),
+            (Some(t), _) => (Some(t.to_string()), None),
+            (None, _) => (None, None),
+        };
+        let Some(commit) = commit else {
+            return Next::NothingApplied;
+        };
+        self.running = Some(Running {
+            commit: commit.clone(),
+            overlay: overlay.is_some(),
+            drift_seq: self.drift_seq,
+            preempt_requested: false,
+        });
+        Next::Start(Start {
+            commit,
+            trigger: p.trigger,
+            full: p.full,
+            drift: p.drift,
+            overlay,
+        })
+    }
+
+    /// Asks the running reconcile to stop at its next step boundary where nothing is lost;
+    /// `true` the first time only (the loop signals the reconcile then).
+    fn preempt(&mut self) -> bool {
+        match self.running.as_mut() {
+            Some(r) if !r.preempt_requested => {
+                r.preempt_requested = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The tracked ref points at `tip`. `None` when it is the tip already seen; otherwise
+    /// whether to ask the running reconcile to stop at its next health wait (a new commit never
+    /// waits behind a bad commit's health wait).
+    pub fn on_tip(&mut self, tip: &str) -> Option<bool> {
+        if self.tip.as_deref() == Some(tip) {
+            return None;
+        }
+        self.tip = Some(tip.to_string());
+        self.stalled = None;
+        self.retry.reset();
+        self.retry_at = None;
+        self.clean = false;
+        merge(&mut self.pending, Trigger::Commit, false);
+        Some(self.preempt())
+    }
+
+    /// A managed object of `object` (`stack/Kind/name`) changed or vanished out of band at `now`.
+    pub fn on_drift(&mut self, object: &str, now: Instant) -> DriftVerdict {
+        self.drift_seq += 1;
+        self.clean = false;
+        let at = self.objects.admit(object, now);
+        if at <= now {
+            merge(&mut self.pending, Trigger::Drift, false);
+            DriftVerdict::Now {
+                preempt: self.preempt(),
+            }
+        } else {
+            self.drift_at = Some(self.drift_at.map_or(at, |d| d.min(at)));
+            DriftVerdict::Later(at)
+        }
+    }
+
+    /// A delayed drift correction is due.
+    pub fn on_drift_due(&mut self) {
+        self.drift_at = None;
+        merge(&mut self.pending, Trigger::Drift, false);
+    }
+
+    /// A watch of `stack`'s `kind` listed everything again.
+    pub fn on_synced(&mut self, stack: String, kind: String) {
+        self.gaps.remove(&(stack, kind));
+    }
+
+    /// A watch of `stack`'s `kind` failed: changes may go unseen until it lists again.
+    pub fn on_gap(&mut self, stack: String, kind: String) {
+        self.drift_seq += 1;
+        self.clean = false;
+        self.gaps.insert((stack, kind));
+    }
+
+    /// A watch of `stack`'s `kind` ended for good (the kind is no longer served).
+    pub fn on_gone(&mut self, stack: String, kind: String) {
+        self.gaps.remove(&(stack, kind));
+    }
+
+    /// The Secrets `stack`'s components read (from the commit last reconciled).
+    pub fn set_secrets(&mut self, stack: String, names: BTreeSet<String>) {
+        self.secrets.insert(stack, names);
+    }
+
+    /// Secret `name` in `stack`'s namespace was created, changed or deleted: reconcile when the
+    /// stack reads it (a component blocked on it can start now). Returns whether it does.
+    pub fn on_secret(&mut self, stack: &str, name: &str) -> bool {
+        let read = self.secrets.get(stack).is_some_and(|s| s.contains(name));
+        if read {
+            self.clean = false;
+            merge(&mut self.pending, Trigger::Secret, false);
+        }
+        read
+    }
+
+    /// The cluster's status record of a stack says `commit` was applied last.
+    pub fn on_record(&mut self, commit: &str) -> RecordVerdict {
+        if commit.is_empty() {
+            return RecordVerdict::Agrees;
+        }
+        // A running reconcile writes its own record; what it finds is decided when it ends.
+        if self.running.is_some() {
+            return RecordVerdict::Agrees;
+        }
+        match &self.last_applied {
+            None => {
+                self.last_applied = Some(commit.to_string());
+                RecordVerdict::Learned
+            }
+            Some(ours) if ours == commit => RecordVerdict::Agrees,
+            Some(ours) => {
+                let ours = ours.clone();
+                // What the cluster runs now is that commit: drift corrections re-apply the tip
+                // (or, while the tip is stalled, what this daemon applied).
+                self.clean = false;
+                self.healthy = None;
+                merge(&mut self.pending, Trigger::Record, false);
+                RecordVerdict::Foreign { ours }
+            }
+        }
+    }
+
+    /// The running reconcile of `commit` ended at `now`.
+    pub fn on_done(&mut self, finished: Finished, now: Instant) -> AfterDone {
+        let run = self.running.take();
+        let commit = run.as_ref().map(|r| r.commit.clone()).unwrap_or_default();
+        let mut after = AfterDone {
+            retry_at: None,
+            ready: false,
+            stalled: false,
+        };
+        match finished {
+            Finished::Reports {
+                ready,
+                preempted,
+                needs_new_commit,
+            } => {
+                // Whatever the outcome, this commit is what the cluster runs now.
+                self.last_applied = Some(commit.clone());
+                self.applied_here = true;
+                if ready {
+                    self.healthy = Some(commit);
+                    self.retry.reset();
+                    self.retry_at = None;
+                    let seq = run.map_or(u64::MAX, |r| r.drift_seq);
+                    self.clean =
+                        seq == self.drift_seq && self.gaps.is_empty() && self.stalled.is_none();
+                    after.ready = self.stalled.is_none();
+                } else if preempted {
+                    // Newer work is pending and starts now; nothing failed.
+                    self.clean = false;
+                } else if let Some((reason, message)) = needs_new_commit {
+                    self.clean = false;
+                    if self.stalled.is_none() && self.tip.as_deref() == Some(commit.as_str()) {
+                        self.stalled = Some(Stall {
+                            commit,
+                            reason,
+                            message,
+                        });
+                        after.stalled = true;
+                    }
+                } else {
+                    self.clean = false;
+                    let at = self.retry.fail(now);
+                    self.retry_at = Some(at);
+                    after.retry_at = Some(at);
+                }
+            }
+            Finished::Stalled { reason, message } => {
+                self.clean = false;
+                if run.as_ref().is_some_and(|r| r.overlay) {
+                    // The commit the cluster's record names cannot be deployed from here (not
+                    // in this clone, say): nothing is left to re-apply; the tip's stall stays.
+                    if !self.applied_here {
+                        self.last_applied = None;
+                    }
+                    return after;
+                }
+                let first_run = self.last_applied.is_some() && !self.applied_here;
+                self.stalled = Some(Stall {
+                    commit: commit.clone(),
+                    reason,
+                    message,
+                });
+                after.stalled = true;
+                // Restarted onto a stalled tip: drift may have happened while no daemon ran, so
+                // reconcile the commit the cluster's record names once now.
+                if first_run && self.last_applied.as_deref() != Some(commit.as_str()) {
+                    merge(&mut self.pending, Trigger::Resync, false);
+                }
+            }
+            Finished::Retry => {
+                self.clean = false;
+                let at = self.retry.fail(now);
+                self.retry_at = Some(at);
+                after.retry_at = Some(at);
+            }
+            Finished::Cancelled => {}
+        }
+        after
+    }
+
+    /// The failure retry is due.
+    pub fn on_retry_due(&mut self) {
+        self.retry_at = None;
+        merge(&mut self.pending, Trigger::Retry, false);
+    }
+
+    /// `converge sync` or SIGUSR1.
+    pub fn on_sync(&mut self) {
+        merge(&mut self.pending, Trigger::Sync, true);
+    }
+
+    /// SIGHUP: forget the back-off and reconcile.
+    pub fn on_reload(&mut self) {
+        self.retry.reset();
+        self.retry_at = None;
+        merge(&mut self.pending, Trigger::Reload, true);
+    }
+
+    /// The full-resync timer.
+    pub fn on_full_resync(&mut self) {
+        merge(&mut self.pending, Trigger::FullResync, true);
+    }
+
+    /// The resync timer, with `tip` read now: `true` when skipped with no request (the watches
+    /// have seen nothing since the last healthy reconcile of the tip).
+    pub fn on_resync(&mut self, tip: Option<&str>) -> bool {
+        let idle = self.pending.is_none() && self.running.is_none();
+        if self.clean && idle && tip.is_some() && tip == self.healthy.as_deref() {
+            return true;
+        }
+        if self.running.is_none() {
+            merge(&mut self.pending, Trigger::Resync, true);
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn idle_at(tip: &str) -> State {
+        let mut s = State::new(Some(tip.into()), Duration::from_secs(300));
+        let Next::Start(st) = s.next(Some(tip)) else {
+            panic!("startup reconcile")
+        };
+        assert_eq!(st.commit, tip);
+        s.on_done(ready(), Instant::now());
+        s
+    }
+
+    fn ready() -> Finished {
+        Finished::Reports {
+            ready: true,
+            preempted: false,
+            needs_new_commit: None,
+        }
+    }
+
+    fn failed() -> Finished {
+        Finished::Reports {
+            ready: false,
+            preempted: false,
+            needs_new_commit: None,
+        }
+    }
+
+    fn invalid() -> Finished {
+        Finished::Stalled {
+            reason: "ValidationFailed",
+            message: "desired/x.yaml:1:1: bad".into(),
+        }
+    }
+
+    fn start(s: &mut State, tip: &str) -> Start {
+        match s.next(Some(tip)) {
+            Next::Start(st) => st,
+            other => panic!("expected a start, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn triggers_arriving_while_one_is_pending_merge_into_it() {
+        let mut p = None;
+        merge(&mut p, Trigger::Commit, false);
+        merge(&mut p, Trigger::Drift, false);
+        merge(&mut p, Trigger::Sync, true);
+        let p = p.unwrap();
+        assert_eq!(p.trigger, Trigger::Commit);
+        assert!(p.full && p.drift);
+    }
+
+    #[test]
+    fn after_a_restart_onto_a_stalled_tip_drift_re_applies_the_commit_the_record_names() {
+        let mut s = State::new(Some("bad".into()), Duration::from_secs(300));
+        s.learn_applied("good".into());
+        let st = start(&mut s, "bad");
+        assert_eq!(st.commit, "bad");
+        let after = s.on_done(invalid(), Instant::now());
+        assert!(after.stalled);
+        // Once at once (drift may have happened while no daemon ran)…
+        let st = start(&mut s, "bad");
+        assert_eq!(st.commit, "good");
+        assert_eq!(st.overlay.as_ref().map(|o| o.commit.as_str()), Some("bad"));
+        s.on_done(ready(), Instant::now());
+        // …and on every drift after that.
+        s.on_drift("todo/Deployment/web", Instant::now());
+        let st = start(&mut s, "bad");
+        assert_eq!(st.commit, "good");
+        assert_eq!(st.trigger, Trigger::Drift);
+    }
+
+    #[test]
+    fn a_recorded_commit_that_cannot_be_read_here_is_tried_once_not_in_a_loop() {
+        let mut s = State::new(Some("bad".into()), Duration::from_secs(300));
+        assert_eq!(s.on_record("elsewhere"), RecordVerdict::Learned);
+        start(&mut s, "bad");
+        s.on_done(invalid(), Instant::now());
+        let st = start(&mut s, "bad");
+        assert_eq!(st.commit, "elsewhere");
+        s.on_done(invalid(), Instant::now());
+        assert_eq!(s.next(Some("bad")), Next::Idle);
+        s.on_drift("todo/Deployment/web", Instant::now());
+        assert_eq!(s.next(Some("bad")), Next::NothingApplied);
+    }
+
+    #[test]
+    fn without_any_record_a_stalled_tip_has_nothing_to_re_apply() {
+        let mut s = State::new(Some("bad".into()), Duration::from_secs(300));
+        start(&mut s, "bad");
+        s.on_done(invalid(), Instant::now());
+        s.on_drift("todo/Deployment/web", Instant::now());
+        assert_eq!(s.next(Some("bad")), Next::NothingApplied);
+    }
+
+    #[test]
+    fn the_record_seen_by_the_watch_also_teaches_the_last_applied_commit() {
+        let mut s = State::new(Some("bad".into()), Duration::from_secs(300));
+        start(&mut s, "bad");
+        s.on_done(invalid(), Instant::now());
+        assert_eq!(s.on_record("good"), RecordVerdict::Learned);
+        s.on_drift("todo/Deployment/web", Instant::now());
+        assert_eq!(start(&mut s, "bad").commit, "good");
+    }
+
+    #[test]
+    fn a_new_commit_preempts_a_running_reconcile_once() {
+        let mut s = idle_at("a");
+        s.on_tip("b");
+        start(&mut s, "b");
+        assert_eq!(s.on_tip("c"), Some(true));
+        assert_eq!(s.on_tip("d"), Some(false), "already asked");
+        assert_eq!(s.on_tip("d"), None, "same tip");
+    }
+
+    #[test]
+    fn a_preempted_reconcile_is_no_failure_and_the_pending_one_reads_the_new_tip() {
+        let mut s = idle_at("a");
+        s.on_tip("b");
+        start(&mut s, "b");
+        s.on_tip("c");
+        let after = s.on_done(
+            Finished::Reports {
+                ready: false,
+                preempted: true,
+                needs_new_commit: None,
+            },
+            Instant::now(),
+        );
+        assert_eq!(after.retry_at, None);
+        let st = start(&mut s, "c");
+        assert_eq!((st.commit.as_str(), st.trigger), ("c", Trigger::Commit));
+    }
+
+    #[test]
+    fn drift_preempts_a_running_reconcile_and_a_fight_is_delayed() {
+        let mut s = idle_at("a");
+        let t0 = Instant::now();
+        assert_eq!(
+            s.on_drift("todo/Deployment/web", t0),
+            DriftVerdict::Now { preempt: false }
+        );
+        start(&mut s, "a");
+        assert_eq!(
+            s.on_drift("todo/Service/web", t0),
+            DriftVerdict::Now { preempt: true }
+        );
+        assert!(matches!(
+            s.on_drift("todo/Deployment/web", t0),
+            DriftVerdict::Later(_)
+        ));
+    }
+
+    #[test]
+    fn failures_of_runs_started_by_drift_do_not_push_the_retry_out() {
+        let mut s = idle_at("a");
+        let t0 = Instant::now();
+        let mut first = None;
+        for i in 0..20 {
+            s.on_drift(&format!("todo/ConfigMap/c{i}"), t0);
+            start(&mut s, "a");
+            let at = s
+                .on_done(failed(), t0 + Duration::from_millis(10 * i))
+                .retry_at
+                .unwrap();
+            assert_eq!(*first.get_or_insert(at), at);
+        }
+        assert_eq!(first, Some(t0 + Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn a_conflict_waits_for_a_new_commit_instead_of_retrying() {
+        let mut s = idle_at("a");
+        s.on_tip("b");
+        start(&mut s, "b");
+        let after = s.on_done(
+            Finished::Reports {
+                ready: false,
+                preempted: false,
+                needs_new_commit: Some(("ReconciliationFailed", "conflict".into())),
+            },
+            Instant::now(),
+        );
+        assert!(after.stalled && after.retry_at.is_none());
+        // Drift re-applies the commit (its other objects are corrected) with the stall shown.
+        s.on_drift("todo/Deployment/web", Instant::now());
+        let st = start(&mut s, "b");
+        assert_eq!(st.commit, "b");
+        assert!(st.overlay.is_some());
+    }
+
+    #[test]
+    fn a_commit_applied_by_someone_else_is_noticed_and_the_tip_reconciled() {
+        let mut s = idle_at("tip");
+        assert_eq!(s.on_record("tip"), RecordVerdict::Agrees);
+        assert_eq!(
+            s.on_record("old"),
+            RecordVerdict::Foreign { ours: "tip".into() }
+        );
+        let st = start(&mut s, "tip");
+        assert_eq!((st.commit.as_str(), st.trigger), ("tip", Trigger::Record));
+        // And the resync is no longer skipped until the tip is healthy again.
+        assert!(!s.on_resync(Some("tip")));
+    }
+
+    #[test]
+    fn a_record_written_while_a_reconcile_runs_is_its_own() {
+        let mut s = idle_at("a");
+        s.on_tip("b");
+        start(&mut s, "b");
+        assert_eq!(s.on_record("b"), RecordVerdict::Agrees);
+        s.on_done(ready(), Instant::now());
+        assert_eq!(s.on_record("b"), RecordVerdict::Agrees);
+        assert_eq!(s.next(Some("b")), Next::Idle);
+    }
+
+    #[test]
+    fn a_changed_secret_reconciles_only_when_the_stack_reads_it() {
+        let mut s = idle_at("a");
+        s.set_secrets("todo".into(), ["todo-secrets".to_string()].into());
+        assert!(!s.on_secret("todo", "unrelated"));
+        assert_eq!(s.next(Some("a")), Next::Idle);
+        assert!(s.on_secret("todo", "todo-secrets"));
+        assert_eq!(start(&mut s, "a").trigger, Trigger::Secret);
+    }
+
+    #[test]
+    fn a_resync_is_skipped_only_when_nothing_moved_since_a_healthy_tip() {
+        let mut s = idle_at("a");
+        assert!(s.on_resync(Some("a")));
+        s.on_gap("todo".into(), "Deployment".into());
+        assert!(!s.on_resync(Some("a")));
+        start(&mut s, "a");
+        s.on_synced("todo".into(), "Deployment".into());
+        s.on_done(ready(), Instant::now());
+        assert!(s.on_resync(Some("a")));
+        assert!(!s.on_resync(Some("b")));
+    }
+
+    #[test]
+    fn a_sync_retries_a_stalled_tip() {
+        let mut s = idle_at("a");
+        s.on_tip("bad");
+        start(&mut s, "bad");
+        s.on_done(invalid(), Instant::now());
+        s.on_sync();
+        let st = start(&mut s, "bad");
+        assert_eq!(st.commit, "bad");
+        assert!(st.overlay.is_none() && st.full);
+    }
+}
