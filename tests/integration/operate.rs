@@ -881,17 +881,15 @@ fn every_flag_environment_variable_and_link_in_the_docs_exists() {
     flags.extend(["--help".to_string(), "--version".to_string()]);
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut sources = String::new();
-    for dir in [
-        "src",
-        "src/cli",
-        "src/daemon",
-        "src/render",
-        "src/build",
-        "src/cluster",
-    ] {
-        for e in std::fs::read_dir(root.join(dir)).unwrap().flatten() {
-            if e.path().extension().is_some_and(|x| x == "rs") {
-                sources.push_str(&std::fs::read_to_string(e.path()).unwrap());
+    // Every source file, at any depth (modules move into directories: src/daemon/service/).
+    let mut dirs = vec![root.join("src")];
+    while let Some(dir) = dirs.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                sources.push_str(&std::fs::read_to_string(&p).unwrap());
             }
         }
     }
