@@ -16,7 +16,7 @@ use super::{Format, SourceArgs, EXIT_ERROR, EXIT_FINDINGS, EXIT_OK};
 use crate::cluster::health::{self, Health};
 use crate::cluster::{Cluster, ClusterError, REQUEST_TIMEOUT};
 use crate::status::StackStatus;
-use crate::vocabulary::{LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_STACK, MANAGED_BY};
+use crate::vocabulary::{status_name, LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_STACK, MANAGED_BY};
 
 /// Arguments of `converge status`.
 #[derive(Debug, Args)]
@@ -152,8 +152,40 @@ async fn read(args: &StatusArgs) -> Result<Vec<StackView>, ClusterError> {
                 .as_deref()
                 .is_some_and(|n| n.starts_with("converge-") && n.ends_with("-status"))
         })
-        .filter_map(|c| c.data.and_then(|mut d| d.remove("status.json")))
-        .filter_map(|t| serde_json::from_str::<StackStatus>(&t).ok())
+        .filter_map(|c| {
+            let (ns, cm) = (
+                c.metadata.namespace.clone().unwrap_or_default(),
+                c.metadata.name.clone().unwrap_or_default(),
+            );
+            // Whether an unreadable record may be one the selectors ask for (its name, from
+            // the ConfigMap's, is all that is known of it).
+            let maybe_selected = args.target.namespace.as_deref().is_none_or(|n| n == ns)
+                && (args.target.stack.is_none()
+                    || named.iter().any(|(n, _)| status_name(n) == cm)
+                    || args
+                        .target
+                        .stack
+                        .as_deref()
+                        .is_some_and(|w| status_name(w) == cm));
+            let what = format!(
+                "ConfigMap {}/{}",
+                c.metadata.namespace.as_deref().unwrap_or(""),
+                c.metadata.name.as_deref().unwrap_or("")
+            );
+            let text = c.data.and_then(|mut d| d.remove("status.json"));
+            match crate::status::parse(text) {
+                crate::status::Record::Status(s) => Some(s),
+                crate::status::Record::Missing => None,
+                // Said, never silently skipped; left as it is (the next reconcile keeps a copy).
+                crate::status::Record::Unreadable { error, .. } if maybe_selected => {
+                    errln!(
+                        "warning: the status record in {what} is unreadable ({error}); left as it is (the next reconcile keeps a copy aside)"
+                    );
+                    None
+                }
+                crate::status::Record::Unreadable { .. } => None,
+            }
+        })
         // What the repository names, when it names the selected stack; else the records' own
         // name and directory (a stack the repository no longer has, or no repository at all).
         .filter(|s| {
