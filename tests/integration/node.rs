@@ -107,8 +107,9 @@ async fn wait_deployment_ready(ns: &TestNamespace, replicas: i32) {
         &deployments,
         "web",
         move |d: Option<&Deployment>| {
-            d.and_then(|d| d.status.as_ref())
-                .is_some_and(|s| s.ready_replicas == Some(replicas) && s.updated_replicas == Some(replicas))
+            d.and_then(|d| d.status.as_ref()).is_some_and(|s| {
+                s.ready_replicas == Some(replicas) && s.updated_replicas == Some(replicas)
+            })
         },
         POD_TIMEOUT,
     )
@@ -116,7 +117,11 @@ async fn wait_deployment_ready(ns: &TestNamespace, replicas: i32) {
 }
 
 fn pod_phase_is(phase: &'static str) -> impl Fn(Option<&Pod>) -> bool {
-    move |p: Option<&Pod>| p.and_then(|p| p.status.as_ref()).and_then(|s| s.phase.as_deref()) == Some(phase)
+    move |p: Option<&Pod>| {
+        p.and_then(|p| p.status.as_ref())
+            .and_then(|s| s.phase.as_deref())
+            == Some(phase)
+    }
 }
 
 /// GET `path` from 127.0.0.1:`port` with HTTP/1.0; the whole response.
@@ -130,7 +135,8 @@ fn http_get(port: i32, path: &str) -> std::io::Result<String> {
 }
 
 #[tokio::test]
-async fn a_pod_on_the_real_node_becomes_ready_through_its_http_probe_and_kubectl_logs_shows_its_output() {
+async fn a_pod_on_the_real_node_becomes_ready_through_its_http_probe_and_kubectl_logs_shows_its_output(
+) {
     let ns = TestNamespace::real_node("node-ready").await;
     let deployments: Api<Deployment> = ns.api();
     deployments
@@ -140,24 +146,39 @@ async fn a_pod_on_the_real_node_becomes_ready_through_its_http_probe_and_kubectl
     wait_deployment_ready(&ns, 2).await;
 
     let pods: Api<Pod> = ns.api();
-    let running = pods.list(&ListParams::default().labels("app=web")).await.expect("list pods");
+    let running = pods
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .expect("list pods");
     assert_eq!(running.items.len(), 2);
     for pod in &running.items {
         let spec = pod.spec.as_ref().expect("pod spec");
         assert_eq!(spec.node_name.as_deref(), Some(support::real_node()));
         let status = pod.status.as_ref().expect("pod status");
         let ip = status.pod_ip.as_deref().expect("a Pod IP");
-        assert!(ip.starts_with("10.244.0."), "a Pod IP of the real node's subnet, got {ip}");
-        let container = &status.container_statuses.as_ref().expect("container statuses")[0];
         assert!(
-            container.container_id.as_deref().is_some_and(|id| id.starts_with("containerd://")),
+            ip.starts_with("10.244.0."),
+            "a Pod IP of the real node's subnet, got {ip}"
+        );
+        let container = &status
+            .container_statuses
+            .as_ref()
+            .expect("container statuses")[0];
+        assert!(
+            container
+                .container_id
+                .as_deref()
+                .is_some_and(|id| id.starts_with("containerd://")),
             "a containerd container: {container:?}"
         );
     }
 
     let name = running.items[0].metadata.name.clone().expect("pod name");
     let logs = support::run_ok(support::kubectl().args(["logs", "-n", ns.name(), &name]));
-    assert!(logs.contains("web container started"), "kubectl logs: {logs}");
+    assert!(
+        logs.contains("web container started"),
+        "kubectl logs: {logs}"
+    );
     ns.cleanup().await;
 }
 
@@ -174,7 +195,11 @@ async fn a_node_port_service_on_the_real_node_answers_on_127_0_0_1_from_the_host
         .create(&PostParams::default(), &service("NodePort"))
         .await
         .expect("create service");
-    let node_port = svc.spec.and_then(|s| s.ports).and_then(|p| p[0].node_port).expect("an allocated nodePort");
+    let node_port = svc
+        .spec
+        .and_then(|s| s.ports)
+        .and_then(|p| p[0].node_port)
+        .expect("an allocated nodePort");
     wait_deployment_ready(&ns, 1).await;
 
     // kube-proxy writes the Service's rules within a second or two of the
@@ -184,7 +209,10 @@ async fn a_node_port_service_on_the_real_node_answers_on_127_0_0_1_from_the_host
         match http_get(node_port, "/index.html") {
             Ok(r) if r.contains("hello from the real node") => break r,
             other => {
-                assert!(Instant::now() < deadline, "NodePort {node_port} never answered: {other:?}");
+                assert!(
+                    Instant::now() < deadline,
+                    "NodePort {node_port} never answered: {other:?}"
+                );
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
         }
@@ -209,7 +237,11 @@ async fn a_pod_on_the_real_node_resolves_a_service_name_and_reaches_the_api_serv
     let cluster_ip = svc.spec.and_then(|s| s.cluster_ip).expect("a ClusterIP");
     wait_deployment_ready(&ns, 1).await;
     let pods: Api<Pod> = ns.api();
-    let pod = pods.list(&ListParams::default().labels("app=web")).await.expect("list pods").items[0]
+    let pod = pods
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .expect("list pods")
+        .items[0]
         .metadata
         .name
         .clone()
@@ -217,25 +249,40 @@ async fn a_pod_on_the_real_node_resolves_a_service_name_and_reaches_the_api_serv
 
     let busybox_in_pod = |args: &[&str]| {
         let mut cmd = support::kubectl();
-        cmd.args(["exec", "-n", ns.name(), &pod, "--", "/bin/busybox"]).args(args);
+        cmd.args(["exec", "-n", ns.name(), &pod, "--", "/bin/busybox"])
+            .args(args);
         cmd
     };
     let exec = |args: &[&str]| support::run_ok(&mut busybox_in_pod(args));
     // The Service's short name, through the Pod's search path and CoreDNS.
     // busybox's nslookup asks every search domain and exits 1 when any of
     // them has no answer, so only its output counts here.
-    let out = busybox_in_pod(&["nslookup", "web"]).output().expect("kubectl exec");
+    let out = busybox_in_pod(&["nslookup", "web"])
+        .output()
+        .expect("kubectl exec");
     let answer = String::from_utf8_lossy(&out.stdout);
     assert!(
-        answer.contains(&format!("Name:\tweb.{}.svc.cluster.local\nAddress: {cluster_ip}", ns.name())),
+        answer.contains(&format!(
+            "Name:\tweb.{}.svc.cluster.local\nAddress: {cluster_ip}",
+            ns.name()
+        )),
         "nslookup web gave: {answer}"
     );
     let fqdn = format!("web.{}.svc.cluster.local.", ns.name());
     let answer = exec(&["nslookup", &fqdn]);
-    assert!(answer.contains(&cluster_ip), "nslookup {fqdn} gave: {answer}");
+    assert!(
+        answer.contains(&cluster_ip),
+        "nslookup {fqdn} gave: {answer}"
+    );
     // The ClusterIP serves the page (kube-proxy's rules, from inside a Pod
     // behind the same bridge: hairpin).
-    let page = exec(&["wget", "-q", "-O", "-", &format!("http://{cluster_ip}/index.html")]);
+    let page = exec(&[
+        "wget",
+        "-q",
+        "-O",
+        "-",
+        &format!("http://{cluster_ip}/index.html"),
+    ]);
     assert!(page.contains("hello from the real node"), "{page}");
     // The API server, through the `kubernetes` Service: Go's TLS server
     // answers a plain HTTP request with a 400 saying so.
@@ -262,18 +309,26 @@ async fn a_standard_claim_binds_on_the_real_node_and_its_data_survives_the_pod()
     }))
     .unwrap();
     let claims: Api<PersistentVolumeClaim> = ns.api();
-    claims.create(&PostParams::default(), &claim).await.expect("create claim");
+    claims
+        .create(&PostParams::default(), &claim)
+        .await
+        .expect("create claim");
     support::wait_for(
         &claims,
         "data",
         |c: Option<&PersistentVolumeClaim>| {
-            c.and_then(|c| c.status.as_ref()).and_then(|s| s.phase.as_deref()) == Some("Bound")
+            c.and_then(|c| c.status.as_ref())
+                .and_then(|s| s.phase.as_deref())
+                == Some("Bound")
         },
         support::DEFAULT_TIMEOUT,
     )
     .await;
     let bound = claims.get("data").await.unwrap();
-    assert_eq!(bound.spec.and_then(|s| s.storage_class_name).as_deref(), Some("standard"));
+    assert_eq!(
+        bound.spec.and_then(|s| s.storage_class_name).as_deref(),
+        Some("standard")
+    );
 
     // Non-root, as the chart's PostgreSQL: the claim's directory must be
     // writable by any user.
@@ -295,20 +350,38 @@ async fn a_standard_claim_binds_on_the_real_node_and_its_data_survives_the_pod()
     };
     let pods: Api<Pod> = ns.api();
     let marker = support::unique_name("kept");
-    pods.create(&PostParams::default(), &pod("writer", &format!("mkdir /data/db && echo {marker} > /data/db/marker")))
-        .await
-        .expect("create writer");
+    pods.create(
+        &PostParams::default(),
+        &pod(
+            "writer",
+            &format!("mkdir /data/db && echo {marker} > /data/db/marker"),
+        ),
+    )
+    .await
+    .expect("create writer");
     support::wait_for(&pods, "writer", pod_phase_is("Succeeded"), POD_TIMEOUT).await;
     let writer = pods.get("writer").await.unwrap();
-    assert_eq!(writer.spec.and_then(|s| s.node_name).as_deref(), Some(support::real_node()));
-    pods.delete("writer", &DeleteParams::default()).await.expect("delete writer");
+    assert_eq!(
+        writer.spec.and_then(|s| s.node_name).as_deref(),
+        Some(support::real_node())
+    );
+    pods.delete("writer", &DeleteParams::default())
+        .await
+        .expect("delete writer");
     support::wait_deleted(&pods, "writer", support::DEFAULT_TIMEOUT).await;
 
-    pods.create(&PostParams::default(), &pod("reader", "cat /data/db/marker"))
-        .await
-        .expect("create reader");
+    pods.create(
+        &PostParams::default(),
+        &pod("reader", "cat /data/db/marker"),
+    )
+    .await
+    .expect("create reader");
     support::wait_for(&pods, "reader", pod_phase_is("Succeeded"), POD_TIMEOUT).await;
     let logs = support::run_ok(support::kubectl().args(["logs", "-n", ns.name(), "reader"]));
-    assert_eq!(logs.trim(), marker, "the reader sees what the deleted writer wrote");
+    assert_eq!(
+        logs.trim(),
+        marker,
+        "the reader sees what the deleted writer wrote"
+    );
     ns.cleanup().await;
 }

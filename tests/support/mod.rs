@@ -383,10 +383,15 @@ impl TestNamespace {
     /// admission plugin refuses Pods).
     pub async fn new(prefix: &str) -> TestNamespace {
         let annotations = [
-            (NODE_SELECTOR_ANNOTATION.to_string(), "type=kwok".to_string()),
+            (
+                NODE_SELECTOR_ANNOTATION.to_string(),
+                "type=kwok".to_string(),
+            ),
             (
                 DEFAULT_TOLERATIONS_ANNOTATION.to_string(),
-                format!(r#"[{{"key":"{KWOK_TAINT_KEY}","operator":"Exists","effect":"NoSchedule"}}]"#),
+                format!(
+                    r#"[{{"key":"{KWOK_TAINT_KEY}","operator":"Exists","effect":"NoSchedule"}}]"#
+                ),
             ),
         ];
         Self::create(prefix, annotations.into()).await
@@ -400,7 +405,10 @@ impl TestNamespace {
         Self::create(prefix, Default::default()).await
     }
 
-    async fn create(prefix: &str, annotations: std::collections::BTreeMap<String, String>) -> TestNamespace {
+    async fn create(
+        prefix: &str,
+        annotations: std::collections::BTreeMap<String, String>,
+    ) -> TestNamespace {
         let client = client().await;
         let name = unique_name(prefix);
         let namespaces: Api<Namespace> = Api::all(client.clone());
