@@ -13,6 +13,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use kube::api::DynamicObject;
 use kube::core::GroupVersionKind;
 use serde::Serialize;
@@ -348,15 +349,30 @@ impl Clusters {
     }
 }
 
-/// Reads, validates, renders and reconciles every selected stack of `rev`: the whole pipeline,
-/// as `converge apply` and the daemon run it. Builds are decided by the caller (`opts.images`).
-pub async fn reconcile_commit(
+/// A commit read, validated, built and rendered: all a reconcile needs from git. The daemon
+/// keeps the last one, so correcting a drift does not read, validate and render again.
+pub struct PreparedCommit {
+    /// The full commit id.
+    pub commit: String,
+    /// The selected stacks, rendered.
+    pub stacks: Vec<Prepared>,
+}
+
+impl PreparedCommit {
+    /// Whether every image it needs was built (a failed build is worth preparing again).
+    pub fn complete(&self) -> bool {
+        self.stacks.iter().all(|p| p.build_failures.is_empty())
+    }
+}
+
+/// Reads and validates `rev`, refuses when a daemon holds a stack (see
+/// [`Options::defer_to_daemon`]), builds what is missing and renders every selected stack.
+pub async fn prepare_commit(
     repo_path: &Path,
     rev: &str,
     opts: &Options,
-    helm: &Helm,
     clusters: &mut Clusters,
-) -> Result<Vec<StackReport>, Error> {
+) -> Result<PreparedCommit, Error> {
     let (commit, planned) = read(repo_path, rev, opts)?;
     if opts.defer_to_daemon {
         for p in &planned {
@@ -383,21 +399,44 @@ pub async fn reconcile_commit(
         let (outcomes, failures) = build_stack(repo_path, &commit, &p, opts).await;
         built.push((p, outcomes, failures));
     }
-    let prepared = render_all(repo_path, &commit, built, opts)?;
+    let stacks = render_all(repo_path, &commit, built, opts)?;
+    Ok(PreparedCommit { commit, stacks })
+}
+
+/// Reconciles every stack of a prepared commit against its cluster.
+pub async fn reconcile_prepared(
+    prepared: &PreparedCommit,
+    opts: &Options,
+    helm: &Helm,
+    clusters: &mut Clusters,
+) -> Result<Vec<StackReport>, Error> {
     let mut reports = Vec::new();
-    for p in &prepared {
+    for p in &prepared.stacks {
         let ctx = opts
             .context
             .clone()
             .unwrap_or_else(|| p.stack.spec.context.clone());
         let cluster = clusters.get(opts.kubeconfig.as_deref(), &ctx).await?;
-        let report = reconcile_stack(&cluster, p, &commit, helm, opts).await;
+        let report = reconcile_stack(&cluster, p, &prepared.commit, helm, opts).await;
         if report.ready {
             collect_old_images(p, opts).await;
         }
         reports.push(report);
     }
     Ok(reports)
+}
+
+/// Reads, validates, renders and reconciles every selected stack of `rev`: the whole pipeline,
+/// as `converge apply` runs it.
+pub async fn reconcile_commit(
+    repo_path: &Path,
+    rev: &str,
+    opts: &Options,
+    helm: &Helm,
+    clusters: &mut Clusters,
+) -> Result<Vec<StackReport>, Error> {
+    let prepared = prepare_commit(repo_path, rev, opts, clusters).await?;
+    reconcile_prepared(&prepared, opts, helm, clusters).await
 }
 
 /// Removes old content tags of a stack's repositories after it became healthy, keeping the newest
@@ -604,6 +643,12 @@ struct Run<'a> {
 }
 
 type StepResult = Result<(), (&'static str, String)>;
+
+/// How often a health wait looks for Pods stuck in a failing state (changes to the awaited
+/// objects themselves wake it at once).
+const HEALTH_POLL: Duration = Duration::from_secs(2);
+/// How long a health wait lets a burst of watch events settle before looking again.
+const HEALTH_SETTLE: Duration = Duration::from_millis(20);
 
 /// Why a health wait ended without everything healthy.
 enum Wait {
@@ -1205,7 +1250,21 @@ impl<'a> Run<'a> {
         let mut pending: Vec<ObjectKey> = keys.to_vec();
         let mut first_seen: HashMap<String, Instant> = HashMap::new();
         let mut last_problem: BTreeMap<String, String> = BTreeMap::new();
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        // A controller's status write wakes the wait through a watch of the awaited objects;
+        // the slow tick only looks for Pods stuck in a failing state (Pods are not watched).
+        let mut changes = match self.cluster.changes(keys).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                debug!(error = %e, "no watch for the health wait; polling");
+                None
+            }
+        };
+        let mut tick = tokio::time::interval(if changes.is_some() {
+            HEALTH_POLL
+        } else {
+            Duration::from_millis(500)
+        });
+        tick.tick().await;
         loop {
             let mut still = Vec::new();
             for key in pending {
@@ -1281,6 +1340,10 @@ impl<'a> Run<'a> {
             let mut preempt = self.opts.preempt.clone().filter(|_| preemptible);
             tokio::select! {
                 _ = tick.tick() => {}
+                Some(()) = async { match changes.as_mut() { Some(c) => c.next().await, None => std::future::pending().await } } => {
+                    // A burst of events (status, then the ReplicaSet's count) is one look.
+                    tokio::time::sleep(HEALTH_SETTLE).await;
+                }
                 Ok(()) = async { match preempt.as_mut() { Some(p) => p.changed().await, None => std::future::pending().await } } => {}
             }
             if preemptible && self.preempt_requested() {
