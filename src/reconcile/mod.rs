@@ -658,6 +658,30 @@ enum Wait {
     Preempted,
 }
 
+/// `(group, kind, name)` of rendered objects: what is still wanted.
+type Wanted = BTreeSet<(String, String, String)>;
+
+/// One kind's LIST.
+type Listed = (GroupVersionKind, Result<Vec<DynamicObject>, ClusterError>);
+
+/// The `(group, kind, name)` of every rendered object and hook, and their kinds by
+/// `group/Kind`.
+fn rendered_kinds(rendered: &Rendered) -> (Wanted, BTreeMap<String, GroupVersionKind>) {
+    let mut wanted = BTreeSet::new();
+    let mut gvks = BTreeMap::new();
+    for o in rendered
+        .objects
+        .iter()
+        .chain(rendered.hooks.iter().map(|h| &h.object))
+    {
+        if let Some(k) = ObjectKey::of(o) {
+            gvks.insert(format!("{}/{}", k.group, k.kind), k.gvk());
+            wanted.insert((k.group, k.kind, k.name));
+        }
+    }
+    (wanted, gvks)
+}
+
 /// The component label of a rendered object (`""` for stack-wide objects).
 fn component_of(obj: &DynamicObject) -> String {
     obj.metadata
@@ -729,18 +753,36 @@ impl<'a> Run<'a> {
         _images: &BTreeMap<String, String>,
     ) -> StepResult {
         let cluster_err = |e: ClusterError| (reason::CLUSTER_UNREACHABLE, e.to_string());
-        self.ensure_namespace().await.map_err(cluster_err)?;
-        self.namespace_ready = true;
-        let (inv, old_status) = tokio::join!(
+        // Every read at once: on a no-op or a drift correction these reads are most of the
+        // time. A namespace created meanwhile held nothing, which is what the reads see.
+        let (wanted, rendered_kinds) = rendered_kinds(&rendered);
+        let (namespace, inv, old_status, secrets, lists) = tokio::join!(
+            self.ensure_namespace(),
             inventory::load(self.cluster.client(), self.ns(), &self.stack.spec.name),
             status::load(self.cluster.client(), self.ns(), &self.stack.spec.name),
+            self.read_secrets(),
+            self.fetch_lists(rendered_kinds.values().cloned().collect()),
         );
+        namespace.map_err(cluster_err)?;
+        self.namespace_ready = true;
         self.loaded_inventory = inv.map_err(|e| (reason::APPLY_FAILED, e.to_string()))?;
         self.inventory = self.loaded_inventory.clone();
         self.old_status = old_status.map_err(cluster_err)?;
         let install = self.loaded_inventory.is_empty();
-        self.check_secrets().await.map_err(cluster_err)?;
-        self.list_live(&rendered).await;
+        self.block_on_secrets(&secrets.map_err(cluster_err)?);
+        // Kinds only the inventory holds (no longer rendered): listed now that it is read.
+        let mut extra: BTreeMap<String, GroupVersionKind> = BTreeMap::new();
+        for k in self.inventory.keys() {
+            let id = format!("{}/{}", k.group, k.kind);
+            if !rendered_kinds.contains_key(&id) {
+                extra.entry(id).or_insert_with(|| k.gvk());
+            }
+        }
+        let mut lists = lists;
+        if !extra.is_empty() {
+            lists.extend(self.fetch_lists(extra.into_values().collect()).await);
+        }
+        self.take_lists(lists, &wanted);
 
         let mut items = Vec::new();
         for obj in rendered.objects {
@@ -975,31 +1017,50 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Blocks components whose non-optional Secret references do not resolve, and what depends
-    /// on them; reads only key names, never values.
-    async fn check_secrets(&mut self) -> Result<(), ClusterError> {
-        let mut secrets: HashMap<String, Option<BTreeSet<String>>> = HashMap::new();
+    /// Reads the key names (never values) of every Secret a component needs, at once:
+    /// `None` for a Secret that does not exist.
+    async fn read_secrets(
+        &self,
+    ) -> Result<HashMap<String, Option<BTreeSet<String>>>, ClusterError> {
+        let names: BTreeSet<String> = self
+            .stack
+            .components
+            .iter()
+            .flat_map(|c| c.spec.secret_env.iter().filter(|r| !r.optional))
+            .map(|r| r.secret.clone())
+            .collect();
+        let reads = futures::future::join_all(names.iter().map(|name| {
+            let key = ObjectKey {
+                group: String::new(),
+                version: "v1".into(),
+                kind: "Secret".into(),
+                namespace: self.ns().to_string(),
+                name: name.clone(),
+            };
+            async move { self.cluster.get(&key).await }
+        }))
+        .await;
+        let mut secrets = HashMap::new();
+        for (name, read) in names.into_iter().zip(reads) {
+            let keys = read?.map(|s| {
+                let mut k = BTreeSet::new();
+                for field in ["data", "stringData"] {
+                    if let Some(o) = s.data.get(field).and_then(Value::as_object) {
+                        k.extend(o.keys().cloned());
+                    }
+                }
+                k
+            });
+            secrets.insert(name, keys);
+        }
+        Ok(secrets)
+    }
+
+    /// Blocks components whose non-optional Secret references do not resolve in `secrets`
+    /// (key names read by [`Self::read_secrets`]), and what depends on them.
+    fn block_on_secrets(&mut self, secrets: &HashMap<String, Option<BTreeSet<String>>>) {
         for c in &self.stack.components {
             for r in c.spec.secret_env.iter().filter(|r| !r.optional) {
-                if !secrets.contains_key(&r.secret) {
-                    let key = ObjectKey {
-                        group: String::new(),
-                        version: "v1".into(),
-                        kind: "Secret".into(),
-                        namespace: self.ns().to_string(),
-                        name: r.secret.clone(),
-                    };
-                    let keys = self.cluster.get(&key).await?.map(|s| {
-                        let mut k = BTreeSet::new();
-                        for field in ["data", "stringData"] {
-                            if let Some(o) = s.data.get(field).and_then(Value::as_object) {
-                                k.extend(o.keys().cloned());
-                            }
-                        }
-                        k
-                    });
-                    secrets.insert(r.secret.clone(), keys);
-                }
                 let why = match secrets.get(&r.secret) {
                     Some(None) => Some(format!(
                         "Secret `{}` does not exist in namespace {}; create it: kubectl create secret generic {} -n {} --from-literal={}=<value>",
@@ -1017,38 +1078,25 @@ impl<'a> Run<'a> {
                 }
             }
         }
-        Ok(())
     }
 
-    /// Lists the live objects of every kind rendered or in the inventory (one LIST per kind).
-    /// A kind the cluster no longer serves holds nothing: its inventory entries that are not
-    /// rendered any more are dropped (nothing is left to delete). Any other failed LIST leaves
-    /// its objects to a plain apply, so one kind never blocks the rest.
-    async fn list_live(&mut self, rendered: &Rendered) {
-        let mut gvks: BTreeMap<String, GroupVersionKind> = BTreeMap::new();
-        let mut wanted: BTreeSet<(String, String, String)> = BTreeSet::new();
-        for o in rendered
-            .objects
-            .iter()
-            .chain(rendered.hooks.iter().map(|h| &h.object))
-        {
-            if let Some(k) = ObjectKey::of(o) {
-                gvks.insert(format!("{}/{}", k.group, k.kind), k.gvk());
-                wanted.insert((k.group, k.kind, k.name));
-            }
-        }
-        for k in self.inventory.keys() {
-            gvks.entry(format!("{}/{}", k.group, k.kind))
-                .or_insert_with(|| k.gvk());
-        }
+    /// Lists the live objects of `gvks` in the stack's namespace (one LIST per kind, at once).
+    async fn fetch_lists(&self, gvks: Vec<GroupVersionKind>) -> Vec<Listed> {
         let selector = self.selector();
-        // One LIST per kind, all at once: on a no-op these reads are the whole cost.
         let lists = futures::future::join_all(
-            gvks.values()
+            gvks.iter()
                 .map(|gvk| self.cluster.list(gvk, self.ns(), &selector)),
         )
         .await;
-        for (gvk, result) in gvks.values().zip(lists) {
+        gvks.into_iter().zip(lists).collect()
+    }
+
+    /// Keeps the listed objects as the live state. A kind the cluster no longer serves holds
+    /// nothing: its inventory entries that are not rendered any more (not in `wanted`) are
+    /// dropped (nothing is left to delete). Any other failed LIST leaves its objects to a plain
+    /// apply, so one kind never blocks the rest.
+    fn take_lists(&mut self, lists: Vec<Listed>, wanted: &Wanted) {
+        for (gvk, result) in lists {
             let items = match result {
                 Ok(i) => i,
                 Err(ClusterError::UnknownKind { .. }) => {
