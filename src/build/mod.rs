@@ -313,7 +313,11 @@ pub struct ImagePlan {
 
 /// What happened to one component's image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "action", rename_all = "lowercase")]
+#[serde(
+    tag = "action",
+    rename_all = "lowercase",
+    rename_all_fields = "camelCase"
+)]
 pub enum Action {
     /// The tag was already there; nothing was built.
     Exists,
@@ -463,7 +467,7 @@ pub async fn ensure_with(
     if built + failed > 0 {
         let elapsed_ms = started.elapsed().as_millis() as u64;
         let exists = count(|a| matches!(a, Action::Exists));
-        tracing::info!(target: PROGRESS, step = "build.summary", stack = %stack.spec.name, built, failed, exists, elapsed_ms,
+        tracing::info!(target: PROGRESS, step = "build.summary", stack = %stack.spec.name,
             "images of stack {}: {built} built, {failed} failed, {exists} already there, in {:.1}s",
             stack.spec.name, elapsed_ms as f64 / 1000.0);
     }
@@ -530,7 +534,7 @@ async fn ensure_one(
     };
     tracing::info!(component = %plan.component, image = %plan.image, "building image");
     let started = std::time::Instant::now();
-    tracing::info!(target: PROGRESS, step = "build.start", component = %plan.component, image = %plan.image, "building {} ({})", plan.component, plan.image);
+    tracing::info!(target: PROGRESS, step = "build.start", component = %plan.component, image = %plan.image, "building");
     let result = engine.build(&req, repo_path, commit, spec, cancel).await;
     let elapsed_ms = started.elapsed().as_millis() as u64;
     let (action, reason) = match &result {
@@ -538,7 +542,7 @@ async fn ensure_one(
         Ok(engine::BuildResult::Failed { reason, .. }) => ("failed", reason.clone()),
         Err(e) => ("failed", e.to_string()),
     };
-    tracing::info!(target: PROGRESS, step = "build.done", component = %plan.component, image = %plan.image, action, elapsed_ms, reason = %reason, "{} ({}) {action} in {:.1}s", plan.component, plan.image, elapsed_ms as f64 / 1000.0);
+    tracing::info!(target: PROGRESS, step = "build.done", component = %plan.component, image = %plan.image, action, elapsed_ms, reason = %reason, "{action} in {:.1}s", elapsed_ms as f64 / 1000.0);
     match result? {
         engine::BuildResult::Built => {
             tracing::info!(component = %plan.component, image = %plan.image, "image built");
@@ -768,6 +772,13 @@ fn check_status(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_none_builder_warns_about_an_image_once_per_process() {
+        assert!(super::first_time_unconfirmed("warn-once:1"));
+        assert!(!super::first_time_unconfirmed("warn-once:1"));
+        assert!(super::first_time_unconfirmed("warn-once:2"));
+    }
+
     use super::*;
 
     fn img(r: &str, id: &str, created: &str) -> ListedImage {

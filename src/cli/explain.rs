@@ -131,17 +131,24 @@ async fn explain_target(
             || !crate::cluster::inventory::load(client, &ns, &t.stack)
                 .await?
                 .is_empty();
-        if !recorded {
-            never.push(super::stack_label(&t.stack, &t.dir, &ns));
-            continue;
-        }
         let target = explain::Target {
             stack: t.stack.clone(),
+            dir: t.dir.clone(),
             namespace: ns.clone(),
             component: args.component.clone(),
             desired: t.components.clone(),
         };
-        for evidence in explain::gather(&cluster, &target).await? {
+        let gathered = explain::gather(&cluster, &target).await?;
+        // Neither records nor workloads: a stack of the repository never applied here.
+        if !recorded
+            && gathered
+                .iter()
+                .all(|e| e.workloads.is_empty() && e.pods.is_empty())
+        {
+            never.push(super::stack_label(&t.stack, &t.dir, &ns));
+            continue;
+        }
+        for evidence in gathered {
             out.push(Explained {
                 stack: t.stack.clone(),
                 dir: t.dir.clone(),

@@ -63,21 +63,19 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// The log filter in force: `--log`, else `info` for the daemon and `warn` for the others;
-    /// the kube client's own error lines only with `-v` (converge reports those failures itself).
+    /// The log filter in force: `--log`, else `info` for the daemon and converge's own warnings
+    /// for the others (libraries' log lines only with `-v`).
     pub fn log_filter(&self) -> String {
         if let Some(l) = &self.log {
             return l.clone();
         }
-        let base = match (&self.command, self.verbose) {
-            (_, v) if v >= 2 => "debug,hyper=info,tower=info,rustls=info",
-            (Command::Run(_), _) => "info",
-            _ => "warn",
-        };
-        if self.verbose == 0 {
-            format!("{base},kube_client=off")
-        } else {
-            base.to_string()
+        // Without -v a command's output is converge's own words: libraries (the kube client,
+        // TLS) report failures converge then names itself, with the address and the fix.
+        match (&self.command, self.verbose) {
+            (_, v) if v >= 2 => "debug,hyper=info,tower=info,rustls=info".into(),
+            (Command::Run(_), _) => "info,kube_client=warn,rustls_platform_verifier=warn".into(),
+            (_, 1) => "warn".into(),
+            _ => "converge=warn".into(),
         }
     }
 }

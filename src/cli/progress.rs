@@ -173,12 +173,13 @@ impl Live {
         };
         bars.entry(key.to_string())
             .or_insert_with(|| {
-                let bar = self.multi.add(ProgressBar::new_spinner());
                 let style = ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
                     .unwrap_or_else(|_| ProgressStyle::default_spinner());
-                bar.set_style(style);
+                let bar = ProgressBar::new_spinner()
+                    .with_style(style)
+                    .with_message(message);
+                let bar = self.multi.add(bar);
                 bar.enable_steady_tick(Duration::from_millis(120));
-                bar.set_message(message);
                 bar
             })
             .clone()
@@ -200,6 +201,9 @@ impl Live {
             "build.done" => {
                 if let Some(bar) = self.take(&format!("build/{}", get("image"))) {
                     if get("action") == "failed" {
+                        if let Ok(style) = ProgressStyle::with_template("{msg}") {
+                            bar.set_style(style);
+                        }
                         bar.abandon_with_message(format!(
                             "✗ {} ({}): build failed after {}: {}",
                             get("component"),
@@ -214,7 +218,7 @@ impl Live {
             }
             "health.wait" => {
                 let bar = self.bar(&format!("health/{}", get("stack")), String::new());
-                bar.set_message(format!("waiting for {}: {}", get("stack"), get("pending")));
+                bar.set_message(get("message").to_string());
             }
             "health.done" => {
                 if let Some(bar) = self.take(&format!("health/{}", get("stack"))) {
@@ -222,7 +226,10 @@ impl Live {
                 }
             }
             _ => {
-                let _ = self.multi.println(get("message"));
+                let line = get("message").to_string();
+                self.multi.suspend(|| {
+                    let _ = writeln!(std::io::stderr(), "{line}");
+                });
             }
         }
     }

@@ -154,11 +154,16 @@ async fn read(args: &StatusArgs) -> Result<Vec<StackView>, ClusterError> {
         })
         .filter_map(|c| c.data.and_then(|mut d| d.remove("status.json")))
         .filter_map(|t| serde_json::from_str::<StackStatus>(&t).ok())
+        // What the repository names, when it names the selected stack; else the records' own
+        // name and directory (a stack the repository no longer has, or no repository at all).
         .filter(|s| {
-            args.target.selects_record(&s.stack, &s.namespace, &s.dir)
-                || named
+            if named.is_empty() {
+                args.target.selects_record(&s.stack, &s.namespace, &s.dir)
+            } else {
+                named
                     .iter()
                     .any(|(n, ns)| n == &s.stack && ns == &s.namespace)
+            }
         })
         .collect();
     records.sort_by(|a, b| (&a.namespace, &a.stack).cmp(&(&b.namespace, &b.stack)));

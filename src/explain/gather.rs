@@ -30,6 +30,8 @@ pub const EVENTS: usize = 25;
 pub struct Target {
     /// The stack's name.
     pub stack: String,
+    /// Its directory in the repository (empty when the repository was not read).
+    pub dir: String,
     /// Its namespace.
     pub namespace: String,
     /// Only this component; every component when `None`.
@@ -253,6 +255,7 @@ pub async fn gather(cluster: &Cluster, target: &Target) -> Result<Vec<Evidence>,
     for name in names {
         let mut ev = Evidence {
             stack: target.stack.clone(),
+            dir: target.dir.clone(),
             namespace: ns.into(),
             component: name.clone(),
             recorded: recorded.iter().find(|c| c.name == name).cloned(),

@@ -26,6 +26,9 @@ pub use rules::diagnose;
 pub struct Evidence {
     /// The stack.
     pub stack: String,
+    /// Its directory in the repository, when the repository was read (`desired/dev`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub dir: String,
     /// Its namespace.
     pub namespace: String,
     /// The component.

@@ -90,6 +90,16 @@ fn component_file(ev: &Evidence) -> String {
     format!("the `{}` component's desired-state file", ev.component)
 }
 
+/// What selects exactly this stack on any command, as `--stack {stack}{ns}`: its directory when
+/// known, else its name followed by ` -n <namespace>` (two stacks may share a name).
+pub fn stack_selector(ev: &Evidence) -> (String, String) {
+    if ev.dir.is_empty() {
+        (ev.stack.clone(), format!(" -n {}", ev.namespace))
+    } else {
+        (ev.dir.clone(), String::new())
+    }
+}
+
 /// `ErrImageNeverPull`, `ImagePullBackOff`, `ErrImagePull`, `InvalidImageName`.
 pub fn image_not_present(ev: &Evidence) -> Option<Diagnosis> {
     for pod in &ev.pods {
@@ -113,6 +123,7 @@ pub fn image_not_present(ev: &Evidence) -> Option<Diagnosis> {
                     .filter(|e| e.kind == "Warning")
                     .map(|e| format!("event {}: {}", e.reason, e.message)),
             );
+            let (stack, ns) = stack_selector(ev);
             let next_step = if reason == "InvalidImageName" {
                 format!(
                     "fix the image reference `{image}` in {}, and commit",
@@ -120,13 +131,11 @@ pub fn image_not_present(ev: &Evidence) -> Option<Diagnosis> {
                 )
             } else if reason == "ErrImageNeverPull" || !looks_like_registry(image) {
                 format!(
-                    "the image is not in the cluster's container runtime: build it there with `converge build --stack {}` (the minikube builder builds straight into minikube), or load an image you built elsewhere with `minikube image load {image}`; the next reconcile (or `converge apply`) rolls it out",
-                    ev.stack
+                    "the image is not in the cluster's container runtime: build it there with `converge build --stack {stack}{ns}` (the minikube builder builds straight into minikube), or load an image you built elsewhere with `minikube image load {image}`; the next reconcile (or `converge apply`) rolls it out"
                 )
             } else {
                 format!(
-                    "check that `{image}` exists and the cluster can pull it (`docker pull {image}` on the node's network; for a private registry add an imagePullSecret); or build it locally with `converge build --stack {}` and `minikube image load {image}`",
-                    ev.stack
+                    "check that `{image}` exists and the cluster can pull it (`docker pull {image}` on the node's network; for a private registry add an imagePullSecret); or build it locally with `converge build --stack {stack}{ns}` and `minikube image load {image}`"
                 )
             };
             return Some(Diagnosis {
@@ -802,12 +811,12 @@ fn fallback(ev: &Evidence) -> Diagnosis {
             .filter(|e| e.kind == "Warning")
             .map(|e| format!("event {} on {}: {}", e.reason, e.object, e.message)),
     );
+    let (stack, ns) = stack_selector(ev);
     let (summary, next_step) = if ev.workloads.is_empty() {
         (
             "the component has no workload in the cluster".to_string(),
             format!(
-                "converge has not applied it: see `converge status` for why, or run `converge apply --stack {}`",
-                ev.stack
+                "converge has not applied it: see `converge status --stack {stack}{ns}` for why, or run `converge apply --stack {stack}{ns}`"
             ),
         )
     } else {

@@ -645,6 +645,17 @@ pub async fn reconcile_stack(
 /// The target of progress events (rendered as live lines on a terminal by the CLI).
 const PROGRESS: &str = "converge::progress";
 
+/// Whether `message` names the object `short` (`Deployment/web`), not a longer name that starts
+/// with it (`Deployment/web-worker`).
+fn names_object(message: &str, short: &str) -> bool {
+    message.match_indices(short).any(|(i, _)| {
+        message[i + short.len()..]
+            .chars()
+            .next()
+            .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '-' || c == '.'))
+    })
+}
+
 /// `a`, `b` and `c` with backquotes, for messages.
 fn quoted(keys: &[&str]) -> String {
     let q: Vec<String> = keys.iter().map(|k| format!("`{k}`")).collect();
@@ -1132,13 +1143,11 @@ impl<'a> Run<'a> {
         }
         let mut blocked = Vec::new();
         for c in &self.stack.components {
-            let Some(r) = c
-                .spec
-                .secret_env
-                .iter()
-                .filter(|r| !r.optional)
-                .find(|r| missing.contains_key(r.secret.as_str()))
-            else {
+            let Some(r) = c.spec.secret_env.iter().filter(|r| !r.optional).find(|r| {
+                missing
+                    .get(r.secret.as_str())
+                    .is_some_and(|keys| keys.contains(r.key.as_str()))
+            }) else {
                 continue;
             };
             let keys: Vec<&str> = missing[r.secret.as_str()].iter().copied().collect();
@@ -1146,7 +1155,7 @@ impl<'a> Run<'a> {
             let fix = crate::explain::rules::secret_fix(&r.secret, self.ns(), exists, &keys);
             let why = if exists {
                 format!(
-                    "Secret `{}` in namespace {} has no key {}; add {}: {fix}",
+                    "Secret `{}` in namespace {} has no key {}; add {}: `{fix}`",
                     r.secret,
                     self.ns(),
                     quoted(&keys),
@@ -1154,7 +1163,7 @@ impl<'a> Run<'a> {
                 )
             } else {
                 format!(
-                    "Secret `{}` does not exist in namespace {}; create it with {}: {fix}",
+                    "Secret `{}` does not exist in namespace {}; create it with {}: `{fix}`",
                     r.secret,
                     self.ns(),
                     if keys.len() == 1 {
@@ -1354,7 +1363,21 @@ impl<'a> Run<'a> {
             resource_version: live.metadata.resource_version.clone().unwrap_or_default(),
             commit: item.commit.clone(),
         };
-        self.inventory.insert(item.key.clone(), record);
+        // The record still describes this object (same render, same generation or version):
+        // keep it, so the inventory is not rewritten for a status update of the live object.
+        let current = self.inventory.get(&item.key).is_some_and(|r| {
+            r.hash == record.hash
+                && r.commit == record.commit
+                && r.component == record.component
+                && if r.generation > 0 && record.generation > 0 {
+                    r.generation == record.generation
+                } else {
+                    r.resource_version == record.resource_version
+                }
+        });
+        if !current {
+            self.inventory.insert(item.key.clone(), record);
+        }
         if order::is_workload(&item.key.kind) {
             self.health.insert(id, (item.key.clone(), live_v));
         }
@@ -1440,7 +1463,7 @@ impl<'a> Run<'a> {
             } else {
                 "not healthy"
             };
-            info!(target: PROGRESS, step = "health.done", stack = %self.stack.spec.name, ok = result.is_ok(), "{how}: {}", self.stack.spec.name);
+            info!(target: PROGRESS, step = "health.done", stack = %self.stack.spec.name, "{how}: {}", self.stack.spec.name);
         }
         result
     }
@@ -1547,7 +1570,7 @@ impl<'a> Run<'a> {
                 .is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
             if pending_text != reported.0 || stale {
                 let left = deadline.saturating_duration_since(Instant::now()).as_secs();
-                info!(target: PROGRESS, step = "health.wait", stack = %self.stack.spec.name, pending = %pending_text, timeout_left_s = left, "waiting for {}: {pending_text}", self.stack.spec.name);
+                info!(target: PROGRESS, step = "health.wait", stack = %self.stack.spec.name, "waiting for {} ({left}s left): {pending_text}", self.stack.spec.name);
                 reported = (pending_text, Some(Instant::now()));
                 self.health_reported = true;
             }
@@ -1819,6 +1842,7 @@ impl<'a> Run<'a> {
                 let mut ready = 0;
                 let mut desired_n = 0;
                 let mut healthy = true;
+                let mut keys = Vec::new();
                 for (key, v) in self.health.values() {
                     let comp = v
                         .pointer("/metadata/labels")
@@ -1839,13 +1863,24 @@ impl<'a> Run<'a> {
                         .and_then(Value::as_i64)
                         .unwrap_or(0);
                     healthy &= health::of(&key.kind, v) == Health::Ready;
+                    keys.push(key.short());
                 }
+                // The health wait failed on one of its workloads: Failed, not Progressing.
+                let wait_failure = if healthy {
+                    None
+                } else {
+                    self.errors
+                        .iter()
+                        .find(|e| keys.iter().any(|k| names_object(e, k)))
+                };
                 let (health, err) = if let Some(b) = self.blocked.get(name) {
                     ("Blocked", b.clone())
                 } else if let Some(f) = self.failed.get(name) {
                     ("Failed", f.clone())
                 } else if healthy {
                     ("Healthy", String::new())
+                } else if let Some(e) = wait_failure {
+                    ("Failed", e.clone())
                 } else {
                     ("Progressing", String::new())
                 };
@@ -1860,5 +1895,24 @@ impl<'a> Run<'a> {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_message_names_an_object_only_by_its_whole_name() {
+        assert!(super::names_object(
+            "Deployment/web: pod x is CrashLoopBackOff",
+            "Deployment/web"
+        ));
+        assert!(super::names_object(
+            "not healthy within 5s: Deployment/web",
+            "Deployment/web"
+        ));
+        assert!(!super::names_object(
+            "Deployment/web-worker: pod x",
+            "Deployment/web"
+        ));
     }
 }

@@ -76,7 +76,8 @@ impl Repo {
     /// Opens the repository containing `path` (searching parent directories like git does).
     pub fn open(path: &Path) -> Result<Self, SourceError> {
         let repo = Repository::discover(path).map_err(|source| SourceError::NotARepository {
-            path: path.to_path_buf(),
+            // `.` says nothing in a message; the absolute path does.
+            path: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
             source,
         })?;
         let root = repo.workdir().unwrap_or_else(|| repo.path()).to_path_buf();

@@ -553,7 +553,11 @@ async fn an_unreachable_cluster_is_a_clear_error() {
     )
     .await
     .unwrap_err();
-    assert!(err.to_string().contains("reaching the API server"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("cannot reach the API server at https://127.0.0.1:1 (kube context nowhere)"),
+        "{err}"
+    );
     let opts = Options {
         context: Some("minikube".into()),
         kubeconfig: Some(testbed().kubeconfig.clone()),

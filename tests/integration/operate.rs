@@ -302,7 +302,13 @@ async fn explain_diagnoses_a_crash_loop_with_its_log_tail_and_an_image_the_clust
         ns.name(),
     ]);
     assert_eq!(code, 1);
-    assert!(out.starts_with("backend: CrashLoopBackOff"), "{out}");
+    assert!(
+        out.starts_with(&format!(
+            "stack {0} (namespace {0})\n  backend: CrashLoopBackOff",
+            ns.name()
+        )),
+        "{out}"
+    );
     assert!(out.contains("next: read the log tail"), "{out}");
     let (code, out, _) = converge(&[
         "explain",

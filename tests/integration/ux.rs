@@ -886,3 +886,61 @@ fn a_base_image_that_cannot_be_pulled_is_reported_as_the_failing_step() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn a_failing_rollout_states_its_fail_fast_window_and_is_failed_not_progressing() {
+    let ns = TestNamespace::new("ux-fail").await;
+    let name = ns.name().to_string();
+    crate::support::create_secret(&ns, "ux-secrets", &["jwt-secret", "api-key"]).await;
+    let repo = two_stack_repo(&name, ns.name(), "todo-frontend:test");
+    let file = repo.file("desired/dev/frontend.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    repo.write(
+        "desired/dev/frontend.yaml",
+        format!(
+            "{text}values:\n  podLabels: {{{}: crashloop}}\n",
+            crate::support::FAIL_LABEL
+        ),
+    );
+    repo.commit("a frontend that crashes");
+    let dir = Some(repo.path());
+    let (code, out, err) = converge_in(
+        dir,
+        &[
+            "apply",
+            "--stack",
+            "dev",
+            "--builder",
+            "none",
+            "--timeout",
+            "10s",
+        ],
+        &[],
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("CrashLoopBackOff; fails in") && err.contains("s fail-fast window)"),
+        "the health wait says what it waits for and when it gives up: {err}"
+    );
+    let row = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("frontend"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        row.contains("Failed"),
+        "not Progressing under HealthCheckFailed: {out}"
+    );
+    let (_, out, _) = converge_in(dir, &["status", "--stack", "dev", "-o", "json"], &[]);
+    let v = json_of(&out);
+    assert_eq!(v[0]["reason"], "HealthCheckFailed", "{v:#}");
+    assert_eq!(v[0]["components"][0]["health"], "Failed", "{v:#}");
+    assert_eq!(v[0]["live"][0]["health"], "Progressing", "{v:#}");
+    assert!(
+        v[0]["live"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("CrashLoopBackOff"),
+        "{v:#}"
+    );
+    ns.cleanup().await;
+}
