@@ -487,8 +487,15 @@ async fn the_daemon_never_logs_or_records_a_refused_credentials_value() {
     });
     let head = repo.head();
     let deadline = Instant::now() + Duration::from_secs(150);
-    while !status_record(&ns).await.0.is_some_and(|s| s.contains(&head)) {
-        assert!(Instant::now() < deadline, "commit {head} not applied in time");
+    while !status_record(&ns)
+        .await
+        .0
+        .is_some_and(|s| s.contains(&head))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "commit {head} not applied in time"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // A credential pasted as a plain value, and by mistake into a quantity too: the quantity's
