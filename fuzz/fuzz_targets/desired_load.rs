@@ -102,23 +102,34 @@ fuzz_target!(|data: &[u8]| {
             ("40000", "charts".into(), charts),
         ],
     );
-    let commit = format!(
-        "tree {root}\nauthor f <f@f> 0 +0000\ncommitter f <f@f> 0 +0000\n\nfuzz\n"
-    );
-    let commit = odb.write(ObjectType::Commit, commit.as_bytes()).expect("commit");
+    let commit =
+        format!("tree {root}\nauthor f <f@f> 0 +0000\ncommitter f <f@f> 0 +0000\n\nfuzz\n");
+    let commit = odb
+        .write(ObjectType::Commit, commit.as_bytes())
+        .expect("commit");
 
     let snapshot = s.repo.snapshot(&commit.to_string()).expect("snapshot");
     match desired::load(&snapshot, "desired") {
         Ok(loaded) => {
-            assert!(!loaded.state.stacks.is_empty(), "an accepted state has a stack");
+            assert!(
+                !loaded.state.stacks.is_empty(),
+                "an accepted state has a stack"
+            );
             for stack in &loaded.state.stacks {
-                assert!(!stack.components.is_empty(), "an accepted stack has components");
+                assert!(
+                    !stack.components.is_empty(),
+                    "an accepted stack has components"
+                );
             }
             assert!(!loaded.report.has_errors());
         }
         Err(report) => {
             assert!(report.has_errors(), "a refusal says why");
-            let files: Vec<Vec<u8>> = data.split(|&b| b == 0).take(8).map(<[u8]>::to_vec).collect();
+            let files: Vec<Vec<u8>> = data
+                .split(|&b| b == 0)
+                .take(8)
+                .map(<[u8]>::to_vec)
+                .collect();
             for d in &report.diagnostics {
                 if d.line == 0 || d.file.is_empty() {
                     continue;
@@ -127,7 +138,12 @@ fuzz_target!(|data: &[u8]| {
                     panic!("finding in a file that is not in the commit: {d:?}");
                 };
                 let lines = files[i].split(|&b| b == b'\n').count();
-                assert!(d.line <= lines + 1, "line {} past the end of {}: {d:?}", d.line, d.file);
+                assert!(
+                    d.line <= lines + 1,
+                    "line {} past the end of {}: {d:?}",
+                    d.line,
+                    d.file
+                );
             }
             let _ = report.render(false);
         }

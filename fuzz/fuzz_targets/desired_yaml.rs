@@ -13,7 +13,10 @@ fuzz_target!(|data: &[u8]| {
     let scanned = scan(src, Limits::DESIRED, &mut budget);
     assert!(budget.copied_bytes <= Limits::DESIRED.max_copied_bytes + src.len());
     for s in &scanned.secrets {
-        assert!(s.range.start <= s.range.end && s.range.end <= src.len(), "{s:?}");
+        assert!(
+            s.range.start <= s.range.end && s.range.end <= src.len(),
+            "{s:?}"
+        );
         assert!(src.is_char_boundary(s.range.start) && src.is_char_boundary(s.range.end));
     }
     match parse(src) {
@@ -35,7 +38,10 @@ fuzz_target!(|data: &[u8]| {
                 let s = scanned.error.as_ref().expect("the scan saw the limit too");
                 assert_eq!(s.pos, limit.pos);
                 assert_eq!(s.limit, limit.limit);
-                assert!(matches!(s.limit, Some(LimitKind::Depth | LimitKind::Expansion)));
+                assert!(matches!(
+                    s.limit,
+                    Some(LimitKind::Depth | LimitKind::Expansion)
+                ));
             }
         }
     }

@@ -18,7 +18,11 @@ fuzz_target!(|data: &[u8]| {
     let exclusions = patterns.iter().any(|p| p.starts_with('!'));
     for path in String::from_utf8_lossy(paths).lines().take(64) {
         let clean = go_clean(path);
-        assert_eq!(go_clean(&clean), clean, "go_clean is idempotent for {path:?}");
+        assert_eq!(
+            go_clean(&clean),
+            clean,
+            "go_clean is idempotent for {path:?}"
+        );
         // The context walk only ever asks about clean relative paths.
         if clean.starts_with('/') || clean == "." || clean.starts_with("../") || clean == ".." {
             continue;
@@ -31,7 +35,10 @@ fuzz_target!(|data: &[u8]| {
         // Without `!` exceptions, an excluded directory excludes everything below it.
         if m && !exclusions {
             let child = format!("{clean}/x");
-            assert!(matcher.matches_or_parent_matches(&child), "{clean:?} matches, {child:?} not");
+            assert!(
+                matcher.matches_or_parent_matches(&child),
+                "{clean:?} matches, {child:?} not"
+            );
         }
     }
 });
