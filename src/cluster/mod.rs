@@ -492,6 +492,27 @@ impl Cluster {
         .await
     }
 
+    /// A stream that yields whenever one of `keys` changes (its first item is each object's
+    /// state when the watch starts). Used to wake health waits the moment a controller writes
+    /// status, instead of polling. Watches retry with back-off and end when dropped.
+    pub async fn changes(
+        &self,
+        keys: &[ObjectKey],
+    ) -> Result<futures::stream::BoxStream<'static, ()>, ClusterError> {
+        use futures::StreamExt;
+        use kube::runtime::WatchStreamExt;
+        let mut streams = Vec::new();
+        for key in keys {
+            let api = self.api_for(key).await?;
+            let s = kube::runtime::watcher::watch_object(api, &key.name)
+                .default_backoff()
+                .filter_map(|e| async move { e.ok().map(|_| ()) })
+                .boxed();
+            streams.push(s);
+        }
+        Ok(futures::stream::select_all(streams).boxed())
+    }
+
     /// Reads one object; `None` when it does not exist.
     pub async fn get(&self, key: &ObjectKey) -> Result<Option<DynamicObject>, ClusterError> {
         let api = self.api_for(key).await?;

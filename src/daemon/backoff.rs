@@ -113,6 +113,14 @@ impl ObjectBackoff {
         at
     }
 
+    /// A reconcile ended at `now`: corrections admitted before it are done now, so a fight is
+    /// measured from when converge's write landed, not from when it was scheduled.
+    pub fn corrected(&mut self, now: Instant) {
+        for e in self.objects.values_mut() {
+            e.last = e.last.max(now);
+        }
+    }
+
     /// How many corrections of `object` are counted now.
     pub fn corrections(&self, object: &str) -> u32 {
         self.objects.get(object).map_or(0, |e| e.corrections)
@@ -176,6 +184,27 @@ mod tests {
         // Another object is not slowed by the first one's fight.
         assert_eq!(b.admit("Service/web", t2), t2);
         assert_eq!(b.corrections("Deployment/web"), 3);
+    }
+
+    #[test]
+    fn a_person_changing_an_object_now_and_then_is_corrected_at_once_each_time() {
+        let mut b = ObjectBackoff::new(
+            Duration::from_millis(500),
+            Duration::from_secs(60),
+            Duration::from_secs(5),
+        );
+        let t0 = Instant::now();
+        for i in 0..5 {
+            let t = t0 + Duration::from_secs(6 * i);
+            assert_eq!(b.admit("Deployment/web", t), t);
+            b.corrected(t + Duration::from_millis(300));
+        }
+        // Another controller reverting each correction within a second is a fight.
+        let t = t0 + Duration::from_secs(60);
+        b.admit("Deployment/web", t);
+        b.corrected(t + Duration::from_millis(300));
+        let again = t + Duration::from_millis(400);
+        assert!(b.admit("Deployment/web", again) > again);
     }
 
     #[test]

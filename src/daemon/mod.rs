@@ -9,7 +9,6 @@
 pub mod backoff;
 pub mod drift;
 pub mod http;
-pub mod images;
 pub mod lock;
 pub mod metrics;
 pub mod refs;
@@ -31,12 +30,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
-use crate::build::DigestCache;
 use crate::cluster::inventory;
 use crate::cluster::lease::{LeaseError, Renewal};
 use crate::desired::{self, schema::BuilderKind};
 use crate::error::{Disposition, Error};
-use crate::reconcile::{self, Clusters, Options, OwnDeletions, StackReport};
+use crate::reconcile::{self, Clusters, Options, OwnDeletions, PreparedCommit, StackReport};
 use crate::render::Helm;
 use crate::status::{self, HistoryEntry, StackStatus};
 use crate::vocabulary::reason;
@@ -186,6 +184,15 @@ pub enum Trigger {
 }
 
 impl Trigger {
+    /// Whether a reconcile it starts may reuse the commit as the daemon last prepared it:
+    /// the commit did not change, and nobody asked to read it again.
+    pub fn reuses_prepared(self) -> bool {
+        matches!(
+            self,
+            Trigger::Drift | Trigger::Record | Trigger::Secret | Trigger::Resync | Trigger::Retry
+        )
+    }
+
     /// The span field value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -321,6 +328,10 @@ struct Done {
     secrets: BTreeMap<String, BTreeSet<String>>,
     leases: Vec<LeaseGuard>,
     invalid: bool,
+    /// The commit as prepared, when every build succeeded (reused by drift corrections).
+    prepared: Option<Arc<PreparedCommit>>,
+    /// It reused a prepared commit: its build outcomes were counted already.
+    reused: bool,
 }
 
 /// Everything a job needs, owned, so the loop stays free while it runs.
@@ -333,7 +344,6 @@ struct JobInput {
     full: bool,
     clusters: Clusters,
     helm: Helm,
-    cache: Arc<DigestCache>,
     cancel: watch::Receiver<bool>,
     preempt: watch::Receiver<bool>,
     own_deletions: OwnDeletions,
@@ -342,10 +352,13 @@ struct JobInput {
     holder: Holder,
     /// While the tip is stalled, the reason recorded again after reconciling the last good commit.
     overlay: Option<Stall>,
+    /// This commit as the daemon prepared it before, if it may be reused.
+    prepared: Option<Arc<PreparedCommit>>,
 }
 
-/// One reconcile: read and validate the commit, make sure of its images, reconcile, learn the
-/// kinds to watch. Invalid commits and failed builds are recorded in each stack's status.
+/// One reconcile: read, validate, build and render the commit (or reuse it when the daemon
+/// already prepared it), take Leases of new stacks, reconcile, learn the kinds to watch.
+/// Invalid commits and failed builds are recorded in each stack's status.
 async fn job(mut input: JobInput) -> Done {
     let started = Instant::now();
     let cfg = input.cfg.clone();
@@ -361,49 +374,62 @@ async fn job(mut input: JobInput) -> Done {
         secrets: BTreeMap::new(),
         leases: Vec::new(),
         invalid: false,
+        prepared: None,
+        reused: false,
     };
-    let read = images::read_commit(
-        &input.root,
-        &input.commit,
-        &cfg.dir,
-        cfg.stack.as_deref(),
-        &input.cache,
-    );
-    let plan = match read {
-        Err(e) => {
-            let invalid = matches!(e, Error::Invalid { .. } | Error::UnknownStack { .. });
-            let (why, message) = describe(&e);
-            let known = input.known.clone();
-            record(&mut input, &known, why, &message).await;
-            done.invalid = invalid;
-            done.outcome = match e.disposition() {
-                Disposition::Stalled => Outcome::Stalled(why, message),
-                _ => Outcome::Retry(message),
-            };
-            done.clusters = input.clusters;
-            done.took = started.elapsed();
-            return done;
+    // reconcile_commit's steps: builds (cancelled by shutdown), then the reconcile (stopped at
+    // its next health wait by newer work).
+    let mut opts = cfg.options.clone();
+    opts.full = input.full;
+    opts.builder = cfg.builder;
+    opts.cancel = Some(input.cancel.clone());
+    opts.preempt = Some(input.preempt.clone());
+    opts.own_deletions = Some(input.own_deletions.clone());
+
+    let prepared = match input.prepared.take() {
+        Some(p) => {
+            done.reused = true;
+            debug!("reusing the prepared commit (read, validated, built and rendered already)");
+            p
         }
-        Ok(Err(e)) => {
-            let message = e.to_string();
-            let known = input.known.clone();
-            record(&mut input, &known, reason::BUILD_FAILED, &message).await;
-            done.outcome = Outcome::Stalled(reason::BUILD_FAILED, message);
-            done.clusters = input.clusters;
-            done.took = started.elapsed();
-            return done;
+        None => {
+            match reconcile::prepare_commit(&input.root, &input.commit, &opts, &mut input.clusters)
+                .await
+            {
+                Ok(p) => Arc::new(p),
+                Err(e) => {
+                    let invalid = matches!(e, Error::Invalid { .. } | Error::UnknownStack { .. });
+                    let (why, message) = describe(&e);
+                    let known = input.known.clone();
+                    record(&mut input, &known, why, &message).await;
+                    done.invalid = invalid;
+                    // A missing build context is in the commit: only a new commit fixes it.
+                    done.outcome = match (e.disposition(), &e) {
+                        (Disposition::Stalled, _) | (_, Error::Build(_)) => {
+                            Outcome::Stalled(why, message)
+                        }
+                        _ => Outcome::Retry(message),
+                    };
+                    done.clusters = input.clusters;
+                    done.took = started.elapsed();
+                    return done;
+                }
+            }
         }
-        Ok(Ok(plan)) => plan,
     };
-    let targets = targets_of(&plan.stacks, cfg.context.as_deref());
+    let stacks: Vec<desired::Stack> = prepared.stacks.iter().map(|p| p.stack.clone()).collect();
+    let targets = targets_of(&stacks, cfg.context.as_deref());
     done.targets = Some(targets.clone());
-    for s in &plan.stacks {
+    for s in &stacks {
         let names = s
             .components
             .iter()
             .flat_map(|c| c.spec.secret_env.iter().map(|r| r.secret.clone()))
             .collect();
         done.secrets.insert(s.spec.name.clone(), names);
+    }
+    if prepared.complete() {
+        done.prepared = Some(prepared.clone());
     }
 
     // A commit may name a stack this daemon does not lease yet.
@@ -421,25 +447,9 @@ async fn job(mut input: JobInput) -> Done {
         }
     }
 
-    // reconcile_commit builds what is missing (build::plan + build::ensure per stack, a failed
-    // build blocking only its components); the daemon passes the builder, its cancel switch
-    // (shutdown) and its preempt switch (newer work: stop at the next health wait).
-    let mut opts = cfg.options.clone();
-    opts.full = input.full;
-    opts.builder = cfg.builder;
-    opts.cancel = Some(input.cancel.clone());
-    opts.preempt = Some(input.preempt.clone());
-    opts.own_deletions = Some(input.own_deletions.clone());
-
     info!(stacks = targets.len(), "apply started");
-    let result = reconcile::reconcile_commit(
-        &input.root,
-        &plan.commit,
-        &opts,
-        &input.helm,
-        &mut input.clusters,
-    )
-    .await;
+    let result =
+        reconcile::reconcile_prepared(&prepared, &opts, &input.helm, &mut input.clusters).await;
     done.outcome = match result {
         Ok(reports) => {
             // Learn what to watch: the kinds of every object converge now manages.
@@ -744,7 +754,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     }
     let (cancel_tx, cancel_rx) = watch::channel(false);
     let helm = Helm::from_env();
-    let cache = Arc::new(DigestCache::new());
+    let mut prepared_cache: Option<Arc<PreparedCommit>> = None;
     let own_deletions = OwnDeletions::default();
 
     let watchdog = sd::watchdog_interval();
@@ -810,6 +820,9 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                     });
                     let (ptx, prx) = watch::channel(false);
                     preempt_tx = Some(ptx);
+                    let reuse = prepared_cache
+                        .clone()
+                        .filter(|p| p.commit == st.commit && st.trigger.reuses_prepared());
                     let input = JobInput {
                         cfg: cfg.clone(),
                         root: dirs.root.clone(),
@@ -819,7 +832,9 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                         full: st.full,
                         clusters: clusters.clone(),
                         helm: helm.clone(),
-                        cache: cache.clone(),
+                        // Correcting drift (or retrying) re-applies what is prepared already;
+                        // a new commit, a sync or a full resync reads the commit again.
+                        prepared: reuse,
                         cancel: cancel_rx.clone(),
                         preempt: prx,
                         own_deletions: own_deletions.clone(),
@@ -906,6 +921,9 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                     leases.push(g);
                 }
                 clusters = done.clusters;
+                if let Some(p) = done.prepared.clone() {
+                    prepared_cache = Some(p);
+                }
                 let span = info_span!("reconcile", trigger = done.trigger.as_str(), commit = %desired::short_id(&done.commit));
                 let _enter = span.enter();
                 let fin = finished(&done.outcome);
@@ -916,7 +934,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                         let mut applied_n = 0u64;
                         for r in &reports {
                             metrics.requests(r.requests.reads, r.requests.writes, r.requests.dry_runs);
-                            for b in &r.builds {
+                            for b in r.builds.iter().filter(|_| !done.reused) {
                                 metrics.build(match b.action {
                                     crate::build::Action::Exists => "exists",
                                     crate::build::Action::Built => "built",

@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 use super::backoff::{Backoff, ObjectBackoff};
 use super::Trigger;
 
+/// How soon after converge corrected an object a new drift of it counts as a fight.
+pub const FIGHT_WINDOW: Duration = Duration::from_secs(5);
+
 /// A reconcile waiting to start; triggers arriving meanwhile merge into it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pending {
@@ -197,10 +200,12 @@ impl State {
             applied_here: false,
             retry: Backoff::new(Duration::from_secs(2), retry_max),
             retry_at: None,
+            // A drift within seconds of converge's correction is another controller reverting
+            // it (a fight): slow down. A person editing now and then is corrected at once.
             objects: ObjectBackoff::new(
                 Duration::from_millis(500),
                 Duration::from_secs(60),
-                Duration::from_secs(300),
+                FIGHT_WINDOW,
             ),
             drift_at: None,
             drift_seq: 0,
@@ -394,6 +399,7 @@ impl State {
     /// The running reconcile of `commit` ended at `now`.
     pub fn on_done(&mut self, finished: Finished, now: Instant) -> AfterDone {
         let run = self.running.take();
+        self.objects.corrected(now);
         let commit = run.as_ref().map(|r| r.commit.clone()).unwrap_or_default();
         let mut after = AfterDone {
             retry_at: None,

@@ -296,7 +296,9 @@ impl Masked {
         let mut ranges: Vec<std::ops::Range<usize>> = secrets
             .iter()
             .map(|s| s.range.start.min(src.len())..s.range.end.min(src.len()))
-            .filter(|r| r.start < r.end)
+            .filter(|r| {
+                r.start < r.end && src.is_char_boundary(r.start) && src.is_char_boundary(r.end)
+            })
             .collect();
         // The same text written elsewhere (under a key that does not look secret) is masked too,
         // as messages quoting it are.

@@ -13,6 +13,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use kube::api::DynamicObject;
 use kube::core::GroupVersionKind;
 use serde::Serialize;
@@ -368,15 +369,30 @@ impl Clusters {
     }
 }
 
-/// Reads, validates, renders and reconciles every selected stack of `rev`: the whole pipeline,
-/// as `converge apply` and the daemon run it. Builds are decided by the caller (`opts.images`).
-pub async fn reconcile_commit(
+/// A commit read, validated, built and rendered: all a reconcile needs from git. The daemon
+/// keeps the last one, so correcting a drift does not read, validate and render again.
+pub struct PreparedCommit {
+    /// The full commit id.
+    pub commit: String,
+    /// The selected stacks, rendered.
+    pub stacks: Vec<Prepared>,
+}
+
+impl PreparedCommit {
+    /// Whether every image it needs was built (a failed build is worth preparing again).
+    pub fn complete(&self) -> bool {
+        self.stacks.iter().all(|p| p.build_failures.is_empty())
+    }
+}
+
+/// Reads and validates `rev`, refuses when a daemon holds a stack (see
+/// [`Options::defer_to_daemon`]), builds what is missing and renders every selected stack.
+pub async fn prepare_commit(
     repo_path: &Path,
     rev: &str,
     opts: &Options,
-    helm: &Helm,
     clusters: &mut Clusters,
-) -> Result<Vec<StackReport>, Error> {
+) -> Result<PreparedCommit, Error> {
     let (commit, planned) = read(repo_path, rev, opts)?;
     if opts.defer_to_daemon {
         for p in &planned {
@@ -403,21 +419,44 @@ pub async fn reconcile_commit(
         let (outcomes, failures) = build_stack(repo_path, &commit, &p, opts).await;
         built.push((p, outcomes, failures));
     }
-    let prepared = render_all(repo_path, &commit, built, opts)?;
+    let stacks = render_all(repo_path, &commit, built, opts)?;
+    Ok(PreparedCommit { commit, stacks })
+}
+
+/// Reconciles every stack of a prepared commit against its cluster.
+pub async fn reconcile_prepared(
+    prepared: &PreparedCommit,
+    opts: &Options,
+    helm: &Helm,
+    clusters: &mut Clusters,
+) -> Result<Vec<StackReport>, Error> {
     let mut reports = Vec::new();
-    for p in &prepared {
+    for p in &prepared.stacks {
         let ctx = opts
             .context
             .clone()
             .unwrap_or_else(|| p.stack.spec.context.clone());
         let cluster = clusters.get(opts.kubeconfig.as_deref(), &ctx).await?;
-        let report = reconcile_stack(&cluster, p, &commit, helm, opts).await;
+        let report = reconcile_stack(&cluster, p, &prepared.commit, helm, opts).await;
         if report.ready {
             collect_old_images(p, opts).await;
         }
         reports.push(report);
     }
     Ok(reports)
+}
+
+/// Reads, validates, renders and reconciles every selected stack of `rev`: the whole pipeline,
+/// as `converge apply` runs it.
+pub async fn reconcile_commit(
+    repo_path: &Path,
+    rev: &str,
+    opts: &Options,
+    helm: &Helm,
+    clusters: &mut Clusters,
+) -> Result<Vec<StackReport>, Error> {
+    let prepared = prepare_commit(repo_path, rev, opts, clusters).await?;
+    reconcile_prepared(&prepared, opts, helm, clusters).await
 }
 
 /// Removes old content tags of a stack's repositories after it became healthy, keeping the newest
@@ -668,12 +707,42 @@ struct Run<'a> {
 
 type StepResult = Result<(), (&'static str, String)>;
 
+/// How often a health wait looks for Pods stuck in a failing state (changes to the awaited
+/// objects themselves wake it at once).
+const HEALTH_POLL: Duration = Duration::from_secs(2);
+/// How long a health wait lets a burst of watch events settle before looking again.
+const HEALTH_SETTLE: Duration = Duration::from_millis(20);
+
 /// Why a health wait ended without everything healthy.
 enum Wait {
     /// Not healthy: why.
     Failed(String),
     /// Newer work is waiting (see [`Options::preempt`]).
     Preempted,
+}
+
+/// `(group, kind, name)` of rendered objects: what is still wanted.
+type Wanted = BTreeSet<(String, String, String)>;
+
+/// One kind's LIST.
+type Listed = (GroupVersionKind, Result<Vec<DynamicObject>, ClusterError>);
+
+/// The `(group, kind, name)` of every rendered object and hook, and their kinds by
+/// `group/Kind`.
+fn rendered_kinds(rendered: &Rendered) -> (Wanted, BTreeMap<String, GroupVersionKind>) {
+    let mut wanted = BTreeSet::new();
+    let mut gvks = BTreeMap::new();
+    for o in rendered
+        .objects
+        .iter()
+        .chain(rendered.hooks.iter().map(|h| &h.object))
+    {
+        if let Some(k) = ObjectKey::of(o) {
+            gvks.insert(format!("{}/{}", k.group, k.kind), k.gvk());
+            wanted.insert((k.group, k.kind, k.name));
+        }
+    }
+    (wanted, gvks)
 }
 
 /// The component label of a rendered object (`""` for stack-wide objects).
@@ -750,12 +819,18 @@ impl<'a> Run<'a> {
         _images: &BTreeMap<String, String>,
     ) -> StepResult {
         let cluster_err = |e: ClusterError| (reason::CLUSTER_UNREACHABLE, e.to_string());
-        self.ensure_namespace().await.map_err(cluster_err)?;
-        self.namespace_ready = true;
-        let (inv, old_status) = tokio::join!(
+        // Every read at once: on a no-op or a drift correction these reads are most of the
+        // time. A namespace created meanwhile held nothing, which is what the reads see.
+        let (wanted, rendered_kinds) = rendered_kinds(&rendered);
+        let (namespace, inv, old_status, secrets, lists) = tokio::join!(
+            self.ensure_namespace(),
             inventory::load(self.cluster.client(), self.ns(), &self.stack.spec.name),
             status::load_for_update(self.cluster.client(), self.ns(), &self.stack.spec.name),
+            self.read_secrets(),
+            self.fetch_lists(rendered_kinds.values().cloned().collect()),
         );
+        namespace.map_err(cluster_err)?;
+        self.namespace_ready = true;
         self.loaded_inventory = inv.map_err(|e| (reason::APPLY_FAILED, e.to_string()))?;
         self.inventory = self.loaded_inventory.clone();
         let (old_status, kept_aside) = old_status.map_err(cluster_err)?;
@@ -763,8 +838,20 @@ impl<'a> Run<'a> {
         self.status_read = true;
         self.warnings.extend(kept_aside);
         let install = self.loaded_inventory.is_empty();
-        self.check_secrets().await.map_err(cluster_err)?;
-        self.list_live(&rendered).await;
+        self.block_on_secrets(&secrets.map_err(cluster_err)?);
+        // Kinds only the inventory holds (no longer rendered): listed now that it is read.
+        let mut extra: BTreeMap<String, GroupVersionKind> = BTreeMap::new();
+        for k in self.inventory.keys() {
+            let id = format!("{}/{}", k.group, k.kind);
+            if !rendered_kinds.contains_key(&id) {
+                extra.entry(id).or_insert_with(|| k.gvk());
+            }
+        }
+        let mut lists = lists;
+        if !extra.is_empty() {
+            lists.extend(self.fetch_lists(extra.into_values().collect()).await);
+        }
+        self.take_lists(lists, &wanted);
 
         let mut items = Vec::new();
         for obj in rendered.objects {
@@ -999,35 +1086,49 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Blocks components whose non-optional Secret references do not resolve, and what depends
-    /// on them; reads only key names, never values. Each message carries one command that
-    /// creates the Secret with every missing key (or patches them into the existing one).
-    async fn check_secrets(&mut self) -> Result<(), ClusterError> {
-        let mut secrets: BTreeMap<String, Option<BTreeSet<String>>> = BTreeMap::new();
-        for c in &self.stack.components {
-            for r in c.spec.secret_env.iter().filter(|r| !r.optional) {
-                if secrets.contains_key(&r.secret) {
-                    continue;
-                }
-                let key = ObjectKey {
-                    group: String::new(),
-                    version: "v1".into(),
-                    kind: "Secret".into(),
-                    namespace: self.ns().to_string(),
-                    name: r.secret.clone(),
-                };
-                let keys = self.cluster.get(&key).await?.map(|s| {
-                    let mut k = BTreeSet::new();
-                    for field in ["data", "stringData"] {
-                        if let Some(o) = s.data.get(field).and_then(Value::as_object) {
-                            k.extend(o.keys().cloned());
-                        }
+    /// Reads the key names (never values) of every Secret a component needs, at once:
+    /// `None` for a Secret that does not exist.
+    async fn read_secrets(
+        &self,
+    ) -> Result<HashMap<String, Option<BTreeSet<String>>>, ClusterError> {
+        let names: BTreeSet<String> = self
+            .stack
+            .components
+            .iter()
+            .flat_map(|c| c.spec.secret_env.iter().filter(|r| !r.optional))
+            .map(|r| r.secret.clone())
+            .collect();
+        let reads = futures::future::join_all(names.iter().map(|name| {
+            let key = ObjectKey {
+                group: String::new(),
+                version: "v1".into(),
+                kind: "Secret".into(),
+                namespace: self.ns().to_string(),
+                name: name.clone(),
+            };
+            async move { self.cluster.get(&key).await }
+        }))
+        .await;
+        let mut secrets = HashMap::new();
+        for (name, read) in names.into_iter().zip(reads) {
+            let keys = read?.map(|s| {
+                let mut k = BTreeSet::new();
+                for field in ["data", "stringData"] {
+                    if let Some(o) = s.data.get(field).and_then(Value::as_object) {
+                        k.extend(o.keys().cloned());
                     }
-                    k
-                });
-                secrets.insert(r.secret.clone(), keys);
-            }
+                }
+                k
+            });
+            secrets.insert(name, keys);
         }
+        Ok(secrets)
+    }
+
+    /// Blocks components whose non-optional Secret references do not resolve in `secrets`
+    /// (key names read by [`Self::read_secrets`]). Each message carries one command that
+    /// creates the Secret with every missing key (or patches them into the existing one).
+    fn block_on_secrets(&mut self, secrets: &HashMap<String, Option<BTreeSet<String>>>) {
         // Every missing key of each Secret, across the whole stack.
         let mut missing: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
         for c in &self.stack.components {
@@ -1078,38 +1179,25 @@ impl<'a> Run<'a> {
             warn!(component = %name, "{why}");
             self.blocked.entry(name).or_insert(why);
         }
-        Ok(())
     }
 
-    /// Lists the live objects of every kind rendered or in the inventory (one LIST per kind).
-    /// A kind the cluster no longer serves holds nothing: its inventory entries that are not
-    /// rendered any more are dropped (nothing is left to delete). Any other failed LIST leaves
-    /// its objects to a plain apply, so one kind never blocks the rest.
-    async fn list_live(&mut self, rendered: &Rendered) {
-        let mut gvks: BTreeMap<String, GroupVersionKind> = BTreeMap::new();
-        let mut wanted: BTreeSet<(String, String, String)> = BTreeSet::new();
-        for o in rendered
-            .objects
-            .iter()
-            .chain(rendered.hooks.iter().map(|h| &h.object))
-        {
-            if let Some(k) = ObjectKey::of(o) {
-                gvks.insert(format!("{}/{}", k.group, k.kind), k.gvk());
-                wanted.insert((k.group, k.kind, k.name));
-            }
-        }
-        for k in self.inventory.keys() {
-            gvks.entry(format!("{}/{}", k.group, k.kind))
-                .or_insert_with(|| k.gvk());
-        }
+    /// Lists the live objects of `gvks` in the stack's namespace (one LIST per kind, at once).
+    async fn fetch_lists(&self, gvks: Vec<GroupVersionKind>) -> Vec<Listed> {
         let selector = self.selector();
-        // One LIST per kind, all at once: on a no-op these reads are the whole cost.
         let lists = futures::future::join_all(
-            gvks.values()
+            gvks.iter()
                 .map(|gvk| self.cluster.list(gvk, self.ns(), &selector)),
         )
         .await;
-        for (gvk, result) in gvks.values().zip(lists) {
+        gvks.into_iter().zip(lists).collect()
+    }
+
+    /// Keeps the listed objects as the live state. A kind the cluster no longer serves holds
+    /// nothing: its inventory entries that are not rendered any more (not in `wanted`) are
+    /// dropped (nothing is left to delete). Any other failed LIST leaves its objects to a plain
+    /// apply, so one kind never blocks the rest.
+    fn take_lists(&mut self, lists: Vec<Listed>, wanted: &Wanted) {
+        for (gvk, result) in lists {
             let items = match result {
                 Ok(i) => i,
                 Err(ClusterError::UnknownKind { .. }) => {
@@ -1389,7 +1477,21 @@ impl<'a> Run<'a> {
         let mut pending: Vec<ObjectKey> = keys.to_vec();
         let mut first_seen: HashMap<String, Instant> = HashMap::new();
         let mut last_problem: BTreeMap<String, String> = BTreeMap::new();
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        // A controller's status write wakes the wait through a watch of the awaited objects;
+        // the slow tick only looks for Pods stuck in a failing state (Pods are not watched).
+        let mut changes = match self.cluster.changes(keys).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                debug!(error = %e, "no watch for the health wait; polling");
+                None
+            }
+        };
+        let mut tick = tokio::time::interval(if changes.is_some() {
+            HEALTH_POLL
+        } else {
+            Duration::from_millis(500)
+        });
+        tick.tick().await;
         // What the last progress event said, and when: a new one when it changes or every 10 s.
         let mut reported: (String, Option<Instant>) = (String::new(), None);
         loop {
@@ -1494,6 +1596,10 @@ impl<'a> Run<'a> {
             let mut preempt = self.opts.preempt.clone().filter(|_| preemptible);
             tokio::select! {
                 _ = tick.tick() => {}
+                Some(()) = async { match changes.as_mut() { Some(c) => c.next().await, None => std::future::pending().await } } => {
+                    // A burst of events (status, then the ReplicaSet's count) is one look.
+                    tokio::time::sleep(HEALTH_SETTLE).await;
+                }
                 Ok(()) = async { match preempt.as_mut() { Some(p) => p.changed().await, None => std::future::pending().await } } => {}
             }
             if preemptible && self.preempt_requested() {

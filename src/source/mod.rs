@@ -84,6 +84,12 @@ impl Repo {
         Ok(Self { repo, root })
     }
 
+    /// Wraps an already open repository (a fuzz target's in-memory object database, say).
+    pub fn from_repository(repo: Repository) -> Self {
+        let root = repo.workdir().unwrap_or_else(|| repo.path()).to_path_buf();
+        Self { repo, root }
+    }
+
     /// The top directory of the work tree (or the git directory of a bare repository).
     pub fn root(&self) -> &Path {
         &self.root

@@ -48,6 +48,19 @@ init_database() {
     exit 1
   fi
   say "initialising $PGDATA for superuser '$POSTGRES_USER'"
+  # initdb looks its own uid up; an arbitrary uid (Kubernetes runAsUser, the chart's 10001) has
+  # no passwd entry. The official image fakes one with nss_wrapper for initdb only: so here.
+  if ! getent passwd "$(id -u)" >/dev/null 2>&1; then
+    local wrapper
+    wrapper="$(find /usr/lib -name libnss_wrapper.so -print -quit 2>/dev/null)"
+    if [[ -n "$wrapper" ]]; then
+      NSS_WRAPPER_PASSWD="$(mktemp)"
+      NSS_WRAPPER_GROUP="$(mktemp)"
+      printf 'postgres:x:%s:%s:PostgreSQL:%s:/bin/false\n' "$(id -u)" "$(id -g)" "$PGDATA" >"$NSS_WRAPPER_PASSWD"
+      printf 'postgres:x:%s:\n' "$(id -g)" >"$NSS_WRAPPER_GROUP"
+      export LD_PRELOAD="$wrapper" NSS_WRAPPER_PASSWD NSS_WRAPPER_GROUP
+    fi
+  fi
   local extra=()
   # Word splitting is the documented meaning of POSTGRES_INITDB_ARGS.
   # shellcheck disable=SC2206
@@ -125,8 +138,13 @@ main() {
   else
     init_database
   fi
-  # The password is not needed by the server: keep it out of its environment.
+  # The password is not needed by the server: keep it out of its environment; nor is the
+  # passwd entry faked for initdb.
   unset POSTGRES_PASSWORD
+  if [[ -n "${NSS_WRAPPER_PASSWD:-}" ]]; then
+    rm -f "$NSS_WRAPPER_PASSWD" "$NSS_WRAPPER_GROUP"
+    unset LD_PRELOAD NSS_WRAPPER_PASSWD NSS_WRAPPER_GROUP
+  fi
   exec "$@"
 }
 
