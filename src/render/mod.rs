@@ -163,7 +163,13 @@ fn chart_components(chart_dir: &Path) -> Vec<String> {
     v.as_object()
         .map(|o| {
             o.iter()
-                .filter(|(_, v)| v.get("enabled").is_some_and(Value::is_boolean))
+                // A workload of its own: an `enabled` switch and an `image`. A part that runs
+                // with another component's image (the migration hook runs the backend's) or
+                // has no image (an ingress) is the chart's business, never switched off here.
+                .filter(|(_, v)| {
+                    v.get("enabled").is_some_and(Value::is_boolean)
+                        && v.get("image").is_some_and(Value::is_object)
+                })
                 .map(|(k, _)| k.clone())
                 .collect()
         })
@@ -444,6 +450,19 @@ pub fn parse_manifests(text: &str, stack: &str, namespace: &str) -> Result<Rende
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_workloads_with_an_image_count_as_chart_components_to_switch_off() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(
+            dir.path().join("values.yaml"),
+            "backend:\n  enabled: true\n  image: {repository: b}\nworker:\n  enabled: true\n  image: {repository: w}\nmigrations:\n  enabled: true\n  hooks: \"\"\ningress:\n  enabled: false\n",
+        )
+        .expect("write values");
+        // The migration hook runs the backend's image: a desired state without a `migrations`
+        // component must not switch the schema migrations off.
+        assert_eq!(chart_components(dir.path()), vec!["backend", "worker"]);
+    }
 
     #[test]
     fn objects_are_labelled_and_hooks_split_out() {
