@@ -4,6 +4,7 @@
 //! It never touches the cluster, and an invalid, empty or half-read desired state is never
 //! returned: the caller gets a [`Report`] with every finding instead.
 
+mod check;
 pub mod diagnostic;
 pub mod quantity;
 pub mod schema;

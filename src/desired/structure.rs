@@ -3,38 +3,32 @@
 
 use std::sync::OnceLock;
 
-use jsonschema::error::{TypeKind, ValidationErrorKind};
-use jsonschema::Validator;
 use serde_json::Value;
 
+use super::check::{Checker, Kind, Violation};
 use super::diagnostic::{Diagnostic, Report};
 use super::quantity::QUANTITY_EXPECTED;
 use super::schema::{ComponentSpec, StackSpec, API_VERSION};
 use super::yaml::{self, Document};
 use super::Parsed;
 
-struct Kind {
-    schema: Value,
-    validator: Validator,
-}
-
-fn compile(mut schema: Value) -> Kind {
+fn prepare(mut schema: Value) -> Checker {
     simplify_optionals(&mut schema);
-    // The schemas are generated from our own types; failing to compile them is a bug in this
+    // The schemas are generated from our own types; failing to prepare them is a bug in this
     // crate, caught by the unit tests, not something input can cause.
-    let validator =
-        jsonschema::validator_for(&schema).expect("schemas generated from our types compile");
-    Kind { schema, validator }
+    Checker::new(schema).expect("schemas generated from our types use only checked keywords")
 }
 
-fn stack_kind() -> &'static Kind {
-    static K: OnceLock<Kind> = OnceLock::new();
-    K.get_or_init(|| compile(schemars::schema_for!(StackSpec).to_value()))
+// The checkers hold the schema as plain data and a handful of compiled patterns (a few tens of
+// kilobytes), so keeping them for the process is cheaper than regenerating them per commit.
+fn stack_kind() -> &'static Checker {
+    static K: OnceLock<Checker> = OnceLock::new();
+    K.get_or_init(|| prepare(schemars::schema_for!(StackSpec).to_value()))
 }
 
-fn component_kind() -> &'static Kind {
-    static K: OnceLock<Kind> = OnceLock::new();
-    K.get_or_init(|| compile(schemars::schema_for!(ComponentSpec).to_value()))
+fn component_kind() -> &'static Checker {
+    static K: OnceLock<Checker> = OnceLock::new();
+    K.get_or_init(|| prepare(schemars::schema_for!(ComponentSpec).to_value()))
 }
 
 /// Replaces `anyOf: [X, {type: null}]` (how optional fields are generated) by `X`, so an error
@@ -150,19 +144,20 @@ pub(crate) fn parse_file(
 fn check<T: serde::de::DeserializeOwned>(
     file: &str,
     doc: &Document,
-    kind: &Kind,
+    kind: &Checker,
     report: &mut Report,
 ) -> Option<T> {
     let before = report.diagnostics.len();
-    for err in kind.validator.iter_errors(&doc.value) {
-        for d in diagnose(file, doc, &kind.schema, &err) {
+    for v in kind.check(&doc.value) {
+        for d in diagnose(file, doc, kind.schema(), &v) {
             report.push(d);
         }
     }
     if report.diagnostics.len() > before {
         return None;
     }
-    match serde_json::from_value(doc.value.clone()) {
+    // Deserializing from a reference: the document stays where it is, no copy is made.
+    match T::deserialize(&doc.value) {
         Ok(spec) => Some(spec),
         Err(e) => {
             // The schema is generated from the same types, so this only fires on a schema/serde
@@ -178,20 +173,15 @@ fn check<T: serde::de::DeserializeOwned>(
     }
 }
 
-fn diagnose(
-    file: &str,
-    doc: &Document,
-    schema: &Value,
-    err: &jsonschema::ValidationError<'_>,
-) -> Vec<Diagnostic> {
-    let pointer = err.instance_path.as_str();
+fn diagnose(file: &str, doc: &Document, schema: &Value, v: &Violation<'_>) -> Vec<Diagnostic> {
+    let pointer = v.pointer.as_str();
     let span = doc.span(pointer);
     let field = pointer.rsplit('/').next().unwrap_or("");
-    let value = scalar(&err.instance);
+    let value = scalar(v.instance);
     let at =
         |code, message: String| Diagnostic::error(code, file, span.value, message).at_path(pointer);
-    let d = match &err.kind {
-        ValidationErrorKind::AdditionalProperties { unexpected } => {
+    let d = match &v.kind {
+        Kind::Unexpected(unexpected) => {
             let known = property_names(schema_at(schema, pointer, schema));
             return unexpected
                 .iter()
@@ -205,7 +195,7 @@ fn diagnose(
                         format!("unknown field `{k}`"),
                     )
                     .at_path(&p)
-                    .value(k.clone())
+                    .value(k.to_string())
                     .expected(one_of(&known));
                     if let Some(best) = did_you_mean(k, &known) {
                         d = d.help(format!("did you mean `{best}`?"));
@@ -214,8 +204,7 @@ fn diagnose(
                 })
                 .collect();
         }
-        ValidationErrorKind::Required { property } => {
-            let name = property.as_str().unwrap_or("?");
+        Kind::Required(name) => {
             let pos = span.key.unwrap_or(span.value);
             Diagnostic::error(
                 "missing-field",
@@ -226,15 +215,14 @@ fn diagnose(
             .at_path(pointer)
             .expected(format!("`{name}` to be set"))
         }
-        ValidationErrorKind::Type { kind } => {
-            let expected = match kind {
-                TypeKind::Single(t) => article(&t.to_string()),
+        Kind::Type(types) => {
+            let expected = match types.as_slice() {
+                [one] => article(one),
                 // `null` is how an optional field is generated; a person never means to write it.
-                TypeKind::Multiple(ts) => ts
+                many => many
                     .iter()
-                    .map(|t| t.to_string())
-                    .filter(|t| t != "null")
-                    .map(|t| article(&t))
+                    .filter(|t| **t != "null")
+                    .map(|t| article(t))
                     .collect::<Vec<_>>()
                     .join(" or "),
             };
@@ -242,19 +230,13 @@ fn diagnose(
                 .value(value)
                 .expected(expected)
         }
-        ValidationErrorKind::Enum { options }
-        | ValidationErrorKind::Constant {
-            expected_value: options,
-        } => {
-            let opts: Vec<String> = match options {
-                Value::Array(a) => a.iter().map(scalar).collect(),
-                v => vec![scalar(v)],
-            };
+        Kind::OneOfValues(options) => {
+            let opts: Vec<String> = options.iter().map(|o| scalar(o)).collect();
             at("bad-value", format!("`{field}` has an unsupported value"))
                 .value(value)
                 .expected(one_of(&opts))
         }
-        ValidationErrorKind::Minimum { .. } | ValidationErrorKind::Maximum { .. } => {
+        Kind::Minimum | Kind::Maximum => {
             let sub = schema_at(schema, pointer, schema);
             let min = sub
                 .and_then(|s| s.get("minimum"))
@@ -264,34 +246,42 @@ fn diagnose(
                 .and_then(|s| s.get("maximum"))
                 .map(scalar)
                 .unwrap_or_default();
-            let what = if field == "replicas" {
-                "replicas"
-            } else {
-                field
-            };
-            at("out-of-range", format!("`{what}` is out of range"))
+            at("out-of-range", format!("`{field}` is out of range"))
                 .value(value)
                 .expected(format!("a whole number from {min} to {max}"))
         }
-        ValidationErrorKind::AnyOf { .. } if is_quantity(schema_at(schema, pointer, schema)) => at(
+        Kind::AnyOf if is_quantity(schema_at(schema, pointer, schema)) => at(
             "bad-quantity",
             format!("`{value}` is not a Kubernetes quantity"),
         )
         .value(value)
         .expected(QUANTITY_EXPECTED),
-        ValidationErrorKind::Pattern { pattern } => {
+        Kind::Pattern(pattern) => {
             let (message, expected) = describe_pattern(field, pattern);
             at("bad-value", message).value(value).expected(expected)
         }
-        ValidationErrorKind::MinLength { .. } => {
-            at("empty-value", format!("`{field}` must not be empty")).value(value)
-        }
-        ValidationErrorKind::MaxLength { limit } => at(
+        Kind::MinLength => at("empty-value", format!("`{field}` must not be empty")).value(value),
+        Kind::MaxLength(limit) => at(
             "too-long",
             format!("`{field}` is longer than {limit} characters"),
         )
         .value(value),
-        _ => at("schema", err.to_string()).value(value),
+        Kind::Never => at("schema", format!("`{field}` is not allowed here")).value(value),
+        Kind::AnyOf | Kind::OneOf => {
+            let keyword = if matches!(v.kind, Kind::AnyOf) {
+                "anyOf"
+            } else {
+                "oneOf"
+            };
+            at(
+                "schema",
+                format!(
+                    "{} is not valid under any of the schemas listed in the '{keyword}' keyword",
+                    v.instance
+                ),
+            )
+            .value(value)
+        }
     };
     vec![d]
 }
@@ -416,9 +406,85 @@ mod tests {
     use super::*;
 
     #[test]
-    fn generated_schemas_compile() {
+    fn generated_schemas_are_understood_by_the_checker() {
         let _ = stack_kind();
         let _ = component_kind();
+    }
+
+    /// The errors of one file, as `(line, column, code, message, expected)`, in report order.
+    fn findings(text: &str) -> Vec<(usize, usize, &'static str, String, Option<String>)> {
+        let mut report = Report::default();
+        let (mut stacks, mut components, mut broken) = (Vec::new(), Vec::new(), Vec::new());
+        parse_file(
+            "desired/x.yaml",
+            text,
+            &mut report,
+            &mut stacks,
+            &mut components,
+            &mut broken,
+        );
+        report.sort();
+        report
+            .diagnostics
+            .into_iter()
+            .map(|d| (d.line, d.column, d.code, d.message, d.expected))
+            .collect()
+    }
+
+    const COMPONENT: &str =
+        "apiVersion: converge.dev/v1alpha1\nkind: Component\nname: api\nimage: {ref: 'nginx:1.27'}\n";
+
+    #[test]
+    fn an_unsupported_enum_value_names_the_accepted_ones_at_its_position() {
+        let found = findings(&format!(
+            "{COMPONENT}ports:\n  - {{name: http, containerPort: 80, protocol: tcp}}\n"
+        ));
+        assert_eq!(
+            found,
+            [(
+                6,
+                47,
+                "bad-value",
+                "`protocol` has an unsupported value".to_string(),
+                Some("one of `TCP`, `UDP`, `SCTP`".to_string())
+            )]
+        );
+    }
+
+    #[test]
+    fn a_fraction_where_a_whole_number_belongs_is_a_wrong_type_at_its_position() {
+        let found = findings(&format!(
+            "{COMPONENT}ports:\n  - {{name: http, containerPort: 80.0}}\n"
+        ));
+        assert_eq!(
+            found,
+            [(
+                6,
+                33,
+                "wrong-type",
+                "`containerPort` has the wrong type".to_string(),
+                Some("a whole number".to_string())
+            )]
+        );
+    }
+
+    #[test]
+    fn every_violation_in_one_document_is_reported() {
+        let found = findings(
+            "apiVersion: converge.dev/v1alpha1\nkind: Stack\nname: Shop\nnamespce: shop\nbuilder: podman\nprune: {volumes: 1}\n",
+        );
+        let codes: Vec<_> = found.iter().map(|f| (f.0, f.2)).collect();
+        assert_eq!(
+            codes,
+            [
+                (1, "missing-field"),
+                (3, "bad-value"),
+                (4, "unknown-field"),
+                (5, "bad-value"),
+                (6, "wrong-type"),
+            ],
+            "{found:#?}"
+        );
     }
 
     #[test]
