@@ -271,6 +271,15 @@ impl State {
         let Some(commit) = commit else {
             return Next::NothingApplied;
         };
+        // A run that reads a tip the ref watch has not reported yet (a resync, say, just
+        // before the debounced event) has seen that commit: the event must not preempt it or
+        // queue it again.
+        if overlay.is_none() && self.tip.as_deref() != Some(commit.as_str()) {
+            self.tip = Some(commit.clone());
+            self.retry.reset();
+            self.retry_at = None;
+            self.clean = false;
+        }
         self.running = Some(Running {
             commit: commit.clone(),
             overlay: overlay.is_some(),
@@ -649,6 +658,17 @@ mod tests {
         assert_eq!(after.retry_at, None);
         let st = start(&mut s, "c");
         assert_eq!((st.commit.as_str(), st.trigger), ("c", Trigger::Commit));
+    }
+
+    #[test]
+    fn a_run_that_already_read_the_new_tip_is_not_preempted_by_its_ref_event() {
+        let mut s = idle_at("a");
+        assert!(!s.on_resync(Some("b")));
+        // The resync reads the tip before the debounced ref event arrives.
+        assert_eq!(start(&mut s, "b").trigger, Trigger::Resync);
+        assert_eq!(s.on_tip("b"), None);
+        s.on_done(ready(), Instant::now());
+        assert_eq!(s.next(Some("b")), Next::Idle);
     }
 
     #[test]
