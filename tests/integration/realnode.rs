@@ -379,11 +379,30 @@ async fn wait_replicas(ns: &str, component: &str, want: i32, timeout: Duration) 
     }
 }
 
+/// Deletes the test's namespace however the test ends: a failed run must not leave a stack
+/// holding the real node's CPU for the next one.
+struct DropNamespace(String);
+
+impl Drop for DropNamespace {
+    fn drop(&mut self) {
+        let _ = kubectl()
+            .args([
+                "delete",
+                "namespace",
+                &self.0,
+                "--wait=false",
+                "--ignore-not-found",
+            ])
+            .output();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_todo_chatbot_built_from_commits_runs_serves_and_keeps_its_data_on_the_real_node() {
     let node = real_node();
     let ns = unique_name("todo-real");
     create_namespace_and_secret(&ns);
+    let _cleanup = DropNamespace(ns.clone());
     let repo = user_repo(&ns);
     let first = repo.head();
 
@@ -627,8 +646,5 @@ async fn the_todo_chatbot_built_from_commits_runs_serves_and_keeps_its_data_on_t
         .args(["down", "--repo"])
         .arg(repo.path())
         .args(["--stack", "dev", "--context", &context(), "--volumes"])
-        .output();
-    let _ = kubectl()
-        .args(["delete", "namespace", &ns, "--wait=false"])
         .output();
 }
