@@ -884,9 +884,12 @@ impl<'a> Run<'a> {
             .map_err(|e| (reason::APPLY_FAILED, e.to_string()))?;
 
         if changed {
-            for hook in rendered.hooks.iter().filter(|h| h.runs_before(install)) {
-                self.run_hook(hook).await?;
-            }
+            let pre: Vec<&Hook> = rendered
+                .hooks
+                .iter()
+                .filter(|h| h.runs_before(install))
+                .collect();
+            self.run_hooks(&pre).await?;
         }
         // A post hook runs only in the reconcile that changed something: a health wait before
         // one is not a boundary where nothing is lost, so it is never preempted.
@@ -986,9 +989,12 @@ impl<'a> Run<'a> {
             self.errors.push(why.clone());
         }
         if changed && health_result.is_ok() && self.failed.is_empty() && self.blocked.is_empty() {
-            for hook in rendered.hooks.iter().filter(|h| h.runs_after(install)) {
-                self.run_hook(hook).await?;
-            }
+            let post: Vec<&Hook> = rendered
+                .hooks
+                .iter()
+                .filter(|h| h.runs_after(install))
+                .collect();
+            self.run_hooks(&post).await?;
         }
         // Objects of blocked components are still wanted: never prune them.
         rendered_keys.sort();
@@ -1639,6 +1645,27 @@ impl<'a> Run<'a> {
         })
     }
 
+    /// Runs one phase's hooks in weight order. As in Helm, `hook-succeeded` deletions wait until
+    /// the whole phase succeeded: a later hook may need an earlier one (the migration Job runs as
+    /// the hook ServiceAccount created just before it).
+    async fn run_hooks(&mut self, hooks: &[&Hook]) -> StepResult {
+        for hook in hooks {
+            self.run_hook(hook).await?;
+        }
+        for hook in hooks {
+            if !hook.delete_policies.iter().any(|d| d == "hook-succeeded") {
+                continue;
+            }
+            if let Some(key) = ObjectKey::of(&hook.object) {
+                self.cluster
+                    .delete(&key)
+                    .await
+                    .map_err(|e| (reason::HOOK_FAILED, format!("hook {}: {e}", key.short())))?;
+            }
+        }
+        Ok(())
+    }
+
     async fn run_hook(&mut self, hook: &Hook) -> StepResult {
         let Some(key) = ObjectKey::of(&hook.object) else {
             return Ok(());
@@ -1680,12 +1707,6 @@ impl<'a> Run<'a> {
         self.health.remove(&inventory::id(&key));
         match result {
             Ok(()) => {
-                if has("hook-succeeded") {
-                    self.cluster
-                        .delete(&key)
-                        .await
-                        .map_err(|e| fail(e.to_string()))?;
-                }
                 info!(hook = %key, "hook succeeded");
                 Ok(())
             }
