@@ -30,7 +30,10 @@ fn store() -> &'static Store {
     STORE.get_or_init(|| {
         let odb: &'static Odb<'static> = Box::leak(Box::new(Odb::new().expect("odb")));
         let mempack = odb.add_new_mempack_backend(1000).expect("mempack");
-        let repo = Repository::from_odb(Odb::new().expect("odb")).expect("repository");
+        // A bare repository on disk only for its path (git2 needs one); every object goes to
+        // the in-memory backend that replaces its object database.
+        let dir = std::env::temp_dir().join(format!("converge-fuzz-{}", std::process::id()));
+        let repo = Repository::init_bare(&dir).expect("repository");
         repo.set_odb(odb).expect("set odb");
         Store {
             repo: Repo::from_repository(repo),
