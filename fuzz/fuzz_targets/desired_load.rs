@@ -140,7 +140,13 @@ fuzz_target!(|data: &[u8]| {
                 let Some(i) = file_index(&d.file) else {
                     panic!("finding in a file that is not in the commit: {d:?}");
                 };
-                let lines = files[i].split(|&b| b == b'\n').count();
+                // YAML breaks lines at `\n`, `\r\n` and a lone `\r`.
+                let f = &files[i];
+                let lines = 1 + f
+                    .iter()
+                    .enumerate()
+                    .filter(|&(j, &b)| b == b'\n' || (b == b'\r' && f.get(j + 1) != Some(&b'\n')))
+                    .count();
                 assert!(
                     d.line <= lines + 1,
                     "line {} past the end of {}: {d:?}",

@@ -292,6 +292,26 @@ struct Masked {
 
 impl Masked {
     fn new(src: &str, secrets: Option<&[Secret]>) -> Self {
+        // YAML also breaks lines at a lone `\r` (old Mac files); the renderer only at `\n`.
+        // Replacing one byte by one keeps every offset, and the rendered `file:line:col` then
+        // agrees with the line the parser reported.
+        let normalized;
+        let src = if src.contains('\r') {
+            let b = src.as_bytes();
+            normalized = src
+                .char_indices()
+                .map(|(i, c)| {
+                    if c == '\r' && b.get(i + 1) != Some(&b'\n') {
+                        '\n'
+                    } else {
+                        c
+                    }
+                })
+                .collect::<String>();
+            normalized.as_str()
+        } else {
+            src
+        };
         let secrets = secrets.unwrap_or_default();
         let mut ranges: Vec<std::ops::Range<usize>> = secrets
             .iter()
@@ -558,5 +578,27 @@ mod tests {
         let caret_line = text.lines().find(|l| l.contains('^')).unwrap();
         let rendered = text.lines().find(|l| l.contains("replica: 2")).unwrap();
         assert_eq!(caret_line.find('^'), rendered.find("replica"), "{text}");
+    }
+
+    #[test]
+    fn a_lone_carriage_return_is_a_line_break_in_the_rendered_location_too() {
+        let src = "# a\r# b\rbad: x\n";
+        let mut r = Report::default();
+        r.add_source("desired/web.yaml", src);
+        let at = src.find("bad").unwrap();
+        r.push(Diagnostic::error(
+            "unknown-field",
+            "desired/web.yaml",
+            Pos {
+                line: 3,
+                column: 1,
+                offset: at,
+                len: 3,
+            },
+            "unknown field `bad`",
+        ));
+        let text = r.render(false);
+        assert!(text.contains("--> desired/web.yaml:3:1"), "{text}");
+        assert!(text.contains("3 | bad: x"), "{text}");
     }
 }
