@@ -390,6 +390,24 @@ impl Masked {
     }
 }
 
+/// The nearest character boundary at or before `i`.
+fn floor_char_boundary(s: &str, mut i: usize) -> usize {
+    i = i.min(s.len());
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// The nearest character boundary at or after `i`.
+fn ceil_char_boundary(s: &str, mut i: usize) -> usize {
+    i = i.min(s.len());
+    while !s.is_char_boundary(i) {
+        i += 1;
+    }
+    i
+}
+
 fn render_one(renderer: &Renderer, d: &Diagnostic, source: Option<&Masked>) -> String {
     let level = match d.severity {
         Severity::Error => Level::Error,
@@ -414,11 +432,16 @@ fn render_one(renderer: &Renderer, d: &Diagnostic, source: Option<&Masked>) -> S
                 .min(text.len())
                 .max(start);
             // An empty span at the end of a file still needs a character to point at.
-            let span = if end == start && end < text.len() {
-                start..end + 1
+            let end = if end == start && end < text.len() {
+                end + 1
             } else {
-                start..end
+                end
             };
+            // Positions count bytes; a one-byte underline at a multi-byte character (`ף`) must
+            // widen to the whole character, or the renderer panics slicing inside it.
+            let start = floor_char_boundary(text, start);
+            let end = ceil_char_boundary(text, end.max(start));
+            let span = start..end;
             message = message.snippet(
                 Snippet::source(text)
                     .origin(&d.file)
@@ -600,5 +623,27 @@ mod tests {
         let text = r.render(false);
         assert!(text.contains("--> desired/web.yaml:3:1"), "{text}");
         assert!(text.contains("3 | bad: x"), "{text}");
+    }
+
+    #[test]
+    fn an_underline_inside_a_multibyte_character_widens_to_it_instead_of_panicking() {
+        let src = "kind: Stack\n\u{623}p=\n";
+        let mut r = Report::default();
+        r.add_source("desired/stack.yaml", src);
+        let at = src.find('\u{623}').unwrap();
+        // One byte long: the parser's positions count bytes.
+        r.push(Diagnostic::error(
+            "yaml-syntax",
+            "desired/stack.yaml",
+            Pos {
+                line: 2,
+                column: 1,
+                offset: at + 1,
+                len: 1,
+            },
+            "invalid YAML",
+        ));
+        let text = r.render(false);
+        assert!(text.contains("2 | \u{623}p="), "{text}");
     }
 }
