@@ -362,37 +362,83 @@ fn class_item_end(chars: &[char], i: usize) -> Result<usize, ()> {
     }
 }
 
+/// Whether `tokens` match all of `s`: the set of reachable positions is carried token by token
+/// (only over the window where it is non-empty), so nothing recurses and time is at most tokens
+/// × characters, like Go's regexp. A backtracking matcher took exponential time on patterns like
+/// `*a*a*a…b` and overflowed the stack on a pattern of 100,000 tokens: both found by fuzzing,
+/// both reachable from a committed `.dockerignore`.
 fn match_tokens(tokens: &[Token], s: &[char]) -> bool {
-    let Some((first, rest)) = tokens.split_first() else {
-        return s.is_empty();
-    };
-    match first {
-        Token::Lit(c) => s.first() == Some(c) && match_tokens(rest, &s[1..]),
-        Token::Any => s.first().is_some_and(|c| *c != '/') && match_tokens(rest, &s[1..]),
+    let n = s.len();
+    // cur[p]: the tokens so far match s[..p] exactly; every true entry lies in lo..=hi.
+    let mut cur = vec![false; n + 1];
+    let mut next = vec![false; n + 1];
+    cur[0] = true;
+    let (mut lo, mut hi) = (0, 0);
+    for token in tokens {
+        let (mut nlo, mut nhi) = (usize::MAX, 0);
+        let mut mark = |p: usize, next: &mut [bool]| {
+            next[p] = true;
+            nlo = nlo.min(p);
+            nhi = nhi.max(p);
+        };
+        match token {
+            Token::Lit(_) | Token::Any | Token::Class { .. } => {
+                for p in lo..=hi.min(n.saturating_sub(1)) {
+                    if p < n && cur[p] && one(token, s[p]) {
+                        mark(p + 1, &mut next);
+                    }
+                }
+            }
+            // Any run of non-`/`: extend every reached position rightwards up to a `/`.
+            Token::Star => {
+                let mut prev = false;
+                for p in lo..=n {
+                    let reach = cur[p] || (prev && s[p - 1] != '/');
+                    if !reach && p > hi {
+                        break;
+                    }
+                    if reach {
+                        mark(p, &mut next);
+                    }
+                    prev = reach;
+                }
+            }
+            // `(.*/)?`: stay, or move past any later `/`.
+            Token::AnyDirs => {
+                let mut seen = false;
+                for p in lo..=n {
+                    if cur[p] || (seen && s[p - 1] == '/') {
+                        mark(p, &mut next);
+                    }
+                    seen |= cur[p];
+                }
+            }
+            // `.*` at the end: everything from the first reached position on.
+            Token::Rest => {
+                for p in lo..=n {
+                    mark(p, &mut next);
+                }
+            }
+        }
+        cur[lo..=hi].iter_mut().for_each(|x| *x = false);
+        std::mem::swap(&mut cur, &mut next);
+        if nlo == usize::MAX {
+            return false;
+        }
+        (lo, hi) = (nlo, nhi);
+    }
+    cur[n]
+}
+
+/// Whether a one-character token accepts `c`.
+fn one(token: &Token, c: char) -> bool {
+    match token {
+        Token::Lit(l) => *l == c,
+        Token::Any => c != '/',
         Token::Class { negated, ranges } => {
-            s.first()
-                .is_some_and(|c| ranges.iter().any(|(lo, hi)| lo <= c && c <= hi) != *negated)
-                && match_tokens(rest, &s[1..])
+            ranges.iter().any(|(lo, hi)| *lo <= c && c <= *hi) != *negated
         }
-        Token::Star => {
-            for i in 0..=s.len() {
-                if i > 0 && s[i - 1] == '/' {
-                    break;
-                }
-                if match_tokens(rest, &s[i..]) {
-                    return true;
-                }
-            }
-            false
-        }
-        Token::AnyDirs => {
-            if match_tokens(rest, s) {
-                return true;
-            }
-            (0..s.len()).any(|i| s[i] == '/' && match_tokens(rest, &s[i + 1..]))
-        }
-        // Go's `.` does not match a newline; paths with newlines are not worth the difference.
-        Token::Rest => true,
+        Token::Star | Token::AnyDirs | Token::Rest => false,
     }
 }
 
@@ -753,5 +799,41 @@ mod tests {
         let m = Matcher::new(&["b"]).expect("valid");
         assert!(!m.matches_legacy("a/b/Dockerfile"));
         assert!(m.matches_or_parent_matches("b/Dockerfile"));
+    }
+
+    /// Runs `f` on a thread and fails the test if it has not answered within `secs` (a liveness
+    /// bound for matching that used to take exponential time, not a speed target).
+    fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(secs))
+            .expect("matching did not finish: it backtracks exponentially")
+    }
+
+    #[test]
+    fn many_stars_match_in_polynomial_time() {
+        let pattern = format!("{}b", "*a".repeat(30));
+        let path = "a".repeat(200);
+        let m = Matcher::new(&[pattern.clone()]).expect("valid");
+        assert!(!within(30, move || m.matches_or_parent_matches(&path)));
+        let hit = format!("{}b", "a".repeat(40));
+        let m = Matcher::new(&[pattern]).expect("valid");
+        assert!(within(30, move || m.matches_or_parent_matches(&hit)));
+        // `**` runs too: a long path of directories against many `**/` segments.
+        let pattern = format!("{}z", "**/a".repeat(20));
+        let path = "a/".repeat(100) + "y";
+        let m = Matcher::new(&[pattern]).expect("valid");
+        assert!(!within(30, move || m.matches_or_parent_matches(&path)));
+    }
+
+    #[test]
+    fn a_pattern_of_a_hundred_thousand_tokens_does_not_overflow_the_stack() {
+        let pattern = format!("{}*", "a".repeat(100_000));
+        let path = format!("{}tail", "a".repeat(100_000));
+        // Within the window, a literal prefix keeps a single reachable position: linear time.
+        let m = Matcher::new(&[pattern]).expect("valid");
+        assert!(m.matches_or_parent_matches(&path));
     }
 }

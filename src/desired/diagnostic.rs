@@ -292,6 +292,26 @@ struct Masked {
 
 impl Masked {
     fn new(src: &str, secrets: Option<&[Secret]>) -> Self {
+        // YAML also breaks lines at a lone `\r` (old Mac files); the renderer only at `\n`.
+        // Replacing one byte by one keeps every offset, and the rendered `file:line:col` then
+        // agrees with the line the parser reported.
+        let normalized;
+        let src = if src.contains('\r') {
+            let b = src.as_bytes();
+            normalized = src
+                .char_indices()
+                .map(|(i, c)| {
+                    if c == '\r' && b.get(i + 1) != Some(&b'\n') {
+                        '\n'
+                    } else {
+                        c
+                    }
+                })
+                .collect::<String>();
+            normalized.as_str()
+        } else {
+            src
+        };
         let secrets = secrets.unwrap_or_default();
         let mut ranges: Vec<std::ops::Range<usize>> = secrets
             .iter()
@@ -370,6 +390,24 @@ impl Masked {
     }
 }
 
+/// The nearest character boundary at or before `i`.
+fn floor_char_boundary(s: &str, mut i: usize) -> usize {
+    i = i.min(s.len());
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// The nearest character boundary at or after `i`.
+fn ceil_char_boundary(s: &str, mut i: usize) -> usize {
+    i = i.min(s.len());
+    while !s.is_char_boundary(i) {
+        i += 1;
+    }
+    i
+}
+
 fn render_one(renderer: &Renderer, d: &Diagnostic, source: Option<&Masked>) -> String {
     let level = match d.severity {
         Severity::Error => Level::Error,
@@ -394,11 +432,16 @@ fn render_one(renderer: &Renderer, d: &Diagnostic, source: Option<&Masked>) -> S
                 .min(text.len())
                 .max(start);
             // An empty span at the end of a file still needs a character to point at.
-            let span = if end == start && end < text.len() {
-                start..end + 1
+            let end = if end == start && end < text.len() {
+                end + 1
             } else {
-                start..end
+                end
             };
+            // Positions count bytes; a one-byte underline at a multi-byte character (`ף`) must
+            // widen to the whole character, or the renderer panics slicing inside it.
+            let start = floor_char_boundary(text, start);
+            let end = ceil_char_boundary(text, end.max(start));
+            let span = start..end;
             message = message.snippet(
                 Snippet::source(text)
                     .origin(&d.file)
@@ -558,5 +601,49 @@ mod tests {
         let caret_line = text.lines().find(|l| l.contains('^')).unwrap();
         let rendered = text.lines().find(|l| l.contains("replica: 2")).unwrap();
         assert_eq!(caret_line.find('^'), rendered.find("replica"), "{text}");
+    }
+
+    #[test]
+    fn a_lone_carriage_return_is_a_line_break_in_the_rendered_location_too() {
+        let src = "# a\r# b\rbad: x\n";
+        let mut r = Report::default();
+        r.add_source("desired/web.yaml", src);
+        let at = src.find("bad").unwrap();
+        r.push(Diagnostic::error(
+            "unknown-field",
+            "desired/web.yaml",
+            Pos {
+                line: 3,
+                column: 1,
+                offset: at,
+                len: 3,
+            },
+            "unknown field `bad`",
+        ));
+        let text = r.render(false);
+        assert!(text.contains("--> desired/web.yaml:3:1"), "{text}");
+        assert!(text.contains("3 | bad: x"), "{text}");
+    }
+
+    #[test]
+    fn an_underline_inside_a_multibyte_character_widens_to_it_instead_of_panicking() {
+        let src = "kind: Stack\n\u{623}p=\n";
+        let mut r = Report::default();
+        r.add_source("desired/stack.yaml", src);
+        let at = src.find('\u{623}').unwrap();
+        // One byte long: the parser's positions count bytes.
+        r.push(Diagnostic::error(
+            "yaml-syntax",
+            "desired/stack.yaml",
+            Pos {
+                line: 2,
+                column: 1,
+                offset: at + 1,
+                len: 1,
+            },
+            "invalid YAML",
+        ));
+        let text = r.render(false);
+        assert!(text.contains("2 | \u{623}p="), "{text}");
     }
 }
