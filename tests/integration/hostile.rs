@@ -406,12 +406,15 @@ async fn an_unreadable_status_record_is_reported_and_kept_not_overwritten() {
         .unwrap();
 
     let mut cmd = on_bed(converge());
+    // `-n`: other tests run stacks named `todo` in their own namespaces at the same time.
     cmd.args([
         "status",
         "--context",
         &crate::support::current_context(),
         "--stack",
         "todo",
+        "-n",
+        ns.name(),
     ]);
     let out = tokio::task::spawn_blocking(move || cmd.output())
         .await

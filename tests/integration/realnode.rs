@@ -423,11 +423,17 @@ async fn the_todo_chatbot_built_from_commits_runs_serves_and_keeps_its_data_on_t
         t.elapsed()
     );
     assert_eq!(s["reason"], "ReconciliationSucceeded", "{s:#}");
-    let built = daemon.lines_with(0, &["image built"]);
+    // converge delivered both images to the node: built now, or (the bed's engine keeps its
+    // layers across runs) built before and loaded into this node's runtime.
+    let delivered: Vec<String> = daemon
+        .lines_with(0, &["image built"])
+        .into_iter()
+        .chain(daemon.lines_with(0, &["loading it into the node"]))
+        .collect();
     for c in ["backend", "frontend"] {
         assert!(
-            built.iter().any(|l| l.contains(c)),
-            "converge did not build the {c} image:\n{}",
+            delivered.iter().any(|l| l.contains(c)),
+            "converge did not build or load the {c} image:\n{}",
             daemon.log()
         );
     }
@@ -479,9 +485,13 @@ async fn the_todo_chatbot_built_from_commits_runs_serves_and_keeps_its_data_on_t
     let frontend_image = deployment_image(&ns, "frontend").await;
     let backend_before = deployment_image(&ns, "backend").await;
     let mark = daemon.mark();
+    // Unique per run, so the tag is new even when the bed's engine kept earlier runs' layers.
     repo.write(
         "apps/backend/app/build_note.py",
-        "\"\"\"Changed by the real-node test: a new input to the backend image only.\"\"\"\n",
+        format!(
+            "\"\"\"Changed by the real-node test ({}): a new input to the backend image only.\"\"\"\n",
+            unique_name("run")
+        ),
     );
     let t = Instant::now();
     let changed = repo.commit("backend: a new module");
