@@ -578,16 +578,14 @@ async fn the_todo_chatbot_built_from_commits_runs_serves_and_keeps_its_data_on_t
         "import sys\nprint(\"converge-test: backend refuses to start\", file=sys.stderr, flush=True)\nsys.exit(3)\n",
     );
     let crashing = repo.commit("backend: crash on start");
-    let s = wait_status(&ns, Some(&daemon), REBUILD, "crash reported", |s| {
+    // A run cut short at its health wait (drift, the record watch) is recorded as Progressing
+    // and resumed; what counts is the verdict with the app's reason.
+    wait_status(&ns, Some(&daemon), REBUILD, "crash reported", |s| {
         s["lastAppliedCommit"].as_str() == Some(crashing.as_str())
             && s["ready"] == Value::Bool(false)
+            && s.to_string().contains("CrashLoopBackOff")
     })
     .await;
-    let text = s.to_string();
-    assert!(
-        text.contains("CrashLoopBackOff") || text.contains("Error"),
-        "{s:#}"
-    );
     let out = converge()
         .args(["explain", "backend", "--repo"])
         .arg(repo.path())
