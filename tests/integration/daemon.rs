@@ -685,11 +685,11 @@ async fn deleting_the_namespace_under_a_daemon_brings_its_lease_back_and_a_secon
         "the first daemon stopped; log:\n{}",
         daemon.log()
     );
-    // And the stack is deployed again.
-    wait_status(&ns, CONVERGED, |s| {
-        applied_commit(s) == first && s["ready"] == true
-    })
-    .await;
+    // And the stack is applied again into the new namespace (its status recorded there). Not
+    // necessarily Ready: the Secrets went with the old namespace, as on any cluster, and the new
+    // namespace (created by converge, not by the test) has no kwok placement, so its Pods meet a
+    // real kubelet that wants them.
+    wait_status(&ns, CONVERGED, |s| applied_commit(s) == first).await;
     drop(daemon);
     ns.cleanup().await;
 }
