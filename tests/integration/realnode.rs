@@ -423,18 +423,23 @@ async fn the_todo_chatbot_built_from_commits_runs_serves_and_keeps_its_data_on_t
         t.elapsed()
     );
     assert_eq!(s["reason"], "ReconciliationSucceeded", "{s:#}");
-    // converge delivered both images to the node: built now, or (the bed's engine keeps its
-    // layers across runs) built before and loaded into this node's runtime.
-    let delivered: Vec<String> = daemon
-        .lines_with(0, &["image built"])
-        .into_iter()
-        .chain(daemon.lines_with(0, &["loading it into the node"]))
-        .collect();
+    // converge delivered both images: built now, loaded from the engine's kept layers, or already
+    // in this node's runtime (a bed reused across runs). The Pods run them with pullPolicy Never
+    // under their content tags, so Ready below proves the node has exactly those images.
+    let summary = daemon.lines_with(0, &["images of stack"]);
+    assert!(
+        summary.iter().any(|l| l.contains(" 0 failed")),
+        "no image summary without failures:\n{}",
+        daemon.log()
+    );
     for c in ["backend", "frontend"] {
+        let image = deployment_image(&ns, c).await;
+        let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
         assert!(
-            delivered.iter().any(|l| l.contains(c)),
-            "converge did not build or load the {c} image:\n{}",
-            daemon.log()
+            image.starts_with(&format!("todo-{c}:"))
+                && tag.len() == 12
+                && tag.chars().all(|ch| ch.is_ascii_hexdigit()),
+            "{c} runs {image}, not a content tag"
         );
     }
     assert_all_pods_ready_on(&ns, &node).await;
