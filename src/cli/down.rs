@@ -8,7 +8,7 @@ use clap::Args;
 
 use super::{Format, SourceArgs, EXIT_ERROR, EXIT_FINDINGS, EXIT_OK};
 use crate::cluster::{Cluster, ClusterError};
-use crate::reconcile::teardown::{self, DownReport, TeardownOptions};
+use crate::cluster::teardown::{self, DownReport, TeardownOptions};
 
 /// Arguments of `converge down`.
 #[derive(Debug, Args)]

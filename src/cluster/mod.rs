@@ -11,6 +11,7 @@ pub mod inventory;
 pub mod lease;
 pub mod order;
 pub mod record;
+pub mod teardown;
 
 use std::collections::HashMap;
 use std::fmt;

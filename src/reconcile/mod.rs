@@ -6,7 +6,6 @@
 //! inventory recorded after the last apply.
 
 mod plan;
-pub mod teardown;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;

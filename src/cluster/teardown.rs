@@ -20,8 +20,8 @@ use serde::Serialize;
 use serde_json::Value;
 use tracing::{info, warn};
 
-use crate::cluster::inventory::{self, Inventory};
-use crate::cluster::{order, Cluster, ClusterError, ObjectKey, REQUEST_TIMEOUT};
+use super::inventory::{self, Inventory};
+use super::{order, Cluster, ClusterError, ObjectKey, REQUEST_TIMEOUT};
 use crate::vocabulary::{inventory_name, lease_name, status_name, LABEL_STACK};
 
 /// How a teardown behaves.
