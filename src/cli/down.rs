@@ -7,8 +7,8 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{Format, SourceArgs, EXIT_ERROR, EXIT_FINDINGS, EXIT_OK};
-use crate::cluster::{Cluster, ClusterError};
 use crate::cluster::teardown::{self, DownReport, TeardownOptions};
+use crate::cluster::{Cluster, ClusterError};
 
 /// Arguments of `converge down`.
 #[derive(Debug, Args)]

@@ -1,6 +1,8 @@
 //! Health of live objects, as pure functions over their JSON: rollout progress, failure reasons
 //! of Pods. No I/O here, so every rule is unit-tested.
 
+use std::time::Duration;
+
 use serde_json::Value;
 
 /// The health of one object.
@@ -173,6 +175,32 @@ pub const FAIL_FAST_REASONS: &[&str] = &[
     "CreateContainerError",
 ];
 
+/// What a health wait does about a Pod problem (a reason of [`pod_problem`]) first seen
+/// `seen_for` ago: the whole fail-fast policy, in one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Fail the rollout now: the problem outlasted the fail-fast window.
+    FailNow,
+    /// It will not fix itself: the rollout fails unless it clears within this much longer.
+    FailsIn(Duration),
+    /// It may clear by itself: reported at the deadline, never failed fast.
+    KeepWaiting,
+}
+
+/// Decides what a Pod problem means for the rollout waiting on it.
+pub fn verdict(reason: &str, seen_for: Duration, fail_fast: Duration) -> Verdict {
+    // Unschedulable often clears by itself (a volume being bound, a node joining); a container
+    // that keeps crashing or cannot pull its image, or was killed for memory, does not.
+    let fatal = FAIL_FAST_REASONS.contains(&reason) || reason == "OOMKilled";
+    if !fatal {
+        Verdict::KeepWaiting
+    } else if seen_for >= fail_fast {
+        Verdict::FailNow
+    } else {
+        Verdict::FailsIn(fail_fast - seen_for)
+    }
+}
+
 /// Why a Pod is stuck, when it is: (reason, message).
 pub fn pod_problem(pod: &Value) -> Option<(String, String)> {
     let status = pod.get("status")?;
@@ -226,6 +254,24 @@ pub fn pod_problem(pod: &Value) -> Option<(String, String)> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_verdict_fails_fast_only_on_problems_that_do_not_clear() {
+        let window = Duration::from_secs(30);
+        let s = Duration::from_secs;
+        assert_eq!(verdict("CrashLoopBackOff", s(31), window), Verdict::FailNow);
+        assert_eq!(verdict("CrashLoopBackOff", s(30), window), Verdict::FailNow);
+        assert_eq!(
+            verdict("ImagePullBackOff", s(10), window),
+            Verdict::FailsIn(s(20))
+        );
+        assert_eq!(verdict("OOMKilled", s(40), window), Verdict::FailNow);
+        assert_eq!(
+            verdict("Unschedulable", s(600), window),
+            Verdict::KeepWaiting
+        );
+        assert_eq!(verdict("", s(600), window), Verdict::KeepWaiting);
+    }
 
     #[test]
     fn a_deployment_is_ready_when_updated_available_and_observed() {

@@ -182,6 +182,48 @@ pub async fn post_sync(addr: SocketAddr) -> std::io::Result<String> {
     })?
 }
 
+/// `converge sync`: asks the daemon of the checkout containing `repo` to reconcile now, through
+/// its loopback endpoint (recorded in the lock file), or SIGUSR1 when it serves none.
+pub async fn request_sync(repo: &std::path::Path) -> Result<String, super::DaemonError> {
+    let dirs = super::refs::GitDirs::discover(repo)?;
+    if !super::lock::is_held(&dirs.git_dir) {
+        return Err(super::DaemonError::Config {
+            message: format!(
+                "no converge daemon runs for {} (start one with `converge run`)",
+                dirs.root.display()
+            ),
+        });
+    }
+    let holder =
+        super::lock::read_holder(&dirs.git_dir).ok_or_else(|| super::DaemonError::Config {
+            message: "the daemon's lock file names no holder yet; retry in a moment".into(),
+        })?;
+    if let Some(addr) = holder.http.as_deref().and_then(|a| a.parse().ok()) {
+        let status = post_sync(addr)
+            .await
+            .map_err(|source| super::DaemonError::Listen { addr, source })?;
+        if status.contains(" 202 ") {
+            return Ok(format!("sync queued (daemon pid {} at {addr})", holder.pid));
+        }
+        return Err(super::DaemonError::Config {
+            message: format!("the daemon at {addr} answered `{status}`"),
+        });
+    }
+    let out = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::process::Command::new("kill")
+            .args(["-USR1", &holder.pid.to_string()])
+            .output(),
+    )
+    .await;
+    match out {
+        Ok(Ok(o)) if o.status.success() => Ok(format!("sent SIGUSR1 to pid {}", holder.pid)),
+        _ => Err(super::DaemonError::Config {
+            message: format!("could not signal pid {}", holder.pid),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

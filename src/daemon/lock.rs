@@ -10,6 +10,14 @@ use std::path::{Path, PathBuf};
 
 use fs2::FileExt;
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::runtime::WatchStreamExt;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::cluster::lease::Renewal;
 
 pub use crate::cluster::lease::{
     ensure_namespace, lease_name, may_take, LeaseError, LeaseGuard, ANNOTATION_CHECKOUT,
@@ -179,6 +187,64 @@ pub fn is_held(git_dir: &Path) -> bool {
         }
         Err(_) => true,
     }
+}
+
+/// How often the Lease is renewed.
+const LEASE_RENEW: Duration = Duration::from_secs(10);
+/// How soon a failed Lease renewal is tried again.
+const LEASE_RETRY: Duration = Duration::from_secs(1);
+
+/// Keeps a Lease: renews it every [`LEASE_RENEW`], re-creates it at once when it is deleted
+/// (by hand, or with its namespace), retries every second while that fails, and reports a
+/// Lease another daemon took on `lost`.
+pub(super) fn spawn_renewer(
+    g: LeaseGuard,
+    lost: mpsc::Sender<String>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let config = kube::runtime::watcher::Config::default()
+            .fields(&format!("metadata.name={}", g.name()));
+        let deleted = kube::runtime::watcher::watcher(g.api().clone(), config)
+            .default_backoff()
+            .filter_map(|e| async move {
+                matches!(e, Ok(kube::runtime::watcher::Event::Delete(_))).then_some(())
+            });
+        futures::pin_mut!(deleted);
+        let mut wait = LEASE_RENEW;
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                Some(()) = deleted.next() => {
+                    warn!(stack = %g.stack(), "the stack's Lease was deleted; re-creating it");
+                }
+            }
+            match g.keep().await {
+                Ok(r) => {
+                    if r == Renewal::Recreate {
+                        info!(stack = %g.stack(), "Lease re-created: this daemon still manages the stack");
+                    }
+                    failing = false;
+                    wait = LEASE_RENEW;
+                }
+                Err(LeaseError::Lost { holder, .. }) => {
+                    let _ = lost.send(holder).await;
+                    return;
+                }
+                Err(e) => {
+                    // While a namespace terminates nothing can be created in it: retry soon, so
+                    // the Lease is back the moment it is gone, before anyone else can take it.
+                    if !failing {
+                        warn!(stack = %g.stack(), error = %e, "Lease renewal failed; retrying every second");
+                    } else {
+                        debug!(stack = %g.stack(), error = %e, "Lease renewal failed");
+                    }
+                    failing = true;
+                    wait = LEASE_RETRY;
+                }
+            }
+        }
+    })
 }
 
 #[cfg(test)]

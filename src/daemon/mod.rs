@@ -9,17 +9,19 @@
 pub mod backoff;
 pub mod drift;
 pub mod http;
+mod job;
 pub mod lock;
 pub mod metrics;
 pub mod refs;
 pub mod sd;
 pub mod service;
 pub mod state;
+mod targets;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,27 +32,19 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
-use crate::cluster::inventory;
-use crate::cluster::lease::{LeaseError, Renewal};
 use crate::desired::{self, schema::BuilderKind};
-use crate::error::{Disposition, Error};
-use crate::reconcile::{self, Clusters, Options, OwnDeletions, PreparedCommit, StackReport};
+use crate::error::Error;
+use crate::reconcile::{self, Clusters, Options, OwnDeletions, PreparedCommit};
 use crate::render::Helm;
-use crate::status::{self, HistoryEntry, StackStatus};
-use crate::vocabulary::reason;
-use kube::runtime::WatchStreamExt;
 
 use drift::{DriftWatch, Note};
-use lock::{FileLock, Holder, LeaseGuard, LockError};
+use job::{job, take_lease, JobInput};
+use lock::spawn_renewer;
+use lock::{FileLock, Holder, LeaseGuard};
 use metrics::{Metrics, ResultLabel};
-use state::{DriftVerdict, Finished, Next, RecordVerdict, Stall, State};
+use state::{DriftVerdict, Next, RecordVerdict, State};
+use targets::{discover, recorded_commit};
 
-/// How far back from HEAD the daemon looks for a valid desired state to learn its stacks.
-const DISCOVER_DEPTH: usize = 50;
-/// How often the Lease is renewed.
-const LEASE_RENEW: Duration = Duration::from_secs(10);
-/// How soon a failed Lease renewal is tried again.
-const LEASE_RETRY: Duration = Duration::from_secs(1);
 /// The loop's heartbeat when systemd asks for no watchdog.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
@@ -158,489 +152,7 @@ pub enum DaemonError {
     Aborted,
 }
 
-/// What woke the daemon; only a span field, the reconcile never branches on it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    /// The daemon started.
-    Startup,
-    /// The tracked ref moved.
-    Commit,
-    /// A managed object changed out of band.
-    Drift,
-    /// The periodic resync found a reason to look.
-    Resync,
-    /// The periodic full resync.
-    FullResync,
-    /// `converge sync` or SIGUSR1.
-    Sync,
-    /// SIGHUP.
-    Reload,
-    /// A retry after a failure.
-    Retry,
-    /// The cluster's status record names a commit this daemon did not apply.
-    Record,
-    /// A Secret the stack reads changed.
-    Secret,
-}
-
-impl Trigger {
-    /// Whether a reconcile it starts may reuse the commit as the daemon last prepared it:
-    /// the commit did not change, and nobody asked to read it again.
-    pub fn reuses_prepared(self) -> bool {
-        matches!(
-            self,
-            Trigger::Drift | Trigger::Record | Trigger::Secret | Trigger::Resync | Trigger::Retry
-        )
-    }
-
-    /// The span field value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Startup => "startup",
-            Trigger::Commit => "commit",
-            Trigger::Drift => "drift",
-            Trigger::Resync => "resync",
-            Trigger::FullResync => "full-resync",
-            Trigger::Sync => "sync",
-            Trigger::Reload => "reload",
-            Trigger::Retry => "retry",
-            Trigger::Record => "record",
-            Trigger::Secret => "secret",
-        }
-    }
-}
-
-/// A stack the daemon manages.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Target {
-    /// The stack's name.
-    pub stack: String,
-    /// Its namespace.
-    pub namespace: String,
-    /// The kube context it is applied to.
-    pub context: String,
-}
-
-/// The stacks of `stacks` as targets, with `context` overriding each stack's.
-fn targets_of(stacks: &[desired::Stack], context: Option<&str>) -> Vec<Target> {
-    stacks
-        .iter()
-        .map(|s| Target {
-            stack: s.spec.name.clone(),
-            namespace: s.spec.namespace.clone(),
-            context: context.map_or_else(|| s.spec.context.clone(), str::to_string),
-        })
-        .collect()
-}
-
-/// The branch and stacks to manage, from the newest of HEAD's last commits whose desired state is
-/// valid (so a daemon starts even when HEAD itself is broken).
-fn discover(cfg: &Config) -> Result<(String, Vec<Target>), DaemonError> {
-    let repo = crate::source::Repo::open(&cfg.repo)?;
-    let start = match &cfg.branch {
-        Some(b) => format!("refs/heads/{b}"),
-        None => "HEAD".to_string(),
-    };
-    for depth in 0..DISCOVER_DEPTH {
-        let rev = format!("{start}~{depth}");
-        let Ok(snapshot) = repo.snapshot(&rev) else {
-            break;
-        };
-        let Ok(loaded) = desired::load(&snapshot, &cfg.dir) else {
-            continue;
-        };
-        let stacks: Vec<desired::Stack> = loaded
-            .state
-            .stacks
-            .into_iter()
-            .filter(|s| {
-                cfg.stack
-                    .as_deref()
-                    .is_none_or(|w| reconcile::stack_matches(s, w))
-                    && cfg
-                        .options
-                        .namespace
-                        .as_deref()
-                        .is_none_or(|n| n == s.spec.namespace)
-            })
-            .collect();
-        if stacks.is_empty() {
-            return Err(DaemonError::Config {
-                message: match &cfg.stack {
-                    Some(s) => format!("commit {rev} has no stack `{s}` in `{}`", cfg.dir),
-                    None => format!("commit {rev} has no stack in `{}`", cfg.dir),
-                },
-            });
-        }
-        let branch = match &cfg.branch {
-            Some(b) => b.clone(),
-            None => {
-                let branches: BTreeSet<&str> =
-                    stacks.iter().map(|s| s.spec.branch.as_str()).collect();
-                if branches.len() > 1 {
-                    return Err(DaemonError::Config {
-                        message: format!(
-                            "the stacks track different branches ({}): run one daemon per branch with --stack or --branch",
-                            branches.into_iter().collect::<Vec<_>>().join(", ")
-                        ),
-                    });
-                }
-                branches.into_iter().next().unwrap_or("main").to_string()
-            }
-        };
-        if depth > 0 {
-            warn!(%rev, "HEAD's desired state is invalid; learned the stacks from an older commit");
-        }
-        return Ok((branch, targets_of(&stacks, cfg.context.as_deref())));
-    }
-    Err(DaemonError::Config {
-        message: format!(
-            "none of the last {DISCOVER_DEPTH} commits of {start} has a valid desired state in `{}`: run `converge validate` and commit a fix",
-            cfg.dir
-        ),
-    })
-}
-
-/// How one reconcile ended.
-enum Outcome {
-    /// `reconcile_commit` ran: one report per stack.
-    Reports(Vec<StackReport>),
-    /// The commit cannot be deployed as it is (invalid, unknown stack, bad chart): wait for a
-    /// new commit.
-    Stalled(&'static str, String),
-    /// A transient failure: retry with back-off.
-    Retry(String),
-    /// Builds were cancelled by shutdown.
-    Cancelled,
-}
-
-/// What a finished job hands back to the loop.
-struct Done {
-    commit: String,
-    trigger: Trigger,
-    drift: bool,
-    outcome: Outcome,
-    took: Duration,
-    clusters: Clusters,
-    targets: Option<Vec<Target>>,
-    kinds: BTreeMap<String, BTreeSet<(String, String, String)>>,
-    /// The Secrets each stack's components read.
-    secrets: BTreeMap<String, BTreeSet<String>>,
-    leases: Vec<LeaseGuard>,
-    invalid: bool,
-    /// The commit as prepared, when every build succeeded (reused by drift corrections).
-    prepared: Option<Arc<PreparedCommit>>,
-    /// It reused a prepared commit: its build outcomes were counted already.
-    reused: bool,
-}
-
-/// Everything a job needs, owned, so the loop stays free while it runs.
-struct JobInput {
-    cfg: Arc<Config>,
-    root: PathBuf,
-    commit: String,
-    trigger: Trigger,
-    drift: bool,
-    full: bool,
-    clusters: Clusters,
-    helm: Helm,
-    cancel: watch::Receiver<bool>,
-    preempt: watch::Receiver<bool>,
-    own_deletions: OwnDeletions,
-    known: Vec<Target>,
-    leased: BTreeSet<String>,
-    holder: Holder,
-    /// While the tip is stalled, the reason recorded again after reconciling the last good commit.
-    overlay: Option<Stall>,
-    /// This commit as the daemon prepared it before, if it may be reused.
-    prepared: Option<Arc<PreparedCommit>>,
-}
-
-/// One reconcile: read, validate, build and render the commit (or reuse it when the daemon
-/// already prepared it), take Leases of new stacks, reconcile, learn the kinds to watch.
-/// Invalid commits and failed builds are recorded in each stack's status.
-async fn job(mut input: JobInput) -> Done {
-    let started = Instant::now();
-    let cfg = input.cfg.clone();
-    let mut done = Done {
-        commit: input.commit.clone(),
-        trigger: input.trigger,
-        drift: input.drift,
-        outcome: Outcome::Cancelled,
-        took: Duration::ZERO,
-        clusters: Clusters::default(),
-        targets: None,
-        kinds: BTreeMap::new(),
-        secrets: BTreeMap::new(),
-        leases: Vec::new(),
-        invalid: false,
-        prepared: None,
-        reused: false,
-    };
-    // reconcile_commit's steps: builds (cancelled by shutdown), then the reconcile (stopped at
-    // its next health wait by newer work).
-    let mut opts = cfg.options.clone();
-    opts.full = input.full;
-    opts.builder = cfg.builder;
-    opts.cancel = Some(input.cancel.clone());
-    opts.preempt = Some(input.preempt.clone());
-    opts.own_deletions = Some(input.own_deletions.clone());
-
-    let prepared = match input.prepared.take() {
-        Some(p) => {
-            done.reused = true;
-            debug!("reusing the prepared commit (read, validated, built and rendered already)");
-            p
-        }
-        None => {
-            match reconcile::prepare_commit(&input.root, &input.commit, &opts, &mut input.clusters)
-                .await
-            {
-                Ok(p) => Arc::new(p),
-                Err(e) => {
-                    let invalid = matches!(e, Error::Invalid { .. } | Error::UnknownStack { .. });
-                    let (why, message) = describe(&e);
-                    let known = input.known.clone();
-                    record(&mut input, &known, why, &message).await;
-                    done.invalid = invalid;
-                    // A missing build context is in the commit: only a new commit fixes it.
-                    done.outcome = match (e.disposition(), &e) {
-                        (Disposition::Stalled, _) | (_, Error::Build(_)) => {
-                            Outcome::Stalled(why, message)
-                        }
-                        _ => Outcome::Retry(message),
-                    };
-                    done.clusters = input.clusters;
-                    done.took = started.elapsed();
-                    return done;
-                }
-            }
-        }
-    };
-    let stacks: Vec<desired::Stack> = prepared.stacks.iter().map(|p| p.stack.clone()).collect();
-    let targets = targets_of(&stacks, cfg.context.as_deref());
-    done.targets = Some(targets.clone());
-    for s in &stacks {
-        let names = s
-            .components
-            .iter()
-            .flat_map(|c| c.spec.secret_env.iter().map(|r| r.secret.clone()))
-            .collect();
-        done.secrets.insert(s.spec.name.clone(), names);
-    }
-    if prepared.complete() {
-        done.prepared = Some(prepared.clone());
-    }
-
-    // A commit may name a stack this daemon does not lease yet.
-    if cfg.lease {
-        for t in targets.iter().filter(|t| !input.leased.contains(&t.stack)) {
-            match take_lease(&mut input.clusters, &cfg, t, &input.holder).await {
-                Ok(g) => done.leases.push(g),
-                Err(e) => {
-                    done.outcome = Outcome::Stalled(reason::APPLY_FAILED, e.to_string());
-                    done.clusters = input.clusters;
-                    done.took = started.elapsed();
-                    return done;
-                }
-            }
-        }
-    }
-
-    info!(stacks = targets.len(), "apply started");
-    let result =
-        reconcile::reconcile_prepared(&prepared, &opts, &input.helm, &mut input.clusters).await;
-    done.outcome = match result {
-        Ok(reports) => {
-            // Learn what to watch: the kinds of every object converge now manages.
-            for t in &targets {
-                if let Ok(cluster) = input
-                    .clusters
-                    .get(cfg.kubeconfig.as_deref(), &t.context)
-                    .await
-                {
-                    if let Ok(inv) = inventory::load(cluster.client(), &t.namespace, &t.stack).await
-                    {
-                        let kinds = inv
-                            .keys()
-                            .map(|k| (k.group.clone(), k.version.clone(), k.kind.clone()))
-                            .collect();
-                        done.kinds.insert(t.stack.clone(), kinds);
-                    }
-                }
-            }
-            if let Some(stall) = input.overlay.clone() {
-                record_at(
-                    &mut input,
-                    &targets,
-                    &stall.commit,
-                    stall.reason,
-                    &stall.message,
-                )
-                .await;
-            }
-            Outcome::Reports(reports)
-        }
-        Err(e) => {
-            let (why, message) = describe(&e);
-            record(&mut input, &targets, why, &message).await;
-            match e.disposition() {
-                Disposition::Stalled => Outcome::Stalled(why, message),
-                Disposition::Waiting | Disposition::Retry => Outcome::Retry(message),
-            }
-        }
-    };
-    done.clusters = input.clusters;
-    done.took = started.elapsed();
-    done
-}
-
-/// The policy's view of a job's outcome.
-fn finished(outcome: &Outcome) -> Finished {
-    match outcome {
-        Outcome::Reports(reports) => {
-            let ready = reports.iter().all(|r| r.ready);
-            let preempted =
-                !ready && reports.iter().all(|r| r.ready || r.preempted) && !reports.is_empty();
-            let stalled: Vec<&StackReport> = reports
-                .iter()
-                .filter(|r| !r.ready && r.needs_new_commit)
-                .collect();
-            let needs_new_commit =
-                (!ready && !preempted && reports.iter().all(|r| r.ready || r.needs_new_commit))
-                    .then(|| {
-                        let message = stalled
-                            .iter()
-                            .map(|r| format!("stack {}: {}", r.stack, r.status.message))
-                            .collect::<Vec<_>>()
-                            .join("; ");
-                        (reason::APPLY_FAILED, message)
-                    });
-            Finished::Reports {
-                ready,
-                preempted,
-                needs_new_commit,
-            }
-        }
-        Outcome::Stalled(why, message) => Finished::Stalled {
-            reason: why,
-            message: message.clone(),
-        },
-        Outcome::Retry(_) => Finished::Retry,
-        Outcome::Cancelled => Finished::Cancelled,
-    }
-}
-
-/// A reason and a one-line message for an error; diagnostics as `file:line:col: message`.
-fn describe(e: &Error) -> (&'static str, String) {
-    match e {
-        Error::Invalid { commit, report } => {
-            let errors: Vec<String> = report
-                .diagnostics
-                .iter()
-                .filter(|d| d.is_error())
-                .take(5)
-                .map(|d| format!("{}: {}", d.location(), d.message))
-                .collect();
-            let more = report.error_count().saturating_sub(errors.len());
-            let mut message = format!(
-                "commit {} is invalid: {}",
-                desired::short_id(commit),
-                errors.join("; ")
-            );
-            if more > 0 {
-                message.push_str(&format!(" (and {more} more)"));
-            }
-            (reason::VALIDATION_FAILED, message)
-        }
-        other => (other.reason(), other.to_string()),
-    }
-}
-
-async fn take_lease(
-    clusters: &mut Clusters,
-    cfg: &Config,
-    t: &Target,
-    holder: &Holder,
-) -> Result<LeaseGuard, DaemonError> {
-    let cluster = clusters.get(cfg.kubeconfig.as_deref(), &t.context).await?;
-    lock::ensure_namespace(cluster.client(), &t.namespace, &t.stack)
-        .await
-        .map_err(LockError::from)?;
-    LeaseGuard::acquire(
-        cluster.client(),
-        &t.namespace,
-        &t.stack,
-        &holder.identity(),
-        &holder.checkout,
-    )
-    .await
-    .map_err(|e| LockError::from(e).into())
-}
-
-async fn record(input: &mut JobInput, targets: &[Target], why: &'static str, message: &str) {
-    let commit = input.commit.clone();
-    record_at(input, targets, &commit, why, message).await;
-}
-
-/// Records a failure that stopped a commit before (or instead of) its reconcile in each stack's
-/// status: not ready, the reason and message, a history entry; the last applied and healthy
-/// commits stay as they were, since nothing was applied.
-async fn record_at(
-    input: &mut JobInput,
-    targets: &[Target],
-    commit: &str,
-    why: &'static str,
-    message: &str,
-) {
-    for t in targets {
-        let cluster = match input
-            .clusters
-            .get(input.cfg.kubeconfig.as_deref(), &t.context)
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(stack = %t.stack, error = %e, "status not recorded");
-                continue;
-            }
-        };
-        // An unreadable record is kept aside (and logged) before this one replaces it.
-        let old = match status::load_for_update(cluster.client(), &t.namespace, &t.stack).await {
-            Ok((o, _kept_aside)) => o,
-            Err(e) => {
-                warn!(stack = %t.stack, error = %e, "status not recorded");
-                continue;
-            }
-        };
-        let mut next = old.clone().unwrap_or_else(|| StackStatus {
-            stack: t.stack.clone(),
-            namespace: t.namespace.clone(),
-            ..Default::default()
-        });
-        next.ready = false;
-        next.reason = why.to_string();
-        next.message = message.to_string();
-        if old
-            .as_ref()
-            .is_some_and(|o| !status::materially_changed(o, &next))
-        {
-            continue;
-        }
-        let entry = HistoryEntry {
-            commit: commit.to_string(),
-            result: why.to_string(),
-            duration_ms: 0,
-            time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        };
-        let next = status::advance(old.as_ref(), next, entry);
-        if let Err(e) = status::save(cluster.client(), &next).await {
-            warn!(stack = %t.stack, error = %e, "status not recorded");
-        }
-    }
-}
-
-type Job = Pin<Box<dyn Future<Output = Done>>>;
+type Job = Pin<Box<dyn Future<Output = job::Done>>>;
 
 /// `tokio::time::sleep_until` on an optional deadline (never fires when `None`).
 async fn until(at: Option<Instant>) {
@@ -655,42 +167,9 @@ fn tokio_at(at: Option<std::time::Instant>) -> Option<Instant> {
     at.map(Instant::from_std)
 }
 
-/// The commit every stack's status record names as last applied, when they agree (pure).
-fn agreed_commit(records: &[String]) -> Option<String> {
-    let first = records.first()?;
-    records.iter().all(|c| c == first).then(|| first.clone())
-}
-
-/// The last applied commit the cluster's status records name for `targets`, when they agree and
-/// this checkout holds it: what drift corrections re-apply after a restart onto a stalled tip.
-async fn recorded_commit(
-    clusters: &mut Clusters,
-    cfg: &Config,
-    targets: &[Target],
-    root: &Path,
-) -> Option<String> {
-    let mut commits = Vec::new();
-    for t in targets {
-        let cluster = clusters
-            .get(cfg.kubeconfig.as_deref(), &t.context)
-            .await
-            .ok()?;
-        match status::load(cluster.client(), &t.namespace, &t.stack).await {
-            Ok(Some(s)) if !s.last_applied_commit.is_empty() => commits.push(s.last_applied_commit),
-            Ok(_) => {}
-            Err(e) => warn!(stack = %t.stack, error = %e, "status record not read"),
-        }
-    }
-    let commit = agreed_commit(&commits)?;
-    let readable = crate::source::Repo::open(root)
-        .and_then(|r| r.snapshot(&commit).map(|_| ()))
-        .is_ok();
-    if !readable {
-        warn!(commit = %desired::short_id(&commit), "the cluster's status record names a commit this checkout does not hold");
-        return None;
-    }
-    Some(commit)
-}
+pub use http::request_sync;
+pub use reconcile::Target;
+pub use state::Trigger;
 
 /// Runs the daemon until SIGTERM/SIGINT (then `Ok`) or a fatal error.
 pub async fn run(cfg: Config) -> Result<(), DaemonError> {
@@ -906,108 +385,37 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                 exit = Err(DaemonError::Config { message: format!("lost the Lease to {who}") });
                 break;
             }
-            done = async { inflight.as_mut().expect("guarded by the branch condition").await }, if inflight.is_some() => {
+            mut done = async { inflight.as_mut().expect("guarded by the branch condition").await }, if inflight.is_some() => {
                 inflight = None;
                 preempt_tx = None;
-                let took = done.took;
                 if let Some(t) = done.targets.clone() {
                     targets = t;
                 }
-                for (stack, names) in done.secrets {
+                for (stack, names) in std::mem::take(&mut done.secrets) {
                     state.set_secrets(stack, names);
                 }
-                for g in done.leases {
+                for g in std::mem::take(&mut done.leases) {
                     renewers.push(spawn_renewer(g.clone(), lost_tx.clone()));
                     leases.push(g);
                 }
-                clusters = done.clusters;
+                clusters = std::mem::take(&mut done.clusters);
                 if let Some(p) = done.prepared.clone() {
                     prepared_cache = Some(p);
                 }
                 let span = info_span!("reconcile", trigger = done.trigger.as_str(), commit = %desired::short_id(&done.commit));
                 let _enter = span.enter();
-                let fin = finished(&done.outcome);
+                let fin = job::finished(&done.outcome);
                 let after = state.on_done(fin.clone(), Instant::now().into_std());
-                let retry_in_s = after.retry_at.map(|at| at.saturating_duration_since(std::time::Instant::now()).as_secs());
-                match done.outcome {
-                    Outcome::Reports(reports) => {
-                        let mut applied_n = 0u64;
-                        for r in &reports {
-                            metrics.requests(r.requests.reads, r.requests.writes, r.requests.dry_runs);
-                            for b in r.builds.iter().filter(|_| !done.reused) {
-                                metrics.build(match b.action {
-                                    crate::build::Action::Exists => "exists",
-                                    crate::build::Action::Built => "built",
-                                    crate::build::Action::Loaded => "loaded",
-                                    crate::build::Action::Skipped => "skipped",
-                                    crate::build::Action::Failed { .. } => "failed",
-                                });
-                            }
-                            applied_n += r.applied.len() as u64 + r.pruned.len() as u64;
-                            let line = format!("{} applied, {} unchanged, {} pruned", r.applied.len(), r.unchanged, r.pruned.len());
-                            if r.ready {
-                                info!(stack = %r.stack, reason = %r.reason, reads = r.requests.reads, writes = r.requests.writes, ms = r.duration_ms, "{line}");
-                            } else if r.preempted {
-                                info!(stack = %r.stack, reason = %r.reason, ms = r.duration_ms, "{line}; health wait preempted");
-                            } else {
-                                warn!(stack = %r.stack, reason = %r.reason, errors = %r.errors.join("; "), "{line}; not ready");
-                            }
-                        }
-                        if done.drift && applied_n > 0 {
-                            metrics.drift_corrected(applied_n);
-                            info!(objects = applied_n, "drift corrected");
-                        }
-                        match fin {
-                            Finished::Reports { ready: true, .. } => {
-                                metrics.reconcile(ResultLabel::Success, took);
-                                metrics.applied(&done.commit);
-                                metrics.set_ready(after.ready);
-                                sd::status(&format!("converged at {}", desired::short_id(&done.commit)));
-                            }
-                            Finished::Reports { preempted: true, .. } => {
-                                metrics.reconcile(ResultLabel::Preempted, took);
-                                metrics.applied(&done.commit);
-                            }
-                            Finished::Reports { needs_new_commit: Some((_, message)), .. } => {
-                                metrics.reconcile(ResultLabel::Failed, took);
-                                metrics.set_ready(false);
-                                error!(%message, "cannot deploy this commit as it is; waiting for a new commit (retrying would fail the same way; `converge sync` tries again)");
-                                sd::status(&format!("stalled at {}", desired::short_id(&done.commit)));
-                            }
-                            _ => {
-                                metrics.reconcile(ResultLabel::Failed, took);
-                                metrics.set_ready(false);
-                                warn!(retry_in_s, "reconcile failed; retrying with back-off");
-                                sd::status(&format!("failed at {}; retrying", desired::short_id(&done.commit)));
-                            }
-                        }
-                        // Watch what converge now manages.
-                        for t in &targets {
-                            let kinds = done.kinds.get(&t.stack).cloned().unwrap_or_default();
-                            if let Ok(c) = clusters.get(cfg.kubeconfig.as_deref(), &t.context).await {
-                                drift_watch.ensure(&c, &t.stack, &t.namespace, &kinds, &drift_tx).await;
-                            }
-                        }
-                        drift_watch.retain(&targets.iter().map(|t| t.stack.clone()).collect());
-                    }
-                    Outcome::Stalled(_, message) => {
-                        metrics.reconcile(if done.invalid { ResultLabel::Invalid } else { ResultLabel::Error }, took);
-                        metrics.set_ready(false);
-                        if after.stalled {
-                            error!(error = %message, "cannot deploy this commit; waiting for a new commit (the cluster keeps the last applied state)");
-                            sd::status(&format!("stalled at {}", desired::short_id(&done.commit)));
-                        } else {
-                            warn!(error = %message, "the commit the cluster's status record names cannot be re-applied from this checkout");
+                job::report(&done, &fin, &after, &metrics);
+                if let job::Outcome::Reports(_) = done.outcome {
+                    // Watch what converge now manages.
+                    for t in &targets {
+                        let kinds = done.kinds.get(&t.stack).cloned().unwrap_or_default();
+                        if let Ok(c) = clusters.get(cfg.kubeconfig.as_deref(), &t.context).await {
+                            drift_watch.ensure(&c, &t.stack, &t.namespace, &kinds, &drift_tx).await;
                         }
                     }
-                    Outcome::Retry(message) => {
-                        metrics.reconcile(ResultLabel::Error, took);
-                        metrics.set_ready(false);
-                        warn!(error = %message, retry_in_s, "reconcile failed; retrying with back-off");
-                    }
-                    Outcome::Cancelled => {
-                        metrics.reconcile(ResultLabel::Abandoned, took);
-                    }
+                    drift_watch.retain(&targets.iter().map(|t| t.stack.clone()).collect());
                 }
             }
             _ = until(shutdown_at), if shutdown_at.is_some() => {
@@ -1142,107 +550,4 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     }
     drop(file_lock);
     exit
-}
-
-/// Keeps a Lease: renews it every [`LEASE_RENEW`], re-creates it at once when it is deleted
-/// (by hand, or with its namespace), retries every second while that fails, and reports a
-/// Lease another daemon took on `lost`.
-fn spawn_renewer(g: LeaseGuard, lost: mpsc::Sender<String>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let config = kube::runtime::watcher::Config::default()
-            .fields(&format!("metadata.name={}", g.name()));
-        let deleted = kube::runtime::watcher::watcher(g.api().clone(), config)
-            .default_backoff()
-            .filter_map(|e| async move {
-                matches!(e, Ok(kube::runtime::watcher::Event::Delete(_))).then_some(())
-            });
-        futures::pin_mut!(deleted);
-        let mut wait = LEASE_RENEW;
-        let mut failing = false;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                Some(()) = deleted.next() => {
-                    warn!(stack = %g.stack(), "the stack's Lease was deleted; re-creating it");
-                }
-            }
-            match g.keep().await {
-                Ok(r) => {
-                    if r == Renewal::Recreate {
-                        info!(stack = %g.stack(), "Lease re-created: this daemon still manages the stack");
-                    }
-                    failing = false;
-                    wait = LEASE_RENEW;
-                }
-                Err(LeaseError::Lost { holder, .. }) => {
-                    let _ = lost.send(holder).await;
-                    return;
-                }
-                Err(e) => {
-                    // While a namespace terminates nothing can be created in it: retry soon, so
-                    // the Lease is back the moment it is gone, before anyone else can take it.
-                    if !failing {
-                        warn!(stack = %g.stack(), error = %e, "Lease renewal failed; retrying every second");
-                    } else {
-                        debug!(stack = %g.stack(), error = %e, "Lease renewal failed");
-                    }
-                    failing = true;
-                    wait = LEASE_RETRY;
-                }
-            }
-        }
-    })
-}
-
-/// `converge sync`: asks the daemon of the checkout containing `repo` to reconcile now, through
-/// its loopback endpoint (recorded in the lock file), or SIGUSR1 when it serves none.
-pub async fn request_sync(repo: &Path) -> Result<String, DaemonError> {
-    let dirs = refs::GitDirs::discover(repo)?;
-    if !lock::is_held(&dirs.git_dir) {
-        return Err(DaemonError::Config {
-            message: format!(
-                "no converge daemon runs for {} (start one with `converge run`)",
-                dirs.root.display()
-            ),
-        });
-    }
-    let holder = lock::read_holder(&dirs.git_dir).ok_or_else(|| DaemonError::Config {
-        message: "the daemon's lock file names no holder yet; retry in a moment".into(),
-    })?;
-    if let Some(addr) = holder.http.as_deref().and_then(|a| a.parse().ok()) {
-        let status = http::post_sync(addr)
-            .await
-            .map_err(|source| DaemonError::Listen { addr, source })?;
-        if status.contains(" 202 ") {
-            return Ok(format!("sync queued (daemon pid {} at {addr})", holder.pid));
-        }
-        return Err(DaemonError::Config {
-            message: format!("the daemon at {addr} answered `{status}`"),
-        });
-    }
-    let out = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::process::Command::new("kill")
-            .args(["-USR1", &holder.pid.to_string()])
-            .output(),
-    )
-    .await;
-    match out {
-        Ok(Ok(o)) if o.status.success() => Ok(format!("sent SIGUSR1 to pid {}", holder.pid)),
-        _ => Err(DaemonError::Config {
-            message: format!("could not signal pid {}", holder.pid),
-        }),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_recorded_commit_counts_only_when_every_stack_agrees() {
-        assert_eq!(agreed_commit(&[]), None);
-        assert_eq!(agreed_commit(&["a".into(), "a".into()]), Some("a".into()));
-        assert_eq!(agreed_commit(&["a".into(), "b".into()]), None);
-    }
 }

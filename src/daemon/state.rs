@@ -10,7 +10,58 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use super::backoff::{Backoff, ObjectBackoff};
-use super::Trigger;
+
+/// What woke the daemon; only a span field, the reconcile never branches on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The daemon started.
+    Startup,
+    /// The tracked ref moved.
+    Commit,
+    /// A managed object changed out of band.
+    Drift,
+    /// The periodic resync found a reason to look.
+    Resync,
+    /// The periodic full resync.
+    FullResync,
+    /// `converge sync` or SIGUSR1.
+    Sync,
+    /// SIGHUP.
+    Reload,
+    /// A retry after a failure.
+    Retry,
+    /// The cluster's status record names a commit this daemon did not apply.
+    Record,
+    /// A Secret the stack reads changed.
+    Secret,
+}
+
+impl Trigger {
+    /// Whether a reconcile it starts may reuse the commit as the daemon last prepared it:
+    /// the commit did not change, and nobody asked to read it again.
+    pub fn reuses_prepared(self) -> bool {
+        matches!(
+            self,
+            Trigger::Drift | Trigger::Record | Trigger::Secret | Trigger::Resync | Trigger::Retry
+        )
+    }
+
+    /// The span field value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Startup => "startup",
+            Trigger::Commit => "commit",
+            Trigger::Drift => "drift",
+            Trigger::Resync => "resync",
+            Trigger::FullResync => "full-resync",
+            Trigger::Sync => "sync",
+            Trigger::Reload => "reload",
+            Trigger::Retry => "retry",
+            Trigger::Record => "record",
+            Trigger::Secret => "secret",
+        }
+    }
+}
 
 /// How soon after converge corrected an object a new drift of it counts as a fight.
 pub const FIGHT_WINDOW: Duration = Duration::from_secs(5);

@@ -530,6 +530,22 @@ async fn an_invalid_commit_changes_nothing_in_the_cluster() {
         .metadata
         .resource_version;
     assert_eq!(before, after);
+    // `converge apply` records the invalid commit as the daemon does: `converge status` says
+    // why, where, and that the cluster still runs the last good commit.
+    let client = ns.client();
+    let s = converge::status::load(&client, ns.name(), "todo")
+        .await
+        .unwrap()
+        .expect("a status record");
+    assert!(!s.ready);
+    assert_eq!(s.reason, "ValidationFailed");
+    assert!(
+        s.message.contains("desired/backend.yaml:") && s.message.contains("replica"),
+        "{}",
+        s.message
+    );
+    assert_eq!(s.last_applied_commit, s.last_healthy_commit);
+    assert_ne!(s.last_applied_commit, repo.head());
     ns.cleanup().await;
 }
 

@@ -1,0 +1,378 @@
+//! One reconcile as the daemon runs it, off the loop: prepare the commit (or reuse it), take the
+//! Leases of stacks it newly names, reconcile, learn what to watch; then what its outcome means
+//! for the policy ([`finished`]) and for people (logs, metrics, the systemd status line).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use super::lock::{self, Holder, LeaseGuard, LockError};
+use super::metrics::{Metrics, ResultLabel};
+use super::state::{AfterDone, Finished, Stall};
+use super::{sd, Config, DaemonError, Trigger};
+use crate::cluster::inventory;
+use crate::desired;
+use crate::error::{Disposition, Error};
+use crate::reconcile::{self, Clusters, OwnDeletions, PreparedCommit, StackReport, Target};
+use crate::render::Helm;
+use crate::vocabulary::reason;
+
+/// How one reconcile ended.
+pub(super) enum Outcome {
+    /// The commit was reconciled: one report per stack.
+    Reports(Vec<StackReport>),
+    /// The commit cannot be deployed as it is (invalid, unknown stack, bad chart): wait for a
+    /// new commit.
+    Stalled(&'static str, String),
+    /// A transient failure: retry with back-off.
+    Retry(String),
+    /// Builds were cancelled by shutdown.
+    Cancelled,
+}
+
+/// What a finished job hands back to the loop.
+pub(super) struct Done {
+    pub commit: String,
+    pub trigger: Trigger,
+    pub drift: bool,
+    pub outcome: Outcome,
+    pub took: Duration,
+    pub clusters: Clusters,
+    pub targets: Option<Vec<Target>>,
+    /// The kinds of every object each stack now manages: what to watch.
+    pub kinds: BTreeMap<String, BTreeSet<(String, String, String)>>,
+    /// The Secrets each stack's components read.
+    pub secrets: BTreeMap<String, BTreeSet<String>>,
+    pub leases: Vec<LeaseGuard>,
+    pub invalid: bool,
+    /// The commit as prepared, when every build succeeded (reused by drift corrections).
+    pub prepared: Option<Arc<PreparedCommit>>,
+    /// It reused a prepared commit: its build outcomes were counted already.
+    pub reused: bool,
+}
+
+/// Everything a job needs, owned, so the loop stays free while it runs.
+pub(super) struct JobInput {
+    pub cfg: Arc<Config>,
+    pub root: PathBuf,
+    pub commit: String,
+    pub trigger: Trigger,
+    pub drift: bool,
+    pub full: bool,
+    pub clusters: Clusters,
+    pub helm: Helm,
+    pub cancel: watch::Receiver<bool>,
+    pub preempt: watch::Receiver<bool>,
+    pub own_deletions: OwnDeletions,
+    pub known: Vec<Target>,
+    pub leased: BTreeSet<String>,
+    pub holder: Holder,
+    /// While the tip is stalled, the reason recorded again after reconciling the last good commit.
+    pub overlay: Option<Stall>,
+    /// This commit as the daemon prepared it before, if it may be reused.
+    pub prepared: Option<Arc<PreparedCommit>>,
+}
+
+/// Takes the Lease of a stack (creating its namespace first).
+pub(super) async fn take_lease(
+    clusters: &mut Clusters,
+    cfg: &Config,
+    t: &Target,
+    holder: &Holder,
+) -> Result<LeaseGuard, DaemonError> {
+    let cluster = clusters.get(cfg.kubeconfig.as_deref(), &t.context).await?;
+    lock::ensure_namespace(cluster.client(), &t.namespace, &t.stack)
+        .await
+        .map_err(LockError::from)?;
+    LeaseGuard::acquire(
+        cluster.client(),
+        &t.namespace,
+        &t.stack,
+        &holder.identity(),
+        &holder.checkout,
+    )
+    .await
+    .map_err(|e| LockError::from(e).into())
+}
+
+/// One reconcile. A commit that cannot be prepared is recorded in each known stack's status by
+/// the reconcile itself.
+pub(super) async fn job(mut input: JobInput) -> Done {
+    let started = Instant::now();
+    let cfg = input.cfg.clone();
+    let mut done = Done {
+        commit: input.commit.clone(),
+        trigger: input.trigger,
+        drift: input.drift,
+        outcome: Outcome::Cancelled,
+        took: Duration::ZERO,
+        clusters: Clusters::default(),
+        targets: None,
+        kinds: BTreeMap::new(),
+        secrets: BTreeMap::new(),
+        leases: Vec::new(),
+        invalid: false,
+        prepared: None,
+        reused: false,
+    };
+    // Builds are cancelled by shutdown; the reconcile stops at its next health wait for newer
+    // work.
+    let mut opts = cfg.options.clone();
+    opts.full = input.full;
+    opts.builder = cfg.builder;
+    opts.cancel = Some(input.cancel.clone());
+    opts.preempt = Some(input.preempt.clone());
+    opts.own_deletions = Some(input.own_deletions.clone());
+
+    let prepared = match input.prepared.take() {
+        Some(p) => {
+            done.reused = true;
+            debug!("reusing the prepared commit (read, validated, built and rendered already)");
+            p
+        }
+        None => match reconcile::prepare_or_record(
+            &input.root,
+            &input.commit,
+            &opts,
+            &mut input.clusters,
+            &input.known,
+        )
+        .await
+        {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                done.invalid = matches!(e, Error::Invalid { .. } | Error::UnknownStack { .. });
+                let (why, message) = reconcile::describe(&e);
+                // A missing build context is in the commit: only a new commit fixes it.
+                done.outcome = match (e.disposition(), &e) {
+                    (Disposition::Stalled, _) | (_, Error::Build(_)) => {
+                        Outcome::Stalled(why, message)
+                    }
+                    _ => Outcome::Retry(message),
+                };
+                done.clusters = input.clusters;
+                done.took = started.elapsed();
+                return done;
+            }
+        },
+    };
+    let targets = reconcile::targets_of(
+        prepared.stacks.iter().map(|p| &p.stack),
+        cfg.context.as_deref(),
+    );
+    done.targets = Some(targets.clone());
+    for p in &prepared.stacks {
+        let names = p
+            .stack
+            .components
+            .iter()
+            .flat_map(|c| c.spec.secret_env.iter().map(|r| r.secret.clone()))
+            .collect();
+        done.secrets.insert(p.stack.spec.name.clone(), names);
+    }
+    if prepared.complete() {
+        done.prepared = Some(prepared.clone());
+    }
+
+    // A commit may name a stack this daemon does not lease yet.
+    if cfg.lease {
+        for t in targets.iter().filter(|t| !input.leased.contains(&t.stack)) {
+            match take_lease(&mut input.clusters, &cfg, t, &input.holder).await {
+                Ok(g) => done.leases.push(g),
+                Err(e) => {
+                    done.outcome = Outcome::Stalled(reason::APPLY_FAILED, e.to_string());
+                    done.clusters = input.clusters;
+                    done.took = started.elapsed();
+                    return done;
+                }
+            }
+        }
+    }
+
+    info!(stacks = targets.len(), "apply started");
+    let result =
+        reconcile::reconcile_prepared(&prepared, &opts, &input.helm, &mut input.clusters).await;
+    done.outcome = match result {
+        Ok(reports) => {
+            // Learn what to watch: the kinds of every object converge now manages.
+            for t in &targets {
+                if let Ok(cluster) = input
+                    .clusters
+                    .get(cfg.kubeconfig.as_deref(), &t.context)
+                    .await
+                {
+                    if let Ok(inv) = inventory::load(cluster.client(), &t.namespace, &t.stack).await
+                    {
+                        let kinds = inv
+                            .keys()
+                            .map(|k| (k.group.clone(), k.version.clone(), k.kind.clone()))
+                            .collect();
+                        done.kinds.insert(t.stack.clone(), kinds);
+                    }
+                }
+            }
+            if let Some(stall) = input.overlay.clone() {
+                reconcile::record_stalled(
+                    &mut input.clusters,
+                    cfg.kubeconfig.as_deref(),
+                    &targets,
+                    &stall.commit,
+                    stall.reason,
+                    &stall.message,
+                )
+                .await;
+            }
+            Outcome::Reports(reports)
+        }
+        Err(e) => {
+            let (why, message) = reconcile::describe(&e);
+            match e.disposition() {
+                Disposition::Stalled => Outcome::Stalled(why, message),
+                Disposition::Waiting | Disposition::Retry => Outcome::Retry(message),
+            }
+        }
+    };
+    done.clusters = input.clusters;
+    done.took = started.elapsed();
+    done
+}
+
+/// The policy's view of a job's outcome.
+pub(super) fn finished(outcome: &Outcome) -> Finished {
+    match outcome {
+        Outcome::Reports(reports) => {
+            let ready = reports.iter().all(|r| r.ready);
+            let preempted =
+                !ready && reports.iter().all(|r| r.ready || r.preempted) && !reports.is_empty();
+            let stalled: Vec<&StackReport> = reports
+                .iter()
+                .filter(|r| !r.ready && r.needs_new_commit)
+                .collect();
+            let needs_new_commit =
+                (!ready && !preempted && reports.iter().all(|r| r.ready || r.needs_new_commit))
+                    .then(|| {
+                        let message = stalled
+                            .iter()
+                            .map(|r| format!("stack {}: {}", r.stack, r.status.message))
+                            .collect::<Vec<_>>()
+                            .join("; ");
+                        (reason::APPLY_FAILED, message)
+                    });
+            Finished::Reports {
+                ready,
+                preempted,
+                needs_new_commit,
+            }
+        }
+        Outcome::Stalled(why, message) => Finished::Stalled {
+            reason: why,
+            message: message.clone(),
+        },
+        Outcome::Retry(_) => Finished::Retry,
+        Outcome::Cancelled => Finished::Cancelled,
+    }
+}
+
+/// Tells people how a job ended: a log line per stack, the metrics, the systemd status line,
+/// given the policy's verdict after it ([`super::state::State::on_done`]).
+pub(super) fn report(done: &Done, fin: &Finished, after: &AfterDone, metrics: &Metrics) {
+    let (ready, stalled) = (after.ready, after.stalled);
+    let retry_in_s = after.retry_at.map(|at| {
+        at.saturating_duration_since(std::time::Instant::now())
+            .as_secs()
+    });
+    let took = done.took;
+    let short = desired::short_id(&done.commit);
+    match &done.outcome {
+        Outcome::Reports(reports) => {
+            let mut applied_n = 0u64;
+            for r in reports {
+                metrics.requests(r.requests.reads, r.requests.writes, r.requests.dry_runs);
+                for b in r.builds.iter().filter(|_| !done.reused) {
+                    metrics.build(match b.action {
+                        crate::build::Action::Exists => "exists",
+                        crate::build::Action::Built => "built",
+                        crate::build::Action::Loaded => "loaded",
+                        crate::build::Action::Skipped => "skipped",
+                        crate::build::Action::Failed { .. } => "failed",
+                    });
+                }
+                applied_n += r.applied.len() as u64 + r.pruned.len() as u64;
+                let line = format!(
+                    "{} applied, {} unchanged, {} pruned",
+                    r.applied.len(),
+                    r.unchanged,
+                    r.pruned.len()
+                );
+                if r.ready {
+                    info!(stack = %r.stack, reason = %r.reason, reads = r.requests.reads, writes = r.requests.writes, ms = r.duration_ms, "{line}");
+                } else if r.preempted {
+                    info!(stack = %r.stack, reason = %r.reason, ms = r.duration_ms, "{line}; health wait preempted");
+                } else {
+                    warn!(stack = %r.stack, reason = %r.reason, errors = %r.errors.join("; "), "{line}; not ready");
+                }
+            }
+            if done.drift && applied_n > 0 {
+                metrics.drift_corrected(applied_n);
+                info!(objects = applied_n, "drift corrected");
+            }
+            match fin {
+                Finished::Reports { ready: true, .. } => {
+                    metrics.reconcile(ResultLabel::Success, took);
+                    metrics.applied(&done.commit);
+                    metrics.set_ready(ready);
+                    sd::status(&format!("converged at {short}"));
+                }
+                Finished::Reports {
+                    preempted: true, ..
+                } => {
+                    metrics.reconcile(ResultLabel::Preempted, took);
+                    metrics.applied(&done.commit);
+                }
+                Finished::Reports {
+                    needs_new_commit: Some((_, message)),
+                    ..
+                } => {
+                    metrics.reconcile(ResultLabel::Failed, took);
+                    metrics.set_ready(false);
+                    error!(%message, "cannot deploy this commit as it is; waiting for a new commit (retrying would fail the same way; `converge sync` tries again)");
+                    sd::status(&format!("stalled at {short}"));
+                }
+                _ => {
+                    metrics.reconcile(ResultLabel::Failed, took);
+                    metrics.set_ready(false);
+                    warn!(retry_in_s, "reconcile failed; retrying with back-off");
+                    sd::status(&format!("failed at {short}; retrying"));
+                }
+            }
+        }
+        Outcome::Stalled(_, message) => {
+            metrics.reconcile(
+                if done.invalid {
+                    ResultLabel::Invalid
+                } else {
+                    ResultLabel::Error
+                },
+                took,
+            );
+            metrics.set_ready(false);
+            if stalled {
+                error!(error = %message, "cannot deploy this commit; waiting for a new commit (the cluster keeps the last applied state)");
+                sd::status(&format!("stalled at {short}"));
+            } else {
+                warn!(error = %message, "the commit the cluster's status record names cannot be re-applied from this checkout");
+            }
+        }
+        Outcome::Retry(message) => {
+            metrics.reconcile(ResultLabel::Error, took);
+            metrics.set_ready(false);
+            warn!(error = %message, retry_in_s, "reconcile failed; retrying with back-off");
+        }
+        Outcome::Cancelled => metrics.reconcile(ResultLabel::Abandoned, took),
+    }
+}

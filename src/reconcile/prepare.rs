@@ -1,0 +1,238 @@
+//! From a commit to what the cluster needs: load it, build what is missing, render each stack's
+//! chart with its images. Nothing here talks to the cluster except the daemon check.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use tracing::{info, warn};
+
+use super::load::{self, Images, Planned, Selection};
+use super::{context_of, Clusters, Options};
+use crate::build::{self, BuildOutcome};
+use crate::desired::schema::BuilderKind;
+use crate::desired::Stack;
+use crate::error::Error;
+use crate::render;
+use crate::source::Repo;
+
+/// A stack read from a commit and rendered, ready for the cluster.
+pub struct Prepared {
+    /// The validated stack.
+    pub stack: Stack,
+    /// Its chart, exported.
+    pub render: render::Prepared,
+    /// Images by component.
+    pub images: BTreeMap<String, String>,
+    /// What the build step did, per built component.
+    pub builds: Vec<BuildOutcome>,
+    /// Components whose image could not be built: not applied, so their last healthy
+    /// ReplicaSet keeps serving.
+    pub build_failures: BTreeMap<String, String>,
+}
+
+/// A commit read, validated, built and rendered: all a reconcile needs from git. The daemon
+/// keeps the last one, so correcting a drift does not read, validate and render again.
+pub struct PreparedCommit {
+    /// The full commit id.
+    pub commit: String,
+    /// The selected stacks, rendered.
+    pub stacks: Vec<Prepared>,
+}
+
+impl PreparedCommit {
+    /// Whether every image it needs was built (a failed build is worth preparing again).
+    pub fn complete(&self) -> bool {
+        self.stacks.iter().all(|p| p.build_failures.is_empty())
+    }
+}
+
+/// The stacks `opts` selects.
+pub(super) fn selection(opts: &Options) -> Selection {
+    Selection {
+        dir: opts.dir.clone(),
+        stack: opts.stack.clone(),
+        namespace: opts.namespace.clone(),
+    }
+}
+
+/// Exports each stack's chart at `commit` with its content tags (sync: git).
+fn render_all(
+    repo_path: &Path,
+    commit: &str,
+    stacks: Vec<(Planned, Vec<BuildOutcome>, BTreeMap<String, String>)>,
+) -> Result<Vec<Prepared>, Error> {
+    let repo = Repo::open(repo_path)?;
+    let snapshot = repo.snapshot(commit)?;
+    let mut out = Vec::new();
+    for (planned, builds, build_failures) in stacks {
+        let images: BTreeMap<String, String> = planned
+            .images
+            .iter()
+            .map(|p| (p.component.clone(), p.image.clone()))
+            .collect();
+        let render = render::prepare(&snapshot, &planned.stack, &images)?;
+        out.push(Prepared {
+            stack: planned.stack,
+            render,
+            images,
+            builds,
+            build_failures,
+        });
+    }
+    Ok(out)
+}
+
+/// Reads, validates and renders every selected stack of `rev` with its content tags, building
+/// nothing (what `diff` and `doctor` look at).
+pub fn prepare(
+    repo_path: &Path,
+    rev: &str,
+    opts: &Options,
+) -> Result<(String, Vec<Prepared>), Error> {
+    let commit = load::load(repo_path, rev, &selection(opts), Images::Plan)?;
+    let stacks = commit
+        .stacks
+        .into_iter()
+        .map(|p| (p, Vec::new(), BTreeMap::new()))
+        .collect();
+    let prepared = render_all(repo_path, &commit.id, stacks)?;
+    Ok((commit.id, prepared))
+}
+
+/// Builds what is missing for one stack; a failed build, or an engine that cannot be reached,
+/// holds back only the components it concerns.
+async fn build_stack(
+    repo_path: &Path,
+    commit: &str,
+    planned: &Planned,
+    opts: &Options,
+) -> (Vec<BuildOutcome>, BTreeMap<String, String>) {
+    let mut failures = BTreeMap::new();
+    if planned.images.is_empty() {
+        return (Vec::new(), failures);
+    }
+    let bopts = opts.build.for_stack(
+        opts.builder,
+        &planned.stack,
+        context_of(opts, &planned.stack),
+    );
+    let cancel = opts
+        .cancel
+        .clone()
+        .unwrap_or_else(|| tokio::sync::watch::channel(false).1);
+    match build::ensure(
+        repo_path,
+        commit,
+        &planned.images,
+        &planned.stack,
+        &bopts,
+        cancel,
+    )
+    .await
+    {
+        Ok(outcomes) => {
+            for o in &outcomes {
+                if let build::Action::Failed {
+                    reason: why,
+                    log_tail,
+                } = &o.action
+                {
+                    warn!(component = %o.component, image = %o.image, "build failed: {why}");
+                    failures.insert(
+                        o.component.clone(),
+                        format!("build of {} failed: {why}\n{log_tail}", o.image),
+                    );
+                }
+            }
+            (outcomes, failures)
+        }
+        Err(e) => {
+            warn!(error = %e, "images not built");
+            for p in &planned.images {
+                failures.insert(
+                    p.component.clone(),
+                    format!("image {} not built: {e}", p.image),
+                );
+            }
+            (Vec::new(), failures)
+        }
+    }
+}
+
+/// Reads and validates `rev`, refuses when a daemon holds a stack (see
+/// [`Options::defer_to_daemon`]), builds what is missing and renders every selected stack.
+pub async fn prepare_commit(
+    repo_path: &Path,
+    rev: &str,
+    opts: &Options,
+    clusters: &mut Clusters,
+) -> Result<PreparedCommit, Error> {
+    let commit = load::load(repo_path, rev, &selection(opts), Images::Plan)?;
+    if opts.defer_to_daemon {
+        for stack in commit.stacks() {
+            refuse_if_daemon(stack, opts, clusters).await?;
+        }
+    }
+    let mut built = Vec::new();
+    for p in commit.stacks {
+        let (outcomes, failures) = build_stack(repo_path, &commit.id, &p, opts).await;
+        built.push((p, outcomes, failures));
+    }
+    let stacks = render_all(repo_path, &commit.id, built)?;
+    Ok(PreparedCommit {
+        commit: commit.id,
+        stacks,
+    })
+}
+
+/// [`Error::DaemonRunning`] when a daemon holds `stack`'s Lease: a one-shot apply would be
+/// undone by it, or undo it.
+pub(super) async fn refuse_if_daemon(
+    stack: &Stack,
+    opts: &Options,
+    clusters: &mut Clusters,
+) -> Result<(), Error> {
+    let cluster = clusters
+        .get(opts.kubeconfig.as_deref(), context_of(opts, stack))
+        .await?;
+    let (ns, name) = (&stack.spec.namespace, &stack.spec.name);
+    match crate::cluster::lease::holder_of(cluster.client(), ns, name).await? {
+        Some((holder, checkout)) => Err(Error::DaemonRunning {
+            stack: name.clone(),
+            namespace: ns.clone(),
+            holder,
+            checkout,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Removes old content tags of a stack's repositories after it became healthy, keeping the newest
+/// `opts.build.keep` and never the images it now runs (a revert of the next commit needs them).
+/// Best effort: a failure is logged, never a failed reconcile.
+pub(super) async fn collect_old_images(p: &Prepared, opts: &Options) {
+    let bopts = opts
+        .build
+        .for_stack(opts.builder, &p.stack, context_of(opts, &p.stack));
+    if p.builds.is_empty() || bopts.builder == BuilderKind::None {
+        return;
+    }
+    let repositories: Vec<String> = p
+        .stack
+        .components
+        .iter()
+        .filter_map(|c| c.spec.image.build.as_ref().map(|b| b.repository.clone()))
+        .collect();
+    let protect: Vec<String> = p.images.values().cloned().collect();
+    let cancel = opts
+        .cancel
+        .clone()
+        .unwrap_or_else(|| tokio::sync::watch::channel(false).1);
+    match build::prune_old(&bopts, &repositories, &protect, cancel).await {
+        Ok(r) if !r.removed.is_empty() => {
+            info!(removed = r.removed.len(), "old image tags removed")
+        }
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "old image tags not collected"),
+    }
+}

@@ -1,0 +1,231 @@
+//! The end of a run: its outcome as a reason and message, each component's health, the status
+//! record (through [`record::write`], the one writer) and the report the caller prints.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use serde_json::Value;
+use tracing::warn;
+
+use super::Run;
+use crate::cluster::health::{self, Health};
+use crate::cluster::{order, RequestCounts};
+use crate::desired;
+use crate::reconcile::record;
+use crate::reconcile::step::{ComponentFailure, Failure};
+use crate::reconcile::StackReport;
+use crate::status::{self, ComponentStatus, HistoryEntry, StackStatus};
+use crate::vocabulary::{reason, LABEL_COMPONENT};
+
+/// Whether `message` names the object `short` (`Deployment/web`), not a longer name that starts
+/// with it (`Deployment/web-worker`).
+fn names_object(message: &str, short: &str) -> bool {
+    message.match_indices(short).any(|(i, _)| {
+        message[i + short.len()..]
+            .chars()
+            .next()
+            .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '-' || c == '.'))
+    })
+}
+
+impl Run<'_> {
+    /// Ends the run: the outcome of `result`, the status record written (when it says something
+    /// new and the old one could be read), and the report.
+    pub(in crate::reconcile) async fn finish(
+        self,
+        result: Result<(), Failure>,
+        images: &BTreeMap<String, String>,
+        started: Instant,
+        before: RequestCounts,
+    ) -> StackReport {
+        let (ready, why, message) = match &result {
+            Ok(()) => (
+                true,
+                reason::SUCCEEDED,
+                format!("applied {}", desired::short_id(self.commit)),
+            ),
+            Err(f) => (false, f.reason(), f.to_string()),
+        };
+        let preempted = self.preempted && !ready;
+        let needs_new_commit = why == reason::APPLY_FAILED
+            && !self.failed.is_empty()
+            && self.failed.values().all(|f| {
+                matches!(
+                    f,
+                    ComponentFailure::Apply {
+                        needs_new_commit: true,
+                        ..
+                    }
+                )
+            });
+        let now = record::now();
+        let components = self.component_status(images, &now);
+        let old = self.old_status.clone();
+        let last_healthy = if ready {
+            self.commit.to_string()
+        } else {
+            old.as_ref()
+                .map(|o| o.last_healthy_commit.clone())
+                .unwrap_or_default()
+        };
+        let next = StackStatus {
+            stack: self.stack.spec.name.clone(),
+            namespace: self.ns().to_string(),
+            dir: self.stack.dir.clone(),
+            last_applied_commit: self.commit.to_string(),
+            last_healthy_commit: last_healthy,
+            ready,
+            reason: why.to_string(),
+            message: message.clone(),
+            components,
+            history: Vec::new(),
+        };
+        let duration = started.elapsed();
+        let entry = HistoryEntry {
+            commit: self.commit.to_string(),
+            result: why.to_string(),
+            duration_ms: duration.as_millis() as u64,
+            time: now,
+        };
+        let mut errors: Vec<String> = self
+            .health_failure
+            .iter()
+            .chain(self.prune_errors.iter())
+            .cloned()
+            .collect();
+        if !ready && !preempted && !errors.contains(&message) {
+            errors.insert(0, message);
+        }
+        // An unreachable cluster leaves nothing to write to, and a record that could not be read
+        // (or kept aside) is never written over: its history would be lost.
+        let status = if self.namespace_ready && self.status_read {
+            let (status, saved) = record::write(self.cluster, old.as_ref(), next, entry).await;
+            if let Err(e) = saved {
+                warn!(error = %e, "status not recorded");
+                errors.push(format!("recording status: {e}"));
+            }
+            status
+        } else {
+            status::advance(old.as_ref(), next, entry)
+        };
+        let after = self.cluster.requests();
+        StackReport {
+            stack: self.stack.spec.name.clone(),
+            namespace: self.ns().to_string(),
+            dir: self.stack.dir.clone(),
+            commit: self.commit.to_string(),
+            ready,
+            reason: why.to_string(),
+            errors,
+            warnings: self.warnings.clone(),
+            applied: self.applied,
+            unchanged: self.unchanged,
+            pruned: self.pruned,
+            kept: self.kept,
+            blocked: self.blocked,
+            requests: RequestCounts {
+                reads: after.reads - before.reads,
+                writes: after.writes - before.writes,
+                dry_runs: after.dry_runs - before.dry_runs,
+            },
+            duration_ms: started.elapsed().as_millis() as u64,
+            status,
+            builds: Vec::new(),
+            preempted,
+            needs_new_commit,
+        }
+    }
+
+    /// Each component's image, replica counts and health as this run saw them.
+    fn component_status(
+        &self,
+        images: &BTreeMap<String, String>,
+        now: &str,
+    ) -> Vec<ComponentStatus> {
+        self.stack
+            .components
+            .iter()
+            .map(|c| {
+                let name = &c.spec.name;
+                let image = images
+                    .get(name)
+                    .cloned()
+                    .or_else(|| c.spec.image.reference.clone())
+                    .unwrap_or_default();
+                let mut ready = 0;
+                let mut desired_n = 0;
+                let mut healthy = true;
+                let mut keys = Vec::new();
+                for (key, v) in self.health.values() {
+                    let comp = v
+                        .pointer("/metadata/labels")
+                        .and_then(|l| l.get(LABEL_COMPONENT))
+                        .and_then(Value::as_str);
+                    if comp != Some(name.as_str())
+                        || !order::is_workload(&key.kind)
+                        || key.kind == "Job"
+                    {
+                        continue;
+                    }
+                    desired_n += v
+                        .pointer("/spec/replicas")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(1);
+                    ready += v
+                        .pointer("/status/readyReplicas")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0);
+                    healthy &= health::of(&key.kind, v) == Health::Ready;
+                    keys.push(key.short());
+                }
+                // The health wait failed on one of its workloads: Failed, not Progressing.
+                let wait_failure = if healthy {
+                    None
+                } else {
+                    self.health_failure
+                        .iter()
+                        .find(|e| keys.iter().any(|k| names_object(e, k)))
+                };
+                let (health, err) = if let Some(b) = self.blocked.get(name) {
+                    ("Blocked", b.clone())
+                } else if let Some(f) = self.failed.get(name) {
+                    ("Failed", f.message())
+                } else if healthy {
+                    ("Healthy", String::new())
+                } else if let Some(e) = wait_failure {
+                    ("Failed", e.clone())
+                } else {
+                    ("Progressing", String::new())
+                };
+                ComponentStatus {
+                    name: name.clone(),
+                    image,
+                    ready,
+                    desired: desired_n,
+                    health: health.into(),
+                    last_error: err,
+                    since: now.to_string(),
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_message_names_an_object_only_by_its_whole_name() {
+        assert!(super::names_object(
+            "Deployment/web: pod x is CrashLoopBackOff",
+            "Deployment/web"
+        ));
+        assert!(super::names_object(
+            "not healthy within 5s: Deployment/web",
+            "Deployment/web"
+        ));
+        assert!(!super::names_object(
+            "Deployment/web-worker: pod x",
+            "Deployment/web"
+        ));
+    }
+}

@@ -1,0 +1,438 @@
+//! One stack's reconcile while it runs: the fixed skeleton of steps in [`Run::execute`] and the
+//! state they share. Each step lives in its own file: reading what the cluster holds (here),
+//! Secrets ([`secrets`]), applying and pruning ([`apply`]), hooks ([`hooks`]), the health wait
+//! ([`wait`]) and the outcome with the status record ([`finish`]). What to do in which order is
+//! decided by pure functions ([`super::waves`], [`crate::cluster::health::verdict`],
+//! [`crate::cluster::inventory::plan_prune`]); this module performs it.
+
+mod apply;
+mod finish;
+mod hooks;
+mod secrets;
+mod wait;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use kube::api::DynamicObject;
+use kube::core::GroupVersionKind;
+use tracing::{debug, info, warn};
+
+use super::plan::{self, Item};
+use super::step::{ComponentFailure, Failure, Step};
+use super::waves::{self, Gate};
+use super::Options;
+use crate::cluster::inventory::{self, Inventory};
+use crate::cluster::{order, Cluster, ClusterError, ObjectKey};
+use crate::desired::Stack;
+use crate::render::{Hook, Rendered};
+use crate::status::{self, StackStatus};
+use crate::vocabulary::{LABEL_COMPONENT, LABEL_STACK};
+
+pub use wait::ready_counts;
+
+/// The target of progress events (rendered as live lines on a terminal by the CLI).
+const PROGRESS: &str = "converge::progress";
+
+/// The state of one reconcile while it runs.
+pub(super) struct Run<'a> {
+    cluster: &'a Cluster,
+    stack: &'a Stack,
+    commit: &'a str,
+    opts: &'a Options,
+    inventory: Inventory,
+    loaded_inventory: Inventory,
+    old_status: Option<StackStatus>,
+    live: HashMap<String, DynamicObject>,
+    applied: Vec<String>,
+    unchanged: usize,
+    pruned: Vec<String>,
+    kept: Vec<String>,
+    /// Components held back (a missing Secret, an unbuilt image, an unhealthy dependency).
+    blocked: BTreeMap<String, String>,
+    /// Components that failed to apply or to become healthy.
+    failed: BTreeMap<String, ComponentFailure>,
+    /// Why the last health wait failed, when it did.
+    health_failure: Option<String>,
+    /// Deletions that failed, or why prune was refused.
+    prune_errors: Vec<String>,
+    warnings: Vec<String>,
+    health: BTreeMap<String, (ObjectKey, serde_json::Value)>,
+    namespace_ready: bool,
+    /// The old status was read (or kept aside): only then may a new one be written over it.
+    status_read: bool,
+    /// A `health.wait` progress event was sent and its `health.done` is still due.
+    health_reported: bool,
+    /// A health wait was cut short (see [`Options::preempt`]).
+    preempted: bool,
+}
+
+/// `(group, kind, name)` of rendered objects: what is still wanted.
+type Wanted = BTreeSet<(String, String, String)>;
+
+/// One kind's LIST.
+type Listed = (GroupVersionKind, Result<Vec<DynamicObject>, ClusterError>);
+
+/// The `(group, kind, name)` of every rendered object and hook, and their kinds by
+/// `group/Kind`.
+fn rendered_kinds(rendered: &Rendered) -> (Wanted, BTreeMap<String, GroupVersionKind>) {
+    let mut wanted = BTreeSet::new();
+    let mut gvks = BTreeMap::new();
+    for o in rendered
+        .objects
+        .iter()
+        .chain(rendered.hooks.iter().map(|h| &h.object))
+    {
+        if let Some(k) = ObjectKey::of(o) {
+            gvks.insert(format!("{}/{}", k.group, k.kind), k.gvk());
+            wanted.insert((k.group, k.kind, k.name));
+        }
+    }
+    (wanted, gvks)
+}
+
+/// The component label of a rendered object (`""` for stack-wide objects).
+fn component_of(obj: &DynamicObject) -> String {
+    obj.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_COMPONENT))
+        .cloned()
+        .unwrap_or_default()
+}
+
+impl<'a> Run<'a> {
+    pub(super) fn new(
+        cluster: &'a Cluster,
+        stack: &'a Stack,
+        commit: &'a str,
+        opts: &'a Options,
+        build_failures: &BTreeMap<String, String>,
+    ) -> Self {
+        Self {
+            cluster,
+            stack,
+            commit,
+            opts,
+            inventory: Inventory::default(),
+            loaded_inventory: Inventory::default(),
+            old_status: None,
+            live: HashMap::new(),
+            applied: Vec::new(),
+            unchanged: 0,
+            pruned: Vec::new(),
+            kept: Vec::new(),
+            blocked: build_failures.clone(),
+            failed: BTreeMap::new(),
+            health_failure: None,
+            prune_errors: Vec::new(),
+            warnings: Vec::new(),
+            status_read: false,
+            health: BTreeMap::new(),
+            namespace_ready: false,
+            health_reported: false,
+            preempted: false,
+        }
+    }
+
+    /// Notes an object converge deletes itself, for the daemon's drift watch.
+    fn note_deletion(&self, key: &ObjectKey) {
+        if let Some(d) = &self.opts.own_deletions {
+            d.note(&self.stack.spec.name, &key.short());
+        }
+    }
+
+    fn ns(&self) -> &str {
+        &self.stack.spec.namespace
+    }
+
+    fn selector(&self) -> String {
+        format!("{LABEL_STACK}={}", self.stack.spec.name)
+    }
+
+    /// Why `component` failed or was held back, when it was.
+    fn problem(&self, component: &str) -> Option<String> {
+        self.blocked
+            .get(component)
+            .cloned()
+            .or_else(|| self.failed.get(component).map(ComponentFailure::message))
+    }
+
+    /// Holds `component` back: its workloads are not applied, its old ones keep serving.
+    fn hold_back(&mut self, component: &str, why: String) {
+        warn!(component = %component, reason = %why, "component not applied");
+        self.blocked.insert(component.to_string(), why);
+    }
+
+    /// The skeleton: read, plan, write-ahead, pre-hooks, apply in waves, health, post-hooks,
+    /// prune, inventory. The first failure that stops the stack is returned; a failed or held
+    /// back component stops only itself and what depends on it.
+    pub(super) async fn execute(&mut self, rendered: Rendered) -> Result<(), Failure> {
+        // Every read at once: on a no-op or a drift correction these reads are most of the
+        // time. A namespace created meanwhile held nothing, which is what the reads see.
+        let (wanted, rendered_kinds) = rendered_kinds(&rendered);
+        let (namespace, inv, old_status, secrets, lists) = tokio::join!(
+            self.ensure_namespace(),
+            inventory::load(self.cluster.client(), self.ns(), &self.stack.spec.name),
+            status::load_for_update(self.cluster.client(), self.ns(), &self.stack.spec.name),
+            self.read_secrets(),
+            self.fetch_lists(rendered_kinds.values().cloned().collect()),
+        );
+        namespace.map_err(Failure::cluster(Step::Read))?;
+        self.namespace_ready = true;
+        self.loaded_inventory = inv.map_err(Failure::cluster(Step::Inventory))?;
+        self.inventory = self.loaded_inventory.clone();
+        let (old_status, kept_aside) = old_status.map_err(Failure::cluster(Step::Read))?;
+        self.old_status = old_status;
+        self.status_read = true;
+        self.warnings.extend(kept_aside);
+        let install = self.loaded_inventory.is_empty();
+        let secrets = secrets.map_err(Failure::cluster(Step::Read))?;
+        for (component, why) in secrets::unresolved(self.stack, &secrets) {
+            warn!(component = %component, "{why}");
+            self.blocked.entry(component).or_insert(why);
+        }
+        // Kinds only the inventory holds (no longer rendered): listed now that it is read.
+        let mut extra: BTreeMap<String, GroupVersionKind> = BTreeMap::new();
+        for k in self.inventory.keys() {
+            let id = format!("{}/{}", k.group, k.kind);
+            if !rendered_kinds.contains_key(&id) {
+                extra.entry(id).or_insert_with(|| k.gvk());
+            }
+        }
+        let mut lists = lists;
+        if !extra.is_empty() {
+            lists.extend(self.fetch_lists(extra.into_values().collect()).await);
+        }
+        self.take_lists(lists, &wanted);
+
+        let mut items = Vec::new();
+        for obj in rendered.objects {
+            let component = component_of(&obj);
+            let name = obj.metadata.name.clone().unwrap_or_default();
+            match self.plan_item(obj).await {
+                Ok(item) => items.push(item),
+                // One object the cluster cannot take (its kind is not served, say) fails its
+                // component, never the whole stack.
+                Err(e) => {
+                    warn!(object = %name, error = %e, "cannot apply");
+                    let c = if component.is_empty() {
+                        name
+                    } else {
+                        component
+                    };
+                    self.failed.entry(c).or_insert(ComponentFailure::Apply {
+                        why: e.to_string(),
+                        needs_new_commit: false,
+                    });
+                }
+            }
+        }
+        let changed = items.iter().any(|i| !i.unchanged);
+        debug!(
+            objects = items.len(),
+            changed = items.iter().filter(|i| !i.unchanged).count(),
+            "planned"
+        );
+
+        self.write_ahead(&items)
+            .await
+            .map_err(Failure::cluster(Step::WriteAhead))?;
+
+        if changed {
+            let pre: Vec<&Hook> = rendered
+                .hooks
+                .iter()
+                .filter(|h| h.runs_before(install))
+                .collect();
+            self.run_hooks(&pre).await?;
+        }
+        // A post hook runs only in the reconcile that changed something: a health wait before
+        // one is not a boundary where nothing is lost, so it is never preempted.
+        let post_hooks = changed && rendered.hooks.iter().any(|h| h.runs_after(install));
+        // Everything but workloads, in kind order; then workloads in waves.
+        let (mut workloads, mut others): (Vec<Item>, Vec<Item>) = items
+            .into_iter()
+            .partition(|i| order::is_workload(&i.key.kind));
+        others.sort_by_key(|i| (order::rank(&i.key.kind), i.key.name.clone()));
+        workloads.sort_by_key(|i| (order::rank(&i.key.kind), i.key.name.clone()));
+        let mut rendered_keys: Vec<ObjectKey> = others
+            .iter()
+            .chain(workloads.iter())
+            .map(|i| i.key.clone())
+            .collect();
+        for item in &others {
+            self.apply_item(item).await;
+        }
+        self.apply_waves(&workloads, !post_hooks).await;
+        let all: Vec<ObjectKey> = workloads
+            .iter()
+            .filter(|w| self.problem(&w.component).is_none())
+            .map(|w| w.key.clone())
+            .collect();
+        if !self.preempted {
+            match self.wait_healthy(&all, !post_hooks).await {
+                Ok(()) | Err(wait::Wait::Preempted) => {}
+                Err(wait::Wait::Failed(why)) => self.health_failure = Some(why),
+            }
+        }
+        if self.preempted {
+            // What was applied is recorded; health, hooks and prune are the next run's.
+            self.save_inventory().await?;
+            return Err(Failure::Preempted {
+                commit: self.commit.to_string(),
+            });
+        }
+        if changed
+            && self.health_failure.is_none()
+            && self.failed.is_empty()
+            && self.blocked.is_empty()
+        {
+            let post: Vec<&Hook> = rendered
+                .hooks
+                .iter()
+                .filter(|h| h.runs_after(install))
+                .collect();
+            self.run_hooks(&post).await?;
+        }
+        // Objects of blocked components are still wanted: never prune them.
+        rendered_keys.sort();
+        if self.failed.is_empty() && self.health_failure.is_none() {
+            self.prune(&rendered_keys).await;
+        } else {
+            info!("prune skipped: an apply or health step failed");
+        }
+        self.save_inventory().await?;
+        if let Some((component, failure)) = self.failed.iter().next() {
+            return Err(Failure::Component {
+                component: component.clone(),
+                failure: failure.clone(),
+            });
+        }
+        if let Some(why) = &self.health_failure {
+            return Err(Failure::Health(why.clone()));
+        }
+        if let Some(e) = self.prune_errors.first() {
+            return Err(Failure::Prune(e.clone()));
+        }
+        if let Some((component, why)) = self.blocked.iter().next() {
+            return Err(Failure::Blocked {
+                component: component.clone(),
+                why: why.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Applies workloads component by component ([`waves::plan`]), each once what it depends on
+    /// is healthy; stops at a preempted health wait.
+    async fn apply_waves(&mut self, workloads: &[Item], preemptible: bool) {
+        let plan = waves::plan(
+            self.stack
+                .components
+                .iter()
+                .map(|c| (c.spec.name.as_str(), c.spec.depends_on.as_slice())),
+            workloads.iter().map(|w| w.component.as_str()),
+        );
+        'waves: for wave in &plan {
+            let deps = match waves::gate(wave, |c| self.problem(c)) {
+                Gate::Skip => continue,
+                Gate::Blocked(why) => {
+                    self.hold_back(&wave.component, why);
+                    continue;
+                }
+                Gate::WaitFor(deps) => deps,
+            };
+            for dep in &deps {
+                let keys: Vec<ObjectKey> = workloads
+                    .iter()
+                    .filter(|w| &w.component == dep)
+                    .map(|w| w.key.clone())
+                    .collect();
+                match self.wait_healthy(&keys, preemptible).await {
+                    Ok(()) => {}
+                    Err(wait::Wait::Preempted) => break 'waves,
+                    Err(wait::Wait::Failed(why)) => {
+                        let held = waves::blocked_by(dep, &why);
+                        self.failed
+                            .insert(dep.clone(), ComponentFailure::Health(why));
+                        self.hold_back(&wave.component, held);
+                        continue 'waves;
+                    }
+                }
+            }
+            for item in workloads.iter().filter(|w| w.component == wave.component) {
+                self.apply_item(item).await;
+            }
+        }
+    }
+
+    /// Lists the live objects of `gvks` in the stack's namespace (one LIST per kind, at once).
+    async fn fetch_lists(&self, gvks: Vec<GroupVersionKind>) -> Vec<Listed> {
+        let selector = self.selector();
+        let lists = futures::future::join_all(
+            gvks.iter()
+                .map(|gvk| self.cluster.list(gvk, self.ns(), &selector)),
+        )
+        .await;
+        gvks.into_iter().zip(lists).collect()
+    }
+
+    /// Keeps the listed objects as the live state. A kind the cluster no longer serves holds
+    /// nothing: its inventory entries that are not rendered any more (not in `wanted`) are
+    /// dropped (nothing is left to delete). Any other failed LIST leaves its objects to a plain
+    /// apply, so one kind never blocks the rest.
+    fn take_lists(&mut self, lists: Vec<Listed>, wanted: &Wanted) {
+        for (gvk, result) in lists {
+            let items = match result {
+                Ok(i) => i,
+                Err(ClusterError::UnknownKind { .. }) => {
+                    let gone: Vec<ObjectKey> = self
+                        .inventory
+                        .keys()
+                        .filter(|k| k.group == gvk.group && k.kind == gvk.kind)
+                        .filter(|k| {
+                            !wanted.contains(&(k.group.clone(), k.kind.clone(), k.name.clone()))
+                        })
+                        .cloned()
+                        .collect();
+                    for k in gone {
+                        warn!(object = %k, "dropped from the inventory: its kind is no longer served by the cluster, so nothing is left to delete");
+                        self.inventory.remove(&k);
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    warn!(kind = %gvk.kind, error = %e, "listing failed; its objects are applied without comparing");
+                    continue;
+                }
+            };
+            for o in items {
+                if let Some(k) = ObjectKey::of(&o) {
+                    self.live.insert(inventory::id(&k), o);
+                }
+            }
+        }
+    }
+
+    async fn plan_item(&self, obj: DynamicObject) -> Result<Item, ClusterError> {
+        let mut obj = obj;
+        let mut key = ObjectKey::of(&obj).ok_or_else(|| ClusterError::Invalid {
+            object: obj.metadata.name.clone().unwrap_or_default(),
+            message: "rendered object has no kind or name".into(),
+        })?;
+        if !self.cluster.is_namespaced(&key).await? {
+            obj.metadata.namespace = None;
+            key.namespace.clear();
+        }
+        let record = self.inventory.get(&key).cloned();
+        let live = self.live.get(&inventory::id(&key));
+        Ok(plan::item(
+            obj,
+            key,
+            record.as_ref(),
+            live,
+            self.commit,
+            self.opts.full,
+        ))
+    }
+}

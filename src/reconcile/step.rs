@@ -1,0 +1,192 @@
+//! The named steps of a reconcile and why one ended without everything healthy. The status
+//! reason comes from the failure's variant, where the step failed — never from its text.
+
+use crate::cluster::ClusterError;
+use crate::desired;
+use crate::render::RenderError;
+use crate::vocabulary::reason;
+
+/// The steps of one stack's reconcile, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Step {
+    /// Template the chart with the commit's values.
+    Render,
+    /// Read what the cluster holds: namespace, inventory, status, Secrets, live objects.
+    Read,
+    /// Record new objects in the inventory before creating them.
+    WriteAhead,
+    /// Run the pre-install/pre-upgrade hooks.
+    PreHooks,
+    /// Server-side apply, in dependency order.
+    Apply,
+    /// Wait for rollouts.
+    Health,
+    /// Run the post-install/post-upgrade hooks.
+    PostHooks,
+    /// Delete what is no longer rendered.
+    Prune,
+    /// Write the inventory.
+    Inventory,
+}
+
+impl Step {
+    /// The step's name in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Render => "render",
+            Step::Read => "read",
+            Step::WriteAhead => "write-ahead",
+            Step::PreHooks => "pre-hooks",
+            Step::Apply => "apply",
+            Step::Health => "health",
+            Step::PostHooks => "post-hooks",
+            Step::Prune => "prune",
+            Step::Inventory => "inventory",
+        }
+    }
+}
+
+/// Why one component was not applied or is not healthy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ComponentFailure {
+    /// The API server refused one of its objects.
+    Apply {
+        /// The error, one line.
+        why: String,
+        /// Retrying the same commit fails the same way (a field-manager conflict, an
+        /// immutable field, an object the API server rejects).
+        needs_new_commit: bool,
+    },
+    /// It did not become healthy.
+    Health(String),
+}
+
+impl ComponentFailure {
+    /// The one-line explanation recorded in the component's status.
+    pub fn message(&self) -> String {
+        match self {
+            ComponentFailure::Apply { why, .. } => format!("apply failed: {why}"),
+            ComponentFailure::Health(why) => why.clone(),
+        }
+    }
+}
+
+/// Why a stack's reconcile ended without everything applied and healthy.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// Templating the chart failed.
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    /// The cluster did not answer a read or write the reconcile cannot go on without.
+    #[error("{source}")]
+    Cluster {
+        /// The step that needed it.
+        step: Step,
+        /// The cause.
+        #[source]
+        source: ClusterError,
+    },
+    /// A hook failed; nothing after it ran.
+    #[error("hook {hook}: {why}")]
+    Hook {
+        /// `Job/migrate`.
+        hook: String,
+        /// Why.
+        why: String,
+    },
+    /// A component failed to apply or to become healthy.
+    #[error("{component}: {}", failure.message())]
+    Component {
+        /// The component (or the object's short name for stack-wide objects).
+        component: String,
+        /// How.
+        failure: ComponentFailure,
+    },
+    /// The health wait ran out or failed on an object no component names.
+    #[error("{0}")]
+    Health(String),
+    /// Prune was refused or a deletion failed.
+    #[error("{0}")]
+    Prune(String),
+    /// A component was held back; everything else is healthy.
+    #[error("{component}: {why}")]
+    Blocked {
+        /// The component.
+        component: String,
+        /// Why.
+        why: String,
+    },
+    /// Applied; the health wait was cut short because newer work is waiting.
+    #[error("applied {}; the health wait was cut short because newer work is waiting (a new commit, a drift or shutdown)", desired::short_id(.commit))]
+    Preempted {
+        /// The commit applied.
+        commit: String,
+    },
+}
+
+impl Failure {
+    /// The status reason, from where the reconcile failed.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Failure::Render(_) => reason::RENDER_FAILED,
+            Failure::Cluster {
+                step: Step::Read, ..
+            } => reason::CLUSTER_UNREACHABLE,
+            Failure::Cluster { .. } => reason::APPLY_FAILED,
+            Failure::Hook { .. } => reason::HOOK_FAILED,
+            Failure::Component {
+                failure: ComponentFailure::Apply { .. },
+                ..
+            } => reason::APPLY_FAILED,
+            Failure::Component {
+                failure: ComponentFailure::Health(_),
+                ..
+            }
+            | Failure::Health(_) => reason::HEALTH_FAILED,
+            Failure::Blocked { .. } => reason::DEPENDENCY_NOT_READY,
+            Failure::Prune(_) => reason::PRUNE_FAILED,
+            Failure::Preempted { .. } => reason::PROGRESSING,
+        }
+    }
+
+    /// A failure reading from the cluster at `step`.
+    pub fn cluster(step: Step) -> impl FnOnce(ClusterError) -> Failure {
+        move |source| Failure::Cluster { step, source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reason_comes_from_where_it_failed() {
+        let apply = Failure::Component {
+            component: "web".into(),
+            failure: ComponentFailure::Apply {
+                why: "conflict".into(),
+                needs_new_commit: true,
+            },
+        };
+        assert_eq!(apply.reason(), reason::APPLY_FAILED);
+        assert_eq!(apply.to_string(), "web: apply failed: conflict");
+        let health = Failure::Component {
+            component: "web".into(),
+            failure: ComponentFailure::Health("Deployment/web: pod x is CrashLoopBackOff".into()),
+        };
+        assert_eq!(health.reason(), reason::HEALTH_FAILED);
+        assert_eq!(
+            Failure::Blocked {
+                component: "api".into(),
+                why: "waits for `db`".into()
+            }
+            .reason(),
+            reason::DEPENDENCY_NOT_READY
+        );
+        let preempted = Failure::Preempted {
+            commit: "0123456789".into(),
+        };
+        assert_eq!(preempted.reason(), reason::PROGRESSING);
+        assert!(preempted.to_string().starts_with("applied 0123456; "));
+    }
+}
