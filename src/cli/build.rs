@@ -7,9 +7,10 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use super::{Format, SourceArgs, EXIT_ERROR, EXIT_FINDINGS, EXIT_OK};
-use crate::build::{self, Action, BuildOptions, DigestCache, Engine};
+use crate::build::{self, Action, BuildOptions, Engine};
 use crate::desired::{self, schema::BuilderKind};
-use crate::source::Repo;
+use crate::error::Error;
+use crate::reconcile;
 
 /// The `--builder` choices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -125,40 +126,21 @@ pub(super) fn run(args: &BuildArgs) -> u8 {
         }
         EXIT_ERROR
     };
-    let repo = match Repo::open(&args.source.repo) {
-        Ok(r) => r,
-        Err(e) => return fail(&e),
-    };
-    let snapshot = match repo.snapshot(&args.source.rev) {
-        Ok(s) => s,
-        Err(e) => return fail(&e),
-    };
-    let commit = snapshot.commit().to_string();
-    let loaded = match desired::load(&snapshot, &args.source.dir) {
-        Ok(l) => l,
-        Err(report) => {
-            let err = crate::error::Error::Invalid {
-                commit: commit.clone(),
-                report: Box::new(report),
-            };
-            super::report_error_as(&err, args.output);
+    let selection = super::selection(&args.source, &args.target);
+    let loaded = match reconcile::load(
+        &args.source.repo,
+        &args.source.rev,
+        &selection,
+        reconcile::Images::Plan,
+    ) {
+        Ok(c) => c,
+        Err(e @ (Error::Invalid { .. } | Error::UnknownStack { .. })) => {
+            super::report_error_as(&e, args.output);
             return EXIT_ERROR;
         }
+        Err(e) => return fail(&e),
     };
-    let stacks: Vec<&desired::Stack> = loaded
-        .state
-        .stacks
-        .iter()
-        .filter(|s| args.target.selects(s))
-        .collect();
-    if stacks.is_empty() {
-        let err = crate::error::Error::UnknownStack {
-            name: args.target.stack.clone().unwrap_or_default(),
-            commit: commit.clone(),
-        };
-        super::report_error_as(&err, args.output);
-        return EXIT_ERROR;
-    }
+    let commit = loaded.id.clone();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -167,7 +149,6 @@ pub(super) fn run(args: &BuildArgs) -> u8 {
         Ok(r) => r,
         Err(e) => return fail(&e),
     };
-    let cache = DigestCache::new();
     let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
     runtime.spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
@@ -177,12 +158,9 @@ pub(super) fn run(args: &BuildArgs) -> u8 {
 
     let mut stacks_out = Vec::new();
     let mut any_failed = false;
-    for stack in stacks {
+    for planned in &loaded.stacks {
+        let (stack, plans) = (&planned.stack, &planned.images);
         let label = super::stack_label(&stack.spec.name, &stack.dir, &stack.spec.namespace);
-        let plans = match build::plan(&snapshot, stack, &cache) {
-            Ok(p) => p,
-            Err(e) => return fail(&e),
-        };
         let context = args
             .target
             .context
@@ -195,9 +173,9 @@ pub(super) fn run(args: &BuildArgs) -> u8 {
         };
         let outcomes = runtime.block_on(build::ensure_with(
             &engine,
-            repo.root(),
+            &args.source.repo,
             &commit,
-            &plans,
+            plans,
             stack,
             &opts,
             cancel_rx.clone(),

@@ -76,14 +76,22 @@ pub(crate) fn targets(
         context: context.map(str::to_string),
         components: BTreeMap::new(),
     };
-    let from_repo = crate::source::Repo::open(&source.repo)
-        .map_err(|e| e.to_string())
-        .and_then(|repo| {
-            let snapshot = repo.snapshot(&source.rev).map_err(|e| e.to_string())?;
-            crate::desired::load(&snapshot, &source.dir)
-                .map(|l| l.state.stacks)
-                .map_err(|_| "the desired state does not validate".to_string())
-        });
+    let every = crate::reconcile::Selection {
+        dir: source.dir.clone(),
+        stack: None,
+        namespace: None,
+    };
+    let from_repo = crate::reconcile::load(
+        &source.repo,
+        &source.rev,
+        &every,
+        crate::reconcile::Images::Skip,
+    )
+    .map(|c| c.stacks.into_iter().map(|p| p.stack).collect::<Vec<_>>())
+    .map_err(|e| match e {
+        crate::error::Error::Invalid { .. } => "the desired state does not validate".to_string(),
+        other => other.to_string(),
+    });
     let stacks = match (from_repo, stack) {
         (Ok(stacks), _) => stacks,
         (Err(_), Some(w)) => return Ok(vec![by_name(w)]),

@@ -178,6 +178,15 @@ impl StackArgs {
     }
 }
 
+/// The stacks of a commit the flags select.
+pub fn selection(source: &SourceArgs, target: &StackArgs) -> crate::reconcile::Selection {
+    crate::reconcile::Selection {
+        dir: source.dir.clone(),
+        stack: target.stack.clone(),
+        namespace: target.namespace.clone(),
+    }
+}
+
 /// How a stack is named in every output: two stacks may share a name (dev and staging of one
 /// app), so its directory and namespace go with it.
 pub fn stack_label(name: &str, dir: &str, namespace: &str) -> String {

@@ -114,18 +114,15 @@ fn from_repo(args: &StatusArgs) -> Vec<(String, String)> {
     if args.target.stack.is_none() && args.target.namespace.is_none() {
         return Vec::new();
     }
-    let Ok(repo) = crate::source::Repo::open(&args.source.repo) else {
-        return Vec::new();
-    };
-    let Ok(snapshot) = repo.snapshot(&args.source.rev) else {
-        return Vec::new();
-    };
-    match crate::desired::load(&snapshot, &args.source.dir) {
-        Ok(l) => l
-            .state
-            .stacks
-            .iter()
-            .filter(|s| args.target.selects(s))
+    let selection = super::selection(&args.source, &args.target);
+    match crate::reconcile::load(
+        &args.source.repo,
+        &args.source.rev,
+        &selection,
+        crate::reconcile::Images::Skip,
+    ) {
+        Ok(c) => c
+            .stacks()
             .map(|s| (s.spec.name.clone(), s.spec.namespace.clone()))
             .collect(),
         Err(_) => Vec::new(),

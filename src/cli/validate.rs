@@ -5,7 +5,8 @@ use serde_json::json;
 
 use super::{Format, SourceArgs, EXIT_ERROR, EXIT_FINDINGS, EXIT_OK};
 use crate::desired::{self, Report};
-use crate::source::Repo;
+use crate::error::Error;
+use crate::reconcile;
 
 /// Arguments of `converge validate`.
 #[derive(Debug, Args)]
@@ -18,21 +19,20 @@ pub struct ValidateArgs {
 }
 
 pub(super) fn run(args: &ValidateArgs) -> u8 {
-    let repo = match Repo::open(&args.source.repo) {
-        Ok(r) => r,
-        Err(e) => return usage_error(args.output, &e),
+    let every = reconcile::Selection {
+        dir: args.source.dir.clone(),
+        stack: None,
+        namespace: None,
     };
-    let snapshot = match repo.snapshot(&args.source.rev) {
-        Ok(s) => s,
-        Err(e) => return usage_error(args.output, &e),
-    };
-    let commit = snapshot.commit().to_string();
-    let (valid, report, summary) = match desired::load(&snapshot, &args.source.dir) {
+    let (commit, valid, report, summary) = match reconcile::load(
+        &args.source.repo,
+        &args.source.rev,
+        &every,
+        reconcile::Images::Skip,
+    ) {
         Ok(loaded) => {
             let summary: Vec<_> = loaded
-                .state
-                .stacks
-                .iter()
+                .stacks()
                 .map(|s| {
                     json!({
                         "name": s.spec.name,
@@ -43,9 +43,10 @@ pub(super) fn run(args: &ValidateArgs) -> u8 {
                     })
                 })
                 .collect();
-            (true, loaded.report, summary)
+            (loaded.id, true, loaded.warnings, summary)
         }
-        Err(report) => (false, report, Vec::new()),
+        Err(Error::Invalid { commit, report }) => (commit, false, *report, Vec::new()),
+        Err(e) => return usage_error(args.output, &e),
     };
     match args.output {
         Format::Json | Format::Yaml => {
@@ -103,7 +104,7 @@ fn print_text(report: &Report, valid: bool, commit: &str, stacks: &[serde_json::
     }
 }
 
-fn usage_error(format: Format, err: &crate::source::SourceError) -> u8 {
+fn usage_error(format: Format, err: &Error) -> u8 {
     if format.structured() {
         let mut out = json!({"valid": false, "error": err.to_string()});
         if let Some(h) = super::hints::for_error(err) {
