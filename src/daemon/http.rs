@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::metrics::Metrics;
+use super::DaemonError;
 
 /// How long a client may take to send its request.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -184,30 +185,22 @@ pub async fn post_sync(addr: SocketAddr) -> std::io::Result<String> {
 
 /// `converge sync`: asks the daemon of the checkout containing `repo` to reconcile now, through
 /// its loopback endpoint (recorded in the lock file), or SIGUSR1 when it serves none.
-pub async fn request_sync(repo: &std::path::Path) -> Result<String, super::DaemonError> {
+pub async fn request_sync(repo: &std::path::Path) -> Result<String, DaemonError> {
     let dirs = super::refs::GitDirs::discover(repo)?;
     if !super::lock::is_held(&dirs.git_dir) {
-        return Err(super::DaemonError::Config {
-            message: format!(
-                "no converge daemon runs for {} (start one with `converge run`)",
-                dirs.root.display()
-            ),
+        return Err(DaemonError::NotRunning {
+            checkout: dirs.root.clone(),
         });
     }
-    let holder =
-        super::lock::read_holder(&dirs.git_dir).ok_or_else(|| super::DaemonError::Config {
-            message: "the daemon's lock file names no holder yet; retry in a moment".into(),
-        })?;
+    let holder = super::lock::read_holder(&dirs.git_dir).ok_or(DaemonError::Starting)?;
     if let Some(addr) = holder.http.as_deref().and_then(|a| a.parse().ok()) {
-        let status = post_sync(addr)
+        let answer = post_sync(addr)
             .await
-            .map_err(|source| super::DaemonError::Listen { addr, source })?;
-        if status.contains(" 202 ") {
+            .map_err(|source| DaemonError::Unreachable { addr, source })?;
+        if answer.contains(" 202 ") {
             return Ok(format!("sync queued (daemon pid {} at {addr})", holder.pid));
         }
-        return Err(super::DaemonError::Config {
-            message: format!("the daemon at {addr} answered `{status}`"),
-        });
+        return Err(DaemonError::SyncRefused { addr, answer });
     }
     let out = tokio::time::timeout(
         Duration::from_secs(5),
@@ -218,9 +211,7 @@ pub async fn request_sync(repo: &std::path::Path) -> Result<String, super::Daemo
     .await;
     match out {
         Ok(Ok(o)) if o.status.success() => Ok(format!("sent SIGUSR1 to pid {}", holder.pid)),
-        _ => Err(super::DaemonError::Config {
-            message: format!("could not signal pid {}", holder.pid),
-        }),
+        _ => Err(DaemonError::Signal { pid: holder.pid }),
     }
 }
 

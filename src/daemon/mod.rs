@@ -147,6 +147,44 @@ pub enum DaemonError {
     /// Signal handlers could not be installed.
     #[error("installing signal handlers")]
     Signals(#[source] std::io::Error),
+    /// Another daemon took a stack's Lease: this one stops rather than fight over the stack.
+    #[error("lost the Lease to {holder}")]
+    LeaseLost {
+        /// The daemon that holds it now (`host/pid`).
+        holder: String,
+    },
+    /// `converge sync` found no daemon for the checkout.
+    #[error("no converge daemon runs for {} (start one with `converge run`)", checkout.display())]
+    NotRunning {
+        /// The checkout's root.
+        checkout: PathBuf,
+    },
+    /// The daemon holds its lock but has not recorded how to reach it yet.
+    #[error("the daemon's lock file names no holder yet; retry in a moment")]
+    Starting,
+    /// The daemon's loopback endpoint did not answer.
+    #[error("the daemon at {addr} does not answer")]
+    Unreachable {
+        /// Its address, from the lock file.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The daemon answered a sync request with something other than `202 Accepted`.
+    #[error("the daemon at {addr} answered `{answer}`")]
+    SyncRefused {
+        /// Its address.
+        addr: SocketAddr,
+        /// Its status line.
+        answer: String,
+    },
+    /// SIGUSR1 could not be sent to a daemon without an HTTP endpoint.
+    #[error("could not signal pid {pid}")]
+    Signal {
+        /// The daemon's pid.
+        pid: u32,
+    },
     /// A second SIGTERM/SIGINT arrived during shutdown.
     #[error("aborted by a second signal during shutdown")]
     Aborted,
@@ -382,7 +420,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             },
             Some(who) = lost_rx.recv() => {
                 error!(holder = %who, "lost the stack's Lease to another daemon; stopping");
-                exit = Err(DaemonError::Config { message: format!("lost the Lease to {who}") });
+                exit = Err(DaemonError::LeaseLost { holder: who });
                 break;
             }
             mut done = async { inflight.as_mut().expect("guarded by the branch condition").await }, if inflight.is_some() => {
