@@ -1,13 +1,17 @@
 //! The top-level error and what happens next for each kind: stalled, waiting or retry.
 
+use crate::cluster::lease::LeaseError;
+use crate::cluster::ClusterError;
 use crate::desired::Report;
+use crate::vocabulary::reason;
 
 /// What the daemon does after a failed reconcile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disposition {
     /// Needs a person: wait for a new commit or configuration.
     Stalled,
-    /// A dependency is not ready yet: requeue soon.
+    /// A dependency is not ready yet (the stack's namespace is still being deleted): requeue
+    /// soon.
     Waiting,
     /// A transient failure: retry with back-off.
     Retry,
@@ -80,12 +84,7 @@ impl Error {
             Error::Render(crate::render::RenderError::Helm { .. }) => Disposition::Stalled,
             Error::Build(_) => Disposition::Retry,
             Error::Render(_) => Disposition::Retry,
-            Error::Cluster(
-                crate::cluster::ClusterError::Conflict { .. }
-                | crate::cluster::ClusterError::Immutable { .. }
-                | crate::cluster::ClusterError::Invalid { .. },
-            ) => Disposition::Stalled,
-            Error::Cluster(_) => Disposition::Retry,
+            Error::Cluster(c) | Error::Lease(LeaseError::Cluster(c)) => cluster_disposition(c),
             Error::DaemonRunning { .. } => Disposition::Stalled,
             Error::Lease(_) => Disposition::Retry,
         }
@@ -95,11 +94,102 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Error::Source(_) => "SourceFailed",
-            Error::Invalid { .. } | Error::UnknownStack { .. } => "ValidationFailed",
-            Error::Render(_) => crate::vocabulary::reason::RENDER_FAILED,
-            Error::Build(_) => crate::vocabulary::reason::BUILD_FAILED,
-            Error::Cluster(_) | Error::Lease(_) => crate::vocabulary::reason::CLUSTER_UNREACHABLE,
-            Error::DaemonRunning { .. } => "DaemonRunning",
+            Error::Invalid { .. } | Error::UnknownStack { .. } => reason::VALIDATION_FAILED,
+            Error::Render(_) => reason::RENDER_FAILED,
+            Error::Build(_) => reason::BUILD_FAILED,
+            Error::Cluster(c) | Error::Lease(LeaseError::Cluster(c)) => cluster_reason(c),
+            Error::DaemonRunning { .. } | Error::Lease(_) => "DaemonRunning",
         }
+    }
+}
+
+/// What follows a cluster failure: a refusal that fails again on every retry of the same commit
+/// needs a person, a namespace still being deleted is waited for, the rest is retried.
+fn cluster_disposition(e: &ClusterError) -> Disposition {
+    match e {
+        ClusterError::Conflict { .. }
+        | ClusterError::Immutable { .. }
+        | ClusterError::Invalid { .. } => Disposition::Stalled,
+        ClusterError::NamespaceTerminating { .. } => Disposition::Waiting,
+        _ => Disposition::Retry,
+    }
+}
+
+/// The status reason of a cluster failure: nothing answering (or no usable kubeconfig) is
+/// `ClusterUnreachable`; an answer refusing the apply is `ReconciliationFailed`; a namespace
+/// still being deleted is a dependency not ready.
+fn cluster_reason(e: &ClusterError) -> &'static str {
+    match e {
+        ClusterError::Config { .. }
+        | ClusterError::Kubeconfig { .. }
+        | ClusterError::UnknownContext { .. }
+        | ClusterError::Unreachable { .. }
+        | ClusterError::Timeout { .. } => reason::CLUSTER_UNREACHABLE,
+        ClusterError::Api { .. } if e.is_unreachable() => reason::CLUSTER_UNREACHABLE,
+        ClusterError::NamespaceTerminating { .. } => reason::DEPENDENCY_NOT_READY,
+        ClusterError::Api { .. }
+        | ClusterError::UnknownKind { .. }
+        | ClusterError::Conflict { .. }
+        | ClusterError::Immutable { .. }
+        | ClusterError::Invalid { .. } => reason::APPLY_FAILED,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered(code: u16) -> ClusterError {
+        let status = kube::core::Status::failure("refused", "Forbidden").with_code(code);
+        ClusterError::Api {
+            action: "applying",
+            object: "Deployment/web".into(),
+            source: kube::Error::Api(status.boxed()),
+        }
+    }
+
+    #[test]
+    fn each_cluster_failure_has_its_own_reason() {
+        let timeout = ClusterError::Timeout {
+            action: "reading",
+            object: "x".into(),
+        };
+        let conflict = ClusterError::Conflict {
+            object: "x".into(),
+            managers: vec!["kubectl".into()],
+            fields: vec![".spec.replicas".into()],
+        };
+        let terminating = ClusterError::NamespaceTerminating {
+            action: "applying",
+            object: "x".into(),
+            message: "namespace todo is being terminated".into(),
+        };
+        let reason_of = |c| Error::Cluster(c).reason();
+        assert_eq!(reason_of(timeout), reason::CLUSTER_UNREACHABLE);
+        assert_eq!(reason_of(conflict), reason::APPLY_FAILED);
+        assert_eq!(reason_of(answered(403)), reason::APPLY_FAILED);
+        assert_eq!(reason_of(terminating), reason::DEPENDENCY_NOT_READY);
+    }
+
+    #[test]
+    fn a_namespace_being_deleted_is_waited_for_and_a_refusal_stalls() {
+        let terminating = ClusterError::NamespaceTerminating {
+            action: "creating",
+            object: "Lease todo/converge-todo".into(),
+            message: "namespace todo is being terminated".into(),
+        };
+        assert_eq!(
+            Error::Lease(LeaseError::Cluster(terminating)).disposition(),
+            Disposition::Waiting
+        );
+        let invalid = ClusterError::Invalid {
+            object: "x".into(),
+            message: "no".into(),
+        };
+        assert_eq!(Error::Cluster(invalid).disposition(), Disposition::Stalled);
+        assert_eq!(
+            Error::Cluster(answered(500)).disposition(),
+            Disposition::Retry
+        );
     }
 }

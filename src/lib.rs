@@ -8,7 +8,7 @@
 //! ```
 //!
 //! A lower module never imports a higher one: `cluster` knows nothing of `desired`, `render` hands
-//! `cluster` plain objects. Only `reconcile`, `daemon` and `cli` reach across.
+//! `cluster` plain objects. Only `reconcile`, `daemon`, `doctor` and `cli` reach across.
 #![forbid(unsafe_code)]
 
 pub mod build;
@@ -16,6 +16,7 @@ pub mod cli;
 pub mod cluster;
 pub mod daemon;
 pub mod desired;
+pub mod doctor;
 pub mod error;
 pub mod explain;
 pub mod reconcile;

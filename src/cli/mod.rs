@@ -27,7 +27,7 @@ mod build;
 mod doctor;
 mod down;
 mod explain;
-mod hints;
+pub(crate) mod hints;
 pub mod progress;
 mod run;
 mod status;

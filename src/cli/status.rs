@@ -7,16 +7,17 @@ use std::collections::BTreeMap;
 use clap::Args;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use kube::api::{Api, ListParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
 use serde::Serialize;
 use serde_json::Value;
 
 use super::{Format, SourceArgs, EXIT_ERROR, EXIT_FINDINGS, EXIT_OK};
 use crate::cluster::health::{self, Health};
-use crate::cluster::{Cluster, ClusterError, REQUEST_TIMEOUT};
-use crate::status::StackStatus;
-use crate::vocabulary::{status_name, LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_STACK, MANAGED_BY};
+use crate::cluster::{lease, Cluster, ClusterError};
+use crate::explain::gather::values;
+use crate::status::{Record, StackStatus};
+use crate::vocabulary::{LABEL_COMPONENT, LABEL_STACK};
 
 /// Arguments of `converge status`.
 #[derive(Debug, Args)]
@@ -136,51 +137,33 @@ async fn read(args: &StatusArgs) -> Result<Vec<StackView>, ClusterError> {
     )
     .await?;
     cluster.ping().await?;
-    let api: Api<ConfigMap> = Api::all(cluster.client().clone());
-    let lp = ListParams::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
-    let list = bounded("listing", "status records", api.list(&lp)).await?;
+    let found = crate::status::read_all(&cluster).await?;
     let named = from_repo(args);
-    let mut records: Vec<StackStatus> = list
-        .items
+    let mut records: Vec<StackStatus> = found
         .into_iter()
-        .filter(|c| {
-            c.metadata
-                .name
-                .as_deref()
-                .is_some_and(|n| n.starts_with("converge-") && n.ends_with("-status"))
-        })
-        .filter_map(|c| {
-            let (ns, cm) = (
-                c.metadata.namespace.clone().unwrap_or_default(),
-                c.metadata.name.clone().unwrap_or_default(),
-            );
+        .filter_map(|f| {
             // Whether an unreadable record may be one the selectors ask for (its name, from
             // the ConfigMap's, is all that is known of it).
-            let maybe_selected = args.target.namespace.as_deref().is_none_or(|n| n == ns)
+            let maybe_selected = args
+                .target
+                .namespace
+                .as_deref()
+                .is_none_or(|n| n == f.namespace)
                 && (args.target.stack.is_none()
-                    || named.iter().any(|(n, _)| status_name(n) == cm)
-                    || args
-                        .target
-                        .stack
-                        .as_deref()
-                        .is_some_and(|w| status_name(w) == cm));
-            let what = format!(
-                "ConfigMap {}/{}",
-                c.metadata.namespace.as_deref().unwrap_or(""),
-                c.metadata.name.as_deref().unwrap_or("")
-            );
-            let text = c.data.and_then(|mut d| d.remove("status.json"));
-            match crate::status::parse(text) {
-                crate::status::Record::Status(s) => Some(s),
-                crate::status::Record::Missing => None,
+                    || named.iter().any(|(n, _)| f.is_of(n))
+                    || args.target.stack.as_deref().is_some_and(|w| f.is_of(w)));
+            match f.record {
+                Record::Status(s) => Some(s),
+                Record::Missing => None,
                 // Said, never silently skipped; left as it is (the next reconcile keeps a copy).
-                crate::status::Record::Unreadable { error, .. } if maybe_selected => {
+                Record::Unreadable { ref error, .. } if maybe_selected => {
                     errln!(
-                        "warning: the status record in {what} is unreadable ({error}); left as it is (the next reconcile keeps a copy aside)"
+                        "warning: the status record in {} is unreadable ({error}); left as it is (the next reconcile keeps a copy aside)",
+                        f.what()
                     );
                     None
                 }
-                crate::status::Record::Unreadable { .. } => None,
+                Record::Unreadable { .. } => None,
             }
         })
         // What the repository names, when it names the selected stack; else the records' own
@@ -209,62 +192,20 @@ async fn read(args: &StatusArgs) -> Result<Vec<StackView>, ClusterError> {
     Ok(out)
 }
 
-async fn bounded<T>(
-    action: &'static str,
-    what: &str,
-    fut: impl std::future::Future<Output = Result<T, kube::Error>>,
-) -> Result<T, ClusterError> {
-    match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(source)) => Err(ClusterError::Api {
-            action,
-            object: what.into(),
-            source,
-        }),
-        Err(_) => Err(ClusterError::Timeout {
-            action,
-            object: what.into(),
-        }),
-    }
-}
-
-fn values<T: Serialize>(items: Vec<T>) -> Vec<Value> {
-    items
-        .iter()
-        .filter_map(|i| serde_json::to_value(i).ok())
-        .collect()
-}
-
 /// Ready/desired replicas and health of each component's workloads, as the cluster has them now.
 async fn live_components(
     cluster: &Cluster,
     s: &StackStatus,
 ) -> Result<Vec<LiveComponent>, ClusterError> {
-    let client = cluster.client().clone();
     let ns = s.namespace.as_str();
     let lp = ListParams::default().labels(&format!("{LABEL_STACK}={}", s.stack));
-    let what = format!("workloads of stack {} in {ns}", s.stack);
-    let deployments = bounded(
-        "listing",
-        &what,
-        Api::<Deployment>::namespaced(client.clone(), ns).list(&lp),
-    )
-    .await?;
-    let statefulsets = bounded(
-        "listing",
-        &what,
-        Api::<StatefulSet>::namespaced(client.clone(), ns).list(&lp),
-    )
-    .await?;
-    let mut workloads: Vec<(&str, Value)> = values(deployments.items)
+    let deployments = cluster.list_in::<Deployment>(ns, &lp).await?;
+    let statefulsets = cluster.list_in::<StatefulSet>(ns, &lp).await?;
+    let mut workloads: Vec<(&str, Value)> = values(deployments)
         .into_iter()
         .map(|v| ("Deployment", v))
         .collect();
-    workloads.extend(
-        values(statefulsets.items)
-            .into_iter()
-            .map(|v| ("StatefulSet", v)),
-    );
+    workloads.extend(values(statefulsets).into_iter().map(|v| ("StatefulSet", v)));
     let component_of = |v: &Value| -> String {
         v.pointer("/metadata/labels")
             .and_then(|l| l.get(LABEL_COMPONENT))
@@ -302,14 +243,10 @@ async fn live_components(
             // A Pod's own reason (CrashLoopBackOff, ImagePullBackOff…) says more than the
             // rollout's; Pods carry the workload's selector labels, not converge's.
             if let (None, Some(sel)) = (&pod_reason, crate::explain::gather::selector_of(w)) {
-                let pods = bounded(
-                    "listing",
-                    &format!("pods of {name} in {ns}"),
-                    Api::<Pod>::namespaced(client.clone(), ns)
-                        .list(&ListParams::default().labels(&sel)),
-                )
-                .await?;
-                pod_reason = values(pods.items)
+                let pods = cluster
+                    .list_in::<Pod>(ns, &ListParams::default().labels(&sel))
+                    .await?;
+                pod_reason = values(pods)
                     .iter()
                     .find_map(health::pod_problem)
                     .map(|(why, msg)| format!("{why}: {msg}"));
@@ -344,33 +281,19 @@ async fn live_components(
     Ok(out)
 }
 
-/// The stack's Lease: held when a holder renewed it within its duration.
+/// The stack's Lease: held when a holder renewed it within its duration. A Lease that cannot be
+/// read shows as no daemon (status is about the stack, not the Lease).
 async fn daemon_of(cluster: &Cluster, s: &StackStatus) -> DaemonView {
-    let api: Api<Lease> = Api::namespaced(cluster.client().clone(), &s.namespace);
     let name = crate::vocabulary::lease_name(&s.stack);
-    let Ok(Ok(Some(lease))) = tokio::time::timeout(REQUEST_TIMEOUT, api.get_opt(&name)).await
-    else {
+    let Ok(Some(l)) = cluster.get_in::<Lease>(&s.namespace, &name).await else {
         return DaemonView::default();
     };
-    let spec = lease.spec.clone().unwrap_or_default();
-    let holder = spec.holder_identity.clone().unwrap_or_default();
+    let spec = l.spec.clone().unwrap_or_default();
     let renewed = spec.renew_time.clone().or(spec.acquire_time.clone());
-    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(0));
-    let now = k8s_openapi::jiff::Timestamp::now();
-    let held = !holder.is_empty()
-        && renewed
-            .as_ref()
-            .is_some_and(|t| now.as_second() <= t.0.as_second() + duration);
     DaemonView {
-        held,
-        holder,
-        checkout: lease
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(crate::daemon::lock::ANNOTATION_CHECKOUT))
-            .cloned()
-            .unwrap_or_default(),
+        held: lease::live_holder(&l, k8s_openapi::jiff::Timestamp::now()).is_some(),
+        holder: spec.holder_identity.clone().unwrap_or_default(),
+        checkout: lease::checkout_of(&l).unwrap_or_default().to_string(),
         renewed: renewed.map(|t| t.0.to_string()).unwrap_or_default(),
     }
 }

@@ -1,8 +1,13 @@
-//! A kube client for one kubeconfig context, with a layer that counts the requests it sends.
+//! A kube client for one kubeconfig context, with two layers under every request it sends: one
+//! counts requests, the other gives each a deadline ([`REQUEST_TIMEOUT`](super::REQUEST_TIMEOUT)),
+//! so no caller writes its own timeout around an API call.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
@@ -181,14 +186,256 @@ pub async fn connect_to(
     ))
 }
 
-/// Builds a counting client from an already loaded config.
+/// Builds a counting client, whose requests each have a deadline, from an already loaded config.
 pub fn client_for(config: Config) -> Result<(Client, RequestCounter), ClusterError> {
     let counter = RequestCounter::default();
     let client = kube::client::ClientBuilder::try_from(config)
         .map_err(|e| ClusterError::Config {
             message: format!("building the kube client: {e}"),
         })?
+        .with_layer(&Deadline::new(super::REQUEST_TIMEOUT))
         .with_layer(&counter)
         .build();
     Ok((client, counter))
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The error of a request past its deadline; the client hands it back inside
+/// `kube::Error::Service`, and [`ClusterError::from_kube`] turns it into
+/// [`ClusterError::Timeout`].
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("no answer from the API server within {}s", .0.as_secs())]
+pub struct Elapsed(pub Duration);
+
+/// Whether a client error is a request that ran past its deadline.
+pub fn is_elapsed(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Service(inner) if inner.is::<Elapsed>())
+}
+
+/// A layer giving every request one deadline, from sending it to the last byte of its answer.
+/// Streams (watches, followed logs, upgraded connections) are bounded until their headers only:
+/// the API server sends those at once and then holds the stream open on purpose.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    limit: Duration,
+}
+
+impl Deadline {
+    /// A deadline of `limit` per request.
+    pub fn new(limit: Duration) -> Self {
+        Self { limit }
+    }
+}
+
+impl<S> Layer<S> for Deadline {
+    type Service = Bounded<S>;
+    fn layer(&self, inner: S) -> Bounded<S> {
+        Bounded {
+            inner,
+            limit: self.limit,
+        }
+    }
+}
+
+/// The service the deadline layer wraps around the client's stack.
+#[derive(Clone)]
+pub struct Bounded<S> {
+    inner: S,
+    limit: Duration,
+}
+
+/// Whether a request's answer is a stream held open by design (a watch, a followed log, an
+/// upgraded connection), so only its headers are bounded.
+fn streams<B>(req: &http::Request<B>) -> bool {
+    let query = req.uri().query().unwrap_or("");
+    query
+        .split('&')
+        .any(|p| matches!(p, "watch=true" | "watch=1" | "follow=true" | "follow=1"))
+        || req.headers().contains_key(http::header::UPGRADE)
+}
+
+impl<S, B, RB> Service<http::Request<B>> for Bounded<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<DeadlineBody<RB>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let limit = self.limit;
+        let whole_body = !streams(&req);
+        let answer = self.inner.call(req);
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + limit;
+            match tokio::time::timeout_at(deadline, answer).await {
+                Err(_) => Err(Box::new(Elapsed(limit)) as BoxError),
+                Ok(Err(e)) => Err(e.into()),
+                Ok(Ok(res)) => Ok(res.map(|body| DeadlineBody {
+                    inner: Box::pin(body),
+                    deadline: whole_body.then(|| Box::pin(tokio::time::sleep_until(deadline))),
+                    limit,
+                })),
+            }
+        })
+    }
+}
+
+/// A response body that fails with [`Elapsed`] when it is still arriving at the request's
+/// deadline (never, for streams).
+pub struct DeadlineBody<B> {
+    inner: Pin<Box<B>>,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    limit: Duration,
+}
+
+impl<B> http_body::Body for DeadlineBody<B>
+where
+    B: http_body::Body,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, BoxError>>> {
+        // Every field is boxed, so the body itself may move.
+        let this = self.get_mut();
+        match this.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
+            Poll::Pending => {
+                let passed = this
+                    .deadline
+                    .as_mut()
+                    .is_some_and(|d| d.as_mut().poll(cx).is_ready());
+                if passed {
+                    Poll::Ready(Some(Err(Box::new(Elapsed(this.limit)))))
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::api::{ListParams, WatchParams};
+
+    /// Answers every request at once with a [`Silent`] body, or never.
+    #[derive(Clone)]
+    struct Server {
+        answers: bool,
+    }
+
+    /// A body that never yields: a watch with no events, or a list whose bytes stopped coming.
+    struct Silent;
+
+    impl http_body::Body for Silent {
+        type Data = &'static [u8];
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+            Poll::Pending
+        }
+    }
+
+    impl Service<http::Request<()>> for Server {
+        type Response = http::Response<Silent>;
+        type Error = std::convert::Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            let answers = self.answers;
+            Box::pin(async move {
+                if !answers {
+                    std::future::pending::<()>().await;
+                }
+                Ok(http::Response::new(Silent))
+            })
+        }
+    }
+
+    const LIMIT: Duration = Duration::from_millis(50);
+
+    /// The request kube itself builds for `url`, as the layer sees it.
+    fn request(watch: bool) -> http::Request<()> {
+        let r = kube::core::Request::new("/api/v1/namespaces/ns/pods");
+        let built = if watch {
+            r.watch(&WatchParams::default(), "0")
+        } else {
+            r.list(&ListParams::default())
+        };
+        built.expect("a valid request").map(|_| ())
+    }
+
+    /// Polls one frame of a body, at most 4 deadlines long; `None` when it is still pending.
+    async fn first_frame<B: http_body::Body + Unpin>(body: &mut B) -> Option<Result<(), B::Error>> {
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx));
+        match tokio::time::timeout(LIMIT * 4, frame).await {
+            Ok(Some(r)) => Some(r.map(drop)),
+            Ok(None) => Some(Ok(())),
+            Err(_) => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_without_an_answer_fails_at_its_deadline() {
+        let mut svc = Deadline::new(LIMIT).layer(Server { answers: false });
+        let err = match svc.call(request(false)).await {
+            Err(e) => e,
+            Ok(_) => panic!("a request that is never answered must fail"),
+        };
+        assert!(err.is::<Elapsed>(), "{err}");
+        let as_kube = kube::Error::Service(err);
+        assert!(is_elapsed(&as_kube));
+        assert!(matches!(
+            ClusterError::from_kube("listing", "pods in ns", as_kube),
+            ClusterError::Timeout { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_list_whose_body_stalls_fails_but_a_watch_stays_open() {
+        let mut svc = Deadline::new(LIMIT).layer(Server { answers: true });
+        let mut list = match svc.call(request(false)).await {
+            Ok(r) => r.into_body(),
+            Err(e) => panic!("{e}"),
+        };
+        match first_frame(&mut list).await {
+            Some(Err(e)) => assert!(e.is::<Elapsed>(), "{e}"),
+            other => panic!("a stalled list body must fail at the deadline: {other:?}"),
+        }
+        // The headers of a watch came, so the deadline is met: its events may take minutes.
+        let mut watch = match svc.call(request(true)).await {
+            Ok(r) => r.into_body(),
+            Err(e) => panic!("{e}"),
+        };
+        assert!(
+            first_frame(&mut watch).await.is_none(),
+            "a watch is never cut by the request deadline"
+        );
+    }
 }

@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 
-use super::REQUEST_TIMEOUT;
+use super::ClusterError;
 use crate::vocabulary::{FIELD_MANAGER, LABEL_MANAGED_BY, LABEL_STACK, MANAGED_BY};
 
 /// How long a Lease holds without renewal.
@@ -46,18 +46,21 @@ pub enum LeaseError {
         /// The new holder.
         holder: String,
     },
-    /// The API server failed or did not answer in time.
-    #[error("{action} Lease {namespace}/{name}: {message}")]
-    Api {
-        /// What was being done.
-        action: &'static str,
-        /// The namespace.
-        namespace: String,
-        /// The Lease's name.
-        name: String,
-        /// The error.
-        message: String,
-    },
+    /// The API server failed, did not answer in time, or refused (its namespace is being
+    /// deleted, say): the typed cluster error, naming the Lease or namespace.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+}
+
+impl LeaseError {
+    /// Whether the Lease could not be written because its namespace is being deleted: it can
+    /// be created again the moment the namespace is gone.
+    pub fn namespace_terminating(&self) -> bool {
+        matches!(
+            self,
+            LeaseError::Cluster(ClusterError::NamespaceTerminating { .. })
+        )
+    }
 }
 
 /// The name of a stack's Lease.
@@ -65,26 +68,21 @@ pub fn lease_name(stack: &str) -> String {
     format!("converge-{stack}")
 }
 
-async fn bounded<T>(
+/// Awaits one call on Lease `name` in `ns` (or on namespace `ns` when `name` is empty); the
+/// deadline is the client's, the error typed by [`ClusterError::from_kube`].
+async fn call<T>(
     action: &'static str,
     ns: &str,
     name: &str,
     fut: impl std::future::Future<Output = Result<T, kube::Error>>,
 ) -> Result<T, LeaseError> {
-    let err = |message: String| LeaseError::Api {
-        action,
-        namespace: ns.into(),
-        name: name.into(),
-        message,
+    let object = if name.is_empty() {
+        format!("Namespace/{ns}")
+    } else {
+        format!("Lease {ns}/{name}")
     };
-    match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
-        Err(_) => Err(err(format!(
-            "no answer within {}s",
-            REQUEST_TIMEOUT.as_secs()
-        ))),
-        Ok(Err(e)) => Err(err(e.to_string())),
-        Ok(Ok(v)) => Ok(v),
-    }
+    fut.await
+        .map_err(|e| LeaseError::Cluster(ClusterError::from_kube(action, object, e)))
 }
 
 fn now() -> MicroTime {
@@ -99,14 +97,9 @@ pub async fn ensure_namespace(
     stack: &str,
 ) -> Result<(), LeaseError> {
     let api: Api<Namespace> = Api::all(client.clone());
-    if bounded(
-        "reading namespace for",
-        namespace,
-        "",
-        api.get_opt(namespace),
-    )
-    .await?
-    .is_some()
+    if call("reading", namespace, "", api.get_opt(namespace))
+        .await?
+        .is_some()
     {
         return Ok(());
     }
@@ -115,8 +108,8 @@ pub async fn ensure_namespace(
         "kind": "Namespace",
         "metadata": {"name": namespace, "labels": {LABEL_MANAGED_BY: MANAGED_BY, LABEL_STACK: stack}},
     });
-    bounded(
-        "creating namespace for",
+    call(
+        "creating",
         namespace,
         "",
         api.patch(
@@ -130,7 +123,7 @@ pub async fn ensure_namespace(
 }
 
 /// The checkout a Lease's holder recorded.
-fn checkout_of(lease: &Lease) -> Option<&str> {
+pub fn checkout_of(lease: &Lease) -> Option<&str> {
     lease
         .metadata
         .annotations
@@ -203,7 +196,7 @@ pub async fn holder_of(
 ) -> Result<Option<(String, String)>, LeaseError> {
     let name = lease_name(stack);
     let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
-    let Some(l) = bounded("reading", namespace, &name, api.get_opt(&name)).await? else {
+    let Some(l) = call("reading", namespace, &name, api.get_opt(&name)).await? else {
         return Ok(None);
     };
     Ok(live_holder(&l, Timestamp::now())
@@ -245,7 +238,7 @@ impl LeaseGuard {
         };
         let ns = guard.namespace.clone();
         let name = guard.name.clone();
-        let existing = bounded("reading", &ns, &name, guard.api.get_opt(&name)).await?;
+        let existing = call("reading", &ns, &name, guard.api.get_opt(&name)).await?;
         match existing {
             None => guard.create().await?,
             Some(l) => {
@@ -273,7 +266,7 @@ impl LeaseGuard {
                     .unwrap_or(0)
                     + 1;
                 let lease = guard.lease(l.metadata.resource_version.clone(), transitions);
-                bounded(
+                call(
                     "taking",
                     &ns,
                     &name,
@@ -287,7 +280,7 @@ impl LeaseGuard {
 
     async fn create(&self) -> Result<(), LeaseError> {
         let lease = self.lease(None, 0);
-        bounded(
+        call(
             "creating",
             &self.namespace,
             &self.name,
@@ -330,7 +323,7 @@ impl LeaseGuard {
     /// [`LeaseError::Lost`] when someone else holds it.
     pub async fn keep(&self) -> Result<Renewal, LeaseError> {
         let (ns, name) = (&self.namespace, &self.name);
-        let existing = bounded("reading", ns, name, self.api.get_opt(name)).await?;
+        let existing = call("reading", ns, name, self.api.get_opt(name)).await?;
         let action = renewal(existing.as_ref(), &self.identity);
         match (&action, existing) {
             (Renewal::Lost(holder), _) => {
@@ -344,7 +337,7 @@ impl LeaseGuard {
                 ensure_namespace(&self.client, ns, &self.stack).await?;
                 if let Err(e) = self.create().await {
                     // Created by someone else between our read and our create.
-                    if let Some(l) = bounded("reading", ns, name, self.api.get_opt(name)).await? {
+                    if let Some(l) = call("reading", ns, name, self.api.get_opt(name)).await? {
                         if let Renewal::Lost(holder) = renewal(Some(&l), &self.identity) {
                             return Err(LeaseError::Lost {
                                 namespace: ns.clone(),
@@ -360,7 +353,7 @@ impl LeaseGuard {
                 let spec = l.spec.get_or_insert_with(Default::default);
                 spec.holder_identity = Some(self.identity.clone());
                 spec.renew_time = Some(now());
-                bounded(
+                call(
                     "renewing",
                     ns,
                     name,
@@ -376,7 +369,7 @@ impl LeaseGuard {
     /// Frees the Lease (best effort), so the next daemon need not wait for it to expire.
     pub async fn release(&self) {
         let (ns, name) = (&self.namespace, &self.name);
-        let Ok(Some(mut l)) = bounded("reading", ns, name, self.api.get_opt(name)).await else {
+        let Ok(Some(mut l)) = call("reading", ns, name, self.api.get_opt(name)).await else {
             return;
         };
         let spec = l.spec.get_or_insert_with(Default::default);
@@ -385,7 +378,7 @@ impl LeaseGuard {
         }
         spec.holder_identity = None;
         spec.renew_time = None;
-        let _ = bounded(
+        let _ = call(
             "releasing",
             ns,
             name,

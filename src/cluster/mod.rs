@@ -2,7 +2,8 @@
 //! manages, deletion, health and the in-cluster inventory.
 //!
 //! It knows nothing of the desired state: it is handed plain objects and keys. Every API call is
-//! bounded by a timeout.
+//! bounded by the client's deadline layer ([`client`]), and every client error is classified
+//! once, by [`ClusterError::from_kube`].
 
 pub mod client;
 pub mod diff;
@@ -13,35 +14,36 @@ pub mod order;
 pub mod record;
 pub mod teardown;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::{ApiCapabilities, ApiResource, Scope};
-use kube::Client;
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
 
 pub use client::{RequestCounter, RequestCounts};
 
 use crate::vocabulary::FIELD_MANAGER;
 
-/// How long one API request may take before it counts as failed.
+/// How long one API request may take before it counts as failed (the client's deadline layer).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Failures talking to the cluster.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 pub enum ClusterError {
     /// The kubeconfig or context is unusable.
-    #[error("{message}")]
     Config {
         /// What is wrong and how to fix it.
         message: String,
     },
     /// The kubeconfig file is missing, unreadable, empty or names no usable context.
-    #[error("{message}")]
     Kubeconfig {
         /// The file (or `$KUBECONFIG`'s list) that was read.
         path: String,
@@ -49,7 +51,6 @@ pub enum ClusterError {
         message: String,
     },
     /// The kube context is not in the kubeconfig.
-    #[error("kube context `{context}` is not in the kubeconfig {path} (known: {})", if known.is_empty() { "none".to_string() } else { known.join(", ") })]
     UnknownContext {
         /// The context asked for.
         context: String,
@@ -59,40 +60,40 @@ pub enum ClusterError {
         known: Vec<String>,
     },
     /// Nothing answers at the API server's address.
-    #[error(
-        "cannot reach the API server at {server} (kube context {context}): {}",
-        innermost(source)
-    )]
     Unreachable {
         /// The server URL from the kubeconfig.
         server: String,
         /// The context.
         context: String,
         /// The client error; its innermost cause is the one line shown.
-        #[source]
         source: kube::Error,
     },
     /// The API server could not be reached or answered with an unexpected error.
-    #[error("{action} {object}: {}", api_message(source))]
     Api {
         /// What converge was doing.
         action: &'static str,
         /// The object or collection.
         object: String,
-        /// The client error.
-        #[source]
+        /// The client error; its message is part of this error's, its causes are the chain.
         source: kube::Error,
     },
-    /// A request took longer than [`REQUEST_TIMEOUT`].
-    #[error("{action} {object}: no answer from the API server within {}s", REQUEST_TIMEOUT.as_secs())]
+    /// A request took longer than [`REQUEST_TIMEOUT`] (the client's deadline layer).
     Timeout {
         /// What converge was doing.
         action: &'static str,
         /// The object or collection.
         object: String,
     },
+    /// The object's namespace is being deleted: nothing can be created in it until it is gone.
+    NamespaceTerminating {
+        /// What converge was doing.
+        action: &'static str,
+        /// The object.
+        object: String,
+        /// The API server's words (`namespace todo is being terminated`).
+        message: String,
+    },
     /// The kind is not served by the cluster (a missing CRD, say).
-    #[error("{gvk} is not served by this cluster: {message}")]
     UnknownKind {
         /// The kind.
         gvk: String,
@@ -100,7 +101,6 @@ pub enum ClusterError {
         message: String,
     },
     /// Another field manager owns fields converge applies.
-    #[error("{object}: conflict with field manager {} over {}; re-run with --force-conflicts to take ownership", managers.join(", "), fields.join(", "))]
     Conflict {
         /// The object.
         object: String,
@@ -110,7 +110,6 @@ pub enum ClusterError {
         fields: Vec<String>,
     },
     /// A change to a field the API server does not allow to change.
-    #[error("{object}: `{field}` cannot be changed in place ({message}){}", if *recreatable { "; re-run with --recreate to delete and re-create it (no data is lost for this kind)" } else { "; this kind holds data, so converge will not re-create it: change the field back, or migrate by hand" })]
     Immutable {
         /// The object.
         object: String,
@@ -122,13 +121,110 @@ pub enum ClusterError {
         recreatable: bool,
     },
     /// The API server refused the object (validation, admission).
-    #[error("{object}: the API server refused it: {message}")]
     Invalid {
         /// The object.
         object: String,
         /// The API server's message.
         message: String,
     },
+}
+
+impl fmt::Display for ClusterError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClusterError::Config { message } | ClusterError::Kubeconfig { message, .. } => {
+                f.write_str(message)
+            }
+            ClusterError::UnknownContext {
+                context,
+                path,
+                known,
+            } => write!(
+                f,
+                "kube context `{context}` is not in the kubeconfig {path} (known: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ),
+            ClusterError::Unreachable {
+                server,
+                context,
+                source,
+            } => write!(
+                f,
+                "cannot reach the API server at {server} (kube context {context}): {}",
+                innermost(source)
+            ),
+            ClusterError::Api {
+                action,
+                object,
+                source,
+            } => write!(f, "{action} {object}: {}", api_message(source)),
+            ClusterError::Timeout { action, object } => write!(
+                f,
+                "{action} {object}: no answer from the API server within {}s",
+                REQUEST_TIMEOUT.as_secs()
+            ),
+            ClusterError::NamespaceTerminating {
+                action,
+                object,
+                message,
+            } => write!(
+                f,
+                "{action} {object}: {message}; nothing can be created in it until it is gone"
+            ),
+            ClusterError::UnknownKind { gvk, message } => {
+                write!(f, "{gvk} is not served by this cluster: {message}")
+            }
+            ClusterError::Conflict {
+                object,
+                managers,
+                fields,
+            } => write!(
+                f,
+                "{object}: conflict with field manager {} over {}; re-run with --force-conflicts to take ownership",
+                managers.join(", "),
+                fields.join(", ")
+            ),
+            ClusterError::Immutable {
+                object,
+                field,
+                message,
+                recreatable,
+            } => write!(
+                f,
+                "{object}: `{field}` cannot be changed in place ({message}){}",
+                if *recreatable {
+                    "; re-run with --recreate to delete and re-create it (no data is lost for this kind)"
+                } else {
+                    "; this kind holds data, so converge will not re-create it: change the field back, or migrate by hand"
+                }
+            ),
+            ClusterError::Invalid { object, message } => {
+                write!(f, "{object}: the API server refused it: {message}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ClusterError {
+    /// The causes the message does not already say: none for an API server's answer (its
+    /// message is the line), a transport error's own causes for [`ClusterError::Api`], and for
+    /// an unreachable server the whole client error (the line shows only its innermost cause).
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            // An answer's Status is the message itself; a transport error's causes are not.
+            ClusterError::Api {
+                source: kube::Error::Api(_),
+                ..
+            } => None,
+            ClusterError::Api { source, .. } => std::error::Error::source(source),
+            ClusterError::Unreachable { source, .. } => Some(source),
+            _ => None,
+        }
+    }
 }
 
 /// The innermost cause of an error chain, in one line: "Connection refused (os error 111)".
@@ -151,11 +247,53 @@ fn or_unknown(s: &str) -> String {
 }
 
 impl ClusterError {
+    /// A client error of `action` on `object`, classified once for every caller: a request past
+    /// its deadline is [`ClusterError::Timeout`], a create refused because the namespace is
+    /// being deleted is [`ClusterError::NamespaceTerminating`], anything else
+    /// [`ClusterError::Api`].
+    pub fn from_kube(action: &'static str, object: impl fmt::Display, source: kube::Error) -> Self {
+        let object = object.to_string();
+        if client::is_elapsed(&source) {
+            return ClusterError::Timeout { action, object };
+        }
+        if let kube::Error::Api(s) = &source {
+            let cause = s
+                .details
+                .iter()
+                .flat_map(|d| &d.causes)
+                .find(|c| c.reason == NAMESPACE_TERMINATING);
+            if let Some(cause) = cause {
+                return ClusterError::NamespaceTerminating {
+                    action,
+                    object,
+                    message: cause.message.clone(),
+                };
+            }
+        }
+        ClusterError::Api {
+            action,
+            object,
+            source,
+        }
+    }
+
     /// Whether the API server answered with HTTP status `code`.
     pub fn is_http(&self, code: u16) -> bool {
         matches!(self, ClusterError::Api { source: kube::Error::Api(s), .. } if s.code == code)
     }
+
+    /// Whether nothing answered: the server is unreachable or a request ran past its deadline.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            ClusterError::Unreachable { .. } | ClusterError::Timeout { .. } => true,
+            ClusterError::Api { source, .. } => !matches!(source, kube::Error::Api(_)),
+            _ => false,
+        }
+    }
 }
+
+/// The cause type the API server gives a create refused in a namespace being deleted.
+const NAMESPACE_TERMINATING: &str = "NamespaceTerminating";
 
 /// The API server's own message for API errors, the client's otherwise.
 fn api_message(e: &kube::Error) -> String {
@@ -244,22 +382,30 @@ pub struct Cluster {
     version: Arc<tokio::sync::OnceCell<String>>,
 }
 
-async fn bounded<T>(
+/// Awaits one client call; its failure is classified by [`ClusterError::from_kube`]. The
+/// deadline is the client's own layer, so nothing here adds a timeout.
+async fn call<T>(
     action: &'static str,
     object: &dyn fmt::Display,
     fut: impl std::future::Future<Output = Result<T, kube::Error>>,
 ) -> Result<T, ClusterError> {
-    match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(source)) => Err(ClusterError::Api {
-            action,
-            object: object.to_string(),
-            source,
-        }),
-        Err(_) => Err(ClusterError::Timeout {
-            action,
-            object: object.to_string(),
-        }),
+    fut.await
+        .map_err(|source| ClusterError::from_kube(action, object, source))
+}
+
+/// `Kind/name (namespace ns)` of a built-in kind, for messages.
+fn typed_name<K: Resource<DynamicType = ()>>(namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(ns) => format!("{}/{name} (namespace {ns})", K::kind(&())),
+        None => format!("{}/{name}", K::kind(&())),
+    }
+}
+
+/// `pods in ns` (or `pods in every namespace`) of a built-in kind, for messages.
+fn typed_collection<K: Resource<DynamicType = ()>>(namespace: Option<&str>) -> String {
+    match namespace {
+        Some(ns) => format!("{} in {ns}", K::plural(&())),
+        None => K::plural(&()).to_string(),
     }
 }
 
@@ -311,7 +457,7 @@ impl Cluster {
         let v = self
             .version
             .get_or_try_init(|| async {
-                let v = bounded(
+                let v = call(
                     "reaching",
                     &"the API server",
                     self.client.apiserver_version(),
@@ -357,16 +503,7 @@ impl Cluster {
             return Ok(found.clone());
         }
         let name = format!("{}/{}/{}", gvk.group, gvk.version, gvk.kind);
-        let res = tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            kube::discovery::pinned_kind(&self.client, gvk),
-        )
-        .await
-        .map_err(|_| ClusterError::Timeout {
-            action: "discovering",
-            object: name.clone(),
-        })?;
-        let found = match res {
+        let found = match kube::discovery::pinned_kind(&self.client, gvk).await {
             Ok(f) => f,
             Err(kube::Error::Api(s)) if s.code == 404 => {
                 return Err(ClusterError::UnknownKind {
@@ -374,13 +511,7 @@ impl Cluster {
                     message: s.message,
                 })
             }
-            Err(e) => {
-                return Err(ClusterError::Api {
-                    action: "discovering",
-                    object: name,
-                    source: e,
-                })
-            }
+            Err(e) => return Err(ClusterError::from_kube("discovering", name, e)),
         };
         self.kinds.lock().await.insert(gvk.clone(), found.clone());
         Ok(found)
@@ -435,45 +566,28 @@ impl Cluster {
         } else {
             "applying"
         };
-        let res = tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            api.patch(&key.name, &pp, &Patch::Apply(obj)),
-        )
-        .await;
-        match res {
-            Err(_) => Err(ClusterError::Timeout {
-                action,
-                object: key.to_string(),
-            }),
-            Ok(Ok(o)) => Ok(o),
-            Ok(Err(kube::Error::Api(s))) if s.code == 409 => Err(parse_conflict(&key, &s.message)),
-            Ok(Err(kube::Error::Api(s)))
+        match api.patch(&key.name, &pp, &Patch::Apply(obj)).await {
+            Ok(o) => Ok(o),
+            Err(kube::Error::Api(s)) if s.code == 409 => Err(parse_conflict(&key, &s.message)),
+            Err(kube::Error::Api(s))
                 if s.code == 422
                     && (s.message.contains("immutable")
                         || s.message.contains("Forbidden: updates to statefulset spec")) =>
             {
                 Err(parse_immutable(&key, &s.message))
             }
-            Ok(Err(kube::Error::Api(s))) if s.code == 422 || s.code == 400 => {
+            Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
                 Err(ClusterError::Invalid {
                     object: key.to_string(),
                     message: s.message,
                 })
             }
-            Ok(Err(kube::Error::Api(s))) if s.code == 404 => {
+            Err(kube::Error::Api(s)) if s.code == 404 => {
                 // An apply creates what is missing: a 404 means the kind itself is gone.
-                let err = ClusterError::Api {
-                    action,
-                    object: key.to_string(),
-                    source: kube::Error::Api(s),
-                };
+                let err = ClusterError::from_kube(action, &key, kube::Error::Api(s));
                 Err(self.recheck_kind(&key.gvk(), err).await)
             }
-            Ok(Err(source)) => Err(ClusterError::Api {
-                action,
-                object: key.to_string(),
-                source,
-            }),
+            Err(source) => Err(ClusterError::from_kube(action, &key, source)),
         }
     }
 
@@ -485,7 +599,7 @@ impl Cluster {
     ) -> Result<DynamicObject, ClusterError> {
         let api = self.api_for(key).await?;
         let pp = PatchParams::default();
-        bounded(
+        call(
             "patching",
             key,
             api.patch(&key.name, &pp, &Patch::<()>::Json(patch)),
@@ -517,7 +631,7 @@ impl Cluster {
     /// Reads one object; `None` when it does not exist.
     pub async fn get(&self, key: &ObjectKey) -> Result<Option<DynamicObject>, ClusterError> {
         let api = self.api_for(key).await?;
-        bounded("reading", key, api.get_opt(&key.name)).await
+        call("reading", key, api.get_opt(&key.name)).await
     }
 
     /// Lists objects of one kind in `namespace` (all namespaces for cluster-scoped kinds)
@@ -534,7 +648,7 @@ impl Cluster {
             Scope::Cluster => Api::all_with(self.client.clone(), &ar),
         };
         let what = format!("{} in {namespace}", ar.plural);
-        let list = match bounded(
+        let list = match call(
             "listing",
             &what,
             api.list(&ListParams::default().labels(selector)),
@@ -564,25 +678,76 @@ impl Cluster {
     /// Deletes one object (background propagation); `Ok(false)` when it was already gone.
     pub async fn delete(&self, key: &ObjectKey) -> Result<bool, ClusterError> {
         let api = self.api_for(key).await?;
-        match tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            api.delete(&key.name, &DeleteParams::background()),
-        )
-        .await
-        {
-            Err(_) => Err(ClusterError::Timeout {
-                action: "deleting",
-                object: key.to_string(),
-            }),
-            Ok(Ok(_)) => Ok(true),
-            Ok(Err(kube::Error::Api(s))) if s.code == 404 => Ok(false),
-            Ok(Err(source)) => Err(ClusterError::Api {
-                action: "deleting",
-                object: key.to_string(),
-                source,
-            }),
+        match api.delete(&key.name, &DeleteParams::background()).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+            Err(source) => Err(ClusterError::from_kube("deleting", key, source)),
         }
     }
+
+    /// Reads `name` of a namespaced built-in kind in `namespace`; `None` when it does not exist.
+    pub async fn get_in<K>(&self, namespace: &str, name: &str) -> Result<Option<K>, ClusterError>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + fmt::Debug,
+    {
+        let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
+        let what = typed_name::<K>(Some(namespace), name);
+        call("reading", &what, api.get_opt(name)).await
+    }
+
+    /// Reads `name` of a cluster-scoped built-in kind; `None` when it does not exist.
+    pub async fn get_global<K>(&self, name: &str) -> Result<Option<K>, ClusterError>
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + fmt::Debug,
+    {
+        let api: Api<K> = Api::all(self.client.clone());
+        let what = typed_name::<K>(None, name);
+        call("reading", &what, api.get_opt(name)).await
+    }
+
+    /// Lists a namespaced built-in kind in `namespace`.
+    pub async fn list_in<K>(&self, namespace: &str, lp: &ListParams) -> Result<Vec<K>, ClusterError>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + fmt::Debug,
+    {
+        let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
+        let what = typed_collection::<K>(Some(namespace));
+        Ok(call("listing", &what, api.list(lp)).await?.items)
+    }
+
+    /// Lists a built-in kind in every namespace (or a cluster-scoped kind).
+    pub async fn list_global<K>(&self, lp: &ListParams) -> Result<Vec<K>, ClusterError>
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + fmt::Debug,
+    {
+        let api: Api<K> = Api::all(self.client.clone());
+        let what = typed_collection::<K>(None);
+        Ok(call("listing", &what, api.list(lp)).await?.items)
+    }
+
+    /// The key names (never the values) of Secret `name` in `namespace`, from its `data` and
+    /// `stringData`; `None` when the Secret does not exist.
+    pub async fn secret_keys(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<BTreeSet<String>>, ClusterError> {
+        let secret = self.get_in::<Secret>(namespace, name).await?;
+        Ok(secret.map(|s| key_names(&s)))
+    }
+}
+
+/// The key names of a Secret's `data` and `stringData`; the values are dropped here.
+pub fn key_names(secret: &Secret) -> BTreeSet<String> {
+    let data = secret.data.iter().flat_map(|d| d.keys());
+    let string_data = secret.string_data.iter().flat_map(|d| d.keys());
+    data.chain(string_data).cloned().collect()
 }
 
 /// Reads the managers and fields out of a 409 apply conflict message.
@@ -648,6 +813,51 @@ mod tests {
             namespace: "ns".into(),
             name: "web".into(),
         }
+    }
+
+    #[test]
+    fn a_create_in_a_namespace_being_deleted_is_its_own_error() {
+        // The answer as the API server sends it (namespace lifecycle admission).
+        let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "status": "Failure",
+            "message": "leases.coordination.k8s.io \"converge-todo\" is forbidden: unable to create new content in namespace todo because it is being terminated",
+            "reason": "Forbidden",
+            "details": {"name": "converge-todo", "group": "coordination.k8s.io", "kind": "leases", "causes": [
+                {"reason": "NamespaceTerminating", "message": "namespace todo is being terminated", "field": "metadata.namespace"}]},
+            "code": 403
+        }))
+        .expect("a Status");
+        let e = ClusterError::from_kube(
+            "creating",
+            "Lease todo/converge-todo",
+            kube::Error::Api(status.boxed()),
+        );
+        assert!(
+            matches!(e, ClusterError::NamespaceTerminating { .. }),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("namespace todo is being terminated"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_api_answer_is_printed_once_not_again_as_its_cause() {
+        let status =
+            kube::core::Status::failure("pods is forbidden: User \"dev\" cannot list", "Forbidden")
+                .with_code(403);
+        let e =
+            ClusterError::from_kube("listing", "pods in todo", kube::Error::Api(status.boxed()));
+        assert_eq!(
+            e.to_string(),
+            "listing pods in todo: pods is forbidden: User \"dev\" cannot list (403)"
+        );
+        assert!(
+            std::error::Error::source(&e).is_none(),
+            "the message already says it"
+        );
+        assert!(e.is_http(403) && !e.is_unreachable());
     }
 
     #[test]

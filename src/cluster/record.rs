@@ -4,7 +4,7 @@
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams};
 
-use super::{ClusterError, REQUEST_TIMEOUT};
+use super::ClusterError;
 use crate::vocabulary::{FIELD_MANAGER, LABEL_MANAGED_BY, LABEL_STACK, MANAGED_BY};
 
 /// Where a record lives.
@@ -29,22 +29,10 @@ impl Place<'_> {
     /// Reads the document; `None` when the ConfigMap or the key does not exist.
     pub async fn read(&self, client: &kube::Client) -> Result<Option<String>, ClusterError> {
         let api: Api<ConfigMap> = Api::namespaced(client.clone(), self.namespace);
-        let cm = match tokio::time::timeout(REQUEST_TIMEOUT, api.get_opt(self.name)).await {
-            Err(_) => {
-                return Err(ClusterError::Timeout {
-                    action: "reading",
-                    object: self.what(),
-                })
-            }
-            Ok(Err(source)) => {
-                return Err(ClusterError::Api {
-                    action: "reading",
-                    object: self.what(),
-                    source,
-                })
-            }
-            Ok(Ok(cm)) => cm,
-        };
+        let cm = api
+            .get_opt(self.name)
+            .await
+            .map_err(|e| ClusterError::from_kube("reading", self.what(), e))?;
         Ok(cm.and_then(|c| c.data).and_then(|mut d| d.remove(self.key)))
     }
 
@@ -62,23 +50,10 @@ impl Place<'_> {
             field_manager: Some(FIELD_MANAGER.to_string()),
             ..PatchParams::default()
         };
-        match tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            api.patch(self.name, &pp, &Patch::Merge(&patch)),
-        )
-        .await
-        {
-            Err(_) => Err(ClusterError::Timeout {
-                action: "writing",
-                object: self.what(),
-            }),
-            Ok(Err(source)) => Err(ClusterError::Api {
-                action: "writing",
-                object: self.what(),
-                source,
-            }),
-            Ok(Ok(_)) => Ok(()),
-        }
+        api.patch(self.name, &pp, &Patch::Merge(&patch))
+            .await
+            .map(drop)
+            .map_err(|e| ClusterError::from_kube("writing", self.what(), e))
     }
 
     /// Writes the document (server-side apply of the whole ConfigMap as converge's).
@@ -95,22 +70,9 @@ impl Place<'_> {
             "data": {self.key: text},
         });
         let pp = PatchParams::apply(FIELD_MANAGER).force();
-        match tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            api.patch(self.name, &pp, &Patch::Apply(&cm)),
-        )
-        .await
-        {
-            Err(_) => Err(ClusterError::Timeout {
-                action: "writing",
-                object: self.what(),
-            }),
-            Ok(Err(source)) => Err(ClusterError::Api {
-                action: "writing",
-                object: self.what(),
-                source,
-            }),
-            Ok(Ok(_)) => Ok(()),
-        }
+        api.patch(self.name, &pp, &Patch::Apply(&cm))
+            .await
+            .map(drop)
+            .map_err(|e| ClusterError::from_kube("writing", self.what(), e))
     }
 }

@@ -1,6 +1,7 @@
-//! The pure half of `converge doctor`: check results, and decisions over data the CLI gathered —
-//! which kind of cluster this is, NodePort collisions, what the rendered workloads request, and
-//! whether a ResourceQuota, a LimitRange or the nodes' room admits it. No I/O here.
+//! The resource arithmetic of `converge doctor`: check results, and decisions over data its
+//! gather steps read (the `doctor` module's table) — which kind of cluster this is, NodePort
+//! collisions, what the rendered workloads request, and whether a ResourceQuota, a LimitRange
+//! or the nodes' room admits it. No I/O here.
 
 use serde::Serialize;
 use serde_json::Value;

@@ -1,20 +1,20 @@
 //! Evidence gathering for `converge explain`: reads (never writes) the component's workloads,
 //! newest ReplicaSet, Pods, Events, log tails, claims, StorageClasses, referenced Secrets (key
-//! names only) and, when a Pod is unschedulable, every node's room. Each request is bounded.
+//! names only) and, when a Pod is unschedulable, every node's room. Each request is bounded by
+//! the client's deadline; log reads have a shorter one of their own.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::{Event, Node, PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::core::v1::{Event, Node, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass as K8sStorageClass;
 use kube::api::{Api, ListParams, LogParams};
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tracing::debug;
 
 use super::{EventLine, Evidence, LogTail, NodeRoom, SecretRef, StorageClass};
-use crate::cluster::{Cluster, ClusterError, REQUEST_TIMEOUT};
+use crate::cluster::{Cluster, ClusterError};
 use crate::status::{self, ComponentStatus};
 use crate::vocabulary::{LABEL_COMPONENT, LABEL_STACK};
 
@@ -58,33 +58,12 @@ pub enum GatherError {
     },
 }
 
-async fn bounded<T>(
-    what: String,
-    fut: impl std::future::Future<Output = Result<T, kube::Error>>,
-) -> Result<T, ClusterError> {
-    match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(source)) => Err(ClusterError::Api {
-            action: "reading",
-            object: what,
-            source,
-        }),
-        Err(_) => Err(ClusterError::Timeout {
-            action: "reading",
-            object: what,
-        }),
-    }
-}
-
-async fn list<K>(api: &Api<K>, lp: &ListParams, what: &str) -> Result<Vec<Value>, ClusterError>
-where
-    K: kube::Resource + Clone + DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    let items = bounded(what.to_string(), api.list(lp)).await?.items;
-    Ok(items
+/// Objects as JSON, the form the pure rules read.
+pub fn values<T: serde::Serialize>(items: Vec<T>) -> Vec<Value> {
+    items
         .iter()
         .filter_map(|i| serde_json::to_value(i).ok())
-        .collect())
+        .collect()
 }
 
 fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
@@ -211,18 +190,9 @@ pub async fn gather(cluster: &Cluster, target: &Target) -> Result<Vec<Evidence>,
         .map(|s| s.components)
         .unwrap_or_default();
     let stack_sel = format!("{LABEL_STACK}={}", target.stack);
-    let deployments = list(
-        &Api::<Deployment>::namespaced(client.clone(), ns),
-        &ListParams::default().labels(&stack_sel),
-        &format!("deployments in {ns}"),
-    )
-    .await?;
-    let statefulsets = list(
-        &Api::<StatefulSet>::namespaced(client.clone(), ns),
-        &ListParams::default().labels(&stack_sel),
-        &format!("statefulsets in {ns}"),
-    )
-    .await?;
+    let by_stack = ListParams::default().labels(&stack_sel);
+    let deployments = values(cluster.list_in::<Deployment>(ns, &by_stack).await?);
+    let statefulsets = values(cluster.list_in::<StatefulSet>(ns, &by_stack).await?);
     let workloads: Vec<Value> = deployments.into_iter().chain(statefulsets).collect();
     let component_of = |w: &Value| -> String {
         w.pointer("/metadata/labels")
@@ -245,12 +215,7 @@ pub async fn gather(cluster: &Cluster, target: &Target) -> Result<Vec<Evidence>,
         }
         None => known.into_iter().collect(),
     };
-    let events = list(
-        &Api::<Event>::namespaced(client.clone(), ns),
-        &ListParams::default(),
-        &format!("events in {ns}"),
-    )
-    .await?;
+    let events = values(cluster.list_in::<Event>(ns, &ListParams::default()).await?);
     let mut out = Vec::new();
     for name in names {
         let mut ev = Evidence {
@@ -316,12 +281,11 @@ async fn gather_component(
             refs.extend(secret_refs(spec));
         }
         if text(&w, "/kind") == "Deployment" {
-            let rss = list(
-                &Api::<ReplicaSet>::namespaced(client.clone(), &ns),
-                &ListParams::default().labels(&sel),
-                &format!("replicasets in {ns}"),
-            )
-            .await?;
+            let rss = values(
+                cluster
+                    .list_in::<ReplicaSet>(&ns, &ListParams::default().labels(&sel))
+                    .await?,
+            );
             let rev = |r: &Value| -> i64 {
                 text(
                     r,
@@ -356,12 +320,11 @@ async fn gather_component(
                 }
             }
         }
-        let pods = list(
-            &pods_api,
-            &ListParams::default().labels(&sel),
-            &format!("pods in {ns}"),
-        )
-        .await?;
+        let pods = values(
+            cluster
+                .list_in::<Pod>(&ns, &ListParams::default().labels(&sel))
+                .await?,
+        );
         for mut p in pods {
             for v in p
                 .pointer("/spec/volumes")
@@ -416,11 +379,8 @@ async fn gather_component(
     }
 
     // Claims, and the storage classes when one is pending.
-    let claims_api = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns);
     for c in &claim_names {
-        if let Some(claim) =
-            bounded(format!("PersistentVolumeClaim/{c}"), claims_api.get_opt(c)).await?
-        {
+        if let Some(claim) = cluster.get_in::<PersistentVolumeClaim>(&ns, c).await? {
             if let Ok(mut v) = serde_json::to_value(&claim) {
                 if let Some(m) = v.pointer_mut("/metadata").and_then(Value::as_object_mut) {
                     m.remove("managedFields");
@@ -434,12 +394,11 @@ async fn gather_component(
         .iter()
         .any(|c| text(c, "/status/phase") == "Pending")
     {
-        let classes = list(
-            &Api::<K8sStorageClass>::all(client.clone()),
-            &ListParams::default(),
-            "storageclasses",
-        )
-        .await?;
+        let classes = values(
+            cluster
+                .list_global::<K8sStorageClass>(&ListParams::default())
+                .await?,
+        );
         ev.storage_classes = classes
             .iter()
             .map(|c| StorageClass {
@@ -454,7 +413,6 @@ async fn gather_component(
     }
 
     // Secrets: key names only, never values.
-    let secrets_api = Api::<Secret>::namespaced(client.clone(), &ns);
     ev.secret_refs = refs.into_iter().collect();
     for name in ev
         .secret_refs
@@ -462,18 +420,9 @@ async fn gather_component(
         .map(|r| r.secret.clone())
         .collect::<BTreeSet<_>>()
     {
-        let secret = bounded(format!("Secret/{name}"), secrets_api.get_opt(&name)).await?;
-        let keys = secret.map(|s| {
-            let mut k: Vec<String> = s.data.map(|d| d.into_keys().collect()).unwrap_or_default();
-            k.extend(
-                s.string_data
-                    .map(|d| d.into_keys().collect::<Vec<_>>())
-                    .unwrap_or_default(),
-            );
-            k.sort();
-            k
-        });
-        ev.secrets.insert(name, keys);
+        let keys = cluster.secret_keys(&ns, &name).await?;
+        ev.secrets
+            .insert(name, keys.map(|k| k.into_iter().collect()));
     }
 
     // Room on the nodes, when the scheduler found none.
@@ -483,7 +432,7 @@ async fn gather_component(
             .is_some_and(|cs| cs.iter().any(|c| text(c, "/reason") == "Unschedulable"))
     });
     if unschedulable {
-        ev.nodes = node_room(&client).await?;
+        ev.nodes = node_room(cluster).await?;
     }
     Ok(())
 }
@@ -516,20 +465,15 @@ async fn log_tail(api: &Api<Pod>, pod: &str, container: &str) -> Option<LogTail>
 }
 
 /// Every node's allocatable CPU and memory and what the Pods on it already request.
-pub async fn node_room(client: &kube::Client) -> Result<Vec<NodeRoom>, ClusterError> {
-    let nodes = list(
-        &Api::<Node>::all(client.clone()),
-        &ListParams::default(),
-        "nodes",
-    )
-    .await?;
-    let pods = list(
-        &Api::<Pod>::all(client.clone()),
-        &ListParams::default().fields("status.phase!=Succeeded,status.phase!=Failed"),
-        "pods in every namespace",
-    )
-    .await?;
+pub async fn node_room(cluster: &Cluster) -> Result<Vec<NodeRoom>, ClusterError> {
+    let nodes = values(cluster.list_global::<Node>(&ListParams::default()).await?);
+    let pods = values(cluster.list_global::<Pod>(&running()).await?);
     Ok(room(&nodes, &pods))
+}
+
+/// Pods that still hold their requests (neither succeeded nor failed).
+pub fn running() -> ListParams {
+    ListParams::default().fields("status.phase!=Succeeded,status.phase!=Failed")
 }
 
 /// Pure: nodes' allocatable minus the requests of the Pods bound to them.

@@ -4,9 +4,12 @@
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::ListParams;
+
 use crate::cluster::record::Place;
-use crate::cluster::ClusterError;
-use crate::vocabulary::status_name;
+use crate::cluster::{Cluster, ClusterError};
+use crate::vocabulary::{status_name, LABEL_MANAGED_BY, MANAGED_BY};
 
 /// How many reconciles the history keeps.
 pub const HISTORY: usize = 10;
@@ -170,6 +173,54 @@ pub async fn load_for_update(
             Ok((None, Some(message)))
         }
     }
+}
+
+/// One status record found in the cluster by [`read_all`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// The namespace it lives in.
+    pub namespace: String,
+    /// Its ConfigMap's name.
+    pub name: String,
+    /// What it holds.
+    pub record: Record,
+}
+
+impl Found {
+    /// Whether this is the record of a stack named `stack` (all that is known of a record that
+    /// does not parse is its ConfigMap's name).
+    pub fn is_of(&self, stack: &str) -> bool {
+        self.name == status_name(stack)
+    }
+
+    /// `ConfigMap <namespace>/<name>`, for messages.
+    pub fn what(&self) -> String {
+        format!("ConfigMap {}/{}", self.namespace, self.name)
+    }
+}
+
+/// Whether a ConfigMap's name is a status record's (`converge-<stack>-status`).
+fn is_record_name(name: &str) -> bool {
+    name.starts_with("converge-") && name.ends_with("-status")
+}
+
+/// Every status record converge keeps in the cluster, in every namespace, readable or not.
+pub async fn read_all(cluster: &Cluster) -> Result<Vec<Found>, ClusterError> {
+    let lp = ListParams::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
+    let maps = cluster.list_global::<ConfigMap>(&lp).await?;
+    Ok(maps
+        .into_iter()
+        .filter_map(|c| {
+            let name = c.metadata.name.clone().filter(|n| is_record_name(n))?;
+            let namespace = c.metadata.namespace.clone().unwrap_or_default();
+            let text = c.data.and_then(|mut d| d.remove(DATA_KEY));
+            Some(Found {
+                namespace,
+                name,
+                record: parse(text),
+            })
+        })
+        .collect())
 }
 
 fn place<'a>(namespace: &'a str, name: &'a str, stack: &'a str) -> Place<'a> {

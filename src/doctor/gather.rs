@@ -1,0 +1,285 @@
+//! The gather steps of doctor's checks: each reads what one check decides on (cluster objects,
+//! a command's answer, the rendered stack) and returns it as data; none decides or writes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{LimitRange, Node, Pod, ResourceQuota, Service};
+use kube::api::ListParams;
+use serde_json::Value;
+
+use crate::cluster::{Cluster, ClusterError};
+use crate::desired::schema::BuilderKind;
+use crate::desired::Stack;
+use crate::explain::doctor::Totals;
+use crate::explain::gather::{running, values};
+use crate::explain::SecretRef;
+use crate::render::Helm;
+
+/// How long an external version or status command may take.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A short command's answer: (success, stdout, stderr), or why it could not run.
+pub type Answer = Result<(bool, String, String), String>;
+
+/// Runs a short external command with a timeout.
+pub async fn command(program: &str, args: &[&str]) -> Answer {
+    let argv: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    // Never cancelled: the sender lives as long as the call.
+    let (_keep, cancel) = tokio::sync::watch::channel(false);
+    match crate::build::engine::run(program, &argv, &[], None, COMMAND_TIMEOUT, cancel, program)
+        .await
+    {
+        Ok(o) => Ok((o.status.success(), o.stdout, o.stderr)),
+        Err(crate::build::engine::RunError::Spawn(e)) => {
+            Err(format!("cannot run `{program}`: {e}"))
+        }
+        Err(crate::build::engine::RunError::Timeout) => Err(format!(
+            "`{program} {}` gave no answer within {}s",
+            args.join(" "),
+            COMMAND_TIMEOUT.as_secs()
+        )),
+        Err(e) => Err(format!("`{program}` failed: {e:?}")),
+    }
+}
+
+/// The API server's version and the nodes (empty when they cannot be listed: the cluster check
+/// is about the server answering).
+pub async fn cluster(cluster: &Cluster) -> Result<(String, Vec<Value>), ClusterError> {
+    let version = cluster.ping().await?;
+    let nodes = cluster
+        .list_global::<Node>(&ListParams::default())
+        .await
+        .map(values)
+        .unwrap_or_default();
+    Ok((version, nodes))
+}
+
+/// What a builder's tools answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuilderFacts {
+    /// `docker version`, and the engine address it used.
+    Docker {
+        /// `DOCKER_HOST`, or "the default socket".
+        host: String,
+        /// Its answer.
+        version: Answer,
+    },
+    /// `minikube status`, and `minikube version` when it runs.
+    Minikube {
+        /// Its answer.
+        status: Answer,
+        /// The version, asked only of a running minikube.
+        version: Option<String>,
+    },
+    /// A builder doctor does not check.
+    Unchecked(BuilderKind),
+}
+
+/// Asks the builder's tools whether they work.
+pub async fn builder(kind: BuilderKind) -> BuilderFacts {
+    match kind {
+        BuilderKind::Docker | BuilderKind::Kind | BuilderKind::Containerd => {
+            let host = std::env::var("DOCKER_HOST")
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "the default socket".into());
+            let version = command(
+                "docker",
+                &[
+                    "version",
+                    "--format",
+                    "{{.Client.Version}} {{.Server.Version}}",
+                ],
+            )
+            .await;
+            BuilderFacts::Docker { host, version }
+        }
+        BuilderKind::Minikube => {
+            let status = command("minikube", &["status", "--format", "{{.Host}}"]).await;
+            let version = match &status {
+                Ok((_, stdout, _)) if stdout.trim() == "Running" => Some(
+                    command("minikube", &["version", "--short"])
+                        .await
+                        .map(|(_, v, _)| v.trim().to_string())
+                        .unwrap_or_default(),
+                ),
+                _ => None,
+            };
+            BuilderFacts::Minikube { status, version }
+        }
+        other => BuilderFacts::Unchecked(other),
+    }
+}
+
+/// The key names (never values) of each Secret `refs` name, `None` for a missing Secret.
+pub async fn secret_keys(
+    cluster: &Cluster,
+    namespace: &str,
+    refs: &[SecretRef],
+) -> Result<BTreeMap<String, Option<Vec<String>>>, ClusterError> {
+    let mut names: Vec<&str> = refs.iter().map(|r| r.secret.as_str()).collect();
+    names.sort();
+    names.dedup();
+    let mut out = BTreeMap::new();
+    for name in names {
+        let keys = cluster.secret_keys(namespace, name).await?;
+        out.insert(name.to_string(), keys.map(|k| k.into_iter().collect()));
+    }
+    Ok(out)
+}
+
+/// The stack rendered as the cluster would get it, as JSON.
+pub async fn render(
+    repo: &Path,
+    rev: &str,
+    dir: &str,
+    stack: &Stack,
+    helm: &Helm,
+    cluster: &Cluster,
+) -> Result<Vec<Value>, crate::error::Error> {
+    let opts = crate::reconcile::Options {
+        // By directory: two stacks may share a name (dev and staging of one app).
+        stack: Some(stack.dir.clone()),
+        dir: dir.to_string(),
+        ..crate::reconcile::Options::default()
+    };
+    let (_, prepared) = crate::reconcile::prepare(repo, rev, &opts)?;
+    let version = cluster.ping().await.ok();
+    let mut out = Vec::new();
+    for p in prepared {
+        let rendered = p.render.template(helm, version.as_deref()).await?;
+        out.extend(
+            rendered
+                .objects
+                .iter()
+                .filter_map(|o| serde_json::to_value(o).ok()),
+        );
+    }
+    Ok(out)
+}
+
+/// Every Service in the cluster (NodePorts are cluster-wide).
+pub async fn services(cluster: &Cluster) -> Result<Vec<Value>, ClusterError> {
+    Ok(values(
+        cluster
+            .list_global::<Service>(&ListParams::default())
+            .await?,
+    ))
+}
+
+/// A namespace's ResourceQuotas and LimitRanges, and what its Pods request now.
+#[derive(Debug, Clone, Default)]
+pub struct QuotaFacts {
+    /// ResourceQuotas.
+    pub quotas: Vec<Value>,
+    /// LimitRanges.
+    pub ranges: Vec<Value>,
+    /// Requests of the Pods running in the namespace now (the stack replaces them); read only
+    /// when a quota or range exists.
+    pub own: Totals,
+}
+
+/// Reads what the quota check decides on.
+pub async fn quota(cluster: &Cluster, ns: &str) -> Result<QuotaFacts, ClusterError> {
+    let all = ListParams::default();
+    let quotas = values(cluster.list_in::<ResourceQuota>(ns, &all).await?);
+    let ranges = values(cluster.list_in::<LimitRange>(ns, &all).await?);
+    let mut own = Totals::default();
+    if !(quotas.is_empty() && ranges.is_empty()) {
+        // Best effort, as before: unreadable Pods count as none.
+        let pods = cluster
+            .list_in::<Pod>(ns, &running())
+            .await
+            .map(values)
+            .unwrap_or_default();
+        for p in &pods {
+            let (cpu, mem) = crate::explain::rules::pod_requests(p);
+            own.pods += 1;
+            own.cpu_milli += cpu;
+            own.memory += mem;
+        }
+    }
+    Ok(QuotaFacts {
+        quotas,
+        ranges,
+        own,
+    })
+}
+
+/// Every node, and every Pod holding requests: (nodes, pods).
+pub async fn capacity(cluster: &Cluster) -> Result<(Vec<Value>, Vec<Value>), ClusterError> {
+    let nodes = values(cluster.list_global::<Node>(&ListParams::default()).await?);
+    let pods = values(cluster.list_global::<Pod>(&running()).await?);
+    Ok((nodes, pods))
+}
+
+/// Whether a daemon service is installed for the checkout, and whether it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceFacts {
+    /// `repo` is not a checkout.
+    NoCheckout(String),
+    /// Where services are installed is unknown (no HOME).
+    NoPlaces(String),
+    /// A launchd agent is installed (its state is not asked).
+    Launchd {
+        /// The plist.
+        file: PathBuf,
+    },
+    /// A systemd unit is installed.
+    Systemd {
+        /// `<name>.service`.
+        unit: String,
+        /// The unit file.
+        file: PathBuf,
+        /// A user unit (`systemctl --user`).
+        user: bool,
+        /// `systemctl is-active`'s answer.
+        active: Answer,
+    },
+    /// None is installed for the checkout.
+    Missing {
+        /// The checkout's top directory.
+        root: PathBuf,
+    },
+}
+
+/// Looks for the checkout's daemon service, and asks systemd whether it runs.
+pub async fn service(repo: &Path) -> ServiceFacts {
+    use crate::daemon::service::{self, Manager};
+    let dirs = match crate::daemon::refs::GitDirs::discover(repo) {
+        Ok(d) => d,
+        Err(e) => return ServiceFacts::NoCheckout(e.to_string()),
+    };
+    let places = match service::Places::from_env() {
+        Ok(p) => p,
+        Err(e) => return ServiceFacts::NoPlaces(e.to_string()),
+    };
+    let name = service::name_for(&dirs.root);
+    let managers: &[Manager] = if cfg!(target_os = "macos") {
+        &[Manager::Launchd]
+    } else {
+        &[Manager::SystemdUser, Manager::SystemdSystem]
+    };
+    for &m in managers {
+        let file = places.file(m, &name);
+        if !file.exists() {
+            continue;
+        }
+        let unit = format!("{name}.service");
+        let user = m == Manager::SystemdUser;
+        let active = match m {
+            Manager::Launchd => return ServiceFacts::Launchd { file },
+            Manager::SystemdUser => command("systemctl", &["--user", "is-active", &unit]).await,
+            Manager::SystemdSystem => command("systemctl", &["is-active", &unit]).await,
+        };
+        return ServiceFacts::Systemd {
+            unit,
+            file,
+            user,
+            active,
+        };
+    }
+    ServiceFacts::Missing { root: dirs.root }
+}

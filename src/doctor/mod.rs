@@ -1,0 +1,151 @@
+//! `converge doctor` as a table of checks: each check has an id, a gather step (reads, never
+//! writes: [`gather`]) and a pure decide step ([`decide`], unit-tested without a cluster). A
+//! skipped check is never gathered, and work several checks share (the cluster connection, the
+//! rendered stack) is done only when one of them runs. This file owns the table and the order;
+//! the resource arithmetic the decisions use is `explain::doctor`'s.
+
+pub mod decide;
+pub mod gather;
+
+use std::path::Path;
+
+use crate::desired::schema::BuilderKind;
+use crate::desired::Stack;
+pub use crate::explain::doctor::{Check, Status};
+use crate::render::Helm;
+
+/// Every check's id, in the order they run.
+pub const CHECKS: &[&str] = &[
+    "desired", "helm", "context", "cluster", "builder", "secrets", "nodeport", "quota", "capacity",
+    "service",
+];
+
+/// Checks that need the stack rendered.
+const RENDERED: &[&str] = &["nodeport", "quota", "capacity"];
+/// Checks that need a cluster connection.
+const CONNECTED: &[&str] = &[
+    "context", "cluster", "secrets", "nodeport", "quota", "capacity",
+];
+
+/// What doctor checks, resolved by the CLI.
+#[derive(Debug)]
+pub struct Request<'a> {
+    /// The stacks of the commit, or why they could not be read.
+    pub stacks: Result<Vec<Stack>, String>,
+    /// The checkout.
+    pub repo: &'a Path,
+    /// The revision read.
+    pub rev: &'a str,
+    /// The desired-state directory.
+    pub dir: &'a str,
+    /// The kubeconfig file, when not the default.
+    pub kubeconfig: Option<&'a Path>,
+    /// The kube context, instead of each stack's.
+    pub context: Option<&'a str>,
+    /// The builder to check, instead of the one converge would choose.
+    pub builder: Option<BuilderKind>,
+    /// Ids of checks not to run.
+    pub skip: &'a [String],
+}
+
+impl Request<'_> {
+    fn wants(&self, check: &str) -> bool {
+        !self.skip.iter().any(|s| s == check)
+    }
+
+    fn wants_any(&self, checks: &[&str]) -> bool {
+        checks.iter().any(|c| self.wants(c))
+    }
+}
+
+/// Runs every check not skipped, in table order, and returns one line per check (per stack for
+/// the checks of a stack).
+pub async fn run(req: &Request<'_>) -> Vec<Check> {
+    let mut out = vec![decide::desired(req.repo, req.rev, req.dir, &req.stacks)];
+    let stacks: &[Stack] = req.stacks.as_deref().unwrap_or_default();
+    let helm = Helm::from_env();
+    let render = req.wants_any(RENDERED);
+    // helm is asked when its check runs, or when a rendering check needs it.
+    let helm_ok = if req.wants("helm") || render {
+        let version = helm.check().await.map_err(|e| e.to_string());
+        out.push(decide::helm(&version));
+        version.is_ok()
+    } else {
+        false
+    };
+    let connect = req.wants_any(CONNECTED);
+    if stacks.is_empty() && connect {
+        // Still check the cluster the flags (or the kubeconfig) name.
+        let _ = connect_checks(req, req.context, &mut out).await;
+    }
+    for stack in stacks {
+        let context = req.context.unwrap_or(&stack.spec.context);
+        if req.wants("builder") {
+            let choice = crate::build::select_builder(req.builder, stack, context);
+            let facts = gather::builder(choice.builder).await;
+            out.push(decide::builder(stack, &choice, &facts));
+        }
+        if !connect {
+            continue;
+        }
+        let Some(cluster) = connect_checks(req, Some(context), &mut out).await else {
+            continue;
+        };
+        if req.wants("secrets") {
+            let refs = decide::secret_refs(stack);
+            let keys = if refs.is_empty() {
+                Ok(Default::default())
+            } else {
+                gather::secret_keys(&cluster, &stack.spec.namespace, &refs).await
+            };
+            out.push(decide::secrets(stack, &refs, &keys));
+        }
+        if !(helm_ok && render) {
+            continue;
+        }
+        let objects = match gather::render(req.repo, req.rev, req.dir, stack, &helm, &cluster).await
+        {
+            Ok(objects) => objects,
+            Err(e) => {
+                let e = e.to_string();
+                out.extend(
+                    RENDERED
+                        .iter()
+                        .map(|id| decide::unrendered(id, stack, &e, req.repo)),
+                );
+                continue;
+            }
+        };
+        if req.wants("nodeport") {
+            let live = gather::services(&cluster).await;
+            out.push(decide::nodeport(stack, &objects, &live));
+        }
+        if req.wants("quota") {
+            let facts = gather::quota(&cluster, &stack.spec.namespace).await;
+            out.push(decide::quota(&stack.spec.namespace, &objects, &facts));
+        }
+        if req.wants("capacity") {
+            let facts = gather::capacity(&cluster).await;
+            out.push(decide::capacity(stack, &objects, &facts));
+        }
+    }
+    if req.wants("service") {
+        out.push(decide::service(&gather::service(req.repo).await));
+    }
+    out.retain(|c| req.wants(&c.check));
+    out
+}
+
+/// The `context` and `cluster` checks; the connection when the cluster answers.
+async fn connect_checks(
+    req: &Request<'_>,
+    context: Option<&str>,
+    out: &mut Vec<Check>,
+) -> Option<crate::cluster::Cluster> {
+    let cluster = crate::cluster::Cluster::connect(req.kubeconfig, context).await;
+    out.push(decide::context(context, cluster.as_ref().map(drop)));
+    let cluster = cluster.ok()?;
+    let facts = gather::cluster(&cluster).await;
+    out.push(decide::cluster(context, cluster.context(), &facts));
+    facts.ok().map(|_| cluster)
+}
