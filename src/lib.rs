@@ -18,6 +18,7 @@ pub mod daemon;
 pub mod desired;
 pub mod error;
 pub mod explain;
+pub mod process;
 pub mod reconcile;
 pub mod render;
 pub mod source;
