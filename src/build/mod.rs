@@ -750,7 +750,7 @@ pub async fn prune_old_with(
 fn check_status(
     cli: &engine::DockerCli,
     args: &[String],
-    out: &engine::RunOutput,
+    out: &crate::process::Output,
 ) -> Result<(), BuildError> {
     if out.status.success() {
         return Ok(());
