@@ -27,6 +27,7 @@ mod build;
 mod doctor;
 mod down;
 mod explain;
+mod flags;
 mod hints;
 pub mod progress;
 mod run;
