@@ -286,11 +286,6 @@ pub fn choose_builder(
     )
 }
 
-/// The builder for a stack on the kube `context` actually used (see [`choose_builder`]).
-pub fn resolve_builder(cli: Option<BuilderKind>, stack: &Stack, context: &str) -> BuilderKind {
-    choose_builder(cli, stack, context, &BuildEnv::from_process()).builder
-}
-
 /// The builder for `stack` on kube context `context` (the one actually used), with the reason:
 /// what `doctor` and `build` report. See [`choose_builder`].
 pub fn select_builder(
