@@ -60,7 +60,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// It exited unsuccessfully.
-    #[error("`{command}` failed ({status}): {stderr}")]
+    #[error("`{command}` failed ({status}){}", if stderr.is_empty() { String::new() } else { format!(": {stderr}") })]
     Failed {
         /// The command line.
         command: String,
@@ -515,6 +515,12 @@ mod tests {
             "{msg}"
         );
         assert!(msg.ends_with("\n50"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn a_silent_failure_ends_at_its_status() {
+        let e = sh("exit 4").run().await.expect_err("fails");
+        assert!(e.to_string().ends_with("failed (exit status: 4)"), "{e}");
     }
 
     #[tokio::test]

@@ -111,11 +111,11 @@ mod tests {
 
     #[test]
     fn run_accepts_the_command_builder_and_resolves_every_group_into_its_config() {
-        let cli = parse(
-            "converge run --builder command --command buildah --exists-command inspect \
-             --kubeconfig /k --context c --stack dev --timeout 7m --fail-fast 9s \
-             --force-conflicts --recreate --allow-mass-prune --parallelism 3 --shutdown-grace 4s",
-        );
+        let cli = parse(concat!(
+            "converge run --builder command --command buildah --exists-command inspect",
+            " --kubeconfig /k --context c --stack dev --timeout 7m --fail-fast 9s",
+            " --force-conflicts --recreate --allow-mass-prune --parallelism 3 --shutdown-grace 4s",
+        ));
         let Command::Run(args) = cli.command else {
             panic!("not run: {cli:?}");
         };
