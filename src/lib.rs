@@ -19,6 +19,7 @@ pub mod desired;
 pub mod doctor;
 pub mod error;
 pub mod explain;
+pub mod process;
 pub mod reconcile;
 pub mod render;
 pub mod source;

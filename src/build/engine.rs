@@ -2,24 +2,20 @@
 //! docker-env`), `minikube image`, a user command template, or none; and the load step that
 //! hands an image the Docker engine built to a node runtime without a registry (`kind load
 //! docker-image`, or `ctr images import` into a node's containerd). Owns every process converge
-//! starts for images; always argv vectors with a timeout, never a shell. Never reads git.
+//! starts for images, through [`crate::process`]: argv vectors with a timeout, never a shell.
+//! Never reads git.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::path::Path;
-use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::Command;
 use tokio::sync::{watch, OnceCell};
 
 use super::{BuildError, BuildOptions};
 use crate::desired::schema::BuilderKind;
-
-/// Lines of build output kept for a failure report.
-pub const TAIL_LINES: usize = 40;
+use crate::process::{self, Output};
 
 /// The hint printed with every unreachable-engine error.
 pub const UNREACHABLE_HINT: &str = "start the engine, point DOCKER_HOST at it, or for minikube run `eval $(minikube docker-env)` (or use `--builder minikube`)";
@@ -128,6 +124,14 @@ impl DockerCli {
     /// Where this CLI points, for messages.
     pub fn host(&self) -> &str {
         &self.host
+    }
+
+    fn tool(&self) -> Tool<'_> {
+        Tool {
+            program: &self.program,
+            env: &self.env,
+            host: &self.host,
+        }
     }
 }
 
@@ -384,22 +388,8 @@ pub fn command_argv(
     out
 }
 
-/// What a finished process left behind.
-#[derive(Debug)]
-pub struct RunOutput {
-    /// Its exit status.
-    pub status: ExitStatus,
-    /// Its standard output (capped at 1 MiB).
-    pub stdout: String,
-    /// Its standard error (capped at 1 MiB).
-    pub stderr: String,
-    /// The last [`TAIL_LINES`] lines of both streams, in arrival order.
-    pub tail: Vec<String>,
-}
-
-const CAPTURE_CAP: usize = 1 << 20;
-
-/// Why a process did not produce a [`RunOutput`].
+/// Why `run` did not produce an output: kept for `cli/doctor.rs` until it calls
+/// [`crate::process::Command`] itself (another branch owns that file); then delete it and `run`.
 #[derive(Debug)]
 pub enum RunError {
     /// The program could not be started.
@@ -412,111 +402,32 @@ pub enum RunError {
     Io(std::io::Error),
 }
 
-/// Resolves when `cancel` holds `true`; never when its sender is gone.
-pub async fn cancelled(cancel: &mut watch::Receiver<bool>) {
-    loop {
-        if *cancel.borrow_and_update() {
-            return;
-        }
-        if cancel.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
-/// Runs `program args` with `env`, feeding `stdin`, streaming every output line to the debug log
-/// under `label`; killed on timeout or cancellation (the child dies with its handle).
+/// `program args` through [`crate::process::Command`]; see [`RunError`] for why it remains.
 pub async fn run(
     program: &str,
     args: &[String],
     env: &[(String, String)],
     stdin: Option<Vec<u8>>,
     timeout: Duration,
-    mut cancel: watch::Receiver<bool>,
+    cancel: watch::Receiver<bool>,
     label: &str,
-) -> Result<RunOutput, RunError> {
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    tracing::debug!(label, program, ?args, "starting");
-    let mut child = cmd.spawn().map_err(RunError::Spawn)?;
-    let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
-
-    let writer = match (stdin, child.stdin.take()) {
-        (Some(bytes), Some(mut pipe)) => Some(tokio::spawn(async move {
-            // A build that fails early closes stdin; the exit status tells why, not this write.
-            let _ = pipe.write_all(&bytes).await;
-            let _ = pipe.shutdown().await;
-        })),
-        _ => None,
-    };
-    let read = |stream: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>| {
-        let tail = Arc::clone(&tail);
-        let label = label.to_string();
-        async move {
-            let mut captured = String::new();
-            let Some(stream) = stream else {
-                return Ok(captured);
-            };
-            let mut lines = BufReader::new(stream).lines();
-            while let Some(line) = lines.next_line().await? {
-                tracing::debug!(label = %label, "{line}");
-                if captured.len() < CAPTURE_CAP {
-                    captured.push_str(&line);
-                    captured.push('\n');
-                }
-                if let Ok(mut t) = tail.lock() {
-                    if t.len() == TAIL_LINES {
-                        t.pop_front();
-                    }
-                    t.push_back(line);
-                }
-            }
-            Ok::<_, std::io::Error>(captured)
-        }
-    };
-    let out = child
-        .stdout
-        .take()
-        .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>);
-    let err = child
-        .stderr
-        .take()
-        .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>);
-    let work = async {
-        let (stdout, stderr) = tokio::try_join!(read(out), read(err)).map_err(RunError::Io)?;
-        let status = child.wait().await.map_err(RunError::Io)?;
-        Ok::<_, RunError>((status, stdout, stderr))
-    };
-    let result = tokio::select! {
-        biased;
-        _ = cancelled(&mut cancel) => Err(RunError::Cancelled),
-        r = tokio::time::timeout(timeout, work) => match r {
-            Ok(r) => r,
-            Err(_) => Err(RunError::Timeout),
-        },
-    };
-    if let Some(w) = writer {
-        w.abort();
+) -> Result<Output, RunError> {
+    let mut cmd = process::Command::new(program, timeout)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .cancel(cancel)
+        .log_lines(label);
+    if let Some(bytes) = stdin {
+        cmd = cmd.stdin(bytes);
     }
-    let (status, stdout, stderr) = result?;
-    let tail = tail
-        .lock()
-        .map(|t| t.iter().cloned().collect())
-        .unwrap_or_default();
-    Ok(RunOutput {
-        status,
-        stdout,
-        stderr,
-        tail,
+    cmd.output().await.map_err(|e| match e {
+        process::Error::Spawn { source, .. } => RunError::Spawn(source),
+        process::Error::Timeout { .. } => RunError::Timeout,
+        process::Error::Cancelled { .. } => RunError::Cancelled,
+        process::Error::Io { source, .. } => RunError::Io(source),
+        process::Error::Failed { command, .. } => {
+            RunError::Io(std::io::Error::other(format!("`{command}` failed")))
+        }
     })
 }
 
@@ -724,9 +635,9 @@ impl Engine {
         mode.get_or_try_init(|| async {
             EngineCalls::bump(&self.calls.other);
             let args = minikube_docker_env_args(profile.as_deref());
-            let out = run("minikube", &args, &[], None, self.check_timeout, cancel.clone(), "minikube docker-env")
-                .await
-                .map_err(|e| run_error("minikube", &args, e, "minikube".into()))?;
+            let out = Tool::bare("minikube")
+            .run(&args, None, self.check_timeout, cancel, "minikube docker-env")
+            .await?;
             if out.status.success() {
                 let env = parse_env_lines(&out.stdout);
                 return Ok(MinikubeMode::Docker(DockerCli::with_env(env, "from `minikube docker-env`")));
@@ -790,17 +701,13 @@ impl Engine {
                 )
             }
         };
-        let out = run(
-            &program,
-            &args,
-            &env,
-            None,
-            self.check_timeout,
-            cancel.clone(),
-            image,
-        )
-        .await
-        .map_err(|e| run_error(&program, &args, e, host.clone()))?;
+        let out = Tool {
+            program: &program,
+            env: &env,
+            host: &host,
+        }
+        .run(&args, None, self.check_timeout, cancel, image)
+        .await?;
         if !out.status.success() {
             return Err(BuildError::Unreachable {
                 host,
@@ -825,7 +732,7 @@ impl Engine {
             return Ok(BuildResult::Built);
         };
         EngineCalls::bump(&self.calls.loads);
-        let step = |what: &str, out: RunOutput| {
+        let step = |what: &str, out: Output| {
             let reason = format!(
                 "built, but loading into {} failed at `{what}`: {}",
                 loader.describe(),
@@ -839,17 +746,13 @@ impl Engine {
         match loader {
             Loader::Kind { cluster } => {
                 let args = kind_load_args(cluster, image);
-                let out = run(
-                    "kind",
-                    &args,
-                    &cli.env,
-                    None,
-                    self.build_timeout,
-                    cancel.clone(),
-                    image,
-                )
-                .await
-                .map_err(|e| run_error("kind", &args, e, loader.describe()))?;
+                let out = Tool {
+                    program: "kind",
+                    env: &cli.env,
+                    host: &loader.describe(),
+                }
+                .run(&args, None, self.build_timeout, cancel, image)
+                .await?;
                 if !out.status.success() {
                     return Ok(step("kind load docker-image", out));
                 }
@@ -871,32 +774,21 @@ impl Engine {
                     archive.to_string_lossy().into_owned(),
                     image.into(),
                 ];
-                let out = run(
-                    &cli.program,
-                    &args,
-                    &cli.env,
-                    None,
-                    self.build_timeout,
-                    cancel.clone(),
-                    image,
-                )
-                .await
-                .map_err(|e| run_error(&cli.program, &args, e, cli.host.clone()))?;
+                let out = cli
+                    .tool()
+                    .run(&args, None, self.build_timeout, cancel, image)
+                    .await?;
                 if !out.status.success() {
                     return Ok(step("docker save", out));
                 }
                 let args = ctr_import_args(address, namespace, &archive);
-                let out = run(
-                    "ctr",
-                    &args,
-                    &[],
-                    None,
-                    self.build_timeout,
-                    cancel.clone(),
-                    image,
-                )
-                .await
-                .map_err(|e| run_error("ctr", &args, e, loader.describe()))?;
+                let out = Tool {
+                    program: "ctr",
+                    env: &[],
+                    host: &loader.describe(),
+                }
+                .run(&args, None, self.build_timeout, cancel, image)
+                .await?;
                 if !out.status.success() {
                     return Ok(step("ctr images import", out));
                 }
@@ -928,17 +820,9 @@ impl Engine {
                     Path::new("Dockerfile"),
                 );
                 let (program, args) = split_argv(&argv)?;
-                let out = run(
-                    program,
-                    args,
-                    &[],
-                    None,
-                    self.check_timeout,
-                    cancel.clone(),
-                    image,
-                )
-                .await
-                .map_err(|e| run_error(program, args, e, program.to_string()))?;
+                let out = Tool::bare(program)
+                    .run(args, None, self.check_timeout, cancel, image)
+                    .await?;
                 Ok(if out.status.success() {
                     Existence::Present
                 } else {
@@ -949,17 +833,10 @@ impl Engine {
                 Some(cli) => {
                     EngineCalls::bump(&self.calls.checks);
                     let args = docker_inspect_args(image);
-                    let out = run(
-                        &cli.program,
-                        &args,
-                        &cli.env,
-                        None,
-                        self.check_timeout,
-                        cancel.clone(),
-                        image,
-                    )
-                    .await
-                    .map_err(|e| run_error(&cli.program, &args, e, cli.host.clone()))?;
+                    let out = cli
+                        .tool()
+                        .run(&args, None, self.check_timeout, cancel, image)
+                        .await?;
                     if out.status.success() {
                         Ok(Existence::Present)
                     } else if out.stderr.to_ascii_lowercase().contains("no such image") {
@@ -984,17 +861,9 @@ impl Engine {
                     };
                     EngineCalls::bump(&self.calls.checks);
                     let args = minikube_ls_args(profile.as_deref());
-                    let out = run(
-                        "minikube",
-                        &args,
-                        &[],
-                        None,
-                        self.check_timeout,
-                        cancel.clone(),
-                        image,
-                    )
-                    .await
-                    .map_err(|e| run_error("minikube", &args, e, "minikube".into()))?;
+                    let out = Tool::bare("minikube")
+                        .run(&args, None, self.check_timeout, cancel, image)
+                        .await?;
                     if !out.status.success() {
                         return Err(BuildError::Unreachable {
                             host: "minikube".into(),
@@ -1031,17 +900,9 @@ impl Engine {
                 let argv = command_argv(template, req, ctx.path(), &ctx.dockerfile);
                 let (program, args) = split_argv(&argv)?;
                 EngineCalls::bump(&self.calls.builds);
-                let out = run(
-                    program,
-                    args,
-                    &[],
-                    None,
-                    self.build_timeout,
-                    cancel.clone(),
-                    req.image,
-                )
-                .await
-                .map_err(|e| run_error(program, args, e, program.to_string()))?;
+                let out = Tool::bare(program)
+                    .run(args, None, self.build_timeout, cancel, req.image)
+                    .await?;
                 if out.status.success() {
                     if let Ok(mut b) = built.lock() {
                         b.insert(req.image.to_string());
@@ -1066,17 +927,9 @@ impl Engine {
                     };
                     let args = minikube_build_args(profile.as_deref(), &req, ctx.path());
                     EngineCalls::bump(&self.calls.builds);
-                    let out = run(
-                        "minikube",
-                        &args,
-                        &[],
-                        None,
-                        self.build_timeout,
-                        cancel.clone(),
-                        req.image,
-                    )
-                    .await
-                    .map_err(|e| run_error("minikube", &args, e, "minikube".into()))?;
+                    let out = Tool::bare("minikube")
+                        .run(&args, None, self.build_timeout, cancel, req.image)
+                        .await?;
                     return Ok(if out.status.success() {
                         BuildResult::Built
                     } else {
@@ -1105,17 +958,10 @@ impl Engine {
         };
         let args = docker_build_args(&req);
         EngineCalls::bump(&self.calls.builds);
-        let out = run(
-            &cli.program,
-            &args,
-            &cli.env,
-            Some(tar),
-            self.build_timeout,
-            cancel.clone(),
-            req.image,
-        )
-        .await
-        .map_err(|e| run_error(&cli.program, &args, e, cli.host.clone()))?;
+        let out = cli
+            .tool()
+            .run(&args, Some(tar), self.build_timeout, cancel, req.image)
+            .await?;
         if !out.status.success() {
             if looks_unreachable(&out.stderr) {
                 return Err(BuildError::Unreachable {
@@ -1129,17 +975,10 @@ impl Engine {
         if req.push && matches!(self.kind, Kind::Docker(_)) {
             EngineCalls::bump(&self.calls.pushes);
             let args = vec!["push".to_string(), req.image.to_string()];
-            let out = run(
-                &cli.program,
-                &args,
-                &cli.env,
-                None,
-                self.build_timeout,
-                cancel.clone(),
-                req.image,
-            )
-            .await
-            .map_err(|e| run_error(&cli.program, &args, e, cli.host.clone()))?;
+            let out = cli
+                .tool()
+                .run(&args, None, self.build_timeout, cancel, req.image)
+                .await?;
             if !out.status.success() {
                 let mut f = failed(out);
                 if let BuildResult::Failed { reason, .. } = &mut f {
@@ -1160,19 +999,11 @@ impl Engine {
         cli: &DockerCli,
         args: &[String],
         cancel: &watch::Receiver<bool>,
-    ) -> Result<RunOutput, BuildError> {
+    ) -> Result<Output, BuildError> {
         EngineCalls::bump(&self.calls.other);
-        run(
-            &cli.program,
-            args,
-            &cli.env,
-            None,
-            self.check_timeout,
-            cancel.clone(),
-            "prune",
-        )
-        .await
-        .map_err(|e| run_error(&cli.program, args, e, cli.host.clone()))
+        cli.tool()
+            .run(args, None, self.check_timeout, cancel, "prune")
+            .await
     }
 }
 
@@ -1218,7 +1049,7 @@ fn split_argv(argv: &[String]) -> Result<(&str, &[String]), BuildError> {
         .ok_or(BuildError::MissingCommandTemplate)
 }
 
-fn failed(out: RunOutput) -> BuildResult {
+fn failed(out: Output) -> BuildResult {
     let reason = failure_reason(&out.tail);
     BuildResult::Failed {
         tail: out.tail,
@@ -1235,23 +1066,73 @@ fn last_line(text: &str) -> String {
         .to_string()
 }
 
-fn run_error(program: &str, args: &[String], e: RunError, host: String) -> BuildError {
-    let command = format!(
-        "{program} {}",
-        args.first().map(String::as_str).unwrap_or("")
-    );
-    match e {
-        RunError::Spawn(source) if source.kind() == std::io::ErrorKind::NotFound => {
-            BuildError::ToolMissing {
-                program: program.to_string(),
-            }
+/// A program the engine calls: with the environment it needs, and what it reaches (for messages).
+#[derive(Clone, Copy)]
+struct Tool<'a> {
+    program: &'a str,
+    env: &'a [(String, String)],
+    host: &'a str,
+}
+
+impl<'a> Tool<'a> {
+    /// `program` with no extra environment, named by itself in messages.
+    fn bare(program: &'a str) -> Self {
+        Self {
+            program,
+            env: &[],
+            host: program,
         }
-        RunError::Spawn(source) | RunError::Io(source) => BuildError::Io {
-            what: command,
-            source,
-        },
-        RunError::Timeout => BuildError::Timeout { command, host },
-        RunError::Cancelled => BuildError::Cancelled,
+    }
+
+    /// Runs it with `args` (and `stdin`), its output logged under `label`; `Ok` whatever its exit
+    /// status, `Err` when it could not run to the end.
+    async fn run(
+        self,
+        args: &[String],
+        stdin: Option<Vec<u8>>,
+        timeout: Duration,
+        cancel: &watch::Receiver<bool>,
+        label: &str,
+    ) -> Result<Output, BuildError> {
+        let mut cmd = process::Command::new(self.program, timeout)
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .cancel(cancel.clone())
+            .log_lines(label);
+        if let Some(bytes) = stdin {
+            cmd = cmd.stdin(bytes);
+        }
+        cmd.output().await.map_err(|e| self.error(args, e))
+    }
+
+    fn error(self, args: &[String], e: process::Error) -> BuildError {
+        // The program and its subcommand: enough to say which call, without build args' values.
+        let command = format!(
+            "{} {}",
+            self.program,
+            args.first().map(String::as_str).unwrap_or("")
+        );
+        match e {
+            e if e.is_not_found() => BuildError::ToolMissing {
+                program: self.program.to_string(),
+            },
+            process::Error::Spawn { source, .. } | process::Error::Io { source, .. } => {
+                BuildError::Io {
+                    what: command,
+                    source,
+                }
+            }
+            process::Error::Timeout { .. } => BuildError::Timeout {
+                command,
+                host: self.host.to_string(),
+            },
+            process::Error::Cancelled { .. } => BuildError::Cancelled,
+            process::Error::Failed { status, stderr, .. } => BuildError::Engine {
+                command,
+                status: status.to_string(),
+                detail: last_line(&stderr),
+            },
+        }
     }
 }
 
@@ -1451,54 +1332,6 @@ mod tests {
             reason.starts_with("Step 2/2 : COPY missing /x: COPY failed"),
             "{reason}"
         );
-    }
-
-    #[tokio::test]
-    async fn a_cancelled_run_kills_its_process_promptly() {
-        let (tx, rx) = watch::channel(false);
-        let started = std::time::Instant::now();
-        let args = ["30".to_string()];
-        let run = run("sleep", &args, &[], None, Duration::from_secs(60), rx, "t");
-        let cancel = async {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let _ = tx.send(true);
-        };
-        let (result, ()) = tokio::join!(run, cancel);
-        assert!(matches!(result, Err(RunError::Cancelled)), "{result:?}");
-        assert!(started.elapsed() < Duration::from_secs(5));
-    }
-
-    #[tokio::test]
-    async fn a_run_past_its_timeout_is_killed() {
-        let (_tx, rx) = watch::channel(false);
-        let result = run(
-            "sleep",
-            &["30".to_string()],
-            &[],
-            None,
-            Duration::from_millis(200),
-            rx,
-            "t",
-        )
-        .await;
-        assert!(matches!(result, Err(RunError::Timeout)), "{result:?}");
-    }
-
-    #[tokio::test]
-    async fn output_is_kept_as_the_last_forty_lines() {
-        let (_tx, rx) = watch::channel(false);
-        // stdout and stderr are read concurrently, so "last" is arrival order: the pause makes
-        // the stderr line arrive after every stdout line, as a build's final error does.
-        let args = [
-            "-c".to_string(),
-            "seq 1 100; sleep 0.3; echo err >&2".to_string(),
-        ];
-        let out = run("sh", &args, &[], None, Duration::from_secs(10), rx, "t")
-            .await
-            .expect("runs");
-        assert_eq!(out.tail.len(), TAIL_LINES);
-        assert!(out.tail.contains(&"100".to_string()) && out.tail.contains(&"err".to_string()));
-        assert!(!out.tail.contains(&"50".to_string()));
     }
 
     #[test]

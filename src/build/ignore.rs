@@ -167,11 +167,6 @@ impl Pattern {
         &self.text
     }
 
-    /// Whether this is an exception (`!`).
-    pub fn is_exclusion(&self) -> bool {
-        self.exclusion
-    }
-
     /// Whether the pattern matches `path` itself (not its parents).
     pub fn matches(&self, path: &str) -> bool {
         match &self.kind {

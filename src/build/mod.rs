@@ -106,6 +106,12 @@ pub enum BuildError {
     },
 }
 
+/// Content tags kept per repository by [`prune_old`] unless told otherwise.
+pub const KEEP_TAGS: usize = 5;
+
+/// Limit for existence checks and other short engine calls.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How images are built; the daemon and the CLI fill it once.
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
@@ -142,7 +148,7 @@ impl Default for BuildOptions {
         Self {
             builder: BuilderKind::Docker,
             parallelism: 2,
-            keep: 5,
+            keep: KEEP_TAGS,
             command_template: None,
             docker_host: None,
             command_exists_template: None,
@@ -150,7 +156,7 @@ impl Default for BuildOptions {
             containerd_address: None,
             containerd_namespace: None,
             kind_cluster: None,
-            check_timeout: Duration::from_secs(30),
+            check_timeout: CHECK_TIMEOUT,
             build_timeout: Duration::from_secs(30 * 60),
         }
     }
@@ -278,11 +284,6 @@ pub fn choose_builder(
         BuilderKind::Docker,
         format!("context `{context}` is not minikube or kind: build with Docker (DOCKER_HOST); a remote cluster needs `image.build.push: true`"),
     )
-}
-
-/// The builder for a stack on the kube `context` actually used (see [`choose_builder`]).
-pub fn resolve_builder(cli: Option<BuilderKind>, stack: &Stack, context: &str) -> BuilderKind {
-    choose_builder(cli, stack, context, &BuildEnv::from_process()).builder
 }
 
 /// The builder for `stack` on kube context `context` (the one actually used), with the reason:
@@ -750,7 +751,7 @@ pub async fn prune_old_with(
 fn check_status(
     cli: &engine::DockerCli,
     args: &[String],
-    out: &engine::RunOutput,
+    out: &crate::process::Output,
 ) -> Result<(), BuildError> {
     if out.status.success() {
         return Ok(());

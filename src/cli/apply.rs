@@ -1,37 +1,40 @@
 //! `converge apply`: one reconcile of a commit, in the foreground; `converge diff`: what it would change.
 
-use std::time::Duration;
-
 use clap::Args;
 use serde_json::json;
 
+use super::flags::{self, Caller, ReconcileFlags};
 use super::{Format, SourceArgs, EXIT_ERROR, EXIT_FINDINGS, EXIT_OK};
 use crate::error::Error;
 use crate::reconcile::{self, Options, StackReport};
 use crate::render::Helm;
 
-/// Where and how to apply.
+/// Where and how to apply: the groups `apply` and `diff` share, so a diff shows what an apply
+/// with the same flags would change.
 #[derive(Debug, Clone, Args)]
 pub struct TargetArgs {
     #[command(flatten)]
     pub source: SourceArgs,
     #[command(flatten)]
     pub stack: super::StackArgs,
+    #[command(flatten)]
+    pub reconcile: ReconcileFlags,
+    #[command(flatten)]
+    pub build: super::build::BuildFlags,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Format::Text)]
     pub output: Format,
 }
 
 impl TargetArgs {
-    pub(crate) fn options(&self) -> Options {
-        Options {
-            kubeconfig: self.stack.kubeconfig.clone(),
-            context: self.stack.context.clone(),
-            stack: self.stack.stack.clone(),
-            namespace: self.stack.namespace.clone(),
-            dir: self.source.dir.clone(),
-            ..Options::default()
-        }
+    fn options(&self, caller: Caller) -> Options {
+        flags::reconcile_options(
+            &self.source.dir,
+            &self.stack,
+            &self.reconcile,
+            &self.build,
+            caller,
+        )
     }
 }
 
@@ -40,15 +43,6 @@ impl TargetArgs {
 pub struct ApplyArgs {
     #[command(flatten)]
     target: TargetArgs,
-    /// Take ownership of fields another field manager owns.
-    #[arg(long)]
-    force_conflicts: bool,
-    /// Delete and re-create objects whose immutable fields changed, when that loses no data.
-    #[arg(long)]
-    recreate: bool,
-    /// Allow pruning more than half of what converge manages in one go.
-    #[arg(long)]
-    allow_mass_prune: bool,
     /// Compare every object with the cluster, not only those whose render or live spec moved.
     #[arg(long)]
     full: bool,
@@ -56,23 +50,20 @@ pub struct ApplyArgs {
     /// the daemon then reconciles the tip of its branch again.
     #[arg(long)]
     force: bool,
-    #[command(flatten)]
-    build: super::build::BuildFlags,
-    /// How long to wait for the stack to become healthy.
-    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
-    timeout: Duration,
+}
+
+impl ApplyArgs {
+    /// The reconcile options, resolved once.
+    pub(crate) fn options(&self) -> Options {
+        self.target.options(Caller::Apply {
+            full: self.full,
+            force: self.force,
+        })
+    }
 }
 
 pub(super) fn apply(args: &ApplyArgs) -> u8 {
-    let mut opts = args.target.options();
-    opts.force_conflicts = args.force_conflicts;
-    opts.recreate = args.recreate;
-    opts.allow_mass_prune = args.allow_mass_prune;
-    opts.full = args.full;
-    opts.defer_to_daemon = !args.force;
-    opts.timeout = args.timeout;
-    opts.builder = args.build.builder.map(Into::into);
-    opts.build = args.build.options();
+    let opts = args.options();
     let rt = match super::runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
@@ -170,10 +161,17 @@ pub struct DiffArgs {
     target: TargetArgs,
 }
 
+impl DiffArgs {
+    /// The reconcile options the dry run uses, resolved once.
+    pub(crate) fn options(&self) -> Options {
+        self.target.options(Caller::Diff)
+    }
+}
+
 /// `converge diff` follows `kubectl diff`: 0 no changes, 1 changes, 2 on any error (an invalid
 /// commit included), so CI can tell "changes pending" from "broken".
 pub(super) fn diff(args: &DiffArgs) -> u8 {
-    let opts = args.target.options();
+    let opts = args.options();
     let rt = match super::runtime() {
         Ok(rt) => rt,
         Err(code) => return code,

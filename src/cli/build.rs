@@ -85,16 +85,24 @@ impl BuildFlags {
         (opts, choice)
     }
 
-    /// The build options, the builder left to be resolved per stack.
+    /// The build options, every field set here; the builder is resolved per stack.
     pub fn options(&self) -> BuildOptions {
         BuildOptions {
+            // A placeholder: `options_for` / `BuildOptions::for_stack` choose each stack's
+            // builder (and kind cluster) before an engine is made.
+            builder: BuilderKind::Docker,
             parallelism: self.parallelism.max(1),
+            keep: build::KEEP_TAGS,
             command_template: self.command_template.clone(),
-            command_exists_template: self.exists_template.clone(),
             docker_host: self.docker_host.clone(),
+            command_exists_template: self.exists_template.clone(),
             minikube_profile: self.minikube_profile.clone(),
+            // Read from $CONTAINERD_ADDRESS / $CONTAINERD_NAMESPACE when the builder needs them.
+            containerd_address: None,
+            containerd_namespace: None,
+            kind_cluster: None,
+            check_timeout: build::CHECK_TIMEOUT,
             build_timeout: self.build_timeout,
-            ..BuildOptions::default()
         }
     }
 }

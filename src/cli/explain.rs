@@ -3,17 +3,16 @@
 //! `kubectl-ai` when it is installed. Never prints Secret values (the evidence holds none).
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use clap::Args;
 use serde::Serialize;
-use tokio::io::AsyncWriteExt;
 
 use super::down::{self, Target};
 use super::{Format, SourceArgs, EXIT_ERROR, EXIT_FINDINGS, EXIT_OK};
 use crate::cluster::Cluster;
 use crate::explain::{self, Diagnosis, Evidence, GatherError};
+use crate::process;
 
 /// How long `kubectl-ai` may take to answer.
 pub const AI_TIMEOUT: Duration = Duration::from_secs(300);
@@ -242,38 +241,28 @@ async fn ask_ai(all: &[Explained], kubeconfig: Option<&Path>) {
         return;
     };
     let input = serde_json::to_vec_pretty(all).unwrap_or_default();
-    let mut cmd = tokio::process::Command::new(&program);
-    cmd.arg("--quiet")
+    let mut cmd = process::Command::new(&program, AI_TIMEOUT)
+        .arg("--quiet")
         .arg(ai_question(all))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
+        .stdin(input)
+        // Its answer is for the person at the terminal: streamed there, not captured.
+        .inherit_output();
     if let Some(k) = kubeconfig {
-        cmd.env("KUBECONFIG", k);
+        cmd = cmd.env("KUBECONFIG", k);
     }
     outln!("\n--- kubectl-ai ({}) ---", program.display());
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            errln!("--ai: cannot start {}: {e}", program.display());
-            return;
+    match cmd.output().await {
+        Ok(out) if out.success() => {}
+        Ok(out) => errln!("--ai: {} exited with {}", program.display(), out.status),
+        Err(process::Error::Spawn { source, .. }) => {
+            errln!("--ai: cannot start {}: {source}", program.display())
         }
-    };
-    if let Some(mut stdin) = child.stdin.take() {
-        // kubectl-ai may exit before reading everything; its exit status tells.
-        let _ = stdin.write_all(&input).await;
-        let _ = stdin.shutdown().await;
-    }
-    match tokio::time::timeout(AI_TIMEOUT, child.wait()).await {
-        Ok(Ok(status)) if status.success() => {}
-        Ok(Ok(status)) => errln!("--ai: {} exited with {status}", program.display()),
-        Ok(Err(e)) => errln!("--ai: waiting for {}: {e}", program.display()),
-        Err(_) => errln!(
+        Err(process::Error::Timeout { .. }) => errln!(
             "--ai: {} gave no answer within {}s; stopped it",
             program.display(),
             AI_TIMEOUT.as_secs()
         ),
+        Err(e) => errln!("--ai: {e}"),
     }
 }
 

@@ -27,6 +27,7 @@ mod build;
 mod doctor;
 mod down;
 mod explain;
+mod flags;
 pub(crate) mod hints;
 pub mod progress;
 mod run;

@@ -10,10 +10,10 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 
 use super::build::BuildFlags;
+use super::flags::{self, Caller, ReconcileFlags};
 use super::{EXIT_ERROR, EXIT_OK};
 use crate::daemon::service::capture;
 use crate::daemon::{self, service, Config, DaemonError};
-use crate::reconcile::Options;
 
 /// Exit code after a second SIGTERM/SIGINT aborted the shutdown (128 + SIGINT).
 pub const EXIT_ABORTED: u8 = 130;
@@ -54,26 +54,22 @@ pub struct RunArgs {
     #[arg(long)]
     no_lease: bool,
     #[command(flatten)]
+    reconcile: ReconcileFlags,
+    #[command(flatten)]
     build: BuildFlags,
-    /// How long one reconcile waits for the stack to become healthy.
-    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
-    timeout: Duration,
-    /// Take ownership of fields another field manager owns.
-    #[arg(long)]
-    force_conflicts: bool,
-    /// Delete and re-create objects whose immutable fields changed, when that loses no data.
-    #[arg(long)]
-    recreate: bool,
     /// Quiet time after a ref change before reading the new tip.
     #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
     debounce: Duration,
     /// The longest retry delay after a failed reconcile.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     retry_max: Duration,
+    /// How long shutdown waits for the reconcile in flight before abandoning it.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    shutdown_grace: Duration,
 }
 
 impl RunArgs {
-    /// The daemon's configuration.
+    /// The daemon's configuration, every field set from the flags.
     pub fn config(&self) -> Config {
         Config {
             repo: self.repo.clone(),
@@ -89,22 +85,17 @@ impl RunArgs {
             full_resync: self.full_resync,
             debounce: self.debounce,
             retry_max: self.retry_max,
+            shutdown_grace: self.shutdown_grace,
             listen: self.listen,
             lease: !self.no_lease,
             builder: self.build.builder.map(Into::into),
-            options: Options {
-                kubeconfig: self.target.kubeconfig.clone(),
-                context: self.target.context.clone(),
-                stack: self.target.stack.clone(),
-                namespace: self.target.namespace.clone(),
-                dir: self.dir.clone(),
-                force_conflicts: self.force_conflicts,
-                recreate: self.recreate,
-                timeout: self.timeout,
-                build: self.build.options(),
-                ..Options::default()
-            },
-            ..Config::default()
+            options: flags::reconcile_options(
+                &self.dir,
+                &self.target,
+                &self.reconcile,
+                &self.build,
+                Caller::Daemon,
+            ),
         }
     }
 }

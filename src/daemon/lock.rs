@@ -104,10 +104,15 @@ pub fn hostname() -> String {
             return h.to_string();
         }
     }
-    if let Ok(out) = std::process::Command::new("uname").arg("-n").output() {
-        let h = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    // No /proc (macOS): `uname -n`, since `gethostname(3)` would need `unsafe`, which the crate
+    // forbids.
+    let uname = crate::process::Command::new("uname", std::time::Duration::from_secs(2))
+        .arg("-n")
+        .run_blocking();
+    if let Ok(out) = uname {
+        let h = out.stdout.trim();
         if !h.is_empty() {
-            return h;
+            return h.to_string();
         }
     }
     std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into())

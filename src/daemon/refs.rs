@@ -12,6 +12,7 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
+use crate::process;
 use crate::source::{Repo, SourceError};
 
 /// Failures of the ref watch and of pull mode.
@@ -26,14 +27,9 @@ pub enum RefsError {
         #[source]
         source: notify::Error,
     },
-    /// A git command failed or timed out.
-    #[error("`git {args}` failed: {message}")]
-    Git {
-        /// The arguments.
-        args: String,
-        /// Exit status and stderr, or the timeout.
-        message: String,
-    },
+    /// A git command failed, could not start or timed out.
+    #[error(transparent)]
+    Git(#[from] process::Error),
     /// The remote's branch moved to a commit that does not descend from the one deployed.
     #[error("{remote}/{branch} moved from {old} to {new}, which is not a fast-forward; converge keeps deploying {old} (pass --allow-non-fast-forward to follow rewritten history)")]
     NonFastForward {
@@ -172,34 +168,17 @@ async fn git(
     timeout: Duration,
     allow_one: bool,
 ) -> Result<Option<String>, RefsError> {
-    let fail = |message: String| RefsError::Git {
-        args: args.join(" "),
-        message,
-    };
-    let mut cmd = tokio::process::Command::new("git");
-    cmd.arg("-C")
+    let out = process::Command::new("git", timeout)
+        .arg("-C")
         .arg(root)
         .args(args)
         .env("GIT_TERMINAL_PROMPT", "0")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(timeout, cmd.output())
-        .await
-        .map_err(|_| fail(format!("no answer within {}s", timeout.as_secs())))?
-        .map_err(|e| fail(format!("cannot run git: {e}")))?;
-    if out.status.success() {
-        return Ok(Some(
-            String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        ));
-    }
+        .output()
+        .await?;
     if allow_one && out.status.code() == Some(1) {
         return Ok(None);
     }
-    Err(fail(format!(
-        "{}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    )))
+    Ok(Some(out.check()?.stdout.trim().to_string()))
 }
 
 /// Pull mode: fetches `remote`'s `branch` and moves converge's tracking ref to it when that is a

@@ -12,8 +12,6 @@ mod structure;
 mod validate;
 pub mod yaml;
 
-use std::collections::BTreeMap;
-
 use serde::Serialize;
 
 pub use diagnostic::{Diagnostic, Report, Severity};
@@ -296,15 +294,4 @@ fn read_text(
 /// The first 7 characters of a commit id, as git shows them.
 pub fn short_id(id: &str) -> &str {
     &id[..id.len().min(7)]
-}
-
-/// Finds every component across stacks by name, for callers that address one (`explain backend`).
-pub fn components_by_name(state: &DesiredState) -> BTreeMap<&str, Vec<(&Stack, &Component)>> {
-    let mut map: BTreeMap<&str, Vec<(&Stack, &Component)>> = BTreeMap::new();
-    for s in &state.stacks {
-        for c in &s.components {
-            map.entry(c.spec.name.as_str()).or_default().push((s, c));
-        }
-    }
-    map
 }

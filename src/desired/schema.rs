@@ -12,15 +12,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 /// The `apiVersion` every desired-state document carries.
 pub const API_VERSION: &str = "converge.dev/v1alpha1";
 
-/// A DNS-1123 label: what Kubernetes accepts as a namespace or object name part.
-pub const DNS_LABEL: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
-
 /// A Kubernetes quantity, as the apiserver's grammar has it.
 pub const QUANTITY_PATTERN: &str =
     r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?$";
-
-/// An environment variable name (C identifier, as Kubernetes recommends).
-pub const ENV_NAME: &str = "^[A-Za-z_][A-Za-z0-9_]*$";
 
 /// `Stack`: one Helm release of one chart into one namespace, and the components it deploys.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]

@@ -1,15 +1,16 @@
 //! The helm CLI: version check and `helm template`, run with an argv vector and a timeout.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::process::Command;
-
 use super::RenderError;
+use crate::process;
 
 /// How long `helm template` may take.
 pub const HELM_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The most `helm template` may print: far beyond any chart, so only a runaway is stopped.
+const HELM_MAX_OUTPUT: usize = 256 << 20;
 
 /// The oldest helm converge supports (server-side-apply friendly output, `--kube-version`).
 pub const MIN_HELM: (u64, u64) = (3, 8);
@@ -133,56 +134,48 @@ fn parse_version(v: &str) -> Option<(u64, u64)> {
 }
 
 async fn run(binary: &Path, args: &[&str], cwd: Option<&Path>) -> Result<String, RenderError> {
-    let mut cmd = Command::new(binary);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
+    let mut cmd = process::Command::new(binary, HELM_TIMEOUT)
+        .args(args)
         // helm must not reach a cluster or the network while rendering.
-        .env("HELM_NO_PLUGINS", "1");
+        .env("HELM_NO_PLUGINS", "1")
+        .capture_limit(HELM_MAX_OUTPUT);
     if let Some(dir) = cwd.and_then(Path::parent) {
-        cmd.current_dir(dir);
+        cmd = cmd.current_dir(dir);
     }
-    let command = format!("{} {}", binary.display(), args.join(" "));
-    let child = cmd.spawn().map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            RenderError::HelmMissing {
-                binary: binary.to_path_buf(),
-            }
-        } else {
-            RenderError::Helm {
-                command: command.clone(),
-                status: None,
-                stderr: e.to_string(),
-            }
-        }
-    })?;
-    let out = match tokio::time::timeout(HELM_TIMEOUT, child.wait_with_output()).await {
-        Err(_) => {
-            return Err(RenderError::Helm {
-                command,
-                status: None,
-                stderr: format!("no result within {}s", HELM_TIMEOUT.as_secs()),
-            })
-        }
-        Ok(Err(e)) => {
-            return Err(RenderError::Helm {
-                command,
-                status: None,
-                stderr: e.to_string(),
-            })
-        }
-        Ok(Ok(o)) => o,
+    let helm = |command: &str, status: Option<i32>, stderr: String| RenderError::Helm {
+        command: command.to_string(),
+        status,
+        stderr,
     };
-    if !out.status.success() {
-        return Err(RenderError::Helm {
+    let out = cmd.run().await.map_err(|e| match e {
+        e if e.is_not_found() => RenderError::HelmMissing {
+            binary: binary.to_path_buf(),
+        },
+        process::Error::Failed {
             command,
-            status: out.status.code(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
+            status,
+            stderr,
+        } => helm(&command, status.code(), stderr),
+        process::Error::Timeout { command, timeout } => helm(
+            &command,
+            None,
+            format!("no result within {}s", timeout.as_secs()),
+        ),
+        process::Error::Spawn {
+            command, source, ..
+        }
+        | process::Error::Io { command, source } => helm(&command, None, source.to_string()),
+        e @ process::Error::Cancelled { .. } => helm(e.command(), None, e.to_string()),
+    })?;
+    if out.truncated {
+        // A cut manifest stream must never be applied as if it were whole.
+        return Err(helm(
+            &out.command,
+            None,
+            format!("printed more than {} MiB", HELM_MAX_OUTPUT >> 20),
+        ));
     }
-    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    Ok(out.stdout)
 }
 
 #[cfg(test)]

@@ -19,6 +19,8 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use crate::process;
+
 pub use capture::Writable;
 
 /// Seconds between a crash and the restart (`RestartSec=`, launchd's `ThrottleInterval`).
@@ -312,74 +314,27 @@ impl Default for Commands {
 
 impl Runner for Commands {
     fn run(&self, program: &str, args: &[&str]) -> Result<String, ServiceError> {
-        use std::io::Read;
         let command = format!("{program} {}", args.join(" "));
-        let mut child = std::process::Command::new(program)
+        let manager = |message: String| ServiceError::Manager {
+            command: command.clone(),
+            message,
+        };
+        match process::Command::new(program, self.timeout)
             .args(args)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    ServiceError::Missing {
-                        program: program.to_string(),
-                    }
-                } else {
-                    ServiceError::Manager {
-                        command: command.clone(),
-                        message: e.to_string(),
-                    }
-                }
-            })?;
-        // Read both pipes on threads, so a chatty command never blocks on a full pipe.
-        let drain = |pipe: Option<Box<dyn Read + Send>>| {
-            std::thread::spawn(move || {
-                let mut s = String::new();
-                if let Some(mut p) = pipe {
-                    let _ = p.read_to_string(&mut s);
-                }
-                s
-            })
-        };
-        let out = drain(
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        );
-        let err = drain(
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        );
-        let deadline = std::time::Instant::now() + self.timeout;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Ok(None) | Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(ServiceError::Manager {
-                        command,
-                        message: format!("no answer within {}s", self.timeout.as_secs()),
-                    });
-                }
+            .output_blocking()
+        {
+            Ok(out) if out.success() => Ok(out.stdout),
+            Ok(out) => Err(manager(format!("{}: {}", out.status, out.stderr.trim()))),
+            Err(e) if e.is_not_found() => Err(ServiceError::Missing {
+                program: program.to_string(),
+            }),
+            Err(process::Error::Timeout { timeout, .. }) => {
+                Err(manager(format!("no answer within {}s", timeout.as_secs())))
             }
-        };
-        let stdout = out.join().unwrap_or_default();
-        let stderr = err.join().unwrap_or_default();
-        if status.success() {
-            Ok(stdout)
-        } else {
-            Err(ServiceError::Manager {
-                command,
-                message: format!("{status}: {}", stderr.trim()),
-            })
+            Err(process::Error::Spawn { source, .. } | process::Error::Io { source, .. }) => {
+                Err(manager(source.to_string()))
+            }
+            Err(e) => Err(manager(e.to_string())),
         }
     }
 }
