@@ -202,17 +202,13 @@ pub async fn request_sync(repo: &std::path::Path) -> Result<String, DaemonError>
         }
         return Err(DaemonError::SyncRefused { addr, answer });
     }
-    let out = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::process::Command::new("kill")
-            .args(["-USR1", &holder.pid.to_string()])
-            .output(),
-    )
-    .await;
-    match out {
-        Ok(Ok(o)) if o.status.success() => Ok(format!("sent SIGUSR1 to pid {}", holder.pid)),
-        _ => Err(DaemonError::Signal { pid: holder.pid }),
-    }
+    crate::process::signal(holder.pid, crate::process::Signal::Usr1)
+        .await
+        .map_err(|source| DaemonError::Signal {
+            pid: holder.pid,
+            source,
+        })?;
+    Ok(format!("sent SIGUSR1 to pid {}", holder.pid))
 }
 
 #[cfg(test)]

@@ -184,6 +184,9 @@ pub enum DaemonError {
     Signal {
         /// The daemon's pid.
         pid: u32,
+        /// Why.
+        #[source]
+        source: crate::process::Error,
     },
     /// A second SIGTERM/SIGINT arrived during shutdown.
     #[error("aborted by a second signal during shutdown")]

@@ -4,10 +4,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use serde_json::Value;
-
 use super::Run;
-use crate::cluster::{ClusterError, ObjectKey};
+use crate::cluster::ClusterError;
 use crate::desired::Stack;
 
 /// `a`, `b` and `c` with backquotes, for messages.
@@ -32,29 +30,15 @@ impl Run<'_> {
             .flat_map(|c| c.spec.secret_env.iter().filter(|r| !r.optional))
             .map(|r| r.secret.clone())
             .collect();
-        let reads = futures::future::join_all(names.iter().map(|name| {
-            let key = ObjectKey {
-                group: String::new(),
-                version: "v1".into(),
-                kind: "Secret".into(),
-                namespace: self.ns().to_string(),
-                name: name.clone(),
-            };
-            async move { self.cluster.get(&key).await }
-        }))
+        let reads = futures::future::join_all(
+            names
+                .iter()
+                .map(|name| self.cluster.secret_keys(self.ns(), name)),
+        )
         .await;
         let mut secrets = HashMap::new();
-        for (name, read) in names.into_iter().zip(reads) {
-            let keys = read?.map(|s| {
-                let mut k = BTreeSet::new();
-                for field in ["data", "stringData"] {
-                    if let Some(o) = s.data.get(field).and_then(Value::as_object) {
-                        k.extend(o.keys().cloned());
-                    }
-                }
-                k
-            });
-            secrets.insert(name, keys);
+        for (name, keys) in names.into_iter().zip(reads) {
+            secrets.insert(name, keys?);
         }
         Ok(secrets)
     }
