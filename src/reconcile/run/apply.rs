@@ -24,6 +24,18 @@ fn needs_new_commit(e: &ClusterError) -> bool {
     )
 }
 
+/// What the inventory records of `item` once the cluster holds it as `live`: the render's hash
+/// and the live generation and version the next reconcile compares with.
+fn record_of(item: &Item, live: &DynamicObject) -> Record {
+    Record {
+        component: item.component.clone(),
+        hash: item.hash.clone(),
+        generation: live.metadata.generation.unwrap_or(0),
+        resource_version: live.metadata.resource_version.clone().unwrap_or_default(),
+        commit: item.commit.clone(),
+    }
+}
+
 impl Run<'_> {
     /// Writes the inventory when it changed.
     pub(super) async fn save_inventory(&mut self) -> Result<(), Failure> {
@@ -138,14 +150,8 @@ impl Run<'_> {
             Ok(live) => {
                 info!(object = %item.key, "applied");
                 self.applied.push(item.key.to_string());
-                let record = Record {
-                    component: item.component.clone(),
-                    hash: item.hash.clone(),
-                    generation: live.metadata.generation.unwrap_or(0),
-                    resource_version: live.metadata.resource_version.clone().unwrap_or_default(),
-                    commit: item.commit.clone(),
-                };
-                self.inventory.insert(item.key.clone(), record);
+                self.inventory
+                    .insert(item.key.clone(), record_of(item, &live));
                 if order::is_workload(&item.key.kind) {
                     if let Ok(v) = serde_json::to_value(&live) {
                         self.health
@@ -201,13 +207,7 @@ impl Run<'_> {
         }
         debug!(object = %item.key, "unchanged (compared with the cluster)");
         self.unchanged += 1;
-        let record = Record {
-            component: item.component.clone(),
-            hash: item.hash.clone(),
-            generation: live.metadata.generation.unwrap_or(0),
-            resource_version: live.metadata.resource_version.clone().unwrap_or_default(),
-            commit: item.commit.clone(),
-        };
+        let record = record_of(item, live);
         // The record still describes this object (same render, same generation or version):
         // keep it, so the inventory is not rewritten for a status update of the live object.
         let current = self.inventory.get(&item.key).is_some_and(|r| {
