@@ -158,17 +158,6 @@ pub struct StackArgs {
 }
 
 impl StackArgs {
-    /// Whether a stack of the desired state is selected.
-    pub fn selects(&self, stack: &crate::desired::Stack) -> bool {
-        self.stack
-            .as_deref()
-            .is_none_or(|w| crate::reconcile::stack_matches(stack, w))
-            && self
-                .namespace
-                .as_deref()
-                .is_none_or(|n| n == stack.spec.namespace)
-    }
-
     /// Whether an in-cluster record (name, namespace, and the stack's directory when recorded)
     /// is selected.
     pub fn selects_record(&self, name: &str, namespace: &str, dir: &str) -> bool {
