@@ -28,7 +28,6 @@ mod doctor;
 mod down;
 mod explain;
 mod flags;
-pub(crate) mod hints;
 pub mod progress;
 mod run;
 mod status;
@@ -340,7 +339,7 @@ pub struct SchemaArgs {
 pub(crate) fn print_error(err: &(dyn std::error::Error + 'static)) {
     print_problem(
         &err.to_string(),
-        hints::for_error(err).as_deref(),
+        crate::hints::for_error(err).as_deref(),
         err.source(),
     );
 }
@@ -420,7 +419,7 @@ pub(crate) fn report_error(err: &crate::error::Error, format: Format) -> u8 {
 pub(crate) fn report_error_as(err: &crate::error::Error, format: Format) {
     if format.structured() {
         let mut v = serde_json::json!({"error": err.to_string(), "reason": err.reason()});
-        if let Some(h) = hints::for_error(err) {
+        if let Some(h) = crate::hints::for_error(err) {
             v["hint"] = h.into();
         }
         if let crate::error::Error::Invalid { report, .. } = err {
