@@ -104,20 +104,23 @@ impl Error {
 }
 
 /// What follows a cluster failure: a refusal that fails again on every retry of the same commit
-/// needs a person, a namespace still being deleted is waited for, the rest is retried.
+/// needs a person, a namespace or object still being deleted is waited for, the rest is retried.
 fn cluster_disposition(e: &ClusterError) -> Disposition {
     match e {
         ClusterError::Conflict { .. }
         | ClusterError::Immutable { .. }
         | ClusterError::Invalid { .. } => Disposition::Stalled,
-        ClusterError::NamespaceTerminating { .. } => Disposition::Waiting,
+        // A deletion still finalizing is a dependency not ready, like a namespace being deleted.
+        ClusterError::NamespaceTerminating { .. } | ClusterError::NotGone { .. } => {
+            Disposition::Waiting
+        }
         _ => Disposition::Retry,
     }
 }
 
 /// The status reason of a cluster failure: nothing answering (or no usable kubeconfig) is
-/// `ClusterUnreachable`; an answer refusing the apply is `ReconciliationFailed`; a namespace
-/// still being deleted is a dependency not ready.
+/// `ClusterUnreachable`; an answer refusing the apply is `ReconciliationFailed`; a namespace or
+/// object still being deleted is a dependency not ready.
 fn cluster_reason(e: &ClusterError) -> &'static str {
     match e {
         ClusterError::Config { .. }
@@ -126,7 +129,9 @@ fn cluster_reason(e: &ClusterError) -> &'static str {
         | ClusterError::Unreachable { .. }
         | ClusterError::Timeout { .. } => reason::CLUSTER_UNREACHABLE,
         ClusterError::Api { .. } if e.is_unreachable() => reason::CLUSTER_UNREACHABLE,
-        ClusterError::NamespaceTerminating { .. } => reason::DEPENDENCY_NOT_READY,
+        ClusterError::NamespaceTerminating { .. } | ClusterError::NotGone { .. } => {
+            reason::DEPENDENCY_NOT_READY
+        }
         ClusterError::Api { .. }
         | ClusterError::UnknownKind { .. }
         | ClusterError::Conflict { .. }
@@ -164,7 +169,12 @@ mod tests {
             object: "x".into(),
             message: "namespace todo is being terminated".into(),
         };
+        let not_gone = ClusterError::NotGone {
+            object: "x".into(),
+            after: std::time::Duration::from_secs(60),
+        };
         let reason_of = |c| Error::Cluster(c).reason();
+        assert_eq!(reason_of(not_gone), reason::DEPENDENCY_NOT_READY);
         assert_eq!(reason_of(timeout), reason::CLUSTER_UNREACHABLE);
         assert_eq!(reason_of(conflict), reason::APPLY_FAILED);
         assert_eq!(reason_of(answered(403)), reason::APPLY_FAILED);

@@ -8,7 +8,7 @@
 //! ```
 //!
 //! A lower module never imports a higher one: `cluster` knows nothing of `desired`, `render` hands
-//! `cluster` plain objects. Only `reconcile`, `daemon`, `doctor` and `cli` reach across.
+//! `cluster` plain objects. Only `reconcile`, `daemon`, `doctor`, `hints` and `cli` reach across.
 #![forbid(unsafe_code)]
 
 pub mod build;
@@ -19,6 +19,7 @@ pub mod desired;
 pub mod doctor;
 pub mod error;
 pub mod explain;
+pub mod hints;
 pub mod process;
 pub mod reconcile;
 pub mod render;

@@ -388,49 +388,6 @@ pub fn command_argv(
     out
 }
 
-/// Why `run` did not produce an output: kept for `cli/doctor.rs` until it calls
-/// [`crate::process::Command`] itself (another branch owns that file); then delete it and `run`.
-#[derive(Debug)]
-pub enum RunError {
-    /// The program could not be started.
-    Spawn(std::io::Error),
-    /// It ran past its timeout and was killed.
-    Timeout,
-    /// Shutdown was requested; it was killed.
-    Cancelled,
-    /// Reading its output failed.
-    Io(std::io::Error),
-}
-
-/// `program args` through [`crate::process::Command`]; see [`RunError`] for why it remains.
-pub async fn run(
-    program: &str,
-    args: &[String],
-    env: &[(String, String)],
-    stdin: Option<Vec<u8>>,
-    timeout: Duration,
-    cancel: watch::Receiver<bool>,
-    label: &str,
-) -> Result<Output, RunError> {
-    let mut cmd = process::Command::new(program, timeout)
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .cancel(cancel)
-        .log_lines(label);
-    if let Some(bytes) = stdin {
-        cmd = cmd.stdin(bytes);
-    }
-    cmd.output().await.map_err(|e| match e {
-        process::Error::Spawn { source, .. } => RunError::Spawn(source),
-        process::Error::Timeout { .. } => RunError::Timeout,
-        process::Error::Cancelled { .. } => RunError::Cancelled,
-        process::Error::Io { source, .. } => RunError::Io(source),
-        process::Error::Failed { command, .. } => {
-            RunError::Io(std::io::Error::other(format!("`{command}` failed")))
-        }
-    })
-}
-
 /// Whether Docker CLI stderr means "the engine is not there" rather than "the image is not".
 /// A registry that cannot be reached while pulling a base image is the build's failure, not the
 /// engine's: the engine answered ("Error response from daemon", a build step, BuildKit's solver).

@@ -125,7 +125,7 @@ pub(super) fn run(args: &BuildArgs) -> u8 {
     let fail = |e: &(dyn std::error::Error + 'static)| {
         if args.output.structured() {
             let mut v = json!({"error": e.to_string()});
-            if let Some(h) = super::hints::for_error(e) {
+            if let Some(h) = crate::hints::for_error(e) {
                 v["hint"] = h.into();
             }
             super::emit(&v, args.output);

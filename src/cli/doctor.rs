@@ -9,6 +9,8 @@ use super::validate::plural;
 use super::{Format, SourceArgs, EXIT_FINDINGS, EXIT_OK};
 use crate::desired::Stack;
 use crate::doctor::{Check, Status, CHECKS};
+use crate::error::Error;
+use crate::reconcile;
 
 /// Arguments of `converge doctor`.
 #[derive(Debug, Args)]
@@ -88,31 +90,29 @@ fn print_text(checks: &[Check]) {
     );
 }
 
+/// The selected stacks of the commit, or the one line the `desired` check fails with.
 fn read_stacks(args: &DoctorArgs) -> Result<Vec<Stack>, String> {
-    let repo = crate::source::Repo::open(&args.source.repo).map_err(|e| e.to_string())?;
-    let snapshot = repo.snapshot(&args.source.rev).map_err(|e| e.to_string())?;
-    let loaded = crate::desired::load(&snapshot, &args.source.dir).map_err(|r| {
-        format!(
+    let selection = super::selection(&args.source, &args.target);
+    let commit = reconcile::load(
+        &args.source.repo,
+        &args.source.rev,
+        &selection,
+        reconcile::Images::Skip,
+    )
+    .map_err(|e| match e {
+        Error::Invalid { report, .. } => format!(
             "the desired state at {} does not validate ({})",
             args.source.rev,
-            plural(r.error_count(), "error")
-        )
+            plural(report.error_count(), "error")
+        ),
+        Error::UnknownStack { .. } => match (&selection.stack, &selection.namespace) {
+            (Some(w), _) => format!("the desired state has no stack `{w}`"),
+            (None, Some(n)) => format!("the desired state has no stack in namespace `{n}`"),
+            (None, None) => e.to_string(),
+        },
+        other => other.to_string(),
     })?;
-    let stacks: Vec<Stack> = loaded
-        .state
-        .stacks
-        .into_iter()
-        .filter(|s| args.target.selects(s))
-        .collect();
-    match (
-        &args.target.stack,
-        &args.target.namespace,
-        stacks.is_empty(),
-    ) {
-        (Some(w), _, true) => Err(format!("the desired state has no stack `{w}`")),
-        (None, Some(n), true) => Err(format!("the desired state has no stack in namespace `{n}`")),
-        _ => Ok(stacks),
-    }
+    Ok(commit.stacks.into_iter().map(|p| p.stack).collect())
 }
 
 #[cfg(test)]

@@ -28,7 +28,6 @@ mod doctor;
 mod down;
 mod explain;
 mod flags;
-pub(crate) mod hints;
 pub mod progress;
 mod run;
 mod status;
@@ -158,17 +157,6 @@ pub struct StackArgs {
 }
 
 impl StackArgs {
-    /// Whether a stack of the desired state is selected.
-    pub fn selects(&self, stack: &crate::desired::Stack) -> bool {
-        self.stack
-            .as_deref()
-            .is_none_or(|w| crate::reconcile::stack_matches(stack, w))
-            && self
-                .namespace
-                .as_deref()
-                .is_none_or(|n| n == stack.spec.namespace)
-    }
-
     /// Whether an in-cluster record (name, namespace, and the stack's directory when recorded)
     /// is selected.
     pub fn selects_record(&self, name: &str, namespace: &str, dir: &str) -> bool {
@@ -351,7 +339,7 @@ pub struct SchemaArgs {
 pub(crate) fn print_error(err: &(dyn std::error::Error + 'static)) {
     print_problem(
         &err.to_string(),
-        hints::for_error(err).as_deref(),
+        crate::hints::for_error(err).as_deref(),
         err.source(),
     );
 }
@@ -431,7 +419,7 @@ pub(crate) fn report_error(err: &crate::error::Error, format: Format) -> u8 {
 pub(crate) fn report_error_as(err: &crate::error::Error, format: Format) {
     if format.structured() {
         let mut v = serde_json::json!({"error": err.to_string(), "reason": err.reason()});
-        if let Some(h) = hints::for_error(err) {
+        if let Some(h) = crate::hints::for_error(err) {
             v["hint"] = h.into();
         }
         if let crate::error::Error::Invalid { report, .. } = err {

@@ -107,7 +107,7 @@ fn print_text(report: &Report, valid: bool, commit: &str, stacks: &[serde_json::
 fn usage_error(format: Format, err: &Error) -> u8 {
     if format.structured() {
         let mut out = json!({"valid": false, "error": err.to_string()});
-        if let Some(h) = super::hints::for_error(err) {
+        if let Some(h) = crate::hints::for_error(err) {
             out["hint"] = h.into();
         }
         super::emit(&out, format);

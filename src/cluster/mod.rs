@@ -84,6 +84,14 @@ pub enum ClusterError {
         /// The object or collection.
         object: String,
     },
+    /// An object converge deleted was still there when its deliberate wait for the deletion ran
+    /// out (a finalizer, or a controller that has not let go yet).
+    NotGone {
+        /// The object.
+        object: String,
+        /// How long converge waited.
+        after: Duration,
+    },
     /// The object's namespace is being deleted: nothing can be created in it until it is gone.
     NamespaceTerminating {
         /// What converge was doing.
@@ -166,6 +174,11 @@ impl fmt::Display for ClusterError {
                 f,
                 "{action} {object}: no answer from the API server within {}s",
                 REQUEST_TIMEOUT.as_secs()
+            ),
+            ClusterError::NotGone { object, after } => write!(
+                f,
+                "{object} still exists after {}s of waiting for its deletion",
+                after.as_secs()
             ),
             ClusterError::NamespaceTerminating {
                 action,
@@ -858,6 +871,19 @@ mod tests {
             "the message already says it"
         );
         assert!(e.is_http(403) && !e.is_unreachable());
+    }
+
+    #[test]
+    fn a_deliberate_wait_that_ran_out_says_how_long_it_waited() {
+        let e = ClusterError::NotGone {
+            object: key().to_string(),
+            after: Duration::from_secs(60),
+        };
+        assert_eq!(
+            e.to_string(),
+            "Deployment/web (namespace ns) still exists after 60s of waiting for its deletion"
+        );
+        assert!(!e.is_unreachable(), "the API server answered all along");
     }
 
     #[test]

@@ -11,17 +11,16 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim};
+use kube::api::{Api, DeleteParams, ListParams};
 use kube::core::GroupVersionKind;
-use kube::discovery::Scope;
 use kube::runtime::wait::{await_condition, conditions};
 use serde::Serialize;
 use serde_json::Value;
 use tracing::{info, warn};
 
 use super::inventory::{self, Inventory};
-use super::{order, Cluster, ClusterError, ObjectKey, REQUEST_TIMEOUT};
+use super::{call, order, Cluster, ClusterError, ObjectKey};
 use crate::vocabulary::{inventory_name, lease_name, status_name, LABEL_STACK};
 
 /// How a teardown behaves.
@@ -310,24 +309,8 @@ async fn remove_lease(
     report: &mut DownReport,
 ) -> Result<(), ClusterError> {
     let name = lease_name(stack);
-    let api: Api<Lease> = Api::namespaced(cluster.client().clone(), namespace);
-    let what = format!("Lease {namespace}/{name}");
-    let lease = match tokio::time::timeout(REQUEST_TIMEOUT, api.get_opt(&name)).await {
-        Err(_) => {
-            return Err(ClusterError::Timeout {
-                action: "reading",
-                object: what,
-            })
-        }
-        Ok(Err(source)) => {
-            return Err(ClusterError::Api {
-                action: "reading",
-                object: what,
-                source,
-            })
-        }
-        Ok(Ok(None)) => return Ok(()),
-        Ok(Ok(Some(l))) => l,
+    let Some(lease) = cluster.get_in::<Lease>(namespace, &name).await? else {
+        return Ok(());
     };
     let spec = lease.spec.unwrap_or_default();
     let holder = spec.holder_identity.unwrap_or_default();
@@ -342,24 +325,22 @@ async fn remove_lease(
         ));
         return Ok(());
     }
-    match tokio::time::timeout(REQUEST_TIMEOUT, api.delete(&name, &DeleteParams::default())).await {
-        Ok(Ok(_)) => {
+    let what = format!("Lease/{name} (namespace {namespace})");
+    let api: Api<Lease> = Api::namespaced(cluster.client().clone(), namespace);
+    match call(
+        "deleting",
+        &what,
+        api.delete(&name, &DeleteParams::default()),
+    )
+    .await
+    {
+        Ok(_) => {
             info!(lease = %name, "deleted");
-            report
-                .deleted
-                .push(format!("Lease/{name} (namespace {namespace})"));
+            report.deleted.push(what);
             Ok(())
         }
-        Ok(Err(kube::Error::Api(s))) if s.code == 404 => Ok(()),
-        Ok(Err(source)) => Err(ClusterError::Api {
-            action: "deleting",
-            object: format!("Lease {namespace}/{name}"),
-            source,
-        }),
-        Err(_) => Err(ClusterError::Timeout {
-            action: "deleting",
-            object: format!("Lease {namespace}/{name}"),
-        }),
+        Err(e) if e.is_http(404) => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -394,27 +375,10 @@ async fn statefulset_claims_live(
         return Ok(Vec::new());
     };
     let sts = serde_json::to_value(&sts).unwrap_or(Value::Null);
-    let api: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
-        Api::namespaced(cluster.client().clone(), &key.namespace);
-    let what = format!("persistentvolumeclaims in {}", key.namespace);
-    let list = match tokio::time::timeout(REQUEST_TIMEOUT, api.list(&ListParams::default())).await {
-        Err(_) => {
-            return Err(ClusterError::Timeout {
-                action: "listing",
-                object: what,
-            })
-        }
-        Ok(Err(source)) => {
-            return Err(ClusterError::Api {
-                action: "listing",
-                object: what,
-                source,
-            })
-        }
-        Ok(Ok(l)) => l,
-    };
+    let list = cluster
+        .list_in::<PersistentVolumeClaim>(&key.namespace, &ListParams::default())
+        .await?;
     let names: Vec<String> = list
-        .items
         .iter()
         .filter_map(|c| c.metadata.name.clone())
         .collect();
@@ -430,78 +394,53 @@ async fn statefulset_claims_live(
         .collect())
 }
 
-async fn api_for(cluster: &Cluster, key: &ObjectKey) -> Result<Api<DynamicObject>, ClusterError> {
-    let (ar, caps) = cluster.resolve(&key.gvk()).await?;
-    Ok(match caps.scope {
-        Scope::Namespaced => Api::namespaced_with(cluster.client().clone(), &key.namespace, &ar),
-        Scope::Cluster => Api::all_with(cluster.client().clone(), &ar),
-    })
-}
-
 /// Deletes one object with foreground propagation (so it is gone only once what it owns is);
 /// returns its uid, or `None` when it was already gone (or its kind no longer exists).
 async fn delete(cluster: &Cluster, key: &ObjectKey) -> Result<Option<String>, ClusterError> {
-    let api = match api_for(cluster, key).await {
+    let api = match cluster.api_for(key).await {
         Ok(a) => a,
         Err(ClusterError::UnknownKind { .. }) => return Ok(None),
         Err(e) => return Err(e),
     };
-    match tokio::time::timeout(
-        REQUEST_TIMEOUT,
+    match call(
+        "deleting",
+        key,
         api.delete(&key.name, &DeleteParams::foreground()),
     )
     .await
     {
-        Err(_) => Err(ClusterError::Timeout {
-            action: "deleting",
-            object: key.to_string(),
-        }),
         // The object (still finalizing) or a Status (already gone): an empty uid means "check".
-        Ok(Ok(answer)) => Ok(Some(
+        Ok(answer) => Ok(Some(
             answer
                 .left()
                 .and_then(|o| o.metadata.uid)
                 .unwrap_or_default(),
         )),
-        Ok(Err(kube::Error::Api(s))) if s.code == 404 => Ok(None),
-        Ok(Err(source)) => Err(ClusterError::Api {
-            action: "deleting",
-            object: key.to_string(),
-            source,
-        }),
+        Err(e) if e.is_http(404) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
-/// Waits (a watch, bounded by `deadline`) until the object with `uid` is gone.
+/// Waits (a watch, bounded by the teardown's `deadline`, not by one request's) until the object
+/// with `uid` is gone.
 async fn wait_gone(
     cluster: &Cluster,
     key: &ObjectKey,
     uid: &str,
     deadline: Instant,
 ) -> Result<(), ClusterError> {
-    let api = api_for(cluster, key).await?;
-    let left = deadline.saturating_duration_since(Instant::now());
-    let timeout = || ClusterError::Timeout {
-        action: "waiting for the deletion of",
-        object: key.to_string(),
-    };
+    let started = Instant::now();
     let uid = if uid.is_empty() {
         // Deleted at once (a Status answer): check it is gone.
-        match tokio::time::timeout(REQUEST_TIMEOUT, api.get_opt(&key.name)).await {
-            Ok(Ok(None)) => return Ok(()),
-            Ok(Ok(Some(o))) => o.metadata.uid.unwrap_or_default(),
-            Ok(Err(source)) => {
-                return Err(ClusterError::Api {
-                    action: "reading",
-                    object: key.to_string(),
-                    source,
-                })
-            }
-            Err(_) => return Err(timeout()),
+        match cluster.get(key).await? {
+            None => return Ok(()),
+            Some(o) => o.metadata.uid.unwrap_or_default(),
         }
     } else {
         uid.to_string()
     };
+    let api = cluster.api_for(key).await?;
+    let left = deadline.saturating_duration_since(started);
     match tokio::time::timeout(
         left,
         await_condition(api, &key.name, conditions::is_deleted(&uid)),
@@ -513,34 +452,19 @@ async fn wait_gone(
             object: key.to_string(),
             message: format!("watching for its deletion failed: {e}"),
         }),
-        Err(_) => Err(timeout()),
+        Err(_) => Err(ClusterError::NotGone {
+            object: key.to_string(),
+            after: started.elapsed(),
+        }),
     }
 }
 
 /// Finds the namespaces holding converge's records of `stack` (for `down` without a repository).
 pub async fn find_stack(cluster: &Cluster, stack: &str) -> Result<Vec<String>, ClusterError> {
-    let api: Api<ConfigMap> = Api::all(cluster.client().clone());
     let lp = ListParams::default().labels(&format!("{LABEL_STACK}={stack}"));
-    let what = format!("converge records of stack {stack}");
-    let list = match tokio::time::timeout(REQUEST_TIMEOUT, api.list(&lp)).await {
-        Err(_) => {
-            return Err(ClusterError::Timeout {
-                action: "listing",
-                object: what,
-            })
-        }
-        Ok(Err(source)) => {
-            return Err(ClusterError::Api {
-                action: "listing",
-                object: what,
-                source,
-            })
-        }
-        Ok(Ok(l)) => l,
-    };
+    let list = cluster.list_global::<ConfigMap>(&lp).await?;
     let wanted = [inventory_name(stack), status_name(stack)];
     let mut out: Vec<String> = list
-        .items
         .into_iter()
         .filter(|c| c.metadata.name.as_ref().is_some_and(|n| wanted.contains(n)))
         .filter_map(|c| c.metadata.namespace)

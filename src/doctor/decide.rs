@@ -66,7 +66,7 @@ pub fn context(context: Option<&str>, connected: Result<(), &ClusterError>) -> C
             format!("kube context {name} is in the kubeconfig"),
         ),
         Err(e) => {
-            let fix = crate::cli::hints::for_error(e).unwrap_or_else(|| {
+            let fix = crate::hints::for_error(e).unwrap_or_else(|| {
                 "list the contexts with `kubectl config get-contexts` and pass one with --context (or set the stack's `context`)".to_string()
             });
             Check::fail("context", e.to_string(), fix)
@@ -93,8 +93,8 @@ pub fn cluster(
             )
         }
         Err(e) => {
-            let fix = crate::cli::hints::for_error(e).unwrap_or_else(|| {
-                crate::cli::hints::start_cluster(context.unwrap_or(connected_context))
+            let fix = crate::hints::for_error(e).unwrap_or_else(|| {
+                crate::hints::start_cluster(context.unwrap_or(connected_context))
             });
             Check::fail("cluster", e.to_string(), fix)
         }

@@ -25,22 +25,20 @@ pub type Answer = Result<(bool, String, String), String>;
 
 /// Runs a short external command with a timeout.
 pub async fn command(program: &str, args: &[&str]) -> Answer {
-    let argv: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    // Never cancelled: the sender lives as long as the call.
-    let (_keep, cancel) = tokio::sync::watch::channel(false);
-    match crate::build::engine::run(program, &argv, &[], None, COMMAND_TIMEOUT, cancel, program)
-        .await
-    {
-        Ok(o) => Ok((o.status.success(), o.stdout, o.stderr)),
-        Err(crate::build::engine::RunError::Spawn(e)) => {
-            Err(format!("cannot run `{program}`: {e}"))
+    let cmd = crate::process::Command::new(program, COMMAND_TIMEOUT)
+        .args(args)
+        .log_lines(program);
+    match cmd.output().await {
+        Ok(o) => Ok((o.success(), o.stdout, o.stderr)),
+        // The program alone: "cannot run `docker`" is what the fix is about, not its arguments.
+        Err(crate::process::Error::Spawn { source, .. }) => {
+            Err(format!("cannot run `{program}`: {source}"))
         }
-        Err(crate::build::engine::RunError::Timeout) => Err(format!(
-            "`{program} {}` gave no answer within {}s",
-            args.join(" "),
+        Err(crate::process::Error::Timeout { command, .. }) => Err(format!(
+            "`{command}` gave no answer within {}s",
             COMMAND_TIMEOUT.as_secs()
         )),
-        Err(e) => Err(format!("`{program}` failed: {e:?}")),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -139,13 +137,13 @@ pub async fn render(
     helm: &Helm,
     cluster: &Cluster,
 ) -> Result<Vec<Value>, crate::error::Error> {
-    let opts = crate::reconcile::Options {
+    let selection = crate::reconcile::Selection {
+        dir: dir.to_string(),
         // By directory: two stacks may share a name (dev and staging of one app).
         stack: Some(stack.dir.clone()),
-        dir: dir.to_string(),
-        ..crate::reconcile::Options::default()
+        namespace: None,
     };
-    let (_, prepared) = crate::reconcile::prepare(repo, rev, &opts)?;
+    let (_, prepared) = crate::reconcile::prepare(repo, rev, &selection)?;
     let version = cluster.ping().await.ok();
     let mut out = Vec::new();
     for p in prepared {

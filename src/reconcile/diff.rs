@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::prepare::prepare;
+use super::prepare::{prepare, selection};
 use super::{context_of, plan, Clusters, Options};
 use crate::cluster::diff::{normalize, unified};
 use crate::cluster::inventory::{self, Inventory, PrunePolicy};
@@ -33,7 +33,7 @@ pub async fn diff_commit(
     helm: &Helm,
     clusters: &mut Clusters,
 ) -> Result<Vec<ObjectDiff>, Error> {
-    let (commit, prepared) = prepare(repo_path, rev, opts)?;
+    let (commit, prepared) = prepare(repo_path, rev, &selection(opts))?;
     let mut out = Vec::new();
     for p in &prepared {
         let cluster = clusters

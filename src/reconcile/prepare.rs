@@ -82,14 +82,14 @@ fn render_all(
     Ok(out)
 }
 
-/// Reads, validates and renders every selected stack of `rev` with its content tags, building
-/// nothing (what `diff` and `doctor` look at).
+/// Reads, validates and renders the stacks of `rev` that `selection` names, with their content
+/// tags, building nothing (what `diff` and `doctor` look at).
 pub fn prepare(
     repo_path: &Path,
     rev: &str,
-    opts: &Options,
+    selection: &Selection,
 ) -> Result<(String, Vec<Prepared>), Error> {
-    let commit = load::load(repo_path, rev, &selection(opts), Images::Plan)?;
+    let commit = load::load(repo_path, rev, selection, Images::Plan)?;
     let stacks = commit
         .stacks
         .into_iter()

@@ -243,17 +243,20 @@ impl Run<'_> {
 
     /// Waits (60 s at most) until a deleted object is gone.
     pub(super) async fn wait_gone(&self, key: &ObjectKey) -> Result<(), ClusterError> {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // A deliberate wait, far longer than one request: finalizers and foreground deletion
+        // take their time, and each read is bounded by the client's own deadline.
+        const PATIENCE: Duration = Duration::from_secs(60);
+        let started = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_millis(250));
-        while Instant::now() < deadline {
+        while started.elapsed() < PATIENCE {
             tick.tick().await;
             if self.cluster.get(key).await?.is_none() {
                 return Ok(());
             }
         }
-        Err(ClusterError::Timeout {
-            action: "waiting for deletion of",
+        Err(ClusterError::NotGone {
             object: key.to_string(),
+            after: started.elapsed(),
         })
     }
 
