@@ -39,7 +39,6 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::desired::{self, schema::BuilderKind};
-use crate::error::Error;
 use crate::reconcile::{self, Clusters, Options, OwnDeletions, PreparedCommit};
 use crate::render::Helm;
 
