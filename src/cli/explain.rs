@@ -8,11 +8,12 @@ use std::time::Duration;
 use clap::Args;
 use serde::Serialize;
 
-use super::down::{self, Target};
+use super::down;
 use super::{Format, SourceArgs, EXIT_ERROR, EXIT_FINDINGS, EXIT_OK};
 use crate::cluster::Cluster;
 use crate::explain::{self, Diagnosis, Evidence, GatherError};
 use crate::process;
+use crate::reconcile::lookup::Target;
 
 /// How long `kubectl-ai` may take to answer.
 pub const AI_TIMEOUT: Duration = Duration::from_secs(300);
@@ -124,7 +125,7 @@ async fn explain_target(
     cluster.ping().await?;
     let mut out = Vec::new();
     let mut never = Vec::new();
-    for ns in down::namespaces(&cluster, t).await? {
+    for ns in t.namespaces(&cluster).await? {
         let client = cluster.client();
         let recorded = crate::status::load(client, &ns, &t.stack).await?.is_some()
             || !crate::cluster::inventory::load(client, &ns, &t.stack)

@@ -156,17 +156,6 @@ pub struct StackArgs {
     pub kubeconfig: Option<PathBuf>,
 }
 
-impl StackArgs {
-    /// Whether an in-cluster record (name, namespace, and the stack's directory when recorded)
-    /// is selected.
-    pub fn selects_record(&self, name: &str, namespace: &str, dir: &str) -> bool {
-        self.stack
-            .as_deref()
-            .is_none_or(|w| name == w || (!dir.is_empty() && crate::reconcile::dir_matches(dir, w)))
-            && self.namespace.as_deref().is_none_or(|n| n == namespace)
-    }
-}
-
 /// The stacks of a commit the flags select.
 pub fn selection(source: &SourceArgs, target: &StackArgs) -> crate::reconcile::Selection {
     crate::reconcile::Selection {

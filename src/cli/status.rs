@@ -2,22 +2,11 @@
 //! shows now (ready/desired replicas and why not), whether a daemon holds the stack, and how long
 //! ago things happened; needs neither the repository nor the daemon.
 
-use std::collections::BTreeMap;
-
 use clap::Args;
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::ListParams;
-use serde::Serialize;
-use serde_json::Value;
 
 use super::{Format, SourceArgs, EXIT_ERROR, EXIT_FINDINGS, EXIT_OK};
-use crate::cluster::health::{self, Health};
-use crate::cluster::{lease, Cluster, ClusterError};
-use crate::explain::gather::values;
-use crate::status::{Record, StackStatus};
-use crate::vocabulary::{LABEL_COMPONENT, LABEL_STACK};
+use crate::cluster::{Cluster, ClusterError};
+use crate::status::view::{self, Gathered, Pick, StackView};
 
 /// Arguments of `converge status`.
 #[derive(Debug, Args)]
@@ -31,63 +20,26 @@ pub struct StatusArgs {
     output: Format,
 }
 
-/// One stack: the record, the live view and the daemon.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StackView {
-    /// What converge recorded.
-    #[serde(flatten)]
-    pub recorded: StackStatus,
-    /// What the cluster shows now, per component.
-    pub live: Vec<LiveComponent>,
-    /// The daemon holding the stack's Lease, if one does.
-    pub daemon: DaemonView,
-}
-
-/// A component as the cluster shows it now.
-#[derive(Debug, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LiveComponent {
-    /// The component.
-    pub name: String,
-    /// Ready replicas now.
-    pub ready: i64,
-    /// Desired replicas now.
-    pub desired: i64,
-    /// `Healthy`, `Progressing`, `Failed` or `Missing` (no workload in the cluster).
-    pub health: String,
-    /// Why it is not healthy (rollout message, a Pod's waiting reason), when it is not.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub reason: String,
-}
-
-/// Whether a daemon holds a stack.
-#[derive(Debug, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DaemonView {
-    /// Whether a live daemon holds the Lease.
-    pub held: bool,
-    /// The holder (`host/pid`), current or last.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub holder: String,
-    /// The checkout it deploys from.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub checkout: String,
-    /// When it last renewed the Lease (RFC 3339).
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub renewed: String,
-}
-
 pub(super) fn run(args: &StatusArgs) -> u8 {
     let rt = match super::runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
     };
     rt.block_on(async {
-        let views = match read(args).await {
-            Ok(s) => s,
+        let Gathered {
+            stacks: views,
+            unreadable,
+        } = match read(args).await {
+            Ok(g) => g,
             Err(e) => return super::report_error(&crate::error::Error::Cluster(e), args.output),
         };
+        for u in &unreadable {
+            errln!(
+                "warning: the status record in {} is unreadable ({}); left as it is (the next reconcile keeps a copy aside)",
+                u.what,
+                u.error
+            );
+        }
         if args.output.structured() {
             super::emit(&views, args.output);
         } else {
@@ -103,199 +55,25 @@ pub(super) fn run(args: &StatusArgs) -> u8 {
     })
 }
 
-impl StackView {
-    /// Ready by the record and every component healthy now.
-    fn healthy(&self) -> bool {
-        self.recorded.ready && self.live.iter().all(|c| c.health == "Healthy")
-    }
-}
-
-/// The (name, namespace) pairs the selectors name in the repository, when it can be read.
-fn from_repo(args: &StatusArgs) -> Vec<(String, String)> {
-    if args.target.stack.is_none() && args.target.namespace.is_none() {
-        return Vec::new();
-    }
-    let selection = super::selection(&args.source, &args.target);
-    match crate::reconcile::load(
-        &args.source.repo,
-        &args.source.rev,
-        &selection,
-        crate::reconcile::Images::Skip,
-    ) {
-        Ok(c) => c
-            .stacks()
-            .map(|s| (s.spec.name.clone(), s.spec.namespace.clone()))
-            .collect(),
-        Err(_) => Vec::new(),
-    }
-}
-
-async fn read(args: &StatusArgs) -> Result<Vec<StackView>, ClusterError> {
+/// What the cluster holds of the stacks the selectors name (in the repository, when it can be
+/// read).
+async fn read(args: &StatusArgs) -> Result<Gathered, ClusterError> {
     let cluster = Cluster::connect(
         args.target.kubeconfig.as_deref(),
         args.target.context.as_deref(),
     )
     .await?;
     cluster.ping().await?;
-    let found = crate::status::read_all(&cluster).await?;
-    let named = from_repo(args);
-    let mut records: Vec<StackStatus> = found
-        .into_iter()
-        .filter_map(|f| {
-            // Whether an unreadable record may be one the selectors ask for (its name, from
-            // the ConfigMap's, is all that is known of it).
-            let maybe_selected = args
-                .target
-                .namespace
-                .as_deref()
-                .is_none_or(|n| n == f.namespace)
-                && (args.target.stack.is_none()
-                    || named.iter().any(|(n, _)| f.is_of(n))
-                    || args.target.stack.as_deref().is_some_and(|w| f.is_of(w)));
-            match f.record {
-                Record::Status(s) => Some(s),
-                Record::Missing => None,
-                // Said, never silently skipped; left as it is (the next reconcile keeps a copy).
-                Record::Unreadable { ref error, .. } if maybe_selected => {
-                    errln!(
-                        "warning: the status record in {} is unreadable ({error}); left as it is (the next reconcile keeps a copy aside)",
-                        f.what()
-                    );
-                    None
-                }
-                Record::Unreadable { .. } => None,
-            }
-        })
-        // What the repository names, when it names the selected stack; else the records' own
-        // name and directory (a stack the repository no longer has, or no repository at all).
-        .filter(|s| {
-            if named.is_empty() {
-                args.target.selects_record(&s.stack, &s.namespace, &s.dir)
-            } else {
-                named
-                    .iter()
-                    .any(|(n, ns)| n == &s.stack && ns == &s.namespace)
-            }
-        })
-        .collect();
-    records.sort_by(|a, b| (&a.namespace, &a.stack).cmp(&(&b.namespace, &b.stack)));
-    let mut out = Vec::new();
-    for recorded in records {
-        let live = live_components(&cluster, &recorded).await?;
-        let daemon = daemon_of(&cluster, &recorded).await;
-        out.push(StackView {
-            recorded,
-            live,
-            daemon,
-        });
-    }
-    Ok(out)
-}
-
-/// Ready/desired replicas and health of each component's workloads, as the cluster has them now.
-async fn live_components(
-    cluster: &Cluster,
-    s: &StackStatus,
-) -> Result<Vec<LiveComponent>, ClusterError> {
-    let ns = s.namespace.as_str();
-    let lp = ListParams::default().labels(&format!("{LABEL_STACK}={}", s.stack));
-    let deployments = cluster.list_in::<Deployment>(ns, &lp).await?;
-    let statefulsets = cluster.list_in::<StatefulSet>(ns, &lp).await?;
-    let mut workloads: Vec<(&str, Value)> = values(deployments)
-        .into_iter()
-        .map(|v| ("Deployment", v))
-        .collect();
-    workloads.extend(values(statefulsets).into_iter().map(|v| ("StatefulSet", v)));
-    let component_of = |v: &Value| -> String {
-        v.pointer("/metadata/labels")
-            .and_then(|l| l.get(LABEL_COMPONENT))
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string()
+    let pick = Pick {
+        stack: args.target.stack.clone(),
+        namespace: args.target.namespace.clone(),
+        named: crate::reconcile::lookup::named(
+            &args.source.repo,
+            &args.source.rev,
+            &super::selection(&args.source, &args.target),
+        ),
     };
-    // Components in the record's order, then any the cluster has that it does not name.
-    let mut names: Vec<String> = s.components.iter().map(|c| c.name.clone()).collect();
-    for (_, w) in &workloads {
-        let c = component_of(w);
-        if !c.is_empty() && !names.contains(&c) {
-            names.push(c);
-        }
-    }
-    let mut out = Vec::new();
-    for name in names {
-        let mine: Vec<&(&str, Value)> = workloads
-            .iter()
-            .filter(|(_, w)| component_of(w) == name)
-            .collect();
-        let mut c = LiveComponent {
-            name: name.clone(),
-            ..LiveComponent::default()
-        };
-        if mine.is_empty() {
-            c.health = "Missing".into();
-            c.reason = "no Deployment or StatefulSet of it in the cluster".into();
-            out.push(c);
-            continue;
-        }
-        let mut reasons: BTreeMap<u8, String> = BTreeMap::new();
-        let mut pod_reason = None;
-        for (kind, w) in &mine {
-            // A Pod's own reason (CrashLoopBackOff, ImagePullBackOff…) says more than the
-            // rollout's; Pods carry the workload's selector labels, not converge's.
-            if let (None, Some(sel)) = (&pod_reason, crate::explain::gather::selector_of(w)) {
-                let pods = cluster
-                    .list_in::<Pod>(ns, &ListParams::default().labels(&sel))
-                    .await?;
-                pod_reason = values(pods)
-                    .iter()
-                    .find_map(health::pod_problem)
-                    .map(|(why, msg)| format!("{why}: {msg}"));
-            }
-            if let Some((ready, desired)) = crate::reconcile::ready_counts(w) {
-                c.ready += ready;
-                c.desired += desired;
-            }
-            match health::of(kind, w) {
-                Health::Ready => {}
-                Health::Progressing(m) => {
-                    reasons.entry(1).or_insert(m);
-                }
-                Health::Failed(m) => {
-                    reasons.insert(0, m);
-                }
-            }
-        }
-        c.health = if reasons.contains_key(&0) {
-            "Failed"
-        } else if reasons.contains_key(&1) || pod_reason.is_some() {
-            "Progressing"
-        } else {
-            "Healthy"
-        }
-        .into();
-        c.reason = pod_reason
-            .or_else(|| reasons.into_values().next())
-            .unwrap_or_default();
-        out.push(c);
-    }
-    Ok(out)
-}
-
-/// The stack's Lease: held when a holder renewed it within its duration. A Lease that cannot be
-/// read shows as no daemon (status is about the stack, not the Lease).
-async fn daemon_of(cluster: &Cluster, s: &StackStatus) -> DaemonView {
-    let name = crate::vocabulary::lease_name(&s.stack);
-    let Ok(Some(l)) = cluster.get_in::<Lease>(&s.namespace, &name).await else {
-        return DaemonView::default();
-    };
-    let spec = l.spec.clone().unwrap_or_default();
-    let renewed = spec.renew_time.clone().or(spec.acquire_time.clone());
-    DaemonView {
-        held: lease::live_holder(&l, k8s_openapi::jiff::Timestamp::now()).is_some(),
-        holder: spec.holder_identity.clone().unwrap_or_default(),
-        checkout: lease::checkout_of(&l).unwrap_or_default().to_string(),
-        renewed: renewed.map(|t| t.0.to_string()).unwrap_or_default(),
-    }
+    view::gather(&cluster, &pick).await
 }
 
 /// `3m ago`-style age of an RFC 3339 time; the time itself when it does not parse.

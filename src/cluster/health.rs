@@ -43,6 +43,18 @@ fn condition<'a>(obj: &'a Value, kind: &str) -> Option<&'a Value> {
         .find(|c| c.get("type").and_then(Value::as_str) == Some(kind))
 }
 
+/// Ready and desired replicas of a Deployment or StatefulSet, from its live JSON.
+// Same rule as `reconcile::ready_counts` (in `reconcile/run`), which should become a re-export
+// of this one so the health wait and `converge status` cannot count differently.
+pub fn ready_counts(live: &Value) -> Option<(i64, i64)> {
+    let desired = live.pointer("/spec/replicas").and_then(Value::as_i64)?;
+    let ready = live
+        .pointer("/status/readyReplicas")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    Some((ready, desired))
+}
+
 /// The health of an object of `kind` (kinds without a rollout are ready once they exist).
 pub fn of(kind: &str, obj: &Value) -> Health {
     match kind {

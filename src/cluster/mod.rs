@@ -814,6 +814,31 @@ fn parse_immutable(key: &ObjectKey, message: &str) -> ClusterError {
     }
 }
 
+/// Objects as JSON, the form the pure rules read.
+pub fn values<T: serde::Serialize>(items: Vec<T>) -> Vec<serde_json::Value> {
+    items
+        .iter()
+        .filter_map(|i| serde_json::to_value(i).ok())
+        .collect()
+}
+
+/// `k=v,k=v` of a workload's `spec.selector.matchLabels`.
+pub fn selector_of(workload: &serde_json::Value) -> Option<String> {
+    let labels = workload
+        .pointer("/spec/selector/matchLabels")?
+        .as_object()?;
+    if labels.is_empty() {
+        return None;
+    }
+    Some(
+        labels
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+            .collect::<Vec<_>>()
+            .join(","),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -291,6 +291,13 @@ fn read_text(
     }
 }
 
+/// Whether a stack directory (`desired/dev`) is what `wanted` names: the directory itself or
+/// its last component (`dev`).
+pub fn dir_matches(dir: &str, wanted: &str) -> bool {
+    let wanted = wanted.trim_end_matches('/');
+    !dir.is_empty() && (dir == wanted || dir.rsplit('/').next() == Some(wanted))
+}
+
 /// The first 7 characters of a commit id, as git shows them.
 pub fn short_id(id: &str) -> &str {
     &id[..id.len().min(7)]

@@ -14,6 +14,8 @@ use serde_json::Value;
 use tracing::debug;
 
 use super::{EventLine, Evidence, LogTail, NodeRoom, SecretRef, StorageClass};
+// Re-exported: doctor and the tests below reach them through here.
+pub use crate::cluster::{selector_of, values};
 use crate::cluster::{Cluster, ClusterError};
 use crate::status::{self, ComponentStatus};
 use crate::vocabulary::{LABEL_COMPONENT, LABEL_STACK};
@@ -58,33 +60,8 @@ pub enum GatherError {
     },
 }
 
-/// Objects as JSON, the form the pure rules read.
-pub fn values<T: serde::Serialize>(items: Vec<T>) -> Vec<Value> {
-    items
-        .iter()
-        .filter_map(|i| serde_json::to_value(i).ok())
-        .collect()
-}
-
 fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
     v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
-}
-
-/// `k=v,k=v` of a workload's `spec.selector.matchLabels`.
-pub fn selector_of(workload: &Value) -> Option<String> {
-    let labels = workload
-        .pointer("/spec/selector/matchLabels")?
-        .as_object()?;
-    if labels.is_empty() {
-        return None;
-    }
-    Some(
-        labels
-            .iter()
-            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-            .collect::<Vec<_>>()
-            .join(","),
-    )
 }
 
 /// Drops literal env values (they may be configuration a person would rather not paste);

@@ -68,12 +68,8 @@ pub fn stack_matches(stack: &Stack, wanted: &str) -> bool {
     stack.spec.name == wanted || dir_matches(&stack.dir, wanted)
 }
 
-/// Whether a stack directory (`desired/dev`) is what `wanted` names: the directory itself or
-/// its last component (`dev`).
-pub fn dir_matches(dir: &str, wanted: &str) -> bool {
-    let wanted = wanted.trim_end_matches('/');
-    !dir.is_empty() && (dir == wanted || dir.rsplit('/').next() == Some(wanted))
-}
+// Lives in `desired` so the status view, below `reconcile`, can match recorded directories too.
+pub use crate::desired::dir_matches;
 
 /// One selected stack of a commit, with its content tags when they were asked for.
 #[derive(Debug, Clone)]

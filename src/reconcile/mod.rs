@@ -7,13 +7,15 @@
 //! through [`record`], the one writer: healthy or not, and a commit that could not be read,
 //! validated, built or rendered.
 //!
-//! Where things are: [`load`] reads a commit (every entry point), [`prepare`] builds and renders,
+//! Where things are: [`load`] reads a commit (every entry point), [`lookup`]
+//! names the stacks `down`, `explain` and `status` look for in the cluster, [`prepare`] builds and renders,
 //! [`run`] performs one stack's steps, [`waves`] decides the apply order and who is held back,
 //! [`step`] names the steps and why one failed, [`diff`] is `converge diff`, [`report`] is what
 //! a run hands back.
 
 mod diff;
 pub mod load;
+pub mod lookup;
 mod plan;
 mod prepare;
 mod record;

@@ -1,6 +1,8 @@
 //! The status record of one stack, kept in a ConfigMap in its namespace so `converge status`
 //! works from any machine, with or without the daemon. Holds references, never Secret values.
 
+pub mod view;
+
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
