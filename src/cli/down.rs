@@ -62,7 +62,7 @@ pub(super) fn run(args: &DownArgs) -> u8 {
         let mut reports = Vec::new();
         for t in &targets {
             match take_down(args.target.kubeconfig.as_deref(), t, opts).await {
-                Ok(mut r) => reports.append(&mut r),
+                Ok(r) => reports.push(r),
                 Err(e) => {
                     return super::report_error(&crate::error::Error::Cluster(e), args.output)
                 }
@@ -77,35 +77,16 @@ pub(super) fn run(args: &DownArgs) -> u8 {
     })
 }
 
+/// Connects to `target`'s cluster and takes it down where converge's records of it are.
 async fn take_down(
     kubeconfig: Option<&std::path::Path>,
     target: &Target,
     opts: TeardownOptions,
-) -> Result<Vec<DownReport>, ClusterError> {
+) -> Result<DownReport, ClusterError> {
     let cluster = Cluster::connect(kubeconfig, target.context.as_deref()).await?;
     cluster.ping().await?;
     let namespaces = target.namespaces(&cluster).await?;
-    if namespaces.len() > 1 {
-        return Err(ClusterError::Config {
-            message: format!(
-                "stack {} is recorded in several namespaces ({}); pass -n <namespace> to say which one to take down",
-                target.stack,
-                namespaces.join(", ")
-            ),
-        });
-    }
-    if namespaces.is_empty() {
-        return Ok(vec![DownReport {
-            stack: target.stack.clone(),
-            nothing_to_do: true,
-            ..DownReport::default()
-        }]);
-    }
-    let mut out = Vec::new();
-    for ns in namespaces {
-        out.push(teardown::down(&cluster, &ns, &target.stack, opts).await);
-    }
-    Ok(out)
+    teardown::down_found(&cluster, &target.stack, &namespaces, opts).await
 }
 
 fn print(reports: &[DownReport], targets: &[Target], format: Format) {

@@ -152,6 +152,30 @@ fn configmap_key(namespace: &str, name: String) -> ObjectKey {
     }
 }
 
+/// Takes `stack` down where it was found: nowhere is nothing to do (a second `down`), several
+/// namespaces is refused (which one goes is the person's call, never a guess).
+pub async fn down_found(
+    cluster: &Cluster,
+    stack: &str,
+    namespaces: &[String],
+    opts: TeardownOptions,
+) -> Result<DownReport, ClusterError> {
+    match namespaces {
+        [] => Ok(DownReport {
+            stack: stack.into(),
+            nothing_to_do: true,
+            ..DownReport::default()
+        }),
+        [ns] => Ok(down(cluster, ns, stack, opts).await),
+        several => Err(ClusterError::Config {
+            message: format!(
+                "stack {stack} is recorded in several namespaces ({}); pass -n <namespace> to say which one to take down",
+                several.join(", ")
+            ),
+        }),
+    }
+}
+
 /// Takes `stack` in `namespace` down: see the module documentation.
 pub async fn down(
     cluster: &Cluster,
