@@ -12,7 +12,6 @@ use clap::{Args, Subcommand};
 use super::build::BuildFlags;
 use super::flags::{self, Caller, ReconcileFlags};
 use super::{EXIT_ERROR, EXIT_OK};
-use crate::daemon::service::capture;
 use crate::daemon::{self, service, Config, DaemonError};
 
 /// Exit code after a second SIGTERM/SIGINT aborted the shutdown (128 + SIGINT).
@@ -207,82 +206,6 @@ struct UninstallArgs {
 
 type BoxError = Box<dyn std::error::Error>;
 
-/// The checkout's paths: through libgit2, or (for root installing a unit for a checkout another
-/// account owns, which libgit2 refuses to open) by walking up to `.git`.
-fn checkout(repo: &Path) -> Result<service::CheckoutPaths, BoxError> {
-    match daemon::refs::GitDirs::discover(repo) {
-        Ok(d) => Ok(service::CheckoutPaths {
-            root: d.root,
-            git_dir: d.git_dir,
-            common_dir: d.common_dir,
-        }),
-        Err(e) => service::locate_checkout(repo).ok_or_else(|| e.into()),
-    }
-}
-
-/// The unit `service install` writes for this checkout, from the installing session.
-fn unit_for(
-    a: &InstallArgs,
-    manager: service::Manager,
-    places: &service::Places,
-) -> Result<(service::Unit, service::capture::Captured), BoxError> {
-    use std::os::unix::fs::MetadataExt;
-    let dirs = checkout(&a.repo)?;
-    let cwd = std::env::current_dir()?;
-    // Only variables whose name and value are text can go in a unit file.
-    let vars = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
-    let captured = capture::capture(vars, &cwd);
-    let system = manager == service::Manager::SystemdSystem;
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let (user, home) = if system {
-        let owner = std::fs::metadata(&dirs.git_dir)?.uid();
-        let user = match &a.run_as {
-            Some(u) => u.clone(),
-            None => capture::account_by_uid(&passwd, owner)
-                .map(|(name, _)| name)
-                // systemd takes a numeric UID for an account not in /etc/passwd (NSS).
-                .unwrap_or_else(|| owner.to_string()),
-        };
-        let home = capture::home_of(&passwd, &user).unwrap_or_else(|| places.home.clone());
-        (Some(user), home)
-    } else {
-        (None, places.home.clone())
-    };
-    let mut groups = Vec::new();
-    if system && user.as_deref() != Some("root") {
-        if let Some(meta) =
-            capture::docker_socket(&captured).and_then(|s| std::fs::metadata(s).ok())
-        {
-            if meta.gid() != 0 && meta.mode() & 0o060 == 0o060 {
-                let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
-                groups.push(
-                    capture::group_name(&group, meta.gid())
-                        .unwrap_or_else(|| meta.gid().to_string()),
-                );
-            }
-        }
-    }
-    let minikube = capture::on_path(captured.get("PATH"), "minikube").is_some();
-    let (git_dir, common_dir) = (
-        service::normalize(&dirs.git_dir),
-        service::normalize(&dirs.common_dir),
-    );
-    let writable = capture::writable_paths(&git_dir, &common_dir, &captured, &home, minikube);
-    let unit = service::Unit {
-        exe: std::env::current_exe()?,
-        checkout: service::normalize(&dirs.root),
-        args: a.args.clone(),
-        user,
-        groups,
-        env: captured.env.clone(),
-        writable,
-        sandbox: manager != service::Manager::SystemdUser
-            || capture::user_namespaces_allowed_here(),
-    };
-    Ok((unit, captured))
-}
-
 /// What `service install` prints: what it wrote, and the commands to start and follow it, as
 /// they run (with `sudo` when it ran under sudo, `--user` for a user unit).
 fn install_report(
@@ -405,7 +328,14 @@ pub(super) fn service(args: &ServiceArgs) -> u8 {
         match &args.action {
             ServiceAction::Install(a) => {
                 let manager = service::Manager::for_platform(a.user);
-                let (unit, captured) = unit_for(a, manager, &places)?;
+                let dirs = service::session::checkout(&a.repo)?;
+                let (unit, captured) = service::session::unit_for(
+                    &dirs,
+                    a.run_as.as_deref(),
+                    &a.args,
+                    manager,
+                    &places,
+                )?;
                 let opts = service::InstallOptions {
                     enable: !a.no_enable,
                     start: a.now,
@@ -434,7 +364,7 @@ pub(super) fn service(args: &ServiceArgs) -> u8 {
                 Ok(install_report(&unit, &captured, manager, &done))
             }
             ServiceAction::Uninstall(a) => {
-                let dirs = checkout(&a.repo)?;
+                let dirs = service::session::checkout(&a.repo)?;
                 let manager = service::Manager::for_platform(a.user);
                 match service::uninstall(&dirs.root, manager, &places, !a.no_enable, &runner)? {
                     Some(r) if a.no_enable => Ok(format!("removed {}\n", r.path.display())),
@@ -473,7 +403,7 @@ fn shell_word(s: &str) -> String {
 }
 
 fn unit_checkout_display(repo: &Path) -> String {
-    checkout(repo)
+    service::session::checkout(repo)
         .map(|d| service::normalize(&d.root).display().to_string())
         .unwrap_or_else(|_| repo.display().to_string())
 }

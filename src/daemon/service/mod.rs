@@ -5,12 +5,14 @@
 //! The text comes from one template per manager ([`systemd::unit_text`], [`launchd::plist_text`]);
 //! the shipped files under `systemd/` are its output for placeholder paths (a unit test keeps them
 //! equal). What a unit needs from the installing user's session (PATH, KUBECONFIG, the Docker
-//! engine's variables, the paths builders write) is decided in [`capture`]. Every command run on
-//! the machine goes through a [`Runner`], so the launchd path is tested here without macOS. It
-//! never touches a unit it did not write: uninstall removes only the file named for this checkout.
+//! engine's variables, the paths builders write) is decided in [`capture`] and read from the
+//! machine in [`session`]. Every command run on the machine goes through a [`Runner`], so the
+//! launchd path is tested here without macOS. It never touches a unit it did not write:
+//! uninstall removes only the file named for this checkout.
 
 pub mod capture;
 pub mod launchd;
+pub mod session;
 pub mod systemd;
 
 use std::io::Write;
