@@ -43,9 +43,8 @@ fn condition<'a>(obj: &'a Value, kind: &str) -> Option<&'a Value> {
         .find(|c| c.get("type").and_then(Value::as_str) == Some(kind))
 }
 
-/// Ready and desired replicas of a Deployment or StatefulSet, from its live JSON.
-// Same rule as `reconcile::ready_counts` (in `reconcile/run`), which should become a re-export
-// of this one so the health wait and `converge status` cannot count differently.
+/// Ready and desired replicas of a Deployment or StatefulSet, from its live JSON: one rule for
+/// the health wait's progress lines and `converge status`, so they never count differently.
 pub fn ready_counts(live: &Value) -> Option<(i64, i64)> {
     let desired = live.pointer("/spec/replicas").and_then(Value::as_i64)?;
     let ready = live

@@ -43,7 +43,6 @@ pub use plan::{object_hash, Item};
 pub use prepare::{prepare, prepare_commit, Prepared, PreparedCommit};
 pub use record::{describe, record_stalled, targets_of, Target};
 pub use report::StackReport;
-pub use run::ready_counts;
 pub use step::{Failure, Step};
 
 /// How a reconcile behaves.

@@ -28,8 +28,6 @@ use crate::render::{Hook, Rendered};
 use crate::status::{self, StackStatus};
 use crate::vocabulary::{LABEL_COMPONENT, LABEL_STACK};
 
-pub use wait::ready_counts;
-
 /// The target of progress events (rendered as live lines on a terminal by the CLI).
 const PROGRESS: &str = "converge::progress";
 

@@ -11,7 +11,7 @@ use serde_json::Value;
 use tracing::{debug, info};
 
 use super::{Run, PROGRESS};
-use crate::cluster::health::{self, Health, Verdict};
+use crate::cluster::health::{self, ready_counts, Health, Verdict};
 use crate::cluster::{inventory, ObjectKey};
 
 /// How often a health wait looks for Pods stuck in a failing state (changes to the awaited
@@ -26,16 +26,6 @@ pub(super) enum Wait {
     Failed(String),
     /// Newer work is waiting (see [`crate::reconcile::Options::preempt`]).
     Preempted,
-}
-
-/// Ready and desired replicas of a Deployment or StatefulSet, from its live JSON.
-pub fn ready_counts(live: &Value) -> Option<(i64, i64)> {
-    let desired = live.pointer("/spec/replicas").and_then(Value::as_i64)?;
-    let ready = live
-        .pointer("/status/readyReplicas")
-        .and_then(Value::as_i64)
-        .unwrap_or(0);
-    Some((ready, desired))
 }
 
 impl Run<'_> {
