@@ -725,9 +725,8 @@ pub async fn prune_old_with(
         .map(String::from)
         .to_vec();
         let out = engine.docker_other(&cli, &ls, &cancel).await?;
-        if !out.status.success() {
-            continue;
-        }
+        // A listing that failed is an error, never "nothing to prune".
+        check_status(&cli, &ls, &out)?;
         let images = parse_image_list(&out.stdout);
         let (remove, protected, in_use) = prune_decision(&images, keep, &protect, &used);
         report.protected.extend(protected);

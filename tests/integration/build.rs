@@ -387,7 +387,10 @@ async fn pruning_keeps_the_newest_tags_the_protected_one_and_those_containers_us
     for v in 1..=4 {
         f.repo.write("apps/api/hello", format!("api v{v}\n"));
         f.repo.commit(&format!("api v{v}"));
-        f.ensure().await;
+        let (outcomes, _) = f.ensure().await;
+        // Every tag must exist before pruning is judged: a failed build would look like a
+        // prune that removed nothing.
+        assert_eq!(action(&outcomes, "api"), &Action::Built, "{outcomes:?}");
         tags.push(tag(&f.plan("HEAD").1, "api").to_string());
         // Creation times have one-second resolution in `docker image ls`.
         tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
@@ -402,7 +405,7 @@ async fn pruning_keeps_the_newest_tags_the_protected_one_and_those_containers_us
         .await
         .expect("prune");
     let _ = support::docker().args(["rm", container.trim()]).output();
-    assert_eq!(report.removed, vec![tags[2].clone()]);
+    assert_eq!(report.removed, vec![tags[2].clone()], "{report:?}");
     assert_eq!(report.protected, vec![tags[0].clone()]);
     assert_eq!(report.in_use, vec![tags[1].clone()]);
     let left = run_ok(support::docker().args([
