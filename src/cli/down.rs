@@ -112,6 +112,12 @@ fn print(reports: &[DownReport], targets: &[Target], format: Format) {
             }
             continue;
         }
+        if let Some(holder) = &r.held_by {
+            outln!(
+                "stack {label}: NOT down: a converge daemon ({holder}) manages it and would apply it again at once; stop that daemon, then run `converge down` again (nothing was deleted)"
+            );
+            continue;
+        }
         let verdict = if r.complete() { "down" } else { "NOT down" };
         outln!(
             "stack {label}: {verdict}; {} deleted, {} already gone, {} kept in {} ms",

@@ -131,6 +131,9 @@ pub struct DownReport {
     pub records_removed: bool,
     /// Every problem; when not empty, the inventory keeps what is left so `down` can be re-run.
     pub errors: Vec<String>,
+    /// A running daemon (`host/pid`) holds the stack's Lease: nothing was deleted, since it
+    /// would apply everything again at once.
+    pub held_by: Option<String>,
     /// Wall time in milliseconds.
     pub duration_ms: u64,
 }
@@ -206,6 +209,15 @@ async fn run(
     deadline: Instant,
     report: &mut DownReport,
 ) -> Result<(), ClusterError> {
+    // A running daemon would re-create at once whatever this deletes: refuse before touching
+    // anything, rather than leave a half-deleted stack it then fights back.
+    if let Some(holder) = live_daemon(cluster, namespace, stack).await? {
+        report.errors.push(format!(
+            "a converge daemon ({holder}) manages this stack and would apply it again at once: stop that daemon, then take the stack down; nothing was deleted"
+        ));
+        report.held_by = Some(holder);
+        return Ok(());
+    }
     let inv_key = configmap_key(namespace, inventory_name(stack));
     let status_key = configmap_key(namespace, status_name(stack));
     let mut inv = inventory::load(cluster.client(), namespace, stack).await?;
@@ -324,6 +336,18 @@ async fn run(
     Ok(())
 }
 
+/// The daemon renewing the stack's Lease, when one does.
+async fn live_daemon(
+    cluster: &Cluster,
+    namespace: &str,
+    stack: &str,
+) -> Result<Option<String>, ClusterError> {
+    let lease = cluster
+        .get_in::<Lease>(namespace, &lease_name(stack))
+        .await?;
+    Ok(lease.and_then(|l| super::lease::live_holder(&l, k8s_openapi::jiff::Timestamp::now())))
+}
+
 /// Deletes the stack's daemon Lease unless a running daemon renews it (that daemon would apply
 /// the stack again: `down` says so instead of pulling the Lease from under it).
 async fn remove_lease(
@@ -333,17 +357,11 @@ async fn remove_lease(
     report: &mut DownReport,
 ) -> Result<(), ClusterError> {
     let name = lease_name(stack);
-    let Some(lease) = cluster.get_in::<Lease>(namespace, &name).await? else {
+    if cluster.get_in::<Lease>(namespace, &name).await?.is_none() {
         return Ok(());
-    };
-    let spec = lease.spec.unwrap_or_default();
-    let holder = spec.holder_identity.unwrap_or_default();
-    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(0));
-    let live = !holder.is_empty()
-        && spec.renew_time.or(spec.acquire_time).is_some_and(|t| {
-            k8s_openapi::jiff::Timestamp::now().as_second() <= t.0.as_second() + duration
-        });
-    if live {
+    }
+    // Checked before anything was deleted; a daemon that started since keeps its Lease.
+    if let Some(holder) = live_daemon(cluster, namespace, stack).await? {
         report.kept.push(format!(
             "Lease/{name} (namespace {namespace}): the daemon {holder} holds it and will apply the stack again; stop that daemon first"
         ));

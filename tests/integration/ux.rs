@@ -554,7 +554,7 @@ async fn status_shows_live_ready_counts_ages_and_whether_a_daemon_holds_the_stac
 }
 
 #[tokio::test]
-async fn down_deletes_the_lease_a_stopped_daemon_left() {
+async fn down_refuses_while_a_daemon_holds_the_stack_and_deletes_the_lease_a_stopped_one_left() {
     let ns = TestNamespace::new("ux-lease").await;
     let name = ns.name().to_string();
     crate::support::create_secret(&ns, "ux-secrets", &["jwt-secret", "api-key"]).await;
@@ -563,6 +563,35 @@ async fn down_deletes_the_lease_a_stopped_daemon_left() {
     let (code, out, err) = converge_in(dir, &["apply", "--stack", "dev", "--builder", "none"], &[]);
     assert_eq!(code, 0, "{out}{err}");
     let leases: Api<Lease> = ns.api();
+    // A daemon renewing its Lease would re-apply whatever `down` deletes: refused up front,
+    // nothing deleted.
+    let renewed = chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string();
+    let live: Lease = serde_json::from_value(json!({
+        "metadata": {"name": format!("converge-{name}")},
+        "spec": {"holderIdentity": "box/1", "leaseDurationSeconds": 60, "renewTime": renewed},
+    }))
+    .unwrap();
+    leases.create(&PostParams::default(), &live).await.unwrap();
+    let (code, out, err) = converge_in(dir, &["down", "--stack", "dev"], &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("NOT down: a converge daemon (box/1) manages it")
+            && out.contains("nothing was deleted"),
+        "{out}"
+    );
+    let inventories: Api<k8s_openapi::api::core::v1::ConfigMap> = ns.api();
+    assert!(inventories
+        .get_opt(&format!("converge-{name}-inventory"))
+        .await
+        .unwrap()
+        .is_some());
+    // The daemon stopped long ago: its Lease goes with the stack.
+    leases
+        .delete(&format!("converge-{name}"), &Default::default())
+        .await
+        .unwrap();
     let lease: Lease = serde_json::from_value(json!({
         "metadata": {"name": format!("converge-{name}")},
         "spec": {"holderIdentity": "box/1", "leaseDurationSeconds": 15, "renewTime": "2020-01-01T00:00:00.000000Z"},
