@@ -6,12 +6,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
-use serde::Serialize;
 
 use super::down;
 use super::{Format, SourceArgs, EXIT_ERROR, EXIT_FINDINGS, EXIT_OK};
 use crate::cluster::Cluster;
-use crate::explain::{self, Diagnosis, Evidence, GatherError};
+use crate::explain::{self, Diagnosis, Explained, GatherError};
 use crate::process;
 use crate::reconcile::lookup::Target;
 
@@ -33,23 +32,6 @@ pub struct ExplainArgs {
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Format::Text)]
     output: Format,
-}
-
-/// One component's diagnoses and the evidence behind them.
-#[derive(Debug, Serialize)]
-pub struct Explained {
-    /// The stack's name.
-    pub stack: String,
-    /// Its directory in the repository (empty when it was not read).
-    pub dir: String,
-    /// Its namespace.
-    pub namespace: String,
-    /// The component.
-    pub component: String,
-    /// What is wrong, most specific first (one `Healthy` entry when nothing is).
-    pub diagnoses: Vec<Diagnosis>,
-    /// What was gathered.
-    pub evidence: Evidence,
 }
 
 pub(super) fn run(args: &ExplainArgs) -> u8 {
@@ -123,43 +105,25 @@ async fn explain_target(
 ) -> Result<(Vec<Explained>, Vec<String>), GatherError> {
     let cluster = Cluster::connect(args.target.kubeconfig.as_deref(), t.context.as_deref()).await?;
     cluster.ping().await?;
-    let mut out = Vec::new();
-    let mut never = Vec::new();
-    for ns in t.namespaces(&cluster).await? {
-        let client = cluster.client();
-        let recorded = crate::status::load(client, &ns, &t.stack).await?.is_some()
-            || !crate::cluster::inventory::load(client, &ns, &t.stack)
-                .await?
-                .is_empty();
-        let target = explain::Target {
+    let namespaces = t.namespaces(&cluster).await?;
+    let found = explain::explain_stack(
+        &cluster,
+        &explain::Target {
             stack: t.stack.clone(),
             dir: t.dir.clone(),
-            namespace: ns.clone(),
+            namespace: String::new(),
             component: args.component.clone(),
             desired: t.components.clone(),
-        };
-        let gathered = explain::gather(&cluster, &target).await?;
-        // Neither records nor workloads: a stack of the repository never applied here.
-        if !recorded
-            && gathered
-                .iter()
-                .all(|e| e.workloads.is_empty() && e.pods.is_empty())
-        {
-            never.push(super::stack_label(&t.stack, &t.dir, &ns));
-            continue;
-        }
-        for evidence in gathered {
-            out.push(Explained {
-                stack: t.stack.clone(),
-                dir: t.dir.clone(),
-                namespace: ns.clone(),
-                component: evidence.component.clone(),
-                diagnoses: explain::diagnose(&evidence),
-                evidence,
-            });
-        }
-    }
-    Ok((out, never))
+        },
+        &namespaces,
+    )
+    .await?;
+    let never = found
+        .never_applied
+        .iter()
+        .map(|ns| super::stack_label(&t.stack, &t.dir, ns))
+        .collect();
+    Ok((found.explained, never))
 }
 
 fn print_text(all: &[Explained], one: bool) {
@@ -270,6 +234,7 @@ async fn ask_ai(all: &[Explained], kubeconfig: Option<&Path>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::explain::Evidence;
 
     #[test]
     fn the_ai_question_names_only_the_unhealthy_components() {

@@ -7,12 +7,12 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::gather::{BuilderFacts, QuotaFacts, ServiceFacts};
+use super::rules;
 use super::Check;
 use crate::build::BuilderChoice;
 use crate::cluster::ClusterError;
 use crate::desired::schema::BuilderKind;
 use crate::desired::Stack;
-use crate::explain::doctor as rules;
 use crate::explain::rules::{fmt_cpu, fmt_memory};
 use crate::explain::{Evidence, SecretRef};
 

@@ -9,10 +9,10 @@ use k8s_openapi::api::core::v1::{LimitRange, Node, Pod, ResourceQuota, Service};
 use kube::api::ListParams;
 use serde_json::Value;
 
+use super::rules::Totals;
 use crate::cluster::{Cluster, ClusterError};
 use crate::desired::schema::BuilderKind;
 use crate::desired::Stack;
-use crate::explain::doctor::Totals;
 use crate::explain::gather::{running, values};
 use crate::explain::SecretRef;
 use crate::render::Helm;

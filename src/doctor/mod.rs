@@ -2,17 +2,18 @@
 //! writes: [`gather`]) and a pure decide step ([`decide`], unit-tested without a cluster). A
 //! skipped check is never gathered, and work several checks share (the cluster connection, the
 //! rendered stack) is done only when one of them runs. This file owns the table and the order;
-//! the resource arithmetic the decisions use is `explain::doctor`'s.
+//! the checks' vocabulary and the resource arithmetic the decisions use are in [`rules`].
 
 pub mod decide;
 pub mod gather;
+pub mod rules;
 
 use std::path::Path;
 
 use crate::desired::schema::BuilderKind;
 use crate::desired::Stack;
-pub use crate::explain::doctor::{Check, Status};
 use crate::render::Helm;
+pub use rules::{Check, Status};
 
 /// Every check's id, in the order they run.
 pub const CHECKS: &[&str] = &[

@@ -8,7 +8,6 @@
 //! only Secret names and key names are. Like `reconcile`, this module sits above `cluster` and
 //! `desired` and may use both; nothing below it imports it.
 
-pub mod doctor;
 pub mod gather;
 pub mod rules;
 
@@ -19,6 +18,76 @@ use serde_json::Value;
 
 pub use gather::{gather, GatherError, Target};
 pub use rules::diagnose;
+
+/// One component's diagnoses and the evidence behind them.
+#[derive(Debug, Serialize)]
+pub struct Explained {
+    /// The stack's name.
+    pub stack: String,
+    /// Its directory in the repository (empty when it was not read).
+    pub dir: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// The component.
+    pub component: String,
+    /// What is wrong, most specific first (one `Healthy` entry when nothing is).
+    pub diagnoses: Vec<Diagnosis>,
+    /// What was gathered.
+    pub evidence: Evidence,
+}
+
+/// What `converge explain` found for one stack.
+#[derive(Debug, Default)]
+pub struct Explanation {
+    /// Every component explained, namespace by namespace.
+    pub explained: Vec<Explained>,
+    /// Namespaces where converge has neither records nor workloads of the stack: never applied
+    /// there, so nothing to diagnose (not a failure of it).
+    pub never_applied: Vec<String>,
+}
+
+/// Gathers and diagnoses `target`'s components in each of `namespaces` (its `namespace` field
+/// is set per namespace).
+pub async fn explain_stack(
+    cluster: &crate::cluster::Cluster,
+    target: &Target,
+    namespaces: &[String],
+) -> Result<Explanation, GatherError> {
+    let mut out = Explanation::default();
+    for ns in namespaces {
+        let client = cluster.client();
+        let recorded = crate::status::load(client, ns, &target.stack)
+            .await?
+            .is_some()
+            || !crate::cluster::inventory::load(client, ns, &target.stack)
+                .await?
+                .is_empty();
+        let here = Target {
+            namespace: ns.clone(),
+            ..target.clone()
+        };
+        let gathered = gather(cluster, &here).await?;
+        if !recorded
+            && gathered
+                .iter()
+                .all(|e| e.workloads.is_empty() && e.pods.is_empty())
+        {
+            out.never_applied.push(ns.clone());
+            continue;
+        }
+        for evidence in gathered {
+            out.explained.push(Explained {
+                stack: target.stack.clone(),
+                dir: target.dir.clone(),
+                namespace: ns.clone(),
+                component: evidence.component.clone(),
+                diagnoses: diagnose(&evidence),
+                evidence,
+            });
+        }
+    }
+    Ok(out)
+}
 
 /// Everything gathered about one component, as plain data (serialised for `-o json` and `--ai`).
 #[derive(Debug, Clone, Default, Serialize)]

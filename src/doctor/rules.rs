@@ -6,9 +6,9 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::rules::{fmt_cpu, fmt_memory};
-use super::NodeRoom;
 use crate::desired::quantity::Quantity;
+use crate::explain::rules::{fmt_cpu, fmt_memory};
+use crate::explain::NodeRoom;
 
 /// The outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
