@@ -356,15 +356,29 @@ pub(crate) fn print_problem(
     if let Some(fix) = fix {
         errln!("{} {fix}", paint("1", "hint:"));
     }
-    let mut source = source;
+    let causes = causes_to_show(what, source);
     if verbose() > 0 {
-        while let Some(s) = source {
-            errln!("  caused by: {s}");
-            source = s.source();
+        for c in &causes {
+            errln!("  caused by: {c}");
         }
-    } else if source.is_some() {
+    } else if !causes.is_empty() {
         errln!("  (run with -v for the underlying errors)");
     }
+}
+
+/// The causes under an error worth a `caused by` line: those the message does not already quote
+/// (its innermost cause, an API server's answer), each once.
+fn causes_to_show(what: &str, source: Option<&(dyn std::error::Error + 'static)>) -> Vec<String> {
+    let mut causes: Vec<String> = Vec::new();
+    let mut source = source;
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !what.contains(&text) && !causes.contains(&text) {
+            causes.push(text);
+        }
+        source = s.source();
+    }
+    causes
 }
 
 /// Whether stdout gets colour.
@@ -443,4 +457,26 @@ pub(crate) fn colorize_diff(diff: &str) -> String {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::causes_to_show;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    struct E(String, #[source] Option<Box<E>>);
+
+    #[test]
+    fn a_cause_the_message_already_quotes_is_not_repeated_under_it() {
+        let refused = E("Connection refused (os error 111)".into(), None);
+        let client = E("client error (Connect)".into(), Some(Box::new(refused)));
+        let what =
+            "cannot reach the API server at https://127.0.0.1:9: Connection refused (os error 111)";
+        assert_eq!(
+            causes_to_show(what, Some(&client)),
+            ["client error (Connect)"]
+        );
+        assert!(causes_to_show("x", None).is_empty());
+    }
 }
