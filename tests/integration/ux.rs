@@ -541,10 +541,14 @@ async fn status_shows_live_ready_counts_ages_and_whether_a_daemon_holds_the_stac
         .unwrap_or_else(|| panic!("{out}"));
     assert!(row.contains("0/0"), "{row}");
 
-    // down: the daemon still holds the Lease, so down keeps it and says why.
+    // down: the daemon still holds the Lease and would re-apply what down deletes, so down
+    // refuses, names the daemon and deletes nothing.
     let (code, out, err) = converge_in(dir, &["down", "--stack", "dev"], &[]);
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("kept Lease/converge-"), "{out}");
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("NOT down: a converge daemon (box/4242)"),
+        "{out}"
+    );
     assert!(leases
         .get_opt(&format!("converge-{name}"))
         .await
