@@ -314,7 +314,7 @@ pub(super) fn report(done: &Done, fin: &Finished, after: &AfterDone, metrics: &M
                 } else if r.preempted {
                     info!(stack = %r.stack, reason = %r.reason, ms = r.duration_ms, "{line}; health wait preempted");
                 } else {
-                    warn!(stack = %r.stack, reason = %r.reason, errors = %r.errors.join("; "), "{line}; not ready");
+                    warn!(stack = %r.stack, reason = %r.reason, step = r.failed_step.unwrap_or(""), errors = %r.errors.join("; "), "{line}; not ready");
                 }
             }
             if done.drift && applied_n > 0 {

@@ -24,6 +24,10 @@ pub struct StackReport {
     pub ready: bool,
     /// The reason constant.
     pub reason: String,
+    /// The step the reconcile stopped at when it did not end healthy (`apply`, `health`,
+    /// `pre-hooks`…), from [`crate::reconcile::Step`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_step: Option<&'static str>,
     /// Every problem, one line each.
     pub errors: Vec<String>,
     /// What went wrong but was handled (an unreadable status record kept aside), one line each.

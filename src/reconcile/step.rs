@@ -89,6 +89,8 @@ pub enum Failure {
     /// A hook failed; nothing after it ran.
     #[error("hook {hook}: {why}")]
     Hook {
+        /// [`Step::PreHooks`] or [`Step::PostHooks`].
+        step: Step,
         /// `Job/migrate`.
         hook: String,
         /// Why.
@@ -149,6 +151,26 @@ impl Failure {
         }
     }
 
+    /// The step it failed at (a held-back component stops at apply; a cut-short wait at health).
+    pub fn step(&self) -> Step {
+        match self {
+            Failure::Render(_) => Step::Render,
+            Failure::Cluster { step, .. } | Failure::Hook { step, .. } => *step,
+            Failure::Component {
+                failure: ComponentFailure::Apply { .. },
+                ..
+            }
+            | Failure::Blocked { .. } => Step::Apply,
+            Failure::Component {
+                failure: ComponentFailure::Health(_),
+                ..
+            }
+            | Failure::Health(_)
+            | Failure::Preempted { .. } => Step::Health,
+            Failure::Prune(_) => Step::Prune,
+        }
+    }
+
     /// A failure reading from the cluster at `step`.
     pub fn cluster(step: Step) -> impl FnOnce(ClusterError) -> Failure {
         move |source| Failure::Cluster { step, source }
@@ -169,12 +191,21 @@ mod tests {
             },
         };
         assert_eq!(apply.reason(), reason::APPLY_FAILED);
+        assert_eq!(apply.step(), Step::Apply);
         assert_eq!(apply.to_string(), "web: apply failed: conflict");
         let health = Failure::Component {
             component: "web".into(),
             failure: ComponentFailure::Health("Deployment/web: pod x is CrashLoopBackOff".into()),
         };
         assert_eq!(health.reason(), reason::HEALTH_FAILED);
+        assert_eq!(health.step().as_str(), "health");
+        let hook = Failure::Hook {
+            step: Step::PostHooks,
+            hook: "Job/seed".into(),
+            why: "BackoffLimitExceeded".into(),
+        };
+        assert_eq!(hook.reason(), reason::HOOK_FAILED);
+        assert_eq!(hook.step().as_str(), "post-hooks");
         assert_eq!(
             Failure::Blocked {
                 component: "api".into(),

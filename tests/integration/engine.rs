@@ -422,6 +422,7 @@ async fn a_rollout_that_never_becomes_ready_fails_fast_with_the_pods_reason() {
     let r = reconcile(&repo, &options()).await;
     assert!(!r.ready);
     assert_eq!(r.reason, "HealthCheckFailed");
+    assert_eq!(r.failed_step, Some("health"));
     let msg = r.errors.join("\n");
     assert!(
         msg.contains("CrashLoopBackOff") && msg.contains("pod todo-chatbot-backend-"),
@@ -642,6 +643,8 @@ async fn helm_hooks_run_in_order_and_a_failed_hook_applies_nothing_after_it() {
     let r = reconcile(&repo, &opts).await;
     assert!(!r.ready);
     assert_eq!(r.reason, "HookFailed");
+    // The migration hook runs before the upgrade: nothing after it was applied.
+    assert_eq!(r.failed_step, Some("pre-hooks"));
     let msg = r.errors.join("\n");
     assert!(
         msg.contains("hook Job/migrate") && msg.contains("BackoffLimitExceeded"),

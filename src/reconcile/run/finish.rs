@@ -46,6 +46,7 @@ impl Run<'_> {
             ),
             Err(f) => (false, f.reason(), f.to_string()),
         };
+        let failed_step = result.as_ref().err().map(|f| f.step().as_str());
         let preempted = self.preempted && !ready;
         let needs_new_commit = why == reason::APPLY_FAILED
             && !self.failed.is_empty()
@@ -116,6 +117,7 @@ impl Run<'_> {
             commit: self.commit.to_string(),
             ready,
             reason: why.to_string(),
+            failed_step,
             errors,
             warnings: self.warnings.clone(),
             applied: self.applied,

@@ -4,7 +4,7 @@
 use super::wait::Wait;
 use super::Run;
 use crate::cluster::{inventory, ApplyOptions, ObjectKey};
-use crate::reconcile::step::Failure;
+use crate::reconcile::step::{Failure, Step};
 use crate::render::Hook;
 use tracing::info;
 
@@ -12,9 +12,9 @@ impl Run<'_> {
     /// Runs one phase's hooks in weight order. As in Helm, `hook-succeeded` deletions wait until
     /// the whole phase succeeded: a later hook may need an earlier one (the migration Job runs as
     /// the hook ServiceAccount created just before it).
-    pub(super) async fn run_hooks(&mut self, hooks: &[&Hook]) -> Result<(), Failure> {
+    pub(super) async fn run_hooks(&mut self, step: Step, hooks: &[&Hook]) -> Result<(), Failure> {
         for hook in hooks {
-            self.run_hook(hook).await?;
+            self.run_hook(step, hook).await?;
         }
         for hook in hooks {
             if !hook.delete_policies.iter().any(|d| d == "hook-succeeded") {
@@ -22,6 +22,7 @@ impl Run<'_> {
             }
             if let Some(key) = ObjectKey::of(&hook.object) {
                 self.cluster.delete(&key).await.map_err(|e| Failure::Hook {
+                    step,
                     hook: key.short(),
                     why: e.to_string(),
                 })?;
@@ -31,11 +32,12 @@ impl Run<'_> {
     }
 
     /// Runs one hook: deletes the previous one when asked, applies it, waits for a Job to finish.
-    async fn run_hook(&mut self, hook: &Hook) -> Result<(), Failure> {
+    async fn run_hook(&mut self, step: Step, hook: &Hook) -> Result<(), Failure> {
         let Some(key) = ObjectKey::of(&hook.object) else {
             return Ok(());
         };
         let fail = |why: String| Failure::Hook {
+            step,
             hook: key.short(),
             why,
         };

@@ -242,7 +242,7 @@ impl<'a> Run<'a> {
                 .iter()
                 .filter(|h| h.runs_before(install))
                 .collect();
-            self.run_hooks(&pre).await?;
+            self.run_hooks(Step::PreHooks, &pre).await?;
         }
         // A post hook runs only in the reconcile that changed something: a health wait before
         // one is not a boundary where nothing is lost, so it is never preempted.
@@ -290,7 +290,7 @@ impl<'a> Run<'a> {
                 .iter()
                 .filter(|h| h.runs_after(install))
                 .collect();
-            self.run_hooks(&post).await?;
+            self.run_hooks(Step::PostHooks, &post).await?;
         }
         // Objects of blocked components are still wanted: never prune them.
         rendered_keys.sort();
