@@ -148,7 +148,7 @@ impl fmt::Display for ClusterError {
             ),
             ClusterError::NotGone { object, after } => write!(
                 f,
-                "{object} still exists after {}s of waiting for its deletion",
+                "{object} still exists after {}s of waiting for its deletion; a finalizer or its controller may be holding it (see the object's metadata.finalizers)",
                 after.as_secs()
             ),
             ClusterError::NamespaceTerminating {

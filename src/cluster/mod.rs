@@ -577,7 +577,7 @@ mod tests {
         };
         assert_eq!(
             e.to_string(),
-            "Deployment/web (namespace ns) still exists after 60s of waiting for its deletion"
+            "Deployment/web (namespace ns) still exists after 60s of waiting for its deletion; a finalizer or its controller may be holding it (see the object's metadata.finalizers)"
         );
         assert!(!e.is_unreachable(), "the API server answered all along");
     }

@@ -72,7 +72,9 @@ pub enum DaemonError {
         answer: String,
     },
     /// SIGUSR1 could not be sent to a daemon without an HTTP endpoint.
-    #[error("could not signal pid {pid}")]
+    #[error(
+        "could not signal pid {pid}: the daemon may have stopped (start one with `converge run`)"
+    )]
     Signal {
         /// The daemon's pid.
         pid: u32,
