@@ -28,6 +28,8 @@ mod daemon;
 #[path = "integration/operate.rs"]
 mod operate;
 
+#[path = "integration/hooks.rs"]
+mod hooks;
 #[path = "integration/hostile.rs"]
 mod hostile;
 #[path = "integration/node.rs"]
