@@ -722,9 +722,9 @@ mod tests {
 
     #[test]
     fn image_load_that_loaded_nothing_fails_with_one_line() {
-        // cache_images.go:75-78 (image not in the daemon: a warning, nil) and 262-269 ("Live
-        // pushes are not considered a failure"): `minikube image load` exits 0 regardless. The
-        // listing afterwards does not name the image, so converge says so.
+        // pkg/minikube/image/cache.go:74-77 (image not in the daemon: a warning, nil) and
+        // cache_images.go:262-269 ("Live pushes are not considered a failure"): `minikube image
+        // load` exits 0 regardless. The listing afterwards does not name it, so converge says so.
         let ls = image_list(
             &mk(),
             &Answer::new(Some(0), "registry.k8s.io/pause:3.10.1\n", ""),
