@@ -721,14 +721,18 @@ async fn a_hook_unchanged_since_its_last_success_is_skipped_and_a_changed_one_ru
     // A no-op reconcile and a drift correction are not deploys: no hook is even considered.
     let r = ready(&repo, &opts).await;
     assert!(r.hooks.is_empty(), "{r:#?}");
-    let mut cm = cms.get("app-config").await.unwrap();
-    cm.data
-        .get_or_insert_with(Default::default)
-        .insert("greeting".into(), "by hand".into());
-    cm.metadata.managed_fields = None;
-    cms.replace("app-config", &Default::default(), &cm)
-        .await
-        .unwrap();
+    // As `kubectl edit` would: a merge patch under kubectl's field manager.
+    let by_hand = kube::api::PatchParams {
+        field_manager: Some("kubectl-edit".into()),
+        ..Default::default()
+    };
+    cms.patch(
+        "app-config",
+        &by_hand,
+        &kube::api::Patch::Merge(serde_json::json!({"data": {"greeting": "by hand"}})),
+    )
+    .await
+    .unwrap();
     let r = ready(&repo, &opts).await;
     assert_eq!(
         r.applied.len(),
