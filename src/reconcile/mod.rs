@@ -294,14 +294,7 @@ pub async fn reconcile_stack(
     async {
         let started = Instant::now();
         let before = cluster.requests();
-        let mut run = run::Run::new(
-            cluster,
-            stack,
-            commit,
-            opts,
-            &prepared.images,
-            &prepared.build_failures,
-        );
+        let mut run = run::Run::new(cluster, prepared, commit, opts);
         let version = cluster.ping().await.ok();
         let result = match prepared.render.template(helm, version.as_deref()).await {
             Ok(rendered) => run.execute(rendered).await,

@@ -104,28 +104,37 @@ pub fn item(
 /// Every container image an object's Pods run (Pods, workload templates, CronJob templates;
 /// init and ephemeral containers included).
 pub fn images(obj: &DynamicObject) -> BTreeSet<String> {
+    containers(obj)
+        .filter_map(|c| c.get("image").and_then(serde_json::Value::as_str))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The images of containers with `imagePullPolicy: Never`: they run only if a node holds them.
+pub fn never_pulled(obj: &DynamicObject) -> BTreeSet<String> {
+    containers(obj)
+        .filter(|c| c.get("imagePullPolicy").and_then(serde_json::Value::as_str) == Some("Never"))
+        .filter_map(|c| c.get("image").and_then(serde_json::Value::as_str))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Every container of every Pod shape an object can hold.
+fn containers(obj: &DynamicObject) -> impl Iterator<Item = &serde_json::Value> {
     let data = &obj.data;
-    let specs = [
+    [
         data.pointer("/spec"),
         data.pointer("/spec/template/spec"),
         data.pointer("/spec/jobTemplate/spec/template/spec"),
-    ];
-    let mut out = BTreeSet::new();
-    for spec in specs.into_iter().flatten() {
-        for list in ["containers", "initContainers", "ephemeralContainers"] {
-            for c in spec
-                .get(list)
-                .and_then(serde_json::Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                if let Some(image) = c.get("image").and_then(serde_json::Value::as_str) {
-                    out.insert(image.to_string());
-                }
-            }
-        }
-    }
-    out
+    ]
+    .into_iter()
+    .flatten()
+    .flat_map(|spec| {
+        ["containers", "initContainers", "ephemeralContainers"]
+            .into_iter()
+            .filter_map(move |list| spec.get(list).and_then(serde_json::Value::as_array))
+            .flatten()
+    })
 }
 
 #[cfg(test)]
@@ -270,5 +279,11 @@ mod tests {
         .unwrap();
         assert!(images(&pod).contains("pod:4"));
         assert!(images(&obj(1)).is_empty());
+        let never: DynamicObject = serde_json::from_value(json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+            "spec": {"template": {"spec": {"containers": [{"name": "a", "image": "local:1", "imagePullPolicy": "Never"}, {"name": "b", "image": "pulled:2"}]}}}})).unwrap();
+        assert_eq!(
+            never_pulled(&never).into_iter().collect::<Vec<_>>(),
+            ["local:1"]
+        );
     }
 }

@@ -721,14 +721,18 @@ async fn a_hook_unchanged_since_its_last_success_is_skipped_and_a_changed_one_ru
     // A no-op reconcile and a drift correction are not deploys: no hook is even considered.
     let r = ready(&repo, &opts).await;
     assert!(r.hooks.is_empty(), "{r:#?}");
-    let mut cm = cms.get("app-config").await.unwrap();
-    cm.data
-        .get_or_insert_with(Default::default)
-        .insert("greeting".into(), "by hand".into());
-    cm.metadata.managed_fields = None;
-    cms.replace("app-config", &Default::default(), &cm)
-        .await
-        .unwrap();
+    // As `kubectl edit` would: a merge patch under kubectl's field manager.
+    let by_hand = kube::api::PatchParams {
+        field_manager: Some("kubectl-edit".into()),
+        ..Default::default()
+    };
+    cms.patch(
+        "app-config",
+        &by_hand,
+        &kube::api::Patch::Merge(serde_json::json!({"data": {"greeting": "by hand"}})),
+    )
+    .await
+    .unwrap();
     let r = ready(&repo, &opts).await;
     assert_eq!(
         r.applied.len(),
@@ -898,6 +902,46 @@ async fn a_failed_build_starts_no_hook_with_the_image_that_was_not_built_and_say
         .clone()
         .unwrap();
     assert_eq!(running, old_image, "the previous version keeps serving");
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn with_the_none_builder_an_image_no_node_holds_is_not_applied_and_the_reason_says_so() {
+    let ns = TestNamespace::new("engine-none-missing").await;
+    create_secret(&ns, ALL_KEYS).await;
+    let repo = built_backend_repo(ns.name());
+    // Built elsewhere (never, here), run only from a node's store, as on minikube.
+    repo.write(
+        "desired/stack.yaml",
+        format!("apiVersion: converge.dev/v1alpha1\nkind: Stack\nname: built\nnamespace: {}\nrelease: todo-chatbot\nbuilder: none\nvalues:\n  migrations: {{enabled: true, hooks: 'pre-install,pre-upgrade'}}\n  postgres: {{enabled: false}}\n  backend: {{image: {{pullPolicy: Never}}}}\n", ns.name()),
+    );
+    repo.commit("builder none");
+    let r = reconcile(&repo, &options()).await;
+    assert!(!r.ready);
+    assert_eq!(r.reason, "BuildFailed", "{r:#?}");
+    let image = r.builds[0].image.clone();
+    let msg = r.errors.join("\n");
+    assert!(
+        msg.contains(&format!("image {image} is on no node")) && msg.contains("`none` builder"),
+        "{msg}"
+    );
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = ns.api();
+    assert!(
+        jobs.list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "no hook Job was started with {image}"
+    );
+    assert!(
+        ns.api::<Deployment>()
+            .get_opt("todo-chatbot-backend")
+            .await
+            .unwrap()
+            .is_none(),
+        "no Deployment runs {image}"
+    );
     ns.cleanup().await;
 }
 

@@ -18,6 +18,7 @@ use kube::core::GroupVersionKind;
 use tracing::{debug, info, warn};
 
 use super::plan::{self, Item};
+use super::prepare::Prepared;
 use super::report::HookReport;
 use super::step::{ComponentFailure, Failure, Step};
 use super::waves::{self, Gate};
@@ -66,6 +67,8 @@ pub(super) struct Run<'a> {
     /// Images of this commit that do not exist (their build failed), with the component and why:
     /// nothing that runs one is applied, hooks included.
     unavailable: BTreeMap<String, (String, String)>,
+    /// Images converge neither built nor found (the `none` builder), with their component.
+    unconfirmed: BTreeMap<String, String>,
     /// Components held back because their own image was not built.
     build_failed: BTreeSet<String>,
     /// Hooks that succeeded in this run (recorded in the status at its end).
@@ -111,22 +114,27 @@ fn component_of(obj: &DynamicObject) -> String {
 impl<'a> Run<'a> {
     pub(super) fn new(
         cluster: &'a Cluster,
-        stack: &'a Stack,
+        prepared: &'a Prepared,
         commit: &'a str,
         opts: &'a Options,
-        images: &BTreeMap<String, String>,
-        build_failures: &BTreeMap<String, String>,
     ) -> Self {
+        let build_failures = &prepared.build_failures;
         let unavailable = build_failures
             .iter()
             .filter_map(|(component, why)| {
-                let image = images.get(component)?;
+                let image = prepared.images.get(component)?;
                 Some((image.clone(), (component.clone(), why.clone())))
             })
             .collect();
+        let unconfirmed = prepared
+            .builds
+            .iter()
+            .filter(|b| b.action == crate::build::Action::Skipped)
+            .map(|b| (b.image.clone(), b.component.clone()))
+            .collect();
         Self {
             cluster,
-            stack,
+            stack: &prepared.stack,
             commit,
             opts,
             inventory: Inventory::default(),
@@ -148,6 +156,7 @@ impl<'a> Run<'a> {
             health_reported: false,
             preempted: false,
             unavailable,
+            unconfirmed,
             build_failed: build_failures.keys().cloned().collect(),
             hook_runs: Vec::new(),
             hook_reports: Vec::new(),
@@ -235,6 +244,7 @@ impl<'a> Run<'a> {
             lists.extend(self.fetch_lists(extra.into_values().collect()).await);
         }
         self.take_lists(lists, &wanted);
+        self.confirm_images(&rendered).await;
 
         let mut items = Vec::new();
         for obj in rendered.objects {
@@ -484,6 +494,48 @@ impl<'a> Run<'a> {
                     self.live.insert(inventory::id(&k), o);
                 }
             }
+        }
+    }
+
+    /// Marks as unavailable each image converge could not confirm (the `none` builder) that a
+    /// Pod may never pull (`imagePullPolicy: Never`) and that no node holds, so nothing is
+    /// started with it. One LIST of Nodes, only when there is such an image; when a node's list
+    /// may be truncated, nothing is decided.
+    async fn confirm_images(&mut self, rendered: &Rendered) {
+        let wanted: BTreeSet<String> = rendered
+            .objects
+            .iter()
+            .chain(rendered.hooks.iter().map(|h| &h.object))
+            .flat_map(plan::never_pulled)
+            .filter(|i| self.unconfirmed.contains_key(i))
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        let held = match self.cluster.node_images().await {
+            Ok(Some(held)) => held,
+            Ok(None) => {
+                debug!("a node lists as many images as the kubelet reports: cannot tell which are missing");
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot read the nodes' images; applying without checking them");
+                return;
+            }
+        };
+        for image in wanted {
+            let normalized = crate::build::engine::normalized_reference(&image);
+            if held.contains(&image) || held.contains(&normalized) {
+                continue;
+            }
+            let component = self.unconfirmed.get(&image).cloned().unwrap_or_default();
+            let why = format!(
+                "image {image} is on no node and its Pods never pull it (imagePullPolicy: Never); the `none` builder builds nothing: load the image into the cluster's nodes, or let converge build it (another `builder`)"
+            );
+            warn!(component = %component, %image, "image on no node: not applied");
+            self.blocked.entry(component.clone()).or_insert(why.clone());
+            self.build_failed.insert(component.clone());
+            self.unavailable.insert(image, (component, why));
         }
     }
 
