@@ -29,11 +29,53 @@ pub struct Record {
     pub commit: String,
 }
 
-/// Every object applied for one stack, by key.
+/// Every object applied for one stack, by key, and what its Helm hooks did.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Inventory {
     /// Records by object key.
     pub objects: BTreeMap<String, (ObjectKey, Record)>,
+    #[serde(default)]
+    /// The stack's hooks: kept beside the objects (one ConfigMap, written in one apply, deleted
+    /// with them by `down`), so the two never disagree.
+    pub hooks: Hooks,
+}
+
+/// What converge knows of a stack's Helm hooks.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Hooks {
+    /// Written by a converge that keeps this record; an inventory without it was made by an
+    /// older one, whose hooks ran on every change.
+    #[serde(default)]
+    pub tracked: bool,
+    /// The commit whose hooks all ran (or were skipped as unchanged): reconciling it again — a
+    /// drift correction, a resync, a retry — runs none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub settled: String,
+    /// The last successful run of each hook.
+    #[serde(default)]
+    pub runs: Vec<HookRun>,
+}
+
+impl Hooks {
+    /// The last successful run of `hook` (`Kind/name`).
+    pub fn run_of(&self, hook: &str) -> Option<&HookRun> {
+        self.runs.iter().find(|h| h.hook == hook)
+    }
+}
+
+/// The last successful run of one hook.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HookRun {
+    /// `Kind/name`.
+    pub hook: String,
+    /// sha256 of the hook's rendered manifest (without what the server adds).
+    pub digest: String,
+    /// The commit whose reconcile ran it.
+    pub commit: String,
+    /// When it succeeded (RFC 3339).
+    pub time: String,
 }
 
 impl Inventory {
@@ -74,6 +116,8 @@ pub fn id(key: &ObjectKey) -> String {
 }
 
 const DATA_KEY: &str = "inventory.json";
+/// The key of the hooks' record ([`Hooks`]) in the same ConfigMap.
+const HOOKS_KEY: &str = "hooks.json";
 
 /// Reads the inventory of `stack` in `namespace`; empty when there is none yet.
 pub async fn load(
@@ -83,14 +127,29 @@ pub async fn load(
 ) -> Result<Inventory, ClusterError> {
     let name = inventory_name(stack);
     let place = place(namespace, &name, stack);
-    let Some(text) = place.read(client).await? else {
+    let Some(mut data) = place.read_all(client).await? else {
         return Ok(Inventory::default());
+    };
+    // A record of hooks that does not parse is dropped: the hooks then run again, which is
+    // what Helm does on every upgrade anyway.
+    let hooks = data
+        .remove(HOOKS_KEY)
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let Some(text) = data.remove(DATA_KEY) else {
+        return Ok(Inventory {
+            hooks,
+            ..Inventory::default()
+        });
     };
     let entries: Vec<(ObjectKey, Record)> = serde_json::from_str(&text).map_err(|e| ClusterError::Invalid {
         object: format!("ConfigMap/{name} (namespace {namespace})"),
         message: format!("the inventory is not readable ({e}); converge will not prune until it is repaired or deleted"),
     })?;
-    let mut inv = Inventory::default();
+    let mut inv = Inventory {
+        hooks,
+        ..Inventory::default()
+    };
     for (k, r) in entries {
         inv.insert(k, r);
     }
@@ -116,7 +175,18 @@ pub async fn save(
     let name = inventory_name(stack);
     let entries: Vec<&(ObjectKey, Record)> = inv.objects.values().collect();
     let text = serde_json::to_string_pretty(&entries).unwrap_or_else(|_| "[]".into());
-    place(namespace, &name, stack).write(client, text).await
+    let hooks = Hooks {
+        tracked: true,
+        ..inv.hooks.clone()
+    };
+    let mut more = BTreeMap::new();
+    more.insert(
+        HOOKS_KEY,
+        serde_json::to_string_pretty(&hooks).unwrap_or_default(),
+    );
+    place(namespace, &name, stack)
+        .write_with(client, text, more)
+        .await
 }
 
 /// What pruning may delete.

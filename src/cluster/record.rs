@@ -1,6 +1,8 @@
 //! A JSON document kept under one key of a ConfigMap converge owns: how the inventory and the
 //! status record live in the cluster.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams};
 
@@ -28,12 +30,23 @@ impl Place<'_> {
 
     /// Reads the document; `None` when the ConfigMap or the key does not exist.
     pub async fn read(&self, client: &kube::Client) -> Result<Option<String>, ClusterError> {
+        Ok(self
+            .read_all(client)
+            .await?
+            .and_then(|mut d| d.remove(self.key)))
+    }
+
+    /// Reads every key of the ConfigMap; `None` when it does not exist.
+    pub async fn read_all(
+        &self,
+        client: &kube::Client,
+    ) -> Result<Option<BTreeMap<String, String>>, ClusterError> {
         let api: Api<ConfigMap> = Api::namespaced(client.clone(), self.namespace);
         let cm = api
             .get_opt(self.name)
             .await
             .map_err(|e| ClusterError::from_kube("reading", self.what(), e))?;
-        Ok(cm.and_then(|c| c.data).and_then(|mut d| d.remove(self.key)))
+        Ok(cm.map(|c| c.data.unwrap_or_default()))
     }
 
     /// Copies `text` under another `key` of the same ConfigMap, with a merge patch: an update
@@ -58,6 +71,22 @@ impl Place<'_> {
 
     /// Writes the document (server-side apply of the whole ConfigMap as converge's).
     pub async fn write(&self, client: &kube::Client, text: String) -> Result<(), ClusterError> {
+        self.write_with(client, text, BTreeMap::new()).await
+    }
+
+    /// Writes the document and `more` keys beside it in one apply: keys converge wrote before
+    /// and left out now are removed (server-side apply drops fields its manager no longer sets).
+    pub async fn write_with(
+        &self,
+        client: &kube::Client,
+        text: String,
+        more: BTreeMap<&str, String>,
+    ) -> Result<(), ClusterError> {
+        let mut data = serde_json::Map::new();
+        data.insert(self.key.to_string(), text.into());
+        for (k, v) in more {
+            data.insert(k.to_string(), v.into());
+        }
         let api: Api<ConfigMap> = Api::namespaced(client.clone(), self.namespace);
         let cm = serde_json::json!({
             "apiVersion": "v1",
@@ -67,7 +96,7 @@ impl Place<'_> {
                 "namespace": self.namespace,
                 "labels": {LABEL_MANAGED_BY: MANAGED_BY, LABEL_STACK: self.stack},
             },
-            "data": {self.key: text},
+            "data": data,
         });
         let pp = PatchParams::apply(FIELD_MANAGER).force();
         api.patch(self.name, &pp, &Patch::Apply(&cm))

@@ -151,6 +151,11 @@ pub fn newest_manager(meta: &ObjectMeta) -> Option<String> {
 /// released its fields, and the values it alone owned went with them.
 pub fn classify(prev: Option<&Seen>, meta: &ObjectMeta) -> Option<String> {
     let prev = prev?;
+    // A deletion in progress (finalizers hold it; setting deletionTimestamp bumps the
+    // generation) is reported once, by its DELETE event, where converge's own is recognised.
+    if meta.deletion_timestamp.is_some() {
+        return None;
+    }
     let now = Seen::of(meta);
     let changed = match (prev.generation, now.generation) {
         (Some(a), Some(b)) => a != b,
@@ -595,6 +600,18 @@ mod tests {
             classify(Some(&prev), &meta(5, "21", &[("converge", None, 0)])),
             None
         );
+    }
+
+    #[test]
+    fn a_deletion_in_progress_is_left_to_its_delete_event() {
+        let prev = Seen::of(&meta(1, "10", &[("converge", None, 0)]));
+        let mut now = meta(
+            2,
+            "11",
+            &[("converge", None, 0), ("kube-controller-manager", None, 5)],
+        );
+        now.deletion_timestamp = Some(Time(Timestamp::from_second(1_700_000_100).unwrap()));
+        assert_eq!(classify(Some(&prev), &now), None);
     }
 
     #[test]

@@ -89,14 +89,15 @@ pub struct Options {
 /// Objects converge is deleting itself (prune, re-create, hook clean-up), keyed
 /// `stack/Kind/name`, shared between a reconcile and the daemon's drift watch. An entry is
 /// noted before the DELETE is sent (the watch event may arrive before its answer) and is
-/// taken by that event; one that no event took (the object was already gone) expires, so a
-/// later hand deletion of the same object is still drift.
+/// taken by that event; one that no event took (the object was already gone) is forgotten, or
+/// expires, so a later hand deletion of the same object is still drift. The bound is long
+/// enough for a deletion held by finalizers (a volume claim while its Pod stops).
 #[derive(Debug, Clone, Default)]
 pub struct OwnDeletions(std::sync::Arc<std::sync::Mutex<BTreeMap<String, std::time::Instant>>>);
 
 impl OwnDeletions {
     /// How long a noted deletion waits for its watch event.
-    pub const TTL: Duration = Duration::from_secs(30);
+    pub const TTL: Duration = Duration::from_secs(300);
 
     /// Notes that converge deletes `Kind/name` of `stack`.
     pub fn note(&self, stack: &str, object: &str) {
@@ -311,7 +312,7 @@ pub async fn reconcile_stack(
 #[cfg(test)]
 mod tests {
     use super::OwnDeletions;
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
 
     #[test]
     fn an_own_deletion_is_taken_once_and_a_stale_one_expires() {
@@ -323,10 +324,9 @@ mod tests {
             !d.take_at("todo", "ServiceAccount/migrations", t0),
             "a second deletion of the same object is someone else's"
         );
-        // Noted, but the object was already gone: no event took it. A hand deletion a minute
-        // later is drift.
+        // Noted, but no event took it (a watch gap): a hand deletion after the bound is drift.
         d.note_at("todo", "Service/web", t0);
-        assert!(!d.take_at("todo", "Service/web", t0 + Duration::from_secs(60)));
+        assert!(!d.take_at("todo", "Service/web", t0 + OwnDeletions::TTL));
         d.note_at("todo", "Service/web", t0);
         d.forget("todo", "Service/web");
         assert!(!d.take_at("todo", "Service/web", t0));

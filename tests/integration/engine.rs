@@ -696,12 +696,16 @@ async fn a_hook_unchanged_since_its_last_success_is_skipped_and_a_changed_one_ru
         ],
         "{r:#?}"
     );
-    let recorded: Vec<&str> = r.status.hooks.iter().map(|h| h.hook.as_str()).collect();
+    let inv = converge::cluster::inventory::load(&ns.client(), ns.name(), "hooks")
+        .await
+        .unwrap();
+    let recorded: Vec<&str> = inv.hooks.runs.iter().map(|h| h.hook.as_str()).collect();
     assert!(
-        recorded.contains(&"Job/migrate") && r.status.hooks.iter().all(|h| h.commit == first),
+        recorded.contains(&"Job/migrate") && inv.hooks.runs.iter().all(|h| h.commit == first),
         "each successful hook is recorded with its commit: {:?}",
-        r.status.hooks
+        inv.hooks
     );
+    assert_eq!(inv.hooks.settled, first, "the install's hooks all ran");
 
     // A commit that changes only what the hooks do not render: applied, hooks skipped.
     write_hooks_stack(&repo, ns.name(), false, "changed");

@@ -431,6 +431,10 @@ clusterDNS: [$CLUSTER_DNS_IP]
 clusterDomain: cluster.local
 resolvConf: /etc/resolv.conf
 podLogsDir: $NODE_DIR/pod-logs
+# Report every image in the Node's status, not the 50 largest: converge reads the list to tell
+# that an image a Pod never pulls is on no node (the `none` builder), and a test run loads more
+# than 50. It reads this limit back through /configz.
+nodeStatusMaxImages: -1
 # Images are loaded, never pulled: garbage-collecting them would lose them,
 # and a developer's fuller disk must not evict the bed's Pods.
 imageGCHighThresholdPercent: 100

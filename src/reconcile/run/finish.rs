@@ -80,10 +80,6 @@ impl Run<'_> {
             message: message.clone(),
             components,
             history: Vec::new(),
-            hooks: super::hooks::merge_runs(
-                old.as_ref().map(|o| o.hooks.as_slice()).unwrap_or_default(),
-                self.hook_runs.clone(),
-            ),
         };
         let duration = started.elapsed();
         let entry = HistoryEntry {

@@ -1,22 +1,24 @@
 //! Helm hooks: pre hooks before anything is applied, post hooks after everything is healthy,
-//! in weight order, with Helm's delete policies. Unlike Helm, a phase whose hooks all render
-//! exactly as at their last successful run is skipped (unless a hook asks to run always), and a
-//! hook is never started with an image of this commit that was not built.
+//! in weight order, with Helm's delete policies. Unlike Helm, hooks run only for a commit being
+//! deployed (never for a drift correction, a resync or a retry of a settled commit), a hook
+//! whose render is unchanged since its last successful run is skipped (unless it asks to run
+//! always), and a hook is never started with an image of this commit that does not exist.
+//! What the hooks did is kept in the inventory's ConfigMap ([`inventory::Hooks`]).
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
 use kube::api::DynamicObject;
 use tracing::{info, warn};
 
 use super::wait::Wait;
 use super::Run;
-use crate::cluster::{inventory, ApplyOptions, ObjectKey};
+use crate::cluster::inventory::{self, HookRun};
+use crate::cluster::{ApplyOptions, ObjectKey};
 use crate::desired;
-use crate::reconcile::plan;
+use crate::reconcile::plan::{self, Item};
 use crate::reconcile::report::{HookAction, HookReport};
 use crate::reconcile::step::{Failure, Step};
 use crate::render::Hook;
-use crate::status::HookRun;
 use crate::vocabulary::{ANNOTATION_COMMIT, ANNOTATION_HOOK_RERUN};
 
 /// The target of progress events (rendered as live lines on a terminal by the CLI).
@@ -58,25 +60,78 @@ fn short(hook: &Hook) -> Option<String> {
     ObjectKey::of(&hook.object).map(|k| k.short())
 }
 
+/// Whether a hook does the work (a Job or a Pod) rather than support it (the ServiceAccount,
+/// ConfigMap or Secret a Job of its phase uses).
+fn does_work(hook: &Hook) -> bool {
+    ObjectKey::of(&hook.object).is_some_and(|k| k.kind == "Job" || k.kind == "Pod")
+}
+
 impl Run<'_> {
-    /// The commit of the hook's last successful run, when its render is the same now.
-    fn unchanged_since(&self, hook: &Hook) -> Option<String> {
-        let name = short(hook)?;
-        let last = self.old_status.as_ref()?.hook_run(&name)?;
-        (!always(hook) && last.digest == digest(&hook.object)).then(|| last.commit.clone())
+    /// Whether this commit's hooks are settled: all ran (or were skipped) for it already. A
+    /// stack an older converge managed (no record of hooks) is adopted as settled when the
+    /// commit changes nothing, so upgrading converge runs no hook.
+    pub(super) fn settled(&mut self, install: bool, items: &[Item], hooks: &[Hook]) -> bool {
+        if install {
+            return false;
+        }
+        let known = &self.loaded_inventory.hooks;
+        if known.settled == self.commit {
+            return true;
+        }
+        if !known.tracked && !items.iter().any(|i| i.render_changed) {
+            self.settle(hooks);
+            let now = crate::reconcile::record::now();
+            for h in hooks {
+                if let Some(hook) = short(h) {
+                    self.inventory.hooks.runs.push(HookRun {
+                        hook,
+                        digest: digest(&h.object),
+                        commit: self.commit.to_string(),
+                        time: now.clone(),
+                    });
+                }
+            }
+            return true;
+        }
+        false
     }
 
-    /// Whether a hook that ran before renders differently now (a commit that changes only a
-    /// hook is still a deploy). A hook never recorded does not count: only a deploy runs it.
-    pub(super) fn a_hook_changed(&self, hooks: &[Hook]) -> bool {
-        let Some(old) = self.old_status.as_ref() else {
-            return false;
-        };
-        hooks.iter().any(|h| {
-            short(h)
-                .and_then(|n| old.hook_run(&n))
-                .is_some_and(|last| last.digest != digest(&h.object))
-        })
+    /// Marks this commit's hooks settled, keeping only the records of hooks it renders.
+    pub(super) fn settle(&mut self, rendered: &[Hook]) {
+        let names: BTreeSet<String> = rendered.iter().filter_map(short).collect();
+        let h = &mut self.inventory.hooks;
+        h.settled = self.commit.to_string();
+        h.runs.retain(|r| names.contains(&r.hook));
+    }
+
+    /// The commit of the hook's last successful run, when it need not run again: its render is
+    /// unchanged, it does not ask to run always, and this is not a first install.
+    fn unchanged_since(&self, hook: &Hook, install: bool) -> Option<String> {
+        if install || always(hook) {
+            return None;
+        }
+        let last = self.inventory.hooks.run_of(&short(hook)?)?;
+        (last.digest == digest(&hook.object)).then(|| last.commit.clone())
+    }
+
+    /// Which hooks of a phase run: each one that changed (or runs always), and the supporting
+    /// objects of a phase in which any work runs (the Job needs its ServiceAccount).
+    fn due(&self, hooks: &[&Hook], install: bool) -> Vec<bool> {
+        let changed: Vec<bool> = hooks
+            .iter()
+            .map(|h| self.unchanged_since(h, install).is_none())
+            .collect();
+        let work = hooks.iter().zip(&changed).any(|(h, c)| *c && does_work(h));
+        hooks
+            .iter()
+            .zip(changed)
+            .map(|(h, c)| c || (work && !does_work(h)))
+            .collect()
+    }
+
+    /// Whether any hook of a phase will run.
+    pub(super) fn phase_due(&self, hooks: &[&Hook], install: bool) -> bool {
+        self.due(hooks, install).into_iter().any(|d| d)
     }
 
     fn report_hook(&mut self, hook: &Hook, event: &str, action: HookAction, detail: String) {
@@ -90,93 +145,107 @@ impl Run<'_> {
         }
     }
 
-    /// Runs one phase's hooks in weight order. As in Helm, `hook-succeeded` deletions wait until
-    /// the whole phase succeeded: a later hook may need an earlier one (the migration Job runs as
-    /// the hook ServiceAccount created just before it). So the phase runs or is skipped as a
-    /// whole: skipped when every hook renders as at its last successful run.
+    /// Runs one phase's due hooks in weight order, skipping the rest. As in Helm,
+    /// `hook-succeeded` deletions wait until the whole phase succeeded: a later hook may need an
+    /// earlier one (the migration Job runs as the hook ServiceAccount created just before it).
+    /// Each success is recorded (and saved) at once, so a crash never runs it again.
     pub(super) async fn run_hooks(
         &mut self,
         step: Step,
         event: &str,
         hooks: &[&Hook],
+        install: bool,
     ) -> Result<(), Failure> {
         if hooks.is_empty() {
             return Ok(());
         }
-        // An image of this commit that was not built: starting the hook would leave a Pod that
-        // can never pull it. Nothing of the commit is applied, as when a Helm hook fails.
-        let missing = hooks.iter().find_map(|h| {
-            plan::images(&h.object).into_iter().find_map(|image| {
-                self.unavailable
-                    .get(&image)
-                    .map(|(c, why)| (short(h).unwrap_or_default(), image, c.clone(), why.clone()))
-            })
-        });
+        let due = self.due(hooks, install);
+        // An image of this commit that does not exist: starting the hook would leave a Pod that
+        // can never pull it. What the commit changes is not applied, as when a Helm hook fails.
+        let missing = hooks
+            .iter()
+            .zip(&due)
+            .filter(|(_, d)| **d)
+            .find_map(|(h, _)| {
+                plan::images(&h.object).into_iter().find_map(|image| {
+                    self.unavailable.get(&image).map(|(c, why)| {
+                        (short(h).unwrap_or_default(), image, c.clone(), why.clone())
+                    })
+                })
+            });
         if let Some((hook_name, image, component, why)) = missing {
             for h in hooks {
-                let detail = format!("needs {image}, which was not built");
+                let detail = format!("needs {image}, which does not exist");
                 self.report_hook(h, event, HookAction::Held, detail);
             }
-            warn!(hook = %hook_name, %image, "hook not started: its image was not built");
+            warn!(hook = %hook_name, %image, "hook not started: its image does not exist");
             self.blocked.entry(component.clone()).or_insert(why.clone());
             return Err(Failure::Build {
                 component,
                 why: format!(
-                    "{why}\nthe {event} hook {hook_name} runs {image}, so it was not started and nothing of this commit was applied; the previous version keeps serving"
+                    "{why}\nthe {event} hook {hook_name} runs {image}, so it was not started and nothing this commit changes was applied; the previous version keeps serving"
                 ),
             });
         }
-        let since: Vec<Option<String>> = hooks.iter().map(|h| self.unchanged_since(h)).collect();
-        if since.iter().all(Option::is_some) {
-            for (h, c) in hooks.iter().zip(since) {
-                let c = desired::short_id(c.as_deref().unwrap_or_default()).to_string();
-                let name = short(h).unwrap_or_default();
+        let mut ran = Vec::new();
+        for (hook, due) in hooks.iter().zip(due) {
+            if !due {
+                let c = self.unchanged_since(hook, install).unwrap_or_default();
+                let c = desired::short_id(&c).to_string();
+                let name = short(hook).unwrap_or_default();
                 info!(hook = %name, since = %c, "hook skipped: unchanged since {c}");
                 info!(target: PROGRESS, step = "hook.skipped", hook = %name, "{name} skipped: unchanged since {c}");
                 self.report_hook(
-                    h,
+                    hook,
                     event,
                     HookAction::Skipped,
                     format!("unchanged since {c}"),
                 );
+                continue;
             }
-            return Ok(());
-        }
-        let mut ran = Vec::new();
-        for hook in hooks {
             match self.run_hook(step, hook).await {
-                Ok(()) => ran.push(*hook),
+                Ok(()) => {
+                    ran.push(*hook);
+                    self.record_run(hook);
+                    self.report_hook(hook, event, HookAction::Ran, String::new());
+                }
                 Err(f) => {
                     self.report_hook(hook, event, HookAction::Failed, f.to_string());
+                    // The hooks that succeeded before it are recorded.
+                    let _ = self.save_inventory().await;
                     return Err(f);
                 }
             }
         }
-        for hook in hooks {
+        self.save_inventory().await?;
+        // Clean-up after success is best effort: the work is done and recorded.
+        for hook in ran {
             if !hook.delete_policies.iter().any(|d| d == "hook-succeeded") {
                 continue;
             }
             if let Some(key) = ObjectKey::of(&hook.object) {
-                self.delete_own(&key).await.map_err(|e| Failure::Hook {
-                    step,
-                    hook: key.short(),
-                    why: e.to_string(),
-                })?;
+                if let Err(e) = self.delete_own(&key).await {
+                    warn!(hook = %key.short(), error = %e, "hook succeeded but was not deleted (hook-succeeded); it is deleted before its next run");
+                }
             }
-        }
-        let now = crate::reconcile::record::now();
-        for hook in ran {
-            if let Some(name) = short(hook) {
-                self.hook_runs.push(HookRun {
-                    hook: name,
-                    digest: digest(&hook.object),
-                    commit: self.commit.to_string(),
-                    time: now.clone(),
-                });
-            }
-            self.report_hook(hook, event, HookAction::Ran, String::new());
         }
         Ok(())
+    }
+
+    /// Records a hook's successful run in the inventory's hook record.
+    fn record_run(&mut self, hook: &Hook) {
+        let Some(name) = short(hook) else {
+            return;
+        };
+        let run = HookRun {
+            hook: name.clone(),
+            digest: digest(&hook.object),
+            commit: self.commit.to_string(),
+            time: crate::reconcile::record::now(),
+        };
+        let runs = &mut self.inventory.hooks.runs;
+        runs.retain(|r| r.hook != name);
+        runs.push(run);
     }
 
     /// Runs one hook: deletes the previous one when asked, applies it, waits for a Job to finish.
@@ -241,16 +310,6 @@ impl Run<'_> {
     }
 }
 
-/// The hooks of `old` with this run's successes in place of their earlier runs.
-pub(super) fn merge_runs(old: &[HookRun], new: Vec<HookRun>) -> Vec<HookRun> {
-    let mut by: BTreeMap<String, HookRun> =
-        old.iter().map(|h| (h.hook.clone(), h.clone())).collect();
-    for h in new {
-        by.insert(h.hook.clone(), h);
-    }
-    by.into_values().collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,24 +339,6 @@ mod tests {
     }
 
     #[test]
-    fn this_runs_successes_replace_the_earlier_ones_and_others_stay() {
-        let run = |hook: &str, commit: &str| HookRun {
-            hook: hook.into(),
-            digest: format!("d-{commit}"),
-            commit: commit.into(),
-            time: String::new(),
-        };
-        let merged = merge_runs(
-            &[run("Job/migrate", "c1"), run("Job/seed", "c1")],
-            vec![run("Job/migrate", "c2")],
-        );
-        assert_eq!(
-            merged,
-            vec![run("Job/migrate", "c2"), run("Job/seed", "c1")]
-        );
-    }
-
-    #[test]
     fn the_rerun_annotation_asks_for_helms_behaviour() {
         let mut o = job("x:1");
         let hook = |o: DynamicObject| Hook {
@@ -307,6 +348,7 @@ mod tests {
             delete_policies: vec![],
         };
         assert!(!always(&hook(o.clone())));
+        assert!(does_work(&hook(o.clone())));
         o.metadata
             .annotations
             .get_or_insert_with(Default::default)

@@ -72,7 +72,6 @@ pub(super) struct Run<'a> {
     /// Components held back because their own image was not built.
     build_failed: BTreeSet<String>,
     /// Hooks that succeeded in this run (recorded in the status at its end).
-    hook_runs: Vec<status::HookRun>,
     /// What became of each hook considered.
     hook_reports: Vec<HookReport>,
 }
@@ -99,6 +98,23 @@ fn rendered_kinds(rendered: &Rendered) -> (Wanted, BTreeMap<String, GroupVersion
         }
     }
     (wanted, gvks)
+}
+
+/// An image reference as a CRI runtime names it: registry and `library/` made explicit, a
+/// missing tag read as `latest` (nodes report `docker.io/library/x:1` where a Pod says `x:1`).
+fn canonical(image: &str) -> String {
+    let mut full = crate::build::engine::normalized_reference(image);
+    if let Some(rest) = full.strip_prefix("docker.io/") {
+        if !rest.contains('/') {
+            full = format!("docker.io/library/{rest}");
+        }
+    }
+    let last = full.rsplit('/').next().unwrap_or_default();
+    if full.contains('@') || last.contains(':') {
+        full
+    } else {
+        format!("{full}:latest")
+    }
 }
 
 /// The component label of a rendered object (`""` for stack-wide objects).
@@ -158,7 +174,6 @@ impl<'a> Run<'a> {
             unavailable,
             unconfirmed,
             build_failed: build_failures.keys().cloned().collect(),
-            hook_runs: Vec::new(),
             hook_reports: Vec::new(),
         }
     }
@@ -173,7 +188,9 @@ impl<'a> Run<'a> {
             d.note(&self.stack.spec.name, &key.short());
         }
         let deleted = self.cluster.delete(key).await;
-        if !matches!(deleted, Ok(true)) {
+        // Only a 404 proves no deletion event will come; after an error (a timeout, say) the
+        // server may still have deleted it, and the note expires by itself.
+        if matches!(deleted, Ok(false)) {
             if let Some(d) = &self.opts.own_deletions {
                 d.forget(&self.stack.spec.name, &key.short());
             }
@@ -244,31 +261,11 @@ impl<'a> Run<'a> {
             lists.extend(self.fetch_lists(extra.into_values().collect()).await);
         }
         self.take_lists(lists, &wanted);
-        self.confirm_images(&rendered).await;
 
         let mut items = Vec::new();
         for obj in rendered.objects {
             let component = component_of(&obj);
             let name = obj.metadata.name.clone().unwrap_or_default();
-            // An object of another component that runs a failed component's image (a worker
-            // on the backend's image, say) is held back with it.
-            if !self.blocked.contains_key(&component) {
-                if let Some((image, (owner, why))) = plan::images(&obj)
-                    .into_iter()
-                    .find_map(|i| self.unavailable.get(&i).map(|u| (i, u.clone())))
-                {
-                    let c = if component.is_empty() {
-                        name.clone()
-                    } else {
-                        component.clone()
-                    };
-                    self.hold_back(
-                        &c,
-                        format!("runs {image} of `{owner}`, which was not built: {why}"),
-                    );
-                    self.build_failed.insert(c);
-                }
-            }
             match self.plan_item(obj).await {
                 Ok(item) => items.push(item),
                 // One object the cluster cannot take (its kind is not served, say) fails its
@@ -287,12 +284,29 @@ impl<'a> Run<'a> {
                 }
             }
         }
-        // Hooks belong to a deploy (a render that differs from what was applied, or a hook
-        // changed since its last success), never to a drift correction or a no-op.
-        let deploy = items.iter().any(|i| i.render_changed) || self.a_hook_changed(&rendered.hooks);
+        self.confirm_images(&items, &rendered.hooks).await;
+        self.hold_back_unavailable(&items);
+        // What runs now, for the status of what this run does not touch (a run that stops
+        // before applying still shows the serving replicas).
+        for item in items.iter().filter(|i| order::is_workload(&i.key.kind)) {
+            let id = inventory::id(&item.key);
+            if let Some(v) = self
+                .live
+                .get(&id)
+                .and_then(|l| serde_json::to_value(l).ok())
+            {
+                self.health.entry(id).or_insert((item.key.clone(), v));
+            }
+        }
+        // Hooks belong to a commit being deployed: once every phase of this commit ran (or was
+        // skipped as unchanged) it is settled, and reconciling it again — a drift correction,
+        // a resync, a retry — runs none.
+        let hooks_due =
+            !rendered.hooks.is_empty() && !self.settled(install, &items, &rendered.hooks);
         debug!(
             objects = items.len(),
             changed = items.iter().filter(|i| !i.unchanged).count(),
+            hooks_due,
             "planned"
         );
 
@@ -300,7 +314,7 @@ impl<'a> Run<'a> {
             .await
             .map_err(Failure::cluster(Step::WriteAhead))?;
 
-        if deploy {
+        if hooks_due {
             let pre: Vec<&Hook> = rendered
                 .hooks
                 .iter()
@@ -311,11 +325,24 @@ impl<'a> Run<'a> {
             } else {
                 "pre-upgrade"
             };
-            self.run_hooks(Step::PreHooks, event, &pre).await?;
+            if let Err(f) = self.run_hooks(Step::PreHooks, event, &pre, install).await {
+                // What the commit changes waits for its hooks; what it did not change is kept
+                // as deployed, so a hand change is still undone meanwhile.
+                for item in items.iter().filter(|i| !i.unchanged && !i.render_changed) {
+                    self.apply_item(item).await;
+                }
+                self.save_inventory().await?;
+                return Err(f);
+            }
         }
-        // A post hook runs only in a deploy: a health wait before one is not a boundary where
-        // nothing is lost, so it is never preempted.
-        let post_hooks = deploy && rendered.hooks.iter().any(|h| h.runs_after(install));
+        let post: Vec<&Hook> = rendered
+            .hooks
+            .iter()
+            .filter(|h| h.runs_after(install))
+            .collect();
+        // A post hook runs only when one is due: a health wait before it is not a boundary
+        // where nothing is lost, so it is never preempted.
+        let post_hooks = hooks_due && self.phase_due(&post, install);
         // Everything but workloads, in kind order; then workloads in waves.
         let (mut workloads, mut others): (Vec<Item>, Vec<Item>) = items
             .into_iter()
@@ -349,22 +376,19 @@ impl<'a> Run<'a> {
                 commit: self.commit.to_string(),
             });
         }
-        if post_hooks
-            && self.health_failure.is_none()
-            && self.failed.is_empty()
-            && self.blocked.is_empty()
-        {
-            let post: Vec<&Hook> = rendered
-                .hooks
-                .iter()
-                .filter(|h| h.runs_after(install))
-                .collect();
-            let event = if install {
-                "post-install"
-            } else {
-                "post-upgrade"
-            };
-            self.run_hooks(Step::PostHooks, event, &post).await?;
+        let healthy =
+            self.health_failure.is_none() && self.failed.is_empty() && self.blocked.is_empty();
+        if healthy {
+            if hooks_due {
+                let event = if install {
+                    "post-install"
+                } else {
+                    "post-upgrade"
+                };
+                self.run_hooks(Step::PostHooks, event, &post, install)
+                    .await?;
+            }
+            self.settle(&rendered.hooks);
         }
         // Objects of blocked components are still wanted: never prune them.
         rendered_keys.sort();
@@ -498,34 +522,35 @@ impl<'a> Run<'a> {
     }
 
     /// Marks as unavailable each image converge could not confirm (the `none` builder) that a
-    /// Pod may never pull (`imagePullPolicy: Never`) and that no node holds, so nothing is
-    /// started with it. One LIST of Nodes, only when there is such an image; when a node's list
-    /// may be truncated, nothing is decided.
-    async fn confirm_images(&mut self, rendered: &Rendered) {
-        let wanted: BTreeSet<String> = rendered
-            .objects
+    /// changed object or a hook would start, that a Pod may never pull (`imagePullPolicy:
+    /// Never`) and that no node holds, so nothing is started with it. An image that live Pods
+    /// already run is there; so a no-op or a drift correction asks nothing. One LIST of Nodes
+    /// at most; when a node's list may be truncated, nothing is decided.
+    async fn confirm_images(&mut self, items: &[Item], hooks: &[Hook]) {
+        let wanted: BTreeSet<String> = items
             .iter()
-            .chain(rendered.hooks.iter().map(|h| &h.object))
+            .filter(|i| i.render_changed)
+            .map(|i| &i.object)
+            .chain(hooks.iter().map(|h| &h.object))
             .flat_map(plan::never_pulled)
             .filter(|i| self.unconfirmed.contains_key(i))
             .collect();
         if wanted.is_empty() {
             return;
         }
-        let held = match self.cluster.node_images().await {
-            Ok(Some(held)) => held,
+        let held: BTreeSet<String> = match self.cluster.node_images().await {
+            Ok(Some(held)) => held.iter().map(|n| canonical(n)).collect(),
             Ok(None) => {
                 debug!("a node lists as many images as the kubelet reports: cannot tell which are missing");
                 return;
             }
             Err(e) => {
-                warn!(error = %e, "cannot read the nodes' images; applying without checking them");
+                info!(error = %e, "cannot read the nodes' images; applying without checking them");
                 return;
             }
         };
         for image in wanted {
-            let normalized = crate::build::engine::normalized_reference(&image);
-            if held.contains(&image) || held.contains(&normalized) {
+            if held.contains(&canonical(&image)) {
                 continue;
             }
             let component = self.unconfirmed.get(&image).cloned().unwrap_or_default();
@@ -536,6 +561,31 @@ impl<'a> Run<'a> {
             self.blocked.entry(component.clone()).or_insert(why.clone());
             self.build_failed.insert(component.clone());
             self.unavailable.insert(image, (component, why));
+        }
+    }
+
+    /// Holds back the component of every object that runs an image that does not exist (a
+    /// worker on the backend's image, say, is held back with the backend).
+    fn hold_back_unavailable(&mut self, items: &[Item]) {
+        for item in items {
+            let c = if item.component.is_empty() {
+                item.key.short()
+            } else {
+                item.component.clone()
+            };
+            if self.blocked.contains_key(&c) {
+                continue;
+            }
+            if let Some((image, (owner, _))) = plan::images(&item.object)
+                .into_iter()
+                .find_map(|i| self.unavailable.get(&i).map(|u| (i, u.clone())))
+            {
+                self.hold_back(
+                    &c,
+                    format!("runs {image} of `{owner}`, which does not exist"),
+                );
+                self.build_failed.insert(c);
+            }
         }
     }
 
@@ -559,5 +609,25 @@ impl<'a> Run<'a> {
             self.commit,
             self.opts.full,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::canonical;
+
+    #[test]
+    fn image_names_compare_as_a_cri_runtime_files_them() {
+        for (pod, node) in [
+            ("todo-backend:1a2b", "docker.io/library/todo-backend:1a2b"),
+            ("docker.io/app:1", "docker.io/library/app:1"),
+            ("library/app:1", "docker.io/library/app:1"),
+            ("app", "docker.io/library/app:latest"),
+            ("localhost:5000/app:2", "localhost:5000/app:2"),
+            ("registry.example/team/app:3", "registry.example/team/app:3"),
+        ] {
+            assert_eq!(canonical(pod), canonical(node), "{pod}");
+        }
+        assert_ne!(canonical("app:1"), canonical("app:2"));
     }
 }
