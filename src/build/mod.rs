@@ -230,6 +230,19 @@ fn env_nonempty(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
+/// Environment variables that decide how images are built, by prefix: read by converge itself
+/// (`CONTAINERD_ADDRESS` chooses the containerd builder in [`BuildEnv`] and, with
+/// `CONTAINERD_NAMESPACE`, says where it imports; `DOCKER_HOST` aims the Docker CLI) and by the
+/// tools the builders run, which inherit converge's environment: the Docker CLI (`DOCKER_*`),
+/// minikube (`MINIKUBE_*`), `ctr` (`CONTAINERD_*`, e.g. `CONTAINERD_SNAPSHOTTER` for the unpack
+/// of `ctr images import`) and kind (`KIND_*`, e.g. `KIND_EXPERIMENTAL_PROVIDER`). A daemon
+/// started elsewhere (`converge service install`) must carry them, or it builds another way.
+pub const ENV_PREFIXES: &[&str] = &["DOCKER_", "MINIKUBE_", "CONTAINERD_", "KIND_"];
+
+/// Environment variables that decide how images are built, by exact name: the `command`
+/// builder's templates (`--command`, `--exists-command` of `build`, `apply` and `run`).
+pub const ENV_NAMES: &[&str] = &["CONVERGE_BUILD_COMMAND", "CONVERGE_BUILD_EXISTS_COMMAND"];
+
 /// What of the environment decides the builder (a value, so the choice is a pure function).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BuildEnv {
@@ -241,8 +254,14 @@ pub struct BuildEnv {
 impl BuildEnv {
     /// Read from this process's environment.
     pub fn from_process() -> Self {
+        Self::from_lookup(env_nonempty)
+    }
+
+    /// Read through `get` (a variable's value by name), e.g. from an environment captured for a
+    /// service unit; empty values count as unset.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Self {
         Self {
-            containerd_address: env_nonempty("CONTAINERD_ADDRESS"),
+            containerd_address: get("CONTAINERD_ADDRESS").filter(|v| !v.is_empty()),
         }
     }
 }

@@ -376,3 +376,158 @@ pub(super) fn report(done: &Done, fin: &Finished, after: &AfterDone, metrics: &M
         Outcome::Cancelled => metrics.reconcile(ResultLabel::Abandoned, took),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::StackStatus;
+
+    /// A report of stack `name`; `message` is what its status record says.
+    fn report(name: &str, message: &str) -> StackReport {
+        StackReport {
+            stack: name.into(),
+            namespace: name.into(),
+            dir: format!("desired/{name}"),
+            commit: "0123456789ab".into(),
+            ready: false,
+            reason: String::new(),
+            failed_step: None,
+            errors: Vec::new(),
+            warnings: Vec::new(),
+            applied: Vec::new(),
+            unchanged: 0,
+            pruned: Vec::new(),
+            kept: Vec::new(),
+            blocked: BTreeMap::new(),
+            requests: Default::default(),
+            duration_ms: 0,
+            status: StackStatus {
+                message: message.into(),
+                ..StackStatus::default()
+            },
+            builds: Vec::new(),
+            hooks: Vec::new(),
+            preempted: false,
+            needs_new_commit: false,
+        }
+    }
+
+    fn ready(name: &str) -> StackReport {
+        StackReport {
+            ready: true,
+            ..report(name, "")
+        }
+    }
+
+    fn preempted(name: &str) -> StackReport {
+        StackReport {
+            preempted: true,
+            ..report(name, "")
+        }
+    }
+
+    fn needs_new_commit(name: &str, message: &str) -> StackReport {
+        StackReport {
+            needs_new_commit: true,
+            ..report(name, message)
+        }
+    }
+
+    fn of(reports: Vec<StackReport>) -> Finished {
+        finished(&Outcome::Reports(reports))
+    }
+
+    const NOTHING: Finished = Finished::Reports {
+        ready: false,
+        preempted: false,
+        needs_new_commit: None,
+    };
+
+    #[test]
+    fn every_stack_ready_is_ready() {
+        assert_eq!(
+            of(vec![ready("a"), ready("b")]),
+            Finished::Reports {
+                ready: true,
+                preempted: false,
+                needs_new_commit: None,
+            }
+        );
+    }
+
+    #[test]
+    fn a_health_wait_cut_short_is_preempted_not_a_failure_while_the_other_stacks_are_ready() {
+        let both = of(vec![ready("a"), preempted("b")]);
+        assert_eq!(
+            both,
+            Finished::Reports {
+                ready: false,
+                preempted: true,
+                needs_new_commit: None,
+            }
+        );
+        assert_eq!(of(vec![preempted("a"), preempted("b")]), both);
+    }
+
+    #[test]
+    fn a_failure_beside_a_preempted_stack_is_retried() {
+        // The failed stack was not cut short: it failed, and a failure is retried with back-off.
+        assert_eq!(of(vec![preempted("a"), report("b", "timed out")]), NOTHING);
+    }
+
+    #[test]
+    fn failures_that_all_need_a_new_commit_wait_for_one_naming_each_stack() {
+        assert_eq!(
+            of(vec![
+                needs_new_commit("a", "Deployment/api: field is immutable"),
+                ready("b"),
+                needs_new_commit("c", "conflict with manager kubectl"),
+            ]),
+            Finished::Reports {
+                ready: false,
+                preempted: false,
+                needs_new_commit: Some((
+                    reason::APPLY_FAILED,
+                    "stack a: Deployment/api: field is immutable; stack c: conflict with manager kubectl"
+                        .into()
+                )),
+            }
+        );
+    }
+
+    #[test]
+    fn one_failure_a_retry_could_fix_makes_the_whole_commit_a_retry() {
+        // Waiting for a new commit would leave stack b broken although retrying may fix it.
+        assert_eq!(
+            of(vec![
+                needs_new_commit("a", "field is immutable"),
+                report("b", "the API server did not answer"),
+            ]),
+            NOTHING
+        );
+        assert_eq!(of(vec![report("a", "timed out")]), NOTHING);
+    }
+
+    #[test]
+    fn a_commit_that_cannot_be_prepared_stalls_with_its_reason_and_message() {
+        assert_eq!(
+            finished(&Outcome::Stalled(
+                reason::VALIDATION_FAILED,
+                "desired/dev/app.yaml:3:1: unknown field".into()
+            )),
+            Finished::Stalled {
+                reason: reason::VALIDATION_FAILED,
+                message: "desired/dev/app.yaml:3:1: unknown field".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn a_transient_failure_is_a_retry_and_a_shutdown_a_cancel() {
+        assert_eq!(
+            finished(&Outcome::Retry("connection refused".into())),
+            Finished::Retry
+        );
+        assert_eq!(finished(&Outcome::Cancelled), Finished::Cancelled);
+    }
+}

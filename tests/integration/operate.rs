@@ -771,15 +771,21 @@ async fn doctor_fails_each_broken_check_with_its_fix_and_passes_once_they_are_fi
     ns.cleanup().await;
 }
 
-/// The newcomer docs this module keeps honest.
-const DOCS: &[&str] = &[
-    "docs/README.md",
-    "docs/quickstart.md",
-    "docs/how-it-works.md",
-    "docs/configuration.md",
-    "docs/troubleshooting.md",
-    "docs/cleanup.md",
-];
+/// The pages this module keeps honest: the README and every page under docs/, so a new page is
+/// checked without being listed here.
+fn pages() -> Vec<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut pages: Vec<String> = std::fs::read_dir(root.join("docs"))
+        .expect("docs/")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".md"))
+        .map(|n| format!("docs/{n}"))
+        .collect();
+    pages.sort();
+    pages.insert(0, "README.md".into());
+    pages
+}
 
 fn doc(rel: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(rel))
@@ -858,10 +864,12 @@ fn long_flags(cmd: &clap::Command, out: &mut std::collections::BTreeSet<String>)
 fn every_converge_command_in_the_docs_parses_with_the_real_command_line() {
     use clap::Parser;
     let mut seen = 0;
-    for rel in DOCS {
+    for rel in &pages() {
         for cmd in documented_commands(&doc(rel)) {
             let words: Vec<String> = shell_words(&cmd)
                 .into_iter()
+                // A synopsis (`converge validate [--rev REV]`) is checked with every option.
+                .map(|w| w.trim_matches(|c| c == '[' || c == ']').to_string())
                 .map(|w| if w.contains('<') { "x".into() } else { w })
                 .collect();
             if let Err(e) = converge::cli::Cli::try_parse_from(&words) {
@@ -893,9 +901,13 @@ fn every_flag_environment_variable_and_link_in_the_docs_exists() {
             }
         }
     }
-    for rel in DOCS {
+    let bed = ["tests/testbed/up", "tests/support/mod.rs"]
+        .map(|f| std::fs::read_to_string(root.join(f)).unwrap())
+        .concat();
+    for rel in &pages() {
         let text = doc(rel);
-        // Flags: every `--name` in a code span or block (kubectl's and minikube's excepted).
+        // Flags: every `--name` in a code span or block (on lines of kubectl, minikube, journalctl,
+        // `kind load`, `docker build` or `ctr`: theirs, not converge's).
         for line in text
             .lines()
             .filter(|l| l.contains("converge") || l.starts_with('|'))
@@ -906,6 +918,9 @@ fn every_flag_environment_variable_and_link_in_the_docs_exists() {
                     && !line.contains("kubectl")
                     && !line.contains("minikube")
                     && !line.contains("journalctl")
+                    && !line.contains("kind load")
+                    && !line.contains("docker build")
+                    && !line.contains("ctr --address")
                 {
                     assert!(
                         flags.contains(word),
@@ -914,9 +929,14 @@ fn every_flag_environment_variable_and_link_in_the_docs_exists() {
                 }
             }
         }
-        // Environment variables of converge's own.
+        // Environment variables of converge's own, and of its testbed.
         for word in text.split(|c: char| !(c.is_ascii_uppercase() || c == '_')) {
-            if word.starts_with("CONVERGE_") && word.len() > 9 {
+            if word.starts_with("CONVERGE_TESTBED_") {
+                assert!(
+                    bed.contains(word),
+                    "{rel}: {word} is read neither by tests/testbed/up nor by tests/support"
+                );
+            } else if word.starts_with("CONVERGE_") && word.len() > 9 {
                 assert!(
                     sources.contains(word),
                     "{rel}: {word} is read nowhere in src/"
@@ -931,11 +951,54 @@ fn every_flag_environment_variable_and_link_in_the_docs_exists() {
             }
             let file = target.split('#').next().unwrap_or("");
             if !file.is_empty() {
-                assert!(
-                    root.join("docs").join(file).exists(),
-                    "{rel}: broken link {target}"
-                );
+                let base = root.join(rel);
+                let dir = base.parent().expect("a page is in a directory");
+                assert!(dir.join(file).exists(), "{rel}: broken link {target}");
             }
         }
+    }
+}
+
+#[test]
+fn every_builder_of_the_desired_state_is_a_builder_choice_and_documented() {
+    use clap::CommandFactory;
+    let schema = schemars::schema_for!(converge::desired::schema::BuilderKind).to_value();
+    // One `{"const": name}` per variant (each carries its doc comment).
+    let kinds: Vec<String> = schema["oneOf"]
+        .as_array()
+        .unwrap_or_else(|| panic!("BuilderKind's schema is one const per variant: {schema}"))
+        .iter()
+        .map(|v| v["const"].as_str().expect("a builder's name").to_string())
+        .collect();
+    assert!(kinds.len() >= 6, "{kinds:?}");
+    let cli = converge::cli::Cli::command();
+    let build = cli.find_subcommand("build").expect("converge build");
+    let choices: Vec<String> = build
+        .get_arguments()
+        .find(|a| a.get_long() == Some("builder"))
+        .expect("--builder")
+        .get_possible_values()
+        .iter()
+        .map(|v| v.get_name().to_string())
+        .collect();
+    assert_eq!(
+        choices, kinds,
+        "--builder mirrors the desired state's builders"
+    );
+    let row = doc("docs/desired-state.md")
+        .lines()
+        .find(|l| l.starts_with("| `builder` |"))
+        .expect("desired-state.md has the stack's `builder` row")
+        .to_string();
+    let images = doc("docs/images.md");
+    for k in &kinds {
+        assert!(
+            row.contains(&format!("`{k}`")),
+            "desired-state.md's builder row lacks `{k}`: {row}"
+        );
+        assert!(
+            images.contains(&format!("| `{k}` |")),
+            "images.md's builders table lacks `{k}`"
+        );
     }
 }

@@ -8,7 +8,7 @@
 //! `--user` manager; the container shares the host's network, so the daemon reaches the bed's
 //! apiserver on 127.0.0.1.
 //!
-//! They are skipped (with a message) only when the bed has no Docker engine.
+//! Without the bed's Docker engine they fail, saying so: they never pass by not running.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -37,15 +37,13 @@ const DOCKER_SOCKET: &str = "/run/docker.sock";
 /// How long a reconcile on the kwok node may take.
 const CONVERGED: Duration = Duration::from_secs(120);
 
-/// `None` (with a message) when the bed has no Docker engine.
-fn engine() -> Option<()> {
-    if testbed().docker_host.is_none() {
-        eprintln!(
-            "SKIPPED: the testbed has no Docker engine (started with CONVERGE_TESTBED_NO_DOCKER=1), so there is no container to boot systemd in"
-        );
-        return None;
-    }
-    Some(())
+/// Fails, saying what is missing, when the bed has no Docker engine: these tests boot systemd in
+/// a container on it, and a test that returned early would pass without showing anything.
+fn require_engine() {
+    assert!(
+        testbed().docker_host.is_some(),
+        "the testbed has no Docker engine (started with CONVERGE_TESTBED_NO_DOCKER=1), so there is no container to boot systemd in: start the bed with its engine (tests/testbed/up without CONVERGE_TESTBED_NO_DOCKER), or leave the service tests out (cargo test -- --skip service::)"
+    );
 }
 
 /// The docker CLI on this machine's PATH (mounted into the container).
@@ -916,26 +914,20 @@ async fn run_as_a_service(scope: Scope) {
 #[tokio::test]
 async fn system_unit_installed_by_converge_runs_reloads_restarts_stops_and_uninstalls_under_real_systemd(
 ) {
-    if engine().is_none() {
-        return;
-    }
+    require_engine();
     run_as_a_service(Scope::System).await;
 }
 
 #[tokio::test]
 async fn user_unit_installed_by_converge_runs_reloads_restarts_stops_and_uninstalls_under_a_real_user_manager(
 ) {
-    if engine().is_none() {
-        return;
-    }
+    require_engine();
     run_as_a_service(Scope::User).await;
 }
 
 #[test]
 fn system_install_where_systemd_is_not_init_says_so_and_writes_nothing() {
-    if engine().is_none() {
-        return;
-    }
+    require_engine();
     // The same image without systemd as PID 1, as in most containers.
     let script = "git init -q /srv/todo && cd /srv/todo && converge service install 2>&1; echo \"exit=$?\"; ls -A /etc/systemd/system | grep converge || echo none";
     let out = run_ok(docker().args([

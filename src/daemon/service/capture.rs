@@ -1,17 +1,30 @@
 //! What `converge service install` takes from the installing user's session: the environment
-//! variables the daemon and its children (helm, docker, minikube, the kube client) read, and the
+//! variables the daemon and its children (helm, docker, minikube, ctr, kind, the kube client) read, and the
 //! paths they write, each with the reason it must be writable. Pure functions over a list of
 //! variables and a few facts, so the rules are unit-tested without touching the machine; it never
 //! reads a value it does not keep, and never keeps one whose name looks like a secret.
 
 use std::path::{Path, PathBuf};
 
+use crate::build;
+
 /// Variables taken by exact name: where helm/docker/minikube are found, which kubeconfig, and
-/// converge's own settings that a shell may carry.
+/// converge's own settings that a shell may carry; and [`build::ENV_NAMES`].
 const NAMES: &[&str] = &["PATH", "KUBECONFIG", "CONVERGE_HELM", "CONVERGE_CONTEXT"];
-/// Variables taken by prefix: the Docker CLI's (`DOCKER_HOST`, `DOCKER_CERT_PATH`, …, as `minikube
-/// docker-env` sets them), minikube's (`MINIKUBE_HOME`, `MINIKUBE_PROFILE`, …) and helm's.
-const PREFIXES: &[&str] = &["DOCKER_", "MINIKUBE_", "HELM_"];
+/// Variables taken by prefix: helm's; and [`build::ENV_PREFIXES`], what the builders and their
+/// tools read (the Docker CLI's `DOCKER_HOST`, `DOCKER_CERT_PATH`, … as `minikube docker-env`
+/// sets them, minikube's, containerd's `CONTAINERD_ADDRESS` that chooses the containerd builder,
+/// kind's), so the daemon chooses and runs the builder the installing shell would.
+const PREFIXES: &[&str] = &["HELM_"];
+
+/// Whether `name` is a variable the daemon or a tool it runs reads.
+fn wanted(name: &str) -> bool {
+    NAMES.iter().chain(build::ENV_NAMES).any(|n| *n == name)
+        || PREFIXES
+            .iter()
+            .chain(build::ENV_PREFIXES)
+            .any(|p| name.starts_with(p))
+}
 /// A name containing one of these is never written into a unit file (readable by every local
 /// user under /etc/systemd/system, and shown by `systemctl show`).
 const SECRET_HINTS: &[&str] = &[
@@ -48,8 +61,7 @@ impl Captured {
 pub fn capture(vars: impl IntoIterator<Item = (String, String)>, cwd: &Path) -> Captured {
     let mut out = Captured::default();
     for (name, value) in vars {
-        let wanted = NAMES.contains(&name.as_str()) || PREFIXES.iter().any(|p| name.starts_with(p));
-        if !wanted || value.is_empty() {
+        if !wanted(&name) || value.is_empty() {
             continue;
         }
         let upper = name.to_ascii_uppercase();
@@ -271,6 +283,49 @@ mod tests {
             ])
         );
         assert!(c.skipped.is_empty());
+    }
+
+    /// The testbed's env file chooses the containerd builder (`CONTAINERD_ADDRESS`, as a shell
+    /// on a node with containerd does): a daemon installed from that shell must choose it too,
+    /// and import where the shell would, not silently build with Docker and import nowhere.
+    #[test]
+    fn install_from_a_shell_that_chose_containerd_keeps_the_containerd_builder() {
+        let shell = vars(&[
+            ("PATH", "/usr/bin"),
+            ("DOCKER_HOST", "unix:///tmp/converge-testbed/docker.sock"),
+            (
+                "CONTAINERD_ADDRESS",
+                "/tmp/converge-testbed/containerd/containerd.sock",
+            ),
+            ("CONTAINERD_NAMESPACE", "k8s.io"),
+            ("CONTAINERD_SNAPSHOTTER", "native"),
+            ("KIND_EXPERIMENTAL_PROVIDER", "docker"),
+            ("CONVERGE_BUILD_COMMAND", "buildah bud -t {image} {context}"),
+            ("CONVERGE_BUILD_EXISTS_COMMAND", "buildah inspect {image}"),
+        ]);
+        let c = capture(shell.clone(), Path::new("/"));
+
+        let spec: crate::desired::StackSpec = serde_yaml_ng::from_str(
+            "apiVersion: converge.dev/v1alpha1\nkind: Stack\nname: s\nnamespace: s\n",
+        )
+        .expect("stack spec");
+        let stack = crate::desired::Stack {
+            spec,
+            file: "desired/stack.yaml".into(),
+            dir: "desired".into(),
+            components: Vec::new(),
+        };
+        let env = build::BuildEnv::from_lookup(|n| c.get(n).map(String::from));
+        let choice = build::choose_builder(None, &stack, "converge-testbed", &env);
+        assert_eq!(
+            choice.builder,
+            crate::desired::schema::BuilderKind::Containerd,
+            "{}",
+            choice.reason
+        );
+        let mut want = shell;
+        want.sort();
+        assert_eq!(c.env, want, "every builder variable is kept");
     }
 
     #[test]
