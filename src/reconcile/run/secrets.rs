@@ -100,3 +100,87 @@ pub(super) fn unresolved(
     }
     blocked
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::Component;
+
+    fn component(name: &str, secret_env: &str) -> Component {
+        Component {
+            spec: serde_yaml_ng::from_str(&format!(
+                "apiVersion: converge.dev/v1alpha1\nkind: Component\nname: {name}\nimage:\n  ref: {name}:1\n{secret_env}"
+            ))
+            .expect("a component document"),
+            file: format!("desired/dev/{name}.yaml"),
+        }
+    }
+
+    fn stack() -> Stack {
+        Stack {
+            spec: serde_yaml_ng::from_str(
+                "apiVersion: converge.dev/v1alpha1\nkind: Stack\nname: todo\nnamespace: apps\n",
+            )
+            .expect("a stack document"),
+            file: "desired/dev/stack.yaml".into(),
+            dir: "desired/dev".into(),
+            components: vec![
+                component(
+                    "api",
+                    "secretEnv:\n  - {name: DB, secret: todo, key: db-url}\n  - {name: KEY, secret: ai, key: api-key, optional: true}\n",
+                ),
+                component("web", "secretEnv:\n  - {name: JWT, secret: todo, key: jwt}\n"),
+                component("db", ""),
+            ],
+        }
+    }
+
+    fn keys(k: &[&str]) -> Option<BTreeSet<String>> {
+        Some(k.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[test]
+    fn a_missing_secret_holds_back_each_reader_with_one_command_for_every_missing_key() {
+        let s = stack();
+        let none: HashMap<String, Option<BTreeSet<String>>> = [("todo".to_string(), None)].into();
+        let blocked = unresolved(&s, &none);
+        let names: Vec<&str> = blocked.iter().map(|(c, _)| c.as_str()).collect();
+        assert_eq!(
+            names,
+            ["api", "web"],
+            "an optional reference or no reference holds nothing back"
+        );
+        let why = &blocked[0].1;
+        assert!(
+            why.starts_with(
+                "Secret `todo` does not exist in namespace apps; create it with all its keys:"
+            ),
+            "{why}"
+        );
+        assert!(
+            why.contains("--from-literal=db-url=<value>")
+                && why.contains("--from-literal=jwt=<value>"),
+            "one command creates every key the stack needs: {why}"
+        );
+    }
+
+    #[test]
+    fn a_secret_missing_one_key_holds_back_only_its_reader() {
+        let s = stack();
+        let partial: HashMap<String, Option<BTreeSet<String>>> =
+            [("todo".to_string(), keys(&["db-url"]))].into();
+        let blocked = unresolved(&s, &partial);
+        assert_eq!(blocked.len(), 1);
+        assert_eq!(blocked[0].0, "web");
+        assert!(
+            blocked[0]
+                .1
+                .starts_with("Secret `todo` in namespace apps has no key `jwt`; add it:"),
+            "{}",
+            blocked[0].1
+        );
+        let complete: HashMap<String, Option<BTreeSet<String>>> =
+            [("todo".to_string(), keys(&["db-url", "jwt"]))].into();
+        assert!(unresolved(&s, &complete).is_empty());
+    }
+}
