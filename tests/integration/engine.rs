@@ -840,17 +840,22 @@ async fn git_revert_brings_back_the_previous_image_without_building_it() {
     ns.cleanup().await;
 }
 
+/// [`built_backend_repo`] with the chart's migration hook on (it runs the backend image, as in the
+/// shipped chart) before anything is applied, `builder`, and `values` lines added.
+fn with_migrations(repo: &GitRepo, ns: &str, builder: &str, values: &str) {
+    repo.write(
+        "desired/stack.yaml",
+        format!("apiVersion: converge.dev/v1alpha1\nkind: Stack\nname: built\nnamespace: {ns}\nrelease: todo-chatbot\nbuilder: {builder}\nvalues:\n  migrations: {{enabled: true, hooks: 'pre-install,pre-upgrade'}}\n  postgres: {{enabled: false}}\n{values}"),
+    );
+    repo.commit("migrations on");
+}
+
 #[tokio::test]
 async fn a_failed_build_starts_no_hook_with_the_image_that_was_not_built_and_says_build_failed() {
     let ns = TestNamespace::new("engine-build-hook").await;
     create_secret(&ns, ALL_KEYS).await;
     let repo = built_backend_repo(ns.name());
-    // The migration hook runs the backend image, as in the shipped chart.
-    repo.write(
-        "desired/stack.yaml",
-        format!("apiVersion: converge.dev/v1alpha1\nkind: Stack\nname: built\nnamespace: {}\nrelease: todo-chatbot\nbuilder: docker\nvalues:\n  migrations: {{enabled: true, hooks: 'pre-install,pre-upgrade'}}\n  postgres: {{enabled: false}}\n", ns.name()),
-    );
-    repo.commit("migrations on");
+    with_migrations(&repo, ns.name(), "docker", "");
     let opts = built_options();
     let v1 = ready(&repo, &opts).await;
     let old_image = v1.builds[0].image.clone();
@@ -915,11 +920,12 @@ async fn with_the_none_builder_an_image_no_node_holds_is_not_applied_and_the_rea
     create_secret(&ns, ALL_KEYS).await;
     let repo = built_backend_repo(ns.name());
     // Built elsewhere (never, here), run only from a node's store, as on minikube.
-    repo.write(
-        "desired/stack.yaml",
-        format!("apiVersion: converge.dev/v1alpha1\nkind: Stack\nname: built\nnamespace: {}\nrelease: todo-chatbot\nbuilder: none\nvalues:\n  migrations: {{enabled: true, hooks: 'pre-install,pre-upgrade'}}\n  postgres: {{enabled: false}}\n  backend: {{image: {{pullPolicy: Never}}}}\n", ns.name()),
+    with_migrations(
+        &repo,
+        ns.name(),
+        "none",
+        "  backend: {image: {pullPolicy: Never}}\n",
     );
-    repo.commit("builder none");
     let r = reconcile(&repo, &options()).await;
     assert!(!r.ready);
     assert_eq!(r.reason, "BuildFailed", "{r:#?}");
