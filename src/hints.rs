@@ -100,6 +100,7 @@ fn of_cluster(e: &ClusterError) -> Option<String> {
 fn of_build(e: &BuildError) -> Option<String> {
     match e {
         BuildError::Unreachable { hint, .. } => Some(hint.clone()),
+        BuildError::Minikube(f) => f.fix(),
         BuildError::ToolMissing { program } if program == "docker" => Some(
             "install the Docker CLI (https://docs.docker.com/engine/install/), or pass --builder none to compute tags only".into(),
         ),

@@ -16,6 +16,9 @@ pub const LABEL_STACK: &str = "converge.dev/stack";
 pub const ANNOTATION_INVENTORY: &str = "converge.dev/inventory";
 /// The commit that last changed the object's rendered content.
 pub const ANNOTATION_COMMIT: &str = "converge.dev/commit";
+/// On a Helm hook, `always`: run it on every deploy, even when its render is unchanged since
+/// its last successful run (Helm's own behaviour). Without it such a hook is skipped.
+pub const ANNOTATION_HOOK_RERUN: &str = "converge.dev/hook-rerun";
 
 /// The annotation `kubectl apply` (client-side) leaves behind.
 pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";

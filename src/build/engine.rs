@@ -1,5 +1,7 @@
 //! Image engines: the Docker CLI (for `docker` and for minikube's Docker through `minikube
-//! docker-env`), `minikube image`, a user command template, or none; and the load step that
+//! docker-env`), minikube's image commands where `docker-env` is refused (the local Docker engine
+//! and `minikube image load`, or `minikube image build`, each verified with `minikube image ls`),
+//! a user command template, or none; and the load step that
 //! hands an image the Docker engine built to a node runtime without a registry (`kind load
 //! docker-image`, or `ctr images import` into a node's containerd). Owns every process converge
 //! starts for images, through [`crate::process`]: argv vectors with a timeout, never a shell.
@@ -13,6 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::{watch, OnceCell};
 
+use super::minikube::{self, Answer, BuildDialect, DockerEnv, Fallback, Profile, Refusal};
 use super::{BuildError, BuildOptions};
 use crate::desired::schema::BuilderKind;
 use crate::process::{self, Output};
@@ -279,13 +282,15 @@ pub fn docker_build_args(req: &BuildRequest<'_>) -> Vec<String> {
     a
 }
 
-/// Arguments of `minikube image build` for an exported context directory.
+/// Arguments of `minikube image build` for an exported context directory; build args, target and
+/// platform in the dialect of the node's builder (`docker build` or `buildctl build`).
 pub fn minikube_build_args(
-    profile: Option<&str>,
+    profile: &Profile,
+    dialect: BuildDialect,
     req: &BuildRequest<'_>,
     dir: &Path,
 ) -> Vec<String> {
-    let mut a = minikube_prefix(profile);
+    let mut a = profile.args();
     a.extend([
         "image".into(),
         "build".into(),
@@ -294,66 +299,38 @@ pub fn minikube_build_args(
         "-f".into(),
         req.dockerfile.into(),
     ]);
-    if let Some(t) = req.target {
-        a.push(format!("--build-opt=target={t}"));
-    }
-    if let Some(p) = req.platform {
-        a.push(format!("--build-opt=platform={p}"));
-    }
-    for (k, v) in &req.args {
-        a.push(format!("--build-opt=build-arg={k}={v}"));
-    }
+    a.extend(dialect.opts(&req.args, req.target, req.platform));
     a.push(dir.to_string_lossy().into_owned());
     a
 }
 
-/// Arguments of `minikube image ls`.
-pub fn minikube_ls_args(profile: Option<&str>) -> Vec<String> {
-    let mut a = minikube_prefix(profile);
-    a.extend([
-        "image".into(),
-        "ls".into(),
-        "--format".into(),
-        "short".into(),
-    ]);
+/// Arguments of `minikube image ls` (one reference a line).
+pub fn minikube_ls_args(profile: &Profile) -> Vec<String> {
+    let mut a = profile.args();
+    a.extend(["image", "ls", "--format", "short"].map(String::from));
+    a
+}
+
+/// Arguments of `minikube image load --daemon`: copy `image` from the Docker engine the
+/// environment names into the node's runtime.
+pub fn minikube_load_args(profile: &Profile, image: &str) -> Vec<String> {
+    let mut a = profile.args();
+    a.extend(["image", "load", "--daemon", image].map(String::from));
     a
 }
 
 /// Arguments of `minikube docker-env` in plain `KEY=VALUE` form.
-pub fn minikube_docker_env_args(profile: Option<&str>) -> Vec<String> {
-    let mut a = minikube_prefix(profile);
-    a.extend(["docker-env".into(), "--shell".into(), "none".into()]);
+pub fn minikube_docker_env_args(profile: &Profile) -> Vec<String> {
+    let mut a = profile.args();
+    a.extend(["docker-env", "--shell", "none"].map(String::from));
     a
 }
 
-fn minikube_prefix(profile: Option<&str>) -> Vec<String> {
-    match profile {
-        Some(p) => vec!["-p".into(), p.into()],
-        None => Vec::new(),
-    }
-}
-
-/// Parses `minikube docker-env --shell none` output (`KEY=VALUE` lines).
-pub fn parse_env_lines(text: &str) -> Vec<(String, String)> {
-    text.lines()
-        .filter_map(|l| l.trim().split_once('='))
-        .filter(|(k, _)| !k.is_empty() && !k.starts_with('#'))
-        .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
-        .collect()
-}
-
-/// Whether `minikube image ls` output lists `image` (it prints normalised references such as
-/// `docker.io/library/app:tag`).
-pub fn listed(ls_output: &str, image: &str) -> bool {
-    let forms = [
-        image.to_string(),
-        format!("docker.io/{image}"),
-        format!("docker.io/library/{image}"),
-    ];
-    ls_output
-        .lines()
-        .map(str::trim)
-        .any(|l| forms.iter().any(|f| f == l))
+/// Arguments of `minikube profile list` as JSON, without asking each machine's status.
+pub fn minikube_profile_list_args() -> Vec<String> {
+    ["profile", "list", "--output", "json", "--light"]
+        .map(String::from)
+        .to_vec()
 }
 
 /// Splits a command template on whitespace and fills placeholders per argument, so a value with
@@ -448,20 +425,32 @@ pub fn failure_reason(tail: &[String]) -> String {
     }
 }
 
-/// How a minikube engine reaches the cluster's runtime.
+/// How a minikube engine reaches the cluster's runtime, decided once from `minikube docker-env`.
 #[derive(Debug, Clone)]
 enum MinikubeMode {
-    /// Docker runtime: the Docker CLI with `minikube docker-env`'s environment.
+    /// `docker-env` answered: the Docker CLI with its environment builds in the node.
     Docker(DockerCli),
-    /// Other runtimes: `minikube image ls` / `minikube image build`.
-    ImageCommands,
+    /// `docker-env` refused; a Docker engine answers here: build there, then `minikube image load
+    /// --daemon`, verified with `minikube image ls`.
+    Load {
+        /// The local engine.
+        cli: DockerCli,
+    },
+    /// `docker-env` refused and no Docker engine here: `minikube image build` in the node,
+    /// verified with `minikube image ls`.
+    Build {
+        /// How build args reach the node's builder.
+        dialect: BuildDialect,
+    },
 }
 
 #[derive(Debug)]
 enum Kind {
     Docker(DockerCli),
     Minikube {
-        profile: Option<String>,
+        profile: Profile,
+        /// The Docker engine for the fallback (`--docker-host`; else `DOCKER_HOST` or the default).
+        docker_host: Option<String>,
         mode: OnceCell<MinikubeMode>,
     },
     Command {
@@ -522,7 +511,8 @@ impl Engine {
                 Kind::Docker(DockerCli::new(opts.docker_host.as_deref()))
             }
             BuilderKind::Minikube => Kind::Minikube {
-                profile: opts.minikube_profile.clone(),
+                profile: Profile(opts.minikube_profile.clone()),
+                docker_host: opts.docker_host.clone(),
                 mode: OnceCell::new(),
             },
             BuilderKind::Command => Kind::Command {
@@ -574,42 +564,222 @@ impl Engine {
     ) -> Result<Option<DockerCli>, BuildError> {
         match &self.kind {
             Kind::Docker(cli) => Ok(Some(cli.clone())),
+            // The fallback's local engine is not minikube's: nothing of it is pruned.
             Kind::Minikube { .. } => match self.minikube_mode(cancel).await? {
                 MinikubeMode::Docker(cli) => Ok(Some(cli)),
-                MinikubeMode::ImageCommands => Ok(None),
+                MinikubeMode::Load { .. } | MinikubeMode::Build { .. } => Ok(None),
             },
             _ => Ok(None),
         }
     }
 
+    /// How images reach minikube, decided once: `minikube docker-env` by its exit code (0 →
+    /// its Docker; 51/81/14 refused → the fallback; 85, 83, … → a failure naming the fix), then
+    /// for the fallback whether a Docker engine answers here, then (for `minikube image build`)
+    /// the node's runtime from `minikube profile list`.
     async fn minikube_mode(
         &self,
         cancel: &watch::Receiver<bool>,
     ) -> Result<MinikubeMode, BuildError> {
-        let Kind::Minikube { profile, mode } = &self.kind else {
-            return Ok(MinikubeMode::ImageCommands);
+        let Kind::Minikube {
+            profile,
+            docker_host,
+            mode,
+        } = &self.kind
+        else {
+            return Ok(MinikubeMode::Build {
+                dialect: BuildDialect::Docker,
+            });
         };
         mode.get_or_try_init(|| async {
             EngineCalls::bump(&self.calls.other);
-            let args = minikube_docker_env_args(profile.as_deref());
+            let args = minikube_docker_env_args(profile);
             let out = Tool::bare("minikube")
-            .run(&args, None, self.check_timeout, cancel, "minikube docker-env")
-            .await?;
-            if out.status.success() {
-                let env = parse_env_lines(&out.stdout);
-                return Ok(MinikubeMode::Docker(DockerCli::with_env(env, "from `minikube docker-env`")));
+                .run(&args, None, self.check_timeout, cancel, "minikube docker-env")
+                .await?;
+            let refusal = match minikube::docker_env(profile, &Answer::of(&out))? {
+                DockerEnv::Env(env) => {
+                    return Ok(MinikubeMode::Docker(DockerCli::with_env(
+                        env,
+                        "from `minikube docker-env`",
+                    )))
+                }
+                DockerEnv::Refused(r) => r,
+            };
+            let local = DockerCli::new(docker_host.as_deref());
+            EngineCalls::bump(&self.calls.other);
+            let version = ["version", "--format", "{{.Server.Version}}"].map(String::from);
+            let answers = match local
+                .tool()
+                .run(&version, None, self.check_timeout, cancel, "docker version")
+                .await
+            {
+                Ok(out) => out.status.success(),
+                Err(BuildError::Cancelled) => return Err(BuildError::Cancelled),
+                Err(_) => false,
+            };
+            match minikube::fallback(answers) {
+                Fallback::LoadFromDocker => {
+                    tracing::info!(%profile, refusal = %refusal, engine = %local.host(), "minikube docker-env refused: building with the local Docker engine, then `minikube image load`");
+                    Ok(MinikubeMode::Load { cli: local })
+                }
+                Fallback::ImageBuild => {
+                    let dialect = self.minikube_dialect(profile, &refusal, cancel).await?;
+                    tracing::info!(%profile, refusal = %refusal, ?dialect, "minikube docker-env refused and no Docker engine answers here: `minikube image build`");
+                    Ok(MinikubeMode::Build { dialect })
+                }
             }
-            if out.stderr.contains("only compatible with the \"docker\" runtime") {
-                return Ok(MinikubeMode::ImageCommands);
-            }
-            Err(BuildError::Unreachable {
-                host: format!("minikube{}", profile.as_ref().map(|p| format!(" profile {p}")).unwrap_or_default()),
-                detail: last_line(&out.stderr),
-                hint: "start it with `minikube start`, or choose another builder with `--builder docker`".into(),
-            })
         })
         .await
         .cloned()
+    }
+
+    /// The build-opt dialect of the node's runtime, from `minikube profile list`; when that says
+    /// nothing, from the refusal (docker-env refuses containerd off the docker driver).
+    async fn minikube_dialect(
+        &self,
+        profile: &Profile,
+        refusal: &Refusal,
+        cancel: &watch::Receiver<bool>,
+    ) -> Result<BuildDialect, BuildError> {
+        EngineCalls::bump(&self.calls.other);
+        let out = Tool::bare("minikube")
+            .run(
+                &minikube_profile_list_args(),
+                None,
+                self.check_timeout,
+                cancel,
+                "minikube profile list",
+            )
+            .await?;
+        let facts = out
+            .status
+            .success()
+            .then(|| minikube::profile_facts(profile, &out.stdout))
+            .flatten();
+        Ok(match facts {
+            Some(f) => BuildDialect::of_runtime(&f.runtime),
+            None => match refusal {
+                Refusal::Runtime { message }
+                    if message == minikube::CONTAINERD_NEEDS_DOCKER_DRIVER =>
+                {
+                    BuildDialect::Buildctl
+                }
+                _ => BuildDialect::Docker,
+            },
+        })
+    }
+
+    /// One `minikube image ls`, believed only when it lists something.
+    async fn minikube_lists(
+        &self,
+        profile: &Profile,
+        image: &str,
+        cancel: &watch::Receiver<bool>,
+    ) -> Result<bool, BuildError> {
+        EngineCalls::bump(&self.calls.checks);
+        let out = Tool::bare("minikube")
+            .run(
+                &minikube_ls_args(profile),
+                None,
+                self.check_timeout,
+                cancel,
+                image,
+            )
+            .await?;
+        let images = minikube::image_list(profile, &Answer::of(&out))?;
+        Ok(minikube::lists(&images, image))
+    }
+
+    /// `minikube image load --daemon` from the local engine, then `minikube image ls` to believe
+    /// it (the load exits 0 when it loaded nothing).
+    async fn minikube_load(
+        &self,
+        profile: &Profile,
+        cli: &DockerCli,
+        image: &str,
+        cancel: &watch::Receiver<bool>,
+    ) -> Result<BuildResult, BuildError> {
+        EngineCalls::bump(&self.calls.loads);
+        let args = minikube_load_args(profile, image);
+        let out = Tool {
+            program: "minikube",
+            env: &cli.env,
+            host: "minikube",
+        }
+        .run(&args, None, self.build_timeout, cancel, image)
+        .await?;
+        let command = profile.invocation(&format!("image load --daemon {image}"));
+        if !out.status.success() {
+            return match minikube::failure(&command, profile, &Answer::of(&out)) {
+                f @ (minikube::MinikubeFailure::NotFound { .. }
+                | minikube::MinikubeFailure::NotRunning { .. }) => Err(f.into()),
+                f => Ok(BuildResult::Failed {
+                    tail: out.tail,
+                    reason: format!("built, but the load failed: {f}"),
+                }),
+            };
+        }
+        if self.minikube_lists(profile, image, cancel).await? {
+            return Ok(BuildResult::Built);
+        }
+        Ok(BuildResult::Failed {
+            reason: format!(
+                "built, but {}",
+                minikube::not_listed(&command, image, profile)
+            ),
+            tail: out.tail,
+        })
+    }
+
+    /// `minikube image build` in the node, then `minikube image ls` to believe it (the build
+    /// exits 0 when it failed).
+    #[allow(clippy::too_many_arguments)] // the build's inputs plus the minikube mode's two facts
+    async fn minikube_build(
+        &self,
+        profile: &Profile,
+        dialect: BuildDialect,
+        req: &BuildRequest<'_>,
+        repo_path: &Path,
+        commit: &str,
+        spec: &crate::desired::BuildSpec,
+        cancel: &watch::Receiver<bool>,
+    ) -> Result<BuildResult, BuildError> {
+        let ctx = export(repo_path, commit, req.component, spec).await?;
+        let rel = ctx
+            .dockerfile
+            .strip_prefix(ctx.path())
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| req.dockerfile.to_string());
+        let req = BuildRequest {
+            dockerfile: &rel,
+            ..req.clone()
+        };
+        let args = minikube_build_args(profile, dialect, &req, ctx.path());
+        EngineCalls::bump(&self.calls.builds);
+        let out = Tool::bare("minikube")
+            .run(&args, None, self.build_timeout, cancel, req.image)
+            .await?;
+        let command = profile.invocation("image build");
+        if !out.status.success() {
+            return match minikube::failure(&command, profile, &Answer::of(&out)) {
+                f @ (minikube::MinikubeFailure::NotFound { .. }
+                | minikube::MinikubeFailure::NotRunning { .. }) => Err(f.into()),
+                _ => Ok(failed(out)),
+            };
+        }
+        if self.minikube_lists(profile, req.image, cancel).await? {
+            return Ok(BuildResult::Built);
+        }
+        let said = failure_reason(&out.tail);
+        let mut reason = minikube::not_listed(&command, req.image, profile);
+        if said != "the build failed without output" {
+            reason = format!("{reason}; its output ended: {said}");
+        }
+        Ok(BuildResult::Failed {
+            tail: out.tail,
+            reason,
+        })
     }
 
     /// Asks the target whether `image` exists: the node's runtime when images are loaded (and
@@ -685,6 +855,14 @@ impl Engine {
         image: &str,
         cancel: &watch::Receiver<bool>,
     ) -> Result<BuildResult, BuildError> {
+        if let Kind::Minikube { profile, .. } = &self.kind {
+            return match self.minikube_mode(cancel).await? {
+                MinikubeMode::Load { cli } => {
+                    self.minikube_load(profile, &cli, image, cancel).await
+                }
+                MinikubeMode::Docker(_) | MinikubeMode::Build { .. } => Ok(BuildResult::Built),
+            };
+        }
         let (Some(loader), Kind::Docker(cli)) = (&self.load, &self.kind) else {
             return Ok(BuildResult::Built);
         };
@@ -786,55 +964,59 @@ impl Engine {
                     Existence::Missing
                 })
             }
-            Kind::Docker(_) | Kind::Minikube { .. } => match self.docker_cli(cancel).await? {
-                Some(cli) => {
-                    EngineCalls::bump(&self.calls.checks);
-                    let args = docker_inspect_args(image);
-                    let out = cli
-                        .tool()
-                        .run(&args, None, self.check_timeout, cancel, image)
-                        .await?;
-                    if out.status.success() {
-                        Ok(Existence::Present)
-                    } else if out.stderr.to_ascii_lowercase().contains("no such image") {
-                        Ok(Existence::Missing)
-                    } else if looks_unreachable(&out.stderr) {
-                        Err(BuildError::Unreachable {
-                            host: cli.host.clone(),
-                            detail: last_line(&out.stderr),
-                            hint: UNREACHABLE_HINT.into(),
-                        })
-                    } else {
-                        Err(BuildError::Engine {
-                            command: format!("docker {}", args.join(" ")),
-                            status: out.status.to_string(),
-                            detail: last_line(&out.stderr),
-                        })
+            Kind::Docker(cli) => self.docker_exists(cli, image, cancel).await,
+            Kind::Minikube { profile, .. } => match self.minikube_mode(cancel).await? {
+                MinikubeMode::Docker(cli) => self.docker_exists(&cli, image, cancel).await,
+                MinikubeMode::Load { cli } => {
+                    if self.minikube_lists(profile, image, cancel).await? {
+                        return Ok(Existence::Present);
                     }
+                    // Built here before but not in minikube: load it, don't rebuild.
+                    Ok(match self.docker_exists(&cli, image, cancel).await? {
+                        Existence::Present => Existence::NotLoaded,
+                        other => other,
+                    })
                 }
-                None => {
-                    let Kind::Minikube { profile, .. } = &self.kind else {
-                        return Ok(Existence::Unknown);
-                    };
-                    EngineCalls::bump(&self.calls.checks);
-                    let args = minikube_ls_args(profile.as_deref());
-                    let out = Tool::bare("minikube")
-                        .run(&args, None, self.check_timeout, cancel, image)
-                        .await?;
-                    if !out.status.success() {
-                        return Err(BuildError::Unreachable {
-                            host: "minikube".into(),
-                            detail: last_line(&out.stderr),
-                            hint: "start it with `minikube start`".into(),
-                        });
-                    }
-                    Ok(if listed(&out.stdout, image) {
+                MinikubeMode::Build { .. } => {
+                    Ok(if self.minikube_lists(profile, image, cancel).await? {
                         Existence::Present
                     } else {
                         Existence::Missing
                     })
                 }
             },
+        }
+    }
+
+    /// `docker image inspect` on `cli`'s engine.
+    async fn docker_exists(
+        &self,
+        cli: &DockerCli,
+        image: &str,
+        cancel: &watch::Receiver<bool>,
+    ) -> Result<Existence, BuildError> {
+        EngineCalls::bump(&self.calls.checks);
+        let args = docker_inspect_args(image);
+        let out = cli
+            .tool()
+            .run(&args, None, self.check_timeout, cancel, image)
+            .await?;
+        if out.status.success() {
+            Ok(Existence::Present)
+        } else if out.stderr.to_ascii_lowercase().contains("no such image") {
+            Ok(Existence::Missing)
+        } else if looks_unreachable(&out.stderr) {
+            Err(BuildError::Unreachable {
+                host: cli.host.clone(),
+                detail: last_line(&out.stderr),
+                hint: UNREACHABLE_HINT.into(),
+            })
+        } else {
+            Err(BuildError::Engine {
+                command: format!("docker {}", args.join(" ")),
+                status: out.status.to_string(),
+                detail: last_line(&out.stderr),
+            })
         }
     }
 
@@ -869,29 +1051,12 @@ impl Engine {
                 return Ok(failed(out));
             }
             Kind::Docker(cli) => cli.clone(),
-            Kind::Minikube { profile, .. } => match self.docker_cli(cancel).await? {
-                Some(cli) => cli,
-                None => {
-                    let ctx = export(repo_path, commit, req.component, spec).await?;
-                    let rel = ctx
-                        .dockerfile
-                        .strip_prefix(ctx.path())
-                        .map(|p| p.to_string_lossy().into_owned())
-                        .unwrap_or_else(|_| req.dockerfile.to_string());
-                    let req = BuildRequest {
-                        dockerfile: &rel,
-                        ..req.clone()
-                    };
-                    let args = minikube_build_args(profile.as_deref(), &req, ctx.path());
-                    EngineCalls::bump(&self.calls.builds);
-                    let out = Tool::bare("minikube")
-                        .run(&args, None, self.build_timeout, cancel, req.image)
-                        .await?;
-                    return Ok(if out.status.success() {
-                        BuildResult::Built
-                    } else {
-                        failed(out)
-                    });
+            Kind::Minikube { profile, .. } => match self.minikube_mode(cancel).await? {
+                MinikubeMode::Docker(cli) | MinikubeMode::Load { cli } => cli,
+                MinikubeMode::Build { dialect } => {
+                    return self
+                        .minikube_build(profile, dialect, req, repo_path, commit, spec, cancel)
+                        .await;
                 }
             },
         };
@@ -944,7 +1109,8 @@ impl Engine {
                 return Ok(f);
             }
         }
-        if self.load.is_some() {
+        // A loader, or minikube's fallback (`minikube image load`); `load` knows which.
+        if self.load.is_some() || matches!(self.kind, Kind::Minikube { .. }) {
             return self.load(req.image, cancel).await;
         }
         Ok(BuildResult::Built)
@@ -1198,7 +1364,12 @@ mod tests {
     #[test]
     fn minikube_argv_uses_the_profile_and_build_opts() {
         assert_eq!(
-            minikube_build_args(Some("dev"), &req(), Path::new("/tmp/ctx")),
+            minikube_build_args(
+                &Profile(Some("dev".into())),
+                BuildDialect::Docker,
+                &req(),
+                Path::new("/tmp/ctx")
+            ),
             [
                 "-p",
                 "dev",
@@ -1215,27 +1386,43 @@ mod tests {
                 "/tmp/ctx"
             ]
         );
-        assert_eq!(minikube_ls_args(None), ["image", "ls", "--format", "short"]);
         assert_eq!(
-            minikube_docker_env_args(Some("p")),
+            minikube_ls_args(&Profile(None)),
+            ["image", "ls", "--format", "short"]
+        );
+        assert_eq!(
+            minikube_docker_env_args(&Profile(Some("p".into()))),
             ["-p", "p", "docker-env", "--shell", "none"]
+        );
+        assert_eq!(
+            minikube_load_args(&Profile(Some("p".into())), "app:1"),
+            ["-p", "p", "image", "load", "--daemon", "app:1"]
+        );
+        assert_eq!(
+            minikube_profile_list_args(),
+            ["profile", "list", "--output", "json", "--light"]
         );
     }
 
     #[test]
+    fn minikube_image_build_on_containerd_speaks_buildctl() {
+        let args = minikube_build_args(
+            &Profile(None),
+            BuildDialect::Buildctl,
+            &req(),
+            Path::new("/tmp/ctx"),
+        );
+        assert!(args.contains(&"--build-opt=opt=build-arg:A=1".to_string()));
+        assert!(args.contains(&"--build-opt=opt=target=prod".to_string()));
+    }
+
+    #[test]
     fn minikube_docker_env_output_becomes_an_environment() {
-        let env = parse_env_lines("DOCKER_TLS_VERIFY=\"1\"\nDOCKER_HOST=\"tcp://192.168.49.2:2376\"\nDOCKER_CERT_PATH=\"/root/.minikube/certs\"\nMINIKUBE_ACTIVE_DOCKERD=\"minikube\"\n");
+        let env = minikube::parse_env_lines("DOCKER_TLS_VERIFY=\"1\"\nDOCKER_HOST=\"tcp://192.168.49.2:2376\"\nDOCKER_CERT_PATH=\"/root/.minikube/certs\"\nMINIKUBE_ACTIVE_DOCKERD=\"minikube\"\n");
         assert!(env.contains(&("DOCKER_HOST".into(), "tcp://192.168.49.2:2376".into())));
         assert_eq!(env.len(), 4);
         let cli = DockerCli::with_env(env, "from `minikube docker-env`");
         assert!(cli.host().contains("tcp://192.168.49.2:2376"));
-    }
-
-    #[test]
-    fn minikube_image_ls_lists_normalised_references() {
-        let out = "registry.k8s.io/pause:3.9\ndocker.io/library/shop-api:0123456789ab\n";
-        assert!(listed(out, "shop-api:0123456789ab"));
-        assert!(!listed(out, "shop-api:ffffffffffff"));
     }
 
     #[test]

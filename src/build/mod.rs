@@ -18,6 +18,7 @@ pub mod context;
 pub mod digest;
 pub mod engine;
 pub mod ignore;
+pub mod minikube;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -75,6 +76,10 @@ pub enum BuildError {
         /// Where it pointed.
         host: String,
     },
+    /// minikube answered that it cannot serve the build: no such profile, stopped, or another
+    /// failure (its message names the command that fixes it).
+    #[error(transparent)]
+    Minikube(#[from] minikube::MinikubeFailure),
     /// The CLI tool is not installed.
     #[error(
         "`{program}` was not found on PATH; install it or choose another builder with `--builder`"
@@ -104,6 +109,20 @@ pub enum BuildError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl BuildError {
+    /// Whether no other image can be built either (the engine or minikube is not there, or the
+    /// run was cancelled): the whole `ensure` fails with it rather than one image.
+    pub fn stops_every_build(&self) -> bool {
+        match self {
+            BuildError::Unreachable { .. }
+            | BuildError::Cancelled
+            | BuildError::ToolMissing { .. } => true,
+            BuildError::Minikube(f) => f.fix().is_some(),
+            _ => false,
+        }
+    }
 }
 
 /// Content tags kept per repository by [`prune_old`] unless told otherwise.
@@ -197,6 +216,8 @@ impl BuildOptions {
         Self {
             builder: choice.builder,
             kind_cluster: choice.kind_cluster,
+            // `--minikube-profile` wins over the context's name.
+            minikube_profile: self.minikube_profile.clone().or(choice.minikube_profile),
             ..self.clone()
         }
     }
@@ -233,6 +254,11 @@ pub struct BuilderChoice {
     pub builder: BuilderKind,
     /// The kind cluster, for [`BuilderKind::Kind`].
     pub kind_cluster: Option<String>,
+    /// The minikube profile, for [`BuilderKind::Minikube`] chosen from a minikube context: the
+    /// context's name, which minikube gives its profile's context (so `-p` follows the context
+    /// converge talks to, not minikube's active profile).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub minikube_profile: Option<String>,
     /// One line: why this builder.
     pub reason: String,
 }
@@ -249,11 +275,15 @@ pub fn choose_builder(
     env: &BuildEnv,
 ) -> BuilderChoice {
     let kind_cluster = context.strip_prefix("kind-").map(str::to_string);
+    let minikube_profile = is_minikube_context(context).then(|| context.to_string());
     let choice = |builder: BuilderKind, reason: String| BuilderChoice {
         builder,
         kind_cluster: kind_cluster
             .clone()
             .filter(|_| builder == BuilderKind::Kind),
+        minikube_profile: minikube_profile
+            .clone()
+            .filter(|_| builder == BuilderKind::Minikube),
         reason,
     };
     if let Some(b) = cli {
@@ -262,10 +292,10 @@ pub fn choose_builder(
     if let Some(b) = stack.spec.builder {
         return choice(b, format!("the stack's `builder: {}`", b.as_str()));
     }
-    if context == "minikube" || context.starts_with("minikube-") {
+    if is_minikube_context(context) {
         return choice(
             BuilderKind::Minikube,
-            format!("context `{context}` is a minikube cluster: build into its runtime"),
+            format!("context `{context}` is a minikube cluster: build into its runtime (`minikube -p {context} docker-env`; where minikube refuses it, the local Docker engine and `minikube image load`, or `minikube image build`)"),
         );
     }
     if kind_cluster.is_some() {
@@ -284,6 +314,12 @@ pub fn choose_builder(
         BuilderKind::Docker,
         format!("context `{context}` is not minikube or kind: build with Docker (DOCKER_HOST); a remote cluster needs `image.build.push: true`"),
     )
+}
+
+/// Whether a kube context is minikube's by its name: minikube names a profile's context after the
+/// profile, `minikube` by default.
+pub fn is_minikube_context(context: &str) -> bool {
+    context == "minikube" || context.starts_with("minikube-")
 }
 
 /// The builder for `stack` on kube context `context` (the one actually used), with the reason:
@@ -444,11 +480,7 @@ pub async fn ensure_with(
     for (p, r) in unique.iter().zip(results) {
         let action = match r {
             Ok(a) => a,
-            Err(
-                e @ (BuildError::Unreachable { .. }
-                | BuildError::Cancelled
-                | BuildError::ToolMissing { .. }),
-            ) => return Err(e),
+            Err(e) if e.stops_every_build() => return Err(e),
             Err(e) => {
                 tracing::warn!(component = %p.component, image = %p.image, error = %e, "image not ensured");
                 Action::Failed {
@@ -858,6 +890,13 @@ mod tests {
         assert_eq!(
             choose_builder(None, &stack, "kind-dev", &none).kind_cluster,
             Some("dev".into())
+        );
+        // minikube names a profile's context after it: `-p` follows the context converge uses.
+        let mk = choose_builder(None, &stack, "minikube-dev", &none);
+        assert_eq!(mk.minikube_profile.as_deref(), Some("minikube-dev"));
+        assert_eq!(
+            choose_builder(None, &stack, "kind-dev", &none).minikube_profile,
+            None
         );
         assert_eq!(
             pick(&stack, "converge-testbed", &local),

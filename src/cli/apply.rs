@@ -131,6 +131,20 @@ fn print_reports(reports: &[StackReport], format: Format) {
         for k in &r.kept {
             outln!("  kept {k}");
         }
+        for h in &r.hooks {
+            let action = match h.action {
+                crate::reconcile::HookAction::Ran => "ran",
+                crate::reconcile::HookAction::Failed => "failed",
+                crate::reconcile::HookAction::Skipped => "skipped",
+                crate::reconcile::HookAction::Held => "not started",
+            };
+            let detail = if h.detail.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", h.detail)
+            };
+            outln!("  hook {} ({}) {action}{detail}", h.hook, h.phase);
+        }
         for c in &r.status.components {
             outln!(
                 "  {:<10} {:<12} {}/{} {}",

@@ -11,6 +11,7 @@ mod error;
 pub mod health;
 pub mod inventory;
 pub mod lease;
+pub mod nodes;
 pub mod order;
 pub mod record;
 pub mod teardown;

@@ -9,6 +9,7 @@ use serde_json::Value;
 use super::gather::{BuilderFacts, QuotaFacts, ServiceFacts};
 use super::rules;
 use super::Check;
+use crate::build::minikube;
 use crate::build::BuilderChoice;
 use crate::cluster::ClusterError;
 use crate::desired::schema::BuilderKind;
@@ -145,20 +146,36 @@ fn builder_kind(name: &str, facts: &BuilderFacts) -> Check {
                 "install the Docker CLI (https://docs.docker.com/engine/install/), or choose another builder in the stack (`builder: minikube`)",
             ),
         },
-        BuilderFacts::Minikube { status, version } => match (status, version) {
-            (Ok(_), Some(version)) => Check::pass(
-                "builder",
-                format!("stack {name} builds into minikube {version} (running)"),
-            ),
-            (Ok((_, stdout, stderr)), None) => Check::fail(
+        BuilderFacts::Minikube {
+            profile,
+            status,
+            version,
+        } => match status {
+            Ok(minikube::Status::Running) => Check::pass(
                 "builder",
                 format!(
-                    "stack {name} builds into minikube, which is not running ({})",
-                    format!("{} {}", stdout.trim(), last_line(stderr)).trim()
+                    "stack {name} builds into {profile}: minikube {} (running)",
+                    version.as_deref().unwrap_or("?")
                 ),
-                "`minikube start`",
             ),
-            (Err(why), _) => Check::fail(
+            Ok(minikube::Status::NotRunning { host, code }) => Check::fail(
+                "builder",
+                format!(
+                    "stack {name} builds into {profile}, which is not running (`{}` exited {code}; host {host})",
+                    profile.invocation("status"),
+                    host = if host.is_empty() { "?" } else { host.as_str() }
+                ),
+                format!("`{}`", profile.command("start")),
+            ),
+            Ok(minikube::Status::Failed(f)) => Check::fail(
+                "builder",
+                format!("stack {name} builds into minikube, but {}", f.what()),
+                f.fix().map_or_else(
+                    || format!("`{}` says why", profile.invocation("status")),
+                    |fix| format!("`{fix}` (`minikube profile list` lists the profiles)"),
+                ),
+            ),
+            Err(why) => Check::fail(
                 "builder",
                 format!("stack {name} builds into minikube: {why}"),
                 "install minikube (https://minikube.sigs.k8s.io/docs/start/), or choose `builder: docker` in the stack",
@@ -540,6 +557,7 @@ mod tests {
         let choice = |builder| BuilderChoice {
             builder,
             kind_cluster: None,
+            minikube_profile: None,
             reason: "chosen with --builder".into(),
         };
         let down = BuilderFacts::Docker {
@@ -567,6 +585,50 @@ mod tests {
                 .ends_with("[builder none: chosen with --builder]"),
             "{none:?}"
         );
+    }
+
+    #[test]
+    fn minikube_with_no_profile_or_stopped_names_minikube_start_not_an_unreachable_cluster() {
+        let s = stack("");
+        let choice = BuilderChoice {
+            builder: BuilderKind::Minikube,
+            kind_cluster: None,
+            minikube_profile: Some("minikube".into()),
+            reason: "context `minikube` is a minikube cluster".into(),
+        };
+        let profile = minikube::Profile(Some("minikube".into()));
+        let facts = |code, stdout: &str| BuilderFacts::Minikube {
+            profile: profile.clone(),
+            status: Ok(minikube::status(
+                &profile,
+                &minikube::Answer::new(Some(code), stdout, ""),
+            )),
+            version: None,
+        };
+        // minikube v1.38.1 with an empty MINIKUBE_HOME (mustload.go:74-77).
+        let none = "* Profile \"minikube\" not found. Run \"minikube profile list\" to view all profiles.\n  To start a cluster, run: \"minikube start\"\n";
+        let c = builder(&s, &choice, &facts(85, none));
+        assert_eq!(c.status, super::super::Status::Fail);
+        assert!(
+            c.message.contains("does not exist or has no machine"),
+            "{c:?}"
+        );
+        assert!(!c.message.contains("unreachable"), "{c:?}");
+        assert!(
+            c.fix
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("`minikube start`"),
+            "{c:?}"
+        );
+        // The stopped none profile: `Stopped`, exit 7 (status.go:160-178).
+        let c = builder(&s, &choice, &facts(7, "Stopped"));
+        assert!(
+            c.message
+                .contains("is not running (`minikube -p minikube status` exited 7; host Stopped)"),
+            "{c:?}"
+        );
+        assert_eq!(c.fix.as_deref(), Some("`minikube start`"));
     }
 
     #[test]

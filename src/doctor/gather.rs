@@ -10,6 +10,7 @@ use kube::api::ListParams;
 use serde_json::Value;
 
 use super::rules::Totals;
+use crate::build::minikube::{self, Profile};
 use crate::cluster::{Cluster, ClusterError};
 use crate::desired::schema::BuilderKind;
 use crate::desired::Stack;
@@ -64,10 +65,12 @@ pub enum BuilderFacts {
         /// Its answer.
         version: Answer,
     },
-    /// `minikube status`, and `minikube version` when it runs.
+    /// `minikube status` (read by its exit code), and `minikube version` when it runs.
     Minikube {
-        /// Its answer.
-        status: Answer,
+        /// The profile asked about.
+        profile: Profile,
+        /// Its answer, classified; `Err` when minikube could not be run.
+        status: Result<minikube::Status, String>,
         /// The version, asked only of a running minikube.
         version: Option<String>,
     },
@@ -75,8 +78,26 @@ pub enum BuilderFacts {
     Unchecked(BuilderKind),
 }
 
-/// Asks the builder's tools whether they work.
-pub async fn builder(kind: BuilderKind) -> BuilderFacts {
+/// Runs a short external command with a timeout; its exit code and output.
+pub async fn command_answer(program: &str, args: &[String]) -> Result<minikube::Answer, String> {
+    let cmd = crate::process::Command::new(program, COMMAND_TIMEOUT)
+        .args(args)
+        .log_lines(program);
+    match cmd.output().await {
+        Ok(o) => Ok(minikube::Answer::of(&o)),
+        Err(crate::process::Error::Spawn { source, .. }) => {
+            Err(format!("cannot run `{program}`: {source}"))
+        }
+        Err(crate::process::Error::Timeout { command, .. }) => Err(format!(
+            "`{command}` gave no answer within {}s",
+            COMMAND_TIMEOUT.as_secs()
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Asks the builder's tools whether they work (`profile`: the minikube profile to ask about).
+pub async fn builder(kind: BuilderKind, profile: Option<&str>) -> BuilderFacts {
     match kind {
         BuilderKind::Docker | BuilderKind::Kind | BuilderKind::Containerd => {
             let host = std::env::var("DOCKER_HOST")
@@ -95,9 +116,14 @@ pub async fn builder(kind: BuilderKind) -> BuilderFacts {
             BuilderFacts::Docker { host, version }
         }
         BuilderKind::Minikube => {
-            let status = command("minikube", &["status", "--format", "{{.Host}}"]).await;
+            let profile = Profile(profile.map(String::from));
+            let mut args = profile.args();
+            args.extend(["status", "--format", "{{.Host}}"].map(String::from));
+            let status = command_answer("minikube", &args)
+                .await
+                .map(|a| minikube::status(&profile, &a));
             let version = match &status {
-                Ok((_, stdout, _)) if stdout.trim() == "Running" => Some(
+                Ok(minikube::Status::Running) => Some(
                     command("minikube", &["version", "--short"])
                         .await
                         .map(|(_, v, _)| v.trim().to_string())
@@ -105,7 +131,11 @@ pub async fn builder(kind: BuilderKind) -> BuilderFacts {
                 ),
                 _ => None,
             };
-            BuilderFacts::Minikube { status, version }
+            BuilderFacts::Minikube {
+                profile,
+                status,
+                version,
+            }
         }
         other => BuilderFacts::Unchecked(other),
     }

@@ -83,7 +83,7 @@ pub async fn run(req: &Request<'_>) -> Vec<Check> {
         let context = req.context.unwrap_or(&stack.spec.context);
         if req.wants("builder") {
             let choice = crate::build::select_builder(req.builder, stack, context);
-            let facts = gather::builder(choice.builder).await;
+            let facts = gather::builder(choice.builder, choice.minikube_profile.as_deref()).await;
             out.push(decide::builder(stack, &choice, &facts));
         }
         if !connect {

@@ -24,7 +24,7 @@ mod run;
 pub mod step;
 pub mod waves;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -42,7 +42,7 @@ pub use load::{dir_matches, load, stack_matches, Commit, Images, Selection};
 pub use plan::{object_hash, Item};
 pub use prepare::{prepare, prepare_commit, Prepared, PreparedCommit};
 pub use record::{describe, record_stalled, targets_of, Target};
-pub use report::StackReport;
+pub use report::{HookAction, HookReport, StackReport};
 pub use step::{Failure, Step};
 
 /// How a reconcile behaves.
@@ -87,25 +87,47 @@ pub struct Options {
 }
 
 /// Objects converge is deleting itself (prune, re-create, hook clean-up), keyed
-/// `stack/Kind/name`, shared between a reconcile and the daemon's drift watch.
+/// `stack/Kind/name`, shared between a reconcile and the daemon's drift watch. An entry is
+/// noted before the DELETE is sent (the watch event may arrive before its answer) and is
+/// taken by that event; one that no event took (the object was already gone) expires, so a
+/// later hand deletion of the same object is still drift.
 #[derive(Debug, Clone, Default)]
-pub struct OwnDeletions(std::sync::Arc<std::sync::Mutex<BTreeSet<String>>>);
+pub struct OwnDeletions(std::sync::Arc<std::sync::Mutex<BTreeMap<String, std::time::Instant>>>);
 
 impl OwnDeletions {
+    /// How long a noted deletion waits for its watch event.
+    pub const TTL: Duration = Duration::from_secs(30);
+
     /// Notes that converge deletes `Kind/name` of `stack`.
     pub fn note(&self, stack: &str, object: &str) {
+        self.note_at(stack, object, std::time::Instant::now());
+    }
+
+    fn note_at(&self, stack: &str, object: &str, at: std::time::Instant) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.retain(|_, t| at.saturating_duration_since(*t) < Self::TTL);
+        m.insert(format!("{stack}/{object}"), at);
+    }
+
+    /// Forgets a noted deletion that did not happen (the object was already gone).
+    pub fn forget(&self, stack: &str, object: &str) {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(format!("{stack}/{object}"));
+            .remove(&format!("{stack}/{object}"));
     }
 
-    /// Whether converge deleted `Kind/name` of `stack` itself (forgetting it).
+    /// Whether converge deleted `Kind/name` of `stack` itself within [`Self::TTL`] (forgetting it).
     pub fn take(&self, stack: &str, object: &str) -> bool {
+        self.take_at(stack, object, std::time::Instant::now())
+    }
+
+    fn take_at(&self, stack: &str, object: &str, now: std::time::Instant) -> bool {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&format!("{stack}/{object}"))
+            .is_some_and(|t| now.saturating_duration_since(t) < Self::TTL)
     }
 }
 
@@ -272,7 +294,7 @@ pub async fn reconcile_stack(
     async {
         let started = Instant::now();
         let before = cluster.requests();
-        let mut run = run::Run::new(cluster, stack, commit, opts, &prepared.build_failures);
+        let mut run = run::Run::new(cluster, prepared, commit, opts);
         let version = cluster.ping().await.ok();
         let result = match prepared.render.template(helm, version.as_deref()).await {
             Ok(rendered) => run.execute(rendered).await,
@@ -284,4 +306,29 @@ pub async fn reconcile_stack(
     }
     .instrument(span)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OwnDeletions;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn an_own_deletion_is_taken_once_and_a_stale_one_expires() {
+        let d = OwnDeletions::default();
+        let t0 = Instant::now();
+        d.note_at("todo", "ServiceAccount/migrations", t0);
+        assert!(d.take_at("todo", "ServiceAccount/migrations", t0));
+        assert!(
+            !d.take_at("todo", "ServiceAccount/migrations", t0),
+            "a second deletion of the same object is someone else's"
+        );
+        // Noted, but the object was already gone: no event took it. A hand deletion a minute
+        // later is drift.
+        d.note_at("todo", "Service/web", t0);
+        assert!(!d.take_at("todo", "Service/web", t0 + Duration::from_secs(60)));
+        d.note_at("todo", "Service/web", t0);
+        d.forget("todo", "Service/web");
+        assert!(!d.take_at("todo", "Service/web", t0));
+    }
 }

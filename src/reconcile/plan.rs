@@ -1,6 +1,8 @@
 //! The per-object decision (pure): what to apply, what is unchanged since the last apply, and
 //! which objects converge must adopt from kubectl.
 
+use std::collections::BTreeSet;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 use kube::api::DynamicObject;
 use sha2::{Digest, Sha256};
@@ -24,6 +26,9 @@ pub struct Item {
     pub commit: String,
     /// Nothing to do: same render as last applied and no change to the live spec since.
     pub unchanged: bool,
+    /// The render differs from the one last applied: a commit changed it (not only the live
+    /// object, which is drift). Only such a change is a deploy that runs hooks.
+    pub render_changed: bool,
     /// kubectl owns fields or left its last-applied annotation: strip before applying.
     pub adopt: bool,
 }
@@ -91,8 +96,45 @@ pub fn item(
         hash,
         commit: last_commit,
         unchanged: !full && same_render && live_untouched && !adopt,
+        render_changed: !same_render,
         adopt,
     }
+}
+
+/// Every container image an object's Pods run (Pods, workload templates, CronJob templates;
+/// init and ephemeral containers included).
+pub fn images(obj: &DynamicObject) -> BTreeSet<String> {
+    containers(obj)
+        .filter_map(|c| c.get("image").and_then(serde_json::Value::as_str))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The images of containers with `imagePullPolicy: Never`: they run only if a node holds them.
+pub fn never_pulled(obj: &DynamicObject) -> BTreeSet<String> {
+    containers(obj)
+        .filter(|c| c.get("imagePullPolicy").and_then(serde_json::Value::as_str) == Some("Never"))
+        .filter_map(|c| c.get("image").and_then(serde_json::Value::as_str))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Every container of every Pod shape an object can hold.
+fn containers(obj: &DynamicObject) -> impl Iterator<Item = &serde_json::Value> {
+    let data = &obj.data;
+    [
+        data.pointer("/spec"),
+        data.pointer("/spec/template/spec"),
+        data.pointer("/spec/jobTemplate/spec/template/spec"),
+    ]
+    .into_iter()
+    .flatten()
+    .flat_map(|spec| {
+        ["containers", "initContainers", "ephemeralContainers"]
+            .into_iter()
+            .filter_map(move |list| spec.get(list).and_then(serde_json::Value::as_array))
+            .flatten()
+    })
 }
 
 #[cfg(test)]
@@ -195,5 +237,53 @@ mod tests {
             .unchanged
         );
         assert!(!item(obj(2), key(), None, None, "c", false).unchanged);
+    }
+
+    #[test]
+    fn a_live_change_alone_is_drift_not_a_new_render() {
+        let o = obj(2);
+        let rec = Record {
+            hash: object_hash(&o),
+            generation: 3,
+            ..Default::default()
+        };
+        let hand_scaled = item(o, key(), Some(&rec), Some(&live(4, "converge")), "c", false);
+        assert!(!hand_scaled.unchanged && !hand_scaled.render_changed);
+        let committed = item(
+            obj(3),
+            key(),
+            Some(&rec),
+            Some(&live(3, "converge")),
+            "c",
+            false,
+        );
+        assert!(committed.render_changed);
+        assert!(item(obj(2), key(), None, None, "c", false).render_changed);
+    }
+
+    #[test]
+    fn images_are_read_from_every_pod_template_shape() {
+        let job: DynamicObject = serde_json::from_value(json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "m"},
+            "spec": {"template": {"spec": {"initContainers": [{"name": "i", "image": "init:1"}], "containers": [{"name": "c", "image": "app:2"}]}}}})).unwrap();
+        assert_eq!(
+            images(&job).into_iter().collect::<Vec<_>>(),
+            ["app:2", "init:1"]
+        );
+        let cron: DynamicObject = serde_json::from_value(json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "c"},
+            "spec": {"jobTemplate": {"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "cron:3"}]}}}}}})).unwrap();
+        assert!(images(&cron).contains("cron:3"));
+        let pod: DynamicObject = serde_json::from_value(
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "c", "image": "pod:4"}]}}),
+        )
+        .unwrap();
+        assert!(images(&pod).contains("pod:4"));
+        assert!(images(&obj(1)).is_empty());
+        let never: DynamicObject = serde_json::from_value(json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+            "spec": {"template": {"spec": {"containers": [{"name": "a", "image": "local:1", "imagePullPolicy": "Never"}, {"name": "b", "image": "pulled:2"}]}}}})).unwrap();
+        assert_eq!(
+            never_pulled(&never).into_iter().collect::<Vec<_>>(),
+            ["local:1"]
+        );
     }
 }

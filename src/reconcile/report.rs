@@ -50,9 +50,41 @@ pub struct StackReport {
     pub status: StackStatus,
     /// What the build step did, per built component.
     pub builds: Vec<BuildOutcome>,
+    /// Each hook this reconcile considered: run, skipped or held back.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<HookReport>,
     /// The health wait was cut short because newer work was waiting: applied, not failed.
     pub preempted: bool,
     /// Every failure needs a new commit or a person (a field-manager conflict, an immutable
     /// field, an object the API server refuses): retrying the same commit fails the same way.
     pub needs_new_commit: bool,
+}
+
+/// What became of one hook in a reconcile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HookReport {
+    /// `Kind/name`.
+    pub hook: String,
+    /// The event it ran for (`pre-upgrade`, `post-install`…).
+    pub phase: String,
+    /// What converge did with it.
+    pub action: HookAction,
+    /// Why, in a few words (`unchanged since 0123abc`, the image that was not built…).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// What converge did with one hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HookAction {
+    /// It ran and succeeded.
+    Ran,
+    /// It ran and failed.
+    Failed,
+    /// Not run: its render is identical to its last successful run.
+    Skipped,
+    /// Not run: an image it needs was not built.
+    Held,
 }

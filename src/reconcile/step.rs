@@ -9,6 +9,8 @@ use crate::vocabulary::reason;
 /// The steps of one stack's reconcile, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Step {
+    /// Build the images whose inputs changed (before the run; a failure shows at its end).
+    Build,
     /// Template the chart with the commit's values.
     Render,
     /// Read what the cluster holds: namespace, inventory, status, Secrets, live objects.
@@ -33,6 +35,7 @@ impl Step {
     /// The step's name in messages.
     pub fn as_str(self) -> &'static str {
         match self {
+            Step::Build => "build",
             Step::Render => "render",
             Step::Read => "read",
             Step::WriteAhead => "write-ahead",
@@ -110,6 +113,15 @@ pub enum Failure {
     /// Prune was refused or a deletion failed.
     #[error("{0}")]
     Prune(String),
+    /// An image of this commit was not built: what uses it was not applied (hooks included)
+    /// and the previous version keeps serving.
+    #[error("{component}: {why}")]
+    Build {
+        /// The component whose image failed.
+        component: String,
+        /// The build failure, and what was held back because of it.
+        why: String,
+    },
     /// A component was held back; everything else is healthy.
     #[error("{component}: {why}")]
     Blocked {
@@ -146,6 +158,7 @@ impl Failure {
             }
             | Failure::Health(_) => reason::HEALTH_FAILED,
             Failure::Blocked { .. } => reason::DEPENDENCY_NOT_READY,
+            Failure::Build { .. } => reason::BUILD_FAILED,
             Failure::Prune(_) => reason::PRUNE_FAILED,
             Failure::Preempted { .. } => reason::PROGRESSING,
         }
@@ -155,6 +168,7 @@ impl Failure {
     pub fn step(&self) -> Step {
         match self {
             Failure::Render(_) => Step::Render,
+            Failure::Build { .. } => Step::Build,
             Failure::Cluster { step, .. } | Failure::Hook { step, .. } => *step,
             Failure::Component {
                 failure: ComponentFailure::Apply { .. },

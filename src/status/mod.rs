@@ -41,6 +41,31 @@ pub struct StackStatus {
     pub components: Vec<ComponentStatus>,
     /// The last reconciles, newest first.
     pub history: Vec<HistoryEntry>,
+    /// The last successful run of each Helm hook: a hook whose render is unchanged since is
+    /// not run again (see docs/chart.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<HookRun>,
+}
+
+/// The last successful run of one hook.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HookRun {
+    /// `Kind/name`.
+    pub hook: String,
+    /// sha256 of the hook's rendered manifest (without volatile metadata).
+    pub digest: String,
+    /// The commit whose reconcile ran it.
+    pub commit: String,
+    /// When it succeeded (RFC 3339).
+    pub time: String,
+}
+
+impl StackStatus {
+    /// The last successful run of `hook` (`Kind/name`).
+    pub fn hook_run(&self, hook: &str) -> Option<&HookRun> {
+        self.hooks.iter().find(|h| h.hook == hook)
+    }
 }
 
 /// The status of one component.
@@ -251,6 +276,9 @@ pub fn materially_changed(old: &StackStatus, new: &StackStatus) -> bool {
         s.history.clear();
         for c in &mut s.components {
             c.since.clear();
+        }
+        for h in &mut s.hooks {
+            h.time.clear();
         }
         s
     };

@@ -658,6 +658,105 @@ async fn helm_hooks_run_in_order_and_a_failed_hook_applies_nothing_after_it() {
     ns.cleanup().await;
 }
 
+/// `(hook, action, detail)` of each hook a report names.
+fn hook_actions(r: &StackReport) -> Vec<(String, String, String)> {
+    r.hooks
+        .iter()
+        .map(|h| {
+            let action = serde_json::to_value(h.action).unwrap();
+            (
+                h.hook.clone(),
+                action.as_str().unwrap().to_string(),
+                h.detail.clone(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_hook_unchanged_since_its_last_success_is_skipped_and_a_changed_one_runs_again() {
+    let ns = TestNamespace::new("engine-hook-skip").await;
+    let repo = hooks_repo(ns.name(), false, "hello");
+    let first = repo.head();
+    let opts = options();
+    let r = ready(&repo, &opts).await;
+    let ran: Vec<_> = hook_actions(&r)
+        .into_iter()
+        .map(|(h, a, _)| (h, a))
+        .collect();
+    assert_eq!(
+        ran,
+        [
+            ("Job/prepare".to_string(), "ran".to_string()),
+            ("Job/migrate".to_string(), "ran".to_string()),
+            (
+                "ConfigMap/post-install-marker".to_string(),
+                "ran".to_string()
+            ),
+        ],
+        "{r:#?}"
+    );
+    let recorded: Vec<&str> = r.status.hooks.iter().map(|h| h.hook.as_str()).collect();
+    assert!(
+        recorded.contains(&"Job/migrate") && r.status.hooks.iter().all(|h| h.commit == first),
+        "each successful hook is recorded with its commit: {:?}",
+        r.status.hooks
+    );
+
+    // A commit that changes only what the hooks do not render: applied, hooks skipped.
+    write_hooks_stack(&repo, ns.name(), false, "changed");
+    let r = ready(&repo, &opts).await;
+    let cms: Api<ConfigMap> = ns.api();
+    assert_eq!(
+        cms.get("app-config").await.unwrap().data.unwrap()["greeting"],
+        "changed"
+    );
+    let short = &first[..7];
+    for (hook, action, detail) in hook_actions(&r) {
+        assert_eq!(action, "skipped", "{hook}: {r:#?}");
+        assert_eq!(detail, format!("unchanged since {short}"), "{hook}");
+    }
+    assert_eq!(hook_actions(&r).len(), 3, "{r:#?}");
+
+    // A no-op reconcile and a drift correction are not deploys: no hook is even considered.
+    let r = ready(&repo, &opts).await;
+    assert!(r.hooks.is_empty(), "{r:#?}");
+    // As `kubectl edit` would: a merge patch under kubectl's field manager.
+    let by_hand = kube::api::PatchParams {
+        field_manager: Some("kubectl-edit".into()),
+        ..Default::default()
+    };
+    cms.patch(
+        "app-config",
+        &by_hand,
+        &kube::api::Patch::Merge(serde_json::json!({"data": {"greeting": "by hand"}})),
+    )
+    .await
+    .unwrap();
+    let r = ready(&repo, &opts).await;
+    assert_eq!(
+        r.applied.len(),
+        1,
+        "the drifted ConfigMap is re-applied: {r:#?}"
+    );
+    assert!(
+        r.hooks.is_empty(),
+        "a drift correction runs no hook: {r:#?}"
+    );
+
+    // A commit that changes a hook's render runs the phase again.
+    write_hooks_stack(&repo, ns.name(), true, "changed");
+    let r = reconcile(&repo, &opts).await;
+    assert_eq!(r.reason, "HookFailed", "{r:#?}");
+    assert!(
+        hook_actions(&r)
+            .iter()
+            .any(|(h, a, _)| h == "Job/migrate" && a == "failed"),
+        "{r:#?}"
+    );
+    ns.cleanup().await;
+}
+
 #[tokio::test]
 async fn a_missing_helm_binary_says_how_to_install_it() {
     let err = Helm::at("/nonexistent/helm")
@@ -734,6 +833,115 @@ async fn git_revert_brings_back_the_previous_image_without_building_it() {
         .clone()
         .unwrap();
     assert_eq!(running, tag1);
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_failed_build_starts_no_hook_with_the_image_that_was_not_built_and_says_build_failed() {
+    let ns = TestNamespace::new("engine-build-hook").await;
+    create_secret(&ns, ALL_KEYS).await;
+    let repo = built_backend_repo(ns.name());
+    // The migration hook runs the backend image, as in the shipped chart.
+    repo.write(
+        "desired/stack.yaml",
+        format!("apiVersion: converge.dev/v1alpha1\nkind: Stack\nname: built\nnamespace: {}\nrelease: todo-chatbot\nbuilder: docker\nvalues:\n  migrations: {{enabled: true, hooks: 'pre-install,pre-upgrade'}}\n  postgres: {{enabled: false}}\n", ns.name()),
+    );
+    repo.commit("migrations on");
+    let opts = built_options();
+    let v1 = ready(&repo, &opts).await;
+    let old_image = v1.builds[0].image.clone();
+    assert!(
+        hook_actions(&v1)
+            .iter()
+            .any(|(h, a, _)| h == "Job/todo-chatbot-migrations" && a == "ran"),
+        "{v1:#?}"
+    );
+
+    repo.write(
+        "app/Dockerfile",
+        "FROM scratch\nCOPY version /version\nRUN [\"/bin/sh\", \"-c\", \"exit 3\"]\n",
+    );
+    repo.write("app/version", format!("v2 {}\n", ns.name()));
+    repo.commit("a broken Dockerfile");
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = ns.api();
+    let r = reconcile(&repo, &opts).await;
+    assert!(!r.ready);
+    assert_eq!(r.reason, "BuildFailed", "{r:#?}");
+    assert_eq!(r.failed_step, Some("build"));
+    let new_image = r.builds[0].image.clone();
+    assert_ne!(new_image, old_image);
+    let msg = r.errors.join("\n");
+    assert!(
+        msg.contains("backend") && msg.contains(&new_image) && msg.contains("hook"),
+        "the reason names the component, the image and the hook held back: {msg}"
+    );
+    assert!(
+        hook_actions(&r).iter().all(|(_, a, _)| a == "held"),
+        "{r:#?}"
+    );
+    assert!(
+        jobs.list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "no hook Job was started with {new_image}"
+    );
+    let running = ns
+        .api::<Deployment>()
+        .get("todo-chatbot-backend")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .containers[0]
+        .image
+        .clone()
+        .unwrap();
+    assert_eq!(running, old_image, "the previous version keeps serving");
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn with_the_none_builder_an_image_no_node_holds_is_not_applied_and_the_reason_says_so() {
+    let ns = TestNamespace::new("engine-none-missing").await;
+    create_secret(&ns, ALL_KEYS).await;
+    let repo = built_backend_repo(ns.name());
+    // Built elsewhere (never, here), run only from a node's store, as on minikube.
+    repo.write(
+        "desired/stack.yaml",
+        format!("apiVersion: converge.dev/v1alpha1\nkind: Stack\nname: built\nnamespace: {}\nrelease: todo-chatbot\nbuilder: none\nvalues:\n  migrations: {{enabled: true, hooks: 'pre-install,pre-upgrade'}}\n  postgres: {{enabled: false}}\n  backend: {{image: {{pullPolicy: Never}}}}\n", ns.name()),
+    );
+    repo.commit("builder none");
+    let r = reconcile(&repo, &options()).await;
+    assert!(!r.ready);
+    assert_eq!(r.reason, "BuildFailed", "{r:#?}");
+    let image = r.builds[0].image.clone();
+    let msg = r.errors.join("\n");
+    assert!(
+        msg.contains(&format!("image {image} is on no node")) && msg.contains("`none` builder"),
+        "{msg}"
+    );
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = ns.api();
+    assert!(
+        jobs.list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "no hook Job was started with {image}"
+    );
+    assert!(
+        ns.api::<Deployment>()
+            .get_opt("todo-chatbot-backend")
+            .await
+            .unwrap()
+            .is_none(),
+        "no Deployment runs {image}"
+    );
     ns.cleanup().await;
 }
 

@@ -235,8 +235,7 @@ impl Run<'_> {
         item: &Item,
         opts: ApplyOptions,
     ) -> Result<DynamicObject, ClusterError> {
-        self.note_deletion(&item.key);
-        self.cluster.delete(&item.key).await?;
+        self.delete_own(&item.key).await?;
         self.wait_gone(&item.key).await?;
         self.cluster.apply(&item.object, opts).await
     }
@@ -321,8 +320,7 @@ impl Run<'_> {
             return;
         }
         for key in plan.delete.iter().rev() {
-            self.note_deletion(key);
-            match self.cluster.delete(key).await {
+            match self.delete_own(key).await {
                 Ok(_) => {
                     info!(object = %key, "pruned");
                     self.pruned.push(key.to_string());

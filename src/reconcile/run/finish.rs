@@ -80,6 +80,10 @@ impl Run<'_> {
             message: message.clone(),
             components,
             history: Vec::new(),
+            hooks: super::hooks::merge_runs(
+                old.as_ref().map(|o| o.hooks.as_slice()).unwrap_or_default(),
+                self.hook_runs.clone(),
+            ),
         };
         let duration = started.elapsed();
         let entry = HistoryEntry {
@@ -133,6 +137,7 @@ impl Run<'_> {
             duration_ms: started.elapsed().as_millis() as u64,
             status,
             builds: Vec::new(),
+            hooks: self.hook_reports,
             preempted,
             needs_new_commit,
         }

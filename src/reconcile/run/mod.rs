@@ -18,6 +18,8 @@ use kube::core::GroupVersionKind;
 use tracing::{debug, info, warn};
 
 use super::plan::{self, Item};
+use super::prepare::Prepared;
+use super::report::HookReport;
 use super::step::{ComponentFailure, Failure, Step};
 use super::waves::{self, Gate};
 use super::Options;
@@ -62,6 +64,17 @@ pub(super) struct Run<'a> {
     health_reported: bool,
     /// A health wait was cut short (see [`Options::preempt`]).
     preempted: bool,
+    /// Images of this commit that do not exist (their build failed), with the component and why:
+    /// nothing that runs one is applied, hooks included.
+    unavailable: BTreeMap<String, (String, String)>,
+    /// Images converge neither built nor found (the `none` builder), with their component.
+    unconfirmed: BTreeMap<String, String>,
+    /// Components held back because their own image was not built.
+    build_failed: BTreeSet<String>,
+    /// Hooks that succeeded in this run (recorded in the status at its end).
+    hook_runs: Vec<status::HookRun>,
+    /// What became of each hook considered.
+    hook_reports: Vec<HookReport>,
 }
 
 /// `(group, kind, name)` of rendered objects: what is still wanted.
@@ -101,14 +114,27 @@ fn component_of(obj: &DynamicObject) -> String {
 impl<'a> Run<'a> {
     pub(super) fn new(
         cluster: &'a Cluster,
-        stack: &'a Stack,
+        prepared: &'a Prepared,
         commit: &'a str,
         opts: &'a Options,
-        build_failures: &BTreeMap<String, String>,
     ) -> Self {
+        let build_failures = &prepared.build_failures;
+        let unavailable = build_failures
+            .iter()
+            .filter_map(|(component, why)| {
+                let image = prepared.images.get(component)?;
+                Some((image.clone(), (component.clone(), why.clone())))
+            })
+            .collect();
+        let unconfirmed = prepared
+            .builds
+            .iter()
+            .filter(|b| b.action == crate::build::Action::Skipped)
+            .map(|b| (b.image.clone(), b.component.clone()))
+            .collect();
         Self {
             cluster,
-            stack,
+            stack: &prepared.stack,
             commit,
             opts,
             inventory: Inventory::default(),
@@ -129,14 +155,30 @@ impl<'a> Run<'a> {
             namespace_ready: false,
             health_reported: false,
             preempted: false,
+            unavailable,
+            unconfirmed,
+            build_failed: build_failures.keys().cloned().collect(),
+            hook_runs: Vec::new(),
+            hook_reports: Vec::new(),
         }
     }
 
-    /// Notes an object converge deletes itself, for the daemon's drift watch.
-    fn note_deletion(&self, key: &ObjectKey) {
+    /// Deletes an object converge itself is done with, noting it first so the daemon's drift
+    /// watch does not take the deletion for drift. `true` when there was something to delete.
+    pub(super) async fn delete_own(
+        &self,
+        key: &ObjectKey,
+    ) -> Result<bool, crate::cluster::ClusterError> {
         if let Some(d) = &self.opts.own_deletions {
             d.note(&self.stack.spec.name, &key.short());
         }
+        let deleted = self.cluster.delete(key).await;
+        if !matches!(deleted, Ok(true)) {
+            if let Some(d) = &self.opts.own_deletions {
+                d.forget(&self.stack.spec.name, &key.short());
+            }
+        }
+        deleted
     }
 
     fn ns(&self) -> &str {
@@ -202,11 +244,31 @@ impl<'a> Run<'a> {
             lists.extend(self.fetch_lists(extra.into_values().collect()).await);
         }
         self.take_lists(lists, &wanted);
+        self.confirm_images(&rendered).await;
 
         let mut items = Vec::new();
         for obj in rendered.objects {
             let component = component_of(&obj);
             let name = obj.metadata.name.clone().unwrap_or_default();
+            // An object of another component that runs a failed component's image (a worker
+            // on the backend's image, say) is held back with it.
+            if !self.blocked.contains_key(&component) {
+                if let Some((image, (owner, why))) = plan::images(&obj)
+                    .into_iter()
+                    .find_map(|i| self.unavailable.get(&i).map(|u| (i, u.clone())))
+                {
+                    let c = if component.is_empty() {
+                        name.clone()
+                    } else {
+                        component.clone()
+                    };
+                    self.hold_back(
+                        &c,
+                        format!("runs {image} of `{owner}`, which was not built: {why}"),
+                    );
+                    self.build_failed.insert(c);
+                }
+            }
             match self.plan_item(obj).await {
                 Ok(item) => items.push(item),
                 // One object the cluster cannot take (its kind is not served, say) fails its
@@ -225,7 +287,9 @@ impl<'a> Run<'a> {
                 }
             }
         }
-        let changed = items.iter().any(|i| !i.unchanged);
+        // Hooks belong to a deploy (a render that differs from what was applied, or a hook
+        // changed since its last success), never to a drift correction or a no-op.
+        let deploy = items.iter().any(|i| i.render_changed) || self.a_hook_changed(&rendered.hooks);
         debug!(
             objects = items.len(),
             changed = items.iter().filter(|i| !i.unchanged).count(),
@@ -236,17 +300,22 @@ impl<'a> Run<'a> {
             .await
             .map_err(Failure::cluster(Step::WriteAhead))?;
 
-        if changed {
+        if deploy {
             let pre: Vec<&Hook> = rendered
                 .hooks
                 .iter()
                 .filter(|h| h.runs_before(install))
                 .collect();
-            self.run_hooks(Step::PreHooks, &pre).await?;
+            let event = if install {
+                "pre-install"
+            } else {
+                "pre-upgrade"
+            };
+            self.run_hooks(Step::PreHooks, event, &pre).await?;
         }
-        // A post hook runs only in the reconcile that changed something: a health wait before
-        // one is not a boundary where nothing is lost, so it is never preempted.
-        let post_hooks = changed && rendered.hooks.iter().any(|h| h.runs_after(install));
+        // A post hook runs only in a deploy: a health wait before one is not a boundary where
+        // nothing is lost, so it is never preempted.
+        let post_hooks = deploy && rendered.hooks.iter().any(|h| h.runs_after(install));
         // Everything but workloads, in kind order; then workloads in waves.
         let (mut workloads, mut others): (Vec<Item>, Vec<Item>) = items
             .into_iter()
@@ -280,7 +349,7 @@ impl<'a> Run<'a> {
                 commit: self.commit.to_string(),
             });
         }
-        if changed
+        if post_hooks
             && self.health_failure.is_none()
             && self.failed.is_empty()
             && self.blocked.is_empty()
@@ -290,7 +359,12 @@ impl<'a> Run<'a> {
                 .iter()
                 .filter(|h| h.runs_after(install))
                 .collect();
-            self.run_hooks(Step::PostHooks, &post).await?;
+            let event = if install {
+                "post-install"
+            } else {
+                "post-upgrade"
+            };
+            self.run_hooks(Step::PostHooks, event, &post).await?;
         }
         // Objects of blocked components are still wanted: never prune them.
         rendered_keys.sort();
@@ -311,6 +385,17 @@ impl<'a> Run<'a> {
         }
         if let Some(e) = self.prune_errors.first() {
             return Err(Failure::Prune(e.clone()));
+        }
+        // A failed build is the reason, before what waits on it.
+        if let Some((component, why)) = self
+            .blocked
+            .iter()
+            .find(|(c, _)| self.build_failed.contains(*c))
+        {
+            return Err(Failure::Build {
+                component: component.clone(),
+                why: why.clone(),
+            });
         }
         if let Some((component, why)) = self.blocked.iter().next() {
             return Err(Failure::Blocked {
@@ -409,6 +494,48 @@ impl<'a> Run<'a> {
                     self.live.insert(inventory::id(&k), o);
                 }
             }
+        }
+    }
+
+    /// Marks as unavailable each image converge could not confirm (the `none` builder) that a
+    /// Pod may never pull (`imagePullPolicy: Never`) and that no node holds, so nothing is
+    /// started with it. One LIST of Nodes, only when there is such an image; when a node's list
+    /// may be truncated, nothing is decided.
+    async fn confirm_images(&mut self, rendered: &Rendered) {
+        let wanted: BTreeSet<String> = rendered
+            .objects
+            .iter()
+            .chain(rendered.hooks.iter().map(|h| &h.object))
+            .flat_map(plan::never_pulled)
+            .filter(|i| self.unconfirmed.contains_key(i))
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        let held = match self.cluster.node_images().await {
+            Ok(Some(held)) => held,
+            Ok(None) => {
+                debug!("a node lists as many images as the kubelet reports: cannot tell which are missing");
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot read the nodes' images; applying without checking them");
+                return;
+            }
+        };
+        for image in wanted {
+            let normalized = crate::build::engine::normalized_reference(&image);
+            if held.contains(&image) || held.contains(&normalized) {
+                continue;
+            }
+            let component = self.unconfirmed.get(&image).cloned().unwrap_or_default();
+            let why = format!(
+                "image {image} is on no node and its Pods never pull it (imagePullPolicy: Never); the `none` builder builds nothing: load the image into the cluster's nodes, or let converge build it (another `builder`)"
+            );
+            warn!(component = %component, %image, "image on no node: not applied");
+            self.blocked.entry(component.clone()).or_insert(why.clone());
+            self.build_failed.insert(component.clone());
+            self.unavailable.insert(image, (component, why));
         }
     }
 
