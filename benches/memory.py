@@ -174,8 +174,11 @@ def daemon_figures(out):
         sh("git", "checkout", "-q", "-B", "main", cwd=repo)
         stack = os.path.join(repo, "desired/dev/stack.yaml")
         text = open(stack).read().replace("namespace: todo-chatbot", f"namespace: {ns}")
-        # The NodePort left to the apiserver: 30080 may be a demo's on the same bed.
-        text += "values:\n  frontend:\n    service:\n      nodePort: null\n"
+        # The NodePort left to the apiserver: 30080 may be a demo's on the same bed. kwok never
+        # pulls, so the images' pullPolicy is IfNotPresent: with values-dev's Never, converge
+        # refuses (rightly) to apply an image the `none` builder cannot show is on a node.
+        text += ("values:\n  frontend:\n    service:\n      nodePort: null\n    image:\n      pullPolicy: IfNotPresent\n"
+                 "  backend:\n    image:\n      pullPolicy: IfNotPresent\n")
         open(stack, "w").write(text)
         git(repo, "commit", "-qam", "bench namespace")
         # The kwok node: with a real node on the bed an unannotated namespace lands there, where
