@@ -1,7 +1,14 @@
 #!/usr/bin/env python3
 """Figures for the daemon (issue 7), measured on the testbed with the real `converge run` process.
 
-    . /tmp/converge-testbed/env && cargo build --release --bin converge && python3 benches/daemon.py
+    tests/testbed/up && . /tmp/converge-testbed/env
+    cargo build --release --bin converge && python3 benches/daemon.py
+
+Node: the **kwok** node. The stack runs the image ref `todo-backend:test`, which exists nowhere:
+these are figures of converge's control loop (watches, applies, drift), not of an app starting,
+so the bench's namespace selects the kwok node (fake Pods, Ready at once), and says so. On a bed
+with a real node an unannotated namespace lands there, where that image cannot start; the
+real-node figures (the shipped app, built by converge) are benches/realnode.py's.
 
 Prints, and writes as JSON to target/daemon-bench.json:
   - commit-to-apply-start latency p50/p99 (git commit started -> the daemon's "apply started"
@@ -31,6 +38,8 @@ import tempfile
 import threading
 import time
 import urllib.request
+
+import bed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("CONVERGE_BIN", os.path.join(ROOT, "target/release/converge"))
@@ -91,7 +100,9 @@ def write_stack(repo, ns, version):
     os.makedirs(os.path.join(repo, "desired"), exist_ok=True)
     with open(os.path.join(repo, "desired/stack.yaml"), "w") as f:
         f.write("apiVersion: converge.dev/v1alpha1\nkind: Stack\nname: bench\nnamespace: %s\n"
-                "values:\n  migrations:\n    enabled: false\n" % ns)
+                "values:\n  migrations:\n    enabled: false\n"
+                # The NodePort left to the apiserver: 30080 may be a demo's on the same bed.
+                "  frontend:\n    service:\n      nodePort: null\n" % ns)
     with open(os.path.join(repo, "desired/backend.yaml"), "w") as f:
         f.write("apiVersion: converge.dev/v1alpha1\nkind: Component\nname: backend\nimage:\n"
                 "  ref: todo-backend:test\nreplicas: 1\nenv:\n  VERSION: \"%s\"\n" % version)
@@ -126,9 +137,12 @@ def main():
         write_stack(repo, ns, "v0")
         sh("git", "add", "-A", cwd=repo)
         sh("git", "commit", "-qm", "stack", cwd=repo)
+        bed.require_bed()
+        bed.create_namespace(ns, "kwok")
         d = Daemon(repo)
         d.find("ReconciliationSucceeded", timeout=180)
         pid = d.p.pid
+        out["node"] = bed.announce(ns, "daemon bench")
 
         # Commit -> apply start.
         lat, healthy = [], []

@@ -180,6 +180,9 @@ fn main() {
         println!("engine bench skipped: the testbed is not running (tests/testbed/up)");
         return;
     }
+    // TestNamespace::new selects the bed's kwok node: fake Pods, Ready at once. These are the
+    // engine's own costs (requests, diff, apply); the app really starting is benches/realnode.py.
+    println!("engine bench: figures from the kwok node (fake Pods: Ready at once, nothing runs)");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let helm = Helm::at(&testbed().helm);

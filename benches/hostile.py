@@ -94,6 +94,7 @@ def measure(repo_dir):
 def main():
     if not os.path.exists(BIN):
         sys.exit(f"{BIN} not found: cargo build --release --bin converge (or set CONVERGE_BIN)")
+    print("hostile bench: no cluster, no node: `converge validate` reads git only", flush=True)
     rows = []
     code, rss, secs, first = measure(ROOT)
     rows.append({"case": "shipped desired/", "what": "baseline", "exit": code, "max_rss_mb": round(rss, 1), "seconds": secs, "first": first})

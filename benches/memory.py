@@ -3,7 +3,7 @@
 after the first reconcile of the shipped stack and after hours' worth of resyncs, drift and commits.
 
     cargo build --release --bin converge && python3 benches/memory.py            # validate only
-    . /tmp/converge-testbed/env && python3 benches/memory.py --daemon              # plus the daemon
+    tests/testbed/up && . /tmp/converge-testbed/env && python3 benches/memory.py --daemon   # plus the daemon
 
 Prints one JSON line per figure as it is measured, then the whole set; also written to
 target/memory-bench.json.
@@ -12,8 +12,9 @@ validate: peak RSS (GNU time's %M, maximum resident set size) of `converge valid
   - an empty repository (one commit, no desired/): the process's floor,
   - this checkout's shipped desired/ at HEAD (two stacks, six components),
   - a generated 500-component stack (the same documents as benches/desired.rs).
-daemon (testbed): `converge run` on a local clone of this checkout whose desired/dev targets a
-  fresh namespace, `--builder none` (the testbed's node runs no images; tags are computed),
+daemon (testbed, **kwok node**): `converge run` on a local clone of this checkout whose desired/dev
+  targets a fresh namespace that selects the bed's kwok node (fake Pods: the daemon's own memory
+  is measured, not the app's), `--builder none` (nothing is built; tags are computed),
   `--resync 1s --full-resync 5s`. VmRSS is sampled after the first successful reconcile (t0), then
   after each round of churn: every round waits for a forced full resync (the default is one an
   hour) amid cheap resyncs, scales a Deployment by hand (drift, undone by the daemon) and commits
@@ -33,6 +34,8 @@ import sys
 import tempfile
 import threading
 import time
+
+import bed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("CONVERGE_BIN", os.path.join(ROOT, "target/release/converge"))
@@ -87,6 +90,7 @@ def generated_repo(n):
 
 
 def validate_figures(out):
+    print("memory bench (validate): no cluster, no node: `converge validate` reads git only", flush=True)
     empty = tempfile.mkdtemp(prefix="converge-mem-empty-")
     big = None
     try:
@@ -170,14 +174,23 @@ def daemon_figures(out):
         sh("git", "checkout", "-q", "-B", "main", cwd=repo)
         stack = os.path.join(repo, "desired/dev/stack.yaml")
         text = open(stack).read().replace("namespace: todo-chatbot", f"namespace: {ns}")
+        # The NodePort left to the apiserver: 30080 may be a demo's on the same bed. kwok never
+        # pulls, so the images' pullPolicy is IfNotPresent: with values-dev's Never, converge
+        # refuses (rightly) to apply an image the `none` builder cannot show is on a node.
+        text += ("values:\n  frontend:\n    service:\n      nodePort: null\n    image:\n      pullPolicy: IfNotPresent\n"
+                 "  backend:\n    image:\n      pullPolicy: IfNotPresent\n")
         open(stack, "w").write(text)
         git(repo, "commit", "-qam", "bench namespace")
-        sh(KUBECTL, "create", "namespace", ns)
+        # The kwok node: with a real node on the bed an unannotated namespace lands there, where
+        # images converge did not build (`--builder none`) cannot start.
+        bed.require_bed()
+        bed.create_namespace(ns, "kwok")
         sh(KUBECTL, "-n", ns, "create", "secret", "generic", "todo-chatbot-secrets",
            "--from-literal=postgres-password=bench", "--from-literal=database-url=postgresql://bench",
            "--from-literal=jwt-secret=bench")
         d = Daemon(repo, ctx)
         d.find("ReconciliationSucceeded", timeout=300)
+        out["node"] = bed.announce(ns, "memory bench (daemon)")
         time.sleep(3)
         samples = [{"round": 0, **d.memory()}]
         print(json.dumps({"daemon": samples[-1]}), flush=True)
