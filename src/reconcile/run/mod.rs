@@ -242,7 +242,13 @@ impl<'a> Run<'a> {
         self.old_status = old_status;
         self.status_read = true;
         self.warnings.extend(kept_aside);
-        let install = self.loaded_inventory.is_empty();
+        // Nothing applied yet: only write-ahead placeholders (a first run killed after recording
+        // what it was about to create) still make this the install, with the install hooks.
+        let install = self
+            .loaded_inventory
+            .objects
+            .values()
+            .all(|(_, r)| r.hash.is_empty());
         let secrets = secrets.map_err(Failure::cluster(Step::Read))?;
         for (component, why) in secrets::unresolved(self.stack, &secrets) {
             warn!(component = %component, "{why}");
