@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.encoders import jsonable_encoder
@@ -15,7 +15,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__, tasks
-from .agent import get_agent
 from .auth import CurrentUser
 from .config import get_settings
 from .db import dispose_engine, get_session, ping, wait_and_create_tables
@@ -31,6 +30,15 @@ from .models import (
     TaskUpdate,
     utcnow,
 )
+
+
+def get_agent() -> Any:
+    """The chat agent, imported on first use: the MCP server it drives costs about a second of
+    imports, which every Pod start (and readiness) would otherwise wait for."""
+    from .agent import get_agent as agent
+
+    return agent()
+
 
 log = logging.getLogger("app")
 
