@@ -222,6 +222,20 @@ impl Applied {
 
 // ---- Log lines (converge's JSON log) ----
 
+/// Fails when `events` hold a `hook started` line, showing them with `what` happened.
+fn assert_no_hook_started(events: &[Value], what: &str) {
+    let started: Vec<Value> = events
+        .iter()
+        .filter(|e| is_hook_started(e))
+        .cloned()
+        .collect();
+    assert!(
+        started.is_empty(),
+        "{what} started a hook:\n{}",
+        show(&started)
+    );
+}
+
 fn parse_log<'a>(lines: impl Iterator<Item = &'a str>) -> Vec<Value> {
     lines
         .filter_map(|l| serde_json::from_str::<Value>(l.trim()).ok())
@@ -826,17 +840,7 @@ async fn a_commit_whose_image_build_fails_starts_no_pod_or_hook_job_with_the_unb
         "the hook Job was created for a commit whose build failed: {jobs:#?}\nconverge's log:\n{}",
         r.stderr
     );
-    let started: Vec<Value> = r
-        .log
-        .iter()
-        .filter(|e| is_hook_started(e))
-        .cloned()
-        .collect();
-    assert!(
-        started.is_empty(),
-        "converge started hooks for a commit whose build failed:\n{}",
-        show(&started)
-    );
+    assert_no_hook_started(&r.log, "a commit whose build failed");
 
     // The previous version keeps answering, on the image that was built.
     assert_eq!(web_image(&ns).await, good_image);
@@ -998,17 +1002,7 @@ async fn a_replicas_only_commit_skips_the_unchanged_hook_and_a_new_image_reruns_
         "a replicas-only commit re-ran the hook Job: {created:#?}\nconverge's log:\n{}",
         r.stderr
     );
-    let started: Vec<Value> = r
-        .log
-        .iter()
-        .filter(|e| is_hook_started(e))
-        .cloned()
-        .collect();
-    assert!(
-        started.is_empty(),
-        "hooks started for a replicas-only commit:\n{}",
-        show(&started)
-    );
+    assert_no_hook_started(&r.log, "a replicas-only commit");
     let skipped: Vec<Value> = r
         .log
         .iter()
@@ -1303,16 +1297,7 @@ async fn a_drift_correction_never_runs_a_hook_even_one_marked_to_run_on_every_de
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let events = daemon.since(mark);
-    let started: Vec<Value> = events
-        .iter()
-        .filter(|e| is_hook_started(e))
-        .cloned()
-        .collect();
-    assert!(
-        started.is_empty(),
-        "a drift correction ran a hook:\n{}",
-        show(&started)
-    );
+    assert_no_hook_started(&events, "a drift correction");
     let created = recorder.created_since(jobs_mark, Some("Job"));
     assert!(
         created.is_empty(),
