@@ -177,18 +177,25 @@ impl Loader {
     }
 }
 
-/// The name a CRI runtime files an image under: Docker's short names are expanded
-/// (`todo-backend:1` → `docker.io/library/todo-backend:1`), as `ctr images import` does.
+/// The name a CRI runtime files an image under, as `ctr images import` and the kubelet's Node
+/// status give it: Docker's short names are expanded (`todo-backend:1` →
+/// `docker.io/library/todo-backend:1`, `docker.io/app:1` → `docker.io/library/app:1`) and a
+/// reference without tag or digest means `:latest`.
 pub fn normalized_reference(image: &str) -> String {
     let first = image.split('/').next().unwrap_or(image);
     let has_registry =
         image.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
-    if has_registry {
-        image.to_string()
-    } else if image.contains('/') {
-        format!("docker.io/{image}")
+    let full = match image.strip_prefix("docker.io/") {
+        Some(rest) if !rest.contains('/') => format!("docker.io/library/{rest}"),
+        _ if has_registry => image.to_string(),
+        _ if image.contains('/') => format!("docker.io/{image}"),
+        _ => format!("docker.io/library/{image}"),
+    };
+    let last = full.rsplit('/').next().unwrap_or_default();
+    if full.contains('@') || last.contains(':') {
+        full
     } else {
-        format!("docker.io/library/{image}")
+        format!("{full}:latest")
     }
 }
 
@@ -1275,6 +1282,20 @@ mod tests {
             "localhost:5000/app:1"
         );
         assert_eq!(normalized_reference("ghcr.io/o/app:1"), "ghcr.io/o/app:1");
+        // As the kubelet reports them in a Node's status.
+        assert_eq!(
+            normalized_reference("docker.io/app:1"),
+            "docker.io/library/app:1"
+        );
+        assert_eq!(normalized_reference("app"), "docker.io/library/app:latest");
+        assert_eq!(
+            normalized_reference("library/app:1"),
+            "docker.io/library/app:1"
+        );
+        assert_eq!(
+            normalized_reference("ghcr.io/o/app@sha256:00"),
+            "ghcr.io/o/app@sha256:00"
+        );
     }
 
     #[test]

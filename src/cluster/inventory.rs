@@ -34,9 +34,9 @@ pub struct Record {
 pub struct Inventory {
     /// Records by object key.
     pub objects: BTreeMap<String, (ObjectKey, Record)>,
-    #[serde(default)]
     /// The stack's hooks: kept beside the objects (one ConfigMap, written in one apply, deleted
     /// with them by `down`), so the two never disagree.
+    #[serde(default)]
     pub hooks: Hooks,
 }
 
@@ -136,16 +136,13 @@ pub async fn load(
         .remove(HOOKS_KEY)
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default();
-    let Some(text) = data.remove(DATA_KEY) else {
-        return Ok(Inventory {
-            hooks,
-            ..Inventory::default()
-        });
+    let entries: Vec<(ObjectKey, Record)> = match data.remove(DATA_KEY) {
+        None => Vec::new(),
+        Some(text) => serde_json::from_str(&text).map_err(|e| ClusterError::Invalid {
+            object: format!("ConfigMap/{name} (namespace {namespace})"),
+            message: format!("the inventory is not readable ({e}); converge will not prune until it is repaired or deleted"),
+        })?,
     };
-    let entries: Vec<(ObjectKey, Record)> = serde_json::from_str(&text).map_err(|e| ClusterError::Invalid {
-        object: format!("ConfigMap/{name} (namespace {namespace})"),
-        message: format!("the inventory is not readable ({e}); converge will not prune until it is repaired or deleted"),
-    })?;
     let mut inv = Inventory {
         hooks,
         ..Inventory::default()

@@ -252,7 +252,6 @@ pub fn materially_changed(old: &StackStatus, new: &StackStatus) -> bool {
         for c in &mut s.components {
             c.since.clear();
         }
-
         s
     };
     strip(old) != strip(new)

@@ -79,18 +79,10 @@ impl Run<'_> {
             return true;
         }
         if !known.tracked && !items.iter().any(|i| i.render_changed) {
-            self.settle(hooks);
-            let now = crate::reconcile::record::now();
             for h in hooks {
-                if let Some(hook) = short(h) {
-                    self.inventory.hooks.runs.push(HookRun {
-                        hook,
-                        digest: digest(&h.object),
-                        commit: self.commit.to_string(),
-                        time: now.clone(),
-                    });
-                }
+                self.record_run(h);
             }
+            self.settle(hooks);
             return true;
         }
         false
@@ -152,13 +144,18 @@ impl Run<'_> {
     pub(super) async fn run_hooks(
         &mut self,
         step: Step,
-        event: &str,
         hooks: &[&Hook],
         install: bool,
     ) -> Result<(), Failure> {
         if hooks.is_empty() {
             return Ok(());
         }
+        let event = match (step, install) {
+            (Step::PreHooks, true) => "pre-install",
+            (Step::PreHooks, false) => "pre-upgrade",
+            (_, true) => "post-install",
+            (_, false) => "post-upgrade",
+        };
         let due = self.due(hooks, install);
         // An image of this commit that does not exist: starting the hook would leave a Pod that
         // can never pull it. What the commit changes is not applied, as when a Helm hook fails.
@@ -183,7 +180,7 @@ impl Run<'_> {
             return Err(Failure::Build {
                 component,
                 why: format!(
-                    "{why}\nthe {event} hook {hook_name} runs {image}, so it was not started and nothing this commit changes was applied; the previous version keeps serving"
+                    "{why}\nthe {event} hook {hook_name} runs {image}, so it was not started and nothing this commit changes was applied; the previous version keeps serving. Fix the build and commit again"
                 ),
             });
         }

@@ -23,6 +23,7 @@ use super::report::HookReport;
 use super::step::{ComponentFailure, Failure, Step};
 use super::waves::{self, Gate};
 use super::Options;
+use crate::build::engine::normalized_reference;
 use crate::cluster::inventory::{self, Inventory};
 use crate::cluster::{order, Cluster, ClusterError, ObjectKey};
 use crate::desired::Stack;
@@ -71,7 +72,6 @@ pub(super) struct Run<'a> {
     unconfirmed: BTreeMap<String, String>,
     /// Components held back because their own image was not built.
     build_failed: BTreeSet<String>,
-    /// Hooks that succeeded in this run (recorded in the status at its end).
     /// What became of each hook considered.
     hook_reports: Vec<HookReport>,
 }
@@ -98,23 +98,6 @@ fn rendered_kinds(rendered: &Rendered) -> (Wanted, BTreeMap<String, GroupVersion
         }
     }
     (wanted, gvks)
-}
-
-/// An image reference as a CRI runtime names it: registry and `library/` made explicit, a
-/// missing tag read as `latest` (nodes report `docker.io/library/x:1` where a Pod says `x:1`).
-fn canonical(image: &str) -> String {
-    let mut full = crate::build::engine::normalized_reference(image);
-    if let Some(rest) = full.strip_prefix("docker.io/") {
-        if !rest.contains('/') {
-            full = format!("docker.io/library/{rest}");
-        }
-    }
-    let last = full.rsplit('/').next().unwrap_or_default();
-    if full.contains('@') || last.contains(':') {
-        full
-    } else {
-        format!("{full}:latest")
-    }
 }
 
 /// The component label of a rendered object (`""` for stack-wide objects).
@@ -326,12 +309,7 @@ impl<'a> Run<'a> {
                 .iter()
                 .filter(|h| h.runs_before(install))
                 .collect();
-            let event = if install {
-                "pre-install"
-            } else {
-                "pre-upgrade"
-            };
-            if let Err(f) = self.run_hooks(Step::PreHooks, event, &pre, install).await {
+            if let Err(f) = self.run_hooks(Step::PreHooks, &pre, install).await {
                 // What the commit changes waits for its hooks; what it did not change is kept
                 // as deployed, so a hand change is still undone meanwhile.
                 for item in items.iter().filter(|i| !i.unchanged && !i.render_changed) {
@@ -386,13 +364,7 @@ impl<'a> Run<'a> {
             self.health_failure.is_none() && self.failed.is_empty() && self.blocked.is_empty();
         if healthy {
             if hooks_due {
-                let event = if install {
-                    "post-install"
-                } else {
-                    "post-upgrade"
-                };
-                self.run_hooks(Step::PostHooks, event, &post, install)
-                    .await?;
+                self.run_hooks(Step::PostHooks, &post, install).await?;
             }
             self.settle(&rendered.hooks);
         }
@@ -545,7 +517,7 @@ impl<'a> Run<'a> {
             return;
         }
         let held: BTreeSet<String> = match self.cluster.node_images().await {
-            Ok(Some(held)) => held.iter().map(|n| canonical(n)).collect(),
+            Ok(Some(held)) => held.iter().map(|n| normalized_reference(n)).collect(),
             Ok(None) => {
                 debug!("a node lists as many images as the kubelet reports: cannot tell which are missing");
                 return;
@@ -556,7 +528,7 @@ impl<'a> Run<'a> {
             }
         };
         for image in wanted {
-            if held.contains(&canonical(&image)) {
+            if held.contains(&normalized_reference(&image)) {
                 continue;
             }
             let component = self.unconfirmed.get(&image).cloned().unwrap_or_default();
@@ -575,7 +547,7 @@ impl<'a> Run<'a> {
     fn hold_back_unavailable(&mut self, items: &[Item]) {
         for item in items {
             let c = if item.component.is_empty() {
-                item.key.short()
+                item.key.name.clone()
             } else {
                 item.component.clone()
             };
@@ -615,25 +587,5 @@ impl<'a> Run<'a> {
             self.commit,
             self.opts.full,
         ))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::canonical;
-
-    #[test]
-    fn image_names_compare_as_a_cri_runtime_files_them() {
-        for (pod, node) in [
-            ("todo-backend:1a2b", "docker.io/library/todo-backend:1a2b"),
-            ("docker.io/app:1", "docker.io/library/app:1"),
-            ("library/app:1", "docker.io/library/app:1"),
-            ("app", "docker.io/library/app:latest"),
-            ("localhost:5000/app:2", "localhost:5000/app:2"),
-            ("registry.example/team/app:3", "registry.example/team/app:3"),
-        ] {
-            assert_eq!(canonical(pod), canonical(node), "{pod}");
-        }
-        assert_ne!(canonical("app:1"), canonical("app:2"));
     }
 }
