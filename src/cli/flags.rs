@@ -82,6 +82,7 @@ pub(crate) fn reconcile_options(
         preempt: None,
         defer_to_daemon,
         own_deletions: None,
+        stalled_tip: None,
     }
 }
 

@@ -128,6 +128,7 @@ pub(super) async fn job(mut input: JobInput) -> Done {
     opts.cancel = Some(input.cancel.clone());
     opts.preempt = Some(input.preempt.clone());
     opts.own_deletions = Some(input.own_deletions.clone());
+    opts.stalled_tip = input.overlay.clone();
 
     let prepared = match input.prepared.take() {
         Some(p) => {
@@ -215,17 +216,6 @@ pub(super) async fn job(mut input: JobInput) -> Done {
                         done.kinds.insert(t.stack.clone(), kinds);
                     }
                 }
-            }
-            if let Some(stall) = input.overlay.clone() {
-                reconcile::record_stalled(
-                    &mut input.clusters,
-                    cfg.kubeconfig.as_deref(),
-                    &targets,
-                    &stall.commit,
-                    stall.reason,
-                    &stall.message,
-                )
-                .await;
             }
             Outcome::Reports(reports)
         }

@@ -96,15 +96,7 @@ pub fn merge(pending: &mut Option<Pending>, trigger: Trigger, full: bool) {
 }
 
 /// A tip that cannot be deployed as it is: wait for a new commit (or a person).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stall {
-    /// The stalled commit.
-    pub commit: String,
-    /// The reason recorded.
-    pub reason: &'static str,
-    /// The message recorded.
-    pub message: String,
-}
+pub use crate::reconcile::StalledTip as Stall;
 
 /// A reconcile to start now.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -41,7 +41,7 @@ pub use diff::{diff_commit, ObjectDiff};
 pub use load::{dir_matches, load, stack_matches, Commit, Images, Selection};
 pub use plan::{object_hash, Item};
 pub use prepare::{prepare, prepare_commit, Prepared, PreparedCommit};
-pub use record::{describe, record_stalled, targets_of, Target};
+pub use record::{describe, targets_of, StalledTip, Target};
 pub use report::{HookAction, HookReport, StackReport};
 pub use step::{Failure, Step};
 
@@ -84,6 +84,10 @@ pub struct Options {
     /// Where converge notes the objects it deletes itself, so the daemon's drift watch does
     /// not take them for drift.
     pub own_deletions: Option<OwnDeletions>,
+    /// A newer commit that cannot be deployed, while this reconcile keeps the last applied one
+    /// (the daemon's drift correction): the status record it writes says why the tip is not
+    /// running, in the same write, so no reader ever sees the stall forgotten.
+    pub stalled_tip: Option<StalledTip>,
 }
 
 /// Objects converge is deleting itself (prune, re-create, hook clean-up), keyed
@@ -152,6 +156,7 @@ impl Default for Options {
             preempt: None,
             defer_to_daemon: false,
             own_deletions: None,
+            stalled_tip: None,
         }
     }
 }
@@ -235,7 +240,7 @@ pub async fn prepare_or_record(
         }
     }
     let (why, message) = describe(&error);
-    record_stalled(
+    record::record_stalled(
         clusters,
         opts.kubeconfig.as_deref(),
         &targets,

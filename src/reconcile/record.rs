@@ -43,6 +43,17 @@ pub fn targets_of<'a>(
         .collect()
 }
 
+/// A commit that cannot be deployed as it is: wait for a new commit (or a person).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StalledTip {
+    /// The stalled commit.
+    pub commit: String,
+    /// The reason recorded.
+    pub reason: &'static str,
+    /// The message recorded.
+    pub message: String,
+}
+
 /// The time of a history entry.
 pub(super) fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
@@ -97,7 +108,7 @@ pub fn describe(e: &Error) -> (&'static str, String) {
 /// Records in each target's status that `commit` did not get to its reconcile: not ready, the
 /// reason and message, a history entry. The last applied and healthy commits stay as they were,
 /// since nothing was applied. Best effort: a record that cannot be written is logged.
-pub async fn record_stalled(
+pub(super) async fn record_stalled(
     clusters: &mut Clusters,
     kubeconfig: Option<&Path>,
     targets: &[Target],

@@ -69,7 +69,7 @@ impl Run<'_> {
                 .map(|o| o.last_healthy_commit.clone())
                 .unwrap_or_default()
         };
-        let next = StackStatus {
+        let mut next = StackStatus {
             stack: self.stack.spec.name.clone(),
             namespace: self.ns().to_string(),
             dir: self.stack.dir.clone(),
@@ -81,6 +81,21 @@ impl Run<'_> {
             components,
             history: Vec::new(),
         };
+        // The tip the cluster should run is stalled: the record keeps saying so, whatever this
+        // run of the last applied commit did (its own outcome is in the history and the report).
+        if let Some(tip) = &self.opts.stalled_tip {
+            next.ready = false;
+            next.reason = tip.reason.to_string();
+            next.message = if ready {
+                tip.message.clone()
+            } else {
+                format!(
+                    "{}; meanwhile {}: {message}",
+                    tip.message,
+                    desired::short_id(self.commit)
+                )
+            };
+        }
         let duration = started.elapsed();
         let entry = HistoryEntry {
             commit: self.commit.to_string(),
