@@ -42,3 +42,6 @@ mod service;
 mod standins;
 #[path = "integration/ux.rs"]
 mod ux;
+
+#[path = "integration/history.rs"]
+mod history;

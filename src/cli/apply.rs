@@ -74,6 +74,7 @@ pub(super) fn apply(args: &ApplyArgs) -> u8 {
             Err(e) => return super::report_error(&e, args.target.output),
         };
         print_reports(&reports, args.target.output);
+        note_reports(&args.target, &reports);
         if reports.iter().all(|r| r.ready) {
             EXIT_OK
         } else {
@@ -93,6 +94,24 @@ pub async fn run_apply(target: &TargetArgs, opts: &Options) -> Result<Vec<StackR
         &mut clusters,
     )
     .await
+}
+
+/// Writes the outcome on the commit as a git note (the deploy history); a note that cannot be
+/// written is one line on stderr and never changes the exit code.
+fn note_reports(target: &TargetArgs, reports: &[StackReport]) {
+    let Some(commit) = reports.first().map(|r| r.commit.clone()) else {
+        return;
+    };
+    let blocks: Vec<_> = reports
+        .iter()
+        .map(|r| crate::history::notes::Block::stack(&r.note()))
+        .collect();
+    if let Err(e) = crate::history::notes::write(&target.source.repo, &commit, &blocks) {
+        errln!(
+            "note: the deploy note on {} was not written ({e}); the apply is unaffected",
+            crate::desired::short_id(&commit)
+        );
+    }
 }
 
 fn print_reports(reports: &[StackReport], format: Format) {

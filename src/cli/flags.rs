@@ -83,6 +83,7 @@ pub(crate) fn reconcile_options(
         defer_to_daemon,
         own_deletions: None,
         stalled_tip: None,
+        auto_revert: None,
     }
 }
 

@@ -54,6 +54,10 @@ pub(super) struct Done {
     pub prepared: Option<Arc<PreparedCommit>>,
     /// It reused a prepared commit: its build outcomes were counted already.
     pub reused: bool,
+    /// It re-applied the last applied commit while the tip is stalled.
+    pub overlay: bool,
+    /// The stacks whose desired state says `onFailure: revert`.
+    pub revert_stacks: BTreeSet<String>,
 }
 
 /// Everything a job needs, owned, so the loop stays free while it runs.
@@ -76,6 +80,8 @@ pub(super) struct JobInput {
     pub overlay: Option<Stall>,
     /// This commit as the daemon prepared it before, if it may be reused.
     pub prepared: Option<Arc<PreparedCommit>>,
+    /// The last automatic revert the daemon made (recorded in the status of its commit).
+    pub auto_revert: Option<crate::status::AutoRevert>,
 }
 
 /// Takes the Lease of a stack (creating its namespace first).
@@ -119,6 +125,8 @@ pub(super) async fn job(mut input: JobInput) -> Done {
         invalid: false,
         prepared: None,
         reused: false,
+        overlay: input.overlay.is_some(),
+        revert_stacks: BTreeSet::new(),
     };
     // Builds are cancelled by shutdown; the reconcile stops at its next health wait for newer
     // work.
@@ -129,6 +137,7 @@ pub(super) async fn job(mut input: JobInput) -> Done {
     opts.preempt = Some(input.preempt.clone());
     opts.own_deletions = Some(input.own_deletions.clone());
     opts.stalled_tip = input.overlay.clone();
+    opts.auto_revert = input.auto_revert.clone();
 
     let prepared = match input.prepared.take() {
         Some(p) => {
@@ -175,6 +184,9 @@ pub(super) async fn job(mut input: JobInput) -> Done {
             .flat_map(|c| c.spec.secret_env.iter().map(|r| r.secret.clone()))
             .collect();
         done.secrets.insert(p.stack.spec.name.clone(), names);
+        if p.stack.spec.on_failure == desired::schema::OnFailure::Revert {
+            done.revert_stacks.insert(p.stack.spec.name.clone());
+        }
     }
     if prepared.complete() {
         done.prepared = Some(prepared.clone());

@@ -18,6 +18,7 @@ pub mod http;
 mod job;
 pub mod lock;
 pub mod metrics;
+mod outcome;
 pub mod refs;
 pub mod sd;
 pub mod service;
@@ -203,6 +204,8 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let helm = Helm::from_env();
     let mut prepared_cache: Option<Arc<PreparedCommit>> = None;
     let own_deletions = OwnDeletions::default();
+    let mut history =
+        outcome::GitHistory::new(dirs.root.clone(), tracked.clone(), cfg.remote.is_some());
 
     let watchdog = sd::watchdog_interval();
     let mut tick = tokio::time::interval(watchdog.map_or(HEARTBEAT, |w| (w / 2).min(HEARTBEAT)));
@@ -289,6 +292,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                         leased: leases.iter().map(|g| g.stack().to_string()).collect(),
                         holder: holder.clone(),
                         overlay: st.overlay,
+                        auto_revert: history.last_revert.clone(),
                     };
                     inflight = Some(Box::pin(job(input).instrument(span)));
                     inflight_since = Instant::now();
@@ -375,6 +379,9 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                 let fin = job::finished(&done.outcome);
                 let after = state.on_done(fin.clone(), Instant::now().into_std());
                 job::report(&done, &fin, &after, &metrics);
+                // The note on the commit and, if asked and allowed, its revert (a new tip the
+                // ref watch picks up). Neither can fail the deploy.
+                history.after(&done, &fin, &after);
                 if let job::Outcome::Reports(_) = done.outcome {
                     // Watch what converge now manages.
                     for t in &targets {

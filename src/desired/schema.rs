@@ -56,6 +56,21 @@ pub struct StackSpec {
     pub prune: PruneSpec,
     /// How images are built; the CLI's `--builder` wins.
     pub builder: Option<BuilderKind>,
+    /// What the daemon does when a commit fails its health checks: keep it and retry (the
+    /// default), or `revert` it with a `git revert` commit on the branch and deploy that.
+    #[serde(default)]
+    pub on_failure: OnFailure,
+}
+
+/// What the daemon does when a commit fails its health checks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// Keep the commit deployed and retry with back-off until a new commit comes.
+    #[default]
+    Retry,
+    /// Revert the commit with a `git revert` commit by converge on the tracked branch, once.
+    Revert,
 }
 
 fn default_context() -> String {

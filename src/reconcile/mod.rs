@@ -88,6 +88,9 @@ pub struct Options {
     /// (the daemon's drift correction): the status record it writes says why the tip is not
     /// running, in the same write, so no reader ever sees the stall forgotten.
     pub stalled_tip: Option<StalledTip>,
+    /// The last automatic revert the daemon made: a reconcile of its revert commit records it
+    /// in the status (and keeps it while that commit stays applied).
+    pub auto_revert: Option<crate::status::AutoRevert>,
 }
 
 /// Objects converge is deleting itself (prune, re-create, hook clean-up), keyed
@@ -157,6 +160,7 @@ impl Default for Options {
             defer_to_daemon: false,
             own_deletions: None,
             stalled_tip: None,
+            auto_revert: None,
         }
     }
 }

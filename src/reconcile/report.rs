@@ -88,3 +88,54 @@ pub enum HookAction {
     /// Not run: an image it needs was not built.
     Held,
 }
+
+impl StackReport {
+    /// What the git note on the commit says of this reconcile (no Secret values: reasons,
+    /// object names, image tags and the status record's message).
+    pub fn note(&self) -> crate::history::notes::StackNote {
+        use crate::build::Action;
+        let images = self
+            .builds
+            .iter()
+            .map(|b| {
+                let action = match b.action {
+                    Action::Exists => "reused",
+                    Action::Built => "built",
+                    Action::Loaded => "loaded",
+                    Action::Skipped => "not built here",
+                    Action::Failed { .. } => "build failed",
+                };
+                format!("{} ({action})", b.image)
+            })
+            .collect();
+        crate::history::notes::StackNote {
+            stack: self.stack.clone(),
+            dir: self.dir.clone(),
+            namespace: self.namespace.clone(),
+            reason: self.reason.clone(),
+            ready: self.ready,
+            failed_step: self.failed_step.map(str::to_string),
+            message: self
+                .errors
+                .first()
+                .cloned()
+                .unwrap_or_else(|| self.status.message.clone()),
+            time: self
+                .status
+                .history
+                .first()
+                .map(|h| h.time.clone())
+                .unwrap_or_default(),
+            duration_ms: self.duration_ms,
+            images,
+            applied: self.applied.clone(),
+            pruned: self.pruned.clone(),
+            reverts: self
+                .status
+                .auto_revert
+                .as_ref()
+                .filter(|r| r.revert == self.commit)
+                .map(|r| r.failed.clone()),
+        }
+    }
+}

@@ -41,6 +41,22 @@ pub struct StackStatus {
     pub components: Vec<ComponentStatus>,
     /// The last reconciles, newest first.
     pub history: Vec<HistoryEntry>,
+    /// The applied commit is converge's automatic revert of a commit that failed its health
+    /// checks (`onFailure: revert`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_revert: Option<AutoRevert>,
+}
+
+/// An automatic revert converge made: which commit failed, why, and the revert commit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoRevert {
+    /// The commit that failed its health checks.
+    pub failed: String,
+    /// The revert commit converge made and deployed.
+    pub revert: String,
+    /// Why the failed commit was reverted (its reason and step).
+    pub why: String,
 }
 
 /// The status of one component.

@@ -1033,3 +1033,272 @@ async fn a_secret_created_for_a_blocked_component_is_picked_up_at_once() {
     drop(daemon);
     ns.cleanup().await;
 }
+
+const CRASHLOOP: &str = "values:\n  podLabels: {converge.test/fail: crashloop}\n";
+/// A crash loop fails the rollout this fast (not the 60 s deadline): a cheap failing commit.
+const FAIL_FAST: [&str; 2] = ["--fail-fast", "3s"];
+
+/// The note converge wrote on `commit`, as `git log --notes=converge` shows it.
+fn note_of(repo: &GitRepo, commit: &str) -> String {
+    repo.git(&["log", "-1", "--notes=converge", "--format=%N", commit])
+}
+
+/// Waits until the note on `commit` contains `part`.
+fn wait_note(daemon: &Daemon, repo: &GitRepo, commit: &str, part: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let note = note_of(repo, commit);
+        if note.contains(part) {
+            return note;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no `{part}` in the note on {commit}: {note:?}; log:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Turns `onFailure: revert` on in the stack of [`stack_repo`] and commits.
+fn opt_into_revert(repo: &GitRepo) -> String {
+    let text = std::fs::read_to_string(repo.file("desired/stack.yaml")).unwrap();
+    repo.write("desired/stack.yaml", format!("{text}onFailure: revert\n"));
+    repo.commit("stack: revert commits that fail their health checks")
+}
+
+#[tokio::test]
+async fn a_reconcile_notes_its_outcome_on_the_commit_and_a_drift_correction_does_not_rewrite_it() {
+    let ns = TestNamespace::new("daemon-notes").await;
+    let repo = stack_repo(ns.name());
+    let first = repo.head();
+    let daemon = Daemon::start(repo.path(), &[]);
+    wait_status(&ns, CONVERGED, |s| {
+        applied_commit(s) == first && s["ready"] == true
+    })
+    .await;
+    let note = wait_note(
+        &daemon,
+        &repo,
+        &first,
+        "stack todo (desired): ReconciliationSucceeded",
+    );
+    assert!(
+        note.contains("applied (") && note.contains("Deployment/todo-todo-chatbot-backend"),
+        "{note}"
+    );
+    assert!(
+        note.contains(&format!("namespace: {}", ns.name())),
+        "{note}"
+    );
+    let notes_tip = repo.git(&["rev-parse", "refs/notes/converge"]);
+
+    scale_and_expect_reverted(&daemon, &ns, Duration::from_secs(10)).await;
+    daemon.wait_log(&["drift corrected"], Duration::from_secs(5));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        repo.git(&["rev-parse", "refs/notes/converge"]),
+        notes_tip,
+        "a drift correction ending as the note says wrote it again"
+    );
+
+    write_backend(&repo, "v1");
+    let second = repo.commit("backend v1");
+    wait_note(&daemon, &repo, &second, "ReconciliationSucceeded");
+    let history = repo.git(&["log", "--notes=converge", "--format=%h %s%n%N"]);
+    assert_eq!(
+        history
+            .matches("stack todo (desired): ReconciliationSucceeded")
+            .count(),
+        2,
+        "{history}"
+    );
+    drop(daemon);
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_notes_ref_that_cannot_be_written_is_logged_once_and_deploys_go_on() {
+    let ns = TestNamespace::new("daemon-notes-ro").await;
+    let repo = stack_repo(ns.name());
+    let first = repo.head();
+    // A directory where the notes ref would be: git cannot create the ref (as a read-only
+    // checkout or a sandbox refuses it), whoever runs the test (root ignores file modes).
+    repo.write(".git/refs/notes/converge/blocked", "");
+    let daemon = Daemon::start(repo.path(), &[]);
+    wait_status(&ns, CONVERGED, |s| {
+        applied_commit(s) == first && s["ready"] == true
+    })
+    .await;
+    write_backend(&repo, "v1");
+    let second = repo.commit("backend v1");
+    wait_status(&ns, CONVERGED, |s| {
+        applied_commit(s) == second && s["ready"] == true
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    daemon.wait_log(&["cannot write the deploy note"], Duration::from_secs(1));
+    assert_eq!(
+        daemon.count_log(&["cannot write the deploy note"]),
+        1,
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(env_version(&backend(&ns).await), "v1");
+    drop(daemon);
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_commit_failing_its_health_checks_with_on_failure_revert_is_reverted_once_and_the_revert_deploys(
+) {
+    let ns = TestNamespace::new("daemon-autorevert").await;
+    let repo = stack_repo(ns.name());
+    let first = opt_into_revert(&repo);
+    let daemon = Daemon::start(repo.path(), &FAIL_FAST);
+    wait_status(&ns, CONVERGED, |s| {
+        applied_commit(s) == first && s["ready"] == true
+    })
+    .await;
+
+    write_backend_with(&repo, "bad", CRASHLOOP);
+    let bad = repo.commit("a backend that crash-loops");
+    let committed = Instant::now();
+    let s = wait_status(&ns, CONVERGED, |s| {
+        s["autoRevert"]["failed"] == bad.as_str() && s["ready"] == true
+    })
+    .await;
+    eprintln!(
+        "auto-revert serving {:?} after the failing commit",
+        committed.elapsed()
+    );
+    let revert = repo.head();
+    assert_eq!(applied_commit(&s), revert, "{s:#}");
+    assert_eq!(s["autoRevert"]["revert"], revert.as_str(), "{s:#}");
+    assert!(
+        s["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("auto-revert of "),
+        "{s:#}"
+    );
+    assert_eq!(repo.git(&["rev-parse", "HEAD^"]), bad);
+    let msg = repo.git(&["log", "-1", "--format=%an <%ae>%n%B"]);
+    assert!(
+        msg.starts_with("converge <converge@localhost>\nRevert \"a backend that crash-loops\""),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("This reverts commit {bad}.")) && msg.contains("HealthCheckFailed"),
+        "{msg}"
+    );
+    assert_eq!(
+        repo.git(&["status", "--porcelain"]),
+        "",
+        "the checkout shows no inverse of the revert"
+    );
+    assert_eq!(env_version(&backend(&ns).await), "v0");
+    let note = wait_note(
+        &daemon,
+        &repo,
+        &bad,
+        &format!("auto-revert: reverted by {revert}"),
+    );
+    assert!(note.contains("HealthCheckFailed at health"), "{note}");
+    wait_note(&daemon, &repo, &revert, &format!("reverts: {bad}"));
+    assert_eq!(daemon.count_log(&["auto-revert: committed"]), 1);
+    drop(daemon);
+
+    // Put the failed commit back as the tip and restart: the note says it was reverted once.
+    repo.git(&["reset", "-q", "--hard", &bad]);
+    let daemon = Daemon::start(repo.path(), &FAIL_FAST);
+    wait_status(&ns, CONVERGED, |s| {
+        applied_commit(s) == bad && s["reason"] == "HealthCheckFailed"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        repo.head(),
+        bad,
+        "reverted a second time; log:\n{}",
+        daemon.log()
+    );
+    assert_eq!(daemon.count_log(&["auto-revert: committed"]), 0);
+    drop(daemon);
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn auto_revert_refuses_while_the_touched_paths_have_uncommitted_changes_then_reverts_once_they_are_gone(
+) {
+    let ns = TestNamespace::new("daemon-autorevert-dirty").await;
+    let repo = stack_repo(ns.name());
+    let first = opt_into_revert(&repo);
+    let daemon = Daemon::start(repo.path(), &FAIL_FAST);
+    wait_status(&ns, CONVERGED, |s| {
+        applied_commit(s) == first && s["ready"] == true
+    })
+    .await;
+    write_backend_with(&repo, "bad", CRASHLOOP);
+    let bad = repo.commit("a backend that crash-loops");
+    repo.write("desired/backend.yaml", "# a hand edit in progress\n");
+    let line = daemon.wait_log(
+        &[
+            "auto-revert: not reverting",
+            "uncommitted changes in desired/backend.yaml",
+        ],
+        CONVERGED,
+    );
+    assert!(line.contains("commit or stash them"), "{line}");
+    assert_eq!(repo.head(), bad);
+    wait_note(&daemon, &repo, &bad, "auto-revert: not reverted");
+    assert_eq!(
+        std::fs::read_to_string(repo.file("desired/backend.yaml")).unwrap(),
+        "# a hand edit in progress\n"
+    );
+
+    // The fix the line names: put the edit away; the next failed retry reverts.
+    repo.git(&["checkout", "--", "desired/backend.yaml"]);
+    converge()
+        .args(["sync", "--repo"])
+        .arg(repo.path())
+        .status()
+        .unwrap();
+    let s = wait_status(&ns, CONVERGED, |s| {
+        s["autoRevert"]["failed"] == bad.as_str() && s["ready"] == true
+    })
+    .await;
+    assert_eq!(applied_commit(&s), repo.head());
+    assert_eq!(
+        daemon.count_log(&["uncommitted changes in desired/backend.yaml"]),
+        1
+    );
+    drop(daemon);
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_failing_commit_that_is_itself_a_revert_is_never_reverted() {
+    let ns = TestNamespace::new("daemon-autorevert-revert").await;
+    let repo = stack_repo(ns.name());
+    opt_into_revert(&repo);
+    write_backend_with(&repo, "bad", CRASHLOOP);
+    repo.commit("a backend that crash-loops");
+    write_backend(&repo, "fixed");
+    repo.commit("fix the backend");
+    repo.git(&["revert", "--no-edit", "HEAD"]);
+    let revert_of_fix = repo.head();
+    let daemon = Daemon::start(repo.path(), &FAIL_FAST);
+    let line = daemon.wait_log(
+        &["auto-revert: not reverting", "it is itself a revert"],
+        CONVERGED,
+    );
+    assert!(line.contains("fix forward with a new commit"), "{line}");
+    let s = status(&ns).await.unwrap();
+    assert_eq!(applied_commit(&s), revert_of_fix, "{s:#}");
+    assert_eq!(s["reason"], "HealthCheckFailed", "{s:#}");
+    assert_eq!(repo.head(), revert_of_fix);
+    wait_note(&daemon, &repo, &revert_of_fix, "auto-revert: not reverted");
+    drop(daemon);
+    ns.cleanup().await;
+}

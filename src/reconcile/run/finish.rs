@@ -80,7 +80,24 @@ impl Run<'_> {
             message: message.clone(),
             components,
             history: Vec::new(),
+            auto_revert: None,
         };
+        // This commit is converge's automatic revert: the record says so while it is applied.
+        next.auto_revert = self
+            .opts
+            .auto_revert
+            .iter()
+            .chain(old.as_ref().and_then(|o| o.auto_revert.as_ref()))
+            .find(|r| r.revert == self.commit)
+            .cloned();
+        if let Some(r) = &next.auto_revert {
+            next.message = format!(
+                "auto-revert of {} ({}): {}",
+                desired::short_id(&r.failed),
+                r.why,
+                next.message
+            );
+        }
         // The tip the cluster should run is stalled: the record keeps saying so, whatever this
         // run of the last applied commit did (its own outcome is in the history and the report).
         if let Some(tip) = &self.opts.stalled_tip {
