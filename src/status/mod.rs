@@ -43,8 +43,9 @@ pub struct StackStatus {
     pub history: Vec<HistoryEntry>,
     /// The applied commit is converge's automatic revert of a commit that failed its health
     /// checks (`onFailure: revert`).
+    // Boxed: rare, and it keeps `Record::Status` close to the size of the other variants.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub auto_revert: Option<AutoRevert>,
+    pub auto_revert: Option<Box<AutoRevert>>,
 }
 
 /// An automatic revert converge made: which commit failed, why, and the revert commit.

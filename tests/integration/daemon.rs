@@ -1302,3 +1302,36 @@ async fn a_failing_commit_that_is_itself_a_revert_is_never_reverted() {
     drop(daemon);
     ns.cleanup().await;
 }
+
+#[tokio::test]
+async fn converge_apply_notes_its_outcome_on_the_commit_it_applied() {
+    let ns = TestNamespace::new("apply-notes").await;
+    let repo = stack_repo(ns.name());
+    let first = repo.head();
+    let out = converge()
+        .args(["apply", "--repo"])
+        .arg(repo.path())
+        .args([
+            "--context",
+            &crate::support::current_context(),
+            "--timeout",
+            "60s",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let note = note_of(&repo, &first);
+    assert!(
+        note.starts_with("stack todo (desired): ReconciliationSucceeded"),
+        "{note:?}"
+    );
+    assert!(
+        note.contains("Deployment/todo-todo-chatbot-backend"),
+        "{note}"
+    );
+    ns.cleanup().await;
+}

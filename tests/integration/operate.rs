@@ -907,7 +907,7 @@ fn every_flag_environment_variable_and_link_in_the_docs_exists() {
     for rel in &pages() {
         let text = doc(rel);
         // Flags: every `--name` in a code span or block (on lines of kubectl, minikube, journalctl,
-        // `kind load`, `docker build` or `ctr`: theirs, not converge's).
+        // `kind load`, `docker build`, `ctr` or `git log`: theirs, not converge's).
         for line in text
             .lines()
             .filter(|l| l.contains("converge") || l.starts_with('|'))
@@ -921,6 +921,7 @@ fn every_flag_environment_variable_and_link_in_the_docs_exists() {
                     && !line.contains("kind load")
                     && !line.contains("docker build")
                     && !line.contains("ctr --address")
+                    && !line.contains("git log")
                 {
                     assert!(
                         flags.contains(word),

@@ -87,9 +87,10 @@ impl Run<'_> {
             .opts
             .auto_revert
             .iter()
-            .chain(old.as_ref().and_then(|o| o.auto_revert.as_ref()))
+            .chain(old.as_ref().and_then(|o| o.auto_revert.as_deref()))
             .find(|r| r.revert == self.commit)
-            .cloned();
+            .cloned()
+            .map(Box::new);
         if let Some(r) = &next.auto_revert {
             next.message = format!(
                 "auto-revert of {} ({}): {}",
