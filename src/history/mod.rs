@@ -53,6 +53,12 @@ impl HistoryError {
     }
 }
 
+/// The first seven characters of a commit id, for messages (kept here rather than borrowed from
+/// `desired`, a module above this one).
+pub(crate) fn short_id(id: &str) -> &str {
+    id.char_indices().nth(7).map_or(id, |(i, _)| &id[..i])
+}
+
 /// Opens the repository containing `path`.
 pub(crate) fn open(path: &std::path::Path) -> Result<Repository, HistoryError> {
     Repository::discover(path).map_err(|source| HistoryError::Open {

@@ -253,12 +253,7 @@ pub enum Written {
 /// when an outcome changed.
 pub fn write(path: &Path, commit: &str, blocks: &[Block]) -> Result<Written, HistoryError> {
     let repo = open(path)?;
-    let what = || {
-        format!(
-            "writing {NOTES_REF} on {}",
-            crate::desired::short_id(commit)
-        )
-    };
+    let what = || format!("writing {NOTES_REF} on {}", super::short_id(commit));
     let oid = Oid::from_str(commit).map_err(HistoryError::git(what()))?;
     let existing = read(&repo, oid);
     let Some(text) = merge(existing.as_deref(), blocks) else {

@@ -12,8 +12,7 @@ use std::path::{Path, PathBuf};
 
 use git2::{build::CheckoutBuilder, Commit, ErrorCode, Oid, Repository, StatusOptions};
 
-use super::{open, signature, HistoryError};
-use crate::desired::short_id;
+use super::{open, short_id, signature, HistoryError};
 
 /// The line git writes into a revert's message, which marks a commit as a revert.
 const REVERTS_MARK: &str = "This reverts commit ";
