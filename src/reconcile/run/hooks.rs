@@ -180,7 +180,7 @@ impl Run<'_> {
             return Err(Failure::Build {
                 component,
                 why: format!(
-                    "{why}\nthe {event} hook {hook_name} runs {image}, so it was not started and nothing this commit changes was applied; the previous version keeps serving. Fix the build and commit again"
+                    "{why}\nthe {event} hook {hook_name} runs {image}, so it was not started and nothing this commit changes was applied; the previous version keeps serving. Fix what stopped the build (above); the next reconcile (the daemon's retry, `converge apply`, or a new commit) applies it"
                 ),
             });
         }

@@ -16,6 +16,9 @@ HOST_VETH=mk-host0
 HOST_IP=198.51.100.1
 MINIKUBE_IP=198.51.100.2
 PAUSE_IMAGE=registry.k8s.io/pause:3.10.1
+# One minikube bed per machine (its kubelet owns the /kubepods cgroups, the veth its name): the
+# bed that holds the machine writes its directory here.
+CLAIM=/run/converge-minikube.claim
 
 # The flags `minikube start` gets here, and the quickstart's only substitution. --force: v1.38.1
 # knows Kubernetes up to v1.35.1 and would ask GitHub about v1.35.8. SystemVerification: kubeadm's

@@ -1,0 +1,435 @@
+//! converge against a real minikube (v1.38.1, none driver, containerd runtime) started by
+//! `tests/testbed/minikube/up` beside the testbed: the context is `minikube`, `docker-env` is
+//! refused (exit 51, ENV_DRIVER_CONFLICT), so converge builds with the bed's Docker engine and
+//! hands the image over with `minikube image load`, believed only once `minikube image ls`
+//! lists it. The combinations this machine cannot run (the docker driver) are covered by the
+//! unit tests in src/build/minikube.rs, with minikube's exact answers.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::git::{copy_project_dir, GitRepo};
+use crate::support::{run_ok, testbed, unique_name};
+
+/// The minikube bed of this test run.
+pub struct Minikube {
+    /// `$CONVERGE_MINIKUBE_DIR`.
+    pub dir: PathBuf,
+    /// The kubeconfig minikube wrote (context `minikube`).
+    pub kubeconfig: PathBuf,
+    /// The directory holding `minikube` (entering the bed's namespaces), `kubectl`, `helm`.
+    pub bin: PathBuf,
+    /// `MINIKUBE_HOME`.
+    pub home: PathBuf,
+    /// `minikube ip`.
+    pub ip: String,
+}
+
+/// The minikube bed: started (or reused) once per process by `tests/testbed/minikube/up`.
+pub fn minikube() -> &'static Minikube {
+    static BED: OnceLock<Minikube> = OnceLock::new();
+    BED.get_or_init(|| {
+        let dir = std::env::var_os("CONVERGE_MINIKUBE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/tmp/converge-minikube"));
+        let up = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testbed/minikube/up");
+        eprintln!(
+            "[support] running {} (reuses a running minikube; a first run builds minikube v1.38.1 and kubeadm, ~8 min)",
+            up.display()
+        );
+        let out = Command::new(&up)
+            .env("CONVERGE_MINIKUBE_DIR", &dir)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", up.display()));
+        assert!(
+            out.status.success(),
+            "{} failed ({}): no minikube to test against; see its output above",
+            up.display(),
+            out.status
+        );
+        let env = std::fs::read_to_string(dir.join("env"))
+            .unwrap_or_else(|e| panic!("{}/env: {e} (written by {})", dir.display(), up.display()));
+        let var = |k: &str| {
+            env.lines()
+                .filter_map(|l| l.strip_prefix("export "))
+                .filter_map(|kv| kv.split_once('='))
+                .find(|(key, _)| *key == k)
+                .map(|(_, v)| v.trim_matches('\'').to_string())
+                .unwrap_or_else(|| panic!("{}/env exports no {k}", dir.display()))
+        };
+        Minikube {
+            kubeconfig: PathBuf::from(var("KUBECONFIG")),
+            home: PathBuf::from(var("MINIKUBE_HOME")),
+            ip: var("CONVERGE_MINIKUBE_IP"),
+            bin: dir.join("bin"),
+            dir,
+        }
+    })
+}
+
+impl Minikube {
+    /// `PATH` with the bed's `minikube`, `kubectl` and `helm` first.
+    fn path(&self) -> String {
+        format!(
+            "{}:{}",
+            self.bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        )
+    }
+
+    /// `kubectl` on the minikube cluster.
+    pub fn kubectl(&self) -> Command {
+        let mut cmd = Command::new(self.bin.join("kubectl"));
+        cmd.env("KUBECONFIG", &self.kubeconfig);
+        cmd
+    }
+
+    /// `minikube` (in the bed's namespaces).
+    pub fn minikube(&self) -> Command {
+        let mut cmd = Command::new(self.bin.join("minikube"));
+        cmd.env("KUBECONFIG", &self.kubeconfig)
+            .env("MINIKUBE_HOME", &self.home);
+        cmd
+    }
+
+    /// converge as a user of this minikube runs it: the context `minikube`, minikube and helm on
+    /// `PATH`, and a Docker engine on this machine (the testbed's) for minikube's fallback.
+    pub fn converge(&self) -> Command {
+        let bed = testbed();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_converge"));
+        let helm_home = self.dir.join("helm");
+        cmd.env("KUBECONFIG", &self.kubeconfig)
+            .env("PATH", self.path())
+            .env("MINIKUBE_HOME", &self.home)
+            .env("HELM_CACHE_HOME", helm_home.join("cache"))
+            .env("HELM_CONFIG_HOME", helm_home.join("config"))
+            .env("HELM_DATA_HOME", helm_home.join("data"))
+            .env("NO_COLOR", "1")
+            .env("DOCKER_BUILDKIT", "0")
+            .env_remove("CONVERGE_HELM")
+            .env_remove("CONVERGE_LOG")
+            .env_remove("CONVERGE_LOG_FORMAT")
+            .env_remove("CONVERGE_CONTEXT")
+            .env_remove("CONTAINERD_ADDRESS")
+            .env_remove("CONTAINERD_NAMESPACE")
+            .env_remove("NOTIFY_SOCKET");
+        match bed.vars.get("DOCKER_HOST") {
+            Some(v) => cmd.env("DOCKER_HOST", v),
+            None => panic!(
+                "the testbed's env file exports no DOCKER_HOST: minikube's fallback needs a Docker engine on this machine; restart the bed with one (tests/testbed/down && tests/testbed/up)"
+            ),
+        };
+        cmd
+    }
+}
+
+/// A namespace on the minikube cluster, deleted when dropped.
+struct MkNamespace(String);
+
+impl MkNamespace {
+    fn new(prefix: &str) -> Self {
+        let name = unique_name(prefix);
+        run_ok(minikube().kubectl().args(["create", "namespace", &name]));
+        Self(name)
+    }
+}
+
+impl Drop for MkNamespace {
+    fn drop(&mut self) {
+        let _ = minikube()
+            .kubectl()
+            .args(["delete", "namespace", &self.0, "--wait=false"])
+            .output();
+    }
+}
+
+/// The page the test image serves: names the namespace and a version, so each test builds an
+/// image of its own.
+fn page(ns: &str, version: &str) -> String {
+    format!("minikube {ns} {version}\n")
+}
+
+/// A repository with the hookapp chart and a web component built from a FROM-scratch context
+/// (the host's static busybox), in a stack whose context is `minikube`.
+fn app_repo(ns: &str) -> GitRepo {
+    let busybox = Path::new("/bin/busybox");
+    assert!(
+        busybox.exists(),
+        "/bin/busybox missing (the web image is the host's static busybox): apt-get install -y busybox-static"
+    );
+    let repo = GitRepo::new();
+    copy_project_dir(&repo, "tests/fixtures/charts/hookapp", "charts/hookapp");
+    copy_project_dir(&repo, "tests/fixtures/apps/hookweb", "apps/web");
+    repo.write(
+        "apps/web/busybox",
+        std::fs::read(busybox).expect("read /bin/busybox"),
+    );
+    run_ok(
+        Command::new("chmod")
+            .arg("755")
+            .arg(repo.file("apps/web/busybox")),
+    );
+    repo.write("apps/web/index.html", page(ns, "v1"));
+    repo.write(
+        "desired/stack.yaml",
+        format!("apiVersion: converge.dev/v1alpha1\nkind: Stack\nname: web\nnamespace: {ns}\ncontext: minikube\nchart: charts/hookapp\n"),
+    );
+    repo.write(
+        "desired/web.yaml",
+        "apiVersion: converge.dev/v1alpha1\nkind: Component\nname: web\nimage:\n  build:\n    context: apps/web\n    repository: converge-mktest-web\nreplicas: 1\n",
+    );
+    repo.commit("web on minikube");
+    repo
+}
+
+/// One `converge apply -o json` on minikube: its exit, the stack's report, stderr.
+fn apply(repo: &GitRepo, extra: &[&str]) -> (Output, Value, String) {
+    let out = minikube()
+        .converge()
+        .args(["apply", "--repo"])
+        .arg(repo.path())
+        .args(["--timeout", "180s", "-o", "json", "--log", "converge=info"])
+        .args(extra)
+        .output()
+        .expect("run converge apply");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let parsed: Value = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+    let report = match &parsed {
+        Value::Array(a) => a.first().cloned().unwrap_or(Value::Null),
+        Value::Object(o) if o.contains_key("stacks") => parsed["stacks"][0].clone(),
+        other => other.clone(),
+    };
+    (out, report, stderr)
+}
+
+/// The build actions of a report, by component.
+fn builds(report: &Value) -> Vec<(String, String)> {
+    report["builds"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|b| {
+                    // `{"action": {"action": "built"}}`: the outcome's tagged enum.
+                    let action = b["action"]["action"].as_str().unwrap_or("").to_string();
+                    (b["component"].as_str().unwrap_or("").to_string(), action)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What the web app serves through its NodePort at `minikube ip`.
+fn fetch_page(ns: &str) -> Option<String> {
+    let port = run_ok(minikube().kubectl().args([
+        "-n",
+        ns,
+        "get",
+        "service",
+        "web",
+        "-o",
+        "jsonpath={.spec.ports[0].nodePort}",
+    ]));
+    let url = format!("http://{}:{}/", minikube().ip, port.trim());
+    let out = Command::new("curl")
+        .args(["-fsS", "--max-time", "5", &url])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn wait_page(ns: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = fetch_page(ns);
+        if got.as_deref() == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the web app on minikube does not serve {want:?} (last: {got:?})"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn on_minikube_an_image_is_loaded_verified_and_served_and_a_revert_builds_nothing() {
+    let mk = minikube();
+    let ns = MkNamespace::new("mk-images");
+    let repo = app_repo(&ns.0);
+    let t = Instant::now();
+    let (out, report, stderr) = apply(&repo, &[]);
+    assert!(
+        out.status.success() && report["ready"] == true,
+        "apply on minikube failed:\n{report:#}\nstderr:\n{stderr}"
+    );
+    eprintln!(
+        "[minikube] empty namespace -> web serving, one image built and loaded: {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        builds(&report),
+        vec![("web".into(), "built".into())],
+        "{report:#}"
+    );
+    // The none driver refuses docker-env (exit 51): converge said why it loads instead.
+    assert!(
+        stderr.contains("ENV_DRIVER_CONFLICT") || stderr.contains("none driver"),
+        "the log does not say why minikube's image commands were used:\n{stderr}"
+    );
+    let image = report["builds"][0]["image"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let listed = run_ok(mk.minikube().args(["image", "ls"]));
+    let short = image.rsplit('/').next().unwrap_or(&image).to_string();
+    assert!(
+        listed.lines().any(|l| l.ends_with(&short)),
+        "`minikube image ls` does not list {image}:\n{listed}"
+    );
+    wait_page(&ns.0, &page(&ns.0, "v1"));
+
+    // A change to the build input: exactly that image is rebuilt.
+    let first = repo.head();
+    repo.write("apps/web/index.html", page(&ns.0, "v2"));
+    repo.commit("web: v2");
+    let (out, report, stderr) = apply(&repo, &[]);
+    assert!(
+        out.status.success() && report["ready"] == true,
+        "{report:#}\n{stderr}"
+    );
+    assert_eq!(
+        builds(&report),
+        vec![("web".into(), "built".into())],
+        "{report:#}"
+    );
+    wait_page(&ns.0, &page(&ns.0, "v2"));
+
+    // git revert: the v1 image is minikube's already; nothing is built or loaded.
+    repo.git(&["revert", "--no-edit", "HEAD"]);
+    let t = Instant::now();
+    let (out, report, stderr) = apply(&repo, &[]);
+    assert!(
+        out.status.success() && report["ready"] == true,
+        "{report:#}\n{stderr}"
+    );
+    assert_eq!(
+        builds(&report),
+        vec![("web".into(), "exists".into())],
+        "a revert rebuilt: {report:#}"
+    );
+    wait_page(&ns.0, &page(&ns.0, "v1"));
+    eprintln!(
+        "[minikube] git revert -> v1 serving again, zero builds: {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+    assert_ne!(repo.head(), first);
+}
+
+/// Runs `converge apply` with `extra` flags and `path` as PATH; returns its exit and stderr.
+fn apply_expecting_failure(repo: &GitRepo, extra: &[&str], path: Option<&str>) -> (Output, String) {
+    let mut cmd = minikube().converge();
+    cmd.args(["apply", "--repo"])
+        .arg(repo.path())
+        .args(["--timeout", "60s"])
+        .args(extra);
+    if let Some(p) = path {
+        cmd.env("PATH", p);
+    }
+    let out = cmd.output().expect("run converge apply");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, stderr)
+}
+
+/// Nothing of the stack's objects is in the namespace (the status record says why it failed).
+fn assert_nothing_applied(ns: &str) {
+    let got = run_ok(minikube().kubectl().args([
+        "-n",
+        ns,
+        "get",
+        "deployments,services,jobs,serviceaccounts",
+        "-l",
+        "app.kubernetes.io/managed-by=converge",
+        "-o",
+        "name",
+    ]));
+    assert!(
+        got.trim().is_empty(),
+        "a failed build still changed the cluster:\n{got}"
+    );
+}
+
+#[test]
+fn a_minikube_profile_that_does_not_exist_is_named_with_the_command_that_starts_it_and_nothing_changes(
+) {
+    let ns = MkNamespace::new("mk-noprofile");
+    let repo = app_repo(&ns.0);
+    let (out, stderr) =
+        apply_expecting_failure(&repo, &["--minikube-profile", "converge-nosuch"], None);
+    assert!(
+        !out.status.success(),
+        "apply succeeded with a missing profile:\n{stderr}"
+    );
+    // minikube v1.38.1 answers exit 85 (`Profile "converge-nosuch" not found`).
+    assert!(
+        stderr.contains("minikube start -p converge-nosuch"),
+        "the error does not give the command that starts the profile:\n{stderr}"
+    );
+    assert_nothing_applied(&ns.0);
+}
+
+#[test]
+fn without_minikube_on_path_the_error_names_it_and_nothing_changes() {
+    let ns = MkNamespace::new("mk-nobinary");
+    let repo = app_repo(&ns.0);
+    // The PATH a user has without minikube: the system's, and helm.
+    let helm_dir = testbed()
+        .helm
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let path = format!(
+        "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        helm_dir.display()
+    );
+    let (out, stderr) = apply_expecting_failure(&repo, &[], Some(&path));
+    assert!(
+        !out.status.success(),
+        "apply succeeded without minikube:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("minikube") && (stderr.contains("not found") || stderr.contains("PATH")),
+        "the error does not say minikube is missing from PATH:\n{stderr}"
+    );
+    assert_nothing_applied(&ns.0);
+}
+
+#[test]
+fn doctor_on_the_minikube_context_checks_minikube_itself() {
+    let ns = MkNamespace::new("mk-doctor");
+    let repo = app_repo(&ns.0);
+    let out = minikube()
+        .converge()
+        .args(["doctor", "--repo"])
+        .arg(repo.path())
+        .output()
+        .expect("run converge doctor");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stdout.contains("FAIL"),
+        "doctor fails on a running minikube:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.to_lowercase().contains("minikube"),
+        "doctor says nothing of minikube on the minikube context:\n{stdout}"
+    );
+}
