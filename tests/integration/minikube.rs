@@ -433,3 +433,406 @@ fn doctor_on_the_minikube_context_checks_minikube_itself() {
         "doctor says nothing of minikube on the minikube context:\n{stdout}"
     );
 }
+
+// ---- docs/quickstart.md, run as written ----
+
+/// The fenced `sh` blocks of a Markdown file, in order, with `\`-continued lines joined.
+fn sh_blocks(markdown: &str) -> Vec<Vec<String>> {
+    let mut blocks = Vec::new();
+    let mut current: Option<Vec<String>> = None;
+    for line in markdown.lines() {
+        match (&mut current, line.trim_start()) {
+            (None, l) if l.starts_with("```sh") => current = Some(Vec::new()),
+            (Some(_), "```") => blocks.extend(current.take()),
+            (Some(lines), l) => {
+                let continues = lines.last().is_some_and(|p: &String| p.ends_with('\\'));
+                if continues {
+                    let prev = lines.pop().unwrap_or_default();
+                    lines.push(format!("{} {}", prev.trim_end_matches('\\').trim_end(), l));
+                } else if !l.is_empty() {
+                    lines.push(l.to_string());
+                }
+            }
+            (None, _) => {}
+        }
+    }
+    blocks
+}
+
+/// What the test does with one line of the quickstart.
+#[derive(Debug, PartialEq)]
+enum Line {
+    /// Run it as written.
+    Run(String),
+    /// Run this instead (the only substitution: minikube's start flags on this machine).
+    Substitute(String),
+    /// Not runnable here, with the reason; what stands in for it is said beside it.
+    NotHere(&'static str),
+}
+
+fn plan_line(line: &str, start_flags: &str) -> Line {
+    // Strip a trailing `# comment` only where it follows a command (the service line has one).
+    let command = line.split("   #").next().unwrap_or(line).trim().to_string();
+    if command.starts_with("minikube start") {
+        Line::Substitute(format!("minikube start {start_flags}"))
+    } else if command.starts_with("converge service install") {
+        Line::NotHere("needs a systemd --user manager (PID 1 here is not systemd); the test runs `converge run --stack dev` as the unit would, and tests/integration/service.rs installs the real unit in a systemd container")
+    } else if command.starts_with("journalctl") {
+        Line::NotHere("follows the service's journal forever (no systemd here); the test reads the daemon's log instead")
+    } else {
+        Line::Run(command)
+    }
+}
+
+/// The daemon the installed service would run.
+struct Daemon {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(repo: &Path, path: &str) -> Daemon {
+        let log = repo.join("../converge-run.log");
+        let file = std::fs::File::create(&log).expect("daemon log file");
+        let child = minikube()
+            .converge()
+            .env("PATH", path)
+            .current_dir(repo)
+            .args([
+                "run",
+                "--stack",
+                "dev",
+                "--log-format",
+                "json",
+                "--log",
+                "info",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn converge run");
+        Daemon { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `converge status --stack dev -o json` in `repo`.
+fn dev_status(repo: &Path, path: &str) -> Value {
+    let out = minikube()
+        .converge()
+        .env("PATH", path)
+        .current_dir(repo)
+        .args(["status", "--stack", "dev", "-o", "json"])
+        .output()
+        .expect("converge status");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    match v {
+        Value::Array(mut a) if !a.is_empty() => a.remove(0),
+        Value::Object(ref o) if o.contains_key("stacks") => v["stacks"][0].clone(),
+        other => other,
+    }
+}
+
+fn wait_dev_ready_at(repo: &Path, path: &str, commit: &str, daemon: &Daemon) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let s = dev_status(repo, path);
+        let applied = s["lastAppliedCommit"]
+            .as_str()
+            .or_else(|| s["status"]["lastAppliedCommit"].as_str())
+            .unwrap_or("");
+        let ready = s["ready"] == true || s["status"]["ready"] == true;
+        if applied == commit && ready {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not converge {commit} on minikube; status:\n{s:#}\ndaemon log (tail):\n{}",
+            tail(&daemon.log(), 40)
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The frontend's own end-to-end test (headless Chromium) against `url`: add a task, complete
+/// it, ask the chat agent to add one, see both listed.
+fn drive_the_ui(url: &str) {
+    let frontend = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("apps/frontend");
+    assert!(
+        frontend.join("node_modules/playwright-core").exists(),
+        "apps/frontend/node_modules is missing: run apps/test (or `npm ci` in apps/frontend) first; .ci/run does"
+    );
+    let out = Command::new("node")
+        .args(["--test", "test/e2e/"])
+        .current_dir(&frontend)
+        .env("FRONTEND_URL", url)
+        .output()
+        .expect("run node --test");
+    assert!(
+        out.status.success(),
+        "the UI test failed against minikube at {url}:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn wait_http_ok(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let ok = Command::new("curl")
+            .args(["-fsS", "--max-time", "5", "-o", "/dev/null", url])
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{url} does not answer");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// `bash -c script` in `dir` with a minikube user's environment (that of
+/// [`Minikube::converge`]) and `path` as PATH.
+fn shell(script: &str, dir: &Path, path: &str) -> Command {
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c").arg(script).current_dir(dir);
+    for (k, v) in minikube().converge().get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    cmd.env("PATH", path);
+    cmd
+}
+
+/// Image builds the daemon did (`build.done` events whose action is `built`).
+fn builds_done(log: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains("build.done") && l.contains("\"action\":\"built\""))
+        .count()
+}
+
+#[test]
+fn the_quickstart_runs_as_written_on_minikube() {
+    let mk = minikube();
+    let t0 = Instant::now();
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/quickstart.md"))
+            .expect("docs/quickstart.md");
+    let blocks = sh_blocks(&doc);
+    assert!(
+        blocks.len() >= 6,
+        "docs/quickstart.md has {} sh blocks: {blocks:?}",
+        blocks.len()
+    );
+    let start_flags = std::fs::read_to_string(mk.dir.join("env"))
+        .ok()
+        .and_then(|env| {
+            env.lines()
+                .find_map(|l| l.strip_prefix("export CONVERGE_MINIKUBE_START_FLAGS="))
+                .map(|v| v.trim_matches('\'').to_string())
+        })
+        .expect("the minikube bed's env names its start flags");
+
+    // From zero: the quickstart's namespace does not exist yet on this minikube.
+    let _ = mk
+        .kubectl()
+        .args([
+            "delete",
+            "namespace",
+            "todo-chatbot",
+            "--wait=true",
+            "--timeout=120s",
+        ])
+        .output();
+
+    // The user's checkout: the shipped apps, chart and desired/dev, committed.
+    let repo = GitRepo::new();
+    for dir in [
+        "apps/backend",
+        "apps/frontend",
+        "charts/todo-chatbot",
+        "desired/dev",
+    ] {
+        crate::support::git::copy_tracked(&repo, dir, dir);
+    }
+    repo.commit("the todo-chatbot stack");
+    // converge on PATH, as `cargo install --path .` puts it.
+    let converge_dir = Path::new(env!("CARGO_BIN_EXE_converge"))
+        .parent()
+        .expect("converge's directory")
+        .to_path_buf();
+    let helm_dir = testbed()
+        .helm
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let path = format!(
+        "{}:{}:{}:{}",
+        converge_dir.display(),
+        mk.bin.display(),
+        helm_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+
+    let mut daemon: Option<Daemon> = None;
+    let mut not_here = Vec::new();
+    let mut url = None;
+    for (i, block) in blocks.iter().enumerate() {
+        let mut script = String::from("set -euo pipefail\n");
+        for line in block {
+            match plan_line(line, &start_flags) {
+                Line::Run(c) | Line::Substitute(c) => script.push_str(&format!("{c}\n")),
+                Line::NotHere(why) => not_here.push(format!("{line}: {why}")),
+            }
+        }
+        let before_revert = daemon.as_ref().map(|d| builds_done(&d.log()));
+        let t = Instant::now();
+        let out = shell(&script, repo.path(), &path)
+            .output()
+            .expect("run a quickstart block");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        eprintln!(
+            "[quickstart] block {} ({:.1}s): {}",
+            i + 1,
+            t.elapsed().as_secs_f64(),
+            block.join(" ; ")
+        );
+        assert!(
+            out.status.success(),
+            "quickstart block {} failed ({}):\n{script}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+            i + 1,
+            out.status
+        );
+        let text = block.join("\n");
+        if text.contains("converge doctor") {
+            assert!(!stdout.contains("FAIL"), "doctor fails:\n{stdout}");
+        }
+        if text.contains("minikube service") {
+            let u = stdout
+                .lines()
+                .rev()
+                .find(|l| l.starts_with("http://"))
+                .unwrap_or_else(|| {
+                    panic!("`minikube service --url` printed no URL:\n{stdout}\n{stderr}")
+                })
+                .trim()
+                .to_string();
+            wait_http_ok(&format!("{u}/api/health"));
+            drive_the_ui(&u);
+            eprintln!(
+                "[quickstart] empty namespace -> todo-chatbot answering at {u}, UI checked: {:.1}s",
+                t0.elapsed().as_secs_f64()
+            );
+            url = Some(u);
+        }
+        if text.contains("converge service install") {
+            daemon = Some(Daemon::start(repo.path(), &path));
+        }
+        if text.contains("git commit -am") {
+            let d = daemon.as_ref().expect("the daemon runs from step 5 on");
+            let s = wait_dev_ready_at(repo.path(), &path, &repo.head(), d);
+            let frontend = s["components"]
+                .as_array()
+                .or_else(|| s["status"]["components"].as_array())
+                .and_then(|c| c.iter().find(|c| c["name"] == "frontend").cloned())
+                .unwrap_or(Value::Null);
+            assert_eq!(
+                frontend["ready"], 3,
+                "frontend is not 3/3 after the commit: {s:#}"
+            );
+        }
+        if text.contains("git revert") {
+            let d = daemon.as_ref().expect("the daemon runs from step 5 on");
+            wait_dev_ready_at(repo.path(), &path, &repo.head(), d);
+            assert_eq!(
+                builds_done(&d.log()),
+                before_revert.unwrap_or_default(),
+                "the revert rebuilt an image; daemon log:\n{}",
+                tail(&d.log(), 40)
+            );
+            eprintln!("[quickstart] git revert -> converged, zero builds");
+        }
+    }
+    assert!(url.is_some(), "the quickstart never printed the app's URL");
+    assert!(
+        daemon.is_some(),
+        "the quickstart never installed the service"
+    );
+    drop(daemon);
+
+    // docs/cleanup.md: `converge down --stack dev` removes what converge applied and keeps the
+    // database's claim (and the namespace, and the Secret the user made).
+    let out = shell("converge down --stack dev", repo.path(), &path)
+        .output()
+        .expect("converge down");
+    assert!(
+        out.status.success(),
+        "converge down failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let claims = run_ok(
+        mk.kubectl()
+            .args(["-n", "todo-chatbot", "get", "pvc", "-o", "name"]),
+    );
+    assert!(
+        !claims.trim().is_empty(),
+        "converge down deleted the database's claim"
+    );
+    let deployments =
+        run_ok(
+            mk.kubectl()
+                .args(["-n", "todo-chatbot", "get", "deployments", "-o", "name"]),
+        );
+    assert!(
+        deployments.trim().is_empty(),
+        "converge down left: {deployments}"
+    );
+    eprintln!(
+        "[quickstart] whole page in {:.1}s; not run here:\n  {}",
+        t0.elapsed().as_secs_f64(),
+        not_here.join("\n  ")
+    );
+    assert_eq!(not_here.len(), 2, "lines not run: {not_here:#?}");
+}
+
+#[test]
+fn the_quickstart_parser_reads_every_command_and_only_substitutes_minikube_start() {
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/quickstart.md"))
+            .expect("docs/quickstart.md");
+    let lines: Vec<String> = sh_blocks(&doc).into_iter().flatten().collect();
+    assert!(
+        lines.iter().any(
+            |l| l.starts_with("kubectl create secret generic todo-chatbot-secrets")
+                && l.contains("--from-literal=database-url=")
+        ),
+        "{lines:#?}"
+    );
+    let planned: Vec<Line> = lines
+        .iter()
+        .map(|l| plan_line(l, "--driver=none"))
+        .collect();
+    let substituted = planned
+        .iter()
+        .filter(|p| matches!(p, Line::Substitute(_)))
+        .count();
+    assert_eq!(substituted, 1, "{planned:#?}");
+}
