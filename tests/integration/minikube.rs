@@ -428,9 +428,18 @@ fn doctor_on_the_minikube_context_checks_minikube_itself() {
         !stdout.contains("FAIL"),
         "doctor fails on a running minikube:\n{stdout}\n{stderr}"
     );
+    // What doctor read from minikube itself (`minikube version`, `minikube status`), and from the
+    // cluster (the node's minikube labels).
     assert!(
-        stdout.to_lowercase().contains("minikube"),
-        "doctor says nothing of minikube on the minikube context:\n{stdout}"
+        stdout.lines().any(|l| l.starts_with("ok   builder")
+            && l.contains("builds into minikube profile `minikube`: minikube v1.38.1 (running)")),
+        "doctor's builder line does not name the running minikube:\n{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("ok   cluster") && l.contains("a minikube cluster")),
+        "doctor does not recognise the cluster as minikube:\n{stdout}"
     );
 }
 
@@ -520,7 +529,18 @@ impl Daemon {
 }
 
 impl Drop for Daemon {
+    /// SIGTERM, as `converge service uninstall` stops the unit: the daemon releases its Lease.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -785,7 +805,8 @@ fn the_quickstart_runs_as_written_on_minikube() {
         .expect("converge down");
     assert!(
         out.status.success(),
-        "converge down failed:\n{}",
+        "converge down failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     let claims = run_ok(
