@@ -45,3 +45,5 @@ mod ux;
 
 #[path = "integration/history.rs"]
 mod history;
+#[path = "integration/localurl.rs"]
+mod localurl;
