@@ -137,6 +137,17 @@ fn tokio_at(at: Option<std::time::Instant>) -> Option<Instant> {
     at.map(Instant::from_std)
 }
 
+/// Records the served local URLs in the lock file when they changed, for `converge status`.
+fn record_urls(forwards: &forward::Forwards, holder: &mut Holder, file_lock: &mut FileLock) {
+    let urls: Vec<String> = forwards.serving().map(forward::Route::url).collect();
+    if urls != holder.urls {
+        holder.urls = urls;
+        if let Err(e) = file_lock.record(holder) {
+            warn!(error = %e, "the lock file does not say which local URLs are served");
+        }
+    }
+}
+
 pub use error::DaemonError;
 pub use http::request_sync;
 pub use reconcile::Target;
@@ -227,6 +238,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     forwards
         .ensure(&routes, &mut clusters, cfg.kubeconfig.as_deref())
         .await;
+    record_urls(&forwards, &mut holder, &mut file_lock);
 
     info!(
         repo = %dirs.root.display(),
@@ -356,6 +368,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                             targets = t;
                             routes = r;
                             forwards.ensure(&routes, &mut clusters, cfg.kubeconfig.as_deref()).await;
+                            record_urls(&forwards, &mut holder, &mut file_lock);
                         }
                         Err(e) => warn!(error = %e, "reload: keeping the previous configuration"),
                     }
@@ -390,6 +403,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                 }
                 // Also retries a port that was in use at the last try.
                 forwards.ensure(&routes, &mut clusters, cfg.kubeconfig.as_deref()).await;
+                record_urls(&forwards, &mut holder, &mut file_lock);
                 let span = info_span!("reconcile", trigger = done.trigger.as_str(), commit = %desired::short_id(&done.commit));
                 let _enter = span.enter();
                 let fin = job::finished(&done.outcome);

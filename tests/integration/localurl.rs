@@ -62,6 +62,26 @@ fn converge() -> Command {
     cmd
 }
 
+/// The `local URL:` line of `converge status` run in the checkout.
+fn status_url_line(repo: &GitRepo) -> String {
+    let out = converge()
+        .args(["status", "--repo"])
+        .arg(repo.path())
+        .args(["--context", &crate::support::current_context()])
+        .output()
+        .expect("run converge status");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find(|l| l.trim_start().starts_with("local URL:"))
+        .map(|l| l.trim().to_string())
+        .unwrap_or_else(|| {
+            panic!(
+                "converge status prints no local URL:\n{text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
+
 /// A loopback port nothing listens on now (the kernel's choice, released at once).
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -266,8 +286,8 @@ async fn wait_rolled(ns: &TestNamespace, n: usize, daemon: &Daemon, timeout: Dur
     }
 }
 
-/// One HTTP GET of `/` on a new connection, as a browser's first request or curl's: the body on
-/// a 200.
+/// One HTTP GET of `/` on a new connection, read as curl and browsers read it: the head, then
+/// `Content-Length` bytes of body (never waiting for the server's close). The body on a 200.
 fn get(addr: SocketAddr) -> Result<String, String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .map_err(|e| format!("connect: {e}"))?;
@@ -278,14 +298,33 @@ fn get(addr: SocketAddr) -> Result<String, String> {
         "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
     )
     .map_err(|e| format!("send: {e}"))?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)
-        .map_err(|e| format!("read: {e} after {out:?}"))?;
-    match out.split_once("\r\n\r\n") {
-        Some((head, body)) if head.starts_with("HTTP/1.") && head.contains(" 200 ") => {
-            Ok(body.to_string())
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).into_owned();
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .ok_or_else(|| format!("no Content-Length: {head:?}"))?;
+            if got.len() >= end + 4 + length {
+                if !(head.starts_with("HTTP/1.") && head.contains(" 200 ")) {
+                    return Err(format!("not a 200: {head:?}"));
+                }
+                return Ok(String::from_utf8_lossy(&got[end + 4..end + 4 + length]).into_owned());
+            }
         }
-        _ => Err(format!("not a 200: {out:?}")),
+        let n = s
+            .read(&mut buf)
+            .map_err(|e| format!("read: {e} after {:?}", String::from_utf8_lossy(&got)))?;
+        if n == 0 {
+            return Err(format!("closed after {:?}", String::from_utf8_lossy(&got)));
+        }
+        got.extend_from_slice(&buf[..n]);
     }
 }
 
@@ -300,6 +339,8 @@ struct Window {
     failed_twice: usize,
     /// The first errors, for the failure message.
     errors: Vec<String>,
+    /// Each request's time to its answer (retry included), in ms.
+    ms: Vec<u64>,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,6 +376,14 @@ async fn a_local_url_answers_from_a_real_pod_and_survives_20_rollouts_with_at_mo
         )
     });
     assert_eq!(body, page(ns.name()), "{url} answers another app");
+    let line = status_url_line(&repo);
+    assert!(
+        line.starts_with(&format!(
+            "local URL: {url} -> web (served by the daemon of this checkout, pid {}",
+            daemon.child.id()
+        )),
+        "{line}"
+    );
 
     // (b) A client polls every 50 ms, retrying a failed request once, while 20 commits each
     // replace the Pod.
@@ -352,6 +401,7 @@ async fn a_local_url_answers_from_a_real_pod_and_survives_20_rollouts_with_at_mo
             };
             while !stop.load(Ordering::Relaxed) {
                 let w = current.load(Ordering::Relaxed);
+                let t = Instant::now();
                 let outcome = match check(get(addr)) {
                     Ok(()) => (false, false, None),
                     Err(e1) => match check(get(addr)) {
@@ -363,6 +413,7 @@ async fn a_local_url_answers_from_a_real_pod_and_survives_20_rollouts_with_at_mo
                     let mut ws = windows.lock().expect("windows");
                     let win = &mut ws[w];
                     win.requests += 1;
+                    win.ms.push(t.elapsed().as_millis() as u64);
                     win.retried += usize::from(outcome.0 && !outcome.1);
                     win.failed_twice += usize::from(outcome.1);
                     if let Some(e) = outcome.2 {
@@ -410,6 +461,16 @@ async fn a_local_url_answers_from_a_real_pod_and_survives_20_rollouts_with_at_mo
         "total: {total} requests, {retried} needed their one retry, {twice} failed twice; max failed-once in one rollout: {}",
         windows.iter().skip(1).map(|w| w.retried).max().unwrap_or(0)
     );
+    let mut ms: Vec<u64> = windows.iter().skip(1).flat_map(|w| w.ms.clone()).collect();
+    ms.sort_unstable();
+    if !ms.is_empty() {
+        eprintln!(
+            "request time through the local URL: p50 {} ms, p90 {} ms, max {} ms",
+            ms[ms.len() / 2],
+            ms[ms.len() * 9 / 10],
+            ms[ms.len() - 1]
+        );
+    }
     for (n, w) in windows.iter().enumerate().skip(1) {
         assert!(
             w.requests >= 3,
@@ -468,6 +529,12 @@ async fn a_local_port_in_use_is_one_clear_error_line_and_the_stack_still_converg
         daemon.tail()
     );
 
+    let line = status_url_line(&repo);
+    assert!(
+        line.starts_with(&format!("local URL: http://127.0.0.1:{port} -> web (not served: port {port} is held by another program")),
+        "{line}"
+    );
+
     // Once the port is free, the next reconcile serves it.
     drop(holder);
     write_web(&repo, false, 2);
@@ -481,5 +548,10 @@ async fn a_local_port_in_use_is_one_clear_error_line_and_the_stack_still_converg
         .await;
     TcpStream::connect(("127.0.0.1", port))
         .unwrap_or_else(|e| panic!("nothing listens on {port} after it was freed: {e}"));
+    let line = status_url_line(&repo);
+    assert!(
+        line.contains("(served by the daemon of this checkout"),
+        "{line}"
+    );
     ns.cleanup().await;
 }
