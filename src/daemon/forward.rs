@@ -598,7 +598,6 @@ mod tests {
                     ..Default::default()
                 })
                 .collect(),
-            ..Default::default()
         })
     }
 
