@@ -47,3 +47,5 @@ mod ux;
 mod history;
 #[path = "integration/minikube.rs"]
 mod minikube;
+#[path = "integration/localurl.rs"]
+mod localurl;

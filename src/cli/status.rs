@@ -6,6 +6,7 @@ use clap::Args;
 
 use super::{Format, SourceArgs, EXIT_ERROR, EXIT_FINDINGS, EXIT_OK};
 use crate::cluster::{Cluster, ClusterError};
+use crate::daemon::forward::{routes_of, Route};
 use crate::status::view::{self, Gathered, Pick, StackView};
 
 /// Arguments of `converge status`.
@@ -43,7 +44,7 @@ pub(super) fn run(args: &StatusArgs) -> u8 {
         if args.output.structured() {
             super::emit(&views, args.output);
         } else {
-            print_text(&views, args);
+            print_text(&views, args, &local_urls(args));
         }
         if views.is_empty() {
             EXIT_ERROR
@@ -76,6 +77,55 @@ async fn read(args: &StatusArgs) -> Result<Gathered, ClusterError> {
     view::gather(&cluster, &pick).await
 }
 
+/// The local URLs the selected stacks ask for in the repository's desired state (none when it
+/// cannot be read: the cluster's record does not hold them, as they are this machine's).
+fn local_urls(args: &StatusArgs) -> Vec<Route> {
+    match crate::reconcile::load::load(
+        &args.source.repo,
+        &args.source.rev,
+        &super::selection(&args.source, &args.target),
+        crate::reconcile::load::Images::Skip,
+    ) {
+        Ok(c) => routes_of(c.stacks(), args.target.context.as_deref()),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Whether `route` is served on this machine: the daemon of this checkout (alive, holding its
+/// lock file) says so in that file; otherwise whether something else holds the port.
+fn served_here(route: &Route, repo: &std::path::Path) -> String {
+    let url = route.url();
+    let daemon = crate::daemon::refs::GitDirs::discover(repo)
+        .ok()
+        .filter(|d| crate::daemon::lock::is_held(&d.git_dir))
+        .and_then(|d| crate::daemon::lock::read_holder(&d.git_dir));
+    if let Some(h) = &daemon {
+        if h.urls.contains(&url) {
+            return format!("served by the daemon of this checkout, pid {}", h.pid);
+        }
+    }
+    let listening = std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], route.local_port)),
+        std::time::Duration::from_millis(300),
+    )
+    .is_ok();
+    match (daemon, listening) {
+        (Some(h), true) => format!(
+            "not served: port {} is held by another program; the daemon (pid {}) logged the fix",
+            route.local_port, h.pid
+        ),
+        (Some(h), false) => format!(
+            "not served yet by the daemon of this checkout (pid {}); its log says why",
+            h.pid
+        ),
+        (None, true) => format!(
+            "not served: no daemon runs for this checkout, and another program holds port {}",
+            route.local_port
+        ),
+        (None, false) => "not served: `converge run` in this checkout serves it".into(),
+    }
+}
+
 /// `3m ago`-style age of an RFC 3339 time; the time itself when it does not parse.
 pub fn ago(time: &str, now: chrono::DateTime<chrono::Utc>) -> String {
     match chrono::DateTime::parse_from_rfc3339(time) {
@@ -96,7 +146,7 @@ pub fn age(seconds: i64) -> String {
     }
 }
 
-fn print_text(views: &[StackView], args: &StatusArgs) {
+fn print_text(views: &[StackView], args: &StatusArgs, urls: &[Route]) {
     if views.is_empty() {
         let which = match (&args.target.stack, &args.target.namespace) {
             (Some(s), Some(n)) => format!("of stack {s} in namespace {n} "),
@@ -175,6 +225,17 @@ fn print_text(views: &[StackView], args: &StatusArgs) {
             "none (no daemon has held this stack; `converge run` starts one)".into()
         };
         outln!("  daemon: {daemon}");
+        for r in urls
+            .iter()
+            .filter(|r| r.stack == s.stack && r.namespace == s.namespace)
+        {
+            outln!(
+                "  local URL: {} -> {} ({})",
+                r.url(),
+                r.reaches(),
+                served_here(r, &args.source.repo)
+            );
+        }
         outln!(
             "  {:<12} {:<7} {:<12} {:<12} {:<8} IMAGE",
             "COMPONENT",

@@ -66,6 +66,9 @@ pub struct Holder {
     pub http: Option<String>,
     /// When the daemon started (RFC 3339).
     pub since: String,
+    /// The local URLs it serves now (`converge status` reads them here).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<String>,
 }
 
 impl Holder {
@@ -77,6 +80,7 @@ impl Holder {
             checkout: checkout.display().to_string(),
             http: None,
             since: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            urls: Vec::new(),
         }
     }
 

@@ -9,11 +9,13 @@
 //! Files: the policy is a pure state machine ([`state`]); this file only turns I/O into its
 //! events and carries out what it returns. One reconcile off the loop is [`job`], the stacks and
 //! branch to manage come from [`targets`], Leases are kept by [`lock`], drift is watched by
-//! [`drift`], `/metrics` and `converge sync` go through [`http`].
+//! [`drift`], `/metrics` and `converge sync` go through [`http`], local URLs are served by
+//! [`forward`].
 
 pub mod backoff;
 pub mod drift;
 mod error;
+pub mod forward;
 pub mod http;
 mod job;
 pub mod lock;
@@ -135,6 +137,17 @@ fn tokio_at(at: Option<std::time::Instant>) -> Option<Instant> {
     at.map(Instant::from_std)
 }
 
+/// Records the served local URLs in the lock file when they changed, for `converge status`.
+fn record_urls(forwards: &forward::Forwards, holder: &mut Holder, file_lock: &mut FileLock) {
+    let urls: Vec<String> = forwards.serving().map(forward::Route::url).collect();
+    if urls != holder.urls {
+        holder.urls = urls;
+        if let Err(e) = file_lock.record(holder) {
+            warn!(error = %e, "the lock file does not say which local URLs are served");
+        }
+    }
+}
+
 pub use error::DaemonError;
 pub use http::request_sync;
 pub use reconcile::Target;
@@ -146,7 +159,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let cfg = Arc::new(cfg);
     let dirs = refs::GitDirs::discover(&cfg.repo)?;
     let mut file_lock = FileLock::acquire(&dirs.git_dir)?;
-    let (branch, mut targets) = discover(&cfg)?;
+    let (branch, mut targets, mut routes) = discover(&cfg)?;
     let tracked = refs::tracked_ref(&branch, cfg.remote.as_deref());
     let mut holder = Holder::me(&dirs.root);
     let metrics = Arc::new(Metrics::default());
@@ -219,11 +232,20 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         state.learn_applied(c);
     }
 
+    // Local URLs from the start (the Pods of the last deploy already answer); a port in use is
+    // logged and skipped, never fatal.
+    let mut forwards = forward::Forwards::default();
+    forwards
+        .ensure(&routes, &mut clusters, cfg.kubeconfig.as_deref())
+        .await;
+    record_urls(&forwards, &mut holder, &mut file_lock);
+
     info!(
         repo = %dirs.root.display(),
         %tracked,
         stacks = %targets.iter().map(|t| format!("{}@{}/{}", t.stack, t.context, t.namespace)).collect::<Vec<_>>().join(","),
         http = %addr,
+        urls = %forwards.serving().map(|r| format!("{}->{}/{}", r.url(), r.stack, r.reaches())).collect::<Vec<_>>().join(","),
         pid = std::process::id(),
         "daemon started"
     );
@@ -339,11 +361,14 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                     info!("reloading (SIGHUP)");
                     sd::reloading();
                     match discover(&cfg) {
-                        Ok((b, t)) => {
+                        Ok((b, t, r)) => {
                             if b != branch {
                                 warn!(old = %branch, new = %b, "the tracked branch changed: restart the daemon to follow it");
                             }
                             targets = t;
+                            routes = r;
+                            forwards.ensure(&routes, &mut clusters, cfg.kubeconfig.as_deref()).await;
+                            record_urls(&forwards, &mut holder, &mut file_lock);
                         }
                         Err(e) => warn!(error = %e, "reload: keeping the previous configuration"),
                     }
@@ -372,8 +397,13 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                 }
                 clusters = std::mem::take(&mut done.clusters);
                 if let Some(p) = done.prepared.clone() {
+                    // The commit's own local URLs: served from now on, as its Pods are.
+                    routes = forward::routes_of(p.stacks.iter().map(|s| &s.stack), cfg.context.as_deref());
                     prepared_cache = Some(p);
                 }
+                // Also retries a port that was in use at the last try.
+                forwards.ensure(&routes, &mut clusters, cfg.kubeconfig.as_deref()).await;
+                record_urls(&forwards, &mut holder, &mut file_lock);
                 let span = info_span!("reconcile", trigger = done.trigger.as_str(), commit = %desired::short_id(&done.commit));
                 let _enter = span.enter();
                 let fin = job::finished(&done.outcome);
@@ -512,6 +542,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     // Shutdown: stop watching and serving, free the Leases, then the file lock (on drop).
     drop(inflight);
     drift_watch.stop();
+    forwards.stop();
     server.abort();
     for r in &renewers {
         r.abort();

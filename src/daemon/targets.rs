@@ -1,12 +1,13 @@
 //! Which stacks the daemon manages and on which branch: learned from the newest valid commit of
 //! the tracked branch, so a daemon starts even when the tip is broken; and, after a restart,
-//! which commit the cluster's status records say runs there.
+//! which commit the cluster's status records say runs there; and the local URLs its stacks ask for.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
 use tracing::warn;
 
+use super::forward::{routes_of, Route};
 use super::{Config, DaemonError};
 use crate::desired;
 use crate::error::Error;
@@ -18,7 +19,7 @@ const DISCOVER_DEPTH: usize = 50;
 
 /// The branch and stacks to manage, from the newest of the branch's last commits whose desired
 /// state is valid.
-pub(super) fn discover(cfg: &Config) -> Result<(String, Vec<Target>), DaemonError> {
+pub(super) fn discover(cfg: &Config) -> Result<(String, Vec<Target>, Vec<Route>), DaemonError> {
     let start = match &cfg.branch {
         Some(b) => format!("refs/heads/{b}"),
         None => "HEAD".to_string(),
@@ -79,7 +80,8 @@ pub(super) fn discover(cfg: &Config) -> Result<(String, Vec<Target>), DaemonErro
     }
     Ok((
         branch,
-        reconcile::targets_of(stacks, cfg.context.as_deref()),
+        reconcile::targets_of(stacks.iter().copied(), cfg.context.as_deref()),
+        routes_of(stacks, cfg.context.as_deref()),
     ))
 }
 

@@ -60,6 +60,28 @@ pub struct StackSpec {
     /// default), or `revert` it with a `git revert` commit on the branch and deploy that.
     #[serde(default)]
     pub on_failure: OnFailure,
+    /// Local URLs the daemon serves on `127.0.0.1`, one per component Service port: the same
+    /// port across every rollout, always reaching a Ready Pod.
+    #[serde(default)]
+    pub local_urls: Vec<LocalUrl>,
+}
+
+/// One `http://127.0.0.1:<localPort>` the daemon serves, forwarded to a Ready Pod of a
+/// component's Service (what Skaffold's `portForward` and Tilt's `port_forwards` do, minus the
+/// renumbering when Pods are replaced).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LocalUrl {
+    /// The component whose Service is reached (the Service labelled
+    /// `app.kubernetes.io/component: <component>`).
+    #[schemars(length(min = 1, max = 40), pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub component: String,
+    /// The Service port to reach; the Service's first port when absent.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i64>,
+    /// The port on 127.0.0.1 the daemon listens on, for as long as it runs.
+    #[schemars(range(min = 1, max = 65535))]
+    pub local_port: i64,
 }
 
 /// What the daemon does when a commit fails its health checks.

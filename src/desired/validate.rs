@@ -191,6 +191,7 @@ fn check_stack(
     for c in &comps {
         check_component(snapshot, c, report);
     }
+    check_local_urls(&stack, &comps, report);
     let order = dependency_order(&comps, report);
     if report.error_count() > before {
         return None;
@@ -598,6 +599,63 @@ pub(crate) fn looks_like_credential(name: &str) -> bool {
 }
 
 /// Orders components so each comes after what it depends on; reports unknown names and cycles.
+/// `localUrls`: each names a component of the stack, and no two share a local port (the daemon
+/// could serve only one of them).
+fn check_local_urls(
+    stack: &Parsed<StackSpec>,
+    comps: &[Parsed<ComponentSpec>],
+    report: &mut Report,
+) {
+    let names: Vec<&str> = comps.iter().map(|c| c.spec.name.as_str()).collect();
+    let mut ports: HashMap<i64, usize> = HashMap::new();
+    for (i, u) in stack.spec.local_urls.iter().enumerate() {
+        let p = format!("/localUrls/{i}/component");
+        if !names.contains(&u.component.as_str()) {
+            let mut d = Diagnostic::error(
+                "unknown-component",
+                &stack.file,
+                value_pos(stack, &p),
+                format!("`{}` is not a component of this stack", u.component),
+            )
+            .at_path(&p)
+            .value(u.component.clone())
+            .expected(format!(
+                "one of {}",
+                names
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            if let Some(best) = names
+                .iter()
+                .find(|n| strsim::damerau_levenshtein(n, &u.component) <= 2)
+            {
+                d = d.help(format!("did you mean `{best}`?"));
+            }
+            report.push(d);
+        }
+        let p = format!("/localUrls/{i}/localPort");
+        if let Some(first) = ports.get(&u.local_port) {
+            report.push(
+                Diagnostic::error(
+                    "duplicate-local-port",
+                    &stack.file,
+                    value_pos(stack, &p),
+                    format!("local port {} is used twice", u.local_port),
+                )
+                .at_path(&p)
+                .value(u.local_port.to_string())
+                .help(format!(
+                    "`localUrls[{first}]` already listens on it; choose another `localPort`"
+                )),
+            );
+        } else {
+            ports.insert(u.local_port, i);
+        }
+    }
+}
+
 fn dependency_order(comps: &[Parsed<ComponentSpec>], report: &mut Report) -> Vec<usize> {
     let index: HashMap<&str, usize> = comps
         .iter()

@@ -206,6 +206,50 @@ fn depends_on_an_unknown_component_or_a_cycle_is_refused() {
     );
 }
 
+/// The minimal stack with `localUrls` lines appended to its `kind: Stack` document.
+fn with_local_urls(lines: &str) -> GitRepo {
+    let repo = GitRepo::new();
+    write_minimal_stack(&repo);
+    repo.write(
+        "desired/stack.yaml",
+        format!("apiVersion: converge.dev/v1alpha1\nkind: Stack\nname: shop\nnamespace: shop\nchart: charts/app\nlocalUrls:\n{lines}"),
+    );
+    repo.commit("local urls");
+    repo
+}
+
+#[test]
+fn local_urls_name_a_component_a_port_in_range_and_no_local_port_twice() {
+    let repo = with_local_urls("  - {component: api, localPort: 3000}\n  - {component: db, port: 5432, localPort: 15432}\n");
+    let loaded = load(&repo, "HEAD").expect("valid local URLs");
+    let urls = &loaded.state.stacks[0].spec.local_urls;
+    assert_eq!(urls.len(), 2);
+    assert_eq!(
+        (urls[1].component.as_str(), urls[1].port, urls[1].local_port),
+        ("db", Some(5432), 15432)
+    );
+
+    let repo = with_local_urls("  - {component: apii, localPort: 3000}\n");
+    let e = only(&errors(&repo), "unknown-component");
+    assert_eq!(at(&e), ("desired/stack.yaml".into(), 7, 17));
+    assert_eq!(e.help.as_deref(), Some("did you mean `api`?"));
+
+    let repo = with_local_urls(
+        "  - {component: api, localPort: 3000}\n  - {component: db, localPort: 3000}\n",
+    );
+    let e = only(&errors(&repo), "duplicate-local-port");
+    assert_eq!(at(&e), ("desired/stack.yaml".into(), 8, 32));
+    assert_eq!(e.message, "local port 3000 is used twice");
+
+    for bad in ["0", "65536", "-1"] {
+        let repo = with_local_urls(&format!("  - {{component: api, localPort: {bad}}}\n"));
+        let e = only(&errors(&repo), "out-of-range");
+        assert_eq!(e.path, "/localUrls/0/localPort", "{e:#?}");
+    }
+    let repo = with_local_urls("  - {component: api, localPort: 3000, port: 70000}\n");
+    only(&errors(&repo), "out-of-range");
+}
+
 #[test]
 fn a_build_context_outside_the_repository_is_refused() {
     let repo = with_component(
