@@ -273,6 +273,8 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                     let reuse = prepared_cache
                         .clone()
                         .filter(|p| p.commit == st.commit && st.trigger.reuses_prepared());
+                    // After a restart the record is rebuilt from the revert commit itself.
+                    let auto_revert = history.auto_revert_for(&st.commit);
                     let input = JobInput {
                         cfg: cfg.clone(),
                         root: dirs.root.clone(),
@@ -292,7 +294,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                         leased: leases.iter().map(|g| g.stack().to_string()).collect(),
                         holder: holder.clone(),
                         overlay: st.overlay,
-                        auto_revert: history.last_revert.clone(),
+                        auto_revert,
                     };
                     inflight = Some(Box::pin(job(input).instrument(span)));
                     inflight_since = Instant::now();
