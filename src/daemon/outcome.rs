@@ -357,8 +357,89 @@ mod tests {
         assert_eq!(r, Some("todo"));
         assert_eq!(
             why(&reports[0]),
-            "HealthCheckFailed at health in stack todo: backend: Deployment/b: pod b-1 is not ready"
+            "HealthCheckFailed at health in stack todo (backend, Deployment/b)"
         );
+    }
+
+    #[test]
+    fn the_commit_message_reason_holds_names_only_and_the_note_has_no_url_credentials() {
+        let mut r = failed("todo", reason::HEALTH_FAILED, "health");
+        r.errors = vec![
+            "backend: Deployment/b: Back-off pulling https://bot:s3cr3t@registry.example/app: password=hunter2".into(),
+            "db: webhook said: token abc123 rejected".into(),
+        ];
+        let why = why(&r);
+        assert_eq!(
+            why,
+            "HealthCheckFailed at health in stack todo (backend, Deployment/b, db)"
+        );
+        for secret in ["s3cr3t", "hunter2", "abc123", "bot", "registry"] {
+            assert!(!why.contains(secret), "{why}");
+        }
+        let detail = detail(&r);
+        assert!(
+            !detail.contains("s3cr3t") && !detail.contains("bot:"),
+            "{detail}"
+        );
+        assert!(detail.contains("https://registry.example/app"), "{detail}");
+        assert_eq!(
+            strip_userinfo("a git://u@h/x and http://h:80/p?x=a@b"),
+            "a git://h/x and http://h:80/p?x=a@b"
+        );
+    }
+
+    fn git(dir: &std::path::Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    #[test]
+    fn the_daemon_in_pull_mode_refuses_to_revert_and_says_so_in_the_note() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        git(root, &["init", "-q", "-b", "main"]);
+        git(root, &["config", "user.email", "t@converge.invalid"]);
+        git(root, &["config", "user.name", "t"]);
+        std::fs::create_dir_all(root.join("desired")).unwrap();
+        std::fs::write(root.join("desired/b.yaml"), "v1\n").unwrap();
+        git(root, &["add", "-A"]);
+        git(root, &["commit", "-q", "-m", "v1"]);
+        std::fs::write(root.join("desired/b.yaml"), "v2\n").unwrap();
+        git(root, &["commit", "-q", "-am", "v2"]);
+        let bad = git(root, &["rev-parse", "HEAD"]);
+        let mut r = failed("todo", reason::HEALTH_FAILED, "health");
+        r.commit = bad.clone();
+        let mut h = GitHistory::new(root.to_path_buf(), "refs/heads/main".into(), true);
+        let block = h.revert(&bad, &r, vec!["desired".into()]);
+        assert!(format!("{block:?}").contains("in pull mode"), "{block:?}");
+        assert_eq!(
+            git(root, &["rev-parse", "HEAD"]),
+            bad,
+            "the branch did not move"
+        );
+        assert!(h.last_revert.is_none());
+        // And with pull mode off the same history reverts it: the refusal was pull mode's.
+        let mut h = GitHistory::new(root.to_path_buf(), "refs/heads/main".into(), false);
+        let block = h.revert(&bad, &r, vec!["desired".into()]).unwrap();
+        h.note(&bad, &[block]);
+        assert_ne!(git(root, &["rev-parse", "HEAD"]), bad);
+        let note = git(
+            root,
+            &["log", "-1", "--notes=converge", "--format=%N", &bad],
+        );
+        assert!(note.contains("auto-revert: reverted by"), "{note}");
+        assert_eq!(git(root, &["status", "--porcelain"]), "");
     }
 
     #[test]

@@ -611,9 +611,7 @@ fn fix_gitlink_workdir(repo: &Repository, hint: &Path) {
             return;
         };
         let target = dir.join(target.trim());
-        if same_path(&target, repo.path())
-            && repo.workdir().is_none_or(|w| !same_path(w, dir))
-        {
+        if same_path(&target, repo.path()) && repo.workdir().is_none_or(|w| !same_path(w, dir)) {
             let _ = repo.set_workdir(dir, false);
         }
         return;
