@@ -23,6 +23,7 @@ use crate::render::Helm;
 use crate::vocabulary::reason;
 
 /// How one reconcile ended.
+#[derive(Clone)]
 pub(super) enum Outcome {
     /// The commit was reconciled: one report per stack.
     Reports(Vec<StackReport>),

@@ -132,6 +132,31 @@ pub(super) fn strip_userinfo(text: &str) -> String {
     out
 }
 
+/// What [`GitHistory::after`] needs of a finished reconcile, owned: it runs on a blocking
+/// thread (git status and file writes must not stall the daemon's event loop).
+pub(super) struct After {
+    commit: String,
+    overlay: bool,
+    outcome: Outcome,
+    fin: Finished,
+    stalled: bool,
+    revert_stacks: BTreeMap<String, Vec<String>>,
+}
+
+impl After {
+    /// The parts of a finished reconcile the git writes need.
+    pub fn of(done: &Done, fin: &Finished, after: &AfterDone) -> Self {
+        Self {
+            commit: done.commit.clone(),
+            overlay: done.overlay,
+            outcome: done.outcome.clone(),
+            fin: fin.clone(),
+            stalled: after.stalled,
+            revert_stacks: done.revert_stacks.clone(),
+        }
+    }
+}
+
 impl GitHistory {
     /// The history of the checkout at `root`, deploying `tracked`. Finishes or rolls back a
     /// revert a crash interrupted, so the person's `git status` is what they left.
@@ -178,7 +203,7 @@ impl GitHistory {
 
     /// After a reconcile ended: revert its commit if asked and allowed, then note the outcome
     /// on the commit (one write, only when the outcome changed).
-    pub fn after(&mut self, done: &Done, fin: &Finished, after: &AfterDone) {
+    pub fn after(&mut self, done: &After) {
         let mut blocks: Vec<Block> = Vec::new();
         match &done.outcome {
             Outcome::Reports(reports) => {
@@ -191,7 +216,7 @@ impl GitHistory {
                 // could not be taken) is stale now that the commit was applied.
                 blocks.push(Block::commit_applied());
                 let failed = matches!(
-                    fin,
+                    &done.fin,
                     Finished::Reports {
                         ready: false,
                         preempted: false,
@@ -213,7 +238,7 @@ impl GitHistory {
             }
             // A commit that cannot be deployed as it is: nothing was applied, which is worth
             // seeing in the history too.
-            Outcome::Stalled(why, message) if after.stalled && !done.overlay => {
+            Outcome::Stalled(why, message) if done.stalled && !done.overlay => {
                 blocks.push(Block::commit(why, &strip_userinfo(message)));
             }
             _ => {}

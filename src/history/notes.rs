@@ -409,6 +409,18 @@ mod tests {
     }
 
     #[test]
+    fn an_applied_commit_replaces_a_stale_commit_block_and_adds_none_otherwise() {
+        assert_eq!(merge(None, &[Block::commit_applied()]), None);
+        let stale = merge(None, &[Block::commit("ApplyFailed", "lease held by x")]).unwrap();
+        let now = merge(Some(&stale), &[Block::commit_applied()]).unwrap();
+        assert!(now.starts_with("commit: applied\n"), "{now}");
+        assert!(
+            now.contains("before: ApplyFailed (nothing applied)"),
+            "{now}"
+        );
+    }
+
+    #[test]
     fn long_lists_and_messages_are_cut() {
         let mut n = stack("HealthCheckFailed", false);
         n.applied = (0..25).map(|i| format!("ConfigMap/c{i}")).collect();
