@@ -23,6 +23,7 @@ use crate::render::Helm;
 use crate::vocabulary::reason;
 
 /// How one reconcile ended.
+#[derive(Clone)]
 pub(super) enum Outcome {
     /// The commit was reconciled: one report per stack.
     Reports(Vec<StackReport>),
@@ -57,7 +58,7 @@ pub(super) struct Done {
     /// It re-applied the last applied commit while the tip is stalled.
     pub overlay: bool,
     /// The stacks whose desired state says `onFailure: revert`.
-    pub revert_stacks: BTreeSet<String>,
+    pub revert_stacks: BTreeMap<String, Vec<String>>,
 }
 
 /// Everything a job needs, owned, so the loop stays free while it runs.
@@ -126,7 +127,7 @@ pub(super) async fn job(mut input: JobInput) -> Done {
         prepared: None,
         reused: false,
         overlay: input.overlay.is_some(),
-        revert_stacks: BTreeSet::new(),
+        revert_stacks: BTreeMap::new(),
     };
     // Builds are cancelled by shutdown; the reconcile stops at its next health wait for newer
     // work.
@@ -185,7 +186,8 @@ pub(super) async fn job(mut input: JobInput) -> Done {
             .collect();
         done.secrets.insert(p.stack.spec.name.clone(), names);
         if p.stack.spec.on_failure == desired::schema::OnFailure::Revert {
-            done.revert_stacks.insert(p.stack.spec.name.clone());
+            done.revert_stacks
+                .insert(p.stack.spec.name.clone(), revert_scope(&p.stack));
         }
     }
     if prepared.complete() {
@@ -377,6 +379,28 @@ pub(super) fn report(done: &Done, fin: &Finished, after: &AfterDone, metrics: &M
         }
         Outcome::Cancelled => metrics.reconcile(ResultLabel::Abandoned, took),
     }
+}
+
+/// The paths a stack owns, repository-relative: its file, its directory, and each built
+/// component's build context and Dockerfile. Only a commit that changed one of them is
+/// auto-reverted when the stack fails.
+fn revert_scope(stack: &desired::Stack) -> Vec<String> {
+    let mut scope = vec![stack.file.clone(), stack.dir.clone()];
+    for c in &stack.components {
+        scope.push(c.file.clone());
+        if let Some(b) = &c.spec.image.build {
+            scope.push(b.context.clone());
+            let context = b.context.trim_end_matches('/');
+            scope.push(if context.is_empty() || context == "." {
+                b.dockerfile.clone()
+            } else {
+                format!("{context}/{}", b.dockerfile)
+            });
+        }
+    }
+    scope.sort();
+    scope.dedup();
+    scope
 }
 
 #[cfg(test)]

@@ -295,6 +295,8 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                     let reuse = prepared_cache
                         .clone()
                         .filter(|p| p.commit == st.commit && st.trigger.reuses_prepared());
+                    // After a restart the record is rebuilt from the revert commit itself.
+                    let auto_revert = history.auto_revert_for(&st.commit);
                     let input = JobInput {
                         cfg: cfg.clone(),
                         root: dirs.root.clone(),
@@ -314,7 +316,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                         leased: leases.iter().map(|g| g.stack().to_string()).collect(),
                         holder: holder.clone(),
                         overlay: st.overlay,
-                        auto_revert: history.last_revert.clone(),
+                        auto_revert,
                     };
                     inflight = Some(Box::pin(job(input).instrument(span)));
                     inflight_since = Instant::now();
@@ -411,7 +413,21 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                 job::report(&done, &fin, &after, &metrics);
                 // The note on the commit and, if asked and allowed, its revert (a new tip the
                 // ref watch picks up). Neither can fail the deploy.
-                history.after(&done, &fin, &after);
+                // On a blocking thread: git status, file writes and fsyncs must not stall the loop.
+                let input = outcome::After::of(&done, &fin, &after);
+                let mut h = history;
+                history = match tokio::task::spawn_blocking(move || {
+                    h.after(&input);
+                    h
+                })
+                .await
+                {
+                    Ok(h) => h,
+                    Err(e) => {
+                        error!(error = %e, "writing the deploy note failed unexpectedly; notes and auto-revert start afresh");
+                        outcome::GitHistory::new(dirs.root.clone(), tracked.clone(), cfg.remote.is_some())
+                    }
+                };
                 if let job::Outcome::Reports(_) = done.outcome {
                     // Watch what converge now manages.
                     for t in &targets {

@@ -63,6 +63,8 @@ pub struct Block {
     id: String,
     outcome: String,
     details: Vec<String>,
+    /// Written only over a block of the same id already in the note, never added.
+    replace_only: bool,
 }
 
 impl Block {
@@ -89,6 +91,7 @@ impl Block {
             id: format!("stack {} ({})", n.stack, n.dir),
             outcome,
             details,
+            replace_only: false,
         }
     }
 
@@ -98,6 +101,29 @@ impl Block {
             id: COMMIT_ID.into(),
             outcome: format!("{reason} (nothing applied)"),
             details: vec![format!("message: {}", one_line(message))],
+            replace_only: false,
+        }
+    }
+
+    /// The commit was applied after all: replaces a `commit:` block of an earlier attempt that
+    /// applied nothing (a lease not taken), and adds nothing when there is none.
+    pub fn commit_applied() -> Block {
+        Block {
+            id: COMMIT_ID.into(),
+            outcome: "applied".into(),
+            details: Vec::new(),
+            replace_only: true,
+        }
+    }
+
+    /// Converge is about to move the branch to `revert`: written before the move, so a crash
+    /// right after it still leaves the revert named on the failed commit.
+    pub fn reverting(revert: &str, why: &str) -> Block {
+        Block {
+            id: REVERT_ID.into(),
+            outcome: format!("reverting with {revert}"),
+            details: vec![format!("why: {}", one_line(why))],
+            replace_only: false,
         }
     }
 
@@ -107,6 +133,7 @@ impl Block {
             id: REVERT_ID.into(),
             outcome: format!("reverted by {revert}"),
             details: vec![format!("why: {}", one_line(why))],
+            replace_only: false,
         }
     }
 
@@ -116,6 +143,7 @@ impl Block {
             id: REVERT_ID.into(),
             outcome: "not reverted".into(),
             details: vec![format!("why: {}", one_line(why))],
+            replace_only: false,
         }
     }
 
@@ -157,6 +185,7 @@ fn parse(text: &str) -> Vec<Block> {
                 id: id.to_string(),
                 outcome: outcome.to_string(),
                 details: Vec::new(),
+                replace_only: false,
             });
         }
     }
@@ -209,6 +238,7 @@ pub fn merge(existing: Option<&str>, new: &[Block]) -> Option<String> {
                 };
                 changed = true;
             }
+            None if n.replace_only => {}
             None => {
                 blocks.push(n.clone());
                 changed = true;
@@ -375,6 +405,18 @@ mod tests {
         assert_eq!(
             reverted_by(&merge(None, &[Block::not_reverted("dirty")]).unwrap()),
             None
+        );
+    }
+
+    #[test]
+    fn an_applied_commit_replaces_a_stale_commit_block_and_adds_none_otherwise() {
+        assert_eq!(merge(None, &[Block::commit_applied()]), None);
+        let stale = merge(None, &[Block::commit("ApplyFailed", "lease held by x")]).unwrap();
+        let now = merge(Some(&stale), &[Block::commit_applied()]).unwrap();
+        assert!(now.starts_with("commit: applied\n"), "{now}");
+        assert!(
+            now.contains("before: ApplyFailed (nothing applied)"),
+            "{now}"
         );
     }
 
