@@ -45,7 +45,7 @@ mod ux;
 
 #[path = "integration/history.rs"]
 mod history;
-#[path = "integration/minikube.rs"]
-mod minikube;
 #[path = "integration/localurl.rs"]
 mod localurl;
+#[path = "integration/minikube.rs"]
+mod minikube;
