@@ -33,6 +33,11 @@ pub fn status_name(stack: &str) -> String {
     format!("converge-{stack}-status")
 }
 
+/// Name of the in-cluster pause record: `converge-<stack>-pause`.
+pub fn pause_name(stack: &str) -> String {
+    format!("converge-{stack}-pause")
+}
+
 /// Name of the coordination Lease a daemon holds for a stack: `converge-<stack>`.
 pub fn lease_name(stack: &str) -> String {
     format!("converge-{stack}")

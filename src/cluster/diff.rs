@@ -67,6 +67,57 @@ pub fn mask_secret(obj: &Value, other: Option<&Value>, side: &str) -> Value {
     v
 }
 
+/// The fields where `live` and `want` (both normalised) differ, each as its path of keys; a list
+/// or a scalar is one field. Only paths, never values, so a Secret's data cannot leak through.
+pub fn changed_fields(live: &Value, want: &Value) -> Vec<Vec<String>> {
+    fn walk(live: Option<&Value>, want: Option<&Value>, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        match (live, want) {
+            (Some(Value::Object(a)), Some(Value::Object(b))) => {
+                let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+                for k in keys {
+                    path.push(k.clone());
+                    walk(a.get(k), b.get(k), path, out);
+                    path.pop();
+                }
+            }
+            (a, b) if a != b => out.push(path.clone()),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(Some(live), Some(want), &mut Vec::new(), &mut out);
+    out
+}
+
+/// The field managers other than converge that own `path` (or a field inside it) in `entries`,
+/// from their `fieldsV1` sets: who changed a field by hand.
+pub fn managers_of(
+    entries: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry],
+    path: &[String],
+) -> Vec<String> {
+    let mut out: Vec<String> = entries
+        .iter()
+        .filter(|e| e.manager.as_deref() != Some(crate::vocabulary::FIELD_MANAGER))
+        .filter(|e| {
+            let Some(fields) = e.fields_v1.as_ref() else {
+                return false;
+            };
+            let mut node = &fields.0;
+            path.iter().all(|seg| match node.get(format!("f:{seg}")) {
+                Some(n) => {
+                    node = n;
+                    true
+                }
+                None => false,
+            })
+        })
+        .filter_map(|e| e.manager.clone())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// A unified diff of `live` → `desired` (both already normalised), or `None` when equal.
 pub fn unified(title: &str, live: Option<&Value>, desired: Option<&Value>) -> Option<String> {
     if live == desired {
@@ -120,6 +171,26 @@ mod tests {
             d.contains("   user: '***'"),
             "an unchanged value shows as unchanged: {d}"
         );
+    }
+
+    #[test]
+    fn a_hand_scale_is_reported_as_spec_replicas_by_kubectl_and_never_by_value() {
+        let live = json!({"kind": "Secret", "data": {"k": "aGk="}, "spec": {"replicas": 3, "selector": {"a": "b"}}});
+        let want = json!({"kind": "Secret", "data": {"k": "c2VjcmV0"}, "spec": {"replicas": 1, "selector": {"a": "b"}}});
+        let fields = changed_fields(&live, &want);
+        assert_eq!(
+            fields,
+            [vec!["data".to_string(), "k".into()], vec!["spec".into(), "replicas".into()]]
+        );
+        let entries: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry> =
+            serde_json::from_value(json!([
+                {"manager": "converge", "operation": "Apply", "fieldsV1": {"f:spec": {"f:selector": {}}}},
+                {"manager": "kubectl", "operation": "Update", "subresource": "scale", "fieldsV1": {"f:spec": {"f:replicas": {}}}},
+                {"manager": "kube-controller-manager", "operation": "Update", "subresource": "status", "fieldsV1": {"f:status": {}}}
+            ]))
+            .unwrap();
+        assert_eq!(managers_of(&entries, &fields[1]), ["kubectl"]);
+        assert!(managers_of(&entries, &fields[0]).is_empty());
     }
 
     #[test]

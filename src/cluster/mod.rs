@@ -13,6 +13,7 @@ pub mod inventory;
 pub mod lease;
 pub mod nodes;
 pub mod order;
+pub mod pause;
 pub mod record;
 pub mod teardown;
 

@@ -101,6 +101,22 @@ pub fn item(
     }
 }
 
+/// Leaves a paused component's drift alone (pure): an object whose render did not change but
+/// whose live state moved is marked unchanged while a pause covers its component. A commit that
+/// changes the object is still applied whole: a pause is about hand changes, not deploys.
+pub fn hold<'p>(
+    item: &mut Item,
+    pauses: &'p crate::cluster::pause::Pauses,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<&'p crate::cluster::pause::Pause> {
+    if item.unchanged || item.render_changed {
+        return None;
+    }
+    let p = pauses.holding(&item.component, now)?;
+    item.unchanged = true;
+    Some(p)
+}
+
 /// Every container image an object's Pods run (Pods, workload templates, CronJob templates;
 /// init and ephemeral containers included).
 pub fn images(obj: &DynamicObject) -> BTreeSet<String> {
@@ -259,6 +275,42 @@ mod tests {
         );
         assert!(committed.render_changed);
         assert!(item(obj(2), key(), None, None, "c", false).render_changed);
+    }
+
+    #[test]
+    fn a_paused_components_drift_is_held_but_a_commits_change_to_it_is_applied() {
+        use crate::cluster::pause::{Pause, Pauses};
+        let at = |s: &str| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .unwrap()
+                .with_timezone(&chrono::Utc)
+        };
+        let mut pauses = Pauses::default();
+        pauses.set(Pause {
+            component: Some("web".into()),
+            since: at("2026-12-06T10:00:00Z"),
+            until: at("2026-12-06T10:15:00Z"),
+            by: String::new(),
+        });
+        let during = at("2026-12-06T10:05:00Z");
+        let rec = Record {
+            hash: object_hash(&obj(2)),
+            generation: 3,
+            ..Default::default()
+        };
+        let hand_scaled = || item(obj(2), key(), Some(&rec), Some(&live(4, "kubectl")), "c", false);
+        let mut it = hand_scaled();
+        assert!(hold(&mut it, &pauses, during).is_some());
+        assert!(it.unchanged, "a hand change to a paused component is left alone");
+        let mut it = hand_scaled();
+        assert!(hold(&mut it, &pauses, at("2026-12-06T10:15:00Z")).is_none());
+        assert!(!it.unchanged, "once the pause ends, the drift is undone");
+        let mut it = item(obj(3), key(), Some(&rec), Some(&live(4, "kubectl")), "c", false);
+        assert!(hold(&mut it, &pauses, during).is_none());
+        assert!(!it.unchanged, "a new commit is applied during a pause");
+        let mut other = hand_scaled();
+        other.component = "db".into();
+        assert!(hold(&mut other, &pauses, during).is_none() && !other.unchanged);
     }
 
     #[test]

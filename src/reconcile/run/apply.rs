@@ -124,6 +124,15 @@ impl Run<'_> {
             }
             return;
         }
+        if !item.render_changed {
+            if let Some(p) = self
+                .pauses
+                .ended_for(&item.component, self.pause_now)
+                .cloned()
+            {
+                self.report_hand_changes(item, &p).await;
+            }
+        }
         if item.adopt {
             if let Err(e) = self.strip_kubectl(&item.key).await {
                 warn!(object = %item.key, error = %e, "could not remove kubectl ownership");
@@ -175,6 +184,64 @@ impl Run<'_> {
                     });
             }
         }
+    }
+
+    /// Reports what was changed by hand in `item`'s live object while `pause` held it: the
+    /// fields a dry-run of converge's apply would change back, and the field managers that own
+    /// them now (from `managedFields`). Paths and managers only, never values.
+    async fn report_hand_changes(&mut self, item: &Item, pause: &crate::cluster::pause::Pause) {
+        use crate::cluster::diff::{changed_fields, managers_of, normalize};
+        let scope = pause.scope();
+        let since = pause.since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let object = item.key.short();
+        let Some(live) = self.live.get(&inventory::id(&item.key)) else {
+            info!(%object, fields = "(the whole object)", managers = "unknown", paused = %scope, %since, "deleted by hand while paused; re-creating it");
+            self.hand_changes.push(format!("{object} deleted"));
+            return;
+        };
+        let opts = ApplyOptions {
+            force: true,
+            dry_run: true,
+        };
+        // The real apply that follows reports an error; the report is only left out.
+        let Ok(dry) = self.cluster.apply(&item.object, opts).await else {
+            return;
+        };
+        let (Ok(dry), Ok(live_v)) = (serde_json::to_value(&dry), serde_json::to_value(live)) else {
+            return;
+        };
+        let fields = changed_fields(&normalize(&live_v), &normalize(&dry));
+        if fields.is_empty() {
+            return;
+        }
+        let entries = live.metadata.managed_fields.as_deref().unwrap_or_default();
+        let mut all_managers: Vec<String> = Vec::new();
+        let described: Vec<String> = fields
+            .iter()
+            .map(|f| {
+                let managers = managers_of(entries, f);
+                all_managers.extend(managers.iter().cloned());
+                let by = if managers.is_empty() {
+                    "unknown".to_string()
+                } else {
+                    managers.join(", ")
+                };
+                format!("{} by {by}", f.join("."))
+            })
+            .collect();
+        all_managers.sort();
+        all_managers.dedup();
+        let names: Vec<String> = fields.iter().map(|f| f.join(".")).collect();
+        info!(
+            %object,
+            fields = %names.join(", "),
+            managers = %all_managers.join(", "),
+            paused = %scope,
+            %since,
+            "changed by hand while paused; restoring the committed state"
+        );
+        self.hand_changes
+            .push(format!("{object} {}", described.join(", ")));
     }
 
     /// A full resync compares every object with the cluster: a dry-run apply that leaves the

@@ -99,6 +99,13 @@ impl Run<'_> {
                 next.message
             );
         }
+        if !self.hand_changes.is_empty() {
+            next.message = format!(
+                "{}; changed by hand during a pause, restored: {}",
+                next.message,
+                self.hand_changes.join("; ")
+            );
+        }
         // The tip the cluster should run is stalled: the record keeps saying so, whatever this
         // run of the last applied commit did (its own outcome is in the history and the report).
         if let Some(tip) = &self.opts.stalled_tip {

@@ -25,6 +25,7 @@ use super::waves::{self, Gate};
 use super::Options;
 use crate::build::engine::normalized_reference;
 use crate::cluster::inventory::{self, Inventory};
+use crate::cluster::pause::{self, Pauses};
 use crate::cluster::{order, Cluster, ClusterError, ObjectKey};
 use crate::desired::Stack;
 use crate::render::{Hook, Rendered};
@@ -74,6 +75,11 @@ pub(super) struct Run<'a> {
     build_failed: BTreeSet<String>,
     /// What became of each hook considered.
     hook_reports: Vec<HookReport>,
+    /// The stack's pauses as this run read them, and the time it judges them at.
+    pauses: Pauses,
+    pause_now: chrono::DateTime<chrono::Utc>,
+    /// What was changed by hand during a pause that ended, one line per object.
+    hand_changes: Vec<String>,
 }
 
 /// `(group, kind, name)` of rendered objects: what is still wanted.
@@ -158,6 +164,9 @@ impl<'a> Run<'a> {
             unconfirmed,
             build_failed: build_failures.keys().cloned().collect(),
             hook_reports: Vec::new(),
+            pauses: Pauses::default(),
+            pause_now: chrono::Utc::now(),
+            hand_changes: Vec::new(),
         }
     }
 
@@ -210,12 +219,13 @@ impl<'a> Run<'a> {
         // Every read at once: on a no-op or a drift correction these reads are most of the
         // time. A namespace created meanwhile held nothing, which is what the reads see.
         let (wanted, rendered_kinds) = rendered_kinds(&rendered);
-        let (namespace, inv, old_status, secrets, lists) = tokio::join!(
+        let (namespace, inv, old_status, secrets, lists, pauses) = tokio::join!(
             self.ensure_namespace(),
             inventory::load(self.cluster.client(), self.ns(), &self.stack.spec.name),
             status::load_for_update(self.cluster.client(), self.ns(), &self.stack.spec.name),
             self.read_secrets(),
             self.fetch_lists(rendered_kinds.values().cloned().collect()),
+            pause::load(self.cluster.client(), self.ns(), &self.stack.spec.name),
         );
         namespace.map_err(Failure::cluster(Step::Read))?;
         self.namespace_ready = true;
@@ -250,13 +260,25 @@ impl<'a> Run<'a> {
             lists.extend(self.fetch_lists(extra.into_values().collect()).await);
         }
         self.take_lists(lists, &wanted);
+        // Read at every run, so a pause written from another machine is honoured at once.
+        self.pause_now = chrono::Utc::now();
+        match pauses.map_err(Failure::cluster(Step::Read))? {
+            Ok(p) => self.pauses = p,
+            // A pause is never a reason to stop reconciling: an unreadable record holds nothing.
+            Err(why) => warn!(%why, "the pause record is unreadable: no pause is honoured (`converge resume` rewrites it)"),
+        }
 
         let mut items = Vec::new();
         for obj in rendered.objects {
             let component = component_of(&obj);
             let name = obj.metadata.name.clone().unwrap_or_default();
             match self.plan_item(obj).await {
-                Ok(item) => items.push(item),
+                Ok(mut item) => {
+                    if let Some(p) = plan::hold(&mut item, &self.pauses, self.pause_now) {
+                        debug!(object = %item.key, until = %p.until, "drift left alone: paused");
+                    }
+                    items.push(item)
+                }
                 // One object the cluster cannot take (its kind is not served, say) fails its
                 // component, never the whole stack.
                 Err(e) => {
@@ -342,6 +364,20 @@ impl<'a> Run<'a> {
             self.apply_item(item).await;
         }
         self.apply_waves(&workloads, !post_hooks).await;
+        // The hand changes of ended pauses are reported and undone: forget those pauses, so a
+        // restart does not report them again.
+        if self.pauses.forget_ended(self.pause_now) {
+            if let Err(e) = pause::save(
+                self.cluster.client(),
+                self.ns(),
+                &self.stack.spec.name,
+                &self.pauses,
+            )
+            .await
+            {
+                warn!(error = %e, "could not clear the ended pauses; the next reconcile reports them again");
+            }
+        }
         let all: Vec<ObjectKey> = workloads
             .iter()
             .filter(|w| self.problem(&w.component).is_none())
