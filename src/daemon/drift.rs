@@ -24,7 +24,9 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::cluster::Cluster;
-use crate::vocabulary::{inventory_name, status_name, FIELD_MANAGER, LABEL_STACK};
+use crate::vocabulary::{
+    inventory_name, pause_name, status_name, FIELD_MANAGER, LABEL_COMPONENT, LABEL_STACK,
+};
 
 /// Kinds watched for every stack, whatever its inventory holds.
 pub const BASE_KINDS: [(&str, &str, &str); 4] = [
@@ -67,6 +69,13 @@ pub enum Note {
         /// `lastAppliedCommit`.
         commit: String,
     },
+    /// The stack's pause record was written (or deleted: no pause).
+    Pause {
+        /// The stack.
+        stack: String,
+        /// Every pause it records, ended ones included.
+        pauses: crate::cluster::pause::Pauses,
+    },
     /// A Secret in the stack's namespace was created, changed or deleted.
     Secret {
         /// The stack.
@@ -83,6 +92,8 @@ pub struct DriftEvent {
     pub stack: String,
     /// `Kind/name`.
     pub object: String,
+    /// Its component label (`""` for stack-wide objects): a pause holds by component.
+    pub component: String,
     /// The field manager that made the change (`unknown` when none is recorded).
     pub manager: String,
     /// Whether the object was deleted.
@@ -209,6 +220,12 @@ impl DriftWatch {
             let task = tokio::spawn(watch_record(api, stack.to_string(), tx.clone()));
             self.tasks.insert(record, task);
         }
+        let pause = (stack.to_string(), "pause".to_string());
+        if self.tasks.get(&pause).is_none_or(|t| t.is_finished()) {
+            let api: Api<ConfigMap> = Api::namespaced(cluster.client().clone(), namespace);
+            let task = tokio::spawn(watch_pause(api, stack.to_string(), tx.clone()));
+            self.tasks.insert(pause, task);
+        }
         let secrets = (stack.to_string(), "secrets".to_string());
         if self.tasks.get(&secrets).is_none_or(|t| t.is_finished()) {
             let api: Api<PartialObjectMeta<Secret>> =
@@ -289,21 +306,28 @@ async fn watch_kind(
     kind: String,
     tx: mpsc::Sender<Note>,
 ) {
-    let ignored = [status_name(&stack), inventory_name(&stack)];
+    let ignored = [
+        status_name(&stack),
+        inventory_name(&stack),
+        pause_name(&stack),
+    ];
     let config = watcher::Config::default().labels(&format!("{LABEL_STACK}={stack}"));
     let stream = watcher::watcher(api, config).default_backoff();
     futures::pin_mut!(stream);
     let mut seen: HashMap<String, Seen> = HashMap::new();
     let mut listing: Option<HashMap<String, Seen>> = None;
     let mut synced = false;
-    let drift = |name: &str, manager: String, deleted: bool| {
+    let drift = |meta: &ObjectMeta, name: &str, manager: String, deleted: bool| {
         Note::Drift(DriftEvent {
             stack: stack.clone(),
             object: format!("{kind}/{name}"),
+            component: component_of(meta),
             manager,
             deleted,
         })
     };
+    // The component of an object seen before, for a deletion noticed at a relist.
+    let mut components: HashMap<String, String> = HashMap::new();
     while let Some(event) = stream.next().await {
         let note = match event {
             Ok(Event::Init) => {
@@ -315,8 +339,10 @@ async fn watch_kind(
                 if ignored.contains(&name) {
                     continue;
                 }
+                components.insert(name.clone(), component_of(&o.metadata));
                 let found = if synced {
-                    classify(seen.get(&name), &o.metadata).map(|m| drift(&name, m, false))
+                    classify(seen.get(&name), &o.metadata)
+                        .map(|m| drift(&o.metadata, &name, m, false))
                 } else {
                     None
                 };
@@ -330,7 +356,13 @@ async fn watch_kind(
                 if synced {
                     // Gone while the watch was down.
                     for name in seen.keys().filter(|n| !listed.contains_key(*n)) {
-                        let _ = tx.send(drift(name, "unknown".into(), true)).await;
+                        let meta = ObjectMeta {
+                            labels: components.get(name).map(|c| {
+                                [(LABEL_COMPONENT.to_string(), c.clone())].into()
+                            }),
+                            ..ObjectMeta::default()
+                        };
+                        let _ = tx.send(drift(&meta, name, "unknown".into(), true)).await;
                     }
                 }
                 debug!(%stack, %kind, objects = listed.len(), "drift watch synced");
@@ -346,7 +378,9 @@ async fn watch_kind(
                 if ignored.contains(&name) {
                     continue;
                 }
-                let found = classify(seen.get(&name), &o.metadata).map(|m| drift(&name, m, false));
+                let found = classify(seen.get(&name), &o.metadata)
+                    .map(|m| drift(&o.metadata, &name, m, false));
+                components.insert(name.clone(), component_of(&o.metadata));
                 seen.insert(name, Seen::of(&o.metadata));
                 found
             }
@@ -359,7 +393,7 @@ async fn watch_kind(
                 let by = newest_manager(&o.metadata)
                     .filter(|m| m != FIELD_MANAGER)
                     .unwrap_or_else(|| "unknown".into());
-                Some(drift(&name, by, true))
+                Some(drift(&o.metadata, &name, by, true))
             }
             Err(e) if kind_gone(&e) => {
                 warn!(%stack, %kind, "the cluster no longer serves this kind: drift watch stopped");
@@ -423,6 +457,55 @@ async fn watch_record(api: Api<ConfigMap>, stack: String, tx: mpsc::Sender<Note>
         let note = Note::Record {
             stack: stack.clone(),
             commit,
+        };
+        if tx.send(note).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The component label of an object (`""` for stack-wide objects).
+fn component_of(meta: &ObjectMeta) -> String {
+    meta.labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_COMPONENT))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Follows `stack`'s pause record: reports every pause it holds whenever it is written, and no
+/// pause when it is deleted, so a pause made from any machine is honoured.
+async fn watch_pause(api: Api<ConfigMap>, stack: String, tx: mpsc::Sender<Note>) {
+    let name = pause_name(&stack);
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let stream = watcher::watcher(api, config).default_backoff();
+    futures::pin_mut!(stream);
+    while let Some(event) = stream.next().await {
+        let pauses = match event {
+            Ok(Event::Apply(cm) | Event::InitApply(cm)) => {
+                let text = cm
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(crate::cluster::pause::DATA_KEY));
+                match text.map(|t| crate::cluster::pause::Pauses::parse(t)) {
+                    Some(Ok(p)) => p,
+                    Some(Err(why)) => {
+                        warn!(%stack, %why, "the pause record is unreadable: no pause is honoured (`converge resume` rewrites it)");
+                        Default::default()
+                    }
+                    None => Default::default(),
+                }
+            }
+            Ok(Event::Delete(_)) => Default::default(),
+            Ok(_) => continue,
+            Err(e) => {
+                debug!(%stack, error = %e, "pause record watch failed; retrying with back-off");
+                continue;
+            }
+        };
+        let note = Note::Pause {
+            stack: stack.clone(),
+            pauses,
         };
         if tx.send(note).await.is_err() {
             return;

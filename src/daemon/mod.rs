@@ -475,9 +475,16 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                 Note::Drift(ev) => {
                     metrics.drift_event();
                     let what = if ev.deleted { "deleted" } else { "changed" };
-                    info!(stack = %ev.stack, object = %ev.object, manager = %ev.manager, "drift: {what} out of band");
                     let now = Instant::now();
-                    match state.on_drift(&format!("{}/{}", ev.stack, ev.object), now.into_std()) {
+                    let verdict = state.on_drift_in(&ev.stack, &ev.component, &ev.object, now.into_std());
+                    if let DriftVerdict::Paused(until) = verdict {
+                        let left = until.saturating_duration_since(now.into_std()).as_secs();
+                        info!(stack = %ev.stack, object = %ev.object, manager = %ev.manager, paused_s = left, "drift: {what} out of band; paused, left alone until the pause ends");
+                    } else {
+                        info!(stack = %ev.stack, object = %ev.object, manager = %ev.manager, "drift: {what} out of band");
+                    }
+                    match verdict {
+                        DriftVerdict::Paused(_) => {}
                         DriftVerdict::Now { preempt: true } => preempt("drift is corrected next"),
                         DriftVerdict::Now { preempt: false } => {}
                         DriftVerdict::Later(at) => {
@@ -497,6 +504,24 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                         warn!(%stack, recorded = %desired::short_id(&commit), ours = %desired::short_id(&ours), "the cluster's status record says another commit was applied (a one-shot `converge apply --force`?); reconciling the tip again");
                     }
                 },
+                Note::Pause { stack, pauses } => {
+                    let (now, wall) = (Instant::now(), chrono::Utc::now());
+                    let ends = pauses
+                        .pauses
+                        .iter()
+                        .map(|p| {
+                            let left = (p.until - wall).to_std().unwrap_or_default();
+                            (p.component.clone(), (now + left).into_std())
+                        })
+                        .collect();
+                    for p in pauses.pauses.iter().filter(|p| p.active(wall)) {
+                        info!(%stack, paused = %p.scope(), until = %p.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), by = %p.by, "paused: drift is left alone until then (new commits are still applied)");
+                    }
+                    for c in state.on_pauses(&stack, ends, now.into_std()) {
+                        let scope = c.map_or("the stack".to_string(), |c| format!("component {c}"));
+                        info!(%stack, paused = %scope, "pause ended (resumed); reporting what was changed by hand and restoring");
+                    }
+                }
                 Note::Secret { stack, name } => {
                     if state.on_secret(&stack, &name) {
                         info!(%stack, secret = %name, "a Secret the stack reads changed; reconciling");
@@ -505,6 +530,12 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             },
             _ = until(tokio_at(state.drift_at())), if state.drift_at().is_some() => {
                 state.on_drift_due();
+            }
+            _ = until(tokio_at(state.pause_end_at())), if state.pause_end_at().is_some() => {
+                for (stack, c) in state.on_pause_due(Instant::now().into_std()) {
+                    let scope = c.map_or("the stack".to_string(), |c| format!("component {c}"));
+                    info!(%stack, paused = %scope, "pause ended by itself; reporting what was changed by hand and restoring");
+                }
             }
             _ = until(tokio_at(state.retry_at())), if state.retry_at().is_some() => {
                 state.on_retry_due();

@@ -34,6 +34,8 @@ pub enum Trigger {
     Record,
     /// A Secret the stack reads changed.
     Secret,
+    /// A pause ended (by itself or `converge resume`): report the hand changes and restore.
+    PauseEnd,
 }
 
 impl Trigger {
@@ -42,7 +44,12 @@ impl Trigger {
     pub fn reuses_prepared(self) -> bool {
         matches!(
             self,
-            Trigger::Drift | Trigger::Record | Trigger::Secret | Trigger::Resync | Trigger::Retry
+            Trigger::Drift
+                | Trigger::Record
+                | Trigger::Secret
+                | Trigger::Resync
+                | Trigger::Retry
+                | Trigger::PauseEnd
         )
     }
 
@@ -59,6 +66,7 @@ impl Trigger {
             Trigger::Retry => "retry",
             Trigger::Record => "record",
             Trigger::Secret => "secret",
+            Trigger::PauseEnd => "pause-end",
         }
     }
 }
@@ -171,7 +179,13 @@ pub enum DriftVerdict {
     },
     /// The object is being fought over: correct it at this time.
     Later(Instant),
+    /// Its component (or its stack) is paused until this time: left alone until then.
+    Paused(Instant),
 }
+
+/// One pause in force as the daemon keeps it: its component (`None`: the whole stack) and when
+/// it ends.
+pub type PauseEnd = (Option<String>, Instant);
 
 /// What the cluster's status record says, compared with what this daemon applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,6 +238,8 @@ pub struct State {
     gaps: BTreeSet<(String, String)>,
     /// The Secrets each stack's components read, by stack.
     secrets: BTreeMap<String, BTreeSet<String>>,
+    /// The pauses in force, by stack.
+    pauses: BTreeMap<String, Vec<PauseEnd>>,
 }
 
 impl State {
@@ -255,6 +271,7 @@ impl State {
             clean: false,
             gaps: BTreeSet::new(),
             secrets: BTreeMap::new(),
+            pauses: BTreeMap::new(),
         }
     }
 
@@ -380,6 +397,88 @@ impl State {
             self.drift_at = Some(self.drift_at.map_or(at, |d| d.min(at)));
             DriftVerdict::Later(at)
         }
+    }
+
+    /// A managed object of `stack` (`object` is `Kind/name`, `component` its component) changed
+    /// or vanished out of band at `now`: left alone while a pause covers it, else
+    /// [`State::on_drift`].
+    pub fn on_drift_in(
+        &mut self,
+        stack: &str,
+        component: &str,
+        object: &str,
+        now: Instant,
+    ) -> DriftVerdict {
+        if let Some(until) = self.paused(stack, component, now) {
+            // Not `clean = false`: the reconcile at the pause's end compares everything anyway.
+            return DriftVerdict::Paused(until);
+        }
+        self.on_drift(&format!("{stack}/{object}"), now)
+    }
+
+    /// When the pause covering `component` of `stack` ends, while one is in force at `now`.
+    pub fn paused(&self, stack: &str, component: &str, now: Instant) -> Option<Instant> {
+        self.pauses
+            .get(stack)?
+            .iter()
+            .filter(|(c, at)| *at > now && c.as_deref().is_none_or(|c| c == component))
+            .map(|(_, at)| *at)
+            .max()
+    }
+
+    /// The stack's pause record now holds `pauses` (their ends as instants; ended ones have an
+    /// end at or before `now`). A pause that ended — resumed, expired while no timer ran, or
+    /// gone from the record — asks for a full reconcile, which reports the hand changes and
+    /// restores; returns the components (`None`: the stack) whose pause ended.
+    pub fn on_pauses(
+        &mut self,
+        stack: &str,
+        pauses: Vec<PauseEnd>,
+        now: Instant,
+    ) -> Vec<Option<String>> {
+        let before = self.pauses.remove(stack).unwrap_or_default();
+        let (active, mut ended): (Vec<PauseEnd>, Vec<PauseEnd>) =
+            pauses.into_iter().partition(|(_, at)| *at > now);
+        // A pause in force before and absent now (its record deleted) ended too.
+        for (c, at) in before {
+            if at > now && !active.iter().any(|(a, _)| *a == c) && !ended.iter().any(|(e, _)| *e == c) {
+                ended.push((c, now));
+            }
+        }
+        if !active.is_empty() {
+            self.pauses.insert(stack.to_string(), active);
+        }
+        if !ended.is_empty() {
+            self.clean = false;
+            merge(&mut self.pending, Trigger::PauseEnd, true);
+        }
+        ended.into_iter().map(|(c, _)| c).collect()
+    }
+
+    /// When the next pause in force ends by itself.
+    pub fn pause_end_at(&self) -> Option<Instant> {
+        self.pauses.values().flatten().map(|(_, at)| *at).min()
+    }
+
+    /// The pauses due by `now` ended by themselves: a full reconcile reports what was changed
+    /// by hand and restores it. Returns `(stack, component)` of each.
+    pub fn on_pause_due(&mut self, now: Instant) -> Vec<(String, Option<String>)> {
+        let mut ended = Vec::new();
+        for (stack, list) in self.pauses.iter_mut() {
+            list.retain(|(c, at)| {
+                let due = *at <= now;
+                if due {
+                    ended.push((stack.clone(), c.clone()));
+                }
+                !due
+            });
+        }
+        self.pauses.retain(|_, l| !l.is_empty());
+        if !ended.is_empty() {
+            self.clean = false;
+            merge(&mut self.pending, Trigger::PauseEnd, true);
+        }
+        ended
     }
 
     /// A delayed drift correction is due.
@@ -817,6 +916,70 @@ mod tests {
         s.on_done(ready(), Instant::now());
         assert!(s.on_resync(Some("a")));
         assert!(!s.on_resync(Some("b")));
+    }
+
+    #[test]
+    fn a_paused_components_drift_is_ignored_until_the_pause_ends_by_itself() {
+        let mut s = idle_at("c1");
+        let now = Instant::now();
+        let end = now + Duration::from_secs(300);
+        assert!(s.on_pauses("todo", vec![(Some("backend".into()), end)], now).is_empty());
+        assert_eq!(s.pause_end_at(), Some(end));
+        assert_eq!(
+            s.on_drift_in("todo", "backend", "Deployment/b", now),
+            DriftVerdict::Paused(end)
+        );
+        assert_eq!(s.next(Some("c1")), Next::Idle, "paused drift starts nothing");
+        assert!(
+            matches!(s.on_drift_in("todo", "frontend", "Deployment/f", now), DriftVerdict::Now { .. }),
+            "another component is corrected as ever"
+        );
+        let Next::Start(st) = s.next(Some("c1")) else {
+            panic!("the frontend's drift reconciles");
+        };
+        assert_eq!(st.trigger, Trigger::Drift);
+        s.on_done(ready(), now);
+        assert!(s.on_pause_due(end - Duration::from_secs(1)).is_empty());
+        assert_eq!(s.on_pause_due(end), [("todo".to_string(), Some("backend".to_string()))]);
+        assert_eq!(s.pause_end_at(), None);
+        let Next::Start(st) = s.next(Some("c1")) else {
+            panic!("the pause's end schedules a restore");
+        };
+        assert_eq!(st.trigger, Trigger::PauseEnd);
+        assert!(st.full, "the restore compares every object, so every hand change is reported");
+        assert!(matches!(
+            s.on_drift_in("todo", "backend", "Deployment/b", end),
+            DriftVerdict::Now { .. }
+        ));
+    }
+
+    #[test]
+    fn a_stack_pause_holds_every_component_and_resume_ends_it_at_once() {
+        let mut s = idle_at("c1");
+        let now = Instant::now();
+        let end = now + Duration::from_secs(900);
+        s.on_pauses("todo", vec![(None, end)], now);
+        assert!(matches!(
+            s.on_drift_in("todo", "", "ConfigMap/x", now),
+            DriftVerdict::Paused(_)
+        ));
+        assert!(
+            matches!(s.on_drift_in("other", "db", "Deployment/d", now), DriftVerdict::Now { .. }),
+            "a pause holds its own stack only"
+        );
+        s.next(Some("c1"));
+        s.on_done(ready(), now);
+        // `converge resume` rewrites the pause with an end of now.
+        assert_eq!(s.on_pauses("todo", vec![(None, now)], now), [None]);
+        assert_eq!(s.pause_end_at(), None);
+        let Next::Start(st) = s.next(Some("c1")) else {
+            panic!("resume restores at once");
+        };
+        assert_eq!(st.trigger, Trigger::PauseEnd);
+        s.on_done(ready(), now);
+        // A record deleted by hand ends its pauses too.
+        s.on_pauses("todo", vec![(Some("db".into()), end)], now);
+        assert_eq!(s.on_pauses("todo", vec![], now), [Some("db".to_string())]);
     }
 
     #[test]
