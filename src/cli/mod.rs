@@ -28,6 +28,7 @@ mod doctor;
 mod down;
 mod explain;
 mod flags;
+mod pause;
 pub mod progress;
 mod run;
 mod status;
@@ -103,6 +104,11 @@ pub enum Command {
     Explain(explain::ExplainArgs),
     /// Run the daemon: reconcile every new commit of the tracked branch, undo drift, resync.
     Run(run::RunArgs),
+    /// Pause drift correction of the stack or one component for a while (`--for 15m`); it ends
+    /// by itself. New commits are still applied.
+    Pause(pause::PauseArgs),
+    /// End a pause now: what was changed by hand meanwhile is reported and restored.
+    Resume(pause::ResumeArgs),
     /// Ask the checkout's running daemon to reconcile now.
     Sync(run::SyncArgs),
     /// Install or remove the daemon's systemd unit or launchd plist for this checkout.
@@ -288,6 +294,8 @@ pub fn run(cli: Cli) -> ExitCode {
             | Command::Down(_)
             | Command::Run(_)
             | Command::Service(_)
+            | Command::Pause(_)
+            | Command::Resume(_)
     );
     DIE_ON_CLOSED_STDOUT.store(!changes_things, Ordering::Relaxed);
     let code = match cli.command {
@@ -301,6 +309,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Explain(args) => explain::run(&args),
         Command::Run(args) => run::run(&args),
         Command::Sync(args) => run::sync(&args),
+        Command::Pause(args) => pause::pause(&args),
+        Command::Resume(args) => pause::resume(&args),
         Command::Service(args) => run::service(&args),
         Command::Schema(args) => {
             let schema = crate::desired::schema::document_schema();

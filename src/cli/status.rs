@@ -236,6 +236,9 @@ fn print_text(views: &[StackView], args: &StatusArgs, urls: &[Route]) {
                 served_here(r, &args.source.repo)
             );
         }
+        for p in &v.paused {
+            outln!("  {}", pause_line(p, &s.stack, &s.namespace, now));
+        }
         outln!(
             "  {:<12} {:<7} {:<12} {:<12} {:<8} IMAGE",
             "COMPONENT",
@@ -280,6 +283,36 @@ fn print_text(views: &[StackView], args: &StatusArgs, urls: &[Route]) {
     }
 }
 
+/// `paused: component backend until 14:05 UTC (12 min left; …)`, with the command that ends it.
+pub fn pause_line(
+    p: &crate::cluster::pause::Pause,
+    stack: &str,
+    namespace: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> String {
+    let left = (p.until - now).num_seconds().max(0);
+    let left = if left < 60 {
+        format!("{left} s")
+    } else {
+        format!("{} min", (left + 59) / 60)
+    };
+    let by = if p.by.is_empty() {
+        String::new()
+    } else {
+        format!(", by {}", p.by)
+    };
+    let component = p
+        .component
+        .as_deref()
+        .map(|c| format!("{c} "))
+        .unwrap_or_default();
+    format!(
+        "paused: {} until {} ({left} left{by}; drift is left alone, new commits are applied); end it now: `converge resume {component}--stack {stack} -n {namespace}`",
+        p.scope(),
+        p.until.format("%H:%M UTC"),
+    )
+}
+
 fn age_of(time: &str, now: chrono::DateTime<chrono::Utc>) -> String {
     match chrono::DateTime::parse_from_rfc3339(time) {
         Ok(t) => age(now.signed_duration_since(t).num_seconds()),
@@ -306,5 +339,22 @@ mod tests {
             .with_timezone(&chrono::Utc);
         assert_eq!(ago("2026-01-01T00:07:00Z", now), "3m ago");
         assert_eq!(ago("", now), "never");
+    }
+
+    #[test]
+    fn a_pause_shows_its_end_and_what_is_left() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-01-01T13:50:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let p = crate::cluster::pause::Pause {
+            component: Some("backend".into()),
+            since: now,
+            until: now + chrono::Duration::seconds(15 * 60),
+            by: "alice@box".into(),
+        };
+        assert_eq!(
+            pause_line(&p, "todo", "apps", now),
+            "paused: component backend until 14:05 UTC (15 min left, by alice@box; drift is left alone, new commits are applied); end it now: `converge resume backend --stack todo -n apps`"
+        );
     }
 }

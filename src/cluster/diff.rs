@@ -70,7 +70,12 @@ pub fn mask_secret(obj: &Value, other: Option<&Value>, side: &str) -> Value {
 /// The fields where `live` and `want` (both normalised) differ, each as its path of keys; a list
 /// or a scalar is one field. Only paths, never values, so a Secret's data cannot leak through.
 pub fn changed_fields(live: &Value, want: &Value) -> Vec<Vec<String>> {
-    fn walk(live: Option<&Value>, want: Option<&Value>, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+    fn walk(
+        live: Option<&Value>,
+        want: Option<&Value>,
+        path: &mut Vec<String>,
+        out: &mut Vec<Vec<String>>,
+    ) {
         match (live, want) {
             (Some(Value::Object(a)), Some(Value::Object(b))) => {
                 let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
@@ -180,7 +185,10 @@ mod tests {
         let fields = changed_fields(&live, &want);
         assert_eq!(
             fields,
-            [vec!["data".to_string(), "k".into()], vec!["spec".into(), "replicas".into()]]
+            [
+                vec!["data".to_string(), "k".into()],
+                vec!["spec".into(), "replicas".into()]
+            ]
         );
         let entries: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry> =
             serde_json::from_value(json!([

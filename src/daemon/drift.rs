@@ -357,9 +357,9 @@ async fn watch_kind(
                     // Gone while the watch was down.
                     for name in seen.keys().filter(|n| !listed.contains_key(*n)) {
                         let meta = ObjectMeta {
-                            labels: components.get(name).map(|c| {
-                                [(LABEL_COMPONENT.to_string(), c.clone())].into()
-                            }),
+                            labels: components
+                                .get(name)
+                                .map(|c| [(LABEL_COMPONENT.to_string(), c.clone())].into()),
                             ..ObjectMeta::default()
                         };
                         let _ = tx.send(drift(&meta, name, "unknown".into(), true)).await;

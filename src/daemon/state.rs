@@ -441,7 +441,10 @@ impl State {
             pauses.into_iter().partition(|(_, at)| *at > now);
         // A pause in force before and absent now (its record deleted) ended too.
         for (c, at) in before {
-            if at > now && !active.iter().any(|(a, _)| *a == c) && !ended.iter().any(|(e, _)| *e == c) {
+            if at > now
+                && !active.iter().any(|(a, _)| *a == c)
+                && !ended.iter().any(|(e, _)| *e == c)
+            {
                 ended.push((c, now));
             }
         }
@@ -923,15 +926,24 @@ mod tests {
         let mut s = idle_at("c1");
         let now = Instant::now();
         let end = now + Duration::from_secs(300);
-        assert!(s.on_pauses("todo", vec![(Some("backend".into()), end)], now).is_empty());
+        assert!(s
+            .on_pauses("todo", vec![(Some("backend".into()), end)], now)
+            .is_empty());
         assert_eq!(s.pause_end_at(), Some(end));
         assert_eq!(
             s.on_drift_in("todo", "backend", "Deployment/b", now),
             DriftVerdict::Paused(end)
         );
-        assert_eq!(s.next(Some("c1")), Next::Idle, "paused drift starts nothing");
+        assert_eq!(
+            s.next(Some("c1")),
+            Next::Idle,
+            "paused drift starts nothing"
+        );
         assert!(
-            matches!(s.on_drift_in("todo", "frontend", "Deployment/f", now), DriftVerdict::Now { .. }),
+            matches!(
+                s.on_drift_in("todo", "frontend", "Deployment/f", now),
+                DriftVerdict::Now { .. }
+            ),
             "another component is corrected as ever"
         );
         let Next::Start(st) = s.next(Some("c1")) else {
@@ -940,13 +952,19 @@ mod tests {
         assert_eq!(st.trigger, Trigger::Drift);
         s.on_done(ready(), now);
         assert!(s.on_pause_due(end - Duration::from_secs(1)).is_empty());
-        assert_eq!(s.on_pause_due(end), [("todo".to_string(), Some("backend".to_string()))]);
+        assert_eq!(
+            s.on_pause_due(end),
+            [("todo".to_string(), Some("backend".to_string()))]
+        );
         assert_eq!(s.pause_end_at(), None);
         let Next::Start(st) = s.next(Some("c1")) else {
             panic!("the pause's end schedules a restore");
         };
         assert_eq!(st.trigger, Trigger::PauseEnd);
-        assert!(st.full, "the restore compares every object, so every hand change is reported");
+        assert!(
+            st.full,
+            "the restore compares every object, so every hand change is reported"
+        );
         assert!(matches!(
             s.on_drift_in("todo", "backend", "Deployment/b", end),
             DriftVerdict::Now { .. }
@@ -964,7 +982,10 @@ mod tests {
             DriftVerdict::Paused(_)
         ));
         assert!(
-            matches!(s.on_drift_in("other", "db", "Deployment/d", now), DriftVerdict::Now { .. }),
+            matches!(
+                s.on_drift_in("other", "db", "Deployment/d", now),
+                DriftVerdict::Now { .. }
+            ),
             "a pause holds its own stack only"
         );
         s.next(Some("c1"));

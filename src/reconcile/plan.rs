@@ -298,14 +298,33 @@ mod tests {
             generation: 3,
             ..Default::default()
         };
-        let hand_scaled = || item(obj(2), key(), Some(&rec), Some(&live(4, "kubectl")), "c", false);
+        let hand_scaled = || {
+            item(
+                obj(2),
+                key(),
+                Some(&rec),
+                Some(&live(4, "kubectl")),
+                "c",
+                false,
+            )
+        };
         let mut it = hand_scaled();
         assert!(hold(&mut it, &pauses, during).is_some());
-        assert!(it.unchanged, "a hand change to a paused component is left alone");
+        assert!(
+            it.unchanged,
+            "a hand change to a paused component is left alone"
+        );
         let mut it = hand_scaled();
         assert!(hold(&mut it, &pauses, at("2026-12-06T10:15:00Z")).is_none());
         assert!(!it.unchanged, "once the pause ends, the drift is undone");
-        let mut it = item(obj(3), key(), Some(&rec), Some(&live(4, "kubectl")), "c", false);
+        let mut it = item(
+            obj(3),
+            key(),
+            Some(&rec),
+            Some(&live(4, "kubectl")),
+            "c",
+            false,
+        );
         assert!(hold(&mut it, &pauses, during).is_none());
         assert!(!it.unchanged, "a new commit is applied during a pause");
         let mut other = hand_scaled();

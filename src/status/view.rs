@@ -26,6 +26,9 @@ pub struct StackView {
     pub live: Vec<LiveComponent>,
     /// The daemon holding the stack's Lease, if one does.
     pub daemon: DaemonView,
+    /// The pauses of drift correction in force (`converge pause`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub paused: Vec<crate::cluster::pause::Pause>,
 }
 
 impl StackView {
@@ -146,10 +149,18 @@ pub async fn gather(cluster: &Cluster, pick: &Pick) -> Result<Gathered, ClusterE
     for recorded in records {
         let live = live_components(cluster, &recorded).await?;
         let daemon = daemon_of(cluster, &recorded).await;
+        // A pause record that cannot be read holds no pause (the reconcile says the same).
+        let now = chrono::Utc::now();
+        let paused =
+            crate::cluster::pause::load(cluster.client(), &recorded.namespace, &recorded.stack)
+                .await?
+                .map(|p| p.pauses.into_iter().filter(|p| p.active(now)).collect())
+                .unwrap_or_default();
         stacks.push(StackView {
             recorded,
             live,
             daemon,
+            paused,
         });
     }
     Ok(Gathered { stacks, unreadable })

@@ -192,7 +192,9 @@ impl Run<'_> {
     async fn report_hand_changes(&mut self, item: &Item, pause: &crate::cluster::pause::Pause) {
         use crate::cluster::diff::{changed_fields, managers_of, normalize};
         let scope = pause.scope();
-        let since = pause.since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let since = pause
+            .since
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let object = item.key.short();
         let Some(live) = self.live.get(&inventory::id(&item.key)) else {
             info!(%object, fields = "(the whole object)", managers = "unknown", paused = %scope, %since, "deleted by hand while paused; re-creating it");

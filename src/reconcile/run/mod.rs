@@ -265,7 +265,9 @@ impl<'a> Run<'a> {
         match pauses.map_err(Failure::cluster(Step::Read))? {
             Ok(p) => self.pauses = p,
             // A pause is never a reason to stop reconciling: an unreadable record holds nothing.
-            Err(why) => warn!(%why, "the pause record is unreadable: no pause is honoured (`converge resume` rewrites it)"),
+            Err(why) => {
+                warn!(%why, "the pause record is unreadable: no pause is honoured (`converge resume` rewrites it)")
+            }
         }
 
         let mut items = Vec::new();
