@@ -25,6 +25,9 @@ mod engine;
 #[path = "integration/daemon.rs"]
 mod daemon;
 
+#[path = "integration/pause.rs"]
+mod pause;
+
 #[path = "integration/operate.rs"]
 mod operate;
 

@@ -301,13 +301,13 @@ pub fn pause_line(
     } else {
         format!(", by {}", p.by)
     };
-    let component = p
-        .component
-        .as_deref()
-        .map(|c| format!("{c} "))
-        .unwrap_or_default();
+    let mut resume = String::from("converge resume");
+    if let Some(c) = &p.component {
+        resume.push(' ');
+        resume.push_str(c);
+    }
     format!(
-        "paused: {} until {} ({left} left{by}; drift is left alone, new commits are applied); end it now: `converge resume {component}--stack {stack} -n {namespace}`",
+        "paused: {} until {} ({left} left{by}; drift is left alone, new commits are applied); end it now: `{resume} --stack {stack} -n {namespace}`",
         p.scope(),
         p.until.format("%H:%M UTC"),
     )

@@ -17,7 +17,7 @@ use crate::support::{kubectl, run_ok, testbed, TestNamespace};
 
 /// Copies the project's chart into `repo` and writes a stack for namespace `ns`: postgres (a
 /// StatefulSet) and backend (a Deployment) from prebuilt image refs, no Secrets needed.
-fn stack_repo(ns: &str) -> GitRepo {
+pub(super) fn stack_repo(ns: &str) -> GitRepo {
     let repo = GitRepo::new();
     copy_project_dir(&repo, "charts/todo-chatbot", "charts/todo-chatbot");
     repo.write(
@@ -35,7 +35,7 @@ fn stack_repo(ns: &str) -> GitRepo {
     repo
 }
 
-fn write_backend(repo: &GitRepo, version: &str) {
+pub(super) fn write_backend(repo: &GitRepo, version: &str) {
     repo.write(
         "desired/backend.yaml",
         format!("apiVersion: converge.dev/v1alpha1\nkind: Component\nname: backend\nimage:\n  ref: todo-backend:test\nreplicas: 1\nenv:\n  VERSION: \"{version}\"\ndependsOn: [postgres]\n"),
@@ -43,7 +43,7 @@ fn write_backend(repo: &GitRepo, version: &str) {
 }
 
 /// `converge` preset for the bed (kubeconfig, helm and its caches).
-fn converge() -> Command {
+pub(super) fn converge() -> Command {
     let bed = testbed();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_converge"));
     let home = bed.dir.join("helm");
@@ -58,13 +58,13 @@ fn converge() -> Command {
 }
 
 /// A running `converge run`, its stderr collected line by line; killed when dropped.
-struct Daemon {
+pub(super) struct Daemon {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
 }
 
 impl Daemon {
-    fn start(repo: &Path, extra: &[&str]) -> Daemon {
+    pub(super) fn start(repo: &Path, extra: &[&str]) -> Daemon {
         let mut cmd = converge();
         cmd.args(["run", "--repo"])
             .arg(repo)
@@ -96,12 +96,12 @@ impl Daemon {
         self.child.id()
     }
 
-    fn log(&self) -> String {
+    pub(super) fn log(&self) -> String {
         self.lines.lock().unwrap().join("\n")
     }
 
     /// Waits for a log line containing every part of `parts`.
-    fn wait_log(&self, parts: &[&str], timeout: Duration) -> String {
+    pub(super) fn wait_log(&self, parts: &[&str], timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(l) = self
@@ -122,7 +122,7 @@ impl Daemon {
         }
     }
 
-    fn count_log(&self, parts: &[&str]) -> usize {
+    pub(super) fn count_log(&self, parts: &[&str]) -> usize {
         self.lines
             .lock()
             .unwrap()
@@ -155,7 +155,7 @@ impl Drop for Daemon {
 }
 
 /// The status converge recorded for stack `todo` in `ns`.
-async fn status(ns: &TestNamespace) -> Option<Value> {
+pub(super) async fn status(ns: &TestNamespace) -> Option<Value> {
     let cm = ns
         .api::<ConfigMap>()
         .get_opt("converge-todo-status")
@@ -165,7 +165,7 @@ async fn status(ns: &TestNamespace) -> Option<Value> {
 }
 
 /// Waits until the recorded status satisfies `pred`.
-async fn wait_status(
+pub(super) async fn wait_status(
     ns: &TestNamespace,
     timeout: Duration,
     pred: impl Fn(&Value) -> bool,
@@ -184,18 +184,18 @@ async fn wait_status(
     }
 }
 
-fn applied_commit(s: &Value) -> &str {
+pub(super) fn applied_commit(s: &Value) -> &str {
     s["lastAppliedCommit"].as_str().unwrap_or("")
 }
 
-async fn backend(ns: &TestNamespace) -> Deployment {
+pub(super) async fn backend(ns: &TestNamespace) -> Deployment {
     ns.api::<Deployment>()
         .get("todo-todo-chatbot-backend")
         .await
         .expect("backend Deployment")
 }
 
-fn env_version(d: &Deployment) -> String {
+pub(super) fn env_version(d: &Deployment) -> String {
     d.spec
         .as_ref()
         .unwrap()
@@ -211,7 +211,7 @@ fn env_version(d: &Deployment) -> String {
         .unwrap_or_default()
 }
 
-const CONVERGED: Duration = Duration::from_secs(150);
+pub(super) const CONVERGED: Duration = Duration::from_secs(150);
 
 #[tokio::test]
 async fn a_new_commit_is_deployed_by_the_running_daemon() {
@@ -529,7 +529,7 @@ fn http_get(addr: &str, path: &str) -> String {
 // ---- Fault injection: each test below fails when the fix it names is removed. ----
 
 /// The backend Deployment's replicas.
-async fn backend_replicas(ns: &TestNamespace) -> i32 {
+pub(super) async fn backend_replicas(ns: &TestNamespace) -> i32 {
     backend(ns).await.spec.and_then(|s| s.replicas).unwrap_or(1)
 }
 
