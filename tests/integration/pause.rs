@@ -90,6 +90,16 @@ async fn wait_replicas(daemon: &Daemon, ns: &TestNamespace, replicas: i32, withi
     }
 }
 
+async fn postgres_replicas(ns: &TestNamespace) -> i32 {
+    ns.api::<k8s_openapi::api::apps::v1::StatefulSet>()
+        .get("todo-todo-chatbot-postgres")
+        .await
+        .expect("postgres StatefulSet")
+        .spec
+        .and_then(|s| s.replicas)
+        .unwrap_or(1)
+}
+
 /// Holds for `dur` and fails if the backend leaves `replicas` meanwhile.
 async fn stays(daemon: &Daemon, ns: &TestNamespace, replicas: i32, dur: Duration) {
     let end = Instant::now() + dur;
@@ -115,7 +125,8 @@ async fn a_paused_component_keeps_its_hand_scale_and_the_pause_ends_by_itself_re
     let (out, err) = text(&o);
     assert!(o.status.success(), "pause failed:\n{out}{err}");
     assert!(
-        out.contains("paused component backend of stack todo") && out.contains("new commits are still applied"),
+        out.contains("paused component backend of stack todo")
+            && out.contains("new commits are still applied"),
         "{out}"
     );
     let until = pauses(&ns).await[0]["until"].as_str().unwrap().to_string();
@@ -123,7 +134,8 @@ async fn a_paused_component_keeps_its_hand_scale_and_the_pause_ends_by_itself_re
     let o = cli(&repo, &ns, &["status"]);
     let (out, _) = text(&o);
     assert!(
-        out.contains("paused: component backend until") && out.contains("`converge resume backend --stack todo -n"),
+        out.contains("paused: component backend until")
+            && out.contains("`converge resume backend --stack todo -n"),
         "status does not show the pause:\n{out}"
     );
 
@@ -136,17 +148,29 @@ async fn a_paused_component_keeps_its_hand_scale_and_the_pause_ends_by_itself_re
     let left = (until.with_timezone(&chrono::Utc) - chrono::Utc::now())
         .to_std()
         .unwrap_or_default();
-    stays(&daemon, &ns, 3, left.saturating_sub(Duration::from_millis(500))).await;
+    stays(
+        &daemon,
+        &ns,
+        3,
+        left.saturating_sub(Duration::from_millis(500)),
+    )
+    .await;
 
     wait_replicas(&daemon, &ns, 1, Duration::from_secs(10)).await;
     let restored_after = chrono::Utc::now() - until.with_timezone(&chrono::Utc);
     let line = daemon.wait_log(
-        &["changed by hand while paused", "Deployment/todo-todo-chatbot-backend"],
+        &[
+            "changed by hand while paused",
+            "Deployment/todo-todo-chatbot-backend",
+        ],
         Duration::from_secs(2),
     );
     assert!(line.contains("\"fields\":\"spec.replicas\""), "{line}");
     assert!(line.contains("\"managers\":\"kubectl"), "{line}");
-    daemon.wait_log(&["pause ended by itself", "component backend"], Duration::from_secs(1));
+    daemon.wait_log(
+        &["pause ended by itself", "component backend"],
+        Duration::from_secs(1),
+    );
     let s = wait_status(&ns, Duration::from_secs(10), |s| {
         s["message"]
             .as_str()
@@ -154,7 +178,10 @@ async fn a_paused_component_keeps_its_hand_scale_and_the_pause_ends_by_itself_re
     })
     .await;
     assert!(
-        s["message"].as_str().unwrap().contains("spec.replicas by kubectl"),
+        s["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.replicas by kubectl"),
         "{s:#?}"
     );
     // Reported once: the ended pause is forgotten.
@@ -188,6 +215,15 @@ async fn a_commit_during_a_stack_pause_is_applied_and_resume_restores_the_hand_c
     daemon.wait_log(&["paused, left alone"], Duration::from_secs(5));
     stays(&daemon, &ns, 3, Duration::from_secs(2)).await;
 
+    // A hand change to an object the commit does not touch stays through the commit's
+    // reconcile (the reconcile itself honours the pause, not only the drift watch).
+    run_ok(kubectl().args([
+        "-n",
+        ns.name(),
+        "scale",
+        "statefulset/todo-todo-chatbot-postgres",
+        "--replicas=2",
+    ]));
     // A commit is a deploy, not a hand change: applied during the pause; the object it
     // changes is applied whole, which re-asserts converge's replicas.
     write_backend(&repo, "v1");
@@ -199,6 +235,7 @@ async fn a_commit_during_a_stack_pause_is_applied_and_resume_restores_the_hand_c
     .await;
     assert_eq!(env_version(&backend(&ns).await), "v1");
     assert_eq!(backend_replicas(&ns).await, 1);
+    assert_eq!(postgres_replicas(&ns).await, 2, "log:\n{}", daemon.log());
 
     // Still paused for hand changes.
     scale_backend(&ns, 4);
@@ -212,6 +249,15 @@ async fn a_commit_during_a_stack_pause_is_applied_and_resume_restores_the_hand_c
     assert!(out.contains("resumed stack todo"), "{out}");
     wait_replicas(&daemon, &ns, 1, Duration::from_secs(5)).await;
     eprintln!("resume → restored: {:?}", resumed.elapsed());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while postgres_replicas(&ns).await != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "postgres not restored; log:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let line = daemon.wait_log(&["changed by hand while paused"], Duration::from_secs(2));
     assert!(
         line.contains("spec.replicas") && line.contains("kubectl"),
@@ -257,7 +303,10 @@ async fn a_pause_of_a_missing_component_or_longer_than_a_day_is_refused_with_a_f
     assert!(err.contains("longer than a day"), "{err}");
     let fix = hinted(&err);
     assert!(fix.contains(&"--force".to_string()), "{err}");
-    assert!(pauses(&ns).await.is_empty(), "a refused pause wrote nothing");
+    assert!(
+        pauses(&ns).await.is_empty(),
+        "a refused pause wrote nothing"
+    );
 
     let o = cli(&repo, &ns, &["pause", "backend", "--for", "0s"]);
     assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
@@ -269,7 +318,12 @@ async fn a_pause_of_a_missing_component_or_longer_than_a_day_is_refused_with_a_f
         .arg(repo.path())
         .output()
         .unwrap();
-    assert!(o.status.success(), "`{}` failed: {:?}", fix.join(" "), text(&o));
+    assert!(
+        o.status.success(),
+        "`{}` failed: {:?}",
+        fix.join(" "),
+        text(&o)
+    );
     let p = pauses(&ns).await;
     let until = chrono::DateTime::parse_from_rfc3339(p[0]["until"].as_str().unwrap()).unwrap();
     let hours = (until.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_minutes() / 60;
