@@ -110,6 +110,28 @@ mod tests {
     }
 
     #[test]
+    fn pause_takes_a_component_a_humantime_length_and_the_stack_selectors() {
+        let Command::Pause(p) =
+            parse("converge pause backend --for 1h30m --force --stack dev -n ns --context c")
+                .command
+        else {
+            panic!("not pause");
+        };
+        assert_eq!(p.component.as_deref(), Some("backend"));
+        assert_eq!(p.length, std::time::Duration::from_secs(5400));
+        assert!(p.force);
+        assert!(Cli::try_parse_from(["converge", "pause", "--for", "-5m"]).is_err());
+        assert!(
+            Cli::try_parse_from(["converge", "pause", "backend"]).is_err(),
+            "--for is required"
+        );
+        let Command::Resume(r) = parse("converge resume --stack dev").command else {
+            panic!("not resume");
+        };
+        assert!(r.component.is_none());
+    }
+
+    #[test]
     fn run_accepts_the_command_builder_and_resolves_every_group_into_its_config() {
         let cli = parse(concat!(
             "converge run --builder command --command buildah --exists-command inspect",

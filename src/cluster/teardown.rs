@@ -21,7 +21,7 @@ use tracing::{info, warn};
 
 use super::inventory::{self, Inventory};
 use super::{call, order, Cluster, ClusterError, ObjectKey};
-use crate::vocabulary::{inventory_name, lease_name, status_name, LABEL_STACK};
+use crate::vocabulary::{inventory_name, lease_name, pause_name, status_name, LABEL_STACK};
 
 /// How a teardown behaves.
 #[derive(Debug, Clone, Copy)]
@@ -317,8 +317,10 @@ async fn run(
         }
         return Ok(());
     }
-    // The records last: the inventory, then the status record.
-    for key in [&inv_key, &status_key] {
+    // The records last: the inventory, then the status record (and a pause: nothing is left
+    // to pause, and a stack applied again later starts unpaused).
+    let pause_key = configmap_key(namespace, pause_name(stack));
+    for key in [&inv_key, &status_key, &pause_key] {
         if let Some(uid) = delete(cluster, key).await? {
             wait_gone(cluster, key, &uid, deadline).await?;
         }
