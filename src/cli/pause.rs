@@ -87,12 +87,16 @@ pub(super) fn pause(args: &PauseArgs) -> u8 {
         let now = chrono::Utc::now();
         let length = chrono::Duration::from_std(args.length).unwrap_or(chrono::Duration::MAX);
         let until = now.checked_add_signed(length).unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
-        let user = std::env::var("USER").unwrap_or_default();
+        let host = crate::daemon::lock::hostname();
+        let by = match std::env::var("USER") {
+            Ok(user) if !user.is_empty() => format!("{user}@{host}"),
+            _ => host,
+        };
         let p = Pause {
             component: args.component.clone(),
             since: now,
             until,
-            by: format!("{user}@{}", crate::daemon::lock::hostname()),
+            by,
         };
         pauses.set(p.clone());
         if let Err(e) = pause::save(cluster.client(), &s.namespace, &s.stack, &pauses).await {

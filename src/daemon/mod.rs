@@ -519,7 +519,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                     }
                     for c in state.on_pauses(&stack, ends, now.into_std()) {
                         let scope = c.map_or("the stack".to_string(), |c| format!("component {c}"));
-                        info!(%stack, paused = %scope, "pause ended (resumed); reporting what was changed by hand and restoring");
+                        info!(%stack, paused = %scope, "pause ended (resumed, or before this daemon saw it end); reporting what was changed by hand and restoring");
                     }
                 }
                 Note::Secret { stack, name } => {

@@ -90,6 +90,19 @@ async fn wait_replicas(daemon: &Daemon, ns: &TestNamespace, replicas: i32, withi
     }
 }
 
+fn patch_postgres(ns: &TestNamespace, patch: &str) {
+    run_ok(kubectl().args([
+        "-n",
+        ns.name(),
+        "patch",
+        "statefulset/todo-todo-chatbot-postgres",
+        "--type",
+        "merge",
+        "-p",
+        patch,
+    ]));
+}
+
 async fn postgres_replicas(ns: &TestNamespace) -> i32 {
     ns.api::<k8s_openapi::api::apps::v1::StatefulSet>()
         .get("todo-todo-chatbot-postgres")
@@ -224,18 +237,29 @@ async fn a_commit_during_a_stack_pause_is_applied_and_resume_restores_the_hand_c
         "statefulset/todo-todo-chatbot-postgres",
         "--replicas=2",
     ]));
+    // … and one that makes it unready (kwok reads the label): the backend depends on
+    // postgres, yet the commit does not wait for a component held in the state a person made.
+    patch_postgres(
+        &ns,
+        r#"{"spec":{"template":{"metadata":{"labels":{"converge.test/fail":"unready"}}}}}"#,
+    );
     // A commit is a deploy, not a hand change: applied during the pause; the object it
     // changes is applied whole, which re-asserts converge's replicas.
     write_backend(&repo, "v1");
     repo.commit("v1");
     let second = repo.head();
-    wait_status(&ns, CONVERGED, |s| {
+    wait_status(&ns, Duration::from_secs(40), |s| {
         applied_commit(s) == second && s["ready"] == true
     })
     .await;
     assert_eq!(env_version(&backend(&ns).await), "v1");
     assert_eq!(backend_replicas(&ns).await, 1);
     assert_eq!(postgres_replicas(&ns).await, 2, "log:\n{}", daemon.log());
+
+    patch_postgres(
+        &ns,
+        r#"{"spec":{"template":{"metadata":{"labels":{"converge.test/fail":null}}}}}"#,
+    );
 
     // Still paused for hand changes.
     scale_backend(&ns, 4);

@@ -80,6 +80,9 @@ pub(super) struct Run<'a> {
     pause_now: chrono::DateTime<chrono::Utc>,
     /// What was changed by hand during a pause that ended, one line per object.
     hand_changes: Vec<String>,
+    /// Objects whose hand changes a pause holds (inventory ids): their health is the person's
+    /// while they debug, so no health wait of this run waits for them.
+    held: BTreeSet<String>,
 }
 
 /// `(group, kind, name)` of rendered objects: what is still wanted.
@@ -167,6 +170,7 @@ impl<'a> Run<'a> {
             pauses: Pauses::default(),
             pause_now: chrono::Utc::now(),
             hand_changes: Vec::new(),
+            held: BTreeSet::new(),
         }
     }
 
@@ -278,6 +282,7 @@ impl<'a> Run<'a> {
                 Ok(mut item) => {
                     if let Some(p) = plan::hold(&mut item, &self.pauses, self.pause_now) {
                         debug!(object = %item.key, until = %p.until, "drift left alone: paused");
+                        self.held.insert(inventory::id(&item.key));
                     }
                     items.push(item)
                 }
@@ -383,6 +388,7 @@ impl<'a> Run<'a> {
         let all: Vec<ObjectKey> = workloads
             .iter()
             .filter(|w| self.problem(&w.component).is_none())
+            .filter(|w| !self.held.contains(&inventory::id(&w.key)))
             .map(|w| w.key.clone())
             .collect();
         if !self.preempted {
@@ -469,6 +475,7 @@ impl<'a> Run<'a> {
                 let keys: Vec<ObjectKey> = workloads
                     .iter()
                     .filter(|w| &w.component == dep)
+                    .filter(|w| !self.held.contains(&inventory::id(&w.key)))
                     .map(|w| w.key.clone())
                     .collect();
                 match self.wait_healthy(&keys, preemptible).await {
