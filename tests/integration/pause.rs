@@ -265,6 +265,14 @@ async fn a_commit_during_a_stack_pause_is_applied_and_resume_restores_the_hand_c
     scale_backend(&ns, 4);
     daemon.wait_log(&["paused, left alone"], Duration::from_secs(5));
     stays(&daemon, &ns, 4, Duration::from_secs(2)).await;
+    // `converge diff` shows the held drift at any time.
+    let o = cli(&repo, &ns, &["diff"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}{err}");
+    assert!(
+        out.contains("-  replicas: 4") && out.contains("+  replicas: 1"),
+        "{out}"
+    );
 
     let resumed = Instant::now();
     let o = cli(&repo, &ns, &["resume"]);
