@@ -128,6 +128,14 @@ impl Minikube {
     }
 }
 
+/// One minikube test at a time: the quickstart's `minikube start` reconfigures the one node
+/// (containerd and the kubelet restart) under any other test using it.
+fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A failed test poisons the lock; the next one still runs.
+    ONE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A namespace on the minikube cluster, deleted when dropped.
 struct MkNamespace(String);
 
@@ -262,6 +270,7 @@ fn wait_page(ns: &str, want: &str) {
 
 #[test]
 fn on_minikube_an_image_is_loaded_verified_and_served_and_a_revert_builds_nothing() {
+    let _one_at_a_time = exclusive();
     let mk = minikube();
     let ns = MkNamespace::new("mk-images");
     let repo = app_repo(&ns.0);
@@ -370,6 +379,7 @@ fn assert_nothing_applied(ns: &str) {
 #[test]
 fn a_minikube_profile_that_does_not_exist_is_named_with_the_command_that_starts_it_and_nothing_changes(
 ) {
+    let _one_at_a_time = exclusive();
     let ns = MkNamespace::new("mk-noprofile");
     let repo = app_repo(&ns.0);
     let (out, stderr) =
@@ -388,6 +398,7 @@ fn a_minikube_profile_that_does_not_exist_is_named_with_the_command_that_starts_
 
 #[test]
 fn without_minikube_on_path_the_error_names_it_and_nothing_changes() {
+    let _one_at_a_time = exclusive();
     let ns = MkNamespace::new("mk-nobinary");
     let repo = app_repo(&ns.0);
     // The PATH a user has without minikube: the system's, and helm.
@@ -414,6 +425,7 @@ fn without_minikube_on_path_the_error_names_it_and_nothing_changes() {
 
 #[test]
 fn doctor_on_the_minikube_context_checks_minikube_itself() {
+    let _one_at_a_time = exclusive();
     let ns = MkNamespace::new("mk-doctor");
     let repo = app_repo(&ns.0);
     let out = minikube()
@@ -650,6 +662,7 @@ fn builds_done(log: &str) -> usize {
 
 #[test]
 fn the_quickstart_runs_as_written_on_minikube() {
+    let _one_at_a_time = exclusive();
     let mk = minikube();
     let t0 = Instant::now();
     let doc =
