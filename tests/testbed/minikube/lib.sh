@@ -6,6 +6,10 @@ MK_SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=tests/testbed/lib.sh
 . "$MK_SRC/../lib.sh"
 
+# The testbed's env file points ctr at the bed's own containerd; inside minikube's namespaces
+# every ctr and crictl must reach minikube's (/run/containerd/containerd.sock there).
+unset CONTAINERD_ADDRESS CONTAINERD_NAMESPACE CONTAINERD_SNAPSHOTTER
+
 STATE="${CONVERGE_MINIKUBE_DIR:-/tmp/converge-minikube}"
 NS_DIR="$STATE/ns"
 LOGS="$STATE/logs"
