@@ -50,5 +50,5 @@ mod ux;
 mod history;
 #[path = "integration/localurl.rs"]
 mod localurl;
-#[path = "integration/minikube.rs"]
-mod minikube;
+#[path = "integration/on_minikube.rs"]
+mod on_minikube;

@@ -26,13 +26,24 @@ impl Fixture {
             api: unique_name("conv-api"),
             web: unique_name("conv-web"),
         };
+        // A label of this fixture's own first: the legacy builder's layer cache is shared by
+        // every test on the engine, and another fixture's clean-up (`docker rmi -f`) could delete a
+        // cached layer this build is reusing ("unable to find image sha256:…").
+        let api_dockerfile = format!(
+            "FROM scratch\nLABEL converge.test.fixture={}\nCOPY hello /hello\n",
+            f.api
+        );
+        let web_dockerfile = format!(
+            "FROM scratch\nLABEL converge.test.fixture={}\nCOPY index.html /index.html\n",
+            f.web
+        );
         f.repo
             .write("charts/app/Chart.yaml", "apiVersion: v2\nname: app\nversion: 0.1.0\n")
-            .write("apps/api/Dockerfile", "FROM scratch\nCOPY hello /hello\n")
+            .write("apps/api/Dockerfile", api_dockerfile)
             .write("apps/api/hello", "api v1\n")
             .write("apps/api/.dockerignore", "*.log\n")
             .write("apps/api/debug.log", "noise\n")
-            .write("apps/web/Dockerfile", "FROM scratch\nCOPY index.html /index.html\n")
+            .write("apps/web/Dockerfile", web_dockerfile)
             .write("apps/web/index.html", "<p>web v1</p>\n")
             .write(
                 "desired/stack.yaml",
