@@ -15,7 +15,6 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,7 +28,7 @@ use kube::runtime::watcher;
 use kube::ResourceExt;
 use serde_json::Value;
 
-use crate::support::git::{copy_project_dir, GitRepo};
+use crate::support::git::{copy_project_dir, write_busybox_web, GitRepo};
 use crate::support::{kubectl, run_ok, testbed, TestNamespace};
 
 /// The stack's name (its status record is `converge-hookapp-status`).
@@ -100,24 +99,9 @@ fn app_repo(ns: &str) -> GitRepo {
 
 /// [`app_repo`] with `values` (YAML lines under the stack's `values:`) for the chart.
 fn app_repo_with_values(ns: &str, values: &str) -> GitRepo {
-    let busybox = Path::new("/bin/busybox");
-    assert!(
-        busybox.exists(),
-        "/bin/busybox missing (the web image is the host's static busybox): apt-get install -y busybox-static"
-    );
     let repo = GitRepo::new();
     copy_project_dir(&repo, "tests/fixtures/charts/hookapp", "charts/hookapp");
-    copy_project_dir(&repo, "tests/fixtures/apps/hookweb", "apps/web");
-    repo.write(
-        "apps/web/busybox",
-        std::fs::read(busybox).expect("read /bin/busybox"),
-    );
-    run_ok(
-        Command::new("chmod")
-            .arg("755")
-            .arg(repo.file("apps/web/busybox")),
-    );
-    repo.write("apps/web/index.html", page(ns, "v1"));
+    write_busybox_web(&repo, &page(ns, "v1"));
     repo.write(
         "desired/stack.yaml",
         format!(

@@ -11,7 +11,6 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,7 +20,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::ListParams;
 use serde_json::Value;
 
-use crate::support::git::{copy_project_dir, GitRepo};
+use crate::support::git::{copy_project_dir, write_busybox_web, GitRepo};
 use crate::support::{run_ok, testbed, TestNamespace};
 
 /// The stack's name (its status record is `converge-urlapp-status`).
@@ -97,22 +96,7 @@ fn app_repo(ns: &str, local_port: u16, build: bool) -> GitRepo {
     let repo = GitRepo::new();
     copy_project_dir(&repo, "tests/fixtures/charts/urlapp", "charts/urlapp");
     if build {
-        let busybox = Path::new("/bin/busybox");
-        assert!(
-            busybox.exists(),
-            "/bin/busybox missing (the web image is the host's static busybox): apt-get install -y busybox-static"
-        );
-        copy_project_dir(&repo, "tests/fixtures/apps/hookweb", "apps/web");
-        repo.write(
-            "apps/web/busybox",
-            std::fs::read(busybox).expect("read /bin/busybox"),
-        );
-        run_ok(
-            Command::new("chmod")
-                .arg("755")
-                .arg(repo.file("apps/web/busybox")),
-        );
-        repo.write("apps/web/index.html", page(ns));
+        write_busybox_web(&repo, &page(ns));
     }
     repo.write(
         "desired/stack.yaml",

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::git::{copy_project_dir, GitRepo};
+use crate::support::git::{copy_project_dir, write_busybox_web, GitRepo};
 use crate::support::{run_ok, testbed, unique_name};
 
 /// The minikube bed of this test run.
@@ -165,24 +165,9 @@ fn page(ns: &str, version: &str) -> String {
 /// A repository with the hookapp chart and a web component built from a FROM-scratch context
 /// (the host's static busybox), in a stack whose context is `minikube`.
 fn app_repo(ns: &str) -> GitRepo {
-    let busybox = Path::new("/bin/busybox");
-    assert!(
-        busybox.exists(),
-        "/bin/busybox missing (the web image is the host's static busybox): apt-get install -y busybox-static"
-    );
     let repo = GitRepo::new();
     copy_project_dir(&repo, "tests/fixtures/charts/hookapp", "charts/hookapp");
-    copy_project_dir(&repo, "tests/fixtures/apps/hookweb", "apps/web");
-    repo.write(
-        "apps/web/busybox",
-        std::fs::read(busybox).expect("read /bin/busybox"),
-    );
-    run_ok(
-        Command::new("chmod")
-            .arg("755")
-            .arg(repo.file("apps/web/busybox")),
-    );
-    repo.write("apps/web/index.html", page(ns, "v1"));
+    write_busybox_web(&repo, &page(ns, "v1"));
     repo.write(
         "desired/stack.yaml",
         format!("apiVersion: converge.dev/v1alpha1\nkind: Stack\nname: web\nnamespace: {ns}\ncontext: minikube\nchart: charts/hookapp\n"),

@@ -144,3 +144,25 @@ pub fn copy_tracked(repo: &GitRepo, from: &str, to: &str) {
     }
     assert!(n > 0, "no tracked files under {from}");
 }
+
+/// Writes the busybox web build context (`tests/fixtures/apps/hookweb`, the host's static
+/// busybox, and `page` as index.html) at `apps/web`: a FROM-scratch image a real node can run.
+pub fn write_busybox_web(repo: &GitRepo, page: &str) {
+    let busybox = Path::new("/bin/busybox");
+    assert!(
+        busybox.exists(),
+        "/bin/busybox missing (the web image is the host's static busybox): apt-get install -y busybox-static"
+    );
+    copy_project_dir(repo, "tests/fixtures/apps/hookweb", "apps/web");
+    repo.write(
+        "apps/web/busybox",
+        std::fs::read(busybox).expect("read /bin/busybox"),
+    );
+    let status = Command::new("chmod")
+        .arg("755")
+        .arg(repo.file("apps/web/busybox"))
+        .status()
+        .expect("run chmod");
+    assert!(status.success(), "chmod 755 apps/web/busybox failed");
+    repo.write("apps/web/index.html", page);
+}
