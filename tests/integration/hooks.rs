@@ -583,10 +583,11 @@ where
 {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(o) = api.get_opt(name).await.expect("get") {
-            if o.meta().uid.as_deref() != Some(old) && o.meta().deletion_timestamp.is_none() {
-                return;
-            }
+        let recreated = api.get_opt(name).await.expect("get").is_some_and(|o| {
+            o.meta().uid.as_deref() != Some(old) && o.meta().deletion_timestamp.is_none()
+        });
+        if recreated {
+            return;
         }
         assert!(
             Instant::now() < deadline,
