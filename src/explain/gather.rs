@@ -415,30 +415,57 @@ async fn gather_component(
 }
 
 async fn log_tail(api: &Api<Pod>, pod: &str, container: &str) -> Option<LogTail> {
-    for previous in [true, false] {
-        let lp = LogParams {
-            container: Some(container.to_string()),
-            tail_lines: Some(LOG_LINES),
-            previous,
-            ..LogParams::default()
-        };
-        match tokio::time::timeout(LOG_TIMEOUT, api.logs(pod, &lp)).await {
-            Ok(Ok(text)) if !text.trim().is_empty() => {
-                let lines: Vec<String> = text.lines().map(str::to_string).collect();
-                let skip = lines.len().saturating_sub(LOG_LINES as usize);
-                return Some(LogTail {
-                    pod: pod.into(),
-                    container: container.into(),
-                    previous,
-                    lines: lines.into_iter().skip(skip).collect(),
-                });
+    // A crash-looping container is caught in one of two moments: backing off (the crashed
+    // instance is `previous`) or just exited (it is the current one, and the kubelet may
+    // already have removed the instance before it). Both are asked; a kubelet notice in place
+    // of a log means the status moved on under us, so the pair is asked again.
+    for attempt in 0..LOG_ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(LOG_RETRY_PAUSE).await;
+        }
+        for previous in [true, false] {
+            let lp = LogParams {
+                container: Some(container.to_string()),
+                tail_lines: Some(LOG_LINES),
+                previous,
+                ..LogParams::default()
+            };
+            match tokio::time::timeout(LOG_TIMEOUT, api.logs(pod, &lp)).await {
+                Ok(Ok(text)) if is_kubelet_notice(&text) => {
+                    debug!(pod, container, previous, notice = text.trim(), "log gone")
+                }
+                Ok(Ok(text)) if !text.trim().is_empty() => {
+                    let lines: Vec<String> = text.lines().map(str::to_string).collect();
+                    let skip = lines.len().saturating_sub(LOG_LINES as usize);
+                    return Some(LogTail {
+                        pod: pod.into(),
+                        container: container.into(),
+                        previous,
+                        lines: lines.into_iter().skip(skip).collect(),
+                    });
+                }
+                Ok(Ok(_)) => continue,
+                Ok(Err(e)) => debug!(pod, container, previous, error = %e, "no log"),
+                Err(_) => debug!(pod, container, previous, "log read timed out"),
             }
-            Ok(Ok(_)) => continue,
-            Ok(Err(e)) => debug!(pod, container, previous, error = %e, "no log"),
-            Err(_) => debug!(pod, container, previous, "log read timed out"),
         }
     }
     None
+}
+
+/// How many times the previous/current pair is asked when the kubelet says a log is gone.
+const LOG_ATTEMPTS: u32 = 3;
+/// Long enough for the kubelet to publish the next container status.
+const LOG_RETRY_PAUSE: Duration = Duration::from_millis(700);
+
+/// Whether a log body is the kubelet's notice that the container (and its log) was removed.
+///
+/// The kubelet has already answered 200 when it finds the container gone, so the notice
+/// arrives as the body (kuberuntime_container.go, `GetContainerLogs`:
+/// `unable to retrieve container logs for %v`), never as an error.
+fn is_kubelet_notice(text: &str) -> bool {
+    let text = text.trim();
+    text.starts_with("unable to retrieve container logs for ") && !text.contains('\n')
 }
 
 /// Every node's allocatable CPU and memory and what the Pods on it already request.
@@ -487,6 +514,21 @@ pub fn room(nodes: &[Value], pods: &[Value]) -> Vec<NodeRoom> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_kubelets_notice_that_a_container_is_gone_is_not_a_log() {
+        // Exact text of a kubelet (v1.35.8) answering for a garbage-collected container.
+        assert!(super::is_kubelet_notice(
+            "unable to retrieve container logs for containerd://ad00ef9ee9dfd5bf6009c02ac4d5fbe768cc5e728c454740fd802564c13be92e\n"
+        ));
+        assert!(!super::is_kubelet_notice(
+            "converge-test: backend refuses to start\n"
+        ));
+        // An app that prints the same words among its own lines is the app's log.
+        assert!(!super::is_kubelet_notice(
+            "starting\nunable to retrieve container logs for x\n"
+        ));
+    }
 
     #[test]
     fn secret_references_come_from_env_and_env_from() {
