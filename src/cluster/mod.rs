@@ -108,6 +108,13 @@ pub struct ApplyOptions {
     pub dry_run: bool,
 }
 
+/// What a DELETE removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deleted {
+    /// The deleted object's uid: a re-created object of the same name has another.
+    pub uid: Option<String>,
+}
+
 /// A connection to one cluster, with a discovery cache.
 #[derive(Clone)]
 pub struct Cluster {
@@ -412,12 +419,19 @@ impl Cluster {
             .collect())
     }
 
-    /// Deletes one object (background propagation); `Ok(false)` when it was already gone.
-    pub async fn delete(&self, key: &ObjectKey) -> Result<bool, ClusterError> {
+    /// Deletes one object (background propagation); `Ok(None)` when it was already gone,
+    /// otherwise the uid of what was deleted (from the object, or the server's Status details).
+    pub async fn delete(&self, key: &ObjectKey) -> Result<Option<Deleted>, ClusterError> {
         let api = self.api_for(key).await?;
         match api.delete(&key.name, &DeleteParams::background()).await {
-            Ok(_) => Ok(true),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+            Ok(either) => Ok(Some(Deleted {
+                uid: either
+                    .map_left(|o| o.metadata.uid)
+                    .map_right(|s| s.details.map(|d| d.uid))
+                    .into_inner()
+                    .filter(|u| !u.is_empty()),
+            })),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
             Err(source) => Err(ClusterError::from_kube("deleting", key, source)),
         }
     }

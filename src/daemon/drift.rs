@@ -98,6 +98,8 @@ pub struct DriftEvent {
     pub manager: String,
     /// Whether the object was deleted.
     pub deleted: bool,
+    /// The object's uid, when known: tells converge's own deletion from a re-created object's.
+    pub uid: Option<String>,
 }
 
 /// What the watch remembers of one object.
@@ -324,10 +326,11 @@ async fn watch_kind(
             component: component_of(meta),
             manager,
             deleted,
+            uid: meta.uid.clone(),
         })
     };
-    // The component of an object seen before, for a deletion noticed at a relist.
-    let mut components: HashMap<String, String> = HashMap::new();
+    // The component and uid of an object seen before, for a deletion noticed at a relist.
+    let mut components: HashMap<String, (String, Option<String>)> = HashMap::new();
     while let Some(event) = stream.next().await {
         let note = match event {
             Ok(Event::Init) => {
@@ -339,7 +342,10 @@ async fn watch_kind(
                 if ignored.contains(&name) {
                     continue;
                 }
-                components.insert(name.clone(), component_of(&o.metadata));
+                components.insert(
+                    name.clone(),
+                    (component_of(&o.metadata), o.metadata.uid.clone()),
+                );
                 let found = if synced {
                     classify(seen.get(&name), &o.metadata)
                         .map(|m| drift(&o.metadata, &name, m, false))
@@ -356,10 +362,11 @@ async fn watch_kind(
                 if synced {
                     // Gone while the watch was down.
                     for name in seen.keys().filter(|n| !listed.contains_key(*n)) {
+                        let known = components.get(name);
                         let meta = ObjectMeta {
-                            labels: components
-                                .get(name)
-                                .map(|c| [(LABEL_COMPONENT.to_string(), c.clone())].into()),
+                            labels: known
+                                .map(|(c, _)| [(LABEL_COMPONENT.to_string(), c.clone())].into()),
+                            uid: known.and_then(|(_, u)| u.clone()),
                             ..ObjectMeta::default()
                         };
                         let _ = tx.send(drift(&meta, name, "unknown".into(), true)).await;
@@ -380,7 +387,10 @@ async fn watch_kind(
                 }
                 let found = classify(seen.get(&name), &o.metadata)
                     .map(|m| drift(&o.metadata, &name, m, false));
-                components.insert(name.clone(), component_of(&o.metadata));
+                components.insert(
+                    name.clone(),
+                    (component_of(&o.metadata), o.metadata.uid.clone()),
+                );
                 seen.insert(name, Seen::of(&o.metadata));
                 found
             }

@@ -51,7 +51,8 @@ pub(super) struct Done {
     pub secrets: BTreeMap<String, BTreeSet<String>>,
     pub leases: Vec<LeaseGuard>,
     pub invalid: bool,
-    /// The commit as prepared, when every build succeeded (reused by drift corrections).
+    /// The commit as prepared (reused by drift corrections; a retry only when every build
+    /// succeeded).
     pub prepared: Option<Arc<PreparedCommit>>,
     /// It reused a prepared commit: its build outcomes were counted already.
     pub reused: bool,
@@ -190,9 +191,8 @@ pub(super) async fn job(mut input: JobInput) -> Done {
                 .insert(p.stack.spec.name.clone(), revert_scope(&p.stack));
         }
     }
-    if prepared.complete() {
-        done.prepared = Some(prepared.clone());
-    }
+    // Kept even with a failed build: drift corrections re-apply it without building again.
+    done.prepared = Some(prepared.clone());
 
     // A commit may name a stack this daemon does not lease yet.
     if cfg.lease {

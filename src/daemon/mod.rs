@@ -292,9 +292,9 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                     });
                     let (ptx, prx) = watch::channel(false);
                     preempt_tx = Some(ptx);
-                    let reuse = prepared_cache
-                        .clone()
-                        .filter(|p| p.commit == st.commit && st.trigger.reuses_prepared());
+                    let reuse = prepared_cache.clone().filter(|p| {
+                        p.commit == st.commit && st.trigger.reuses_prepared(p.complete())
+                    });
                     // After a restart the record is rebuilt from the revert commit itself.
                     let auto_revert = history.auto_revert_for(&st.commit);
                     let input = JobInput {
@@ -469,7 +469,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                 }
             }
             Some(note) = drift_rx.recv() => match note {
-                Note::Drift(ev) if ev.deleted && own_deletions.take(&ev.stack, &ev.object) => {
+                Note::Drift(ev) if ev.deleted && own_deletions.take(&ev.stack, &ev.object, ev.uid.as_deref()) => {
                     debug!(stack = %ev.stack, object = %ev.object, "deleted by converge's prune: not drift");
                 }
                 Note::Drift(ev) => {

@@ -39,18 +39,24 @@ pub enum Trigger {
 }
 
 impl Trigger {
-    /// Whether a reconcile it starts may reuse the commit as the daemon last prepared it:
-    /// the commit did not change, and nobody asked to read it again.
-    pub fn reuses_prepared(self) -> bool {
-        matches!(
-            self,
+    /// Whether a reconcile it starts may reuse the commit as the daemon last prepared it
+    /// (`complete`: with every image built): the commit did not change, and nobody asked to
+    /// read it again. Only the back-off retry builds a failed image again: drift, a Secret or a
+    /// resync re-apply what is there (the failed component held back) without paying for it.
+    pub fn reuses_prepared(self, complete: bool) -> bool {
+        match self {
             Trigger::Drift
-                | Trigger::Record
-                | Trigger::Secret
-                | Trigger::Resync
-                | Trigger::Retry
-                | Trigger::PauseEnd
-        )
+            | Trigger::Record
+            | Trigger::Secret
+            | Trigger::Resync
+            | Trigger::PauseEnd => true,
+            Trigger::Retry => complete,
+            Trigger::Startup
+            | Trigger::Commit
+            | Trigger::FullResync
+            | Trigger::Sync
+            | Trigger::Reload => false,
+        }
     }
 
     /// The span field value.

@@ -95,16 +95,29 @@ pub struct Options {
 
 /// Objects converge is deleting itself (prune, re-create, hook clean-up), keyed
 /// `stack/Kind/name`, shared between a reconcile and the daemon's drift watch. An entry is
-/// noted before the DELETE is sent (the watch event may arrive before its answer) and is
-/// taken by that event; one that no event took (the object was already gone) is forgotten, or
-/// expires, so a later hand deletion of the same object is still drift. The bound is long
-/// enough for a deletion held by finalizers (a volume claim while its Pod stops).
+/// noted before the DELETE is sent (the watch event may arrive before its answer), gets the
+/// deleted object's uid from that answer, and is taken by the event of that uid; one that no
+/// event took (the object was already gone, the watch missed it) is forgotten, or expires.
+/// Until then a hand deletion of a *re-created* object of the same name is still drift: its
+/// uid is not the one converge deleted. The bound is long enough for a deletion held by
+/// finalizers (a volume claim while its Pod stops).
 #[derive(Debug, Clone, Default)]
-pub struct OwnDeletions(std::sync::Arc<std::sync::Mutex<BTreeMap<String, std::time::Instant>>>);
+pub struct OwnDeletions(std::sync::Arc<std::sync::Mutex<BTreeMap<String, OwnDeletion>>>);
+
+/// One deletion converge made: when, and (once the server answered) the uid it removed.
+#[derive(Debug, Clone)]
+struct OwnDeletion {
+    at: std::time::Instant,
+    uid: Option<String>,
+}
 
 impl OwnDeletions {
     /// How long a noted deletion waits for its watch event.
     pub const TTL: Duration = Duration::from_secs(300);
+
+    fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, OwnDeletion>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 
     /// Notes that converge deletes `Kind/name` of `stack`.
     pub fn note(&self, stack: &str, object: &str) {
@@ -112,30 +125,54 @@ impl OwnDeletions {
     }
 
     fn note_at(&self, stack: &str, object: &str, at: std::time::Instant) {
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        m.retain(|_, t| at.saturating_duration_since(*t) < Self::TTL);
-        m.insert(format!("{stack}/{object}"), at);
+        let mut m = self.map();
+        m.retain(|_, d| at.saturating_duration_since(d.at) < Self::TTL);
+        m.insert(format!("{stack}/{object}"), OwnDeletion { at, uid: None });
+    }
+
+    /// Records the uid the server says it deleted (unless the event took the note already).
+    pub fn confirm(&self, stack: &str, object: &str, uid: &str) {
+        if let Some(d) = self.map().get_mut(&format!("{stack}/{object}")) {
+            d.uid = Some(uid.to_string());
+        }
     }
 
     /// Forgets a noted deletion that did not happen (the object was already gone).
     pub fn forget(&self, stack: &str, object: &str) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&format!("{stack}/{object}"));
+        self.map().remove(&format!("{stack}/{object}"));
     }
 
-    /// Whether converge deleted `Kind/name` of `stack` itself within [`Self::TTL`] (forgetting it).
-    pub fn take(&self, stack: &str, object: &str) -> bool {
-        self.take_at(stack, object, std::time::Instant::now())
+    /// Whether the deletion of `Kind/name` (of `uid`, when the event carries one) of `stack`
+    /// is one converge made within [`Self::TTL`]; taking it forgets the note.
+    pub fn take(&self, stack: &str, object: &str, uid: Option<&str>) -> bool {
+        self.take_at(stack, object, uid, std::time::Instant::now())
     }
 
-    fn take_at(&self, stack: &str, object: &str, now: std::time::Instant) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&format!("{stack}/{object}"))
-            .is_some_and(|t| now.saturating_duration_since(t) < Self::TTL)
+    fn take_at(
+        &self,
+        stack: &str,
+        object: &str,
+        uid: Option<&str>,
+        now: std::time::Instant,
+    ) -> bool {
+        let key = format!("{stack}/{object}");
+        let mut m = self.map();
+        let Some(d) = m.get(&key) else {
+            return false;
+        };
+        if now.saturating_duration_since(d.at) >= Self::TTL {
+            m.remove(&key);
+            return false;
+        }
+        // Another object of that name (re-created since): someone else deleted it, and the
+        // event of converge's own deletion may still come.
+        if let (Some(ours), Some(theirs)) = (d.uid.as_deref(), uid) {
+            if ours != theirs {
+                return false;
+            }
+        }
+        m.remove(&key);
+        true
     }
 }
 
@@ -328,16 +365,40 @@ mod tests {
         let d = OwnDeletions::default();
         let t0 = Instant::now();
         d.note_at("todo", "ServiceAccount/migrations", t0);
-        assert!(d.take_at("todo", "ServiceAccount/migrations", t0));
+        assert!(d.take_at("todo", "ServiceAccount/migrations", Some("u1"), t0));
         assert!(
-            !d.take_at("todo", "ServiceAccount/migrations", t0),
+            !d.take_at("todo", "ServiceAccount/migrations", Some("u1"), t0),
             "a second deletion of the same object is someone else's"
         );
         // Noted, but no event took it (a watch gap): a hand deletion after the bound is drift.
         d.note_at("todo", "Service/web", t0);
-        assert!(!d.take_at("todo", "Service/web", t0 + OwnDeletions::TTL));
+        assert!(!d.take_at("todo", "Service/web", None, t0 + OwnDeletions::TTL));
         d.note_at("todo", "Service/web", t0);
         d.forget("todo", "Service/web");
-        assert!(!d.take_at("todo", "Service/web", t0));
+        assert!(!d.take_at("todo", "Service/web", None, t0));
+    }
+
+    #[test]
+    fn a_hand_deletion_of_a_re_created_object_is_not_taken_for_converges_own() {
+        let d = OwnDeletions::default();
+        let t0 = Instant::now();
+        d.note_at("todo", "ServiceAccount/migrations", t0);
+        d.confirm("todo", "ServiceAccount/migrations", "old-uid");
+        // The watch missed converge's deletion; the object was re-created and is now deleted
+        // by hand, within the bound: another uid, so drift.
+        assert!(!d.take_at("todo", "ServiceAccount/migrations", Some("new-uid"), t0));
+        // converge's own event, when it comes, is still recognised.
+        assert!(d.take_at("todo", "ServiceAccount/migrations", Some("old-uid"), t0));
+    }
+
+    #[test]
+    fn an_event_that_beats_the_servers_answer_is_taken_by_name() {
+        let d = OwnDeletions::default();
+        let t0 = Instant::now();
+        d.note_at("todo", "Job/migrate", t0);
+        assert!(d.take_at("todo", "Job/migrate", Some("u9"), t0));
+        // The answer arrives after: nothing is left to confirm, nothing is noted again.
+        d.confirm("todo", "Job/migrate", "u9");
+        assert!(!d.take_at("todo", "Job/migrate", Some("u9"), t0));
     }
 }

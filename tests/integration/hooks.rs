@@ -1300,3 +1300,95 @@ async fn a_drift_correction_never_runs_a_hook_even_one_marked_to_run_on_every_de
     drop(daemon);
     ns.cleanup().await;
 }
+
+/// Issue 22, what was left: drift under a commit whose build failed is corrected by
+/// re-applying what was prepared (the failed component held back), never by building the
+/// failing image again — a hand change must not cost a build. A `converge sync` (a person
+/// asking) does try the build again.
+#[tokio::test(flavor = "multi_thread")]
+async fn drift_under_a_commit_whose_build_failed_is_undone_without_building_again() {
+    let ns = TestNamespace::real_node("hooks-drift-failed-build").await;
+    let repo = app_repo(ns.name());
+    let first = repo.head();
+    let daemon = Daemon::start(&repo);
+    wait_status(
+        &ns,
+        Some(&daemon),
+        CONVERGED,
+        "first commit",
+        ready_at(&first),
+    )
+    .await;
+    let good_image = web_image(&ns).await;
+
+    let mark = daemon.mark();
+    repo.write("apps/web/Dockerfile", BROKEN_DOCKERFILE);
+    let broken = repo.commit("web: a build step that fails");
+    wait_status(&ns, Some(&daemon), CONVERGED, "broken commit", |s| {
+        s["lastAppliedCommit"] == broken.as_str() && s["reason"] == "BuildFailed"
+    })
+    .await;
+    let builds = |m| {
+        daemon
+            .since(m)
+            .into_iter()
+            .filter(|e| message(e) == "building image")
+            .count()
+    };
+    assert!(
+        builds(mark) > 0,
+        "the broken commit built nothing (so nothing here proves drift does not build); log:\n{}",
+        daemon.tail()
+    );
+    assert_eq!(
+        web_image(&ns).await,
+        good_image,
+        "the failed build replaced the image"
+    );
+
+    // A hand deletion of an object the broken commit does not change: undone, with no build.
+    // (The web Deployment itself waits for its image: the commit changes it.)
+    let cms: Api<ConfigMap> = ns.api();
+    let cm_uid = cms
+        .get(CONFIG)
+        .await
+        .expect("the ConfigMap")
+        .uid()
+        .unwrap_or_default();
+    let drift_mark = daemon.mark();
+    let t = Instant::now();
+    run_ok(kubectl().args(["-n", ns.name(), "delete", &format!("configmap/{CONFIG}")]));
+    wait_recreated(&cms, CONFIG, &cm_uid, &daemon, Duration::from_secs(30)).await;
+    eprintln!(
+        "[hooks] hand deletion under a failed build undone in {:?}",
+        t.elapsed()
+    );
+    daemon
+        .wait_event(drift_mark, CONVERGED, "the drift reconcile ended", |e| {
+            // The per-stack report line that ends a reconcile names its reason.
+            trigger(e) == "drift" && !field(e, "reason").is_empty() && !field(e, "stack").is_empty()
+        })
+        .await;
+    assert_eq!(
+        builds(drift_mark),
+        0,
+        "a drift correction built the failing image again:\n{}",
+        daemon.raw_since(drift_mark, "building").join("\n")
+    );
+    let s = status(&ns).await.expect("a status record");
+    assert_eq!(
+        s["reason"], "BuildFailed",
+        "the drift correction lost the failed build from the status: {s:#}"
+    );
+
+    // A person asking tries the build again.
+    let sync_mark = daemon.mark();
+    run_ok(converge().args(["sync", "--repo"]).arg(repo.path()));
+    daemon
+        .wait_event(sync_mark, CONVERGED, "converge sync built again", |e| {
+            message(e) == "building image"
+        })
+        .await;
+    drop(daemon);
+    ns.cleanup().await;
+}

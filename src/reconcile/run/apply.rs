@@ -106,10 +106,18 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Server-side applies one object unless it is unchanged, held back, or (on a full resync)
-    /// the same as live; records it in the inventory and its component's failure.
+    /// Server-side applies one object unless it is unchanged, changed by a held-back component,
+    /// or (on a full resync) the same as live; records it in the inventory and its component's failure.
     pub(super) async fn apply_item(&mut self, item: &Item) {
-        if self.blocked.contains_key(&item.component) {
+        // A held-back component keeps what is deployed: an object whose render did not change
+        // and that runs no missing image is exactly that, so a hand change to it is still undone
+        // while the component's image is missing.
+        if self.blocked.contains_key(&item.component)
+            && (item.render_changed
+                || plan::images(&item.object)
+                    .iter()
+                    .any(|i| self.unavailable.contains_key(i)))
+        {
             return;
         }
         if item.unchanged {

@@ -186,12 +186,16 @@ impl<'a> Run<'a> {
         let deleted = self.cluster.delete(key).await;
         // Only a 404 proves no deletion event will come; after an error (a timeout, say) the
         // server may still have deleted it, and the note expires by itself.
-        if matches!(deleted, Ok(false)) {
-            if let Some(d) = &self.opts.own_deletions {
-                d.forget(&self.stack.spec.name, &key.short());
+        if let Some(d) = &self.opts.own_deletions {
+            match &deleted {
+                Ok(None) => d.forget(&self.stack.spec.name, &key.short()),
+                Ok(Some(crate::cluster::Deleted { uid: Some(uid) })) => {
+                    d.confirm(&self.stack.spec.name, &key.short(), uid)
+                }
+                _ => {}
             }
         }
-        deleted
+        deleted.map(|d| d.is_some())
     }
 
     fn ns(&self) -> &str {
