@@ -7,7 +7,7 @@ use clap::Args;
 use super::{Format, SourceArgs, EXIT_ERROR, EXIT_FINDINGS, EXIT_OK};
 use crate::cluster::{Cluster, ClusterError};
 use crate::daemon::forward::{routes_of, Route};
-use crate::status::view::{self, Gathered, Pick, StackView};
+use crate::status::view::{self, Gathered, LocalUrl, Pick, StackView};
 
 /// Arguments of `converge status`.
 #[derive(Debug, Args)]
@@ -41,10 +41,24 @@ pub(super) fn run(args: &StatusArgs) -> u8 {
                 u.error
             );
         }
+        let mut views = views;
+        let urls = local_urls(args);
+        for v in &mut views {
+            let s = &v.recorded;
+            v.local_urls = urls
+                .iter()
+                .filter(|r| r.stack == s.stack && r.namespace == s.namespace)
+                .map(|r| LocalUrl {
+                    url: r.url(),
+                    reaches: r.reaches(),
+                    served: served_here(r, &args.source.repo),
+                })
+                .collect();
+        }
         if args.output.structured() {
             super::emit(&views, args.output);
         } else {
-            print_text(&views, args, &local_urls(args));
+            print_text(&views, args);
         }
         if views.is_empty() {
             EXIT_ERROR
@@ -146,7 +160,7 @@ pub fn age(seconds: i64) -> String {
     }
 }
 
-fn print_text(views: &[StackView], args: &StatusArgs, urls: &[Route]) {
+fn print_text(views: &[StackView], args: &StatusArgs) {
     if views.is_empty() {
         let which = match (&args.target.stack, &args.target.namespace) {
             (Some(s), Some(n)) => format!("of stack {s} in namespace {n} "),
@@ -225,16 +239,8 @@ fn print_text(views: &[StackView], args: &StatusArgs, urls: &[Route]) {
             "none (no daemon has held this stack; `converge run` starts one)".into()
         };
         outln!("  daemon: {daemon}");
-        for r in urls
-            .iter()
-            .filter(|r| r.stack == s.stack && r.namespace == s.namespace)
-        {
-            outln!(
-                "  local URL: {} -> {} ({})",
-                r.url(),
-                r.reaches(),
-                served_here(r, &args.source.repo)
-            );
+        for u in &v.local_urls {
+            outln!("  local URL: {} -> {} ({})", u.url, u.reaches, u.served);
         }
         for p in &v.paused {
             outln!("  {}", pause_line(p, &s.stack, &s.namespace, now));

@@ -29,6 +29,22 @@ pub struct StackView {
     /// The pauses of drift correction in force (`converge pause`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub paused: Vec<crate::cluster::pause::Pause>,
+    /// The local URLs the desired state asks for, and whether this machine serves them (filled
+    /// by the CLI: they are this machine's, not the cluster's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub local_urls: Vec<LocalUrl>,
+}
+
+/// One local URL of a stack, as `converge status` shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalUrl {
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    /// `component` or `component:port`.
+    pub reaches: String,
+    /// Whether it is served here, and by which daemon, in words.
+    pub served: String,
 }
 
 impl StackView {
@@ -161,6 +177,7 @@ pub async fn gather(cluster: &Cluster, pick: &Pick) -> Result<Gathered, ClusterE
             live,
             daemon,
             paused,
+            local_urls: Vec::new(),
         });
     }
     Ok(Gathered { stacks, unreadable })

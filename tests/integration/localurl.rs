@@ -368,6 +368,35 @@ async fn a_local_url_answers_from_a_real_pod_and_survives_20_rollouts_with_at_mo
         )),
         "{line}"
     );
+    // The same in `-o json`, for scripts.
+    let out = converge()
+        .args(["status", "-o", "json", "--repo"])
+        .arg(repo.path())
+        .args(["--context", &crate::support::current_context()])
+        .output()
+        .expect("run converge status -o json");
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "converge status -o json is not JSON ({e}):\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    let ours = json
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|s| s["stack"] == STACK && s["namespace"] == ns.name())
+        })
+        .unwrap_or_else(|| panic!("status -o json has no {STACK} in {}: {json:#}", ns.name()));
+    let urls = &ours["localUrls"];
+    assert_eq!(urls[0]["url"], url.as_str(), "status -o json: {json:#}");
+    assert_eq!(urls[0]["reaches"], "web", "status -o json: {json:#}");
+    assert!(
+        urls[0]["served"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("served by the daemon of this checkout")),
+        "status -o json: {json:#}"
+    );
 
     // (b) A client polls every 50 ms, retrying a failed request once, while 20 commits each
     // replace the Pod.
