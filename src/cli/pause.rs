@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{SourceArgs, StackArgs, EXIT_ERROR, EXIT_OK};
+use super::{Format, SourceArgs, StackArgs, EXIT_ERROR, EXIT_OK};
 use crate::cluster::pause::{self, Pause, Pauses};
 use crate::cluster::Cluster;
 use crate::status::view::{self, Pick, StackView};
@@ -26,6 +26,9 @@ pub struct PauseArgs {
     source: SourceArgs,
     #[command(flatten)]
     target: StackArgs,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Format::Text)]
+    output: Format,
 }
 
 /// Arguments of `converge resume`.
@@ -37,6 +40,9 @@ pub struct ResumeArgs {
     source: SourceArgs,
     #[command(flatten)]
     target: StackArgs,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Format::Text)]
+    output: Format,
 }
 
 /// `converge pause`.
@@ -67,7 +73,7 @@ pub(super) fn pause(args: &PauseArgs) -> u8 {
                 )
             ),
         };
-        super::print_problem(&e.to_string(), Some(&fix), None);
+        problem(args.output, &e.to_string(), &fix);
         return EXIT_ERROR;
     }
     let rt = match super::runtime() {
@@ -75,12 +81,12 @@ pub(super) fn pause(args: &PauseArgs) -> u8 {
         Err(code) => return code,
     };
     rt.block_on(async {
-        let (cluster, view) = match find(&args.source, &args.target, args.component.as_deref(), "pause").await {
+        let (cluster, view) = match find(&args.source, &args.target, args.component.as_deref(), "pause", args.output).await {
             Ok(found) => found,
             Err(code) => return code,
         };
         let s = &view.recorded;
-        let mut pauses = match read(&cluster, s).await {
+        let mut pauses = match read(&cluster, s, args.output).await {
             Ok(p) => p,
             Err(code) => return code,
         };
@@ -100,8 +106,19 @@ pub(super) fn pause(args: &PauseArgs) -> u8 {
         };
         pauses.set(p.clone());
         if let Err(e) = pause::save(cluster.client(), &s.namespace, &s.stack, &pauses).await {
-            super::report_error(&crate::error::Error::Cluster(e), super::Format::Text);
+            super::report_error(&crate::error::Error::Cluster(e), args.output);
             return EXIT_ERROR;
+        }
+        let resume = command("resume", args.component.as_deref(), &stack_of(s), "");
+        if args.output.structured() {
+            super::emit(
+                &serde_json::json!({
+                    "stack": s.stack, "namespace": s.namespace, "dir": s.dir,
+                    "pause": p, "daemon": view.daemon.held, "resume": resume,
+                }),
+                args.output,
+            );
+            return EXIT_OK;
         }
         outln!(
             "paused {} of stack {} until {} ({}): drift is left alone, new commits are still applied",
@@ -111,8 +128,7 @@ pub(super) fn pause(args: &PauseArgs) -> u8 {
             humantime::format_duration(args.length),
         );
         outln!(
-            "when it ends, converge reports what was changed by hand and restores the committed state; end it now: `{}`",
-            command("resume", args.component.as_deref(), &stack_of(s), "")
+            "when it ends, converge reports what was changed by hand and restores the committed state; end it now: `{resume}`"
         );
         if !view.daemon.held {
             outln!("no daemon holds this stack: the pause is honoured by `converge apply` and by any daemon that starts");
@@ -128,18 +144,29 @@ pub(super) fn resume(args: &ResumeArgs) -> u8 {
         Err(code) => return code,
     };
     rt.block_on(async {
-        let (cluster, view) = match find(&args.source, &args.target, args.component.as_deref(), "resume").await {
+        let (cluster, view) = match find(&args.source, &args.target, args.component.as_deref(), "resume", args.output).await {
             Ok(found) => found,
             Err(code) => return code,
         };
         let s = &view.recorded;
-        let mut pauses = match read(&cluster, s).await {
+        let mut pauses = match read(&cluster, s, args.output).await {
             Ok(p) => p,
             Err(code) => return code,
         };
         let label = super::stack_label(&s.stack, &s.dir, &s.namespace);
         // Ended, not deleted: the next reconcile reports the hand changes, then forgets it.
-        if pauses.end(args.component.as_deref(), chrono::Utc::now()) == 0 {
+        let ended = pauses.end(args.component.as_deref(), chrono::Utc::now());
+        let json = |resumed: usize| {
+            serde_json::json!({
+                "stack": s.stack, "namespace": s.namespace, "dir": s.dir,
+                "component": args.component, "resumed": resumed, "daemon": view.daemon.held,
+            })
+        };
+        if ended == 0 {
+            if args.output.structured() {
+                super::emit(&json(0), args.output);
+                return EXIT_OK;
+            }
             let what = args
                 .component
                 .as_deref()
@@ -148,10 +175,12 @@ pub(super) fn resume(args: &ResumeArgs) -> u8 {
             return EXIT_OK;
         }
         if let Err(e) = pause::save(cluster.client(), &s.namespace, &s.stack, &pauses).await {
-            super::report_error(&crate::error::Error::Cluster(e), super::Format::Text);
+            super::report_error(&crate::error::Error::Cluster(e), args.output);
             return EXIT_ERROR;
         }
-        if view.daemon.held {
+        if args.output.structured() {
+            super::emit(&json(ended), args.output);
+        } else if view.daemon.held {
             outln!("resumed stack {label}: the daemon reports what was changed by hand and restores the committed state now");
         } else {
             outln!(
@@ -198,9 +227,10 @@ async fn find(
     target: &StackArgs,
     component: Option<&str>,
     verb: &str,
+    format: Format,
 ) -> Result<(Cluster, StackView), u8> {
     let fail = |e: crate::cluster::ClusterError| {
-        super::report_error(&crate::error::Error::Cluster(e), super::Format::Text)
+        super::report_error(&crate::error::Error::Cluster(e), format)
     };
     let cluster = Cluster::connect(target.kubeconfig.as_deref(), target.context.as_deref())
         .await
@@ -220,10 +250,10 @@ async fn find(
     match stacks.len() {
         0 => {
             let apply = command("apply", None, target, "");
-            super::print_problem(
+            problem(
+                format,
                 &format!("no stack to {verb}: converge has applied none here that the selectors name"),
-                Some(&format!("apply it first (`{apply}`), or name another with --stack and -n (`converge status` lists them)")),
-                None,
+                &format!("apply it first (`{apply}`), or name another with --stack and -n (`converge status` lists them)"),
             );
             return Err(EXIT_ERROR);
         }
@@ -234,13 +264,13 @@ async fn find(
                 .iter()
                 .map(|v| format!("{} (namespace {})", v.recorded.stack, v.recorded.namespace))
                 .collect();
-            super::print_problem(
+            problem(
+                format,
                 &format!("several stacks match: {}", names.join(", ")),
-                Some(&format!(
+                &format!(
                     "name one: `{}`",
                     command(verb, component, &stack_of(first), rest)
-                )),
-                None,
+                ),
             );
             return Err(EXIT_ERROR);
         }
@@ -266,13 +296,13 @@ async fn find(
                     command(verb, None, &stack_of(s), rest)
                 ),
             };
-            super::print_problem(
+            problem(
+                format,
                 &format!(
                     "stack {} has no component `{c}`",
                     super::stack_label(&s.stack, &s.dir, &s.namespace)
                 ),
-                Some(&fix),
-                None,
+                &fix,
             );
             return Err(EXIT_ERROR);
         }
@@ -281,7 +311,11 @@ async fn find(
 }
 
 /// The stack's pause record; an unreadable one is started anew (it held no pause anyway).
-async fn read(cluster: &Cluster, s: &crate::status::StackStatus) -> Result<Pauses, u8> {
+async fn read(
+    cluster: &Cluster,
+    s: &crate::status::StackStatus,
+    format: Format,
+) -> Result<Pauses, u8> {
     match pause::load(cluster.client(), &s.namespace, &s.stack).await {
         Ok(Ok(p)) => Ok(p),
         Ok(Err(why)) => {
@@ -293,7 +327,16 @@ async fn read(cluster: &Cluster, s: &crate::status::StackStatus) -> Result<Pause
         }
         Err(e) => Err(super::report_error(
             &crate::error::Error::Cluster(e),
-            super::Format::Text,
+            format,
         )),
+    }
+}
+
+/// One refusal and its fix: two lines on stderr, or `{"error", "hint"}` for `-o json`/`yaml`.
+fn problem(format: Format, what: &str, fix: &str) {
+    if format.structured() {
+        super::emit(&serde_json::json!({"error": what, "hint": fix}), format);
+    } else {
+        super::print_problem(what, Some(fix), None);
     }
 }

@@ -220,8 +220,18 @@ async fn a_commit_during_a_stack_pause_is_applied_and_resume_restores_the_hand_c
     let repo = stack_repo(ns.name());
     let daemon = converged_daemon(&ns, &repo).await;
 
-    let o = cli(&repo, &ns, &["pause", "--for", "10m"]);
+    let o = cli(&repo, &ns, &["pause", "--for", "10m", "-o", "json"]);
     assert!(o.status.success(), "{:?}", text(&o));
+    let paused: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("pause -o json printed no JSON ({e}): {:?}", text(&o)));
+    assert_eq!(paused["namespace"], ns.name(), "{paused:#}");
+    assert!(paused["pause"]["until"].is_string(), "{paused:#}");
+    assert!(
+        paused["resume"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("converge resume")),
+        "{paused:#}"
+    );
     let (out, _) = text(&cli(&repo, &ns, &["status"]));
     assert!(out.contains("paused: the stack until"), "{out}");
     scale_backend(&ns, 3);
@@ -343,6 +353,33 @@ async fn a_pause_of_a_missing_component_or_longer_than_a_day_is_refused_with_a_f
     let o = cli(&repo, &ns, &["pause", "backend", "--for", "0s"]);
     assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
 
+    // For scripts: `-o json` refuses as JSON on stdout, with the same fix.
+    let o = cli(
+        &repo,
+        &ns,
+        &["pause", "nosuch", "--for", "15m", "-o", "json"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
+    let refused: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "pause -o json refused in something else than JSON ({e}): {:?}",
+            text(&o)
+        )
+    });
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("has no component `nosuch`"))
+            && refused["hint"]
+                .as_str()
+                .is_some_and(|h| h.contains("converge pause")),
+        "{refused:#}"
+    );
+    assert!(
+        pauses(&ns).await.is_empty(),
+        "a refused pause wrote nothing"
+    );
+
     // The fix runs as printed.
     let o = converge()
         .args(&fix[1..])
@@ -364,8 +401,13 @@ async fn a_pause_of_a_missing_component_or_longer_than_a_day_is_refused_with_a_f
     // None of it stopped the daemon: the pause is honoured, and after resume drift is undone.
     scale_backend(&ns, 3);
     daemon.wait_log(&["paused, left alone"], Duration::from_secs(5));
-    let o = cli(&repo, &ns, &["resume", "backend"]);
+    let o = cli(&repo, &ns, &["resume", "backend", "-o", "json"]);
     assert!(o.status.success(), "{:?}", text(&o));
+    let resumed: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("resume -o json printed no JSON ({e}): {:?}", text(&o)));
+    assert_eq!(resumed["resumed"], 1, "{resumed:#}");
+    assert_eq!(resumed["component"], "backend", "{resumed:#}");
+    assert_eq!(resumed["daemon"], true, "{resumed:#}");
     wait_replicas(&daemon, &ns, 1, Duration::from_secs(5)).await;
     drop(daemon);
     ns.cleanup().await;
