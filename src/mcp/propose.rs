@@ -51,7 +51,7 @@ pub enum Refused {
     /// The input is not acceptable (a path, a size, an empty change).
     Input(String),
     /// The result does not validate.
-    Invalid(Validation),
+    Invalid(Box<Validation>),
     /// The repository could not be read or written.
     Failed(String),
 }
@@ -230,7 +230,7 @@ pub fn propose(config: &Config, args: &ProposeArgs) -> Result<Proposed, Refused>
     drop(probe);
     let overlay = build_in_memory(config, open(config)?, tip, &args.files, &sig, message)?;
     if !overlay.validation.valid {
-        return Err(Refused::Invalid(overlay.validation));
+        return Err(Refused::Invalid(Box::new(overlay.validation)));
     }
     // Valid: the same objects again, now in the repository's own store (same inputs and the
     // same signature time give the same commit id).
@@ -515,6 +515,140 @@ pub fn allowed(path: &str, dir: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A repository whose `main` holds a valid minimal stack and a symlink `desired/link` to
+    /// `../src`, committed with git2 (no work tree files needed).
+    fn repo() -> (tempfile::TempDir, Config) {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(dir.path()).unwrap();
+        let files: &[(&str, &str, i32)] = &[
+            ("charts/app/Chart.yaml", "apiVersion: v2\nname: app\nversion: 0.1.0\n", 0o100644),
+            ("desired/stack.yaml", "apiVersion: converge.dev/v1alpha1\nkind: Stack\nname: shop\nnamespace: shop\nchart: charts/app\n", 0o100644),
+            ("desired/web.yaml", "apiVersion: converge.dev/v1alpha1\nkind: Component\nname: web\nimage:\n  ref: nginx:1\nreplicas: 1\n", 0o100644),
+            ("desired/link", "../src", 0o120000),
+        ];
+        let mut index = repo.index().unwrap();
+        for (path, content, mode) in files {
+            let id = repo.blob(content.as_bytes()).unwrap();
+            let mut e = git2::IndexEntry {
+                ctime: git2::IndexTime::new(0, 0),
+                mtime: git2::IndexTime::new(0, 0),
+                dev: 0,
+                ino: 0,
+                mode: *mode as u32,
+                uid: 0,
+                gid: 0,
+                file_size: content.len() as u32,
+                id,
+                flags: 0,
+                flags_extended: 0,
+                path: path.as_bytes().to_vec(),
+            };
+            e.flags = path.len() as u16;
+            index.add(&e).unwrap();
+        }
+        let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+        let sig = Signature::now("t", "t@example.invalid").unwrap();
+        repo.commit(Some("refs/heads/main"), &sig, &sig, "stack", &tree, &[])
+            .unwrap();
+        let config = Config {
+            repo: dir.path().to_path_buf(),
+            dir: "desired".into(),
+            stack: None,
+            namespace: None,
+            context: None,
+            kubeconfig: None,
+            branch: Some("main".into()),
+            diff: crate::reconcile::Options::default(),
+        };
+        (dir, config)
+    }
+
+    fn objects(dir: &Path) -> usize {
+        fn count(p: &Path) -> usize {
+            std::fs::read_dir(p)
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| {
+                            if e.path().is_dir() {
+                                count(&e.path())
+                            } else {
+                                1
+                            }
+                        })
+                        .sum()
+                })
+                .unwrap_or(0)
+        }
+        count(&dir.join(".git/objects"))
+    }
+
+    fn one(path: &str, content: Option<&str>) -> ProposeArgs {
+        ProposeArgs {
+            files: [(path.to_string(), content.map(str::to_string))].into(),
+            message: "change".into(),
+        }
+    }
+
+    #[test]
+    fn a_refused_proposal_writes_no_object_and_no_ref() {
+        let (dir, config) = repo();
+        let before = (
+            objects(dir.path()),
+            std::fs::read_dir(dir.path().join(".git/refs/heads"))
+                .unwrap()
+                .count(),
+        );
+        let web = "apiVersion: converge.dev/v1alpha1\nkind: Component\nname: web\nimage:\n  ref: nginx:1\nreplicas: many\n";
+        match propose(&config, &one("desired/web.yaml", Some(web))) {
+            Err(Refused::Invalid(v)) => assert!(
+                v.locations
+                    .iter()
+                    .any(|l| l.starts_with("desired/web.yaml:6:")),
+                "{:?}",
+                v.locations
+            ),
+            other => panic!("not refused as invalid: {other:?}"),
+        }
+        for (path, why) in [
+            ("desired/link/x.yaml", "not a directory"),
+            ("desired/link", "symlink"),
+            ("desired/stack.yaml/x", "not a directory"),
+            ("desired/nothing.yaml", "does not exist"),
+        ] {
+            let content = (path != "desired/nothing.yaml").then_some("x: 1\n");
+            match propose(&config, &one(path, content)) {
+                Err(Refused::Input(m)) => assert!(m.contains(why), "{path}: {m}"),
+                other => panic!("{path} not refused: {other:?}"),
+            }
+        }
+        let after = (
+            objects(dir.path()),
+            std::fs::read_dir(dir.path().join(".git/refs/heads"))
+                .unwrap()
+                .count(),
+        );
+        assert_eq!(before, after, "nothing was written");
+
+        let ok = propose(
+            &config,
+            &one("desired/web.yaml", Some(&web.replace("many", "2"))),
+        )
+        .unwrap();
+        assert!(ok.branch.starts_with(BRANCH_PREFIX));
+        assert!(
+            ok.diff.contains("-replicas: 1\n+replicas: 2\n"),
+            "{}",
+            ok.diff
+        );
+        let repo = Repository::open(dir.path()).unwrap();
+        let main = repo.refname_to_id("refs/heads/main").unwrap();
+        assert_eq!(ok.base.1, main.to_string(), "main did not move");
+        let c = repo
+            .find_commit(Oid::from_str(&ok.commit).unwrap())
+            .unwrap();
+        assert_eq!(c.parent_id(0).unwrap(), main);
+    }
 
     #[test]
     fn only_relative_paths_under_the_desired_state_or_apps_are_allowed() {

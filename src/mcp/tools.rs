@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, LogParams};
 use schemars::JsonSchema;
@@ -18,7 +19,7 @@ use serde_json::{json, Value};
 
 use super::propose;
 use super::Config;
-use crate::cluster::Cluster;
+use crate::cluster::{selector_of, values, Cluster};
 use crate::reconcile::{self, lookup, Selection};
 use crate::status::view::{self, Pick};
 use crate::vocabulary::{LABEL_COMPONENT, LABEL_STACK};
@@ -515,15 +516,38 @@ async fn logs(config: &Config, a: LogsArgs) -> Result<Output, Output> {
         let cluster = connect(config, t.context.as_deref()).await?;
         for ns in t.namespaces(&cluster).await.map_err(|e| failed(&e))? {
             let pods: Api<Pod> = Api::namespaced(cluster.client().clone(), &ns);
-            let selector = format!(
-                "{LABEL_STACK}={},{LABEL_COMPONENT}={}",
-                t.stack, a.component
+            // A component's Pods are its workloads' (Deployments, StatefulSets), found by their
+            // selectors as explain finds them: the Pods themselves carry no stack label.
+            let by_stack = ListParams::default().labels(&format!("{LABEL_STACK}={}", t.stack));
+            let deployments = values(
+                cluster
+                    .list_in::<Deployment>(&ns, &by_stack)
+                    .await
+                    .map_err(|e| failed(&e))?,
             );
-            let list = pods
-                .list(&ListParams::default().labels(&selector))
-                .await
-                .map_err(|e| failed(&e))?;
-            for pod in list.items {
+            let statefulsets = values(
+                cluster
+                    .list_in::<StatefulSet>(&ns, &by_stack)
+                    .await
+                    .map_err(|e| failed(&e))?,
+            );
+            let mut items = Vec::new();
+            for w in deployments.iter().chain(&statefulsets) {
+                let component = w
+                    .pointer("/metadata/labels")
+                    .and_then(|l| l.get(LABEL_COMPONENT))
+                    .and_then(Value::as_str);
+                let Some(selector) = selector_of(w).filter(|_| component == Some(&a.component))
+                else {
+                    continue;
+                };
+                let list = pods
+                    .list(&ListParams::default().labels(&selector))
+                    .await
+                    .map_err(|e| failed(&e))?;
+                items.extend(list.items);
+            }
+            for pod in items {
                 let name = pod.metadata.name.clone().unwrap_or_default();
                 let containers = pod
                     .spec
