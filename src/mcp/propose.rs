@@ -29,7 +29,7 @@ pub const MAX_PROPOSAL_BYTES: usize = desired::MAX_FILE_BYTES;
 /// The most files one proposal may change.
 pub const MAX_FILES: usize = 64;
 /// The most bytes of a commit message.
-pub const MAX_MESSAGE_BYTES: usize = 8 * 1024;
+pub const MAX_COMMIT_MESSAGE_BYTES: usize = 8 * 1024;
 /// The directory build contexts live in, which a proposal may change besides the desired state.
 pub const APPS_DIR: &str = "apps";
 /// The prefix of the branches proposals are committed on.
@@ -208,9 +208,9 @@ pub fn propose(config: &Config, args: &ProposeArgs) -> Result<Proposed, Refused>
             "`message` is empty: say what the change does".into(),
         ));
     }
-    if message.len() > MAX_MESSAGE_BYTES {
+    if message.len() > MAX_COMMIT_MESSAGE_BYTES {
         return Err(Refused::Input(format!(
-            "`message` has {} bytes, more than {MAX_MESSAGE_BYTES}",
+            "`message` has {} bytes, more than {MAX_COMMIT_MESSAGE_BYTES}",
             message.len()
         )));
     }
