@@ -207,7 +207,7 @@ async fn an_mcp_client_reads_status_explains_and_proposes_through_git_only() {
 
     eprintln!(
         "MCP session (official Python SDK mcp {} over stdio, {:.1} s): initialize → protocol {}",
-        t["initialize"]["sdk"],
+        t["initialize"]["sdk"].as_str().unwrap_or("?"),
         session.as_secs_f64(),
         t["initialize"]["protocol_version"]
     );
