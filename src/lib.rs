@@ -8,7 +8,7 @@
 //! ```
 //!
 //! A lower module never imports a higher one: `cluster` knows nothing of `desired`, `render` hands
-//! `cluster` plain objects. Only `reconcile`, `daemon`, `doctor`, `hints` and `cli` reach across.
+//! `cluster` plain objects. Only `reconcile`, `daemon`, `doctor`, `hints`, `mcp` and `cli` reach across.
 //! `history` (git notes and auto-reverts) sits beside `source` and takes plain data.
 #![forbid(unsafe_code)]
 
@@ -22,6 +22,7 @@ pub mod error;
 pub mod explain;
 pub mod hints;
 pub mod history;
+pub mod mcp;
 pub mod process;
 pub mod reconcile;
 pub mod render;

@@ -50,5 +50,7 @@ mod ux;
 mod history;
 #[path = "integration/localurl.rs"]
 mod localurl;
+#[path = "integration/mcp.rs"]
+mod mcp;
 #[path = "integration/on_minikube.rs"]
 mod on_minikube;

@@ -101,7 +101,7 @@ mod tests {
     #[test]
     fn every_cluster_command_takes_kubeconfig_and_context() {
         for cmd in [
-            "apply", "diff", "status", "build", "doctor", "explain", "down", "run",
+            "apply", "diff", "status", "build", "doctor", "explain", "down", "run", "mcp",
         ] {
             parse(&format!(
                 "converge {cmd} --kubeconfig /k --context c --stack dev -n ns"

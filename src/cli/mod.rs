@@ -28,6 +28,7 @@ mod doctor;
 mod down;
 mod explain;
 mod flags;
+mod mcp;
 mod pause;
 pub mod progress;
 mod run;
@@ -113,6 +114,9 @@ pub enum Command {
     Sync(run::SyncArgs),
     /// Install or remove the daemon's systemd unit or launchd plist for this checkout.
     Service(run::ServiceArgs),
+    /// Serve converge's verbs to an AI assistant as Model Context Protocol tools on stdio;
+    /// changes only as validated commits on a new branch.
+    Mcp(mcp::McpArgs),
 }
 
 /// Log output format.
@@ -312,6 +316,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Pause(args) => pause::pause(&args),
         Command::Resume(args) => pause::resume(&args),
         Command::Service(args) => run::service(&args),
+        Command::Mcp(args) => mcp::run(&args),
         Command::Schema(args) => {
             let schema = crate::desired::schema::document_schema();
             match args.output {

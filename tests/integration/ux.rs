@@ -222,7 +222,7 @@ fn every_converge_command_in_converges_own_messages_is_accepted_by_its_command_l
 #[test]
 fn every_stack_command_accepts_the_same_selectors() {
     for cmd in [
-        "apply", "diff", "status", "build", "doctor", "explain", "down", "run",
+        "apply", "diff", "status", "build", "doctor", "explain", "down", "run", "mcp",
     ] {
         for sel in [
             vec!["--stack", "dev"],
