@@ -180,7 +180,7 @@ pub fn validate_overlay(
         parent,
         files,
         &sig,
-        "converge validate (not committed)",
+        "proposed contents, validated in memory (never committed)",
     )
 }
 
