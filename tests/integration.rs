@@ -52,3 +52,5 @@ mod history;
 mod localurl;
 #[path = "integration/on_minikube.rs"]
 mod on_minikube;
+#[path = "integration/page.rs"]
+mod page;

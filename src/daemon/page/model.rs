@@ -268,7 +268,7 @@ impl Model {
                     .take()
                     .map_or(now_ms, |r| r.started_ms);
                 let mut text = format!(
-                    "reconcile of {} {outcome} in {:.1}s",
+                    "reconcile of {} {outcome} ({:.1}s)",
                     short(&commit),
                     took_ms as f64 / 1000.0
                 );
