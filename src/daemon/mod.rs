@@ -494,76 +494,79 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                     }
                 }
             }
-            Some(note) = drift_rx.recv() => match note {
-                Note::Drift(ev) if ev.deleted && own_deletions.take(&ev.stack, &ev.object) => {
-                    debug!(stack = %ev.stack, object = %ev.object, "deleted by converge's prune: not drift");
+            Some(note) = drift_rx.recv() => {
+                if matches!(note, Note::Record { .. }) {
+                    // The status record moved: the page reads it again.
+                    page.bus.send(page::Event::Refresh);
                 }
-                Note::Drift(ev) => {
-                    metrics.drift_event();
-                    let what = if ev.deleted { "deleted" } else { "changed" };
-                    let now = Instant::now();
-                    let verdict = state.on_drift_in(&ev.stack, &ev.component, &ev.object, now.into_std());
-                    page.bus.send(page::Event::Drift {
-                        stack: ev.stack.clone(),
-                        object: ev.object.clone(),
-                        manager: ev.manager.clone(),
-                        deleted: ev.deleted,
-                        paused: matches!(verdict, DriftVerdict::Paused(_)),
-                    });
-                    if let DriftVerdict::Paused(until) = verdict {
-                        let left = until.saturating_duration_since(now.into_std()).as_secs();
-                        info!(stack = %ev.stack, object = %ev.object, manager = %ev.manager, paused_s = left, "drift: {what} out of band; paused, left alone until the pause ends");
-                    } else {
-                        info!(stack = %ev.stack, object = %ev.object, manager = %ev.manager, "drift: {what} out of band");
+                match note {
+                    Note::Drift(ev) if ev.deleted && own_deletions.take(&ev.stack, &ev.object) => {
+                        debug!(stack = %ev.stack, object = %ev.object, "deleted by converge's prune: not drift");
                     }
-                    match verdict {
-                        DriftVerdict::Paused(_) => {}
-                        DriftVerdict::Now { preempt: true } => preempt("drift is corrected next"),
-                        DriftVerdict::Now { preempt: false } => {}
-                        DriftVerdict::Later(at) => {
-                            debug!(object = %ev.object, delay_ms = at.saturating_duration_since(now.into_std()).as_millis() as u64, "drift correction delayed (per-object back-off)");
+                    Note::Drift(ev) => {
+                        metrics.drift_event();
+                        let what = if ev.deleted { "deleted" } else { "changed" };
+                        let now = Instant::now();
+                        let verdict = state.on_drift_in(&ev.stack, &ev.component, &ev.object, now.into_std());
+                        page.bus.send(page::Event::Drift {
+                            stack: ev.stack.clone(),
+                            object: ev.object.clone(),
+                            manager: ev.manager.clone(),
+                            deleted: ev.deleted,
+                            paused: matches!(verdict, DriftVerdict::Paused(_)),
+                        });
+                        if let DriftVerdict::Paused(until) = verdict {
+                            let left = until.saturating_duration_since(now.into_std()).as_secs();
+                            info!(stack = %ev.stack, object = %ev.object, manager = %ev.manager, paused_s = left, "drift: {what} out of band; paused, left alone until the pause ends");
+                        } else {
+                            info!(stack = %ev.stack, object = %ev.object, manager = %ev.manager, "drift: {what} out of band");
+                        }
+                        match verdict {
+                            DriftVerdict::Paused(_) => {}
+                            DriftVerdict::Now { preempt: true } => preempt("drift is corrected next"),
+                            DriftVerdict::Now { preempt: false } => {}
+                            DriftVerdict::Later(at) => {
+                                debug!(object = %ev.object, delay_ms = at.saturating_duration_since(now.into_std()).as_millis() as u64, "drift correction delayed (per-object back-off)");
+                            }
+                        }
+                    }
+                    Note::Synced { stack, kind } => state.on_synced(stack, kind),
+                    Note::Gap { stack, kind } => state.on_gap(stack, kind),
+                    Note::Gone { stack, kind } => state.on_gone(stack, kind),
+                    Note::Record { stack, commit } => match state.on_record(&commit) {
+                        RecordVerdict::Agrees => {}
+                        RecordVerdict::Learned => {
+                            debug!(%stack, commit = %desired::short_id(&commit), "last applied commit, from the cluster's status record");
+                        }
+                        RecordVerdict::Foreign { ours } => {
+                            warn!(%stack, recorded = %desired::short_id(&commit), ours = %desired::short_id(&ours), "the cluster's status record says another commit was applied (a one-shot `converge apply --force`?); reconciling the tip again");
+                        }
+                    },
+                    Note::Pause { stack, pauses } => {
+                        let (now, wall) = (Instant::now(), chrono::Utc::now());
+                        let ends = pauses
+                            .pauses
+                            .iter()
+                            .map(|p| {
+                                let left = (p.until - wall).to_std().unwrap_or_default();
+                                (p.component.clone(), (now + left).into_std())
+                            })
+                            .collect();
+                        for p in pauses.pauses.iter().filter(|p| p.active(wall)) {
+                            info!(%stack, paused = %p.scope(), until = %p.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), by = %p.by, "paused: drift is left alone until then (new commits are still applied)");
+                        }
+                        for c in state.on_pauses(&stack, ends, now.into_std()) {
+                            let scope = c.map_or("the stack".to_string(), |c| format!("component {c}"));
+                            info!(%stack, paused = %scope, "pause ended (resumed, or before this daemon saw it end); reporting what was changed by hand and restoring");
+                        }
+                    }
+                    Note::Secret { stack, name } => {
+                        if state.on_secret(&stack, &name) {
+                            info!(%stack, secret = %name, "a Secret the stack reads changed; reconciling");
                         }
                     }
                 }
-                Note::Synced { stack, kind } => state.on_synced(stack, kind),
-                Note::Gap { stack, kind } => state.on_gap(stack, kind),
-                Note::Gone { stack, kind } => state.on_gone(stack, kind),
-                Note::Record { stack, commit } => match {
-                    page.bus.send(page::Event::Refresh);
-                    state.on_record(&commit)
-                } {
-                    RecordVerdict::Agrees => {}
-                    RecordVerdict::Learned => {
-                        debug!(%stack, commit = %desired::short_id(&commit), "last applied commit, from the cluster's status record");
-                    }
-                    RecordVerdict::Foreign { ours } => {
-                        warn!(%stack, recorded = %desired::short_id(&commit), ours = %desired::short_id(&ours), "the cluster's status record says another commit was applied (a one-shot `converge apply --force`?); reconciling the tip again");
-                    }
-                },
-                Note::Pause { stack, pauses } => {
-                    let (now, wall) = (Instant::now(), chrono::Utc::now());
-                    let ends = pauses
-                        .pauses
-                        .iter()
-                        .map(|p| {
-                            let left = (p.until - wall).to_std().unwrap_or_default();
-                            (p.component.clone(), (now + left).into_std())
-                        })
-                        .collect();
-                    for p in pauses.pauses.iter().filter(|p| p.active(wall)) {
-                        info!(%stack, paused = %p.scope(), until = %p.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), by = %p.by, "paused: drift is left alone until then (new commits are still applied)");
-                    }
-                    for c in state.on_pauses(&stack, ends, now.into_std()) {
-                        let scope = c.map_or("the stack".to_string(), |c| format!("component {c}"));
-                        info!(%stack, paused = %scope, "pause ended (resumed, or before this daemon saw it end); reporting what was changed by hand and restoring");
-                    }
-                }
-                Note::Secret { stack, name } => {
-                    if state.on_secret(&stack, &name) {
-                        info!(%stack, secret = %name, "a Secret the stack reads changed; reconciling");
-                    }
-                }
-            },
+            }
             _ = until(tokio_at(state.drift_at())), if state.drift_at().is_some() => {
                 state.on_drift_due();
             }
