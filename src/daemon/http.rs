@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::{debug, warn};
 
 use super::metrics::Metrics;
@@ -29,6 +29,8 @@ use super::DaemonError;
 
 /// How long a client may take to send its request head.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `/api/state` waits for a fresh read of the cluster before answering what it has.
+const STATE_WAIT: Duration = Duration::from_secs(3);
 /// `/healthz` fails when the loop has not ticked for this long.
 const STALE_LOOP: Duration = Duration::from_secs(30);
 
@@ -86,7 +88,7 @@ pub async fn serve(
                 hyper::service::service_fn(move |req| {
                     let ctx = ctx.clone();
                     let stall = stall.clone();
-                    async move { Ok::<_, Infallible>(respond(&ctx, req, stall)) }
+                    async move { Ok::<_, Infallible>(respond(&ctx, req, stall).await) }
                 })
             };
             let conn = hyper::server::conn::http1::Builder::new()
@@ -152,7 +154,7 @@ fn page_headers(r: &mut Response<Body>) {
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
 }
 
-fn respond(ctx: &Ctx, req: Request<Incoming>, stall: sse::Stall) -> Response<Body> {
+async fn respond(ctx: &Ctx, req: Request<Incoming>, stall: sse::Stall) -> Response<Body> {
     const TEXT: &str = "text/plain; charset=utf-8";
     let headers = req.headers();
     let host = text_header(headers, header::HOST);
@@ -170,12 +172,19 @@ fn respond(ctx: &Ctx, req: Request<Incoming>, stall: sse::Stall) -> Response<Bod
             full(StatusCode::OK, content_type, body)
         }
         (&Method::GET, "/api/state") => {
+            // A current view: the hub reads the cluster first when its view is stale.
+            let (tx, rx) = oneshot::channel();
+            if ctx.page.ask.try_send(tx).is_ok() {
+                let _ = tokio::time::timeout(STATE_WAIT, rx).await;
+            }
             let json = ctx.page.snapshot.borrow().clone();
             full(StatusCode::OK, "application/json", json.as_bytes().to_vec())
         }
         (&Method::GET, "/events") => match ctx.streams.clone().try_acquire_owned() {
             Ok(permit) => {
-                ctx.page.opened.notify_one();
+                // The first snapshot goes out at once; a fresh read follows when it was stale.
+                let (tx, _) = oneshot::channel();
+                let _ = ctx.page.ask.try_send(tx);
                 let s = sse::stream(
                     ctx.page.snapshot.clone(),
                     ctx.page.open.clone(),

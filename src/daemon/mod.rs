@@ -88,7 +88,7 @@ pub struct Config {
     pub retry_max: Duration,
     /// How long shutdown waits for the reconcile in flight.
     pub shutdown_grace: Duration,
-    /// The loopback address of `/metrics`, `/healthz`, `/readyz` and `/sync`.
+    /// The loopback address of the live page, `/metrics`, `/healthz`, `/readyz` and `/sync`.
     pub listen: SocketAddr,
     /// Whether to hold a coordination Lease per stack.
     pub lease: bool,

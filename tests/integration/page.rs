@@ -384,6 +384,25 @@ async fn the_page_shows_the_stack_its_progress_drift_and_explains_an_unhealthy_c
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // At most 16 event streams (the page holds one): the next is refused, the page unharmed.
+    let mut streams = Vec::new();
+    for i in 0..16 {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "GET /events HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).unwrap();
+        let head = String::from_utf8_lossy(&head).to_string();
+        if i < 15 {
+            assert_eq!(head, "HTTP/1.1 200", "stream {i}");
+        } else {
+            assert_eq!(head, "HTTP/1.1 503", "a 17th stream is refused");
+        }
+        streams.push(s);
+    }
+    drop(streams);
+    assert_eq!(b.eval("document.body.dataset.daemon"), "connected");
+
     // 5. A crash-looping component: explain's finding and next step.
     let text = std::fs::read_to_string(repo.file("desired/backend.yaml")).unwrap();
     repo.write("desired/backend.yaml", format!("{text}{CRASHLOOP}"));

@@ -3,11 +3,12 @@
 //! component) when something happened, and publishes each new snapshot as JSON on a `watch`
 //! channel, which never blocks and lets a slow reader skip to the newest.
 //!
-//! It reads the cluster after a reconcile ends, after a drift, when the status record moves,
-//! and otherwise only while a page is open (every 30 s, to see a Pod that starts crashing) or
-//! while the cluster is unreachable (2 s, doubling to 30 s): an idle daemon with no page open
-//! sends no request for it. explain runs only for a component that is not healthy, once per
-//! change of what the cluster says about it.
+//! It reads the cluster only while someone looks: when a page opens or `/api/state` is asked
+//! (unless the view is younger than 5 s), and while a page is open, after a reconcile ends, a
+//! drift, a move of the status record, every 30 s otherwise (to see a Pod that starts
+//! crashing), and while the cluster is unreachable every 2 s doubling to 30 s. A daemon whose
+//! page nobody opens makes no request and holds no client for it. explain runs only for a
+//! component that is not healthy, once per change of what the cluster says about it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::debug;
@@ -33,6 +34,9 @@ const OPEN_PAGE: Duration = Duration::from_secs(30);
 /// The first and the longest retry delay while the cluster does not answer.
 const RETRY: (Duration, Duration) = (Duration::from_secs(2), Duration::from_secs(30));
 
+/// A view of the cluster younger than this answers a page that opens without a new read.
+const FRESH: Duration = Duration::from_secs(5);
+
 /// What the HTTP side shares with the hub.
 #[derive(Debug, Clone)]
 pub struct Shared {
@@ -40,8 +44,8 @@ pub struct Shared {
     pub snapshot: watch::Receiver<Arc<str>>,
     /// Open event streams.
     pub open: Arc<AtomicUsize>,
-    /// Rung when a page opens, so a stale view is read again at once.
-    pub opened: Arc<Notify>,
+    /// Asks for a current view: answered at once when it is, else after the next read.
+    pub ask: mpsc::Sender<oneshot::Sender<()>>,
 }
 
 /// Where the hub reads from.
@@ -74,21 +78,27 @@ pub async fn run(
     mut source: Source,
     tx: watch::Sender<Arc<str>>,
     shared: Shared,
+    mut asks: mpsc::Receiver<oneshot::Sender<()>>,
 ) {
     let publish = |model: &Model| {
         let json = serde_json::to_string(&model.snapshot).unwrap_or_else(|_| "{}".into());
         tx.send_replace(Arc::from(json));
     };
+    let looking = || shared.open.load(Ordering::Relaxed) > 0;
     let mut clusters = BTreeMap::new();
     let mut explained = Explained::new();
     let mut reading: Option<JoinHandle<Read>> = None;
-    let mut due: Option<Instant> = Some(Instant::now());
+    // Nobody has looked yet: nothing is read (no client, no request) until someone does.
+    let mut due: Option<Instant> = None;
+    let mut dirty = true;
+    let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
     let mut retry = RETRY.0;
-    let mut read_at = Instant::now();
+    let mut read_at: Option<Instant> = None;
     loop {
         if due.is_some_and(|d| d <= Instant::now()) && reading.is_none() {
             due = None;
-            read_at = Instant::now();
+            dirty = false;
+            read_at = Some(Instant::now());
             let targets = source.targets.borrow().clone();
             let kubeconfig = source.kubeconfig.clone();
             let (c, e) = (
@@ -103,8 +113,11 @@ pub async fn run(
                 let mut again = model.apply(ev, now_ms());
                 again |= inbox.take_lost();
                 if again {
-                    let soon = Instant::now() + SETTLE;
-                    due = Some(due.map_or(soon, |d| d.min(soon)));
+                    dirty = true;
+                    if looking() {
+                        let soon = Instant::now() + SETTLE;
+                        due = Some(due.map_or(soon, |d| d.min(soon)));
+                    }
                 }
                 publish(&model);
             }
@@ -122,40 +135,51 @@ pub async fn run(
                                     .collect();
                                 model.read_ok(&views, &findings, now_ms());
                                 retry = RETRY.0;
-                                (shared.open.load(Ordering::Relaxed) > 0).then_some(OPEN_PAGE)
+                                OPEN_PAGE
                             }
                             Err(e) => {
                                 debug!(error = %e, "page: the cluster did not answer");
                                 model.read_failed(e, now_ms());
                                 let wait = retry;
                                 retry = (retry * 2).min(RETRY.1);
-                                Some(wait)
+                                wait
                             }
                         }
                     }
                     Err(e) => {
                         debug!(error = %e, "page: reading the cluster failed unexpectedly");
-                        Some(RETRY.1)
+                        RETRY.1
                     }
                 };
-                if let Some(wait) = next {
-                    let at = Instant::now() + wait;
+                if looking() {
+                    let at = Instant::now() + if dirty { SETTLE } else { next };
                     due = Some(due.map_or(at, |d| d.min(at)));
                 }
                 publish(&model);
+                for w in waiting.drain(..) {
+                    let _ = w.send(());
+                }
             }
             Ok(()) = source.targets.changed() => {
-                due = Some(Instant::now());
+                dirty = true;
+                if looking() {
+                    due = Some(Instant::now());
+                }
             }
-            () = shared.opened.notified() => {
-                // A page opened: a view older than a few seconds is read again, and an open
-                // page keeps its periodic read.
-                let at = if read_at.elapsed() > Duration::from_secs(5) {
-                    Instant::now()
+            Some(ask) = asks.recv() => {
+                // A page opened or a program asked for the state: answer from a view that is
+                // current, else read now and answer after.
+                let fresh = !dirty && read_at.is_some_and(|t| t.elapsed() < FRESH);
+                if fresh {
+                    let _ = ask.send(());
+                    if let Some(t) = read_at {
+                        let at = t + OPEN_PAGE;
+                        due = Some(due.map_or(at, |d| d.min(at)));
+                    }
                 } else {
-                    read_at + OPEN_PAGE
-                };
-                due = Some(due.map_or(at, |d| d.min(at)));
+                    waiting.push(ask);
+                    due = Some(Instant::now());
+                }
             }
             () = until(due), if reading.is_none() => {}
         }

@@ -19,13 +19,16 @@ pub mod sse;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::reconcile::Target;
 pub use bus::{Bus, Event};
 pub use hub::Shared;
 pub use model::DaemonInfo;
+
+/// How many asks for a current view may wait (more are answered with what there is).
+const ASKS: usize = 32;
 
 /// The running page: where the loop sends events, what the HTTP side reads.
 #[derive(Debug)]
@@ -49,16 +52,17 @@ impl Page {
         let json = serde_json::to_string(&model.snapshot).unwrap_or_else(|_| "{}".into());
         let (tx, rx) = watch::channel(Arc::<str>::from(json));
         let (targets_tx, targets_rx) = watch::channel(targets);
+        let (ask, asks) = mpsc::channel(ASKS);
         let shared = Shared {
             snapshot: rx,
             open: Arc::default(),
-            opened: Arc::default(),
+            ask,
         };
         let source = hub::Source {
             kubeconfig,
             targets: targets_rx,
         };
-        let hub = tokio::spawn(hub::run(model, inbox, source, tx, shared.clone()));
+        let hub = tokio::spawn(hub::run(model, inbox, source, tx, shared.clone(), asks));
         Page {
             bus,
             shared,
