@@ -494,7 +494,9 @@ async fn a_page_opened_while_the_cluster_is_unreachable_says_so_and_recovers_by_
     )
     .unwrap();
     let kubeconfig_arg = kubeconfig.path().to_str().unwrap().to_string();
-    // A fixed address, so a restarted daemon serves the open page again.
+    // Without a Lease: taking one needs the cluster, so a daemon with Leases stops at start when
+    // the API server is unreachable (before it serves anything). A fixed address, so a
+    // restarted daemon serves the open page again.
     let listen = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().to_string()
