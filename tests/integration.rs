@@ -54,3 +54,5 @@ mod localurl;
 mod mcp;
 #[path = "integration/on_minikube.rs"]
 mod on_minikube;
+#[path = "integration/page.rs"]
+mod page;

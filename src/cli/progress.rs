@@ -58,7 +58,11 @@ pub fn init(filter: &str, format: LogFormat, live: bool, explicit: bool) {
                 m.target() != TARGET
             }));
         let lines = LiveLayer.with_filter(env());
-        let _ = registry.with(logs).with(lines).try_init();
+        let _ = registry
+            .with(logs)
+            .with(lines)
+            .with(page_layer())
+            .try_init();
         return;
     }
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -74,7 +78,17 @@ pub fn init(filter: &str, format: LogFormat, live: bool, explicit: bool) {
             .with_filter(env())
             .boxed(),
     };
-    let _ = registry.with(logs).try_init();
+    let _ = registry.with(logs).with(page_layer()).try_init();
+}
+
+/// Progress events for the daemon's live page, whatever the log filter (idle until the daemon
+/// installs its bus).
+fn page_layer<S>() -> impl Layer<S>
+where
+    S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use crate::daemon::page::bus::ProgressLayer;
+    ProgressLayer::global().with_filter(ProgressLayer::filter())
 }
 
 /// Clears live lines still shown (a command that ends while something was in progress).

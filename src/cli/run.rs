@@ -46,7 +46,7 @@ pub struct RunArgs {
     /// Pull mode: follow a remote history that was rewritten (not a fast-forward).
     #[arg(long)]
     allow_non_fast_forward: bool,
-    /// Loopback address for /metrics, /healthz, /readyz and /sync (port 0: any free port).
+    /// Loopback address for the live page (/), /metrics, /healthz, /readyz and /sync (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0", env = "CONVERGE_LISTEN")]
     listen: SocketAddr,
     /// Do not hold a coordination Lease in the stack's namespace.

@@ -130,7 +130,7 @@ pub struct Cluster {
 /// deadline is the client's own layer, so nothing here adds a timeout.
 async fn call<T>(
     action: &'static str,
-    object: &dyn fmt::Display,
+    object: &(dyn fmt::Display + Sync),
     fut: impl std::future::Future<Output = Result<T, kube::Error>>,
 ) -> Result<T, ClusterError> {
     fut.await

@@ -1,27 +1,40 @@
-//! The loopback HTTP endpoint: `GET /metrics`, `/healthz`, `/readyz`, and `POST /sync` (what
-//! `converge sync` calls). A tiny HTTP/1.0 responder on a tokio listener.
+//! The loopback HTTP endpoint: `GET /metrics`, `/healthz`, `/readyz`, `POST /sync` (what
+//! `converge sync` calls) and the live page (`GET /`, `/app.js`, `/app.css`, `/api/state`,
+//! `/events`; see [`super::page`]).
 //!
-//! It never binds anything but a loopback address, never reads more than one small request per
-//! connection, and never blocks the daemon's loop: `/sync` only queues a trigger.
+//! hyper's HTTP/1 server parses the requests (the sync guard reads `Host`, `Origin` and
+//! `Sec-Fetch-Site`) and streams the page's server-sent events; a request head must arrive
+//! within 5 s. It never binds anything but a loopback address, refuses a request whose `Host`
+//! is not a loopback name (DNS rebinding), and never blocks the daemon's loop: `/sync` only
+//! queues a trigger, and the page reads snapshots the hub publishes.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::{debug, warn};
 
 use super::metrics::Metrics;
+use super::page::{self, assets, guard, sse};
 use super::DaemonError;
 
-/// How long a client may take to send its request.
+/// How long a client may take to send its request head.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// The largest request head read.
-const MAX_REQUEST: usize = 8 * 1024;
+/// How long `/api/state` waits for a fresh read of the cluster before answering what it has.
+const STATE_WAIT: Duration = Duration::from_secs(3);
 /// `/healthz` fails when the loop has not ticked for this long.
 const STALE_LOOP: Duration = Duration::from_secs(30);
+
+type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 /// Binds `addr`, refusing anything but a loopback address.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -34,13 +47,30 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
+/// What every connection shares.
+struct Ctx {
+    metrics: Arc<Metrics>,
+    started: Instant,
+    sync: mpsc::Sender<()>,
+    page: page::Shared,
+    streams: Arc<Semaphore>,
+}
+
 /// Serves connections on `listener` until the task is aborted.
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     started: Instant,
     sync: mpsc::Sender<()>,
+    page: page::Shared,
 ) {
+    let ctx = Arc::new(Ctx {
+        metrics,
+        started,
+        sync,
+        page,
+        streams: Arc::new(Semaphore::new(sse::MAX_STREAMS)),
+    });
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -50,56 +80,178 @@ pub async fn serve(
                 continue;
             }
         };
-        let metrics = metrics.clone();
-        let sync = sync.clone();
+        let ctx = ctx.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, &metrics, started, &sync).await {
-                debug!(%peer, error = %e, "HTTP connection ended with an error");
+            let stall = sse::Stall::default();
+            let service = {
+                let stall = stall.clone();
+                hyper::service::service_fn(move |req| {
+                    let ctx = ctx.clone();
+                    let stall = stall.clone();
+                    async move { Ok::<_, Infallible>(respond(&ctx, req, stall).await) }
+                })
+            };
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                r = conn => {
+                    if let Err(e) = r {
+                        debug!(%peer, error = %e, "HTTP connection ended with an error");
+                    }
+                }
+                () = stalled(&stall) => {
+                    debug!(%peer, "dropped an event stream whose reader stopped reading");
+                }
             }
         });
     }
 }
 
-async fn handle(
-    mut stream: TcpStream,
-    metrics: &Metrics,
-    started: Instant,
-    sync: &mpsc::Sender<()>,
-) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    let head = tokio::time::timeout(READ_TIMEOUT, async {
-        loop {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                break;
+/// Returns once the connection's event stream has had a frame waiting longer than
+/// [`sse::STALL`].
+async fn stalled(stall: &sse::Stall) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if stall.stuck(sse::STALL) {
+            return;
+        }
+    }
+}
+
+fn text_header(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()).boxed_unsync());
+    *r.status_mut() = status;
+    if let Ok(v) = HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+/// The page's own headers: its policy, no sniffing, no referrer, no caching of live data.
+fn page_headers(r: &mut Response<Body>) {
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(assets::CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+}
+
+async fn respond(ctx: &Ctx, req: Request<Incoming>, stall: sse::Stall) -> Response<Body> {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    let headers = req.headers();
+    let host = text_header(headers, header::HOST);
+    if host.is_some_and(|h| !guard::loopback_host(h)) {
+        return full(
+            StatusCode::FORBIDDEN,
+            TEXT,
+            "this endpoint answers requests for a loopback host name only\n",
+        );
+    }
+    let (method, path) = (req.method(), req.uri().path());
+    let mut r = match (method, path) {
+        (&Method::GET | &Method::HEAD, p) if assets::get(p).is_some() => {
+            let (content_type, body) = assets::get(p).unwrap_or(("", ""));
+            full(StatusCode::OK, content_type, body)
+        }
+        (&Method::GET, "/api/state") => {
+            // A current view: the hub reads the cluster first when its view is stale.
+            let (tx, rx) = oneshot::channel();
+            if ctx.page.ask.try_send(tx).is_ok() {
+                let _ = tokio::time::timeout(STATE_WAIT, rx).await;
             }
-            buf.extend_from_slice(&chunk[..n]);
-            if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.windows(2).any(|w| w == b"\n\n") {
-                break;
+            let json = ctx.page.snapshot.borrow().clone();
+            full(StatusCode::OK, "application/json", json.as_bytes().to_vec())
+        }
+        (&Method::GET, "/events") => match ctx.streams.clone().try_acquire_owned() {
+            Ok(permit) => {
+                // The first snapshot goes out at once; a fresh read follows when it was stale.
+                let (tx, _) = oneshot::channel();
+                let _ = ctx.page.ask.try_send(tx);
+                let s = sse::stream(
+                    ctx.page.snapshot.clone(),
+                    ctx.page.open.clone(),
+                    permit,
+                    stall,
+                    sse::HEARTBEAT,
+                );
+                let mut r = Response::new(BodyExt::boxed_unsync(StreamBody::new(s)));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/event-stream"),
+                );
+                r
             }
-            if buf.len() > MAX_REQUEST {
-                break;
+            Err(_) => full(
+                StatusCode::SERVICE_UNAVAILABLE,
+                TEXT,
+                format!("too many pages open (at most {})\n", sse::MAX_STREAMS),
+            ),
+        },
+        (&Method::POST, "/sync") => {
+            match guard::refuse_cross_site(
+                host,
+                text_header(headers, header::ORIGIN),
+                text_header(headers, header::HeaderName::from_static("sec-fetch-site")),
+            ) {
+                Some(why) => {
+                    warn!(
+                        origin = text_header(headers, header::ORIGIN).unwrap_or(""),
+                        "refused a cross-site POST /sync"
+                    );
+                    full(StatusCode::FORBIDDEN, TEXT, format!("{why}\n"))
+                }
+                None => {
+                    let (status, content_type, body) = route(
+                        "POST",
+                        "/sync",
+                        &ctx.metrics,
+                        ctx.started.elapsed().as_millis() as u64,
+                        &ctx.sync,
+                    );
+                    full(status_of(status), content_type, body)
+                }
             }
         }
-        Ok::<_, std::io::Error>(())
-    })
-    .await;
-    if head.is_err() {
-        return Ok(());
-    }
-    let text = String::from_utf8_lossy(&buf);
-    let mut parts = text.lines().next().unwrap_or("").split_whitespace();
-    let method = parts.next().unwrap_or("");
-    let path = parts.next().unwrap_or("");
-    let alive_ms = started.elapsed().as_millis() as u64;
-    let (status, content_type, body) = route(method, path, metrics, alive_ms, sync);
-    let response = format!(
-        "HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+        (m, p) => {
+            let (status, content_type, body) = route(
+                m.as_str(),
+                p,
+                &ctx.metrics,
+                ctx.started.elapsed().as_millis() as u64,
+                &ctx.sync,
+            );
+            full(status_of(status), content_type, body)
+        }
+    };
+    page_headers(&mut r);
+    r
+}
+
+/// The status of a `route` status line (`"202 Accepted"`).
+fn status_of(line: &str) -> StatusCode {
+    line.split_whitespace()
+        .next()
+        .and_then(|c| c.parse::<u16>().ok())
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 fn route(
@@ -150,7 +302,7 @@ fn route(
                 "the daemon is shutting down\n".into(),
             ),
         },
-        (_, "/metrics" | "/healthz" | "/readyz" | "/sync") => (
+        (_, "/metrics" | "/healthz" | "/readyz" | "/sync" | "/api/state" | "/events" | "/") => (
             "405 Method Not Allowed",
             TEXT,
             "method not allowed\n".into(),

@@ -403,6 +403,64 @@ fn revert_scope(stack: &desired::Stack) -> Vec<String> {
     scope
 }
 
+/// How a job ended, as the live page shows it.
+pub(super) fn page_event(done: &Done, fin: &Finished) -> super::page::Event {
+    let (outcome, message) = match (&done.outcome, fin) {
+        (Outcome::Reports(reports), _) => {
+            let outcome = match fin {
+                Finished::Reports { ready: true, .. } => "succeeded",
+                Finished::Reports {
+                    preempted: true, ..
+                } => "preempted",
+                Finished::Reports {
+                    needs_new_commit: Some(_),
+                    ..
+                } => "failed (waiting for a new commit)",
+                _ => "failed",
+            };
+            let message = reports
+                .iter()
+                .map(|r| {
+                    if r.ready || r.status.message.is_empty() {
+                        format!("{}: {}", r.stack, r.reason)
+                    } else {
+                        format!("{}: {}: {}", r.stack, r.reason, r.status.message)
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            (outcome, message)
+        }
+        (Outcome::Stalled(_, m), _) => ("stalled", m.clone()),
+        (Outcome::Retry(m), _) => ("failed, retrying", m.clone()),
+        (Outcome::Cancelled, _) => ("cancelled", String::new()),
+    };
+    let builds = match &done.outcome {
+        Outcome::Reports(reports) if !done.reused => reports
+            .iter()
+            .flat_map(|r| &r.builds)
+            .map(|b| {
+                let action = match b.action {
+                    crate::build::Action::Exists => "exists",
+                    crate::build::Action::Built => "built",
+                    crate::build::Action::Loaded => "loaded",
+                    crate::build::Action::Skipped => "not built (builder none)",
+                    crate::build::Action::Failed { .. } => "build failed",
+                };
+                format!("{} {action}", b.component)
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    super::page::Event::Finished {
+        commit: done.commit.clone(),
+        outcome: outcome.into(),
+        took_ms: done.took.as_millis() as u64,
+        builds,
+        message,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

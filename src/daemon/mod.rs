@@ -9,8 +9,8 @@
 //! Files: the policy is a pure state machine ([`state`]); this file only turns I/O into its
 //! events and carries out what it returns. One reconcile off the loop is [`job`], the stacks and
 //! branch to manage come from [`targets`], Leases are kept by [`lock`], drift is watched by
-//! [`drift`], `/metrics` and `converge sync` go through [`http`], local URLs are served by
-//! [`forward`].
+//! [`drift`], `/metrics`, `converge sync` and the live page go through [`http`] (the page's
+//! model and event stream are [`page`]), local URLs are served by [`forward`].
 
 pub mod backoff;
 pub mod drift;
@@ -21,6 +21,7 @@ mod job;
 pub mod lock;
 pub mod metrics;
 mod outcome;
+pub mod page;
 pub mod refs;
 pub mod sd;
 pub mod service;
@@ -87,7 +88,7 @@ pub struct Config {
     pub retry_max: Duration,
     /// How long shutdown waits for the reconcile in flight.
     pub shutdown_grace: Duration,
-    /// The loopback address of `/metrics`, `/healthz`, `/readyz` and `/sync`.
+    /// The loopback address of the live page, `/metrics`, `/healthz`, `/readyz` and `/sync`.
     pub listen: SocketAddr,
     /// Whether to hold a coordination Lease per stack.
     pub lease: bool,
@@ -190,11 +191,24 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGUSR1, SIGHUP])
         .map_err(DaemonError::Signals)?;
     let (sync_tx, mut sync_rx) = mpsc::channel::<()>(1);
+    let page = page::Page::start(
+        page::DaemonInfo {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            checkout: dirs.root.display().to_string(),
+            tracked: tracked.clone(),
+            tip: refs::tip(&dirs.root, &tracked).unwrap_or_default(),
+            started_ms: chrono::Utc::now().timestamp_millis(),
+        },
+        cfg.kubeconfig.clone(),
+        targets.clone(),
+    );
     let server = tokio::spawn(http::serve(
         listener,
         metrics.clone(),
         started.into_std(),
         sync_tx,
+        page.shared.clone(),
     ));
     let (refs_tx, mut refs_rx) = mpsc::channel::<()>(1);
     let _ref_watch = refs::watch(&dirs, refs_tx)?;
@@ -318,6 +332,10 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                         overlay: st.overlay,
                         auto_revert,
                     };
+                    page.bus.send(page::Event::Started {
+                        trigger: input.trigger.as_str().into(),
+                        commit: input.commit.clone(),
+                    });
                     inflight = Some(Box::pin(job(input).instrument(span)));
                     inflight_since = Instant::now();
                     sd::status("reconciling");
@@ -368,6 +386,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                                 warn!(old = %branch, new = %b, "the tracked branch changed: restart the daemon to follow it");
                             }
                             targets = t;
+                            page.targets.send_replace(targets.clone());
                             routes = r;
                             forwards.ensure(&routes, &mut clusters, cfg.kubeconfig.as_deref()).await;
                             record_urls(&forwards, &mut holder, &mut file_lock);
@@ -389,6 +408,11 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                 preempt_tx = None;
                 if let Some(t) = done.targets.clone() {
                     targets = t;
+                    page.targets.send_if_modified(|old| {
+                        let changed = *old != targets;
+                        old.clone_from(&targets);
+                        changed
+                    });
                 }
                 for (stack, names) in std::mem::take(&mut done.secrets) {
                     state.set_secrets(stack, names);
@@ -411,6 +435,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                 let fin = job::finished(&done.outcome);
                 let after = state.on_done(fin.clone(), Instant::now().into_std());
                 job::report(&done, &fin, &after, &metrics);
+                page.bus.send(job::page_event(&done, &fin));
                 // The note on the commit and, if asked and allowed, its revert (a new tip the
                 // ref watch picks up). Neither can fail the deploy.
                 // On a blocking thread: git status, file writes and fsyncs must not stall the loop.
@@ -457,6 +482,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                         None => first_ref_event = None,
                         Some(ask) => {
                             info!(commit = %desired::short_id(&tip), %tracked, "new commit");
+                            page.bus.send(page::Event::Tip { commit: tip.clone() });
                             if ask {
                                 preempt("a new commit is waiting");
                             }
@@ -468,66 +494,79 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                     }
                 }
             }
-            Some(note) = drift_rx.recv() => match note {
-                Note::Drift(ev) if ev.deleted && own_deletions.take(&ev.stack, &ev.object, ev.uid.as_deref()) => {
-                    debug!(stack = %ev.stack, object = %ev.object, "deleted by converge's prune: not drift");
+            Some(note) = drift_rx.recv() => {
+                if matches!(note, Note::Record { .. }) {
+                    // The status record moved: the page reads it again.
+                    page.bus.send(page::Event::Refresh);
                 }
-                Note::Drift(ev) => {
-                    metrics.drift_event();
-                    let what = if ev.deleted { "deleted" } else { "changed" };
-                    let now = Instant::now();
-                    let verdict = state.on_drift_in(&ev.stack, &ev.component, &ev.object, now.into_std());
-                    if let DriftVerdict::Paused(until) = verdict {
-                        let left = until.saturating_duration_since(now.into_std()).as_secs();
-                        info!(stack = %ev.stack, object = %ev.object, manager = %ev.manager, paused_s = left, "drift: {what} out of band; paused, left alone until the pause ends");
-                    } else {
-                        info!(stack = %ev.stack, object = %ev.object, manager = %ev.manager, "drift: {what} out of band");
+                match note {
+                    Note::Drift(ev) if ev.deleted && own_deletions.take(&ev.stack, &ev.object, ev.uid.as_deref()) => {
+                        debug!(stack = %ev.stack, object = %ev.object, "deleted by converge's prune: not drift");
                     }
-                    match verdict {
-                        DriftVerdict::Paused(_) => {}
-                        DriftVerdict::Now { preempt: true } => preempt("drift is corrected next"),
-                        DriftVerdict::Now { preempt: false } => {}
-                        DriftVerdict::Later(at) => {
-                            debug!(object = %ev.object, delay_ms = at.saturating_duration_since(now.into_std()).as_millis() as u64, "drift correction delayed (per-object back-off)");
+                    Note::Drift(ev) => {
+                        metrics.drift_event();
+                        let what = if ev.deleted { "deleted" } else { "changed" };
+                        let now = Instant::now();
+                        let verdict = state.on_drift_in(&ev.stack, &ev.component, &ev.object, now.into_std());
+                        page.bus.send(page::Event::Drift {
+                            stack: ev.stack.clone(),
+                            object: ev.object.clone(),
+                            manager: ev.manager.clone(),
+                            deleted: ev.deleted,
+                            paused: matches!(verdict, DriftVerdict::Paused(_)),
+                        });
+                        if let DriftVerdict::Paused(until) = verdict {
+                            let left = until.saturating_duration_since(now.into_std()).as_secs();
+                            info!(stack = %ev.stack, object = %ev.object, manager = %ev.manager, paused_s = left, "drift: {what} out of band; paused, left alone until the pause ends");
+                        } else {
+                            info!(stack = %ev.stack, object = %ev.object, manager = %ev.manager, "drift: {what} out of band");
+                        }
+                        match verdict {
+                            DriftVerdict::Paused(_) => {}
+                            DriftVerdict::Now { preempt: true } => preempt("drift is corrected next"),
+                            DriftVerdict::Now { preempt: false } => {}
+                            DriftVerdict::Later(at) => {
+                                debug!(object = %ev.object, delay_ms = at.saturating_duration_since(now.into_std()).as_millis() as u64, "drift correction delayed (per-object back-off)");
+                            }
+                        }
+                    }
+                    Note::Synced { stack, kind } => state.on_synced(stack, kind),
+                    Note::Gap { stack, kind } => state.on_gap(stack, kind),
+                    Note::Gone { stack, kind } => state.on_gone(stack, kind),
+                    Note::Record { stack, commit } => match state.on_record(&commit) {
+                        RecordVerdict::Agrees => {}
+                        RecordVerdict::Learned => {
+                            debug!(%stack, commit = %desired::short_id(&commit), "last applied commit, from the cluster's status record");
+                        }
+                        RecordVerdict::Foreign { ours } => {
+                            warn!(%stack, recorded = %desired::short_id(&commit), ours = %desired::short_id(&ours), "the cluster's status record says another commit was applied (a one-shot `converge apply --force`?); reconciling the tip again");
+                        }
+                    },
+                    Note::Pause { stack, pauses } => {
+                        let (now, wall) = (Instant::now(), chrono::Utc::now());
+                        let ends = pauses
+                            .pauses
+                            .iter()
+                            .map(|p| {
+                                let left = (p.until - wall).to_std().unwrap_or_default();
+                                (p.component.clone(), (now + left).into_std())
+                            })
+                            .collect();
+                        for p in pauses.pauses.iter().filter(|p| p.active(wall)) {
+                            info!(%stack, paused = %p.scope(), until = %p.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), by = %p.by, "paused: drift is left alone until then (new commits are still applied)");
+                        }
+                        for c in state.on_pauses(&stack, ends, now.into_std()) {
+                            let scope = c.map_or("the stack".to_string(), |c| format!("component {c}"));
+                            info!(%stack, paused = %scope, "pause ended (resumed, or before this daemon saw it end); reporting what was changed by hand and restoring");
+                        }
+                    }
+                    Note::Secret { stack, name } => {
+                        if state.on_secret(&stack, &name) {
+                            info!(%stack, secret = %name, "a Secret the stack reads changed; reconciling");
                         }
                     }
                 }
-                Note::Synced { stack, kind } => state.on_synced(stack, kind),
-                Note::Gap { stack, kind } => state.on_gap(stack, kind),
-                Note::Gone { stack, kind } => state.on_gone(stack, kind),
-                Note::Record { stack, commit } => match state.on_record(&commit) {
-                    RecordVerdict::Agrees => {}
-                    RecordVerdict::Learned => {
-                        debug!(%stack, commit = %desired::short_id(&commit), "last applied commit, from the cluster's status record");
-                    }
-                    RecordVerdict::Foreign { ours } => {
-                        warn!(%stack, recorded = %desired::short_id(&commit), ours = %desired::short_id(&ours), "the cluster's status record says another commit was applied (a one-shot `converge apply --force`?); reconciling the tip again");
-                    }
-                },
-                Note::Pause { stack, pauses } => {
-                    let (now, wall) = (Instant::now(), chrono::Utc::now());
-                    let ends = pauses
-                        .pauses
-                        .iter()
-                        .map(|p| {
-                            let left = (p.until - wall).to_std().unwrap_or_default();
-                            (p.component.clone(), (now + left).into_std())
-                        })
-                        .collect();
-                    for p in pauses.pauses.iter().filter(|p| p.active(wall)) {
-                        info!(%stack, paused = %p.scope(), until = %p.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), by = %p.by, "paused: drift is left alone until then (new commits are still applied)");
-                    }
-                    for c in state.on_pauses(&stack, ends, now.into_std()) {
-                        let scope = c.map_or("the stack".to_string(), |c| format!("component {c}"));
-                        info!(%stack, paused = %scope, "pause ended (resumed, or before this daemon saw it end); reporting what was changed by hand and restoring");
-                    }
-                }
-                Note::Secret { stack, name } => {
-                    if state.on_secret(&stack, &name) {
-                        info!(%stack, secret = %name, "a Secret the stack reads changed; reconciling");
-                    }
-                }
-            },
+            }
             _ = until(tokio_at(state.drift_at())), if state.drift_at().is_some() => {
                 state.on_drift_due();
             }
@@ -591,6 +630,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     drift_watch.stop();
     forwards.stop();
     server.abort();
+    page.stop();
     for r in &renewers {
         r.abort();
     }
