@@ -46,12 +46,15 @@ pub struct RunArgs {
     /// Pull mode: follow a remote history that was rewritten (not a fast-forward).
     #[arg(long)]
     allow_non_fast_forward: bool,
-    /// Loopback address for the live page (/), /metrics, /healthz, /readyz and /sync (port 0: any free port).
+    /// Loopback address for the live page (/), /metrics, /healthz, /readyz, /sync and /mcp (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0", env = "CONVERGE_LISTEN")]
     listen: SocketAddr,
     /// Do not hold a coordination Lease in the stack's namespace.
     #[arg(long)]
     no_lease: bool,
+    /// Do not answer the Model Context Protocol on `POST /mcp` of the listen address.
+    #[arg(long)]
+    no_mcp: bool,
     #[command(flatten)]
     reconcile: ReconcileFlags,
     #[command(flatten)]
@@ -95,7 +98,33 @@ impl RunArgs {
                 &self.build,
                 Caller::Daemon,
             ),
+            mcp: (!self.no_mcp).then(|| self.mcp_endpoint()),
         }
+    }
+
+    /// The MCP server `converge mcp` would run for this checkout and these selectors, answered
+    /// on the daemon's `POST /mcp`.
+    fn mcp_endpoint(&self) -> daemon::http::McpEndpoint {
+        let server = std::sync::Arc::new(crate::mcp::Server::new(crate::mcp::Config {
+            repo: self.repo.clone(),
+            dir: self.dir.clone(),
+            stack: self.target.stack.clone(),
+            namespace: self.target.namespace.clone(),
+            context: self.target.context.clone(),
+            kubeconfig: self.target.kubeconfig.clone(),
+            branch: self.branch.clone(),
+            diff: flags::reconcile_options(
+                &self.dir,
+                &self.target,
+                &self.reconcile,
+                &self.build,
+                Caller::Diff,
+            ),
+        }));
+        daemon::http::McpEndpoint::new(move |message| {
+            let server = server.clone();
+            Box::pin(async move { server.handle(&message).await })
+        })
     }
 }
 

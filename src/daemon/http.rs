@@ -1,6 +1,7 @@
 //! The loopback HTTP endpoint: `GET /metrics`, `/healthz`, `/readyz`, `POST /sync` (what
-//! `converge sync` calls) and the live page (`GET /`, `/app.js`, `/app.css`, `/api/state`,
-//! `/events`; see [`super::page`]).
+//! `converge sync` calls), the live page (`GET /`, `/app.js`, `/app.css`, `/api/state`,
+//! `/events`; see [`super::page`]) and `POST /mcp`, the Model Context Protocol's Streamable HTTP
+//! transport for the handler the CLI gives ([`McpEndpoint`]).
 //!
 //! hyper's HTTP/1 server parses the requests (the sync guard reads `Host`, `Origin` and
 //! `Sec-Fetch-Site`) and streams the page's server-sent events; a request head must arrive
@@ -9,7 +10,9 @@
 //! queues a trigger, and the page reads snapshots the hub publishes.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -47,6 +50,29 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
+/// The largest MCP message `/mcp` reads (as `converge mcp` on stdin).
+const MAX_MCP_BODY: usize = 4 * 1024 * 1024;
+
+type McpFuture = Pin<Box<dyn Future<Output = Option<serde_json::Value>> + Send>>;
+
+/// Answers one MCP (JSON-RPC) message posted to `/mcp`: `None` when it needs no response. The
+/// daemon knows nothing of MCP; `converge run` hands it the same server `converge mcp` runs.
+#[derive(Clone)]
+pub struct McpEndpoint(Arc<dyn Fn(Bytes) -> McpFuture + Send + Sync>);
+
+impl McpEndpoint {
+    /// An endpoint answering with `handle`.
+    pub fn new(handle: impl Fn(Bytes) -> McpFuture + Send + Sync + 'static) -> Self {
+        Self(Arc::new(handle))
+    }
+}
+
+impl std::fmt::Debug for McpEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("McpEndpoint")
+    }
+}
+
 /// What every connection shares.
 struct Ctx {
     metrics: Arc<Metrics>,
@@ -54,6 +80,7 @@ struct Ctx {
     sync: mpsc::Sender<()>,
     page: page::Shared,
     streams: Arc<Semaphore>,
+    mcp: Option<McpEndpoint>,
 }
 
 /// Serves connections on `listener` until the task is aborted.
@@ -63,6 +90,7 @@ pub async fn serve(
     started: Instant,
     sync: mpsc::Sender<()>,
     page: page::Shared,
+    mcp: Option<McpEndpoint>,
 ) {
     let ctx = Arc::new(Ctx {
         metrics,
@@ -70,6 +98,7 @@ pub async fn serve(
         sync,
         page,
         streams: Arc::new(Semaphore::new(sse::MAX_STREAMS)),
+        mcp,
     });
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -230,6 +259,43 @@ async fn respond(ctx: &Ctx, req: Request<Incoming>, stall: sse::Stall) -> Respon
                 }
             }
         }
+        (&Method::POST, "/mcp") if ctx.mcp.is_some() => {
+            let origin = text_header(headers, header::ORIGIN).map(str::to_string);
+            let fetch_site =
+                text_header(headers, header::HeaderName::from_static("sec-fetch-site"))
+                    .map(str::to_string);
+            let host = host.map(str::to_string);
+            match guard::refuse_cross_site(
+                host.as_deref(),
+                origin.as_deref(),
+                fetch_site.as_deref(),
+            ) {
+                // The transport's rule: a server validates Origin (DNS rebinding, a web page
+                // posting to a local server).
+                Some(_) => {
+                    warn!(
+                        origin = origin.as_deref().unwrap_or(""),
+                        "refused a cross-site POST /mcp"
+                    );
+                    mcp_error(
+                        StatusCode::FORBIDDEN,
+                        "a request from another site's page may not reach /mcp (Origin, Sec-Fetch-Site)",
+                    )
+                }
+                None => mcp(ctx, req).await,
+            }
+        }
+        (_, "/mcp") if ctx.mcp.is_some() => {
+            // No server-initiated stream: every answer comes on its POST.
+            let mut r = full(
+                StatusCode::METHOD_NOT_ALLOWED,
+                TEXT,
+                "POST a JSON-RPC message to /mcp\n",
+            );
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            r
+        }
         (m, p) => {
             let (status, content_type, body) = route(
                 m.as_str(),
@@ -243,6 +309,48 @@ async fn respond(ctx: &Ctx, req: Request<Incoming>, stall: sse::Stall) -> Respon
     };
     page_headers(&mut r);
     r
+}
+
+/// One MCP message: the body (bounded) to the endpoint, its answer as JSON, or 202 for a
+/// notification or response.
+async fn mcp(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
+    let Some(endpoint) = ctx.mcp.clone() else {
+        return mcp_error(StatusCode::NOT_FOUND, "no MCP server on this daemon");
+    };
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_MCP_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return mcp_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("the message was not read: {e} (at most {MAX_MCP_BODY} bytes)"),
+            )
+        }
+    };
+    match (endpoint.0)(body).await {
+        Some(answer) => full(
+            StatusCode::OK,
+            "application/json",
+            serde_json::to_vec(&answer).unwrap_or_default(),
+        ),
+        None => full(StatusCode::ACCEPTED, "text/plain; charset=utf-8", ""),
+    }
+}
+
+/// A JSON-RPC error without an id, for a message refused before it was read.
+fn mcp_error(status: StatusCode, why: &str) -> Response<Body> {
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": null,
+        "error": {"code": -32600, "message": why},
+    });
+    full(
+        status,
+        "application/json",
+        serde_json::to_vec(&body).unwrap_or_default(),
+    )
 }
 
 /// The status of a `route` status line (`"202 Accepted"`).

@@ -96,6 +96,8 @@ pub struct Config {
     pub builder: Option<BuilderKind>,
     /// Reconcile options (timeouts, conflicts, recreate).
     pub options: Options,
+    /// The MCP server answered on `POST /mcp` of the listen address, when one is given.
+    pub mcp: Option<http::McpEndpoint>,
 }
 
 impl Default for Config {
@@ -119,6 +121,7 @@ impl Default for Config {
             lease: true,
             builder: None,
             options: Options::default(),
+            mcp: None,
         }
     }
 }
@@ -209,6 +212,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         started.into_std(),
         sync_tx,
         page.shared.clone(),
+        cfg.mcp.clone(),
     ));
     let (refs_tx, mut refs_rx) = mpsc::channel::<()>(1);
     let _ref_watch = refs::watch(&dirs, refs_tx)?;

@@ -467,3 +467,144 @@ fn malformed_unknown_and_oversized_messages_get_protocol_errors_and_write_nothin
     );
     assert_eq!(repo.git(&["status", "--porcelain"]), "");
 }
+
+/// A running daemon answers the same MCP server on `POST /mcp` of its loopback address (the
+/// Streamable HTTP transport), driven by the official SDK from a URL; the transport's guards
+/// hold: a web page of another site (`Origin`) is refused, `GET` is 405, a notification 202, an
+/// oversized body 413 — and none of them writes anything.
+#[tokio::test]
+async fn a_running_daemon_answers_mcp_on_its_loopback_address_and_refuses_other_sites() {
+    let python = sdk_python();
+    let ns = TestNamespace::new("mcp-http").await;
+    let repo = stack_repo(ns.name());
+    let repo_path = repo.path().to_str().unwrap().to_string();
+    let context = current_context();
+    let mut daemon = converge_env(&mut Command::new(env!("CARGO_BIN_EXE_converge")))
+        .args(["run", "--repo", &repo_path, "--context", &context])
+        .args(["--listen", "127.0.0.1:0", "--fail-fast", "3s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn converge run");
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _kill = Kill(&mut daemon);
+    // The daemon names its address in the lock file once it listens.
+    let lock = repo.path().join(".git/converge.lock");
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    let addr = loop {
+        let http = std::fs::read_to_string(&lock)
+            .ok()
+            .and_then(|l| serde_json::from_str::<Value>(&l).ok())
+            .and_then(|v| v["http"].as_str().map(str::to_string));
+        if let Some(a) = http.filter(|a| !a.is_empty()) {
+            break a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon named no HTTP address in {} within 30 s",
+            lock.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let main_before = repo.git(&["rev-parse", "refs/heads/main"]);
+    let refs_before = repo.git(&["for-each-ref"]);
+
+    // The transport's guards, raw.
+    let request = |head: &str, body: &[u8]| -> String {
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect to the daemon");
+        s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        let msg = format!(
+            "{head}\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        s.write_all(msg.as_bytes()).unwrap();
+        // A refused oversized body may be cut off mid-write; the answer is what counts.
+        let _ = s.write_all(body);
+        let mut out = String::new();
+        let _ = std::io::Read::read_to_string(&mut s, &mut out);
+        out
+    };
+    let propose = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"propose","arguments":{"files":{"desired/stack.yaml":"evil: true\n"},"message":"from a web page"}}}"#;
+    let other_site = request("POST /mcp HTTP/1.1\r\nOrigin: http://evil.example", propose);
+    assert!(
+        other_site.starts_with("HTTP/1.1 403"),
+        "a POST /mcp from another site's page was not refused:\n{other_site}"
+    );
+    let get = request("GET /mcp HTTP/1.1", b"");
+    assert!(get.starts_with("HTTP/1.1 405"), "GET /mcp:\n{get}");
+    let note = request(
+        "POST /mcp HTTP/1.1",
+        br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+    );
+    assert!(note.starts_with("HTTP/1.1 202"), "a notification:\n{note}");
+    let big = vec![b' '; 5 * 1024 * 1024];
+    let oversized = request("POST /mcp HTTP/1.1", &big);
+    assert!(
+        oversized.starts_with("HTTP/1.1 413"),
+        "a 5 MiB body:\n{}",
+        &oversized[..oversized.len().min(300)]
+    );
+    assert_eq!(
+        repo.git(&["for-each-ref"]),
+        refs_before,
+        "a refused request wrote a ref"
+    );
+
+    // The official SDK, from a URL.
+    let url = format!("http://{addr}/mcp");
+    let client = converge_env(&mut Command::new(&python))
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/http_client.py"))
+        .args([url.as_str(), repo_path.as_str()])
+        .output()
+        .expect("run the MCP HTTP client");
+    let stdout = String::from_utf8_lossy(&client.stdout);
+    assert!(
+        client.status.success(),
+        "the MCP client failed over HTTP: {}\n{stdout}",
+        String::from_utf8_lossy(&client.stderr)
+    );
+    let t: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("the client's transcript is not JSON ({e}): {stdout}"));
+    eprintln!(
+        "MCP over the daemon's {url} (official Python SDK mcp {}): protocol {}, tools {}, status: {}, propose: {}",
+        t["initialize"]["sdk"].as_str().unwrap_or("?"),
+        t["initialize"]["protocol_version"],
+        t["tools"],
+        short(t["status"]["text"].as_str().unwrap_or("")),
+        short(t["propose_replicas"]["text"].as_str().unwrap_or(""))
+    );
+    assert_eq!(t["initialize"]["server"], "converge", "{t:#}");
+    assert_eq!(t["tools"].as_array().map(Vec::len), Some(8), "{t:#}");
+    assert_eq!(t["status"]["is_error"], false, "{t:#}");
+    assert!(
+        t["status"]["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains(ns.name()),
+        "status names no stack of this test: {t:#}"
+    );
+    assert_eq!(t["propose_replicas"]["is_error"], false, "{t:#}");
+    let branch = t["propose_replicas"]["structured"]["branch"]
+        .as_str()
+        .unwrap_or_else(|| panic!("propose named no branch: {t:#}"))
+        .to_string();
+    assert!(
+        repo.git(&["show", &format!("{branch}:desired/backend.yaml")])
+            .contains("replicas: 2"),
+        "the proposal's branch {branch} does not hold the change"
+    );
+    assert_eq!(
+        repo.git(&["rev-parse", "refs/heads/main"]),
+        main_before,
+        "a proposal over HTTP moved the tracked branch"
+    );
+    drop(_kill);
+    ns.cleanup().await;
+}
