@@ -14,6 +14,9 @@ use super::flags::{self, Caller, ReconcileFlags};
 use super::{EXIT_ERROR, EXIT_OK};
 use crate::daemon::{self, service, Config, DaemonError};
 
+/// How many MCP calls the daemon's `/mcp` runs at once (more wait their turn).
+const MCP_CALLS: usize = 2;
+
 /// Exit code after a second SIGTERM/SIGINT aborted the shutdown (128 + SIGINT).
 pub const EXIT_ABORTED: u8 = 130;
 
@@ -46,15 +49,16 @@ pub struct RunArgs {
     /// Pull mode: follow a remote history that was rewritten (not a fast-forward).
     #[arg(long)]
     allow_non_fast_forward: bool,
-    /// Loopback address for the live page (/), /metrics, /healthz, /readyz, /sync and /mcp (port 0: any free port).
+    /// Loopback address for the live page (/), /metrics, /healthz, /readyz, /sync and, with --mcp, /mcp (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0", env = "CONVERGE_LISTEN")]
     listen: SocketAddr,
     /// Do not hold a coordination Lease in the stack's namespace.
     #[arg(long)]
     no_lease: bool,
-    /// Do not answer the Model Context Protocol on `POST /mcp` of the listen address.
+    /// Also answer the Model Context Protocol on `POST /mcp` of the listen address (what
+    /// `converge mcp` serves on stdio), for AI assistants on this machine.
     #[arg(long)]
-    no_mcp: bool,
+    mcp: bool,
     #[command(flatten)]
     reconcile: ReconcileFlags,
     #[command(flatten)]
@@ -98,7 +102,7 @@ impl RunArgs {
                 &self.build,
                 Caller::Daemon,
             ),
-            mcp: (!self.no_mcp).then(|| self.mcp_endpoint()),
+            mcp: self.mcp.then(|| self.mcp_endpoint()),
         }
     }
 
@@ -121,9 +125,31 @@ impl RunArgs {
                 Caller::Diff,
             ),
         }));
+        // Tool calls read and validate the desired state, hash build contexts and read git:
+        // blocking work, done off the daemon's two workers, at most MCP_CALLS at a time.
+        let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MCP_CALLS));
         daemon::http::McpEndpoint::new(move |message| {
-            let server = server.clone();
-            Box::pin(async move { server.handle(&message).await })
+            let (server, slots) = (server.clone(), slots.clone());
+            Box::pin(async move {
+                let _slot = slots.acquire_owned().await.ok();
+                let answered = tokio::task::spawn_blocking(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| e.to_string())?;
+                    Ok::<_, String>(rt.block_on(server.handle(&message)))
+                })
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r);
+                answered.unwrap_or_else(|why| {
+                    Some(serde_json::json!({
+                        "jsonrpc": "2.0",
+                        "id": null,
+                        "error": {"code": -32603, "message": format!("the MCP call stopped: {why}")},
+                    }))
+                })
+            })
         })
     }
 }

@@ -195,6 +195,14 @@ async fn respond(ctx: &Ctx, req: Request<Incoming>, stall: sse::Stall) -> Respon
         );
     }
     let (method, path) = (req.method(), req.uri().path());
+    if matches!(path, "/api/state" | "/events") {
+        let site = text_header(headers, header::HeaderName::from_static("sec-fetch-site"));
+        if let Some(why) = guard::refuse_cross_site_read(site) {
+            let mut r = full(StatusCode::FORBIDDEN, TEXT, format!("{why}\n"));
+            page_headers(&mut r);
+            return r;
+        }
+    }
     let mut r = match (method, path) {
         (&Method::GET | &Method::HEAD, p) if assets::get(p).is_some() => {
             let (content_type, body) = assets::get(p).unwrap_or(("", ""));
@@ -317,19 +325,39 @@ async fn mcp(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
     let Some(endpoint) = ctx.mcp.clone() else {
         return mcp_error(StatusCode::NOT_FOUND, "no MCP server on this daemon");
     };
+    let too_large = || {
+        mcp_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("a message is at most {MAX_MCP_BODY} bytes; nothing was read"),
+        )
+    };
+    // Refused before a byte of the body is read, when the client says how long it is.
+    let declared = text_header(req.headers(), header::CONTENT_LENGTH)
+        .and_then(|l| l.trim().parse::<u64>().ok());
+    if declared.is_some_and(|l| l > MAX_MCP_BODY as u64) {
+        return too_large();
+    }
     let body = match http_body_util::Limited::new(req.into_body(), MAX_MCP_BODY)
         .collect()
         .await
     {
         Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
         Err(e) => {
             return mcp_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("the message was not read: {e} (at most {MAX_MCP_BODY} bytes)"),
+                StatusCode::BAD_REQUEST,
+                &format!("the message could not be read: {e}"),
             )
         }
     };
     match (endpoint.0)(body).await {
+        // A message refused before any method ran (not JSON, not a request): the transport
+        // answers it with an HTTP error too.
+        Some(answer) if answer.get("error").is_some() && answer["id"].is_null() => full(
+            StatusCode::BAD_REQUEST,
+            "application/json",
+            serde_json::to_vec(&answer).unwrap_or_default(),
+        ),
         Some(answer) => full(
             StatusCode::OK,
             "application/json",

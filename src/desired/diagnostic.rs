@@ -265,6 +265,24 @@ fn token_ranges(hay: &str, needle: &str) -> Vec<std::ops::Range<usize>> {
     out
 }
 
+/// `text` with every whole-token occurrence of the credential-like values a YAML scan finds in
+/// `yaml` (four characters or more) replaced by [`MASK`]: for showing text that may quote a
+/// desired-state file, a diff of it say.
+pub fn mask_secrets_of(yaml: &str, text: &str) -> String {
+    let scan = super::yaml::scan(
+        yaml,
+        super::yaml::Limits::DESIRED,
+        &mut super::yaml::Budget::default(),
+    );
+    let mut out = text.to_string();
+    for s in scan.secrets.iter().filter(|s| s.text.chars().count() >= 4) {
+        if let Some(m) = replace_token(&out, &s.text) {
+            out = m;
+        }
+    }
+    out
+}
+
 /// `hay` with every whole-token occurrence of `needle` replaced by [`MASK`]; `None` if none.
 fn replace_token(hay: &str, needle: &str) -> Option<String> {
     let ranges = token_ranges(hay, needle);
@@ -466,6 +484,22 @@ fn render_one(renderer: &Renderer, d: &Diagnostic, source: Option<&Masked>) -> S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_diff_quoting_a_credential_like_value_shows_it_masked() {
+        let old = "kind: Component\nname: api\nenv:\n  DB_PASSWORD: hunter2-correct-horse\n";
+        let new = "kind: Component\nname: api\nenv:\n  DB_PASSWORD: hunter3-correct-horse\n";
+        let diff = "-  DB_PASSWORD: hunter2-correct-horse\n+  DB_PASSWORD: hunter3-correct-horse\n";
+        let both = format!("{old}---\n{new}");
+        let shown = mask_secrets_of(&both, diff);
+        assert!(!shown.contains("hunter"), "{shown}");
+        assert_eq!(shown.matches(MASK).count(), 2, "{shown}");
+        // Nothing credential-like: the text is left as it is.
+        assert_eq!(
+            mask_secrets_of("replicas: 3\n", "+replicas: 3\n"),
+            "+replicas: 3\n"
+        );
+    }
 
     #[test]
     fn renders_like_rustc_with_source_line_and_caret() {

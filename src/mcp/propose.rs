@@ -233,8 +233,25 @@ pub fn propose(config: &Config, args: &ProposeArgs) -> Result<Proposed, Refused>
         return Err(Refused::Invalid(Box::new(overlay.validation)));
     }
     // Valid: the same objects again, now in the repository's own store (same inputs and the
-    // same signature time give the same commit id).
+    // same signature time give the same commit id). The same proposal made twice in one second
+    // is that commit's branch already: the answer, and nothing written.
     let repo = open(config)?;
+    let name = format!("{BRANCH_PREFIX}{}", &overlay.validation.commit[..12]);
+    if let Ok(existing) = repo.find_branch(&name, git2::BranchType::Local) {
+        let at = existing.get().target().map(|t| t.to_string());
+        if at.as_deref() != Some(overlay.validation.commit.as_str()) {
+            return Err(Refused::Failed(format!(
+                "branch {name} exists at another commit; nothing was written"
+            )));
+        }
+        return Ok(Proposed {
+            branch: name,
+            commit: overlay.validation.commit.clone(),
+            base: (branch, tip.to_string()),
+            diff: overlay.diff,
+            validation: overlay.validation,
+        });
+    }
     let parent = repo
         .find_commit(tip)
         .map_err(git("reading the tracked branch"))?;
@@ -248,7 +265,6 @@ pub fn propose(config: &Config, args: &ProposeArgs) -> Result<Proposed, Refused>
     let commit = repo
         .find_commit(id)
         .map_err(git("reading the new commit"))?;
-    let name = format!("{BRANCH_PREFIX}{}", &overlay.validation.commit[..12]);
     repo.branch(&name, &commit, false)
         .map_err(git("creating the proposal's branch"))?;
     Ok(Proposed {
@@ -398,6 +414,26 @@ fn unified_diff(repo: &Repository, parent: &git2::Commit<'_>, id: Oid) -> Result
     let diff = repo
         .diff_tree_to_tree(Some(&old), Some(&new), None)
         .map_err(git("diffing"))?;
+    // A credential-like value in a YAML file (refused by validation, but quoted by a diff of
+    // it) is masked on both sides, as every other output of converge masks it.
+    let mut yaml = String::new();
+    for delta in diff.deltas() {
+        let is_yaml = |p: Option<&std::path::Path>| {
+            p.and_then(|p| p.extension())
+                .is_some_and(|e| e == "yaml" || e == "yml")
+        };
+        for (file, id) in [
+            (delta.old_file().path(), delta.old_file().id()),
+            (delta.new_file().path(), delta.new_file().id()),
+        ] {
+            if is_yaml(file) && !id.is_zero() {
+                if let Ok(b) = repo.find_blob(id) {
+                    yaml.push_str(&String::from_utf8_lossy(b.content()));
+                    yaml.push_str("\n---\n");
+                }
+            }
+        }
+    }
     let mut out = String::new();
     diff.print(git2::DiffFormat::Patch, |_, _, line| {
         if matches!(line.origin(), '+' | '-' | ' ') {
@@ -407,7 +443,11 @@ fn unified_diff(repo: &Repository, parent: &git2::Commit<'_>, id: Oid) -> Result
         true
     })
     .map_err(git("printing the diff"))?;
-    Ok(out)
+    Ok(if yaml.is_empty() {
+        out
+    } else {
+        crate::desired::diagnostic::mask_secrets_of(&yaml, &out)
+    })
 }
 
 /// Checks every path and size before anything is built.

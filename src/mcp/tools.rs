@@ -28,6 +28,10 @@ use crate::vocabulary::{LABEL_COMPONENT, LABEL_STACK};
 pub const MAX_LOG_LINES: i64 = 1000;
 /// The most bytes of log one container contributes.
 const MAX_LOG_BYTES: i64 = 256 * 1024;
+/// The most Pods one `logs` answer reads.
+const MAX_LOG_PODS: usize = 10;
+/// The most log bytes one `logs` answer holds, across its containers.
+const MAX_LOG_TOTAL_BYTES: i64 = 1024 * 1024;
 /// How long one log read may take.
 const LOG_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -77,7 +81,7 @@ const TOOLS: &[Tool] = &[
     },
     Tool {
         name: "logs",
-        description: "The last lines each container of a component's Pods wrote (the app's own output; environment values are never included).",
+        description: "The last lines each container of a component's Pods wrote: the app's own output, verbatim (converge adds nothing from the Pod spec; an app that prints a credential prints it here too). At most 10 Pods and 1 MiB in all.",
         read_only: true,
         schema: || schemars::schema_for!(LogsArgs),
     },
@@ -512,6 +516,8 @@ async fn logs(config: &Config, a: LogsArgs) -> Result<Output, Output> {
     }
     let sel = selection(config, a.stack, a.namespace);
     let mut out = Vec::new();
+    // One answer stays bounded whatever the replica count: Pods, and bytes across them.
+    let (mut pods_read, mut budget, mut truncated) = (0usize, MAX_LOG_TOTAL_BYTES, false);
     for t in targets(config, &sel)? {
         let cluster = connect(config, t.context.as_deref()).await?;
         for ns in t.namespaces(&cluster).await.map_err(|e| failed(&e))? {
@@ -548,6 +554,11 @@ async fn logs(config: &Config, a: LogsArgs) -> Result<Output, Output> {
                 items.extend(list.items);
             }
             for pod in items {
+                if pods_read >= MAX_LOG_PODS || budget == 0 {
+                    truncated = true;
+                    break;
+                }
+                pods_read += 1;
                 let name = pod.metadata.name.clone().unwrap_or_default();
                 let containers = pod
                     .spec
@@ -555,10 +566,14 @@ async fn logs(config: &Config, a: LogsArgs) -> Result<Output, Output> {
                     .map(|s| s.containers.iter().map(|c| c.name.clone()).collect())
                     .unwrap_or_else(Vec::new);
                 for container in containers {
+                    if budget == 0 {
+                        truncated = true;
+                        break;
+                    }
                     let lp = LogParams {
                         container: Some(container.clone()),
                         tail_lines: Some(lines),
-                        limit_bytes: Some(MAX_LOG_BYTES),
+                        limit_bytes: Some(MAX_LOG_BYTES.min(budget)),
                         previous: a.previous,
                         ..LogParams::default()
                     };
@@ -568,6 +583,7 @@ async fn logs(config: &Config, a: LogsArgs) -> Result<Output, Output> {
                             Ok(Err(e)) => (String::new(), Some(e.to_string())),
                             Err(_) => (String::new(), Some("the log read timed out".into())),
                         };
+                    budget = budget.saturating_sub(text.len() as i64);
                     let mut entry = json!({
                         "stack": t.stack,
                         "namespace": ns,
@@ -593,7 +609,13 @@ async fn logs(config: &Config, a: LogsArgs) -> Result<Output, Output> {
             Value::Null,
         ));
     }
-    Ok(Output::ok(json!({"containers": out})))
+    let mut result = json!({"containers": out});
+    if truncated {
+        result["truncated"] = Value::String(format!(
+            "cut at {MAX_LOG_PODS} Pods or {MAX_LOG_TOTAL_BYTES} bytes in all; ask for fewer `lines`"
+        ));
+    }
+    Ok(Output::ok(result))
 }
 
 async fn sync(config: &Config) -> Result<Output, Output> {

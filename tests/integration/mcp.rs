@@ -481,7 +481,7 @@ async fn a_running_daemon_answers_mcp_on_its_loopback_address_and_refuses_other_
     let context = current_context();
     let mut daemon = converge_env(&mut Command::new(env!("CARGO_BIN_EXE_converge")))
         .args(["run", "--repo", &repo_path, "--context", &context])
-        .args(["--listen", "127.0.0.1:0", "--fail-fast", "3s"])
+        .args(["--mcp", "--listen", "127.0.0.1:0", "--fail-fast", "3s"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -525,8 +525,7 @@ async fn a_running_daemon_answers_mcp_on_its_loopback_address_and_refuses_other_
             body.len()
         );
         s.write_all(msg.as_bytes()).unwrap();
-        // A refused oversized body may be cut off mid-write; the answer is what counts.
-        let _ = s.write_all(body);
+        s.write_all(body).unwrap();
         let mut out = String::new();
         let _ = std::io::Read::read_to_string(&mut s, &mut out);
         out
@@ -544,8 +543,27 @@ async fn a_running_daemon_answers_mcp_on_its_loopback_address_and_refuses_other_
         br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
     );
     assert!(note.starts_with("HTTP/1.1 202"), "a notification:\n{note}");
-    let big = vec![b' '; 5 * 1024 * 1024];
-    let oversized = request("POST /mcp HTTP/1.1", &big);
+    let garbage = request("POST /mcp HTTP/1.1", b"{not json");
+    assert!(
+        garbage.starts_with("HTTP/1.1 400") && garbage.contains("-32700"),
+        "a body that is not JSON:\n{garbage}"
+    );
+    // Declared, not sent: the server answers from Content-Length before reading a byte (a
+    // body it never reads could reset the connection under its answer).
+    let oversized = {
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect to the daemon");
+        s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        write!(
+            s,
+            "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            5 * 1024 * 1024
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = std::io::Read::read_to_string(&mut s, &mut out);
+        out
+    };
     assert!(
         oversized.starts_with("HTTP/1.1 413"),
         "a 5 MiB body:\n{}",

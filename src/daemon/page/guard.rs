@@ -50,6 +50,14 @@ pub fn refuse_cross_site(
     None
 }
 
+/// Why a read of live data (`/api/state`, `/events`) is refused, if it is: another site's page
+/// (`Sec-Fetch-Site`) may neither read it nor hold the page's stream slots open.
+pub fn refuse_cross_site_read(fetch_site: Option<&str>) -> Option<&'static str> {
+    fetch_site
+        .filter(|s| s.eq_ignore_ascii_case("cross-site") || s.eq_ignore_ascii_case("same-site"))
+        .map(|_| "another site's page may not read this daemon's live state")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +104,14 @@ mod tests {
         // converge sync, curl.
         assert!(refuse_cross_site(Some("localhost"), None, None).is_none());
         assert!(refuse_cross_site(None, None, None).is_none());
+    }
+
+    #[test]
+    fn other_sites_may_not_read_the_live_state() {
+        assert!(refuse_cross_site_read(Some("cross-site")).is_some());
+        assert!(refuse_cross_site_read(Some("same-site")).is_some());
+        for ok in [None, Some("same-origin"), Some("none")] {
+            assert!(refuse_cross_site_read(ok).is_none(), "{ok:?}");
+        }
     }
 }

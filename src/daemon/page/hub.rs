@@ -28,6 +28,8 @@ use crate::reconcile::Target;
 use crate::status::view::{self, Pick, StackView};
 
 /// Quiet time after an event before the cluster is read (a burst reads once).
+/// The most askers waiting for one read of the cluster (more get the view as it is).
+const MAX_WAITING: usize = 64;
 const SETTLE: Duration = Duration::from_millis(150);
 /// How often an open page has the cluster read when nothing happens.
 const OPEN_PAGE: Duration = Duration::from_secs(30);
@@ -177,7 +179,12 @@ pub async fn run(
                         due = Some(due.map_or(at, |d| d.min(at)));
                     }
                 } else {
-                    waiting.push(ask);
+                    // Askers that gave up (a `/api/state` past its wait, a closed page) are
+                    // dropped, and the rest bounded: each asker is answered by the same read.
+                    waiting.retain(|w| !w.is_closed());
+                    if waiting.len() < MAX_WAITING {
+                        waiting.push(ask);
+                    }
                     due = Some(Instant::now());
                 }
             }
