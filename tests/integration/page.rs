@@ -356,6 +356,17 @@ async fn the_page_shows_the_stack_its_progress_drift_and_explains_an_unhealthy_c
         &format!("POST /sync HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://evil.example\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
     );
     assert!(raw.starts_with("HTTP/1.1 403"), "{raw}");
+    // Nor may another site's page read the live state (a fetch from it says so).
+    for path in ["/api/state", "/events"] {
+        let read = http(
+            &addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nSec-Fetch-Site: cross-site\r\nConnection: close\r\n\r\n"),
+        );
+        assert!(
+            read.starts_with("HTTP/1.1 403"),
+            "GET {path} from another site:\n{read}"
+        );
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         daemon.count_log(&["sync requested"]),
