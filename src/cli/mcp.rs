@@ -34,22 +34,35 @@ pub struct McpArgs {
 impl McpArgs {
     /// The server's configuration; the `diff` tool's dry run uses `converge diff`'s options.
     pub(crate) fn config(&self) -> Config {
-        Config {
-            repo: self.repo.clone(),
-            dir: self.dir.clone(),
-            stack: self.target.stack.clone(),
-            namespace: self.target.namespace.clone(),
-            context: self.target.context.clone(),
-            kubeconfig: self.target.kubeconfig.clone(),
-            branch: self.branch.clone(),
-            diff: flags::reconcile_options(
-                &self.dir,
-                &self.target,
-                &self.reconcile,
-                &self.build,
-                Caller::Diff,
-            ),
-        }
+        config(
+            &self.repo,
+            &self.dir,
+            &self.target,
+            self.branch.as_deref(),
+            &self.reconcile,
+            &self.build,
+        )
+    }
+}
+
+/// The MCP server's configuration from the flags `converge mcp` and `converge run --mcp` share.
+pub(super) fn config(
+    repo: &std::path::Path,
+    dir: &str,
+    target: &StackArgs,
+    branch: Option<&str>,
+    reconcile: &ReconcileFlags,
+    build: &BuildFlags,
+) -> Config {
+    Config {
+        repo: repo.to_path_buf(),
+        dir: dir.to_string(),
+        stack: target.stack.clone(),
+        namespace: target.namespace.clone(),
+        context: target.context.clone(),
+        kubeconfig: target.kubeconfig.clone(),
+        branch: branch.map(str::to_string),
+        diff: flags::reconcile_options(dir, target, reconcile, build, Caller::Diff),
     }
 }
 

@@ -109,22 +109,14 @@ impl RunArgs {
     /// The MCP server `converge mcp` would run for this checkout and these selectors, answered
     /// on the daemon's `POST /mcp`.
     fn mcp_endpoint(&self) -> daemon::http::McpEndpoint {
-        let server = std::sync::Arc::new(crate::mcp::Server::new(crate::mcp::Config {
-            repo: self.repo.clone(),
-            dir: self.dir.clone(),
-            stack: self.target.stack.clone(),
-            namespace: self.target.namespace.clone(),
-            context: self.target.context.clone(),
-            kubeconfig: self.target.kubeconfig.clone(),
-            branch: self.branch.clone(),
-            diff: flags::reconcile_options(
-                &self.dir,
-                &self.target,
-                &self.reconcile,
-                &self.build,
-                Caller::Diff,
-            ),
-        }));
+        let server = std::sync::Arc::new(crate::mcp::Server::new(super::mcp::config(
+            &self.repo,
+            &self.dir,
+            &self.target,
+            self.branch.as_deref(),
+            &self.reconcile,
+            &self.build,
+        )));
         // Tool calls read and validate the desired state, hash build contexts and read git:
         // blocking work, done off the daemon's two workers, at most MCP_CALLS at a time.
         let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MCP_CALLS));
