@@ -24,6 +24,7 @@ pub mod hints;
 pub mod history;
 pub mod mcp;
 pub mod process;
+pub mod progress;
 pub mod reconcile;
 pub mod render;
 pub mod source;

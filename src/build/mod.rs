@@ -611,7 +611,7 @@ async fn ensure_one(
 }
 
 /// The target of progress events (rendered as live lines on a terminal by the CLI).
-const PROGRESS: &str = "converge::progress";
+use crate::progress::TARGET as PROGRESS;
 
 /// Whether `image` is reported as unconfirmed for the first time in this process.
 fn first_time_unconfirmed(image: &str) -> bool {

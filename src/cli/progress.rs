@@ -7,13 +7,11 @@
 //! log events, one per step.
 
 use std::collections::BTreeMap;
-use std::fmt::Debug;
 use std::io::Write;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::{Context, SubscriberExt};
@@ -22,8 +20,8 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use super::LogFormat;
 
-/// The target of progress events.
-pub const TARGET: &str = "converge::progress";
+use crate::progress::Fields;
+pub use crate::progress::TARGET;
 
 struct Live {
     multi: MultiProgress,
@@ -136,27 +134,6 @@ impl Drop for SuspendingWriter {
             Some(live) => live.multi.suspend(write),
             None => write(),
         }
-    }
-}
-
-#[derive(Default)]
-struct Fields(BTreeMap<String, String>);
-
-impl Visit for Fields {
-    fn record_debug(&mut self, field: &Field, value: &dyn Debug) {
-        self.0.insert(field.name().into(), format!("{value:?}"));
-    }
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().into(), value.into());
-    }
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.0.insert(field.name().into(), value.to_string());
-    }
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.0.insert(field.name().into(), value.to_string());
-    }
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.0.insert(field.name().into(), value.to_string());
     }
 }
 

@@ -11,12 +11,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use tokio::sync::mpsc;
-use tracing::field::{Field, Visit};
 use tracing::{Event as TracingEvent, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
 
-/// The target of the library's progress events (rendered on a terminal by the CLI).
-pub const PROGRESS_TARGET: &str = "converge::progress";
+use crate::progress::Fields;
+pub use crate::progress::TARGET as PROGRESS_TARGET;
 
 /// How many events may wait for the page's hub before new ones are dropped.
 pub const CAPACITY: usize = 512;
@@ -152,27 +151,6 @@ impl ProgressLayer {
     pub fn filter() -> tracing_subscriber::filter::Targets {
         tracing_subscriber::filter::Targets::new()
             .with_target(PROGRESS_TARGET, tracing::Level::INFO)
-    }
-}
-
-#[derive(Default)]
-struct Fields(BTreeMap<String, String>);
-
-impl Visit for Fields {
-    fn record_debug(&mut self, field: &Field, value: &dyn Debug) {
-        self.0.insert(field.name().into(), format!("{value:?}"));
-    }
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().into(), value.into());
-    }
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.0.insert(field.name().into(), value.to_string());
-    }
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.0.insert(field.name().into(), value.to_string());
-    }
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.0.insert(field.name().into(), value.to_string());
     }
 }
 

@@ -22,7 +22,7 @@ use crate::render::Hook;
 use crate::vocabulary::{ANNOTATION_COMMIT, ANNOTATION_HOOK_RERUN};
 
 /// The target of progress events (rendered as live lines on a terminal by the CLI).
-const PROGRESS: &str = "converge::progress";
+use crate::progress::TARGET as PROGRESS;
 
 /// sha256 of a hook's manifest without what changes from one render or apply to the next
 /// (server-set metadata, status, converge's commit annotation): equal digests run the same

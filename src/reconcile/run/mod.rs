@@ -33,7 +33,7 @@ use crate::status::{self, StackStatus};
 use crate::vocabulary::{LABEL_COMPONENT, LABEL_STACK};
 
 /// The target of progress events (rendered as live lines on a terminal by the CLI).
-const PROGRESS: &str = "converge::progress";
+use crate::progress::TARGET as PROGRESS;
 
 /// The state of one reconcile while it runs.
 pub(super) struct Run<'a> {
