@@ -14,16 +14,6 @@ use crate::cluster::{order, ApplyOptions, ClusterError, ObjectKey};
 use crate::reconcile::step::{ComponentFailure, Failure, Step};
 use crate::vocabulary::{LABEL_MANAGED_BY, LABEL_STACK, LAST_APPLIED, MANAGED_BY};
 
-/// Whether an apply failure fails again on every retry of the same commit.
-fn needs_new_commit(e: &ClusterError) -> bool {
-    matches!(
-        e,
-        ClusterError::Conflict { .. }
-            | ClusterError::Immutable { .. }
-            | ClusterError::Invalid { .. }
-    )
-}
-
 /// What the inventory records of `item` once the cluster holds it as `live`: the render's hash
 /// and the live generation and version the next reconcile compares with.
 fn record_of(item: &Item, live: &DynamicObject) -> Record {
@@ -186,10 +176,7 @@ impl Run<'_> {
                 };
                 self.failed
                     .entry(component)
-                    .or_insert(ComponentFailure::Apply {
-                        why: e.to_string(),
-                        needs_new_commit: needs_new_commit(&e),
-                    });
+                    .or_insert(ComponentFailure::Apply(std::sync::Arc::new(e)));
             }
         }
     }

@@ -299,10 +299,9 @@ impl<'a> Run<'a> {
                     } else {
                         component
                     };
-                    self.failed.entry(c).or_insert(ComponentFailure::Apply {
-                        why: e.to_string(),
-                        needs_new_commit: false,
-                    });
+                    self.failed
+                        .entry(c)
+                        .or_insert(ComponentFailure::Apply(std::sync::Arc::new(e)));
                 }
             }
         }
