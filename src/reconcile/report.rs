@@ -41,7 +41,7 @@ pub struct StackReport {
     /// Objects no longer rendered but kept, with why.
     pub kept: Vec<String>,
     /// Components blocked, with why.
-    pub blocked: BTreeMap<String, String>,
+    pub blocked: BTreeMap<String, crate::reconcile::step::Held>,
     /// API requests made.
     pub requests: RequestCounts,
     /// Wall time in milliseconds.

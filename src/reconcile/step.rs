@@ -79,6 +79,63 @@ impl ComponentFailure {
     }
 }
 
+/// Why a component was held back: not applied, so the version deployed keeps serving.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Held {
+    /// An image it runs does not exist: its build failed, or the `none` builder left it on no
+    /// node. A new build (the daemon's retry, `converge apply`) fixes it.
+    ImageMissing(String),
+    /// A Secret (or a key of one) it reads is missing.
+    Secret(String),
+    /// A component it depends on failed or was held back.
+    Dependency(String),
+}
+
+impl Held {
+    /// Why, one line (or more for a build's output), as recorded and printed.
+    pub fn why(&self) -> &str {
+        match self {
+            Held::ImageMissing(why) | Held::Secret(why) | Held::Dependency(why) => why,
+        }
+    }
+}
+
+impl std::fmt::Display for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.why())
+    }
+}
+
+/// In a stack's JSON report, a held-back component's why.
+impl serde::Serialize for Held {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.why())
+    }
+}
+
+/// Why prune did not delete everything no longer rendered.
+#[derive(Debug, Clone)]
+pub enum PruneFailure {
+    /// The prune plan refused (a mass prune, say): nothing was deleted.
+    Refused(String),
+    /// Deleting one object failed; it stays in the inventory, so the next reconcile retries.
+    Delete {
+        /// `Kind/name` of the object.
+        object: String,
+        /// Why.
+        error: Arc<ClusterError>,
+    },
+}
+
+impl std::fmt::Display for PruneFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PruneFailure::Refused(why) => f.write_str(why),
+            PruneFailure::Delete { object, error } => write!(f, "pruning {object}: {error}"),
+        }
+    }
+}
+
 /// Why a stack's reconcile ended without everything applied and healthy.
 #[derive(Debug, thiserror::Error)]
 pub enum Failure {
@@ -117,7 +174,7 @@ pub enum Failure {
     Health(String),
     /// Prune was refused or a deletion failed.
     #[error("{0}")]
-    Prune(String),
+    Prune(PruneFailure),
     /// An image of this commit was not built: what uses it was not applied (hooks included)
     /// and the previous version keeps serving.
     #[error("{component}: {why}")]
@@ -175,6 +232,13 @@ impl Failure {
             Failure::Cluster { source, .. } => outcome::after_cluster(source),
             Failure::Component { failure, .. } => failure.next(),
             Failure::Preempted { .. } => Next::Superseded,
+            // An object still finalizing is waited for like a namespace being deleted.
+            Failure::Prune(PruneFailure::Delete { error, .. }) => {
+                match outcome::after_cluster(error) {
+                    Next::WaitForDependency => Next::WaitForDependency,
+                    _ => Next::Retry,
+                }
+            }
             Failure::Render(_)
             | Failure::Hook { .. }
             | Failure::Health(_)

@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 use super::{plan, Item, Run};
 use crate::cluster::inventory::{self, PrunePolicy, Record};
 use crate::cluster::{order, ApplyOptions, ClusterError, ObjectKey};
-use crate::reconcile::step::{ComponentFailure, Failure, Step};
+use crate::reconcile::step::{ComponentFailure, Failure, PruneFailure, Step};
 use crate::vocabulary::{LABEL_MANAGED_BY, LABEL_STACK, LAST_APPLIED, MANAGED_BY};
 
 /// What the inventory records of `item` once the cluster holds it as `live`: the render's hash
@@ -380,7 +380,7 @@ impl Run<'_> {
         }
         if let Some(refused) = plan.refused {
             warn!("{refused}");
-            self.prune_errors.push(refused);
+            self.prune_errors.push(PruneFailure::Refused(refused));
             return;
         }
         for key in plan.delete.iter().rev() {
@@ -396,7 +396,10 @@ impl Run<'_> {
                     self.inventory.remove(key);
                 }
                 // Kept in the inventory, so the next reconcile retries and nothing is orphaned.
-                Err(e) => self.prune_errors.push(format!("pruning {key}: {e}")),
+                Err(e) => self.prune_errors.push(PruneFailure::Delete {
+                    object: key.to_string(),
+                    error: std::sync::Arc::new(e),
+                }),
             }
         }
     }

@@ -137,8 +137,8 @@ impl Run<'_> {
         let mut errors: Vec<String> = self
             .health_failure
             .iter()
-            .chain(self.prune_errors.iter())
             .cloned()
+            .chain(self.prune_errors.iter().map(ToString::to_string))
             .collect();
         if !ready && !preempted && !errors.contains(&message) {
             errors.insert(0, message);
@@ -235,7 +235,7 @@ impl Run<'_> {
                         .find(|e| keys.iter().any(|k| names_object(e, k)))
                 };
                 let (health, err) = if let Some(b) = self.blocked.get(name) {
-                    ("Blocked", b.clone())
+                    ("Blocked", b.to_string())
                 } else if let Some(f) = self.failed.get(name) {
                     ("Failed", f.message())
                 } else if healthy {
