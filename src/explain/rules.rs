@@ -4,7 +4,9 @@
 use serde_json::Value;
 
 use super::{Diagnosis, Evidence, NodeRoom};
+use crate::cluster::kinds;
 use crate::desired::quantity::Quantity;
+use crate::status::{component_health, ComponentFacts, ComponentHealth};
 
 /// Rule name: the image is not in the cluster's runtime or registry.
 pub const IMAGE_NOT_PRESENT: &str = "ImageNotPresent";
@@ -744,35 +746,31 @@ pub fn oom_killed(ev: &Evidence) -> Option<Diagnosis> {
     None
 }
 
-fn workload_ready(w: &Value) -> bool {
-    let kind = s(w, "/kind");
-    crate::cluster::health::of(kind, w) == crate::cluster::health::Health::Ready
-}
-
 /// No rule matched: healthy, or unhealthy for a reason the rules do not know.
 fn fallback(ev: &Evidence) -> Diagnosis {
-    let blocked = ev
-        .recorded
-        .as_ref()
-        .filter(|r| r.health == "Blocked" || r.health == "Failed");
-    let healthy =
-        !ev.workloads.is_empty() && ev.workloads.iter().all(workload_ready) && blocked.is_none();
-    if healthy {
+    // What converge recorded holds (a component held back or failed is not healthy), then what
+    // its workloads show now.
+    let recorded = |h: ComponentHealth| {
+        ev.recorded
+            .as_ref()
+            .filter(|r| r.health == h)
+            .map(|r| r.last_error.as_str())
+    };
+    let (health, _) = component_health(&ComponentFacts {
+        blocked: recorded(ComponentHealth::Blocked),
+        failed: recorded(ComponentHealth::Failed),
+        workloads: ev.workloads.iter().map(|w| (s(w, "/kind"), w)).collect(),
+        searched: true,
+        ..ComponentFacts::default()
+    });
+    if health == ComponentHealth::Healthy {
         let ready: Vec<String> = ev
             .workloads
             .iter()
             .map(|w| {
-                format!(
-                    "{}/{}: {}/{} ready",
-                    s(w, "/kind"),
-                    s(w, "/metadata/name"),
-                    w.pointer("/status/readyReplicas")
-                        .and_then(Value::as_i64)
-                        .unwrap_or(0),
-                    w.pointer("/spec/replicas")
-                        .and_then(Value::as_i64)
-                        .unwrap_or(1)
-                )
+                let kind = s(w, "/kind");
+                let (ready, desired) = kinds::ready_counts(kind, w).unwrap_or((0, 1));
+                format!("{kind}/{}: {ready}/{desired} ready", s(w, "/metadata/name"))
             })
             .collect();
         return Diagnosis {
