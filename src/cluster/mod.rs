@@ -15,6 +15,7 @@ pub mod lease;
 pub mod nodes;
 pub mod pause;
 pub mod record;
+pub mod secrets;
 pub mod teardown;
 
 use std::collections::{BTreeSet, HashMap};

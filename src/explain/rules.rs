@@ -5,6 +5,7 @@ use serde_json::Value;
 
 use super::{Diagnosis, Evidence, NodeRoom};
 use crate::cluster::kinds;
+use crate::cluster::secrets::{lacking, secret_fix};
 use crate::desired::quantity::Quantity;
 use crate::status::{component_health, ComponentFacts, ComponentHealth};
 
@@ -225,68 +226,10 @@ pub fn crash_loop(ev: &Evidence) -> Option<Diagnosis> {
     None
 }
 
-/// The one command that makes Secret `name` in `namespace` hold every key in `keys`: `kubectl
-/// create secret generic` when it does not exist, `kubectl patch` when it does. Values are
-/// placeholders (`<value>`), never read from anywhere.
-pub fn secret_fix(name: &str, namespace: &str, exists: bool, keys: &[&str]) -> String {
-    let keys: Vec<&str> = if keys.iter().all(|k| k.is_empty()) {
-        vec!["<key>"]
-    } else {
-        keys.iter().copied().filter(|k| !k.is_empty()).collect()
-    };
-    if exists {
-        let data: Vec<String> = keys
-            .iter()
-            .map(|k| format!("\"{k}\":\"<value>\""))
-            .collect();
-        format!(
-            "kubectl patch secret {name} -n {namespace} --type merge -p '{{\"stringData\":{{{}}}}}'",
-            data.join(",")
-        )
-    } else {
-        let literals: Vec<String> = keys
-            .iter()
-            .map(|k| format!("--from-literal={k}=<value>"))
-            .collect();
-        format!(
-            "kubectl create secret generic {name} -n {namespace} {}",
-            literals.join(" ")
-        )
-    }
-}
-
 /// A referenced Secret or key that does not exist (from the Secrets themselves, or the
 /// kubelet's `CreateContainerConfigError`).
 pub fn missing_secret(ev: &Evidence) -> Option<Diagnosis> {
-    let mut missing_secrets: Vec<(&str, Vec<&str>)> = Vec::new();
-    let mut missing_keys: Vec<(&str, &str)> = Vec::new();
-    for r in ev.secret_refs.iter().filter(|r| !r.optional) {
-        match ev.secrets.get(&r.secret) {
-            Some(None) => match missing_secrets.iter_mut().find(|(n, _)| *n == r.secret) {
-                Some((_, keys)) => {
-                    if !r.key.is_empty() && !keys.contains(&r.key.as_str()) {
-                        keys.push(&r.key)
-                    }
-                }
-                None => missing_secrets.push((
-                    &r.secret,
-                    if r.key.is_empty() {
-                        vec![]
-                    } else {
-                        vec![&r.key]
-                    },
-                )),
-            },
-            Some(Some(keys))
-                if !r.key.is_empty()
-                    && !keys.contains(&r.key)
-                    && !missing_keys.contains(&(r.secret.as_str(), r.key.as_str())) =>
-            {
-                missing_keys.push((&r.secret, &r.key))
-            }
-            _ => {}
-        }
-    }
+    let lacks = lacking(&ev.secret_refs, &ev.secrets);
     let mut evidence = Vec::new();
     for pod in &ev.pods {
         for (cs, _) in containers(pod) {
@@ -300,7 +243,7 @@ pub fn missing_secret(ev: &Evidence) -> Option<Diagnosis> {
             }
         }
     }
-    if missing_secrets.is_empty() && missing_keys.is_empty() {
+    if lacks.is_empty() {
         // The kubelet's word alone (Secrets not gathered): name what it names.
         let msg = evidence.first()?;
         return Some(Diagnosis {
@@ -316,50 +259,40 @@ pub fn missing_secret(ev: &Evidence) -> Option<Diagnosis> {
     }
     let mut steps = Vec::new();
     let mut parts = Vec::new();
-    for (name, keys) in &missing_secrets {
+    // The Secrets that do not exist first, then the keys missing from those that do.
+    for lack in lacks.iter().filter(|l| !l.exists) {
+        let (name, keys) = (&lack.secret, lack.keys.join(", "));
         parts.push(format!("Secret `{name}` does not exist"));
         evidence.push(format!(
             "Secret {name} is referenced (keys: {}) but does not exist in namespace {}",
-            if keys.is_empty() {
-                "all".to_string()
-            } else {
-                keys.join(", ")
-            },
+            if keys.is_empty() { "all" } else { &keys },
             ev.namespace
         ));
-        steps.push(secret_fix(name, &ev.namespace, false, keys));
+        let keys: Vec<&str> = lack.keys.iter().map(String::as_str).collect();
+        steps.push(secret_fix(name, &ev.namespace, false, &keys));
     }
     // One patch per Secret with every key it lacks.
-    let mut by_secret: Vec<(&str, Vec<&str>)> = Vec::new();
-    for (name, key) in &missing_keys {
-        match by_secret.iter_mut().find(|(n, _)| n == name) {
-            Some((_, keys)) => keys.push(key),
-            None => by_secret.push((name, vec![key])),
-        }
-    }
-    for (name, keys) in &by_secret {
-        parts.push(format!(
-            "Secret `{name}` has no key {}",
-            keys.iter()
-                .map(|k| format!("`{k}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
+    for lack in lacks.iter().filter(|l| l.exists) {
+        let name = &lack.secret;
+        let quoted = lack
+            .keys
+            .iter()
+            .map(|k| format!("`{k}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        parts.push(format!("Secret `{name}` has no key {quoted}"));
         let have = ev
             .secrets
-            .get(*name)
+            .get(name)
             .and_then(|k| k.as_ref())
             .map(|k| k.join(", "))
             .unwrap_or_default();
         evidence.push(format!(
-            "Secret {name} has keys [{have}]; {} referenced",
-            keys.iter()
-                .map(|k| format!("`{k}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-                + if keys.len() == 1 { " is" } else { " are" }
+            "Secret {name} has keys [{have}]; {quoted} {} referenced",
+            if lack.keys.len() == 1 { "is" } else { "are" }
         ));
-        steps.push(secret_fix(name, &ev.namespace, true, keys));
+        let keys: Vec<&str> = lack.keys.iter().map(String::as_str).collect();
+        steps.push(secret_fix(name, &ev.namespace, true, &keys));
     }
     Some(Diagnosis {
         component: ev.component.clone(),
