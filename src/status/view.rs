@@ -184,9 +184,11 @@ pub async fn gather(cluster: &Cluster, pick: &Pick) -> Result<Gathered, ClusterE
     Ok(Gathered { stacks, unreadable })
 }
 
-/// The stack's workloads whose replicas stand for their component ([`kinds::counted`]), as
-/// (kind, object), listed kind by kind in the table's order.
-async fn counted_workloads(
+/// The workloads `lp` selects whose replicas stand for their component ([`kinds::counted`]),
+/// as (kind, object), kind by kind in the table's order; each object carries its `kind` and
+/// `apiVersion`, which a list leaves out of its items. `converge status` and `explain` both
+/// look through this, so they see the same workloads.
+pub async fn counted_workloads(
     cluster: &Cluster,
     ns: &str,
     lp: &ListParams,
@@ -200,7 +202,14 @@ async fn counted_workloads(
         let list = api.list(lp).await.map_err(|e| {
             ClusterError::from_kube("listing", format!("{} in {ns}", rule.plural), e)
         })?;
-        out.extend(values(list.items).into_iter().map(|v| (rule.kind, v)));
+        let api_version = gvk.api_version();
+        out.extend(values(list.items).into_iter().map(|mut v| {
+            if let Some(o) = v.as_object_mut() {
+                o.insert("kind".into(), rule.kind.into());
+                o.insert("apiVersion".into(), api_version.clone().into());
+            }
+            (rule.kind, v)
+        }));
     }
     Ok(out)
 }
