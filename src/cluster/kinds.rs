@@ -20,6 +20,11 @@ pub enum Data {
     ClaimTemplates,
 }
 
+/// How a kind's health is judged from its live JSON.
+pub type HealthRule = fn(&Value) -> Health;
+/// How a kind's (ready, desired) replicas are read from its live JSON.
+pub type CountRule = fn(&Value) -> (i64, i64);
+
 /// The rules of one kind.
 #[derive(Debug)]
 pub struct KindRule {
@@ -41,10 +46,10 @@ pub struct KindRule {
     /// anything: its state is elsewhere or rebuilt.
     pub recreatable: bool,
     /// How its health is judged; ready once it exists when `None`.
-    pub health: Option<fn(&Value) -> Health>,
+    pub health: Option<HealthRule>,
     /// Its (ready, desired) replicas, for the kinds that stand for their component in status
     /// (a Job completes rather than stays ready, so it has none).
-    pub counts: Option<fn(&Value) -> (i64, i64)>,
+    pub counts: Option<CountRule>,
 }
 
 impl KindRule {
@@ -83,21 +88,21 @@ impl KindRule {
         KindRule { data, ..self }
     }
 
-    const fn judged(self, health: fn(&Value) -> Health) -> Self {
+    const fn judged(self, health: HealthRule) -> Self {
         KindRule {
             health: Some(health),
             ..self
         }
     }
 
-    const fn workload(self, health: fn(&Value) -> Health) -> Self {
+    const fn workload(self, health: HealthRule) -> Self {
         KindRule {
             workload: true,
             ..self.judged(health)
         }
     }
 
-    const fn counts(self, counts: fn(&Value) -> (i64, i64)) -> Self {
+    const fn counts(self, counts: CountRule) -> Self {
         KindRule {
             counts: Some(counts),
             ..self

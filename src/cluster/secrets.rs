@@ -36,9 +36,7 @@ pub struct Lack {
 impl Lack {
     /// Whether `r` is one of the references this lack leaves unresolved.
     pub fn breaks(&self, r: &SecretRef) -> bool {
-        !r.optional
-            && r.secret == self.secret
-            && (!self.exists || self.keys.iter().any(|k| *k == r.key))
+        !r.optional && r.secret == self.secret && (!self.exists || self.keys.contains(&r.key))
     }
 }
 
