@@ -8,6 +8,7 @@ use super::{Format, SourceArgs, EXIT_ERROR, EXIT_FINDINGS, EXIT_OK};
 use crate::cluster::{Cluster, ClusterError};
 use crate::daemon::forward::{routes_of, Route};
 use crate::status::view::{self, Gathered, LocalUrl, Pick, StackView};
+use crate::status::ComponentHealth;
 
 /// Arguments of `converge status`.
 #[derive(Debug, Args)]
@@ -254,9 +255,9 @@ fn print_text(views: &[StackView], args: &StatusArgs) {
         );
         for c in &v.live {
             let rec = s.components.iter().find(|r| r.name == c.name);
-            let status_code = match c.health.as_str() {
-                "Healthy" => "32",
-                "Progressing" => "33",
+            let status_code = match c.health {
+                ComponentHealth::Healthy => "32",
+                ComponentHealth::Progressing => "33",
                 _ => "31;1",
             };
             outln!(

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::{client, order, ObjectKey, REQUEST_TIMEOUT};
+use super::{client, kinds, ObjectKey, REQUEST_TIMEOUT};
 
 /// Failures talking to the cluster.
 #[derive(Debug)]
@@ -329,7 +329,7 @@ pub(super) fn parse_immutable(key: &ObjectKey, message: &str) -> ClusterError {
     } else {
         field
     };
-    let recreatable = order::recreatable(&key.kind);
+    let recreatable = kinds::recreatable(&key.kind);
     ClusterError::Immutable {
         object: key.to_string(),
         field,

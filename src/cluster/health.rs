@@ -1,5 +1,6 @@
 //! Health of live objects, as pure functions over their JSON: rollout progress, failure reasons
-//! of Pods. No I/O here, so every rule is unit-tested.
+//! of Pods. No I/O here, so every rule is unit-tested. Which rule judges which kind is the kind
+//! table's ([`super::kinds`]).
 
 use std::time::Duration;
 
@@ -43,34 +44,12 @@ fn condition<'a>(obj: &'a Value, kind: &str) -> Option<&'a Value> {
         .find(|c| c.get("type").and_then(Value::as_str) == Some(kind))
 }
 
-/// Ready and desired replicas of a Deployment or StatefulSet, from its live JSON: one rule for
-/// the health wait's progress lines and `converge status`, so they never count differently.
-pub fn ready_counts(live: &Value) -> Option<(i64, i64)> {
-    let desired = live.pointer("/spec/replicas").and_then(Value::as_i64)?;
-    let ready = live
-        .pointer("/status/readyReplicas")
-        .and_then(Value::as_i64)
-        .unwrap_or(0);
-    Some((ready, desired))
-}
-
-/// The health of an object of `kind` (kinds without a rollout are ready once they exist).
-pub fn of(kind: &str, obj: &Value) -> Health {
-    match kind {
-        "Deployment" => deployment(obj),
-        "StatefulSet" => statefulset(obj),
-        "DaemonSet" => daemonset(obj),
-        "Job" => job(obj),
-        "PersistentVolumeClaim" => pvc(obj),
-        _ => Health::Ready,
-    }
-}
-
 fn observed(obj: &Value) -> bool {
     int(obj, &["status", "observedGeneration"]) >= int(obj, &["metadata", "generation"])
 }
 
-fn deployment(obj: &Value) -> Health {
+/// A Deployment: every replica updated and available, none old left.
+pub(super) fn deployment(obj: &Value) -> Health {
     if let Some(c) = condition(obj, "Progressing") {
         if c.get("reason").and_then(Value::as_str) == Some("ProgressDeadlineExceeded") {
             let msg = c.get("message").and_then(Value::as_str).unwrap_or("");
@@ -105,7 +84,8 @@ fn deployment(obj: &Value) -> Health {
     Health::Ready
 }
 
-fn statefulset(obj: &Value) -> Health {
+/// A StatefulSet: every replica at the update revision and ready.
+pub(super) fn statefulset(obj: &Value) -> Health {
     if !observed(obj) {
         return Health::Progressing(
             "waiting for the controller to observe the new generation".into(),
@@ -134,7 +114,8 @@ fn statefulset(obj: &Value) -> Health {
     Health::Ready
 }
 
-fn daemonset(obj: &Value) -> Health {
+/// A DaemonSet: every scheduled Pod updated and available.
+pub(super) fn daemonset(obj: &Value) -> Health {
     if !observed(obj) {
         return Health::Progressing(
             "waiting for the controller to observe the new generation".into(),
@@ -149,7 +130,8 @@ fn daemonset(obj: &Value) -> Health {
     Health::Ready
 }
 
-fn job(obj: &Value) -> Health {
+/// A Job: complete; failed once its `Failed` condition is true.
+pub(super) fn job(obj: &Value) -> Health {
     if let Some(c) = condition(obj, "Failed") {
         if c.get("status").and_then(Value::as_str) == Some("True") {
             let reason = c.get("reason").and_then(Value::as_str).unwrap_or("Failed");
@@ -166,7 +148,8 @@ fn job(obj: &Value) -> Health {
     }
 }
 
-fn pvc(obj: &Value) -> Health {
+/// A claim: bound, or waiting for its first consumer; failed once its volume is lost.
+pub(super) fn pvc(obj: &Value) -> Health {
     match text(obj, &["status", "phase"]) {
         Some("Bound") => Health::Ready,
         Some("Lost") => Health::Failed("the claim lost its volume".into()),
@@ -288,14 +271,14 @@ mod tests {
     fn a_deployment_is_ready_when_updated_available_and_observed() {
         let d = json!({"metadata": {"generation": 2}, "spec": {"replicas": 2},
             "status": {"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2}});
-        assert_eq!(of("Deployment", &d), Health::Ready);
+        assert_eq!(deployment(&d), Health::Ready);
         let stale = json!({"metadata": {"generation": 3}, "spec": {"replicas": 2},
             "status": {"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2}});
-        assert!(matches!(of("Deployment", &stale), Health::Progressing(_)));
+        assert!(matches!(deployment(&stale), Health::Progressing(_)));
         let rolling = json!({"metadata": {"generation": 2}, "spec": {"replicas": 2},
             "status": {"observedGeneration": 2, "replicas": 3, "updatedReplicas": 2, "availableReplicas": 2}});
         assert!(
-            matches!(of("Deployment", &rolling), Health::Progressing(m) if m.contains("old replicas"))
+            matches!(deployment(&rolling), Health::Progressing(m) if m.contains("old replicas"))
         );
     }
 
@@ -304,7 +287,7 @@ mod tests {
         let d = json!({"metadata": {"generation": 1}, "spec": {"replicas": 1},
             "status": {"observedGeneration": 1, "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "too slow"}]}});
         assert_eq!(
-            of("Deployment", &d),
+            deployment(&d),
             Health::Failed("ProgressDeadlineExceeded: too slow".into())
         );
     }
@@ -313,21 +296,15 @@ mod tests {
     fn a_statefulset_needs_its_update_revision_and_ready_replicas() {
         let s = json!({"metadata": {"generation": 1}, "spec": {"replicas": 1},
             "status": {"observedGeneration": 1, "readyReplicas": 1, "updatedReplicas": 1, "currentRevision": "a", "updateRevision": "a"}});
-        assert_eq!(of("StatefulSet", &s), Health::Ready);
+        assert_eq!(statefulset(&s), Health::Ready);
         let s = json!({"metadata": {"generation": 1}, "spec": {"replicas": 1},
             "status": {"observedGeneration": 1, "readyReplicas": 0, "updatedReplicas": 1, "currentRevision": "a", "updateRevision": "a"}});
-        assert!(matches!(of("StatefulSet", &s), Health::Progressing(_)));
+        assert!(matches!(statefulset(&s), Health::Progressing(_)));
     }
 
     #[test]
     fn a_pending_claim_does_not_block() {
-        assert_eq!(
-            of(
-                "PersistentVolumeClaim",
-                &json!({"status": {"phase": "Pending"}})
-            ),
-            Health::Ready
-        );
+        assert_eq!(pvc(&json!({"status": {"phase": "Pending"}})), Health::Ready);
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::kinds::{self, Data};
 use super::record::Place;
 use super::{ClusterError, ObjectKey};
 use crate::vocabulary::inventory_name;
@@ -217,12 +218,12 @@ pub fn plan_prune(inv: &Inventory, rendered: &[ObjectKey], policy: PrunePolicy) 
         if rendered.contains(&id(key)) {
             continue;
         }
-        match key.kind.as_str() {
-            "PersistentVolumeClaim" if !policy.volumes => plan.keep.push((
+        match kinds::data(&key.kind) {
+            Data::Volume if !policy.volumes => plan.keep.push((
                 key.clone(),
                 "a volume holds data; set prune.volumes: true to allow",
             )),
-            "Namespace" if !policy.namespaces => plan.keep.push((
+            Data::Namespace if !policy.namespaces => plan.keep.push((
                 key.clone(),
                 "namespaces are never pruned unless prune.namespace: true",
             )),

@@ -10,11 +10,12 @@ pub mod diff;
 mod error;
 pub mod health;
 pub mod inventory;
+pub mod kinds;
 pub mod lease;
 pub mod nodes;
-pub mod order;
 pub mod pause;
 pub mod record;
+pub mod secrets;
 pub mod teardown;
 
 use std::collections::{BTreeSet, HashMap};

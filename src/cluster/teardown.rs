@@ -20,7 +20,8 @@ use serde_json::Value;
 use tracing::{info, warn};
 
 use super::inventory::{self, Inventory};
-use super::{call, order, Cluster, ClusterError, ObjectKey};
+use super::kinds::{self, Data};
+use super::{call, Cluster, ClusterError, ObjectKey};
 use crate::vocabulary::{inventory_name, lease_name, pause_name, status_name, LABEL_STACK};
 
 /// How a teardown behaves.
@@ -65,14 +66,14 @@ pub fn plan(inv: &Inventory, volumes: bool) -> TeardownPlan {
     let mut by_rank: BTreeMap<u8, Vec<ObjectKey>> = BTreeMap::new();
     let mut out = TeardownPlan::default();
     for key in inv.keys() {
-        match key.kind.as_str() {
-            "PersistentVolumeClaim" if !volumes => {
+        match kinds::data(&key.kind) {
+            Data::Volume if !volumes => {
                 out.keep.push((key.clone(), KEEP_VOLUME.into()));
             }
-            "Namespace" if !volumes => out.keep.push((key.clone(), KEEP_NAMESPACE.into())),
-            "Namespace" => out.namespaces.push(key.clone()),
+            Data::Namespace if !volumes => out.keep.push((key.clone(), KEEP_NAMESPACE.into())),
+            Data::Namespace => out.namespaces.push(key.clone()),
             _ => by_rank
-                .entry(order::rank(&key.kind))
+                .entry(kinds::rank(&key.kind))
                 .or_default()
                 .push(key.clone()),
         }
@@ -232,13 +233,13 @@ async fn run(
     }
     let mut plan = plan(&inv, opts.volumes);
     if !hooks.is_empty() {
-        let job_rank = order::rank("Job");
+        let job_rank = kinds::rank("Job");
         let at = plan
             .groups
             .iter()
-            .position(|g| g.first().is_some_and(|k| order::rank(&k.kind) <= job_rank));
+            .position(|g| g.first().is_some_and(|k| kinds::rank(&k.kind) <= job_rank));
         match at {
-            Some(i) if plan.groups[i].first().map(|k| order::rank(&k.kind)) == Some(job_rank) => {
+            Some(i) if plan.groups[i].first().map(|k| kinds::rank(&k.kind)) == Some(job_rank) => {
                 plan.groups[i].extend(hooks)
             }
             Some(i) => plan.groups.insert(i, hooks),
@@ -252,14 +253,14 @@ async fn run(
     for group in &plan.groups {
         let is_claims = group
             .first()
-            .is_some_and(|k| k.kind == "PersistentVolumeClaim");
+            .is_some_and(|k| kinds::data(&k.kind) == Data::Volume);
         let mut group = group.clone();
         if is_claims {
             group.append(&mut claims);
         }
         let mut waiting = Vec::new();
         for key in &group {
-            if key.kind == "StatefulSet" {
+            if kinds::data(&key.kind) == Data::ClaimTemplates {
                 let found = statefulset_claims_live(cluster, key).await?;
                 if opts.volumes {
                     claims.extend(found);

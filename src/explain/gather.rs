@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Event, Node, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass as K8sStorageClass;
 use kube::api::{Api, ListParams, LogParams};
@@ -168,9 +168,11 @@ pub async fn gather(cluster: &Cluster, target: &Target) -> Result<Vec<Evidence>,
         .unwrap_or_default();
     let stack_sel = format!("{LABEL_STACK}={}", target.stack);
     let by_stack = ListParams::default().labels(&stack_sel);
-    let deployments = values(cluster.list_in::<Deployment>(ns, &by_stack).await?);
-    let statefulsets = values(cluster.list_in::<StatefulSet>(ns, &by_stack).await?);
-    let workloads: Vec<Value> = deployments.into_iter().chain(statefulsets).collect();
+    let workloads: Vec<Value> = status::view::counted_workloads(cluster, ns, &by_stack)
+        .await?
+        .into_iter()
+        .map(|(_, w)| w)
+        .collect();
     let component_of = |w: &Value| -> String {
         w.pointer("/metadata/labels")
             .and_then(|l| l.get(LABEL_COMPONENT))

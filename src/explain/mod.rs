@@ -170,16 +170,7 @@ pub struct StorageClass {
     pub provisioner: String,
 }
 
-/// A reference from an environment variable to a Secret's key.
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub struct SecretRef {
-    /// The Secret.
-    pub secret: String,
-    /// The key; empty for `envFrom` (the whole Secret).
-    pub key: String,
-    /// Whether the Pod starts without it.
-    pub optional: bool,
-}
+pub use crate::cluster::secrets::SecretRef;
 
 /// Allocatable resources of a node and what Pods already request there.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]

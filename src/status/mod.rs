@@ -3,12 +3,17 @@
 
 pub mod view;
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tracing::warn;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::ListParams;
 
+use crate::cluster::health::Health;
+use crate::cluster::kinds;
 use crate::cluster::record::Place;
 use crate::cluster::{Cluster, ClusterError};
 use crate::vocabulary::{status_name, LABEL_MANAGED_BY, MANAGED_BY};
@@ -73,12 +78,116 @@ pub struct ComponentStatus {
     /// Desired replicas.
     pub desired: i64,
     /// `Healthy`, `Progressing`, `Failed` or `Blocked`.
-    pub health: String,
+    pub health: ComponentHealth,
     /// The last error, if any.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub last_error: String,
     /// When this component's status last changed (RFC 3339).
     pub since: String,
+}
+
+/// How a component is: in status records, `converge status`, the daemon's page and `converge
+/// explain`. Serialised as today's words (`"Healthy"`…), so records stay readable both ways.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ComponentHealth {
+    /// Every workload of it is ready.
+    Healthy,
+    /// Still rolling out.
+    Progressing,
+    /// It failed to apply or to become healthy.
+    Failed,
+    /// Held back by the run (a missing Secret, an unbuilt image, an unhealthy dependency).
+    Blocked,
+    /// No workload of it in the cluster.
+    #[default]
+    Missing,
+}
+
+impl ComponentHealth {
+    /// The word, as serialised.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ComponentHealth::Healthy => "Healthy",
+            ComponentHealth::Progressing => "Progressing",
+            ComponentHealth::Failed => "Failed",
+            ComponentHealth::Blocked => "Blocked",
+            ComponentHealth::Missing => "Missing",
+        }
+    }
+}
+
+impl fmt::Display for ComponentHealth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `pad`, so `{:<12}` lines up tables.
+        f.pad(self.as_str())
+    }
+}
+
+/// What is known of one component, for [`component_health`]: each caller fills in what it has.
+#[derive(Debug, Default)]
+pub struct ComponentFacts<'a> {
+    /// Why the run held it back, when it did.
+    pub blocked: Option<&'a str>,
+    /// Why it failed to apply or to become healthy, when it did.
+    pub failed: Option<&'a str>,
+    /// Its workloads whose replicas stand for it ([`kinds::counted`]), as last seen:
+    /// (kind, object).
+    pub workloads: Vec<(&'a str, &'a Value)>,
+    /// Whether the cluster was searched for its workloads, so none found means none there
+    /// (`Missing`). A run knows only the workloads it rendered: a component that renders none
+    /// has nothing to become healthy.
+    pub searched: bool,
+    /// Why the health wait failed, when it failed on one of these workloads.
+    pub wait_failure: Option<&'a str>,
+    /// A Pod of it stuck in a failing state, in words (`CrashLoopBackOff: …`).
+    pub stuck_pod: Option<&'a str>,
+}
+
+/// The one rule of a component's health, with why when it is not healthy: what the run decided
+/// first (held back, failed), then its workloads' health ([`kinds::health`]), where the health
+/// wait's own failure and a stuck Pod say more than a rollout's progress.
+pub fn component_health(f: &ComponentFacts) -> (ComponentHealth, String) {
+    if let Some(why) = f.blocked {
+        return (ComponentHealth::Blocked, why.to_string());
+    }
+    if let Some(why) = f.failed {
+        return (ComponentHealth::Failed, why.to_string());
+    }
+    if f.workloads.is_empty() {
+        return if f.searched {
+            (
+                ComponentHealth::Missing,
+                format!("no {} of it in the cluster", kinds::counted_names()),
+            )
+        } else {
+            (ComponentHealth::Healthy, String::new())
+        };
+    }
+    let mut failed = None;
+    let mut progressing = None;
+    for (kind, live) in &f.workloads {
+        match kinds::health(kind, live) {
+            Health::Ready => {}
+            Health::Progressing(m) => {
+                progressing.get_or_insert(m);
+            }
+            Health::Failed(m) => failed = Some(m),
+        }
+    }
+    if failed.is_none() && progressing.is_none() && f.stuck_pod.is_none() {
+        return (ComponentHealth::Healthy, String::new());
+    }
+    let pod = f.stuck_pod.map(str::to_string);
+    if let Some(why) = f.wait_failure {
+        (ComponentHealth::Failed, why.to_string())
+    } else if let Some(m) = failed {
+        (ComponentHealth::Failed, pod.unwrap_or(m))
+    } else {
+        (
+            ComponentHealth::Progressing,
+            pod.or(progressing).unwrap_or_default(),
+        )
+    }
 }
 
 /// One reconcile in the history.
@@ -335,6 +444,82 @@ mod tests {
         assert!(!materially_changed(&a, &b));
         b.components[0].ready = 1;
         assert!(materially_changed(&a, &b));
+    }
+
+    #[test]
+    fn component_health_is_written_as_the_words_records_always_held() {
+        for h in [
+            ComponentHealth::Healthy,
+            ComponentHealth::Progressing,
+            ComponentHealth::Failed,
+            ComponentHealth::Blocked,
+            ComponentHealth::Missing,
+        ] {
+            let word = serde_json::to_string(&h).unwrap();
+            assert_eq!(word, format!("\"{}\"", h.as_str()));
+            assert_eq!(serde_json::from_str::<ComponentHealth>(&word).unwrap(), h);
+        }
+        assert_eq!(format!("{:<9}|", ComponentHealth::Failed), "Failed   |");
+    }
+
+    #[test]
+    fn what_the_run_decided_comes_before_what_the_workloads_show() {
+        let ready = serde_json::json!({"metadata": {"generation": 1}, "spec": {"replicas": 1},
+            "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1}});
+        let rolling = serde_json::json!({"metadata": {"generation": 1}, "spec": {"replicas": 1},
+            "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 0}});
+        let judge = |f: ComponentFacts| component_health(&f);
+        fn facts(live: &Value) -> ComponentFacts<'_> {
+            ComponentFacts {
+                workloads: vec![("Deployment", live)],
+                ..ComponentFacts::default()
+            }
+        }
+        let (ready, rolling) = (&ready, &rolling);
+        assert_eq!(judge(facts(ready)).0, ComponentHealth::Healthy);
+        assert_eq!(
+            judge(ComponentFacts {
+                blocked: Some("waits for `db`"),
+                ..facts(ready)
+            }),
+            (ComponentHealth::Blocked, "waits for `db`".into())
+        );
+        assert_eq!(
+            judge(facts(rolling)),
+            (
+                ComponentHealth::Progressing,
+                "0 of 1 replicas updated".into()
+            )
+        );
+        assert_eq!(
+            judge(ComponentFacts {
+                wait_failure: Some("not healthy within 5s: Deployment/web"),
+                ..facts(rolling)
+            })
+            .0,
+            ComponentHealth::Failed
+        );
+        assert_eq!(
+            judge(ComponentFacts {
+                stuck_pod: Some("CrashLoopBackOff: back-off"),
+                ..facts(ready)
+            }),
+            (
+                ComponentHealth::Progressing,
+                "CrashLoopBackOff: back-off".into()
+            )
+        );
+        // Nothing rendered is nothing to wait for; nothing found in the cluster is missing.
+        assert_eq!(judge(ComponentFacts::default()).0, ComponentHealth::Healthy);
+        let missing = judge(ComponentFacts {
+            searched: true,
+            ..ComponentFacts::default()
+        });
+        assert_eq!(missing.0, ComponentHealth::Missing);
+        assert_eq!(
+            missing.1,
+            "no Deployment, StatefulSet or DaemonSet of it in the cluster"
+        );
     }
 
     #[test]

@@ -1,18 +1,15 @@
 //! What `converge status` shows of each stack: its record, what the cluster shows now (ready and
 //! desired replicas, and why not healthy) and whether a daemon holds it. Only reads the cluster.
 
-use std::collections::BTreeMap;
-
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::ListParams;
+use kube::api::{Api, ApiResource, DynamicObject, ListParams};
+use kube::core::GroupVersionKind;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{Found, Record, StackStatus};
-use crate::cluster::health::{self, Health};
-use crate::cluster::{lease, selector_of, values, Cluster, ClusterError};
+use super::{component_health, ComponentFacts, ComponentHealth, Found, Record, StackStatus};
+use crate::cluster::{health, kinds, lease, selector_of, values, Cluster, ClusterError};
 use crate::vocabulary::{LABEL_COMPONENT, LABEL_STACK};
 
 /// One stack: the record, the live view and the daemon.
@@ -50,7 +47,11 @@ pub struct LocalUrl {
 impl StackView {
     /// Ready by the record and every component healthy now.
     pub fn healthy(&self) -> bool {
-        self.recorded.ready && self.live.iter().all(|c| c.health == "Healthy")
+        self.recorded.ready
+            && self
+                .live
+                .iter()
+                .all(|c| c.health == ComponentHealth::Healthy)
     }
 }
 
@@ -65,7 +66,7 @@ pub struct LiveComponent {
     /// Desired replicas now.
     pub desired: i64,
     /// `Healthy`, `Progressing`, `Failed` or `Missing` (no workload in the cluster).
-    pub health: String,
+    pub health: ComponentHealth,
     /// Why it is not healthy (rollout message, a Pod's waiting reason), when it is not.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub reason: String,
@@ -183,6 +184,36 @@ pub async fn gather(cluster: &Cluster, pick: &Pick) -> Result<Gathered, ClusterE
     Ok(Gathered { stacks, unreadable })
 }
 
+/// The workloads `lp` selects whose replicas stand for their component ([`kinds::counted`]),
+/// as (kind, object), kind by kind in the table's order; each object carries its `kind` and
+/// `apiVersion`, which a list leaves out of its items. `converge status` and `explain` both
+/// look through this, so they see the same workloads.
+pub async fn counted_workloads(
+    cluster: &Cluster,
+    ns: &str,
+    lp: &ListParams,
+) -> Result<Vec<(&'static str, Value)>, ClusterError> {
+    let mut out = Vec::new();
+    for rule in kinds::counted() {
+        // Built from the table, not discovered: these kinds are served by every cluster.
+        let gvk = GroupVersionKind::gvk(rule.group, rule.version, rule.kind);
+        let ar = ApiResource::from_gvk_with_plural(&gvk, rule.plural);
+        let api: Api<DynamicObject> = Api::namespaced_with(cluster.client().clone(), ns, &ar);
+        let list = api.list(lp).await.map_err(|e| {
+            ClusterError::from_kube("listing", format!("{} in {ns}", rule.plural), e)
+        })?;
+        let api_version = gvk.api_version();
+        out.extend(values(list.items).into_iter().map(|mut v| {
+            if let Some(o) = v.as_object_mut() {
+                o.insert("kind".into(), rule.kind.into());
+                o.insert("apiVersion".into(), api_version.clone().into());
+            }
+            (rule.kind, v)
+        }));
+    }
+    Ok(out)
+}
+
 /// Ready/desired replicas and health of each component's workloads, as the cluster has them now.
 async fn live_components(
     cluster: &Cluster,
@@ -190,13 +221,7 @@ async fn live_components(
 ) -> Result<Vec<LiveComponent>, ClusterError> {
     let ns = s.namespace.as_str();
     let lp = ListParams::default().labels(&format!("{LABEL_STACK}={}", s.stack));
-    let deployments = cluster.list_in::<Deployment>(ns, &lp).await?;
-    let statefulsets = cluster.list_in::<StatefulSet>(ns, &lp).await?;
-    let mut workloads: Vec<(&str, Value)> = values(deployments)
-        .into_iter()
-        .map(|v| ("Deployment", v))
-        .collect();
-    workloads.extend(values(statefulsets).into_iter().map(|v| ("StatefulSet", v)));
+    let workloads = counted_workloads(cluster, ns, &lp).await?;
     let component_of = |v: &Value| -> String {
         v.pointer("/metadata/labels")
             .and_then(|l| l.get(LABEL_COMPONENT))
@@ -214,59 +239,39 @@ async fn live_components(
     }
     let mut out = Vec::new();
     for name in names {
-        let mine: Vec<&(&str, Value)> = workloads
+        let mine: Vec<(&str, &Value)> = workloads
             .iter()
             .filter(|(_, w)| component_of(w) == name)
+            .map(|(kind, w)| (*kind, w))
             .collect();
         let mut c = LiveComponent {
             name: name.clone(),
             ..LiveComponent::default()
         };
-        if mine.is_empty() {
-            c.health = "Missing".into();
-            c.reason = "no Deployment or StatefulSet of it in the cluster".into();
-            out.push(c);
-            continue;
-        }
-        let mut reasons: BTreeMap<u8, String> = BTreeMap::new();
-        let mut pod_reason = None;
+        let mut stuck_pod = None;
         for (kind, w) in &mine {
             // A Pod's own reason (CrashLoopBackOff, ImagePullBackOff…) says more than the
             // rollout's; Pods carry the workload's selector labels, not converge's.
-            if let (None, Some(sel)) = (&pod_reason, selector_of(w)) {
+            if let (None, Some(sel)) = (&stuck_pod, selector_of(w)) {
                 let pods = cluster
                     .list_in::<Pod>(ns, &ListParams::default().labels(&sel))
                     .await?;
-                pod_reason = values(pods)
+                stuck_pod = values(pods)
                     .iter()
                     .find_map(health::pod_problem)
                     .map(|(why, msg)| format!("{why}: {msg}"));
             }
-            if let Some((ready, desired)) = health::ready_counts(w) {
+            if let Some((ready, desired)) = kinds::ready_counts(kind, w) {
                 c.ready += ready;
                 c.desired += desired;
             }
-            match health::of(kind, w) {
-                Health::Ready => {}
-                Health::Progressing(m) => {
-                    reasons.entry(1).or_insert(m);
-                }
-                Health::Failed(m) => {
-                    reasons.insert(0, m);
-                }
-            }
         }
-        c.health = if reasons.contains_key(&0) {
-            "Failed"
-        } else if reasons.contains_key(&1) || pod_reason.is_some() {
-            "Progressing"
-        } else {
-            "Healthy"
-        }
-        .into();
-        c.reason = pod_reason
-            .or_else(|| reasons.into_values().next())
-            .unwrap_or_default();
+        (c.health, c.reason) = component_health(&ComponentFacts {
+            workloads: mine,
+            searched: true,
+            stuck_pod: stuck_pod.as_deref(),
+            ..ComponentFacts::default()
+        });
         out.push(c);
     }
     Ok(out)

@@ -433,7 +433,8 @@ async fn a_rollout_that_never_becomes_ready_fails_fast_with_the_pods_reason() {
         "failed fast, not after the timeout"
     );
     assert_eq!(
-        r.status.components[2].health, "Blocked",
+        r.status.components[2].health.as_str(),
+        "Blocked",
         "the frontend waits for its dependency"
     );
     assert!(r.pruned.is_empty());

@@ -26,6 +26,7 @@ use super::model::{Finding, Model};
 use crate::cluster::Cluster;
 use crate::reconcile::Target;
 use crate::status::view::{self, Pick, StackView};
+use crate::status::ComponentHealth;
 
 /// Quiet time after an event before the cluster is read (a burst reads once).
 /// The most askers waiting for one read of the cluster (more get the view as it is).
@@ -236,7 +237,11 @@ async fn read(
         match view::gather(&cluster, &pick).await {
             Ok(g) => {
                 for v in &g.stacks {
-                    for c in v.live.iter().filter(|c| c.health != "Healthy") {
+                    for c in v
+                        .live
+                        .iter()
+                        .filter(|c| c.health != ComponentHealth::Healthy)
+                    {
                         let id = (v.recorded.stack.clone(), c.name.clone());
                         let recorded_error = v
                             .recorded

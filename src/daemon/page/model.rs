@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::bus::Event;
 use crate::status::view::StackView;
+use crate::status::ComponentHealth;
 
 /// How many activity lines are kept.
 pub const ACTIVITY: usize = 30;
@@ -104,7 +105,7 @@ pub struct ComponentPage {
     /// Desired replicas now.
     pub desired: i64,
     /// `Healthy`, `Progressing`, `Failed` or `Missing`.
-    pub health: String,
+    pub health: ComponentHealth,
     /// Why not healthy, as the cluster says.
     pub reason: String,
     /// What `converge explain` finds, when not healthy.
@@ -436,7 +437,7 @@ impl Model {
         findings: &BTreeMap<(String, String), Finding>,
     ) -> StackPage {
         let r = &v.recorded;
-        let healthy_now = v.live.iter().all(|c| c.health == "Healthy");
+        let healthy_now = v.live.iter().all(|c| c.health == ComponentHealth::Healthy);
         let state = if r.ready && healthy_now {
             "Ready"
         } else if r.reason.contains("Progress") || (r.ready && !healthy_now) {
@@ -464,7 +465,7 @@ impl Model {
                     image,
                     ready: l.ready,
                     desired: l.desired,
-                    health: l.health.clone(),
+                    health: l.health,
                     reason: l.reason.clone(),
                     finding: findings.get(&(r.stack.clone(), l.name.clone())).cloned(),
                 }
@@ -676,7 +677,7 @@ mod tests {
             .contains("deleted by kubectl: paused"));
     }
 
-    fn view(ready: bool, health: &str) -> StackView {
+    fn view(ready: bool, health: ComponentHealth) -> StackView {
         StackView {
             recorded: StackStatus {
                 stack: "todo".into(),
@@ -706,7 +707,7 @@ mod tests {
                 name: "web".into(),
                 ready: 1,
                 desired: 1,
-                health: health.into(),
+                health,
                 reason: String::new(),
             }],
             daemon: DaemonView::default(),
@@ -737,19 +738,27 @@ mod tests {
                 next_step: "read its log".into(),
             },
         );
-        m.read_ok(&[view(true, "Healthy")], &BTreeMap::new(), 10);
+        m.read_ok(
+            &[view(true, ComponentHealth::Healthy)],
+            &BTreeMap::new(),
+            10,
+        );
         let s = &m.snapshot.stacks[0];
         assert_eq!(s.state, "Ready");
         assert_eq!(s.components[0].tag, "v2");
         assert_eq!(s.history[0].builds, vec!["web built".to_string()]);
-        m.read_ok(&[view(false, "Failed")], &findings, 20);
+        m.read_ok(&[view(false, ComponentHealth::Failed)], &findings, 20);
         let s = &m.snapshot.stacks[0];
         assert_eq!(s.state, "Failed");
         assert_eq!(
             s.components[0].finding.as_ref().unwrap().rule,
             "CrashLoopBackOff"
         );
-        m.read_ok(&[view(true, "Progressing")], &BTreeMap::new(), 30);
+        m.read_ok(
+            &[view(true, ComponentHealth::Progressing)],
+            &BTreeMap::new(),
+            30,
+        );
         assert_eq!(m.snapshot.stacks[0].state, "Progressing");
     }
 

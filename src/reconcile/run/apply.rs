@@ -10,7 +10,7 @@ use tracing::{debug, info, warn};
 
 use super::{plan, Item, Run};
 use crate::cluster::inventory::{self, PrunePolicy, Record};
-use crate::cluster::{order, ApplyOptions, ClusterError, ObjectKey};
+use crate::cluster::{kinds, ApplyOptions, ClusterError, ObjectKey};
 use crate::reconcile::step::{ComponentFailure, Failure, PruneFailure, Step};
 use crate::vocabulary::{LABEL_MANAGED_BY, LABEL_STACK, LAST_APPLIED, MANAGED_BY};
 
@@ -113,7 +113,7 @@ impl Run<'_> {
         if item.unchanged {
             self.unchanged += 1;
             if let Some(live) = self.live.get(&inventory::id(&item.key)) {
-                if order::is_workload(&item.key.kind) {
+                if kinds::is_workload(&item.key.kind) {
                     if let Ok(v) = serde_json::to_value(live) {
                         self.health
                             .insert(inventory::id(&item.key), (item.key.clone(), v));
@@ -159,7 +159,7 @@ impl Run<'_> {
                 self.applied.push(item.key.to_string());
                 self.inventory
                     .insert(item.key.clone(), record_of(item, &live));
-                if order::is_workload(&item.key.kind) {
+                if kinds::is_workload(&item.key.kind) {
                     if let Ok(v) = serde_json::to_value(&live) {
                         self.health
                             .insert(inventory::id(&item.key), (item.key.clone(), v));
@@ -287,7 +287,7 @@ impl Run<'_> {
         if !current {
             self.inventory.insert(item.key.clone(), record);
         }
-        if order::is_workload(&item.key.kind) {
+        if kinds::is_workload(&item.key.kind) {
             self.health.insert(id, (item.key.clone(), live_v));
         }
         true

@@ -8,26 +8,16 @@ use serde_json::Value;
 use tracing::warn;
 
 use super::Run;
-use crate::cluster::health::{self, Health};
-use crate::cluster::{order, RequestCounts};
+use crate::cluster::{kinds, ObjectKey, RequestCounts};
 use crate::desired;
 use crate::outcome::{Next, Reason};
 use crate::reconcile::record;
-use crate::reconcile::step::Failure;
+use crate::reconcile::step::{ComponentFailure, Failure};
 use crate::reconcile::StackReport;
-use crate::status::{self, ComponentStatus, HistoryEntry, StackStatus};
+use crate::status::{
+    self, ComponentFacts, ComponentHealth, ComponentStatus, HistoryEntry, StackStatus,
+};
 use crate::vocabulary::LABEL_COMPONENT;
-
-/// Whether `message` names the object `short` (`Deployment/web`), not a longer name that starts
-/// with it (`Deployment/web-worker`).
-fn names_object(message: &str, short: &str) -> bool {
-    message.match_indices(short).any(|(i, _)| {
-        message[i + short.len()..]
-            .chars()
-            .next()
-            .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '-' || c == '.'))
-    })
-}
 
 impl Run<'_> {
     /// Ends the run: the outcome of `result`, the status record written (when it says something
@@ -137,7 +127,7 @@ impl Run<'_> {
         let mut errors: Vec<String> = self
             .health_failure
             .iter()
-            .cloned()
+            .map(|f| f.message.clone())
             .chain(self.prune_errors.iter().map(ToString::to_string))
             .collect();
         if !ready && !preempted && !errors.contains(&message) {
@@ -200,80 +190,54 @@ impl Run<'_> {
                     .cloned()
                     .or_else(|| c.spec.image.reference.clone())
                     .unwrap_or_default();
-                let mut ready = 0;
-                let mut desired_n = 0;
-                let mut healthy = true;
-                let mut keys = Vec::new();
-                for (key, v) in self.health.values() {
-                    let comp = v
-                        .pointer("/metadata/labels")
-                        .and_then(|l| l.get(LABEL_COMPONENT))
-                        .and_then(Value::as_str);
-                    if comp != Some(name.as_str())
-                        || !order::is_workload(&key.kind)
-                        || key.kind == "Job"
-                    {
-                        continue;
+                let mine: Vec<(&ObjectKey, &Value)> = self
+                    .health
+                    .values()
+                    .filter(|(key, v)| {
+                        kinds::rule(&key.kind).counts.is_some()
+                            && v.pointer("/metadata/labels")
+                                .and_then(|l| l.get(LABEL_COMPONENT))
+                                .and_then(Value::as_str)
+                                == Some(name.as_str())
+                    })
+                    .map(|(key, v)| (key, v))
+                    .collect();
+                let (mut ready, mut desired) = (0, 0);
+                for (key, v) in &mine {
+                    if let Some((r, d)) = kinds::ready_counts(&key.kind, v) {
+                        ready += r;
+                        desired += d;
                     }
-                    desired_n += v
-                        .pointer("/spec/replicas")
-                        .and_then(Value::as_i64)
-                        .unwrap_or(1);
-                    ready += v
-                        .pointer("/status/readyReplicas")
-                        .and_then(Value::as_i64)
-                        .unwrap_or(0);
-                    healthy &= health::of(&key.kind, v) == Health::Ready;
-                    keys.push(key.short());
                 }
-                // The health wait failed on one of its workloads: Failed, not Progressing.
-                let wait_failure = if healthy {
-                    None
-                } else {
-                    self.health_failure
-                        .iter()
-                        .find(|e| keys.iter().any(|k| names_object(e, k)))
-                };
-                let (health, err) = if let Some(b) = self.blocked.get(name) {
-                    ("Blocked", b.to_string())
-                } else if let Some(f) = self.failed.get(name) {
-                    ("Failed", f.message())
-                } else if healthy {
-                    ("Healthy", String::new())
-                } else if let Some(e) = wait_failure {
-                    ("Failed", e.clone())
-                } else {
-                    ("Progressing", String::new())
-                };
+                let blocked = self.blocked.get(name).map(ToString::to_string);
+                let failed = self.failed.get(name).map(ComponentFailure::message);
+                let wait_failure = self
+                    .health_failure
+                    .as_ref()
+                    .filter(|f| mine.iter().any(|(key, _)| f.names(key)));
+                let (health, why) = status::component_health(&ComponentFacts {
+                    blocked: blocked.as_deref(),
+                    failed: failed.as_deref(),
+                    workloads: mine.iter().map(|(k, v)| (k.kind.as_str(), *v)).collect(),
+                    searched: false,
+                    wait_failure: wait_failure.map(|f| f.message.as_str()),
+                    stuck_pod: None,
+                });
                 ComponentStatus {
                     name: name.clone(),
                     image,
                     ready,
-                    desired: desired_n,
-                    health: health.into(),
-                    last_error: err,
+                    desired,
+                    health,
+                    // A rollout still in progress is no error.
+                    last_error: if health == ComponentHealth::Progressing {
+                        String::new()
+                    } else {
+                        why
+                    },
                     since: now.to_string(),
                 }
             })
             .collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn a_message_names_an_object_only_by_its_whole_name() {
-        assert!(super::names_object(
-            "Deployment/web: pod x is CrashLoopBackOff",
-            "Deployment/web"
-        ));
-        assert!(super::names_object(
-            "not healthy within 5s: Deployment/web",
-            "Deployment/web"
-        ));
-        assert!(!super::names_object(
-            "Deployment/web-worker: pod x",
-            "Deployment/web"
-        ));
     }
 }

@@ -285,7 +285,7 @@ impl Run<'_> {
             self.wait_healthy(std::slice::from_ref(&key), false)
                 .await
                 .map_err(|w| match w {
-                    Wait::Failed(why) => why,
+                    Wait::Failed(why) => why.message,
                     Wait::Preempted => "preempted".to_string(),
                 })
         } else {

@@ -26,7 +26,7 @@ use super::Options;
 use crate::build::engine::normalized_reference;
 use crate::cluster::inventory::{self, Inventory};
 use crate::cluster::pause::{self, Pauses};
-use crate::cluster::{order, Cluster, ClusterError, ObjectKey};
+use crate::cluster::{kinds, Cluster, ClusterError, ObjectKey};
 use crate::desired::Stack;
 use crate::render::{Hook, Rendered};
 use crate::status::{self, StackStatus};
@@ -54,7 +54,7 @@ pub(super) struct Run<'a> {
     /// Components that failed to apply or to become healthy.
     failed: BTreeMap<String, ComponentFailure>,
     /// Why the last health wait failed, when it did.
-    health_failure: Option<String>,
+    health_failure: Option<wait::HealthFailure>,
     /// Deletions that failed, or why prune was refused.
     prune_errors: Vec<PruneFailure>,
     warnings: Vec<String>,
@@ -309,7 +309,7 @@ impl<'a> Run<'a> {
         self.hold_back_unavailable(&items);
         // What runs now, for the status of what this run does not touch (a run that stops
         // before applying still shows the serving replicas).
-        for item in items.iter().filter(|i| order::is_workload(&i.key.kind)) {
+        for item in items.iter().filter(|i| kinds::is_workload(&i.key.kind)) {
             let id = inventory::id(&item.key);
             if let Some(v) = self
                 .live
@@ -362,9 +362,9 @@ impl<'a> Run<'a> {
         // Everything but workloads, in kind order; then workloads in waves.
         let (mut workloads, mut others): (Vec<Item>, Vec<Item>) = items
             .into_iter()
-            .partition(|i| order::is_workload(&i.key.kind));
-        others.sort_by_key(|i| (order::rank(&i.key.kind), i.key.name.clone()));
-        workloads.sort_by_key(|i| (order::rank(&i.key.kind), i.key.name.clone()));
+            .partition(|i| kinds::is_workload(&i.key.kind));
+        others.sort_by_key(|i| (kinds::rank(&i.key.kind), i.key.name.clone()));
+        workloads.sort_by_key(|i| (kinds::rank(&i.key.kind), i.key.name.clone()));
         let mut rendered_keys: Vec<ObjectKey> = others
             .iter()
             .chain(workloads.iter())
@@ -430,7 +430,7 @@ impl<'a> Run<'a> {
             });
         }
         if let Some(why) = &self.health_failure {
-            return Err(Failure::Health(why.clone()));
+            return Err(Failure::Health(why.message.clone()));
         }
         if let Some(e) = self.prune_errors.first() {
             return Err(Failure::Prune(e.clone()));
@@ -485,9 +485,9 @@ impl<'a> Run<'a> {
                     Ok(()) => {}
                     Err(wait::Wait::Preempted) => break 'waves,
                     Err(wait::Wait::Failed(why)) => {
-                        let held = waves::blocked_by(dep, &why);
+                        let held = waves::blocked_by(dep, &why.message);
                         self.failed
-                            .insert(dep.clone(), ComponentFailure::Health(why));
+                            .insert(dep.clone(), ComponentFailure::Health(why.message));
                         self.hold_back(&wave.component, Held::Dependency(held));
                         continue 'waves;
                     }

@@ -2,11 +2,12 @@
 //! cluster, and a component whose reference does not resolve is held back with the command that
 //! fixes it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use super::Run;
+use crate::cluster::secrets::{lacking, secret_fix, SecretKeys, SecretRef};
 use crate::cluster::ClusterError;
-use crate::desired::Stack;
+use crate::desired::{Component, Stack};
 
 /// `a`, `b` and `c` with backquotes, for messages.
 fn quoted(keys: &[&str]) -> String {
@@ -17,12 +18,19 @@ fn quoted(keys: &[&str]) -> String {
     }
 }
 
+/// The Secret references of `c`'s environment.
+fn refs_of(c: &Component) -> impl Iterator<Item = SecretRef> + '_ {
+    c.spec.secret_env.iter().map(|r| SecretRef {
+        secret: r.secret.clone(),
+        key: r.key.clone(),
+        optional: r.optional,
+    })
+}
+
 impl Run<'_> {
     /// Reads the key names (never values) of every Secret a component needs, at once:
     /// `None` for a Secret that does not exist.
-    pub(super) async fn read_secrets(
-        &self,
-    ) -> Result<HashMap<String, Option<BTreeSet<String>>>, ClusterError> {
+    pub(super) async fn read_secrets(&self) -> Result<SecretKeys, ClusterError> {
         let names: BTreeSet<String> = self
             .stack
             .components
@@ -36,50 +44,42 @@ impl Run<'_> {
                 .map(|name| self.cluster.secret_keys(self.ns(), name)),
         )
         .await;
-        let mut secrets = HashMap::new();
+        let mut secrets = SecretKeys::new();
         for (name, keys) in names.into_iter().zip(reads) {
-            secrets.insert(name, keys?);
+            secrets.insert(name, keys?.map(|k| k.into_iter().collect()));
         }
         Ok(secrets)
     }
 }
 
-/// The components of `stack` whose non-optional Secret references do not resolve in `secrets`
-/// (key names by Secret, `None` for a Secret that does not exist), with why. Each message carries
-/// one command that creates the Secret with every missing key (or patches them into it).
-pub(super) fn unresolved(
-    stack: &Stack,
-    secrets: &HashMap<String, Option<BTreeSet<String>>>,
-) -> Vec<(String, String)> {
+/// The components of `stack` whose required Secret references do not resolve in `secrets`
+/// (as [`lacking`] decides), with why. Each message carries one command that creates the
+/// Secret with every key the stack misses in it (or patches them into it).
+pub(super) fn unresolved(stack: &Stack, secrets: &SecretKeys) -> Vec<(String, String)> {
     let ns = stack.spec.namespace.as_str();
-    // Every missing key of each Secret, across the whole stack.
-    let mut missing: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for c in &stack.components {
-        for r in c.spec.secret_env.iter().filter(|r| !r.optional) {
-            match secrets.get(&r.secret) {
-                Some(Some(keys)) if keys.contains(&r.key) => {}
-                _ => {
-                    missing.entry(&r.secret).or_default().insert(&r.key);
-                }
-            }
-        }
-    }
+    let refs: Vec<(&str, SecretRef)> = stack
+        .components
+        .iter()
+        .flat_map(|c| refs_of(c).map(move |r| (c.spec.name.as_str(), r)))
+        .collect();
+    let lacks = lacking(refs.iter().map(|(_, r)| r), secrets);
     let mut blocked = Vec::new();
     for c in &stack.components {
-        let Some(r) = c.spec.secret_env.iter().filter(|r| !r.optional).find(|r| {
-            missing
-                .get(r.secret.as_str())
-                .is_some_and(|keys| keys.contains(r.key.as_str()))
-        }) else {
+        let Some(lack) = refs
+            .iter()
+            .filter(|(name, _)| *name == c.spec.name)
+            .find_map(|(_, r)| lacks.iter().find(|l| l.breaks(r)))
+        else {
             continue;
         };
-        let keys: Vec<&str> = missing[r.secret.as_str()].iter().copied().collect();
-        let exists = matches!(secrets.get(&r.secret), Some(Some(_)));
-        let fix = crate::explain::rules::secret_fix(&r.secret, ns, exists, &keys);
-        let why = if exists {
+        // Sorted: the message reads the same whichever component referenced a key first.
+        let mut keys: Vec<&str> = lack.keys.iter().map(String::as_str).collect();
+        keys.sort_unstable();
+        let fix = secret_fix(&lack.secret, ns, lack.exists, &keys);
+        let why = if lack.exists {
             format!(
                 "Secret `{}` in namespace {} has no key {}; add {}: `{fix}`",
-                r.secret,
+                lack.secret,
                 ns,
                 quoted(&keys),
                 if keys.len() == 1 { "it" } else { "them" }
@@ -87,7 +87,7 @@ pub(super) fn unresolved(
         } else {
             format!(
                 "Secret `{}` does not exist in namespace {}; create it with {}: `{fix}`",
-                r.secret,
+                lack.secret,
                 ns,
                 if keys.len() == 1 {
                     "its key"
@@ -135,14 +135,14 @@ mod tests {
         }
     }
 
-    fn keys(k: &[&str]) -> Option<BTreeSet<String>> {
+    fn keys(k: &[&str]) -> Option<Vec<String>> {
         Some(k.iter().map(|s| s.to_string()).collect())
     }
 
     #[test]
     fn a_missing_secret_holds_back_each_reader_with_one_command_for_every_missing_key() {
         let s = stack();
-        let none: HashMap<String, Option<BTreeSet<String>>> = [("todo".to_string(), None)].into();
+        let none: SecretKeys = [("todo".to_string(), None)].into();
         let blocked = unresolved(&s, &none);
         let names: Vec<&str> = blocked.iter().map(|(c, _)| c.as_str()).collect();
         assert_eq!(
@@ -167,8 +167,7 @@ mod tests {
     #[test]
     fn a_secret_missing_one_key_holds_back_only_its_reader() {
         let s = stack();
-        let partial: HashMap<String, Option<BTreeSet<String>>> =
-            [("todo".to_string(), keys(&["db-url"]))].into();
+        let partial: SecretKeys = [("todo".to_string(), keys(&["db-url"]))].into();
         let blocked = unresolved(&s, &partial);
         assert_eq!(blocked.len(), 1);
         assert_eq!(blocked[0].0, "web");
@@ -179,8 +178,62 @@ mod tests {
             "{}",
             blocked[0].1
         );
-        let complete: HashMap<String, Option<BTreeSet<String>>> =
-            [("todo".to_string(), keys(&["db-url", "jwt"]))].into();
+        let complete: SecretKeys = [("todo".to_string(), keys(&["db-url", "jwt"]))].into();
         assert!(unresolved(&s, &complete).is_empty());
+    }
+
+    #[test]
+    fn the_command_names_the_missing_keys_in_order_whoever_referenced_them_first() {
+        let mut s = stack();
+        s.components = vec![
+            component(
+                "web",
+                "secretEnv:\n  - {name: B, secret: keys, key: b-key}\n  - {name: T, secret: todo, key: jwt}\n",
+            ),
+            component("api", "secretEnv:\n  - {name: A, secret: keys, key: a-key}\n"),
+        ];
+        let secrets: SecretKeys = [
+            ("keys".to_string(), keys(&["other"])),
+            ("todo".to_string(), None),
+        ]
+        .into();
+        let blocked = unresolved(&s, &secrets);
+        assert_eq!(
+            blocked,
+            [
+                (
+                    "web".to_string(),
+                    "Secret `keys` in namespace apps has no key `a-key` and `b-key`; add them: \
+                     `kubectl patch secret keys -n apps --type merge -p '{\"stringData\":{\"a-key\":\"<value>\",\"b-key\":\"<value>\"}}'`"
+                        .to_string()
+                ),
+                (
+                    "api".to_string(),
+                    "Secret `keys` in namespace apps has no key `a-key` and `b-key`; add them: \
+                     `kubectl patch secret keys -n apps --type merge -p '{\"stringData\":{\"a-key\":\"<value>\",\"b-key\":\"<value>\"}}'`"
+                        .to_string()
+                ),
+            ],
+            "a component is held back once, by the first reference that does not resolve"
+        );
+    }
+
+    #[test]
+    fn nothing_is_held_back_when_every_required_reference_resolves() {
+        let s = stack();
+        // `ai` is optional and absent; `todo` has every key the stack reads, and more.
+        let secrets: SecretKeys = [
+            ("todo".to_string(), keys(&["db-url", "jwt", "unused"])),
+            ("ai".to_string(), None),
+        ]
+        .into();
+        assert!(unresolved(&s, &secrets).is_empty());
+        assert!(unresolved(&stack_without_secrets(), &SecretKeys::new()).is_empty());
+    }
+
+    fn stack_without_secrets() -> Stack {
+        let mut s = stack();
+        s.components.retain(|c| c.spec.secret_env.is_empty());
+        s
     }
 }

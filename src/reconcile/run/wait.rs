@@ -11,8 +11,8 @@ use serde_json::Value;
 use tracing::{debug, info};
 
 use super::{Run, PROGRESS};
-use crate::cluster::health::{self, ready_counts, Health, Verdict};
-use crate::cluster::{inventory, ObjectKey};
+use crate::cluster::health::{self, Health, Verdict};
+use crate::cluster::{inventory, kinds, ObjectKey};
 
 /// How often a health wait looks for Pods stuck in a failing state (changes to the awaited
 /// objects themselves wake it at once).
@@ -20,10 +20,36 @@ const HEALTH_POLL: Duration = Duration::from_secs(2);
 /// How long a health wait lets a burst of watch events settle before looking again.
 const HEALTH_SETTLE: Duration = Duration::from_millis(20);
 
+/// Why a health wait failed: the objects it failed on, and why in words. The objects are
+/// carried beside the words, so what failed is never read back out of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct HealthFailure {
+    /// The objects not healthy: the one that failed, or every one still pending at the deadline.
+    pub objects: Vec<ObjectKey>,
+    /// Why, one line naming them.
+    pub message: String,
+}
+
+impl HealthFailure {
+    fn of(key: &ObjectKey, message: String) -> Self {
+        HealthFailure {
+            objects: vec![key.clone()],
+            message,
+        }
+    }
+
+    /// Whether it failed on `key`.
+    pub fn names(&self, key: &ObjectKey) -> bool {
+        self.objects
+            .iter()
+            .any(|o| inventory::id(o) == inventory::id(key))
+    }
+}
+
 /// Why a health wait ended without everything healthy.
 pub(super) enum Wait {
-    /// Not healthy: why.
-    Failed(String),
+    /// Not healthy: on what, and why.
+    Failed(HealthFailure),
     /// Newer work is waiting (see [`crate::reconcile::Options::preempt`]).
     Preempted,
 }
@@ -92,23 +118,29 @@ impl Run<'_> {
                 });
                 let ready_now = known
                     .as_ref()
-                    .is_some_and(|v| health::of(&key.kind, v) == Health::Ready);
+                    .is_some_and(|v| kinds::health(&key.kind, v) == Health::Ready);
                 if ready_now {
                     continue;
                 }
                 let live = match self.cluster.get(&key).await {
                     Ok(Some(o)) => serde_json::to_value(&o).unwrap_or(Value::Null),
-                    Ok(None) => return Err(Wait::Failed(format!("{key} does not exist"))),
-                    Err(e) => return Err(Wait::Failed(e.to_string())),
+                    Ok(None) => {
+                        return Err(Wait::Failed(HealthFailure::of(
+                            &key,
+                            format!("{key} does not exist"),
+                        )))
+                    }
+                    Err(e) => return Err(Wait::Failed(HealthFailure::of(&key, e.to_string()))),
                 };
                 self.health.insert(id, (key.clone(), live.clone()));
-                match health::of(&key.kind, &live) {
+                match kinds::health(&key.kind, &live) {
                     Health::Ready => {}
                     Health::Failed(why) => {
-                        return Err(Wait::Failed(format!("{}: {why}", key.short())))
+                        let message = format!("{}: {why}", key.short());
+                        return Err(Wait::Failed(HealthFailure::of(&key, message)));
                     }
                     Health::Progressing(msg) => {
-                        let counts = ready_counts(&live)
+                        let counts = kinds::ready_counts(&key.kind, &live)
                             .map(|(r, d)| format!(" {r}/{d} ready"))
                             .unwrap_or_default();
                         let mut line = format!("{}{counts} ({msg})", key.short());
@@ -121,10 +153,11 @@ impl Run<'_> {
                             let window = self.opts.fail_fast.as_secs();
                             line = match health::verdict(&why, since.elapsed(), self.opts.fail_fast) {
                                 Verdict::FailNow => {
-                                    return Err(Wait::Failed(format!(
+                                    let message = format!(
                                         "{}: pod {pod} is {why}: {message} (still failing after the {window}s fail-fast window)",
                                         key.short()
-                                    )))
+                                    );
+                                    return Err(Wait::Failed(HealthFailure::of(&key, message)));
                                 }
                                 Verdict::FailsIn(left) => format!(
                                     "{}{counts}: pod {pod} is {why}; fails in {}s unless it recovers ({window}s fail-fast window)",
@@ -163,11 +196,14 @@ impl Run<'_> {
                         None => k.short(),
                     })
                     .collect();
-                return Err(Wait::Failed(format!(
-                    "not healthy within {}s: {}",
-                    self.opts.timeout.as_secs(),
-                    names.join(", ")
-                )));
+                return Err(Wait::Failed(HealthFailure {
+                    message: format!(
+                        "not healthy within {}s: {}",
+                        self.opts.timeout.as_secs(),
+                        names.join(", ")
+                    ),
+                    objects: still,
+                }));
             }
             pending = still;
             // Something is still not healthy: a boundary where stopping loses nothing.
