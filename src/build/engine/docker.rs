@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use super::{
     failed, last_line, BuildRequest, BuildResult, Engine, EngineCalls, Existence, Kind, Tool,
 };
-use crate::build::BuildError;
+use crate::build::{BuildError, BuildOptions};
 use crate::process::Output;
 
 /// The hint printed with every unreachable-engine error.
@@ -25,17 +25,19 @@ pub struct DockerCli {
 }
 
 impl DockerCli {
-    /// The CLI aimed at `docker_host`, else at `$DOCKER_HOST`, else at the default socket.
-    pub fn new(docker_host: Option<&str>) -> Self {
+    /// The CLI aimed at `opts.docker_host` (`--docker-host`), else at the environment's
+    /// `DOCKER_HOST` (which the CLI inherits), else at the default socket.
+    pub fn new(opts: &BuildOptions) -> Self {
         let mut env = Vec::new();
-        let host = match docker_host {
+        let host = match &opts.docker_host {
             Some(h) => {
                 env.push(("DOCKER_HOST".to_string(), h.to_string()));
                 h.to_string()
             }
-            None => std::env::var("DOCKER_HOST")
-                .ok()
-                .filter(|h| !h.is_empty())
+            None => opts
+                .env
+                .docker_host
+                .as_ref()
                 .map(|h| format!("{h} (from DOCKER_HOST)"))
                 .unwrap_or_else(|| {
                     "unix:///var/run/docker.sock (the default; DOCKER_HOST is not set)".into()

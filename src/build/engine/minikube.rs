@@ -94,7 +94,7 @@ impl Engine {
     ) -> Result<MinikubeMode, BuildError> {
         let Kind::Minikube {
             profile,
-            docker_host,
+            local,
             mode,
         } = &self.kind
         else {
@@ -117,7 +117,7 @@ impl Engine {
                 }
                 DockerEnv::Refused(r) => r,
             };
-            let local = DockerCli::new(docker_host.as_deref());
+            let local = local.clone();
             EngineCalls::bump(&self.calls.other);
             let version = ["version", "--format", "{{.Server.Version}}"].map(String::from);
             let answers = match local

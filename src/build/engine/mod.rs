@@ -163,7 +163,7 @@ enum Kind {
     Minikube {
         profile: Profile,
         /// The Docker engine for the fallback (`--docker-host`; else `DOCKER_HOST` or the default).
-        docker_host: Option<String>,
+        local: DockerCli,
         mode: OnceCell<MinikubeMode>,
     },
     Command {
@@ -206,13 +206,13 @@ impl Engine {
     pub fn new(opts: &BuildOptions) -> Result<Self, BuildError> {
         let mut load = None;
         let kind = match opts.builder {
-            BuilderKind::Docker => Kind::Docker(DockerCli::new(opts.docker_host.as_deref())),
+            BuilderKind::Docker => Kind::Docker(DockerCli::new(opts)),
             BuilderKind::Containerd => {
                 load = Some(Loader::Containerd {
                     address: opts.containerd_address(),
                     namespace: opts.containerd_namespace(),
                 });
-                Kind::Docker(DockerCli::new(opts.docker_host.as_deref()))
+                Kind::Docker(DockerCli::new(opts))
             }
             BuilderKind::Kind => {
                 load = Some(Loader::Kind {
@@ -221,11 +221,11 @@ impl Engine {
                         .clone()
                         .ok_or(BuildError::MissingKindCluster)?,
                 });
-                Kind::Docker(DockerCli::new(opts.docker_host.as_deref()))
+                Kind::Docker(DockerCli::new(opts))
             }
             BuilderKind::Minikube => Kind::Minikube {
                 profile: Profile(opts.minikube_profile.clone()),
-                docker_host: opts.docker_host.clone(),
+                local: DockerCli::new(opts),
                 mode: OnceCell::new(),
             },
             BuilderKind::Command => Kind::Command {
@@ -576,7 +576,7 @@ mod tests {
     #[test]
     fn the_loading_builders_report_their_own_kind() {
         let mut opts = BuildOptions::new(BuilderKind::Containerd);
-        opts.containerd_address = Some("/run/x.sock".into());
+        opts.env.containerd_address = Some("/run/x.sock".into());
         let e = Engine::new(&opts).expect("containerd engine");
         assert_eq!(e.builder(), BuilderKind::Containerd);
         assert_eq!(
