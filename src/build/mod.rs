@@ -154,7 +154,7 @@ pub struct BuildOptions {
     /// `{dockerfile}`, `{context}`, `{target}`, `{platform}`, and `{build_args}` (expands to
     /// `--build-arg K=V` pairs).
     pub command_template: Option<String>,
-    /// `DOCKER_HOST` for the `docker` builder; the process environment's when `None`.
+    /// `DOCKER_HOST` for the Docker CLI (`--docker-host`); the environment's when `None`.
     pub docker_host: Option<String>,
     /// The `command` builder's existence check (exit 0 = the tag exists), same placeholders.
     pub command_exists_template: Option<String>,
