@@ -6,29 +6,39 @@
 //!
 //! 1. [`plan`] (pure, synchronous): hash every component's build inputs from the commit and
 //!    return the tags. Blob hashes are cached by git blob id in a [`DigestCache`].
-//! 2. [`ensure`] (async, effects): one existence check per distinct tag, then a bounded number of
-//!    parallel builds for the missing ones. Because a git2 repository cannot cross threads,
-//!    `ensure` takes the repository path and commit and reopens them on a blocking thread to make
+//! 2. [`ensure_with`] (async, effects): one existence check per distinct tag, then a bounded
+//!    number of parallel builds for the missing ones. Because a git2 repository cannot cross
+//!    threads, it takes the repository path and commit and reopens them on a blocking thread to make
 //!    each context archive, only for the images it actually builds.
 //!
 //! [`prune_old`] removes old content tags, keeping the newest N per repository, the protected
 //! tags (the last healthy commit's) and any image a running container uses.
 
 pub mod context;
+pub mod detect;
 pub mod digest;
 pub mod engine;
 pub mod ignore;
 pub mod minikube;
+pub mod prune;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::{watch, Semaphore};
 
+pub use detect::{
+    choose_builder, is_minikube_context, BuildEnv, BuilderChoice, DEFAULT_CONTAINERD_ADDRESS,
+    ENV_NAMES, ENV_PREFIXES,
+};
 pub use digest::DigestCache;
 pub use engine::{CallCounts, Engine, Existence};
+pub use prune::{
+    parse_image_list, prune_decision, prune_old, prune_old_with, ListedImage, PruneReport,
+};
 
 use crate::desired::schema::BuilderKind;
 use crate::desired::{BuildSpec, Stack};
@@ -144,25 +154,42 @@ pub struct BuildOptions {
     /// `{dockerfile}`, `{context}`, `{target}`, `{platform}`, and `{build_args}` (expands to
     /// `--build-arg K=V` pairs).
     pub command_template: Option<String>,
-    /// `DOCKER_HOST` for the `docker` builder; the process environment's when `None`.
+    /// `DOCKER_HOST` for the Docker CLI (`--docker-host`); the environment's when `None`.
     pub docker_host: Option<String>,
     /// The `command` builder's existence check (exit 0 = the tag exists), same placeholders.
     pub command_exists_template: Option<String>,
     /// The minikube profile (`minikube -p`); minikube's current one when `None`.
     pub minikube_profile: Option<String>,
-    /// The `containerd` builder's socket; `$CONTAINERD_ADDRESS`, else containerd's default.
-    pub containerd_address: Option<String>,
-    /// The `containerd` builder's namespace; `$CONTAINERD_NAMESPACE`, else `k8s.io` (CRI's).
-    pub containerd_namespace: Option<String>,
+    /// The environment's say in choosing and aiming the builder, read once when these options
+    /// are made (the daemon's at its start).
+    pub env: BuildEnv,
     /// The `kind` builder's cluster (from a `kind-<name>` context).
     pub kind_cluster: Option<String>,
     /// Limit for existence checks and other short calls.
     pub check_timeout: Duration,
     /// Limit for one build (and push).
     pub build_timeout: Duration,
+    /// Images the `none` builder already warned about, shared by every clone of these options.
+    pub unconfirmed: Unconfirmed,
+}
+
+/// Images reported as unconfirmed (the `none` builder): the warning is once per image for as
+/// long as the options live (the daemon keeps its options for its lifetime), not per reconcile.
+#[derive(Debug, Clone, Default)]
+pub struct Unconfirmed(Arc<Mutex<HashSet<String>>>);
+
+impl Unconfirmed {
+    /// Whether `image` is reported for the first time.
+    pub fn first_time(&self, image: &str) -> bool {
+        self.0
+            .lock()
+            .map(|mut s| s.insert(image.to_string()))
+            .unwrap_or(true)
+    }
 }
 
 impl Default for BuildOptions {
+    /// Docker, with the build environment read from this process (once, here).
     fn default() -> Self {
         Self {
             builder: BuilderKind::Docker,
@@ -172,11 +199,11 @@ impl Default for BuildOptions {
             docker_host: None,
             command_exists_template: None,
             minikube_profile: None,
-            containerd_address: None,
-            containerd_namespace: None,
+            env: BuildEnv::from_process(),
             kind_cluster: None,
             check_timeout: CHECK_TIMEOUT,
             build_timeout: Duration::from_secs(30 * 60),
+            unconfirmed: Unconfirmed::default(),
         }
     }
 }
@@ -195,165 +222,42 @@ impl BuildOptions {
 impl BuildOptions {
     /// The socket the `containerd` builder loads into.
     pub fn containerd_address(&self) -> String {
-        self.containerd_address
+        self.env
+            .containerd_address
             .clone()
-            .or_else(|| env_nonempty("CONTAINERD_ADDRESS"))
             .unwrap_or_else(|| DEFAULT_CONTAINERD_ADDRESS.into())
     }
 
     /// The containerd namespace the `containerd` builder loads into.
     pub fn containerd_namespace(&self) -> String {
-        self.containerd_namespace
+        self.env
+            .containerd_namespace
             .clone()
-            .or_else(|| env_nonempty("CONTAINERD_NAMESPACE"))
             .unwrap_or_else(|| "k8s.io".into())
     }
 
-    /// These options with the builder chosen for `stack` on the kube `context` actually used.
+    /// These options with the builder chosen for `stack` on the kube `context` actually used
+    /// (`cli`: `--builder`), and the choice with its reason.
     #[must_use]
-    pub fn for_stack(&self, cli: Option<BuilderKind>, stack: &Stack, context: &str) -> Self {
-        let choice = choose_builder(cli, stack, context, &BuildEnv::from_process());
-        Self {
+    pub fn for_stack(
+        &self,
+        cli: Option<BuilderKind>,
+        stack: &Stack,
+        context: &str,
+    ) -> (Self, BuilderChoice) {
+        let choice = choose_builder(cli, stack, context, &self.env);
+        let opts = Self {
             builder: choice.builder,
-            kind_cluster: choice.kind_cluster,
+            kind_cluster: choice.kind_cluster.clone(),
             // `--minikube-profile` wins over the context's name.
-            minikube_profile: self.minikube_profile.clone().or(choice.minikube_profile),
+            minikube_profile: self
+                .minikube_profile
+                .clone()
+                .or(choice.minikube_profile.clone()),
             ..self.clone()
-        }
+        };
+        (opts, choice)
     }
-}
-
-/// containerd's own default socket.
-pub const DEFAULT_CONTAINERD_ADDRESS: &str = "/run/containerd/containerd.sock";
-
-fn env_nonempty(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
-/// Environment variables that decide how images are built, by prefix: read by converge itself
-/// (`CONTAINERD_ADDRESS` chooses the containerd builder in [`BuildEnv`] and, with
-/// `CONTAINERD_NAMESPACE`, says where it imports; `DOCKER_HOST` aims the Docker CLI) and by the
-/// tools the builders run, which inherit converge's environment: the Docker CLI (`DOCKER_*`),
-/// minikube (`MINIKUBE_*`), `ctr` (`CONTAINERD_*`, e.g. `CONTAINERD_SNAPSHOTTER` for the unpack
-/// of `ctr images import`) and kind (`KIND_*`, e.g. `KIND_EXPERIMENTAL_PROVIDER`). A daemon
-/// started elsewhere (`converge service install`) must carry them, or it builds another way.
-pub const ENV_PREFIXES: &[&str] = &["DOCKER_", "MINIKUBE_", "CONTAINERD_", "KIND_"];
-
-/// Environment variables that decide how images are built, by exact name: the `command`
-/// builder's templates (`--command`, `--exists-command` of `build`, `apply` and `run`).
-pub const ENV_NAMES: &[&str] = &["CONVERGE_BUILD_COMMAND", "CONVERGE_BUILD_EXISTS_COMMAND"];
-
-/// What of the environment decides the builder (a value, so the choice is a pure function).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BuildEnv {
-    /// `CONTAINERD_ADDRESS`: the node's containerd is on this machine (as `DOCKER_HOST` after
-    /// `minikube docker-env` says the node's Docker is).
-    pub containerd_address: Option<String>,
-}
-
-impl BuildEnv {
-    /// Read from this process's environment.
-    pub fn from_process() -> Self {
-        Self::from_lookup(env_nonempty)
-    }
-
-    /// Read through `get` (a variable's value by name), e.g. from an environment captured for a
-    /// service unit; empty values count as unset.
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Self {
-        Self {
-            containerd_address: get("CONTAINERD_ADDRESS").filter(|v| !v.is_empty()),
-        }
-    }
-}
-
-/// The builder chosen, and why (shown by `converge doctor` and `converge build`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct BuilderChoice {
-    /// The builder.
-    pub builder: BuilderKind,
-    /// The kind cluster, for [`BuilderKind::Kind`].
-    pub kind_cluster: Option<String>,
-    /// The minikube profile, for [`BuilderKind::Minikube`] chosen from a minikube context: the
-    /// context's name, which minikube gives its profile's context (so `-p` follows the context
-    /// converge talks to, not minikube's active profile).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub minikube_profile: Option<String>,
-    /// One line: why this builder.
-    pub reason: String,
-}
-
-/// Chooses how images reach the cluster converge is talking to: `--builder`, else the stack's
-/// `builder`, else from the kube context actually used — minikube builds into minikube's
-/// runtime, a `kind-<name>` context builds with Docker and `kind load`s, a node containerd on
-/// this machine (`CONTAINERD_ADDRESS`) builds with Docker and imports, anything else builds with
-/// Docker (a remote cluster also needs `image.build.push` or an explicit builder).
-pub fn choose_builder(
-    cli: Option<BuilderKind>,
-    stack: &Stack,
-    context: &str,
-    env: &BuildEnv,
-) -> BuilderChoice {
-    let kind_cluster = context.strip_prefix("kind-").map(str::to_string);
-    let minikube_profile = is_minikube_context(context).then(|| context.to_string());
-    let choice = |builder: BuilderKind, reason: String| BuilderChoice {
-        builder,
-        kind_cluster: kind_cluster
-            .clone()
-            .filter(|_| builder == BuilderKind::Kind),
-        minikube_profile: minikube_profile
-            .clone()
-            .filter(|_| builder == BuilderKind::Minikube),
-        reason,
-    };
-    if let Some(b) = cli {
-        return choice(b, "chosen with --builder".into());
-    }
-    if let Some(b) = stack.spec.builder {
-        return choice(b, format!("the stack's `builder: {}`", b.as_str()));
-    }
-    if is_minikube_context(context) {
-        return choice(
-            BuilderKind::Minikube,
-            format!("context `{context}` is a minikube cluster: build into its runtime (`minikube -p {context} docker-env`; where minikube refuses it, the local Docker engine and `minikube image load`, or `minikube image build`)"),
-        );
-    }
-    if kind_cluster.is_some() {
-        return choice(
-            BuilderKind::Kind,
-            format!("context `{context}` is a kind cluster: build with Docker, then `kind load docker-image`"),
-        );
-    }
-    if let Some(address) = &env.containerd_address {
-        return choice(
-            BuilderKind::Containerd,
-            format!("CONTAINERD_ADDRESS={address}: build with Docker, then import into the node's containerd"),
-        );
-    }
-    choice(
-        BuilderKind::Docker,
-        format!("context `{context}` is not minikube or kind: build with Docker (DOCKER_HOST); a remote cluster needs `image.build.push: true`"),
-    )
-}
-
-/// Whether a kube context is minikube's by its name: minikube names a profile's context after the
-/// profile, `minikube` by default.
-pub fn is_minikube_context(context: &str) -> bool {
-    context == "minikube" || context.starts_with("minikube-")
-}
-
-/// The builder for `stack` on kube context `context` (the one actually used), with the reason:
-/// what `doctor` and `build` report. See [`choose_builder`].
-pub fn select_builder(
-    explicit: Option<BuilderKind>,
-    stack: &Stack,
-    context: &str,
-) -> BuilderChoice {
-    choose_builder(explicit, stack, context, &BuildEnv::from_process())
-}
-
-/// The lowercase name of a builder, as flags and the desired state spell it.
-pub fn builder_name(kind: BuilderKind) -> &'static str {
-    kind.as_str()
 }
 
 /// The image a component will run, named by its build-input digest.
@@ -439,22 +343,10 @@ pub fn plan_one(
     })
 }
 
-/// Makes sure every planned image exists on the target, building the missing ones from the commit
-/// (`repo_path` + `commit`) at most `opts.parallelism` at a time. Setting `cancel` to `true` kills
-/// running builds and returns [`BuildError::Cancelled`].
-pub async fn ensure(
-    repo_path: &Path,
-    commit: &str,
-    plans: &[ImagePlan],
-    stack: &Stack,
-    opts: &BuildOptions,
-    cancel: watch::Receiver<bool>,
-) -> Result<Vec<BuildOutcome>, BuildError> {
-    let engine = Engine::new(opts)?;
-    ensure_with(&engine, repo_path, commit, plans, stack, opts, cancel).await
-}
-
-/// [`ensure`] on a given engine, so a caller can keep one (and read its call counts).
+/// Makes sure every planned image exists on `engine`'s target, building the missing ones from the
+/// commit (`repo_path` + `commit`) at most `opts.parallelism` at a time; the caller keeps the
+/// engine (and reads its call counts). Setting `cancel` to `true` kills running builds and
+/// returns [`BuildError::Cancelled`].
 pub async fn ensure_with(
     engine: &Engine,
     repo_path: &Path,
@@ -490,7 +382,16 @@ pub async fn ensure_with(
                 .acquire()
                 .await
                 .map_err(|_| BuildError::Cancelled)?;
-            ensure_one(engine, repo_path, commit, p, spec, &cancel).await
+            ensure_one(
+                engine,
+                repo_path,
+                commit,
+                p,
+                spec,
+                &opts.unconfirmed,
+                &cancel,
+            )
+            .await
         }
     });
     let started = std::time::Instant::now();
@@ -539,6 +440,7 @@ async fn ensure_one(
     commit: &str,
     plan: &ImagePlan,
     spec: &BuildSpec,
+    unconfirmed: &Unconfirmed,
     cancel: &watch::Receiver<bool>,
 ) -> Result<Action, BuildError> {
     let existence = engine.exists(&plan.image, cancel).await?;
@@ -548,8 +450,8 @@ async fn ensure_one(
             return Ok(Action::Exists);
         }
         Existence::Unknown if engine.builder() == BuilderKind::None => {
-            // Once per image and process: the daemon reconciles the same tags again and again.
-            if first_time_unconfirmed(&plan.image) {
+            // Once per image: the daemon reconciles the same tags again and again.
+            if unconfirmed.first_time(&plan.image) {
                 tracing::warn!(component = %plan.component, image = %plan.image, "builder `none`: cannot confirm that this image exists; it must be built elsewhere");
             } else {
                 tracing::debug!(component = %plan.component, image = %plan.image, "builder `none`: image not confirmed");
@@ -613,320 +515,14 @@ async fn ensure_one(
 /// The target of progress events (rendered as live lines on a terminal by the CLI).
 use crate::progress::TARGET as PROGRESS;
 
-/// Whether `image` is reported as unconfirmed for the first time in this process.
-fn first_time_unconfirmed(image: &str) -> bool {
-    static SEEN: std::sync::OnceLock<std::sync::Mutex<HashSet<String>>> =
-        std::sync::OnceLock::new();
-    SEEN.get_or_init(Default::default)
-        .lock()
-        .map(|mut s| s.insert(image.to_string()))
-        .unwrap_or(true)
-}
-
-/// What [`prune_old`] did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct PruneReport {
-    /// Tags removed.
-    pub removed: Vec<String>,
-    /// Old tags kept because they are protected.
-    pub protected: Vec<String>,
-    /// Old tags kept because a container uses them.
-    pub in_use: Vec<String>,
-    /// Old tags whose removal the engine refused, with its reason.
-    pub failed: Vec<(String, String)>,
-}
-
-/// One tag of a repository, as `docker image ls` lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListedImage {
-    /// `repository:tag`.
-    pub reference: String,
-    /// The image id (short).
-    pub id: String,
-    /// Docker's `CreatedAt` text, e.g. `2026-11-21 23:22:59 +0000 UTC`.
-    pub created: String,
-}
-
-/// Parses `docker image ls --format '{{.Repository}}:{{.Tag}}\t{{.ID}}\t{{.CreatedAt}}'` output.
-pub fn parse_image_list(text: &str) -> Vec<ListedImage> {
-    text.lines()
-        .filter_map(|l| {
-            let mut parts = l.split('\t');
-            let (r, id, c) = (parts.next()?, parts.next()?, parts.next()?);
-            (!r.ends_with(":<none>")).then(|| ListedImage {
-                reference: r.to_string(),
-                id: id.to_string(),
-                created: c.to_string(),
-            })
-        })
-        .collect()
-}
-
-fn created_key(created: &str) -> i64 {
-    // `2026-11-21 23:22:59 +0000 UTC`: the trailing zone name is not parseable, the offset is.
-    let head: String = created.split(' ').take(3).collect::<Vec<_>>().join(" ");
-    chrono::DateTime::parse_from_str(&head, "%Y-%m-%d %H:%M:%S %z")
-        .map(|t| t.timestamp())
-        .unwrap_or(0)
-}
-
-/// Decides which tags to remove: all but the newest `keep` per repository, never a protected tag
-/// or one a container uses (by reference or image id). Pure, for testing.
-pub fn prune_decision(
-    images: &[ListedImage],
-    keep: usize,
-    protect: &HashSet<String>,
-    used: &HashSet<String>,
-) -> (Vec<String>, Vec<String>, Vec<String>) {
-    let mut sorted: Vec<&ListedImage> = images.iter().collect();
-    sorted.sort_by(|a, b| {
-        created_key(&b.created)
-            .cmp(&created_key(&a.created))
-            .then(a.reference.cmp(&b.reference))
-    });
-    let (mut remove, mut protected, mut in_use) = (Vec::new(), Vec::new(), Vec::new());
-    for img in sorted.into_iter().skip(keep) {
-        let short_id = img.id.trim_start_matches("sha256:");
-        let used_by_container = used.contains(&img.reference)
-            || used.iter().any(|u| {
-                let u = u.trim_start_matches("sha256:");
-                u.len() >= 12 && (u.starts_with(short_id) || short_id.starts_with(u))
-            });
-        if protect.contains(&img.reference) {
-            protected.push(img.reference.clone());
-        } else if used_by_container {
-            in_use.push(img.reference.clone());
-        } else {
-            remove.push(img.reference.clone());
-        }
-    }
-    (remove, protected, in_use)
-}
-
-/// Removes old content tags of `repositories` from the engine of `opts`, keeping the newest
-/// `opts.keep` per repository (by image creation time), every tag in `protect` (the last healthy
-/// commit's) and every image a container uses. Only untags (`docker rmi` without force). A no-op
-/// for the `command` and `none` builders and for minikube runtimes other than Docker.
-pub async fn prune_old(
-    opts: &BuildOptions,
-    repositories: &[String],
-    protect: &[String],
-    cancel: watch::Receiver<bool>,
-) -> Result<PruneReport, BuildError> {
-    let engine = Engine::new(opts)?;
-    prune_old_with(&engine, opts.keep, repositories, protect, cancel).await
-}
-
-/// [`prune_old`] on a given engine.
-pub async fn prune_old_with(
-    engine: &Engine,
-    keep: usize,
-    repositories: &[String],
-    protect: &[String],
-    cancel: watch::Receiver<bool>,
-) -> Result<PruneReport, BuildError> {
-    let mut report = PruneReport::default();
-    let Some(cli) = engine.docker_cli(&cancel).await? else {
-        tracing::debug!(builder = ?engine.builder(), "image pruning needs a Docker engine; skipped");
-        return Ok(report);
-    };
-    // Stopped containers count too: `docker rmi` would refuse their images anyway.
-    let ps = ["ps", "-a", "-q", "--no-trunc"].map(String::from).to_vec();
-    let out = engine.docker_other(&cli, &ps, &cancel).await?;
-    check_status(&cli, &ps, &out)?;
-    let ids: Vec<String> = out.stdout.split_whitespace().map(String::from).collect();
-    let mut used: HashSet<String> = HashSet::new();
-    if !ids.is_empty() {
-        // The reference a container was created from, and the image id it runs.
-        let mut inspect = [
-            "container",
-            "inspect",
-            "--format",
-            "{{.Config.Image}}\t{{.Image}}",
-        ]
-        .map(String::from)
-        .to_vec();
-        inspect.extend(ids);
-        let out = engine.docker_other(&cli, &inspect, &cancel).await?;
-        check_status(&cli, &inspect, &out)?;
-        used = out
-            .stdout
-            .lines()
-            .flat_map(|l| l.split('\t'))
-            .filter(|s| !s.is_empty())
-            .map(|s| {
-                if s.contains(':') {
-                    s.to_string()
-                } else {
-                    format!("{s}:latest")
-                }
-            })
-            .collect();
-    }
-    let protect: HashSet<String> = protect.iter().cloned().collect();
-    for repo in repositories {
-        let ls = [
-            "image",
-            "ls",
-            "--no-trunc",
-            "--format",
-            "{{.Repository}}:{{.Tag}}\t{{.ID}}\t{{.CreatedAt}}",
-            repo.as_str(),
-        ]
-        .map(String::from)
-        .to_vec();
-        let out = engine.docker_other(&cli, &ls, &cancel).await?;
-        // A listing that failed is an error, never "nothing to prune".
-        check_status(&cli, &ls, &out)?;
-        let images = parse_image_list(&out.stdout);
-        let (remove, protected, in_use) = prune_decision(&images, keep, &protect, &used);
-        report.protected.extend(protected);
-        report.in_use.extend(in_use);
-        for r in remove {
-            let rmi = vec!["rmi".to_string(), r.clone()];
-            let out = engine.docker_other(&cli, &rmi, &cancel).await?;
-            if out.status.success() {
-                tracing::info!(image = %r, "removed old image tag");
-                report.removed.push(r);
-            } else {
-                let why = out.stderr.lines().last().unwrap_or("").to_string();
-                tracing::warn!(image = %r, reason = %why, "could not remove old image tag");
-                report.failed.push((r, why));
-            }
-        }
-    }
-    Ok(report)
-}
-
-fn check_status(
-    cli: &engine::DockerCli,
-    args: &[String],
-    out: &crate::process::Output,
-) -> Result<(), BuildError> {
-    if out.status.success() {
-        return Ok(());
-    }
-    let detail = out.stderr.lines().last().unwrap_or("").to_string();
-    if engine::looks_unreachable(&out.stderr) {
-        return Err(BuildError::Unreachable {
-            host: cli.host().to_string(),
-            detail,
-            hint: engine::UNREACHABLE_HINT.into(),
-        });
-    }
-    Err(BuildError::Engine {
-        command: format!("docker {}", args.first().map(String::as_str).unwrap_or("")),
-        status: out.status.to_string(),
-        detail,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_none_builder_warns_about_an_image_once_per_process() {
-        assert!(super::first_time_unconfirmed("warn-once:1"));
-        assert!(!super::first_time_unconfirmed("warn-once:1"));
-        assert!(super::first_time_unconfirmed("warn-once:2"));
-    }
-
-    use super::*;
-
-    fn img(r: &str, id: &str, created: &str) -> ListedImage {
-        ListedImage {
-            reference: r.into(),
-            id: id.into(),
-            created: created.into(),
-        }
-    }
-
-    #[test]
-    fn pruning_keeps_the_newest_n_protected_and_used_tags() {
-        let images = vec![
-            img(
-                "app:a",
-                "sha256:aaaaaaaaaaaa1",
-                "2026-01-01 00:00:01 +0000 UTC",
-            ),
-            img(
-                "app:b",
-                "sha256:bbbbbbbbbbbb1",
-                "2026-01-01 00:00:02 +0000 UTC",
-            ),
-            img(
-                "app:c",
-                "sha256:cccccccccccc1",
-                "2026-01-01 00:00:03 +0000 UTC",
-            ),
-            img(
-                "app:d",
-                "sha256:dddddddddddd1",
-                "2026-01-01 00:00:04 +0000 UTC",
-            ),
-            img(
-                "app:e",
-                "sha256:eeeeeeeeeeee1",
-                "2026-01-01 00:00:05 +0000 UTC",
-            ),
-        ];
-        let protect: HashSet<String> = ["app:a".to_string()].into();
-        let used: HashSet<String> = ["sha256:bbbbbbbbbbbb".to_string()].into();
-        let (remove, protected, in_use) = prune_decision(&images, 2, &protect, &used);
-        assert_eq!(remove, vec!["app:c"]);
-        assert_eq!(protected, vec!["app:a"]);
-        assert_eq!(in_use, vec!["app:b"]);
-    }
-
-    #[test]
-    fn image_lists_skip_untagged_images() {
-        let list = parse_image_list("app:x\tsha256:1\t2026-01-01 00:00:01 +0000 UTC\napp:<none>\tsha256:2\t2026-01-01 00:00:01 +0000 UTC\n");
-        assert_eq!(list.len(), 1);
-        assert_eq!(created_key(&list[0].created), 1767225601);
-    }
-
-    #[test]
-    fn the_builder_is_the_clis_then_the_stacks_then_by_context() {
-        let spec: crate::desired::StackSpec = serde_yaml_ng::from_str(
-            "apiVersion: converge.dev/v1alpha1\nkind: Stack\nname: s\nnamespace: s\n",
-        )
-        .expect("stack spec");
-        let mut stack = Stack {
-            spec,
-            file: "desired/stack.yaml".into(),
-            dir: "desired".into(),
-            components: Vec::new(),
-        };
-        let none = BuildEnv::default();
-        let local = BuildEnv {
-            containerd_address: Some("/run/x.sock".into()),
-        };
-        // The context actually used decides, not the stack's declared `context: minikube`.
-        let pick = |stack: &Stack, ctx: &str, env: &BuildEnv| {
-            choose_builder(None, stack, ctx, env).builder
-        };
-        assert_eq!(pick(&stack, "minikube", &none), BuilderKind::Minikube);
-        assert_eq!(pick(&stack, "kind-dev", &none), BuilderKind::Kind);
-        assert_eq!(
-            choose_builder(None, &stack, "kind-dev", &none).kind_cluster,
-            Some("dev".into())
-        );
-        // minikube names a profile's context after it: `-p` follows the context converge uses.
-        let mk = choose_builder(None, &stack, "minikube-dev", &none);
-        assert_eq!(mk.minikube_profile.as_deref(), Some("minikube-dev"));
-        assert_eq!(
-            choose_builder(None, &stack, "kind-dev", &none).minikube_profile,
-            None
-        );
-        assert_eq!(
-            pick(&stack, "converge-testbed", &local),
-            BuilderKind::Containerd
-        );
-        assert_eq!(pick(&stack, "gke_prod", &none), BuilderKind::Docker);
-        stack.spec.builder = Some(BuilderKind::Command);
-        assert_eq!(pick(&stack, "minikube", &none), BuilderKind::Command);
-        assert_eq!(
-            choose_builder(Some(BuilderKind::None), &stack, "minikube", &none).builder,
-            BuilderKind::None
-        );
+    fn the_none_builder_warns_about_an_image_once_per_options() {
+        let opts = super::BuildOptions::default();
+        let clone = opts.clone();
+        assert!(opts.unconfirmed.first_time("warn-once:1"));
+        assert!(!clone.unconfirmed.first_time("warn-once:1"));
+        assert!(opts.unconfirmed.first_time("warn-once:2"));
     }
 }

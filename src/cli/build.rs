@@ -3,51 +3,21 @@
 
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use serde_json::json;
 
 use super::{Format, SourceArgs, EXIT_ERROR, EXIT_FINDINGS, EXIT_OK};
-use crate::build::{self, Action, BuildOptions, Engine};
+use crate::build::{self, Action, BuildEnv, BuildOptions};
 use crate::desired::{self, schema::BuilderKind};
 use crate::error::Error;
 use crate::reconcile;
-
-/// The `--builder` choices.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum BuilderArg {
-    /// Into minikube's runtime (`minikube docker-env`, or `minikube image build`).
-    Minikube,
-    /// On the Docker engine named by `DOCKER_HOST` (or `--docker-host`).
-    Docker,
-    /// With Docker, then `kind load docker-image` (a `kind-<name>` context).
-    Kind,
-    /// With Docker, then `ctr images import` into the node's containerd (`CONTAINERD_ADDRESS`).
-    Containerd,
-    /// With `--command`.
-    Command,
-    /// Compute tags only.
-    None,
-}
-
-impl From<BuilderArg> for BuilderKind {
-    fn from(b: BuilderArg) -> Self {
-        match b {
-            BuilderArg::Minikube => BuilderKind::Minikube,
-            BuilderArg::Docker => BuilderKind::Docker,
-            BuilderArg::Kind => BuilderKind::Kind,
-            BuilderArg::Containerd => BuilderKind::Containerd,
-            BuilderArg::Command => BuilderKind::Command,
-            BuilderArg::None => BuilderKind::None,
-        }
-    }
-}
 
 /// How to build images: shared by `converge build`, `apply` and `run`.
 #[derive(Debug, Clone, Args)]
 pub struct BuildFlags {
     /// Where to build; each stack's `builder`, else minikube for a minikube context, else docker.
     #[arg(long, value_enum)]
-    pub builder: Option<BuilderArg>,
+    pub builder: Option<BuilderKind>,
     /// Builds at once.
     #[arg(long, default_value_t = 2)]
     pub parallelism: usize,
@@ -69,27 +39,12 @@ pub struct BuildFlags {
 }
 
 impl BuildFlags {
-    /// The build options these flags ask for, with the builder chosen for `stack` on kube
-    /// context `context` (see [`build::select_builder`]).
-    pub fn options_for(
-        &self,
-        stack: &desired::Stack,
-        context: &str,
-    ) -> (BuildOptions, build::BuilderChoice) {
-        let choice = build::select_builder(self.builder.map(Into::into), stack, context);
-        let opts = BuildOptions {
-            builder: choice.builder,
-            kind_cluster: choice.kind_cluster.clone(),
-            ..self.options()
-        };
-        (opts, choice)
-    }
-
-    /// The build options, every field set here; the builder is resolved per stack.
+    /// The build options, every field set here, with the build environment read now (once: the
+    /// daemon keeps these for its life); the builder is resolved per stack.
     pub fn options(&self) -> BuildOptions {
         BuildOptions {
-            // A placeholder: `options_for` / `BuildOptions::for_stack` choose each stack's
-            // builder (and kind cluster) before an engine is made.
+            // A placeholder: `BuildOptions::for_stack` chooses each stack's builder (and kind
+            // cluster) before an engine is made.
             builder: BuilderKind::Docker,
             parallelism: self.parallelism.max(1),
             keep: build::KEEP_TAGS,
@@ -97,12 +52,11 @@ impl BuildFlags {
             docker_host: self.docker_host.clone(),
             command_exists_template: self.exists_template.clone(),
             minikube_profile: self.minikube_profile.clone(),
-            // Read from $CONTAINERD_ADDRESS / $CONTAINERD_NAMESPACE when the builder needs them.
-            containerd_address: None,
-            containerd_namespace: None,
+            env: BuildEnv::from_process(),
             kind_cluster: None,
             check_timeout: build::CHECK_TIMEOUT,
             build_timeout: self.build_timeout,
+            unconfirmed: build::Unconfirmed::default(),
         }
     }
 }
@@ -164,6 +118,7 @@ pub(super) fn run(args: &BuildArgs) -> u8 {
         }
     });
 
+    let build_opts = args.flags.options();
     let mut stacks_out = Vec::new();
     let mut any_failed = false;
     for planned in &loaded.stacks {
@@ -174,25 +129,23 @@ pub(super) fn run(args: &BuildArgs) -> u8 {
             .context
             .clone()
             .unwrap_or_else(|| stack.spec.context.clone());
-        let (opts, choice) = args.flags.options_for(stack, &context);
-        let engine = match Engine::new(&opts) {
-            Ok(e) => e,
-            Err(e) => return fail(&e),
-        };
-        let outcomes = runtime.block_on(build::ensure_with(
-            &engine,
+        let built = runtime.block_on(reconcile::build_images(
             &args.source.repo,
             &commit,
-            plans,
-            stack,
-            &opts,
+            planned,
+            args.flags.builder,
+            &context,
+            &build_opts,
             cancel_rx.clone(),
         ));
-        let outcomes = match outcomes {
-            Ok(o) => o,
+        let reconcile::StackBuild {
+            choice,
+            outcomes,
+            calls,
+        } = match built {
+            Ok(b) => b,
             Err(e) => return fail(&e),
         };
-        let calls = engine.calls();
         let mut images = Vec::new();
         for (p, o) in plans.iter().zip(&outcomes) {
             let (word, reason, tail) = match &o.action {
@@ -230,7 +183,7 @@ pub(super) fn run(args: &BuildArgs) -> u8 {
                 "logTail": tail,
             }));
         }
-        let builder = build::builder_name(choice.builder);
+        let builder = choice.builder.as_str();
         if args.output == Format::Text {
             outln!(
                 "stack {label}: {}, builder {builder} ({}), {}, {} (commit {})",
@@ -259,5 +212,29 @@ pub(super) fn run(args: &BuildArgs) -> u8 {
         EXIT_FINDINGS
     } else {
         EXIT_OK
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{Args, Command};
+
+    /// `service install` captures [`crate::build::ENV_NAMES`]: they must be exactly the
+    /// variables the build flags fall back to.
+    #[test]
+    fn the_build_flags_read_exactly_the_variables_service_install_captures() {
+        let cmd = super::BuildFlags::augment_args(Command::new("t"));
+        let mut read: Vec<String> = cmd
+            .get_arguments()
+            .filter_map(|a| a.get_env())
+            .map(|e| e.to_string_lossy().into_owned())
+            .collect();
+        read.sort();
+        let mut captured: Vec<String> = crate::build::ENV_NAMES
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        captured.sort();
+        assert_eq!(read, captured);
     }
 }

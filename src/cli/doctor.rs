@@ -21,7 +21,7 @@ pub struct DoctorArgs {
     target: super::StackArgs,
     /// Check this builder instead of the one converge would choose for each stack.
     #[arg(long, value_enum)]
-    builder: Option<super::build::BuilderArg>,
+    builder: Option<crate::desired::schema::BuilderKind>,
     /// Skip a check (repeatable; it is not run at all): desired, helm, context, cluster,
     /// builder, secrets, nodeport, quota, capacity, service.
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(CHECKS))]
@@ -44,7 +44,7 @@ pub(super) fn run(args: &DoctorArgs) -> u8 {
         dir: &args.source.dir,
         kubeconfig: args.target.kubeconfig.as_deref(),
         context: args.target.context.as_deref(),
-        builder: args.builder.map(Into::into),
+        builder: args.builder,
         skip: &args.skip,
     };
     let checks: Vec<Check> = rt.block_on(crate::doctor::run(&request));

@@ -75,7 +75,7 @@ pub(crate) fn reconcile_options(
         timeout: flags.timeout,
         fail_fast: flags.fail_fast,
         // Overrides are for tests driving the library; the CLI always builds content tags.
-        builder: build.builder.map(Into::into),
+        builder: build.builder,
         build: build.options(),
         // The daemon wires these to its own channels; a one-shot command has none.
         cancel: None,

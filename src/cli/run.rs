@@ -94,7 +94,7 @@ impl RunArgs {
             shutdown_grace: self.shutdown_grace,
             listen: self.listen,
             lease: !self.no_lease,
-            builder: self.build.builder.map(Into::into),
+            builder: self.build.builder,
             options: flags::reconcile_options(
                 &self.dir,
                 &self.target,

@@ -139,21 +139,33 @@ pub struct PruneSpec {
     pub namespace: bool,
 }
 
-/// Where images are built.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+/// Where images are built: the one list of builders, which the desired state (`builder:`) and
+/// the `--builder` flag both read (the doc comments are the schema's text, `value(help)` the
+/// flag's). Each has its engine in `src/build/engine/<name>.rs`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum BuilderKind {
     /// Into minikube's runtime.
+    #[value(help = "Into minikube's runtime (`minikube docker-env`, or `minikube image build`)")]
     Minikube,
     /// On the engine named by `DOCKER_HOST`.
+    #[value(help = "On the Docker engine named by `DOCKER_HOST` (or `--docker-host`)")]
     Docker,
     /// With Docker, then `kind load docker-image` into the kind cluster of the context.
+    #[value(help = "With Docker, then `kind load docker-image` (a `kind-<name>` context)")]
     Kind,
     /// With Docker, then `ctr images import` into the node's containerd (`CONTAINERD_ADDRESS`).
+    #[value(
+        help = "With Docker, then `ctr images import` into the node's containerd (`CONTAINERD_ADDRESS`)"
+    )]
     Containerd,
     /// With a user-given command.
+    #[value(help = "With `--command`")]
     Command,
     /// Compute tags only; images are built elsewhere.
+    #[value(help = "Compute tags only")]
     None,
 }
 

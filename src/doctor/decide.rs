@@ -108,7 +108,7 @@ pub fn builder(stack: &Stack, choice: &BuilderChoice, facts: &BuilderFacts) -> C
     check.message = format!(
         "{} [builder {}: {}]",
         check.message,
-        crate::build::builder_name(choice.builder),
+        choice.builder.as_str(),
         choice.reason
     );
     check

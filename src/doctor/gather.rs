@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::rules::Totals;
 use crate::build::minikube::{self, Profile};
+use crate::build::BuildEnv;
 use crate::cluster::{Cluster, ClusterError};
 use crate::desired::schema::BuilderKind;
 use crate::desired::Stack;
@@ -96,13 +97,14 @@ pub async fn command_answer(program: &str, args: &[String]) -> Result<minikube::
     }
 }
 
-/// Asks the builder's tools whether they work (`profile`: the minikube profile to ask about).
-pub async fn builder(kind: BuilderKind, profile: Option<&str>) -> BuilderFacts {
+/// Asks the builder's tools whether they work (`profile`: the minikube profile to ask about;
+/// `env`: the build environment the builder was chosen with).
+pub async fn builder(kind: BuilderKind, profile: Option<&str>, env: &BuildEnv) -> BuilderFacts {
     match kind {
         BuilderKind::Docker | BuilderKind::Kind | BuilderKind::Containerd => {
-            let host = std::env::var("DOCKER_HOST")
-                .ok()
-                .filter(|h| !h.is_empty())
+            let host = env
+                .docker_host
+                .clone()
                 .unwrap_or_else(|| "the default socket".into());
             let version = command(
                 "docker",

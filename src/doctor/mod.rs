@@ -75,6 +75,7 @@ pub async fn run(req: &Request<'_>) -> Vec<Check> {
         false
     };
     let connect = req.wants_any(CONNECTED);
+    let env = crate::build::BuildEnv::from_process();
     if stacks.is_empty() && connect {
         // Still check the cluster the flags (or the kubeconfig) name.
         let _ = connect_checks(req, req.context, &mut out).await;
@@ -82,8 +83,9 @@ pub async fn run(req: &Request<'_>) -> Vec<Check> {
     for stack in stacks {
         let context = req.context.unwrap_or(&stack.spec.context);
         if req.wants("builder") {
-            let choice = crate::build::select_builder(req.builder, stack, context);
-            let facts = gather::builder(choice.builder, choice.minikube_profile.as_deref()).await;
+            let choice = crate::build::choose_builder(req.builder, stack, context, &env);
+            let facts =
+                gather::builder(choice.builder, choice.minikube_profile.as_deref(), &env).await;
             out.push(decide::builder(stack, &choice, &facts));
         }
         if !connect {

@@ -107,7 +107,10 @@ pub enum Images {
     Skip,
 }
 
-/// The process-wide build-input cache.
+/// The process-wide build-input cache. A true process-wide cache, kept as a static on purpose:
+/// it maps a git blob id to the sha256 of that blob's bytes, so an entry can never be stale or
+/// differ between callers (any repository, any command, the daemon's every reconcile), and no
+/// caller's behaviour depends on it, only how many blobs a plan reads.
 fn digests() -> &'static DigestCache {
     static CACHE: OnceLock<DigestCache> = OnceLock::new();
     CACHE.get_or_init(DigestCache::new)

@@ -40,7 +40,7 @@ use crate::render::Helm;
 pub use diff::{diff_commit, ObjectDiff};
 pub use load::{dir_matches, load, stack_matches, Commit, Images, Selection};
 pub use plan::{object_hash, Item};
-pub use prepare::{prepare, prepare_commit, Prepared, PreparedCommit};
+pub use prepare::{build_images, prepare, prepare_commit, Prepared, PreparedCommit, StackBuild};
 pub use record::{describe, targets_of, StalledTip, Target};
 pub use report::{HookAction, HookReport, StackReport};
 pub use step::{Failure, Step};

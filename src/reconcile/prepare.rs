@@ -8,7 +8,9 @@ use tracing::{info, warn};
 
 use super::load::{self, Images, Planned, Selection};
 use super::{context_of, Clusters, Options};
-use crate::build::{self, BuildOutcome};
+use crate::build::{
+    self, BuildError, BuildOptions, BuildOutcome, BuilderChoice, CallCounts, Engine,
+};
 use crate::desired::schema::BuilderKind;
 use crate::desired::Stack;
 use crate::error::Error;
@@ -99,6 +101,48 @@ pub fn prepare(
     Ok((commit.id, prepared))
 }
 
+/// What building one stack's images did.
+pub struct StackBuild {
+    /// The builder chosen, and why.
+    pub choice: BuilderChoice,
+    /// Per component, in plan order.
+    pub outcomes: Vec<BuildOutcome>,
+    /// The engine calls made.
+    pub calls: CallCounts,
+}
+
+/// Builds what is missing of `planned`'s images with the builder chosen for its stack
+/// (`builder`: `--builder`) on the kube `context` actually used: the one build step of
+/// `converge build` and of every reconcile. `Err` when no image can be built (no engine, a tool
+/// missing, cancelled); a failed build is an outcome.
+pub async fn build_images(
+    repo_path: &Path,
+    commit: &str,
+    planned: &Planned,
+    builder: Option<BuilderKind>,
+    context: &str,
+    build: &BuildOptions,
+    cancel: tokio::sync::watch::Receiver<bool>,
+) -> Result<StackBuild, BuildError> {
+    let (bopts, choice) = build.for_stack(builder, &planned.stack, context);
+    let engine = Engine::new(&bopts)?;
+    let outcomes = build::ensure_with(
+        &engine,
+        repo_path,
+        commit,
+        &planned.images,
+        &planned.stack,
+        &bopts,
+        cancel,
+    )
+    .await?;
+    Ok(StackBuild {
+        choice,
+        outcomes,
+        calls: engine.calls(),
+    })
+}
+
 /// Builds what is missing for one stack; a failed build, or an engine that cannot be reached,
 /// holds back only the components it concerns.
 async fn build_stack(
@@ -111,26 +155,23 @@ async fn build_stack(
     if planned.images.is_empty() {
         return (Vec::new(), failures);
     }
-    let bopts = opts.build.for_stack(
-        opts.builder,
-        &planned.stack,
-        context_of(opts, &planned.stack),
-    );
     let cancel = opts
         .cancel
         .clone()
         .unwrap_or_else(|| tokio::sync::watch::channel(false).1);
-    match build::ensure(
+    let context = context_of(opts, &planned.stack);
+    match build_images(
         repo_path,
         commit,
-        &planned.images,
-        &planned.stack,
-        &bopts,
+        planned,
+        opts.builder,
+        context,
+        &opts.build,
         cancel,
     )
     .await
     {
-        Ok(outcomes) => {
+        Ok(StackBuild { outcomes, .. }) => {
             for o in &outcomes {
                 if let build::Action::Failed {
                     reason: why,
@@ -211,7 +252,7 @@ pub(super) async fn refuse_if_daemon(
 /// `opts.build.keep` and never the images it now runs (a revert of the next commit needs them).
 /// Best effort: a failure is logged, never a failed reconcile.
 pub(super) async fn collect_old_images(p: &Prepared, opts: &Options) {
-    let bopts = opts
+    let (bopts, _) = opts
         .build
         .for_stack(opts.builder, &p.stack, context_of(opts, &p.stack));
     if p.builds.is_empty() || bopts.builder == BuilderKind::None {

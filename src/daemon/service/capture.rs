@@ -285,6 +285,29 @@ mod tests {
         assert!(c.skipped.is_empty());
     }
 
+    /// Every variable the builder detection reads ([`build::BuildEnv::from_lookup`], asked here
+    /// which names it looks up) is captured: a daemon installed as a service chooses and aims
+    /// the builder the installing shell would. A variable added to the detection but not to the
+    /// capture fails this test.
+    #[test]
+    fn every_variable_the_builder_detection_reads_is_captured() {
+        let read = std::cell::RefCell::new(Vec::new());
+        build::BuildEnv::from_lookup(|name| {
+            read.borrow_mut().push(name.to_string());
+            None
+        });
+        let read = read.into_inner();
+        assert!(read.contains(&"CONTAINERD_ADDRESS".to_string()), "{read:?}");
+        for name in read {
+            let c = capture([(name.clone(), "/x".to_string())], Path::new("/"));
+            assert_eq!(
+                c.get(&name),
+                Some("/x"),
+                "`{name}` is read but not captured"
+            );
+        }
+    }
+
     /// The testbed's env file chooses the containerd builder (`CONTAINERD_ADDRESS`, as a shell
     /// on a node with containerd does): a daemon installed from that shell must choose it too,
     /// and import where the shell would, not silently build with Docker and import nowhere.
