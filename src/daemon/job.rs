@@ -475,6 +475,7 @@ mod tests {
             reason: Reason::HealthFailed,
             failed_step: None,
             errors: Vec::new(),
+            culprits: Vec::new(),
             warnings: Vec::new(),
             applied: Vec::new(),
             unchanged: 0,

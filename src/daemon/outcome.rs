@@ -59,34 +59,17 @@ pub(super) fn revert_candidate<'a>(
     })
 }
 
-/// Whether a piece of an error line is a name (a component, `Kind/name`) rather than free text.
-fn is_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 100
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
-}
-
 /// Why a revert is made, for its commit message (immutable, likely pushed): only the reason,
-/// the step, the stack and the component and object names the errors start with
-/// (`backend: Deployment/b: <free text>`). The cluster's free text (kubelet and webhook messages
-/// may echo Secret-derived values) never goes there; see [`detail`].
+/// the stack and the component and object names the failure carries as data
+/// ([`StackReport::culprits`]). The cluster's free text (kubelet and webhook messages may echo
+/// Secret-derived values) never goes there; see [`detail`].
 fn why(r: &StackReport) -> String {
-    let mut names: Vec<&str> = Vec::new();
-    for e in &r.errors {
-        let line = e.lines().next().unwrap_or("");
-        let parts: Vec<&str> = line.split(": ").collect();
-        // The last part is the free text, even when it looks like a name.
-        for p in parts.iter().take(parts.len().saturating_sub(1)).take(2) {
-            if !is_name(p) {
-                break;
-            }
-            if !names.contains(p) {
-                names.push(p);
-            }
-        }
-    }
-    names.truncate(NAMES_MAX);
+    let names: Vec<&str> = r
+        .culprits
+        .iter()
+        .take(NAMES_MAX)
+        .map(String::as_str)
+        .collect();
     let mut out = format!("{} at health in stack {}", r.reason, r.stack);
     if !names.is_empty() {
         out.push_str(&format!(" ({})", names.join(", ")));
@@ -355,6 +338,7 @@ mod tests {
                 _ => "apply",
             }),
             errors: vec!["backend: Deployment/b: pod b-1 is not ready\nmore".into()],
+            culprits: vec!["backend".into(), "Deployment/b".into()],
             warnings: Vec::new(),
             applied: Vec::new(),
             unchanged: 0,
@@ -398,6 +382,7 @@ mod tests {
             "backend: Deployment/b: Back-off pulling https://bot:s3cr3t@registry.example/app: password=hunter2".into(),
             "db: webhook said: token abc123 rejected".into(),
         ];
+        r.culprits.push("db".into());
         let why = why(&r);
         assert_eq!(
             why,

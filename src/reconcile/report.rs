@@ -53,6 +53,10 @@ pub struct StackReport {
     /// Each hook this reconcile considered: run, skipped or held back.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<HookReport>,
+    /// The components and objects (`Kind/name`) the failure names, from its type, never from
+    /// its text: all an automatic revert's commit message may say of it.
+    #[serde(skip)]
+    pub culprits: Vec<String>,
     /// What happens next, from the failure's type ([`crate::outcome`]); in JSON, `next` and
     /// the `preempted` and `needsNewCommit` flags.
     #[serde(flatten)]

@@ -52,13 +52,23 @@ impl Step {
     }
 }
 
+/// Why a health wait failed: the objects it failed on, and why in words. The objects are
+/// carried beside the words, so what failed is never read back out of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthFailure {
+    /// The objects not healthy: the one that failed, or every one still pending at the deadline.
+    pub objects: Vec<crate::cluster::ObjectKey>,
+    /// Why, one line naming them.
+    pub message: String,
+}
+
 /// Why one component was not applied or is not healthy.
 #[derive(Debug, Clone)]
 pub enum ComponentFailure {
     /// The API server refused one of its objects (or the cluster cannot take its kind).
     Apply(Arc<ClusterError>),
     /// It did not become healthy.
-    Health(String),
+    Health(HealthFailure),
 }
 
 impl ComponentFailure {
@@ -66,7 +76,7 @@ impl ComponentFailure {
     pub fn message(&self) -> String {
         match self {
             ComponentFailure::Apply(e) => format!("apply failed: {e}"),
-            ComponentFailure::Health(why) => why.clone(),
+            ComponentFailure::Health(h) => h.message.clone(),
         }
     }
 
@@ -297,7 +307,10 @@ mod tests {
         assert_eq!(apply.to_string(), format!("web: apply failed: {message}"));
         let health = Failure::Component {
             component: "web".into(),
-            failure: ComponentFailure::Health("Deployment/web: pod x is CrashLoopBackOff".into()),
+            failure: ComponentFailure::Health(HealthFailure {
+                objects: Vec::new(),
+                message: "Deployment/web: pod x is CrashLoopBackOff".into(),
+            }),
         };
         assert_eq!(health.reason(), Reason::HealthFailed);
         assert_eq!(health.step().as_str(), "health");

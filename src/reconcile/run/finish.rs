@@ -55,6 +55,7 @@ impl Run<'_> {
             Err(f) => f.next(),
         };
         let preempted = then == Next::Superseded;
+        let culprits = self.culprits(result.as_ref().err());
         let now = record::now();
         let components = self.component_status(images, &now);
         let old = self.old_status.clone();
@@ -170,8 +171,37 @@ impl Run<'_> {
             status,
             builds: Vec::new(),
             hooks: self.hook_reports,
+            culprits,
             next: then,
         }
+    }
+
+    /// The components and objects a failure names: the failed component (or the held back
+    /// one) first, then every failed component, then the objects the health wait failed on.
+    fn culprits(&self, failure: Option<&Failure>) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        let mut add = |n: String| {
+            if !n.is_empty() && !names.contains(&n) {
+                names.push(n);
+            }
+        };
+        match failure {
+            Some(Failure::Component { component, .. })
+            | Some(Failure::Build { component, .. })
+            | Some(Failure::Blocked { component, .. }) => add(component.clone()),
+            Some(Failure::Hook { hook, .. }) => add(hook.clone()),
+            _ => {}
+        }
+        for (component, f) in &self.failed {
+            add(component.clone());
+            if let ComponentFailure::Health(h) = f {
+                h.objects.iter().for_each(|o| add(o.short()));
+            }
+        }
+        if let Some(h) = &self.health_failure {
+            h.objects.iter().for_each(|o| add(o.short()));
+        }
+        names
     }
 
     /// Each component's image, replica counts and health as this run saw them.

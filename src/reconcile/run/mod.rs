@@ -487,7 +487,7 @@ impl<'a> Run<'a> {
                     Err(wait::Wait::Failed(why)) => {
                         let held = waves::blocked_by(dep, &why.message);
                         self.failed
-                            .insert(dep.clone(), ComponentFailure::Health(why.message));
+                            .insert(dep.clone(), ComponentFailure::Health(why));
                         self.hold_back(&wave.component, Held::Dependency(held));
                         continue 'waves;
                     }

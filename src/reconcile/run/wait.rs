@@ -20,15 +20,7 @@ const HEALTH_POLL: Duration = Duration::from_secs(2);
 /// How long a health wait lets a burst of watch events settle before looking again.
 const HEALTH_SETTLE: Duration = Duration::from_millis(20);
 
-/// Why a health wait failed: the objects it failed on, and why in words. The objects are
-/// carried beside the words, so what failed is never read back out of them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct HealthFailure {
-    /// The objects not healthy: the one that failed, or every one still pending at the deadline.
-    pub objects: Vec<ObjectKey>,
-    /// Why, one line naming them.
-    pub message: String,
-}
+pub use crate::reconcile::step::HealthFailure;
 
 impl HealthFailure {
     fn of(key: &ObjectKey, message: String) -> Self {
