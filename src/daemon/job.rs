@@ -18,7 +18,7 @@ use super::{sd, Config, DaemonError, Trigger};
 use crate::cluster::inventory;
 use crate::desired;
 use crate::error::{Disposition, Error};
-use crate::reconcile::{self, Clusters, OwnDeletions, PreparedCommit, StackReport, Target};
+use crate::reconcile::{self, Clusters, OwnDeletions, PreparedCommit, StackRef, StackReport};
 use crate::render::Helm;
 use crate::vocabulary::reason;
 
@@ -44,7 +44,7 @@ pub(super) struct Done {
     pub outcome: Outcome,
     pub took: Duration,
     pub clusters: Clusters,
-    pub targets: Option<Vec<Target>>,
+    pub targets: Option<Vec<StackRef>>,
     /// The kinds of every object each stack now manages: what to watch.
     pub kinds: BTreeMap<String, BTreeSet<(String, String, String)>>,
     /// The Secrets each stack's components read.
@@ -75,7 +75,7 @@ pub(super) struct JobInput {
     pub cancel: watch::Receiver<bool>,
     pub preempt: watch::Receiver<bool>,
     pub own_deletions: OwnDeletions,
-    pub known: Vec<Target>,
+    pub known: Vec<StackRef>,
     pub leased: BTreeSet<String>,
     pub holder: Holder,
     /// While the tip is stalled, the reason recorded again after reconciling the last good commit.
@@ -90,7 +90,7 @@ pub(super) struct JobInput {
 pub(super) async fn take_lease(
     clusters: &mut Clusters,
     cfg: &Config,
-    t: &Target,
+    t: &StackRef,
     holder: &Holder,
 ) -> Result<LeaseGuard, DaemonError> {
     let cluster = clusters.get(cfg.kubeconfig.as_deref(), &t.context).await?;

@@ -154,7 +154,7 @@ fn record_urls(forwards: &forward::Forwards, holder: &mut Holder, file_lock: &mu
 
 pub use error::DaemonError;
 pub use http::request_sync;
-pub use reconcile::Target;
+pub use reconcile::StackRef;
 pub use state::Trigger;
 
 /// Runs the daemon until SIGTERM/SIGINT (then `Ok`) or a fatal error.

@@ -11,7 +11,7 @@ use super::forward::{routes_of, Route};
 use super::{Config, DaemonError};
 use crate::desired;
 use crate::error::Error;
-use crate::reconcile::{self, Clusters, Selection, Target};
+use crate::reconcile::{self, Clusters, Selection, StackRef};
 use crate::status;
 
 /// How far back from HEAD the daemon looks for a valid desired state to learn its stacks.
@@ -19,7 +19,7 @@ const DISCOVER_DEPTH: usize = 50;
 
 /// The branch and stacks to manage, from the newest of the branch's last commits whose desired
 /// state is valid.
-pub(super) fn discover(cfg: &Config) -> Result<(String, Vec<Target>, Vec<Route>), DaemonError> {
+pub(super) fn discover(cfg: &Config) -> Result<(String, Vec<StackRef>, Vec<Route>), DaemonError> {
     let start = match &cfg.branch {
         Some(b) => format!("refs/heads/{b}"),
         None => "HEAD".to_string(),
@@ -96,7 +96,7 @@ fn agreed_commit(records: &[String]) -> Option<String> {
 pub(super) async fn recorded_commit(
     clusters: &mut Clusters,
     cfg: &Config,
-    targets: &[Target],
+    targets: &[StackRef],
     root: &Path,
 ) -> Option<String> {
     let mut commits = Vec::new();

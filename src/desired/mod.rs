@@ -8,6 +8,7 @@ mod check;
 pub mod diagnostic;
 pub mod quantity;
 pub mod schema;
+mod stack_ref;
 mod structure;
 mod validate;
 pub mod yaml;
@@ -16,6 +17,7 @@ use serde::Serialize;
 
 pub use diagnostic::{Diagnostic, Report, Severity};
 pub use schema::{BuildSpec, ComponentSpec, ImageSpec, SecretRef, StackSpec};
+pub use stack_ref::StackRef;
 
 use crate::source::{resolve_symlink, EntryKind, Snapshot};
 

@@ -17,6 +17,7 @@ use super::{EventLine, Evidence, LogTail, NodeRoom, SecretRef, StorageClass};
 // Re-exported: doctor and the tests below reach them through here.
 pub use crate::cluster::{selector_of, values};
 use crate::cluster::{Cluster, ClusterError};
+use crate::desired::StackRef;
 use crate::status::{self, ComponentStatus};
 use crate::vocabulary::{LABEL_COMPONENT, LABEL_STACK};
 
@@ -27,20 +28,9 @@ pub const LOG_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many recent Events are kept per component.
 pub const EVENTS: usize = 25;
 
-/// What to explain.
-#[derive(Debug, Clone, Default)]
-pub struct Target {
-    /// The stack's name.
-    pub stack: String,
-    /// Its directory in the repository (empty when the repository was not read).
-    pub dir: String,
-    /// Its namespace.
-    pub namespace: String,
-    /// Only this component; every component when `None`.
-    pub component: Option<String>,
-    /// Components the desired state names, with their Secret references (when it could be read).
-    pub desired: BTreeMap<String, Vec<SecretRef>>,
-}
+/// Components the desired state names, with their Secret references (empty when it could not
+/// be read).
+pub type Desired = BTreeMap<String, Vec<crate::desired::SecretRef>>;
 
 /// Failures gathering evidence.
 #[derive(Debug, thiserror::Error)]
@@ -158,8 +148,13 @@ fn failing_container(cs: &Value) -> bool {
         || cs.pointer("/state/terminated").is_some()
 }
 
-/// Gathers the evidence for every component of `target` (or the one it names).
-pub async fn gather(cluster: &Cluster, target: &Target) -> Result<Vec<Evidence>, GatherError> {
+/// Gathers the evidence for every component of `target` in its namespace (or for `component`).
+pub async fn gather(
+    cluster: &Cluster,
+    target: &StackRef,
+    component: Option<&str>,
+    desired: &Desired,
+) -> Result<Vec<Evidence>, GatherError> {
     let client = cluster.client().clone();
     let ns = target.namespace.as_str();
     let recorded: Vec<ComponentStatus> = status::load(&client, ns, &target.stack)
@@ -178,15 +173,15 @@ pub async fn gather(cluster: &Cluster, target: &Target) -> Result<Vec<Evidence>,
             .unwrap_or("")
             .to_string()
     };
-    let mut known: BTreeSet<String> = target.desired.keys().cloned().collect();
+    let mut known: BTreeSet<String> = desired.keys().cloned().collect();
     known.extend(recorded.iter().map(|c| c.name.clone()));
     known.extend(workloads.iter().map(component_of).filter(|c| !c.is_empty()));
-    let names: Vec<String> = match &target.component {
-        Some(c) if known.contains(c) => vec![c.clone()],
+    let names: Vec<String> = match component {
+        Some(c) if known.contains(c) => vec![c.to_string()],
         Some(c) => {
             return Err(GatherError::UnknownComponent {
                 stack: target.stack.clone(),
-                name: c.clone(),
+                name: c.to_string(),
                 known: known.into_iter().collect(),
             })
         }
@@ -212,7 +207,8 @@ pub async fn gather(cluster: &Cluster, target: &Target) -> Result<Vec<Evidence>,
                 w
             })
             .collect();
-        gather_component(cluster, target, &mut ev, &events).await?;
+        let from_desired = desired.get(&name).into_iter().flatten();
+        gather_component(cluster, from_desired, &mut ev, &events).await?;
         out.push(ev);
     }
     Ok(out)
@@ -235,7 +231,7 @@ fn redact_env_template(workload: &mut Value) {
 
 async fn gather_component(
     cluster: &Cluster,
-    target: &Target,
+    from_desired: impl Iterator<Item = &crate::desired::SecretRef>,
     ev: &mut Evidence,
     events: &[Value],
 ) -> Result<(), ClusterError> {
@@ -243,12 +239,12 @@ async fn gather_component(
     let ns = ev.namespace.clone();
     let pods_api = Api::<Pod>::namespaced(client.clone(), &ns);
     let mut claim_names: BTreeSet<String> = BTreeSet::new();
-    let mut refs: BTreeSet<SecretRef> = target
-        .desired
-        .get(&ev.component)
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
+    let mut refs: BTreeSet<SecretRef> = from_desired
+        .map(|r| SecretRef {
+            secret: r.secret.clone(),
+            key: r.key.clone(),
+            optional: r.optional,
+        })
         .collect();
     for w in ev.workloads.clone() {
         let Some(sel) = selector_of(&w) else {

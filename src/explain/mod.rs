@@ -12,11 +12,16 @@ pub mod gather;
 pub mod rules;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use serde::Serialize;
 use serde_json::Value;
 
-pub use gather::{gather, GatherError, Target};
+use crate::cluster::Cluster;
+use crate::desired::StackRef;
+use crate::reconcile::lookup::{self, Wanted};
+
+pub use gather::{gather, Desired, GatherError};
 pub use rules::diagnose;
 
 /// One component's diagnoses and the evidence behind them.
@@ -46,11 +51,31 @@ pub struct Explanation {
     pub never_applied: Vec<String>,
 }
 
-/// Gathers and diagnoses `target`'s components in each of `namespaces` (its `namespace` field
-/// is set per namespace).
+/// Explains each stack of `wanted` on its cluster (or only `component`): connects to it, checks
+/// it answers, finds the stack's namespaces there and explains it in each; one explanation per
+/// stack, in order. An unreachable cluster is [`GatherError::Cluster`].
+pub async fn explain_wanted(
+    kubeconfig: Option<&Path>,
+    wanted: &[Wanted],
+    component: Option<&str>,
+) -> Result<Vec<Explanation>, GatherError> {
+    let mut out = Vec::new();
+    for w in wanted {
+        let cluster = Cluster::connect(kubeconfig, w.target.context()).await?;
+        cluster.ping().await?;
+        let namespaces = lookup::namespaces(&cluster, &w.target).await?;
+        out.push(explain_stack(&cluster, &w.target, component, &w.components, &namespaces).await?);
+    }
+    Ok(out)
+}
+
+/// Gathers and diagnoses `target`'s components (or `component`) in each of `namespaces` (its
+/// own `namespace` is not read).
 pub async fn explain_stack(
-    cluster: &crate::cluster::Cluster,
-    target: &Target,
+    cluster: &Cluster,
+    target: &StackRef,
+    component: Option<&str>,
+    desired: &Desired,
     namespaces: &[String],
 ) -> Result<Explanation, GatherError> {
     let mut out = Explanation::default();
@@ -62,11 +87,11 @@ pub async fn explain_stack(
             || !crate::cluster::inventory::load(client, ns, &target.stack)
                 .await?
                 .is_empty();
-        let here = Target {
+        let here = StackRef {
             namespace: ns.clone(),
             ..target.clone()
         };
-        let gathered = gather(cluster, &here).await?;
+        let gathered = gather(cluster, &here, component, desired).await?;
         if !recorded
             && gathered
                 .iter()
