@@ -3,6 +3,9 @@
 //!
 //! It never touches the cluster, and an invalid, empty or half-read desired state is never
 //! returned: the caller gets a [`Report`] with every finding instead.
+//!
+//! Imports go one way: [`diagnostic`] (positions, findings, masking) at the bottom, [`yaml`]
+//! above it, `structure` and `validate` above both.
 
 mod check;
 pub mod diagnostic;
@@ -276,7 +279,7 @@ fn read_text(
             let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
             let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
             let column = valid.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
-            let pos = yaml::Pos {
+            let pos = diagnostic::Pos {
                 line,
                 column,
                 offset: 0,
