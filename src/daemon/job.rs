@@ -93,7 +93,9 @@ pub(super) async fn take_lease(
     t: &StackRef,
     holder: &Holder,
 ) -> Result<LeaseGuard, DaemonError> {
-    let cluster = clusters.get(cfg.kubeconfig.as_deref(), &t.context).await?;
+    let cluster = clusters
+        .get(cfg.options.kubeconfig.as_deref(), &t.context)
+        .await?;
     lock::ensure_namespace(cluster.client(), &t.namespace, &t.stack)
         .await
         .map_err(LockError::from)?;
@@ -134,7 +136,6 @@ pub(super) async fn job(mut input: JobInput) -> Done {
     // work.
     let mut opts = cfg.options.clone();
     opts.full = input.full;
-    opts.builder = cfg.builder;
     opts.cancel = Some(input.cancel.clone());
     opts.preempt = Some(input.preempt.clone());
     opts.own_deletions = Some(input.own_deletions.clone());
@@ -175,7 +176,7 @@ pub(super) async fn job(mut input: JobInput) -> Done {
     };
     let targets = reconcile::targets_of(
         prepared.stacks.iter().map(|p| &p.stack),
-        cfg.context.as_deref(),
+        cfg.options.context.as_deref(),
     );
     done.targets = Some(targets.clone());
     for p in &prepared.stacks {
@@ -218,7 +219,7 @@ pub(super) async fn job(mut input: JobInput) -> Done {
             for t in &targets {
                 if let Ok(cluster) = input
                     .clusters
-                    .get(cfg.kubeconfig.as_deref(), &t.context)
+                    .get(cfg.options.kubeconfig.as_deref(), &t.context)
                     .await
                 {
                     if let Ok(inv) = inventory::load(cluster.client(), &t.namespace, &t.stack).await

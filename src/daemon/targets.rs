@@ -25,8 +25,8 @@ pub(super) fn discover(cfg: &Config) -> Result<(String, Vec<StackRef>, Vec<Route
         None => "HEAD".to_string(),
     };
     let selection = Selection {
-        dir: cfg.dir.clone(),
-        stack: cfg.stack.clone(),
+        dir: cfg.options.dir.clone(),
+        stack: cfg.options.stack.clone(),
         namespace: cfg.options.namespace.clone(),
     };
     let (back, commit) =
@@ -36,15 +36,15 @@ pub(super) fn discover(cfg: &Config) -> Result<(String, Vec<StackRef>, Vec<Route
                 return Err(DaemonError::Config {
                     message: format!(
                         "none of the last {DISCOVER_DEPTH} commits of {start} has a valid desired state in `{}`: run `converge validate` and commit a fix",
-                        cfg.dir
+                        cfg.options.dir
                     ),
                 })
             }
             Err(e @ Error::UnknownStack { .. }) => {
                 return Err(DaemonError::Config {
-                    message: match &cfg.stack {
-                        Some(_) => format!("{e} in `{}`", cfg.dir),
-                        None => format!("{e}: it has no stack in `{}`", cfg.dir),
+                    message: match &cfg.options.stack {
+                        Some(_) => format!("{e} in `{}`", cfg.options.dir),
+                        None => format!("{e}: it has no stack in `{}`", cfg.options.dir),
                     },
                 })
             }
@@ -56,7 +56,7 @@ pub(super) fn discover(cfg: &Config) -> Result<(String, Vec<StackRef>, Vec<Route
             message: format!(
                 "commit {} has no stack in `{}`",
                 desired::short_id(&commit.id),
-                cfg.dir
+                cfg.options.dir
             ),
         });
     }
@@ -80,8 +80,8 @@ pub(super) fn discover(cfg: &Config) -> Result<(String, Vec<StackRef>, Vec<Route
     }
     Ok((
         branch,
-        reconcile::targets_of(stacks.iter().copied(), cfg.context.as_deref()),
-        routes_of(stacks, cfg.context.as_deref()),
+        reconcile::targets_of(stacks.iter().copied(), cfg.options.context.as_deref()),
+        routes_of(stacks, cfg.options.context.as_deref()),
     ))
 }
 
@@ -102,7 +102,7 @@ pub(super) async fn recorded_commit(
     let mut commits = Vec::new();
     for t in targets {
         let cluster = clusters
-            .get(cfg.kubeconfig.as_deref(), &t.context)
+            .get(cfg.options.kubeconfig.as_deref(), &t.context)
             .await
             .ok()?;
         match status::load(cluster.client(), &t.namespace, &t.stack).await {
