@@ -7,16 +7,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::{Event, Node, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass as K8sStorageClass;
 use kube::api::{Api, ListParams, LogParams};
 use serde_json::Value;
 use tracing::debug;
 
-use super::{EventLine, Evidence, LogTail, NodeRoom, SecretRef, StorageClass};
-// Re-exported: doctor and the tests below reach them through here.
-pub use crate::cluster::{selector_of, values};
-use crate::cluster::{Cluster, ClusterError};
+use super::{EventLine, Evidence, LogTail, SecretRef, StorageClass};
+use crate::capacity::node_room;
+use crate::cluster::{selector_of, values, Cluster, ClusterError};
 use crate::desired::StackRef;
 use crate::status::{self, ComponentStatus};
 use crate::vocabulary::{LABEL_COMPONENT, LABEL_STACK};
@@ -464,48 +463,6 @@ fn is_kubelet_notice(text: &str) -> bool {
     text.starts_with("unable to retrieve container logs for ") && !text.contains('\n')
 }
 
-/// Every node's allocatable CPU and memory and what the Pods on it already request.
-pub async fn node_room(cluster: &Cluster) -> Result<Vec<NodeRoom>, ClusterError> {
-    let nodes = values(cluster.list_global::<Node>(&ListParams::default()).await?);
-    let pods = values(cluster.list_global::<Pod>(&running()).await?);
-    Ok(room(&nodes, &pods))
-}
-
-/// Pods that still hold their requests (neither succeeded nor failed).
-pub fn running() -> ListParams {
-    ListParams::default().fields("status.phase!=Succeeded,status.phase!=Failed")
-}
-
-/// Pure: nodes' allocatable minus the requests of the Pods bound to them.
-pub fn room(nodes: &[Value], pods: &[Value]) -> Vec<NodeRoom> {
-    let q = |v: &Value, p: &str| -> f64 {
-        v.pointer(p)
-            .and_then(Value::as_str)
-            .and_then(|t| crate::desired::quantity::Quantity::parse(t).ok())
-            .map(|q| q.as_f64())
-            .unwrap_or(0.0)
-    };
-    nodes
-        .iter()
-        .map(|n| {
-            let name = text(n, "/metadata/name").to_string();
-            let (mut cpu, mut mem) = (0, 0);
-            for p in pods.iter().filter(|p| text(p, "/spec/nodeName") == name) {
-                let (c, m) = super::rules::pod_requests(p);
-                cpu += c;
-                mem += m;
-            }
-            NodeRoom {
-                allocatable_cpu_milli: (q(n, "/status/allocatable/cpu") * 1000.0).round() as i64,
-                allocatable_memory: q(n, "/status/allocatable/memory").round() as i64,
-                requested_cpu_milli: cpu,
-                requested_memory: mem,
-                name,
-            }
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -564,22 +521,6 @@ mod tests {
         assert!(!text.contains("do-not-show"));
         assert!(text.contains("secretKeyRef"));
         assert!(pod.pointer("/metadata/managedFields").is_none());
-    }
-
-    #[test]
-    fn node_room_subtracts_the_requests_of_pods_bound_to_the_node() {
-        let nodes = vec![
-            json!({"metadata": {"name": "n"}, "status": {"allocatable": {"cpu": "4", "memory": "8Gi"}}}),
-        ];
-        let pods = vec![
-            json!({"spec": {"nodeName": "n", "containers": [{"resources": {"requests": {"cpu": "250m", "memory": "256Mi"}}}, {"resources": {"requests": {"cpu": "1"}}}]}}),
-            json!({"spec": {"nodeName": "other", "containers": [{"resources": {"requests": {"cpu": "2"}}}]}}),
-        ];
-        let r = room(&nodes, &pods);
-        assert_eq!(r[0].allocatable_cpu_milli, 4000);
-        assert_eq!(r[0].allocatable_memory, 8 << 30);
-        assert_eq!(r[0].requested_cpu_milli, 1250);
-        assert_eq!(r[0].requested_memory, 256 << 20);
     }
 
     #[test]

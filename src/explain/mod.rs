@@ -21,6 +21,7 @@ use crate::cluster::Cluster;
 use crate::desired::StackRef;
 use crate::reconcile::lookup::{self, Wanted};
 
+pub use crate::capacity::NodeRoom;
 pub use gather::{gather, Desired, GatherError};
 pub use rules::diagnose;
 
@@ -204,22 +205,6 @@ pub struct SecretRef {
     pub key: String,
     /// Whether the Pod starts without it.
     pub optional: bool,
-}
-
-/// Allocatable resources of a node and what Pods already request there.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NodeRoom {
-    /// The node.
-    pub name: String,
-    /// Allocatable CPU, in millicores.
-    pub allocatable_cpu_milli: i64,
-    /// Allocatable memory, in bytes.
-    pub allocatable_memory: i64,
-    /// CPU requested by the Pods already on it, in millicores.
-    pub requested_cpu_milli: i64,
-    /// Memory requested by the Pods already on it, in bytes.
-    pub requested_memory: i64,
 }
 
 /// A short diagnosis with the evidence it rests on and what to do next.
