@@ -166,18 +166,14 @@ pub fn targets(
     }
 }
 
-/// The (name, namespace) of the stacks `selection` names in `rev` of the repository; empty when
-/// nothing narrows the selection or the repository cannot be read (the cluster's records then
-/// answer alone).
-pub fn named(repo: &Path, rev: &str, selection: &Selection) -> Vec<(String, String)> {
+/// The stacks `selection` names in `rev` of the repository; empty when nothing narrows the
+/// selection or the repository cannot be read (the cluster's records then answer alone).
+pub fn named(repo: &Path, rev: &str, selection: &Selection) -> Vec<StackRef> {
     if !selection.narrows() {
         return Vec::new();
     }
     match load(repo, rev, selection, Images::Skip) {
-        Ok(c) => c
-            .stacks()
-            .map(|s| (s.spec.name.clone(), s.spec.namespace.clone()))
-            .collect(),
+        Ok(c) => c.stacks().map(|s| StackRef::of(s, None)).collect(),
         Err(_) => Vec::new(),
     }
 }
@@ -256,9 +252,12 @@ mod tests {
         assert_eq!(t[0].target.stack, "todo-chatbot");
         assert_eq!(t[0].target.namespace, "todo-chatbot");
         assert_eq!(t[0].target.context, "minikube");
+        let n = named(repo, "HEAD", &select(Some("dev"), None));
         assert_eq!(
-            named(repo, "HEAD", &select(Some("dev"), None)),
-            [("todo-chatbot".to_string(), "todo-chatbot".to_string())]
+            n.iter()
+                .map(|n| (n.stack.as_str(), n.namespace.as_str()))
+                .collect::<Vec<_>>(),
+            [("todo-chatbot", "todo-chatbot")]
         );
         assert!(named(repo, "HEAD", &select(None, None)).is_empty());
     }

@@ -231,7 +231,7 @@ async fn read(
         let pick = Pick {
             stack: None,
             namespace: None,
-            named: vec![(t.stack.clone(), t.namespace.clone())],
+            named: vec![t.clone()],
         };
         match view::gather(&cluster, &pick).await {
             Ok(g) => {
