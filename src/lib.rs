@@ -24,6 +24,7 @@ pub mod explain;
 pub mod hints;
 pub mod history;
 pub mod mcp;
+pub mod outcome;
 pub mod process;
 pub mod progress;
 pub mod reconcile;

@@ -75,10 +75,11 @@ pub(super) fn apply(args: &ApplyArgs) -> u8 {
         };
         print_reports(&reports, args.target.output);
         note_reports(&args.target, &reports);
-        if reports.iter().all(|r| r.ready) {
-            EXIT_OK
-        } else {
-            EXIT_FINDINGS
+        // The daemon's rule: anything but done is a finding (a retry or a wait is the
+        // daemon's to make; a one-shot apply reports it).
+        match crate::outcome::after_reports(&reports) {
+            crate::outcome::Next::Done => EXIT_OK,
+            _ => EXIT_FINDINGS,
         }
     })
 }
@@ -180,7 +181,7 @@ fn print_reports(reports: &[StackReport], format: Format) {
         for e in r
             .errors
             .iter()
-            .filter(|e| !r.blocked.values().any(|b| e.ends_with(b.as_str())))
+            .filter(|e| !r.blocked.values().any(|b| e.ends_with(b.why())))
         {
             outln!("  error: {e}");
         }

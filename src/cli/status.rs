@@ -189,8 +189,7 @@ fn print_text(views: &[StackView], args: &StatusArgs) {
             .history
             .iter()
             .find(|h| {
-                h.commit == s.last_healthy_commit
-                    && h.result == crate::vocabulary::reason::SUCCEEDED
+                h.commit == s.last_healthy_commit && h.result == crate::outcome::Reason::Succeeded
             })
             .map(|h| format!(" {}", ago(&h.time, now)))
             .unwrap_or_default();

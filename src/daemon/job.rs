@@ -17,24 +17,11 @@ use super::state::{AfterDone, Finished, Stall};
 use super::{sd, Config, DaemonError, Trigger};
 use crate::cluster::inventory;
 use crate::desired;
-use crate::error::{Disposition, Error};
+use crate::error::Error;
+pub(super) use crate::outcome::Outcome;
+use crate::outcome::{self, Next, Reason};
 use crate::reconcile::{self, Clusters, OwnDeletions, PreparedCommit, StackRef, StackReport};
 use crate::render::Helm;
-use crate::vocabulary::reason;
-
-/// How one reconcile ended.
-#[derive(Clone)]
-pub(super) enum Outcome {
-    /// The commit was reconciled: one report per stack.
-    Reports(Vec<StackReport>),
-    /// The commit cannot be deployed as it is (invalid, unknown stack, bad chart): wait for a
-    /// new commit.
-    Stalled(&'static str, String),
-    /// A transient failure: retry with back-off.
-    Retry(String),
-    /// Builds were cancelled by shutdown.
-    Cancelled,
-}
 
 /// What a finished job hands back to the loop.
 pub(super) struct Done {
@@ -86,28 +73,38 @@ pub(super) struct JobInput {
     pub auto_revert: Option<crate::status::AutoRevert>,
 }
 
-/// Takes the Lease of a stack (creating its namespace first).
+/// Takes the Lease of a stack (creating its namespace first), at the daemon's start.
 pub(super) async fn take_lease(
     clusters: &mut Clusters,
     cfg: &Config,
     t: &StackRef,
     holder: &Holder,
 ) -> Result<LeaseGuard, DaemonError> {
+    lease(clusters, cfg, t, holder).await.map_err(|e| match e {
+        Error::Lease(l) => LockError::from(l).into(),
+        other => other.into(),
+    })
+}
+
+/// Takes the Lease of a stack (creating its namespace first).
+async fn lease(
+    clusters: &mut Clusters,
+    cfg: &Config,
+    t: &StackRef,
+    holder: &Holder,
+) -> Result<LeaseGuard, Error> {
     let cluster = clusters
         .get(cfg.options.kubeconfig.as_deref(), &t.context)
         .await?;
-    lock::ensure_namespace(cluster.client(), &t.namespace, &t.stack)
-        .await
-        .map_err(LockError::from)?;
-    LeaseGuard::acquire(
+    lock::ensure_namespace(cluster.client(), &t.namespace, &t.stack).await?;
+    Ok(LeaseGuard::acquire(
         cluster.client(),
         &t.namespace,
         &t.stack,
         &holder.identity(),
         &holder.checkout,
     )
-    .await
-    .map_err(|e| LockError::from(e).into())
+    .await?)
 }
 
 /// One reconcile. A commit that cannot be prepared is recorded in each known stack's status by
@@ -160,14 +157,7 @@ pub(super) async fn job(mut input: JobInput) -> Done {
             Ok(p) => Arc::new(p),
             Err(e) => {
                 done.invalid = matches!(e, Error::Invalid { .. } | Error::UnknownStack { .. });
-                let (why, message) = reconcile::describe(&e);
-                // A missing build context is in the commit: only a new commit fixes it.
-                done.outcome = match (e.disposition(), &e) {
-                    (Disposition::Stalled, _) | (_, Error::Build(_)) => {
-                        Outcome::Stalled(why, message)
-                    }
-                    _ => Outcome::Retry(message),
-                };
+                done.outcome = Outcome::Stopped(Arc::new(e));
                 done.clusters = input.clusters;
                 done.took = started.elapsed();
                 return done;
@@ -198,10 +188,10 @@ pub(super) async fn job(mut input: JobInput) -> Done {
     // A commit may name a stack this daemon does not lease yet.
     if cfg.lease {
         for t in targets.iter().filter(|t| !input.leased.contains(&t.stack)) {
-            match take_lease(&mut input.clusters, &cfg, t, &input.holder).await {
+            match lease(&mut input.clusters, &cfg, t, &input.holder).await {
                 Ok(g) => done.leases.push(g),
                 Err(e) => {
-                    done.outcome = Outcome::Stalled(reason::APPLY_FAILED, e.to_string());
+                    done.outcome = Outcome::Stopped(Arc::new(e));
                     done.clusters = input.clusters;
                     done.took = started.elapsed();
                     return done;
@@ -232,53 +222,41 @@ pub(super) async fn job(mut input: JobInput) -> Done {
                     }
                 }
             }
-            Outcome::Reports(reports)
+            Outcome::Reconciled(reports)
         }
-        Err(e) => {
-            let (why, message) = reconcile::describe(&e);
-            match e.disposition() {
-                Disposition::Stalled => Outcome::Stalled(why, message),
-                Disposition::Waiting | Disposition::Retry => Outcome::Retry(message),
-            }
-        }
+        Err(e) => Outcome::Stopped(Arc::new(e)),
     };
     done.clusters = input.clusters;
     done.took = started.elapsed();
     done
 }
 
-/// The policy's view of a job's outcome.
-pub(super) fn finished(outcome: &Outcome) -> Finished {
-    match outcome {
-        Outcome::Reports(reports) => {
-            let ready = reports.iter().all(|r| r.ready);
-            let preempted =
-                !ready && reports.iter().all(|r| r.ready || r.preempted) && !reports.is_empty();
-            let stalled: Vec<&StackReport> = reports
-                .iter()
-                .filter(|r| !r.ready && r.needs_new_commit)
-                .collect();
-            let needs_new_commit =
-                (!ready && !preempted && reports.iter().all(|r| r.ready || r.needs_new_commit))
-                    .then(|| {
-                        let message = stalled
-                            .iter()
-                            .map(|r| format!("stack {}: {}", r.stack, r.status.message))
-                            .collect::<Vec<_>>()
-                            .join("; ");
-                        (reason::APPLY_FAILED, message)
-                    });
-            Finished::Reports {
-                ready,
-                preempted,
-                needs_new_commit,
+/// The policy's view of a job's outcome: what happens next ([`outcome::next`]) and, when it
+/// waits for a new commit or stopped early, the reason and message it records.
+pub(super) fn finished(o: &Outcome) -> Finished {
+    let next = outcome::next(o);
+    match o {
+        Outcome::Reconciled(reports) => {
+            let stall = (next == Next::WaitForCommit).then(|| {
+                let stalled: Vec<&StackReport> = reports.iter().filter(|r| !r.ready).collect();
+                let message = stalled
+                    .iter()
+                    .map(|r| format!("stack {}: {}", r.stack, r.status.message))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let reason = stalled.first().map_or(Reason::ApplyFailed, |r| r.reason);
+                (reason, message)
+            });
+            Finished::Reports { next, stall }
+        }
+        Outcome::Stopped(e) => {
+            let (reason, message) = reconcile::describe(e);
+            Finished::Stopped {
+                next,
+                reason,
+                message,
             }
         }
-        Outcome::Stalled(why, message) => Finished::Stalled {
-            reason: why,
-            message: message.clone(),
-        },
-        Outcome::Retry(_) => Finished::Retry,
         Outcome::Cancelled => Finished::Cancelled,
     }
 }
@@ -294,7 +272,7 @@ pub(super) fn report(done: &Done, fin: &Finished, after: &AfterDone, metrics: &M
     let took = done.took;
     let short = desired::short_id(&done.commit);
     match &done.outcome {
-        Outcome::Reports(reports) => {
+        Outcome::Reconciled(reports) => {
             let mut applied_n = 0u64;
             for r in reports {
                 metrics.requests(r.requests.reads, r.requests.writes, r.requests.dry_runs);
@@ -316,7 +294,7 @@ pub(super) fn report(done: &Done, fin: &Finished, after: &AfterDone, metrics: &M
                 );
                 if r.ready {
                     info!(stack = %r.stack, reason = %r.reason, reads = r.requests.reads, writes = r.requests.writes, ms = r.duration_ms, "{line}");
-                } else if r.preempted {
+                } else if r.next == Next::Superseded {
                     info!(stack = %r.stack, reason = %r.reason, ms = r.duration_ms, "{line}; health wait preempted");
                 } else {
                     warn!(stack = %r.stack, reason = %r.reason, step = r.failed_step.unwrap_or(""), errors = %r.errors.join("; "), "{line}; not ready");
@@ -327,20 +305,23 @@ pub(super) fn report(done: &Done, fin: &Finished, after: &AfterDone, metrics: &M
                 info!(objects = applied_n, "drift corrected");
             }
             match fin {
-                Finished::Reports { ready: true, .. } => {
+                Finished::Reports {
+                    next: Next::Done, ..
+                } => {
                     metrics.reconcile(ResultLabel::Success, took);
                     metrics.applied(&done.commit);
                     metrics.set_ready(ready);
                     sd::status(&format!("converged at {short}"));
                 }
                 Finished::Reports {
-                    preempted: true, ..
+                    next: Next::Superseded,
+                    ..
                 } => {
                     metrics.reconcile(ResultLabel::Preempted, took);
                     metrics.applied(&done.commit);
                 }
                 Finished::Reports {
-                    needs_new_commit: Some((_, message)),
+                    stall: Some((_, message)),
                     ..
                 } => {
                     metrics.reconcile(ResultLabel::Failed, took);
@@ -356,7 +337,11 @@ pub(super) fn report(done: &Done, fin: &Finished, after: &AfterDone, metrics: &M
                 }
             }
         }
-        Outcome::Stalled(_, message) => {
+        Outcome::Stopped(_) => {
+            let message = match fin {
+                Finished::Stopped { message, .. } => message.as_str(),
+                _ => "",
+            };
             metrics.reconcile(
                 if done.invalid {
                     ResultLabel::Invalid
@@ -369,14 +354,17 @@ pub(super) fn report(done: &Done, fin: &Finished, after: &AfterDone, metrics: &M
             if stalled {
                 error!(error = %message, "cannot deploy this commit; waiting for a new commit (the cluster keeps the last applied state)");
                 sd::status(&format!("stalled at {short}"));
-            } else {
+            } else if retry_in_s.is_some() {
+                warn!(error = %message, retry_in_s, "reconcile failed; retrying with back-off");
+            } else if matches!(
+                fin,
+                Finished::Stopped {
+                    next: Next::WaitForCommit,
+                    ..
+                }
+            ) {
                 warn!(error = %message, "the commit the cluster's status record names cannot be re-applied from this checkout");
             }
-        }
-        Outcome::Retry(message) => {
-            metrics.reconcile(ResultLabel::Error, took);
-            metrics.set_ready(false);
-            warn!(error = %message, retry_in_s, "reconcile failed; retrying with back-off");
         }
         Outcome::Cancelled => metrics.reconcile(ResultLabel::Abandoned, took),
     }
@@ -407,16 +395,16 @@ fn revert_scope(stack: &desired::Stack) -> Vec<String> {
 /// How a job ended, as the live page shows it.
 pub(super) fn page_event(done: &Done, fin: &Finished) -> super::page::Event {
     let (outcome, message) = match (&done.outcome, fin) {
-        (Outcome::Reports(reports), _) => {
+        (Outcome::Reconciled(reports), _) => {
             let outcome = match fin {
-                Finished::Reports { ready: true, .. } => "succeeded",
                 Finished::Reports {
-                    preempted: true, ..
-                } => "preempted",
+                    next: Next::Done, ..
+                } => "succeeded",
                 Finished::Reports {
-                    needs_new_commit: Some(_),
+                    next: Next::Superseded,
                     ..
-                } => "failed (waiting for a new commit)",
+                } => "preempted",
+                Finished::Reports { stall: Some(_), .. } => "failed (waiting for a new commit)",
                 _ => "failed",
             };
             let message = reports
@@ -432,12 +420,22 @@ pub(super) fn page_event(done: &Done, fin: &Finished) -> super::page::Event {
                 .join("; ");
             (outcome, message)
         }
-        (Outcome::Stalled(_, m), _) => ("stalled", m.clone()),
-        (Outcome::Retry(m), _) => ("failed, retrying", m.clone()),
+        (
+            Outcome::Stopped(_),
+            Finished::Stopped {
+                next: Next::WaitForCommit,
+                message,
+                ..
+            },
+        ) => ("stalled", message.clone()),
+        (Outcome::Stopped(_), Finished::Stopped { message, .. }) => {
+            ("failed, retrying", message.clone())
+        }
+        (Outcome::Stopped(e), _) => ("failed, retrying", e.to_string()),
         (Outcome::Cancelled, _) => ("cancelled", String::new()),
     };
     let builds = match &done.outcome {
-        Outcome::Reports(reports) if !done.reused => reports
+        Outcome::Reconciled(reports) if !done.reused => reports
             .iter()
             .flat_map(|r| &r.builds)
             .map(|b| {
@@ -475,7 +473,7 @@ mod tests {
             dir: format!("desired/{name}"),
             commit: "0123456789ab".into(),
             ready: false,
-            reason: String::new(),
+            reason: Reason::HealthFailed,
             failed_step: None,
             errors: Vec::new(),
             warnings: Vec::new(),
@@ -492,40 +490,42 @@ mod tests {
             },
             builds: Vec::new(),
             hooks: Vec::new(),
-            preempted: false,
-            needs_new_commit: false,
+            next: Next::Retry,
         }
     }
 
     fn ready(name: &str) -> StackReport {
         StackReport {
             ready: true,
+            reason: Reason::Succeeded,
+            next: Next::Done,
             ..report(name, "")
         }
     }
 
     fn preempted(name: &str) -> StackReport {
         StackReport {
-            preempted: true,
+            reason: Reason::Progressing,
+            next: Next::Superseded,
             ..report(name, "")
         }
     }
 
     fn needs_new_commit(name: &str, message: &str) -> StackReport {
         StackReport {
-            needs_new_commit: true,
+            reason: Reason::ApplyFailed,
+            next: Next::WaitForCommit,
             ..report(name, message)
         }
     }
 
     fn of(reports: Vec<StackReport>) -> Finished {
-        finished(&Outcome::Reports(reports))
+        finished(&Outcome::Reconciled(reports))
     }
 
     const NOTHING: Finished = Finished::Reports {
-        ready: false,
-        preempted: false,
-        needs_new_commit: None,
+        next: Next::Retry,
+        stall: None,
     };
 
     #[test]
@@ -533,9 +533,8 @@ mod tests {
         assert_eq!(
             of(vec![ready("a"), ready("b")]),
             Finished::Reports {
-                ready: true,
-                preempted: false,
-                needs_new_commit: None,
+                next: Next::Done,
+                stall: None,
             }
         );
     }
@@ -546,9 +545,8 @@ mod tests {
         assert_eq!(
             both,
             Finished::Reports {
-                ready: false,
-                preempted: true,
-                needs_new_commit: None,
+                next: Next::Superseded,
+                stall: None,
             }
         );
         assert_eq!(of(vec![preempted("a"), preempted("b")]), both);
@@ -569,10 +567,9 @@ mod tests {
                 needs_new_commit("c", "conflict with manager kubectl"),
             ]),
             Finished::Reports {
-                ready: false,
-                preempted: false,
-                needs_new_commit: Some((
-                    reason::APPLY_FAILED,
+                next: Next::WaitForCommit,
+                stall: Some((
+                    Reason::ApplyFailed,
                     "stack a: Deployment/api: field is immutable; stack c: conflict with manager kubectl"
                         .into()
                 )),
@@ -595,23 +592,54 @@ mod tests {
 
     #[test]
     fn a_commit_that_cannot_be_prepared_stalls_with_its_reason_and_message() {
+        let invalid = Error::UnknownStack {
+            name: "prod".into(),
+            commit: "0123456".into(),
+        };
         assert_eq!(
-            finished(&Outcome::Stalled(
-                reason::VALIDATION_FAILED,
-                "desired/dev/app.yaml:3:1: unknown field".into()
-            )),
-            Finished::Stalled {
-                reason: reason::VALIDATION_FAILED,
-                message: "desired/dev/app.yaml:3:1: unknown field".into(),
+            finished(&Outcome::Stopped(Arc::new(invalid))),
+            Finished::Stopped {
+                next: Next::WaitForCommit,
+                reason: Reason::ValidationFailed,
+                message: "commit 0123456 has no stack named `prod`".into(),
             }
         );
     }
 
     #[test]
-    fn a_transient_failure_is_a_retry_and_a_shutdown_a_cancel() {
-        assert_eq!(
-            finished(&Outcome::Retry("connection refused".into())),
-            Finished::Retry
+    fn a_transient_failure_is_a_retry_a_namespace_being_deleted_a_wait_and_a_shutdown_a_cancel() {
+        let timeout = crate::cluster::ClusterError::Timeout {
+            action: "reading",
+            object: "Namespace todo".into(),
+        };
+        let f = finished(&Outcome::Stopped(Arc::new(Error::Cluster(timeout))));
+        assert!(
+            matches!(
+                f,
+                Finished::Stopped {
+                    next: Next::Retry,
+                    reason: Reason::ClusterUnreachable,
+                    ..
+                }
+            ),
+            "{f:?}"
+        );
+        let terminating = crate::cluster::ClusterError::NamespaceTerminating {
+            action: "creating",
+            object: "Lease todo/converge-todo".into(),
+            message: "namespace todo is being terminated".into(),
+        };
+        let lease = Error::Lease(crate::cluster::lease::LeaseError::Cluster(terminating));
+        let f = finished(&Outcome::Stopped(Arc::new(lease)));
+        assert!(
+            matches!(
+                f,
+                Finished::Stopped {
+                    next: Next::WaitForDependency,
+                    ..
+                }
+            ),
+            "{f:?}"
         );
         assert_eq!(finished(&Outcome::Cancelled), Finished::Cancelled);
     }

@@ -446,7 +446,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                         outcome::GitHistory::new(dirs.root.clone(), tracked.clone(), cfg.remote.is_some())
                     }
                 };
-                if let job::Outcome::Reports(_) = done.outcome {
+                if let job::Outcome::Reconciled(_) = done.outcome {
                     // Watch what converge now manages.
                     for t in &targets {
                         let kinds = done.kinds.get(&t.stack).cloned().unwrap_or_default();

@@ -16,9 +16,9 @@ use super::state::{AfterDone, Finished};
 use crate::desired::short_id;
 use crate::history::notes::{self, Block, Written};
 use crate::history::revert::{self, Recovered, Refusal, Request, RevertError};
+use crate::outcome::Reason;
 use crate::reconcile::StackReport;
 use crate::status::AutoRevert;
-use crate::vocabulary::reason;
 
 /// The longest failure detail put into a revert's note, in characters.
 const WHY_MAX: usize = 200;
@@ -51,8 +51,8 @@ pub(super) fn revert_candidate<'a>(
 ) -> Option<&'a StackReport> {
     reports.iter().find(|r| {
         !r.ready
-            && !r.preempted
-            && r.reason == reason::HEALTH_FAILED
+            && r.next != crate::outcome::Next::Superseded
+            && r.reason == Reason::HealthFailed
             && r.failed_step == Some("health")
             && r.status.last_healthy_commit != r.commit
             && revert_stacks.contains_key(&r.stack)
@@ -206,7 +206,7 @@ impl GitHistory {
     pub fn after(&mut self, done: &After) {
         let mut blocks: Vec<Block> = Vec::new();
         match &done.outcome {
-            Outcome::Reports(reports) => {
+            Outcome::Reconciled(reports) => {
                 blocks.extend(reports.iter().map(|r| {
                     let mut n = r.note();
                     n.message = strip_userinfo(&n.message);
@@ -217,11 +217,8 @@ impl GitHistory {
                 blocks.push(Block::commit_applied());
                 let failed = matches!(
                     &done.fin,
-                    Finished::Reports {
-                        ready: false,
-                        preempted: false,
-                        ..
-                    }
+                    Finished::Reports { next, .. }
+                        if !matches!(next, crate::outcome::Next::Done | crate::outcome::Next::Superseded)
                 );
                 if failed && !done.overlay {
                     if let Some(r) = revert_candidate(reports, &done.revert_stacks) {
@@ -238,8 +235,13 @@ impl GitHistory {
             }
             // A commit that cannot be deployed as it is: nothing was applied, which is worth
             // seeing in the history too.
-            Outcome::Stalled(why, message) if done.stalled && !done.overlay => {
-                blocks.push(Block::commit(why, &strip_userinfo(message)));
+            Outcome::Stopped(_) if done.stalled && !done.overlay => {
+                if let Finished::Stopped {
+                    reason, message, ..
+                } = &done.fin
+                {
+                    blocks.push(Block::commit(reason.as_str(), &strip_userinfo(message)));
+                }
             }
             _ => {}
         }
@@ -340,14 +342,14 @@ mod tests {
     use super::*;
     use crate::status::StackStatus;
 
-    fn failed(stack: &str, why: &str, step: &str) -> StackReport {
+    fn failed(stack: &str, why: Reason, step: &str) -> StackReport {
         StackReport {
             stack: stack.into(),
             namespace: stack.into(),
             dir: "desired".into(),
             commit: "c".repeat(40),
             ready: false,
-            reason: why.into(),
+            reason: why,
             failed_step: Some(match step {
                 "health" => "health",
                 _ => "apply",
@@ -364,8 +366,11 @@ mod tests {
             status: StackStatus::default(),
             builds: Vec::new(),
             hooks: Vec::new(),
-            preempted: false,
-            needs_new_commit: false,
+            next: if why == Reason::Progressing {
+                crate::outcome::Next::Superseded
+            } else {
+                crate::outcome::Next::Retry
+            },
         }
     }
 
@@ -377,7 +382,7 @@ mod tests {
 
     #[test]
     fn a_health_failure_of_an_opted_in_stack_asks_for_a_revert() {
-        let reports = [failed("todo", reason::HEALTH_FAILED, "health")];
+        let reports = [failed("todo", Reason::HealthFailed, "health")];
         let r = revert_candidate(&reports, &revert_set(&["todo"])).map(|r| r.stack.as_str());
         assert_eq!(r, Some("todo"));
         assert_eq!(
@@ -388,7 +393,7 @@ mod tests {
 
     #[test]
     fn the_commit_message_reason_holds_names_only_and_the_note_has_no_url_credentials() {
-        let mut r = failed("todo", reason::HEALTH_FAILED, "health");
+        let mut r = failed("todo", Reason::HealthFailed, "health");
         r.errors = vec![
             "backend: Deployment/b: Back-off pulling https://bot:s3cr3t@registry.example/app: password=hunter2".into(),
             "db: webhook said: token abc123 rejected".into(),
@@ -443,7 +448,7 @@ mod tests {
         std::fs::write(root.join("desired/b.yaml"), "v2\n").unwrap();
         git(root, &["commit", "-q", "-am", "v2"]);
         let bad = git(root, &["rev-parse", "HEAD"]);
-        let mut r = failed("todo", reason::HEALTH_FAILED, "health");
+        let mut r = failed("todo", Reason::HealthFailed, "health");
         r.commit = bad.clone();
         let mut h = GitHistory::new(root.to_path_buf(), "refs/heads/main".into(), true);
         let block = h.revert(&bad, &r, vec!["desired".into()]);
@@ -469,18 +474,17 @@ mod tests {
 
     #[test]
     fn off_by_default_and_never_for_other_failures() {
-        let health = [failed("todo", reason::HEALTH_FAILED, "health")];
+        let health = [failed("todo", Reason::HealthFailed, "health")];
         assert!(revert_candidate(&health, &revert_set(&[])).is_none());
-        let apply = [failed("todo", reason::APPLY_FAILED, "apply")];
+        let apply = [failed("todo", Reason::ApplyFailed, "apply")];
         assert!(revert_candidate(&apply, &revert_set(&["todo"])).is_none());
-        let mut preempted = failed("todo", reason::PROGRESSING, "health");
-        preempted.preempted = true;
+        let preempted = failed("todo", Reason::Progressing, "health");
         assert!(revert_candidate(&[preempted], &revert_set(&["todo"])).is_none());
     }
 
     #[test]
     fn a_commit_that_was_healthy_once_is_not_reverted_when_the_cluster_fails_it_later() {
-        let mut r = failed("todo", reason::HEALTH_FAILED, "health");
+        let mut r = failed("todo", Reason::HealthFailed, "health");
         r.status.last_healthy_commit = r.commit.clone();
         assert!(revert_candidate(&[r], &revert_set(&["todo"])).is_none());
     }

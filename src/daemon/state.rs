@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use super::backoff::{Backoff, ObjectBackoff};
+use crate::outcome::{self, Reason};
 
 /// What woke the daemon; only a span field, the reconcile never branches on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +81,10 @@ impl Trigger {
 /// How soon after converge corrected an object a new drift of it counts as a fight.
 pub const FIGHT_WINDOW: Duration = Duration::from_secs(5);
 
+/// How soon a reconcile waiting for a dependency (a namespace or an object still being
+/// deleted) runs again: a fixed, short requeue, since nothing failed.
+pub const DEPENDENCY_REQUEUE: Duration = Duration::from_secs(5);
+
 /// A reconcile waiting to start; triggers arriving meanwhile merge into it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pending {
@@ -138,28 +143,28 @@ pub enum Next {
     NothingApplied,
 }
 
-/// How a reconcile ended, as far as the policy cares.
+/// How a reconcile ended, as far as the policy cares: what happens next
+/// ([`crate::outcome::next`]) and what to record when it waits for a new commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finished {
     /// The reconcile ran.
     Reports {
-        /// Every stack applied and healthy.
-        ready: bool,
-        /// It stopped at a health wait because newer work was waiting: not a failure.
-        preempted: bool,
-        /// Every failure needs a new commit (a field-manager conflict, an immutable field, a
-        /// refused object): retrying the same commit would fail the same way.
-        needs_new_commit: Option<(&'static str, String)>,
+        /// What happens next.
+        next: outcome::Next,
+        /// When it waits for a new commit (every failure would fail the same way again): the
+        /// reason and message recorded.
+        stall: Option<(Reason, String)>,
     },
-    /// The commit cannot be deployed as it is (invalid, unknown stack, bad build context).
-    Stalled {
+    /// It stopped before reconciling (an invalid commit, a bad build context, an unreachable
+    /// cluster, a Lease held elsewhere).
+    Stopped {
+        /// What happens next.
+        next: outcome::Next,
         /// The reason recorded.
-        reason: &'static str,
+        reason: Reason,
         /// The message recorded.
         message: String,
     },
-    /// A transient failure before the reconcile.
-    Retry,
     /// Builds were cancelled by shutdown.
     Cancelled,
 }
@@ -567,43 +572,49 @@ impl State {
             stalled: false,
         };
         match finished {
-            Finished::Reports {
-                ready,
-                preempted,
-                needs_new_commit,
-            } => {
+            Finished::Reports { next, stall } => {
                 // Whatever the outcome, this commit is what the cluster runs now.
                 self.last_applied = Some(commit.clone());
                 self.applied_here = true;
-                if ready {
-                    self.healthy = Some(commit);
-                    self.retry.reset();
-                    self.retry_at = None;
-                    let seq = run.map_or(u64::MAX, |r| r.drift_seq);
-                    self.clean =
-                        seq == self.drift_seq && self.gaps.is_empty() && self.stalled.is_none();
-                    after.ready = self.stalled.is_none();
-                } else if preempted {
-                    // Newer work is pending and starts now; nothing failed.
+                if next != outcome::Next::Done {
                     self.clean = false;
-                } else if let Some((reason, message)) = needs_new_commit {
-                    self.clean = false;
-                    if self.stalled.is_none() && self.tip.as_deref() == Some(commit.as_str()) {
-                        self.stalled = Some(Stall {
-                            commit,
-                            reason,
-                            message,
-                        });
-                        after.stalled = true;
+                }
+                match next {
+                    outcome::Next::Done => {
+                        self.healthy = Some(commit);
+                        self.retry.reset();
+                        self.retry_at = None;
+                        let seq = run.map_or(u64::MAX, |r| r.drift_seq);
+                        self.clean =
+                            seq == self.drift_seq && self.gaps.is_empty() && self.stalled.is_none();
+                        after.ready = self.stalled.is_none();
                     }
-                } else {
-                    self.clean = false;
-                    let at = self.retry.fail(now);
-                    self.retry_at = Some(at);
-                    after.retry_at = Some(at);
+                    // Newer work is pending and starts now; nothing failed.
+                    outcome::Next::Superseded => {}
+                    outcome::Next::WaitForCommit => {
+                        if let Some((reason, message)) = stall {
+                            if self.stalled.is_none()
+                                && self.tip.as_deref() == Some(commit.as_str())
+                            {
+                                self.stalled = Some(Stall {
+                                    commit,
+                                    reason,
+                                    message,
+                                });
+                                after.stalled = true;
+                            }
+                        }
+                    }
+                    outcome::Next::Retry | outcome::Next::WaitForDependency => {
+                        self.retry_after(next, now, &mut after)
+                    }
                 }
             }
-            Finished::Stalled { reason, message } => {
+            Finished::Stopped {
+                next: outcome::Next::WaitForCommit,
+                reason,
+                message,
+            } => {
                 self.clean = false;
                 if run.as_ref().is_some_and(|r| r.overlay) {
                     // The commit the cluster's record names cannot be deployed from here (not
@@ -626,15 +637,29 @@ impl State {
                     merge(&mut self.pending, Trigger::Resync, false);
                 }
             }
-            Finished::Retry => {
+            Finished::Stopped {
+                next: next @ (outcome::Next::Retry | outcome::Next::WaitForDependency),
+                ..
+            } => {
                 self.clean = false;
-                let at = self.retry.fail(now);
-                self.retry_at = Some(at);
-                after.retry_at = Some(at);
+                self.retry_after(next, now, &mut after);
             }
-            Finished::Cancelled => {}
+            // Builds cancelled (shutdown) or superseded: the next run is already due.
+            Finished::Stopped { .. } | Finished::Cancelled => {}
         }
         after
+    }
+
+    /// Schedules the retry of a failed reconcile: with growing back-off after a failure, soon
+    /// and without growing it while a dependency is not ready (nothing failed).
+    fn retry_after(&mut self, next: outcome::Next, now: Instant, after: &mut AfterDone) {
+        let at = if next == outcome::Next::WaitForDependency {
+            now + DEPENDENCY_REQUEUE
+        } else {
+            self.retry.fail(now)
+        };
+        self.retry_at = Some(at);
+        after.retry_at = Some(at);
     }
 
     /// The failure retry is due.
@@ -690,23 +715,22 @@ mod tests {
 
     fn ready() -> Finished {
         Finished::Reports {
-            ready: true,
-            preempted: false,
-            needs_new_commit: None,
+            next: outcome::Next::Done,
+            stall: None,
         }
     }
 
     fn failed() -> Finished {
         Finished::Reports {
-            ready: false,
-            preempted: false,
-            needs_new_commit: None,
+            next: outcome::Next::Retry,
+            stall: None,
         }
     }
 
     fn invalid() -> Finished {
-        Finished::Stalled {
-            reason: "ValidationFailed",
+        Finished::Stopped {
+            next: outcome::Next::WaitForCommit,
+            reason: Reason::ValidationFailed,
             message: "desired/x.yaml:1:1: bad".into(),
         }
     }
@@ -800,9 +824,8 @@ mod tests {
         s.on_tip("c");
         let after = s.on_done(
             Finished::Reports {
-                ready: false,
-                preempted: true,
-                needs_new_commit: None,
+                next: outcome::Next::Superseded,
+                stall: None,
             },
             Instant::now(),
         );
@@ -859,15 +882,38 @@ mod tests {
     }
 
     #[test]
+    fn a_namespace_being_deleted_is_waited_for_soon_without_growing_the_back_off() {
+        let mut s = idle_at("a");
+        s.on_tip("b");
+        let waiting = || Finished::Stopped {
+            next: outcome::Next::WaitForDependency,
+            reason: Reason::DependencyNotReady,
+            message: "namespace todo is being terminated".into(),
+        };
+        for _ in 0..4 {
+            start(&mut s, "b");
+            let now = Instant::now();
+            let after = s.on_done(waiting(), now);
+            assert_eq!(after.retry_at, Some(now + DEPENDENCY_REQUEUE));
+            assert!(!after.stalled);
+            s.on_retry_due();
+        }
+        // A real failure afterwards starts the back-off at its base: nothing had failed.
+        start(&mut s, "b");
+        let now = Instant::now();
+        let after = s.on_done(failed(), now);
+        assert_eq!(after.retry_at, Some(now + Duration::from_secs(2)));
+    }
+
+    #[test]
     fn a_conflict_waits_for_a_new_commit_instead_of_retrying() {
         let mut s = idle_at("a");
         s.on_tip("b");
         start(&mut s, "b");
         let after = s.on_done(
             Finished::Reports {
-                ready: false,
-                preempted: false,
-                needs_new_commit: Some(("ReconciliationFailed", "conflict".into())),
+                next: outcome::Next::WaitForCommit,
+                stall: Some((Reason::ApplyFailed, "conflict".into())),
             },
             Instant::now(),
         );

@@ -12,7 +12,6 @@ use crate::cluster::{Cluster, ClusterError};
 use crate::desired::{self, StackRef};
 use crate::error::Error;
 use crate::status::{self, HistoryEntry, StackStatus};
-use crate::vocabulary::reason;
 
 /// How far back a commit that cannot be read looks for the stacks to record it in.
 pub const LOOK_BACK: usize = 50;
@@ -34,7 +33,7 @@ pub struct StalledTip {
     /// The stalled commit.
     pub commit: String,
     /// The reason recorded.
-    pub reason: &'static str,
+    pub reason: crate::outcome::Reason,
     /// The message recorded.
     pub message: String,
 }
@@ -65,7 +64,7 @@ pub(super) async fn write(
 
 /// A reason and a one-line message for an error that stopped a commit before its reconcile;
 /// validation findings as `file:line:col: message`, at most five.
-pub fn describe(e: &Error) -> (&'static str, String) {
+pub fn describe(e: &Error) -> (crate::outcome::Reason, String) {
     match e {
         Error::Invalid { commit, report } => {
             let errors: Vec<String> = report
@@ -84,7 +83,7 @@ pub fn describe(e: &Error) -> (&'static str, String) {
             if more > 0 {
                 message.push_str(&format!(" (and {more} more)"));
             }
-            (reason::VALIDATION_FAILED, message)
+            (crate::outcome::Reason::ValidationFailed, message)
         }
         other => (other.reason(), other.to_string()),
     }
@@ -98,7 +97,7 @@ pub(super) async fn record_stalled(
     kubeconfig: Option<&Path>,
     targets: &[StackRef],
     commit: &str,
-    why: &'static str,
+    why: crate::outcome::Reason,
     message: &str,
 ) {
     for t in targets {

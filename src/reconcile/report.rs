@@ -22,8 +22,8 @@ pub struct StackReport {
     pub commit: String,
     /// Whether everything applied and became healthy.
     pub ready: bool,
-    /// The reason constant.
-    pub reason: String,
+    /// Why it ended as it did.
+    pub reason: crate::outcome::Reason,
     /// The step the reconcile stopped at when it did not end healthy (`apply`, `health`,
     /// `pre-hooks`…), from [`crate::reconcile::Step`].
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -41,7 +41,7 @@ pub struct StackReport {
     /// Objects no longer rendered but kept, with why.
     pub kept: Vec<String>,
     /// Components blocked, with why.
-    pub blocked: BTreeMap<String, String>,
+    pub blocked: BTreeMap<String, crate::reconcile::step::Held>,
     /// API requests made.
     pub requests: RequestCounts,
     /// Wall time in milliseconds.
@@ -53,11 +53,10 @@ pub struct StackReport {
     /// Each hook this reconcile considered: run, skipped or held back.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<HookReport>,
-    /// The health wait was cut short because newer work was waiting: applied, not failed.
-    pub preempted: bool,
-    /// Every failure needs a new commit or a person (a field-manager conflict, an immutable
-    /// field, an object the API server refuses): retrying the same commit fails the same way.
-    pub needs_new_commit: bool,
+    /// What happens next, from the failure's type ([`crate::outcome`]); in JSON, `next` and
+    /// the `preempted` and `needsNewCommit` flags.
+    #[serde(flatten)]
+    pub next: crate::outcome::Next,
 }
 
 /// What became of one hook in a reconcile.
@@ -112,7 +111,7 @@ impl StackReport {
             stack: self.stack.clone(),
             dir: self.dir.clone(),
             namespace: self.namespace.clone(),
-            reason: self.reason.clone(),
+            reason: self.reason.as_str().to_string(),
             ready: self.ready,
             failed_step: self.failed_step.map(str::to_string),
             message: self

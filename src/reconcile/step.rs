@@ -1,10 +1,13 @@
 //! The named steps of a reconcile and why one ended without everything healthy. The status
-//! reason comes from the failure's variant, where the step failed — never from its text.
+//! reason and what happens next come from the failure's variant and the error it keeps — never
+//! from its text.
+
+use std::sync::Arc;
 
 use crate::cluster::ClusterError;
 use crate::desired;
+use crate::outcome::{self, Next, Reason};
 use crate::render::RenderError;
-use crate::vocabulary::reason;
 
 /// The steps of one stack's reconcile, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -50,16 +53,10 @@ impl Step {
 }
 
 /// Why one component was not applied or is not healthy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum ComponentFailure {
-    /// The API server refused one of its objects.
-    Apply {
-        /// The error, one line.
-        why: String,
-        /// Retrying the same commit fails the same way (a field-manager conflict, an
-        /// immutable field, an object the API server rejects).
-        needs_new_commit: bool,
-    },
+    /// The API server refused one of its objects (or the cluster cannot take its kind).
+    Apply(Arc<ClusterError>),
     /// It did not become healthy.
     Health(String),
 }
@@ -68,8 +65,73 @@ impl ComponentFailure {
     /// The one-line explanation recorded in the component's status.
     pub fn message(&self) -> String {
         match self {
-            ComponentFailure::Apply { why, .. } => format!("apply failed: {why}"),
+            ComponentFailure::Apply(e) => format!("apply failed: {e}"),
             ComponentFailure::Health(why) => why.clone(),
+        }
+    }
+
+    /// What happens next: a refusal that fails again on every try waits for a new commit.
+    pub fn next(&self) -> Next {
+        match self {
+            ComponentFailure::Apply(e) => outcome::after_cluster(e),
+            ComponentFailure::Health(_) => Next::Retry,
+        }
+    }
+}
+
+/// Why a component was held back: not applied, so the version deployed keeps serving.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Held {
+    /// An image it runs does not exist: its build failed, or the `none` builder left it on no
+    /// node. A new build (the daemon's retry, `converge apply`) fixes it.
+    ImageMissing(String),
+    /// A Secret (or a key of one) it reads is missing.
+    Secret(String),
+    /// A component it depends on failed or was held back.
+    Dependency(String),
+}
+
+impl Held {
+    /// Why, one line (or more for a build's output), as recorded and printed.
+    pub fn why(&self) -> &str {
+        match self {
+            Held::ImageMissing(why) | Held::Secret(why) | Held::Dependency(why) => why,
+        }
+    }
+}
+
+impl std::fmt::Display for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.why())
+    }
+}
+
+/// In a stack's JSON report, a held-back component's why.
+impl serde::Serialize for Held {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.why())
+    }
+}
+
+/// Why prune did not delete everything no longer rendered.
+#[derive(Debug, Clone)]
+pub enum PruneFailure {
+    /// The prune plan refused (a mass prune, say): nothing was deleted.
+    Refused(String),
+    /// Deleting one object failed; it stays in the inventory, so the next reconcile retries.
+    Delete {
+        /// `Kind/name` of the object.
+        object: String,
+        /// Why.
+        error: Arc<ClusterError>,
+    },
+}
+
+impl std::fmt::Display for PruneFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PruneFailure::Refused(why) => f.write_str(why),
+            PruneFailure::Delete { object, error } => write!(f, "pruning {object}: {error}"),
         }
     }
 }
@@ -112,7 +174,7 @@ pub enum Failure {
     Health(String),
     /// Prune was refused or a deletion failed.
     #[error("{0}")]
-    Prune(String),
+    Prune(PruneFailure),
     /// An image of this commit was not built: what uses it was not applied (hooks included)
     /// and the previous version keeps serving.
     #[error("{component}: {why}")]
@@ -139,28 +201,50 @@ pub enum Failure {
 }
 
 impl Failure {
-    /// The status reason, from where the reconcile failed.
-    pub fn reason(&self) -> &'static str {
+    /// The status reason, from the failure's variant and the error it keeps.
+    pub fn reason(&self) -> Reason {
         match self {
-            Failure::Render(_) => reason::RENDER_FAILED,
-            Failure::Cluster {
-                step: Step::Read, ..
-            } => reason::CLUSTER_UNREACHABLE,
-            Failure::Cluster { .. } => reason::APPLY_FAILED,
-            Failure::Hook { .. } => reason::HOOK_FAILED,
+            Failure::Render(_) => Reason::RenderFailed,
+            // A read that was answered with a refusal (a 403, say) is not an unreachable cluster.
+            Failure::Cluster { source, .. } => outcome::cluster_reason(source),
+            Failure::Hook { .. } => Reason::HookFailed,
             Failure::Component {
-                failure: ComponentFailure::Apply { .. },
+                failure: ComponentFailure::Apply(_),
                 ..
-            } => reason::APPLY_FAILED,
+            } => Reason::ApplyFailed,
             Failure::Component {
                 failure: ComponentFailure::Health(_),
                 ..
             }
-            | Failure::Health(_) => reason::HEALTH_FAILED,
-            Failure::Blocked { .. } => reason::DEPENDENCY_NOT_READY,
-            Failure::Build { .. } => reason::BUILD_FAILED,
-            Failure::Prune(_) => reason::PRUNE_FAILED,
-            Failure::Preempted { .. } => reason::PROGRESSING,
+            | Failure::Health(_) => Reason::HealthFailed,
+            Failure::Blocked { .. } => Reason::DependencyNotReady,
+            Failure::Build { .. } => Reason::BuildFailed,
+            Failure::Prune(_) => Reason::PruneFailed,
+            Failure::Preempted { .. } => Reason::Progressing,
+        }
+    }
+
+    /// What happens next, for this failure alone (the run's other components may change it:
+    /// see [`crate::reconcile`]'s finish).
+    pub fn next(&self) -> Next {
+        match self {
+            Failure::Render(RenderError::Helm { .. }) => Next::WaitForCommit,
+            Failure::Cluster { source, .. } => outcome::after_cluster(source),
+            Failure::Component { failure, .. } => failure.next(),
+            Failure::Preempted { .. } => Next::Superseded,
+            // An object still finalizing is waited for like a namespace being deleted.
+            Failure::Prune(PruneFailure::Delete { error, .. }) => {
+                match outcome::after_cluster(error) {
+                    Next::WaitForDependency => Next::WaitForDependency,
+                    _ => Next::Retry,
+                }
+            }
+            Failure::Render(_)
+            | Failure::Hook { .. }
+            | Failure::Health(_)
+            | Failure::Prune(_)
+            | Failure::Build { .. }
+            | Failure::Blocked { .. } => Next::Retry,
         }
     }
 
@@ -171,7 +255,7 @@ impl Failure {
             Failure::Build { .. } => Step::Build,
             Failure::Cluster { step, .. } | Failure::Hook { step, .. } => *step,
             Failure::Component {
-                failure: ComponentFailure::Apply { .. },
+                failure: ComponentFailure::Apply(_),
                 ..
             }
             | Failure::Blocked { .. } => Step::Apply,
@@ -197,28 +281,32 @@ mod tests {
 
     #[test]
     fn the_reason_comes_from_where_it_failed() {
+        let conflict = ClusterError::Conflict {
+            object: "Deployment/web".into(),
+            managers: vec!["kubectl".into()],
+            fields: vec![".spec.replicas".into()],
+        };
+        let message = conflict.to_string();
         let apply = Failure::Component {
             component: "web".into(),
-            failure: ComponentFailure::Apply {
-                why: "conflict".into(),
-                needs_new_commit: true,
-            },
+            failure: ComponentFailure::Apply(Arc::new(conflict)),
         };
-        assert_eq!(apply.reason(), reason::APPLY_FAILED);
+        assert_eq!(apply.reason(), Reason::ApplyFailed);
         assert_eq!(apply.step(), Step::Apply);
-        assert_eq!(apply.to_string(), "web: apply failed: conflict");
+        assert_eq!(apply.next(), Next::WaitForCommit);
+        assert_eq!(apply.to_string(), format!("web: apply failed: {message}"));
         let health = Failure::Component {
             component: "web".into(),
             failure: ComponentFailure::Health("Deployment/web: pod x is CrashLoopBackOff".into()),
         };
-        assert_eq!(health.reason(), reason::HEALTH_FAILED);
+        assert_eq!(health.reason(), Reason::HealthFailed);
         assert_eq!(health.step().as_str(), "health");
         let hook = Failure::Hook {
             step: Step::PostHooks,
             hook: "Job/seed".into(),
             why: "BackoffLimitExceeded".into(),
         };
-        assert_eq!(hook.reason(), reason::HOOK_FAILED);
+        assert_eq!(hook.reason(), Reason::HookFailed);
         assert_eq!(hook.step().as_str(), "post-hooks");
         assert_eq!(
             Failure::Blocked {
@@ -226,12 +314,36 @@ mod tests {
                 why: "waits for `db`".into()
             }
             .reason(),
-            reason::DEPENDENCY_NOT_READY
+            Reason::DependencyNotReady
         );
         let preempted = Failure::Preempted {
             commit: "0123456789".into(),
         };
-        assert_eq!(preempted.reason(), reason::PROGRESSING);
+        assert_eq!(preempted.reason(), Reason::Progressing);
         assert!(preempted.to_string().starts_with("applied 0123456; "));
+        assert_eq!(preempted.next(), Next::Superseded);
+    }
+
+    #[test]
+    fn a_read_refused_by_the_api_server_is_not_an_unreachable_cluster() {
+        let status = kube::core::Status::failure("forbidden", "Forbidden").with_code(403);
+        let forbidden = Failure::Cluster {
+            step: Step::Read,
+            source: ClusterError::Api {
+                action: "reading",
+                object: "Secret todo/db".into(),
+                source: kube::Error::Api(status.boxed()),
+            },
+        };
+        assert_eq!(forbidden.reason(), Reason::ApplyFailed);
+        let timeout = Failure::Cluster {
+            step: Step::Read,
+            source: ClusterError::Timeout {
+                action: "reading",
+                object: "Secret todo/db".into(),
+            },
+        };
+        assert_eq!(timeout.reason(), Reason::ClusterUnreachable);
+        assert_eq!(timeout.next(), Next::Retry);
     }
 }

@@ -306,7 +306,7 @@ async fn a_missing_secret_blocks_only_its_component_with_the_command_to_fix_it()
             ("frontend", "Blocked")
         ]
     );
-    let why = &r.blocked["backend"];
+    let why = r.blocked["backend"].why();
     assert!(
         why.contains("has no key `jwt-secret`")
             && why.contains("kubectl patch secret todo-secrets"),

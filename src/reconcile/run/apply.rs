@@ -11,18 +11,8 @@ use tracing::{debug, info, warn};
 use super::{plan, Item, Run};
 use crate::cluster::inventory::{self, PrunePolicy, Record};
 use crate::cluster::{order, ApplyOptions, ClusterError, ObjectKey};
-use crate::reconcile::step::{ComponentFailure, Failure, Step};
+use crate::reconcile::step::{ComponentFailure, Failure, PruneFailure, Step};
 use crate::vocabulary::{LABEL_MANAGED_BY, LABEL_STACK, LAST_APPLIED, MANAGED_BY};
-
-/// Whether an apply failure fails again on every retry of the same commit.
-fn needs_new_commit(e: &ClusterError) -> bool {
-    matches!(
-        e,
-        ClusterError::Conflict { .. }
-            | ClusterError::Immutable { .. }
-            | ClusterError::Invalid { .. }
-    )
-}
 
 /// What the inventory records of `item` once the cluster holds it as `live`: the render's hash
 /// and the live generation and version the next reconcile compares with.
@@ -186,10 +176,7 @@ impl Run<'_> {
                 };
                 self.failed
                     .entry(component)
-                    .or_insert(ComponentFailure::Apply {
-                        why: e.to_string(),
-                        needs_new_commit: needs_new_commit(&e),
-                    });
+                    .or_insert(ComponentFailure::Apply(std::sync::Arc::new(e)));
             }
         }
     }
@@ -393,7 +380,7 @@ impl Run<'_> {
         }
         if let Some(refused) = plan.refused {
             warn!("{refused}");
-            self.prune_errors.push(refused);
+            self.prune_errors.push(PruneFailure::Refused(refused));
             return;
         }
         for key in plan.delete.iter().rev() {
@@ -409,7 +396,10 @@ impl Run<'_> {
                     self.inventory.remove(key);
                 }
                 // Kept in the inventory, so the next reconcile retries and nothing is orphaned.
-                Err(e) => self.prune_errors.push(format!("pruning {key}: {e}")),
+                Err(e) => self.prune_errors.push(PruneFailure::Delete {
+                    object: key.to_string(),
+                    error: std::sync::Arc::new(e),
+                }),
             }
         }
     }

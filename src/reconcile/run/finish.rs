@@ -11,11 +11,12 @@ use super::Run;
 use crate::cluster::health::{self, Health};
 use crate::cluster::{order, RequestCounts};
 use crate::desired;
+use crate::outcome::{Next, Reason};
 use crate::reconcile::record;
-use crate::reconcile::step::{ComponentFailure, Failure};
+use crate::reconcile::step::Failure;
 use crate::reconcile::StackReport;
 use crate::status::{self, ComponentStatus, HistoryEntry, StackStatus};
-use crate::vocabulary::{reason, LABEL_COMPONENT};
+use crate::vocabulary::LABEL_COMPONENT;
 
 /// Whether `message` names the object `short` (`Deployment/web`), not a longer name that starts
 /// with it (`Deployment/web-worker`).
@@ -41,24 +42,29 @@ impl Run<'_> {
         let (ready, why, message) = match &result {
             Ok(()) => (
                 true,
-                reason::SUCCEEDED,
+                Reason::Succeeded,
                 format!("applied {}", desired::short_id(self.commit)),
             ),
             Err(f) => (false, f.reason(), f.to_string()),
         };
         let failed_step = result.as_ref().err().map(|f| f.step().as_str());
-        let preempted = self.preempted && !ready;
-        let needs_new_commit = why == reason::APPLY_FAILED
-            && !self.failed.is_empty()
-            && self.failed.values().all(|f| {
-                matches!(
-                    f,
-                    ComponentFailure::Apply {
-                        needs_new_commit: true,
-                        ..
-                    }
-                )
-            });
+        let then = match &result {
+            Ok(()) => Next::Done,
+            // A cut-short wait is a failure's only when another one stopped the run first.
+            Err(_) if self.preempted => Next::Superseded,
+            // Only the first failed component is the reason: the commit waits for a new one
+            // only when every failed component would fail the same way again.
+            Err(Failure::Component { .. })
+                if self
+                    .failed
+                    .values()
+                    .any(|f| f.next() != Next::WaitForCommit) =>
+            {
+                Next::Retry
+            }
+            Err(f) => f.next(),
+        };
+        let preempted = then == Next::Superseded;
         let now = record::now();
         let components = self.component_status(images, &now);
         let old = self.old_status.clone();
@@ -76,7 +82,7 @@ impl Run<'_> {
             last_applied_commit: self.commit.to_string(),
             last_healthy_commit: last_healthy,
             ready,
-            reason: why.to_string(),
+            reason: why.as_str().to_string(),
             message: message.clone(),
             components,
             history: Vec::new(),
@@ -124,15 +130,15 @@ impl Run<'_> {
         let duration = started.elapsed();
         let entry = HistoryEntry {
             commit: self.commit.to_string(),
-            result: why.to_string(),
+            result: why.as_str().to_string(),
             duration_ms: duration.as_millis() as u64,
             time: now,
         };
         let mut errors: Vec<String> = self
             .health_failure
             .iter()
-            .chain(self.prune_errors.iter())
             .cloned()
+            .chain(self.prune_errors.iter().map(ToString::to_string))
             .collect();
         if !ready && !preempted && !errors.contains(&message) {
             errors.insert(0, message);
@@ -156,7 +162,7 @@ impl Run<'_> {
             dir: self.stack.dir.clone(),
             commit: self.commit.to_string(),
             ready,
-            reason: why.to_string(),
+            reason: why,
             failed_step,
             errors,
             warnings: self.warnings.clone(),
@@ -174,8 +180,7 @@ impl Run<'_> {
             status,
             builds: Vec::new(),
             hooks: self.hook_reports,
-            preempted,
-            needs_new_commit,
+            next: then,
         }
     }
 
@@ -230,7 +235,7 @@ impl Run<'_> {
                         .find(|e| keys.iter().any(|k| names_object(e, k)))
                 };
                 let (health, err) = if let Some(b) = self.blocked.get(name) {
-                    ("Blocked", b.clone())
+                    ("Blocked", b.to_string())
                 } else if let Some(f) = self.failed.get(name) {
                     ("Failed", f.message())
                 } else if healthy {

@@ -176,7 +176,9 @@ impl Run<'_> {
                 self.report_hook(h, event, HookAction::Held, detail);
             }
             warn!(hook = %hook_name, %image, "hook not started: its image does not exist");
-            self.blocked.entry(component.clone()).or_insert(why.clone());
+            self.blocked
+                .entry(component.clone())
+                .or_insert(super::Held::ImageMissing(why.clone()));
             return Err(Failure::Build {
                 component,
                 why: format!(

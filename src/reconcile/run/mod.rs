@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 use super::plan::{self, Item};
 use super::prepare::Prepared;
 use super::report::HookReport;
-use super::step::{ComponentFailure, Failure, Step};
+use super::step::{ComponentFailure, Failure, Held, PruneFailure, Step};
 use super::waves::{self, Gate};
 use super::Options;
 use crate::build::engine::normalized_reference;
@@ -50,13 +50,13 @@ pub(super) struct Run<'a> {
     pruned: Vec<String>,
     kept: Vec<String>,
     /// Components held back (a missing Secret, an unbuilt image, an unhealthy dependency).
-    blocked: BTreeMap<String, String>,
+    blocked: BTreeMap<String, Held>,
     /// Components that failed to apply or to become healthy.
     failed: BTreeMap<String, ComponentFailure>,
     /// Why the last health wait failed, when it did.
     health_failure: Option<String>,
     /// Deletions that failed, or why prune was refused.
-    prune_errors: Vec<String>,
+    prune_errors: Vec<PruneFailure>,
     warnings: Vec<String>,
     health: BTreeMap<String, (ObjectKey, serde_json::Value)>,
     namespace_ready: bool,
@@ -71,8 +71,6 @@ pub(super) struct Run<'a> {
     unavailable: BTreeMap<String, (String, String)>,
     /// Images converge neither built nor found (the `none` builder), with their component.
     unconfirmed: BTreeMap<String, String>,
-    /// Components held back because their own image was not built.
-    build_failed: BTreeSet<String>,
     /// What became of each hook considered.
     hook_reports: Vec<HookReport>,
     /// The stack's pauses as this run read them, and the time it judges them at.
@@ -153,7 +151,10 @@ impl<'a> Run<'a> {
             unchanged: 0,
             pruned: Vec::new(),
             kept: Vec::new(),
-            blocked: build_failures.clone(),
+            blocked: build_failures
+                .iter()
+                .map(|(c, why)| (c.clone(), Held::ImageMissing(why.clone())))
+                .collect(),
             failed: BTreeMap::new(),
             health_failure: None,
             prune_errors: Vec::new(),
@@ -165,7 +166,6 @@ impl<'a> Run<'a> {
             preempted: false,
             unavailable,
             unconfirmed,
-            build_failed: build_failures.keys().cloned().collect(),
             hook_reports: Vec::new(),
             pauses: Pauses::default(),
             pause_now: chrono::Utc::now(),
@@ -210,12 +210,12 @@ impl<'a> Run<'a> {
     fn problem(&self, component: &str) -> Option<String> {
         self.blocked
             .get(component)
-            .cloned()
+            .map(|h| h.why().to_string())
             .or_else(|| self.failed.get(component).map(ComponentFailure::message))
     }
 
     /// Holds `component` back: its workloads are not applied, its old ones keep serving.
-    fn hold_back(&mut self, component: &str, why: String) {
+    fn hold_back(&mut self, component: &str, why: Held) {
         warn!(component = %component, reason = %why, "component not applied");
         self.blocked.insert(component.to_string(), why);
     }
@@ -253,7 +253,7 @@ impl<'a> Run<'a> {
         let secrets = secrets.map_err(Failure::cluster(Step::Read))?;
         for (component, why) in secrets::unresolved(self.stack, &secrets) {
             warn!(component = %component, "{why}");
-            self.blocked.entry(component).or_insert(why);
+            self.blocked.entry(component).or_insert(Held::Secret(why));
         }
         // Kinds only the inventory holds (no longer rendered): listed now that it is read.
         let mut extra: BTreeMap<String, GroupVersionKind> = BTreeMap::new();
@@ -299,10 +299,9 @@ impl<'a> Run<'a> {
                     } else {
                         component
                     };
-                    self.failed.entry(c).or_insert(ComponentFailure::Apply {
-                        why: e.to_string(),
-                        needs_new_commit: false,
-                    });
+                    self.failed
+                        .entry(c)
+                        .or_insert(ComponentFailure::Apply(std::sync::Arc::new(e)));
                 }
             }
         }
@@ -440,17 +439,17 @@ impl<'a> Run<'a> {
         if let Some((component, why)) = self
             .blocked
             .iter()
-            .find(|(c, _)| self.build_failed.contains(*c))
+            .find(|(_, h)| matches!(h, Held::ImageMissing(_)))
         {
             return Err(Failure::Build {
                 component: component.clone(),
-                why: why.clone(),
+                why: why.to_string(),
             });
         }
         if let Some((component, why)) = self.blocked.iter().next() {
             return Err(Failure::Blocked {
                 component: component.clone(),
-                why: why.clone(),
+                why: why.to_string(),
             });
         }
         Ok(())
@@ -470,7 +469,7 @@ impl<'a> Run<'a> {
             let deps = match waves::gate(wave, |c| self.problem(c)) {
                 Gate::Skip => continue,
                 Gate::Blocked(why) => {
-                    self.hold_back(&wave.component, why);
+                    self.hold_back(&wave.component, Held::Dependency(why));
                     continue;
                 }
                 Gate::WaitFor(deps) => deps,
@@ -489,7 +488,7 @@ impl<'a> Run<'a> {
                         let held = waves::blocked_by(dep, &why);
                         self.failed
                             .insert(dep.clone(), ComponentFailure::Health(why));
-                        self.hold_back(&wave.component, held);
+                        self.hold_back(&wave.component, Held::Dependency(held));
                         continue 'waves;
                     }
                 }
@@ -585,8 +584,9 @@ impl<'a> Run<'a> {
                 "image {image} is on no node and its Pods never pull it (imagePullPolicy: Never); the `none` builder builds nothing: load the image into the cluster's nodes, or let converge build it (another `builder`)"
             );
             warn!(component = %component, %image, "image on no node: not applied");
-            self.blocked.entry(component.clone()).or_insert(why.clone());
-            self.build_failed.insert(component.clone());
+            self.blocked
+                .entry(component.clone())
+                .or_insert(Held::ImageMissing(why.clone()));
             self.unavailable.insert(image, (component, why));
         }
     }
@@ -609,9 +609,8 @@ impl<'a> Run<'a> {
             {
                 self.hold_back(
                     &c,
-                    format!("runs {image} of `{owner}`, which does not exist"),
+                    Held::ImageMissing(format!("runs {image} of `{owner}`, which does not exist")),
                 );
-                self.build_failed.insert(c);
             }
         }
     }
