@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod build;
+pub mod capacity;
 pub mod cli;
 pub mod cluster;
 pub mod daemon;

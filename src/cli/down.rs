@@ -6,9 +6,8 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{Format, SourceArgs, EXIT_ERROR, EXIT_FINDINGS, EXIT_OK};
-use crate::cluster::teardown::{self, DownReport, TeardownOptions};
-use crate::cluster::{Cluster, ClusterError};
-use crate::reconcile::lookup::{self, Target};
+use crate::cluster::teardown::{DownReport, TeardownOptions};
+use crate::reconcile::lookup::{self, Wanted};
 
 /// Arguments of `converge down`.
 #[derive(Debug, Args)]
@@ -32,7 +31,7 @@ pub struct DownArgs {
 pub(super) fn resolve_targets(
     source: &SourceArgs,
     target: &super::StackArgs,
-) -> Result<Vec<Target>, u8> {
+) -> Result<Vec<Wanted>, u8> {
     lookup::targets(
         &source.repo,
         &source.rev,
@@ -60,8 +59,8 @@ pub(super) fn run(args: &DownArgs) -> u8 {
     };
     rt.block_on(async {
         let mut reports = Vec::new();
-        for t in &targets {
-            match take_down(args.target.kubeconfig.as_deref(), t, opts).await {
+        for w in &targets {
+            match lookup::take_down(args.target.kubeconfig.as_deref(), &w.target, opts).await {
                 Ok(r) => reports.push(r),
                 Err(e) => {
                     return super::report_error(&crate::error::Error::Cluster(e), args.output)
@@ -77,19 +76,7 @@ pub(super) fn run(args: &DownArgs) -> u8 {
     })
 }
 
-/// Connects to `target`'s cluster and takes it down where converge's records of it are.
-async fn take_down(
-    kubeconfig: Option<&std::path::Path>,
-    target: &Target,
-    opts: TeardownOptions,
-) -> Result<DownReport, ClusterError> {
-    let cluster = Cluster::connect(kubeconfig, target.context.as_deref()).await?;
-    cluster.ping().await?;
-    let namespaces = target.namespaces(&cluster).await?;
-    teardown::down_found(&cluster, &target.stack, &namespaces, opts).await
-}
-
-fn print(reports: &[DownReport], targets: &[Target], format: Format) {
+fn print(reports: &[DownReport], targets: &[Wanted], format: Format) {
     if format.structured() {
         super::emit(reports, format);
         return;
@@ -97,7 +84,8 @@ fn print(reports: &[DownReport], targets: &[Target], format: Format) {
     for r in reports {
         let dir = targets
             .iter()
-            .find(|t| t.stack == r.stack && t.namespace.as_deref().is_none_or(|n| n == r.namespace))
+            .map(|w| &w.target)
+            .find(|t| t.stack == r.stack && t.namespace().is_none_or(|n| n == r.namespace))
             .map(|t| t.dir.as_str())
             .unwrap_or("");
         let label = if r.namespace.is_empty() {

@@ -9,10 +9,8 @@ use clap::Args;
 
 use super::down;
 use super::{Format, SourceArgs, EXIT_ERROR, EXIT_FINDINGS, EXIT_OK};
-use crate::cluster::Cluster;
 use crate::explain::{self, Diagnosis, Explained, GatherError};
 use crate::process;
-use crate::reconcile::lookup::Target;
 
 /// How long `kubectl-ai` may take to answer.
 pub const AI_TIMEOUT: Duration = Duration::from_secs(300);
@@ -44,22 +42,32 @@ pub(super) fn run(args: &ExplainArgs) -> u8 {
         Err(code) => return code,
     };
     rt.block_on(async {
+        let found = match explain::explain_wanted(
+            args.target.kubeconfig.as_deref(),
+            &targets,
+            args.component.as_deref(),
+        )
+        .await
+        {
+            Ok(found) => found,
+            Err(GatherError::Cluster(e)) => {
+                return super::report_error(&crate::error::Error::Cluster(e), args.output)
+            }
+            Err(e) => {
+                super::print_error(&e);
+                return EXIT_ERROR;
+            }
+        };
         let mut all = Vec::new();
         let mut never_applied = Vec::new();
-        for t in &targets {
-            match explain_target(args, t).await {
-                Ok((mut e, mut skipped)) => {
-                    all.append(&mut e);
-                    never_applied.append(&mut skipped);
-                }
-                Err(GatherError::Cluster(e)) => {
-                    return super::report_error(&crate::error::Error::Cluster(e), args.output)
-                }
-                Err(e) => {
-                    super::print_error(&e);
-                    return EXIT_ERROR;
-                }
-            }
+        for (w, mut e) in targets.iter().zip(found) {
+            all.append(&mut e.explained);
+            let t = &w.target;
+            never_applied.extend(
+                e.never_applied
+                    .iter()
+                    .map(|ns| super::stack_label(&t.stack, &t.dir, ns)),
+            );
         }
         // A stack of the repository that was never applied to this cluster is not a failure
         // of it: say so once, on stderr.
@@ -75,7 +83,7 @@ pub(super) fn run(args: &ExplainArgs) -> u8 {
                 "nothing to explain: converge has no record of {} in this cluster (run `{apply}` first)",
                 targets
                     .iter()
-                    .map(|t| format!("stack {}", t.stack))
+                    .map(|w| format!("stack {}", w.target.stack))
                     .collect::<Vec<_>>()
                     .join(", ")
             );
@@ -95,35 +103,6 @@ pub(super) fn run(args: &ExplainArgs) -> u8 {
             EXIT_OK
         }
     })
-}
-
-/// The explained components of one target, and the labels of its namespaces where converge has
-/// never applied it.
-async fn explain_target(
-    args: &ExplainArgs,
-    t: &Target,
-) -> Result<(Vec<Explained>, Vec<String>), GatherError> {
-    let cluster = Cluster::connect(args.target.kubeconfig.as_deref(), t.context.as_deref()).await?;
-    cluster.ping().await?;
-    let namespaces = t.namespaces(&cluster).await?;
-    let found = explain::explain_stack(
-        &cluster,
-        &explain::Target {
-            stack: t.stack.clone(),
-            dir: t.dir.clone(),
-            namespace: String::new(),
-            component: args.component.clone(),
-            desired: t.components.clone(),
-        },
-        &namespaces,
-    )
-    .await?;
-    let never = found
-        .never_applied
-        .iter()
-        .map(|ns| super::stack_label(&t.stack, &t.dir, ns))
-        .collect();
-    Ok((found.explained, never))
 }
 
 fn print_text(all: &[Explained], one: bool) {

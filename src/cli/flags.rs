@@ -142,10 +142,9 @@ mod tests {
             panic!("not run: {cli:?}");
         };
         let cfg = args.config();
-        assert_eq!(cfg.builder, Some(BuilderKind::Command));
-        assert_eq!(cfg.kubeconfig.as_deref(), Some(std::path::Path::new("/k")));
         assert_eq!(cfg.shutdown_grace, std::time::Duration::from_secs(4));
         let o = &cfg.options;
+        assert_eq!(o.kubeconfig.as_deref(), Some(std::path::Path::new("/k")));
         assert_eq!(o.builder, Some(BuilderKind::Command));
         assert_eq!(o.build.command_template.as_deref(), Some("buildah"));
         assert_eq!(o.build.command_exists_template.as_deref(), Some("inspect"));

@@ -79,10 +79,6 @@ impl RunArgs {
     pub fn config(&self) -> Config {
         Config {
             repo: self.repo.clone(),
-            dir: self.dir.clone(),
-            stack: self.target.stack.clone(),
-            kubeconfig: self.target.kubeconfig.clone(),
-            context: self.target.context.clone(),
             branch: self.branch.clone(),
             remote: self.remote.clone(),
             poll: self.poll,
@@ -94,7 +90,6 @@ impl RunArgs {
             shutdown_grace: self.shutdown_grace,
             listen: self.listen,
             lease: !self.no_lease,
-            builder: self.build.builder,
             options: flags::reconcile_options(
                 &self.dir,
                 &self.target,

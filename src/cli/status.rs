@@ -5,9 +5,8 @@
 use clap::Args;
 
 use super::{Format, SourceArgs, EXIT_ERROR, EXIT_FINDINGS, EXIT_OK};
-use crate::cluster::{Cluster, ClusterError};
 use crate::daemon::forward::{routes_of, Route};
-use crate::status::view::{self, Gathered, LocalUrl, Pick, StackView};
+use crate::status::view::{Gathered, LocalUrl, StackView};
 use crate::status::ComponentHealth;
 
 /// Arguments of `converge status`.
@@ -31,7 +30,15 @@ pub(super) fn run(args: &StatusArgs) -> u8 {
         let Gathered {
             stacks: views,
             unreadable,
-        } = match read(args).await {
+        } = match crate::reconcile::lookup::status(
+            args.target.kubeconfig.as_deref(),
+            args.target.context.as_deref(),
+            &args.source.repo,
+            &args.source.rev,
+            &super::selection(&args.source, &args.target),
+        )
+        .await
+        {
             Ok(g) => g,
             Err(e) => return super::report_error(&crate::error::Error::Cluster(e), args.output),
         };
@@ -69,27 +76,6 @@ pub(super) fn run(args: &StatusArgs) -> u8 {
             EXIT_FINDINGS
         }
     })
-}
-
-/// What the cluster holds of the stacks the selectors name (in the repository, when it can be
-/// read).
-async fn read(args: &StatusArgs) -> Result<Gathered, ClusterError> {
-    let cluster = Cluster::connect(
-        args.target.kubeconfig.as_deref(),
-        args.target.context.as_deref(),
-    )
-    .await?;
-    cluster.ping().await?;
-    let pick = Pick {
-        stack: args.target.stack.clone(),
-        namespace: args.target.namespace.clone(),
-        named: crate::reconcile::lookup::named(
-            &args.source.repo,
-            &args.source.rev,
-            &super::selection(&args.source, &args.target),
-        ),
-    };
-    view::gather(&cluster, &pick).await
 }
 
 /// The local URLs the selected stacks ask for in the repository's desired state (none when it

@@ -20,7 +20,7 @@ use crate::desired;
 use crate::error::Error;
 pub(super) use crate::outcome::Outcome;
 use crate::outcome::{self, Next, Reason};
-use crate::reconcile::{self, Clusters, OwnDeletions, PreparedCommit, StackReport, Target};
+use crate::reconcile::{self, Clusters, OwnDeletions, PreparedCommit, StackRef, StackReport};
 use crate::render::Helm;
 
 /// What a finished job hands back to the loop.
@@ -31,7 +31,7 @@ pub(super) struct Done {
     pub outcome: Outcome,
     pub took: Duration,
     pub clusters: Clusters,
-    pub targets: Option<Vec<Target>>,
+    pub targets: Option<Vec<StackRef>>,
     /// The kinds of every object each stack now manages: what to watch.
     pub kinds: BTreeMap<String, BTreeSet<(String, String, String)>>,
     /// The Secrets each stack's components read.
@@ -62,7 +62,7 @@ pub(super) struct JobInput {
     pub cancel: watch::Receiver<bool>,
     pub preempt: watch::Receiver<bool>,
     pub own_deletions: OwnDeletions,
-    pub known: Vec<Target>,
+    pub known: Vec<StackRef>,
     pub leased: BTreeSet<String>,
     pub holder: Holder,
     /// While the tip is stalled, the reason recorded again after reconciling the last good commit.
@@ -77,7 +77,7 @@ pub(super) struct JobInput {
 pub(super) async fn take_lease(
     clusters: &mut Clusters,
     cfg: &Config,
-    t: &Target,
+    t: &StackRef,
     holder: &Holder,
 ) -> Result<LeaseGuard, DaemonError> {
     lease(clusters, cfg, t, holder).await.map_err(|e| match e {
@@ -90,10 +90,12 @@ pub(super) async fn take_lease(
 async fn lease(
     clusters: &mut Clusters,
     cfg: &Config,
-    t: &Target,
+    t: &StackRef,
     holder: &Holder,
 ) -> Result<LeaseGuard, Error> {
-    let cluster = clusters.get(cfg.kubeconfig.as_deref(), &t.context).await?;
+    let cluster = clusters
+        .get(cfg.options.kubeconfig.as_deref(), &t.context)
+        .await?;
     lock::ensure_namespace(cluster.client(), &t.namespace, &t.stack).await?;
     Ok(LeaseGuard::acquire(
         cluster.client(),
@@ -131,7 +133,6 @@ pub(super) async fn job(mut input: JobInput) -> Done {
     // work.
     let mut opts = cfg.options.clone();
     opts.full = input.full;
-    opts.builder = cfg.builder;
     opts.cancel = Some(input.cancel.clone());
     opts.preempt = Some(input.preempt.clone());
     opts.own_deletions = Some(input.own_deletions.clone());
@@ -165,7 +166,7 @@ pub(super) async fn job(mut input: JobInput) -> Done {
     };
     let targets = reconcile::targets_of(
         prepared.stacks.iter().map(|p| &p.stack),
-        cfg.context.as_deref(),
+        cfg.options.context.as_deref(),
     );
     done.targets = Some(targets.clone());
     for p in &prepared.stacks {
@@ -208,7 +209,7 @@ pub(super) async fn job(mut input: JobInput) -> Done {
             for t in &targets {
                 if let Ok(cluster) = input
                     .clusters
-                    .get(cfg.kubeconfig.as_deref(), &t.context)
+                    .get(cfg.options.kubeconfig.as_deref(), &t.context)
                     .await
                 {
                     if let Ok(inv) = inventory::load(cluster.client(), &t.namespace, &t.stack).await

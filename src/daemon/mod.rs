@@ -42,7 +42,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
-use crate::desired::{self, schema::BuilderKind};
+use crate::desired;
 use crate::reconcile::{self, Clusters, Options, OwnDeletions, PreparedCommit};
 use crate::render::Helm;
 
@@ -62,14 +62,6 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 pub struct Config {
     /// Any directory inside the checkout.
     pub repo: PathBuf,
-    /// The desired-state directory.
-    pub dir: String,
-    /// Only this stack.
-    pub stack: Option<String>,
-    /// The kubeconfig file (`$KUBECONFIG` when absent).
-    pub kubeconfig: Option<PathBuf>,
-    /// The kube context, instead of each stack's.
-    pub context: Option<String>,
     /// The branch to deploy, instead of the stacks' `branch`.
     pub branch: Option<String>,
     /// Pull mode: fetch this remote.
@@ -92,9 +84,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Whether to hold a coordination Lease per stack.
     pub lease: bool,
-    /// The image builder, instead of each stack's.
-    pub builder: Option<BuilderKind>,
-    /// Reconcile options (timeouts, conflicts, recreate).
+    /// How each reconcile behaves, and what it selects: the desired-state directory, the stack,
+    /// the kubeconfig, the context and the builder are read from here, not copied.
     pub options: Options,
     /// The MCP server answered on `POST /mcp` of the listen address, when one is given.
     pub mcp: Option<http::McpEndpoint>,
@@ -104,10 +95,6 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             repo: PathBuf::from("."),
-            dir: desired::DEFAULT_DIR.into(),
-            stack: None,
-            kubeconfig: None,
-            context: None,
             branch: None,
             remote: None,
             poll: Duration::from_secs(30),
@@ -119,7 +106,6 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(10),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             lease: true,
-            builder: None,
             options: Options::default(),
             mcp: None,
         }
@@ -154,7 +140,7 @@ fn record_urls(forwards: &forward::Forwards, holder: &mut Holder, file_lock: &mu
 
 pub use error::DaemonError;
 pub use http::request_sync;
-pub use reconcile::Target;
+pub use reconcile::StackRef;
 pub use state::Trigger;
 
 /// Runs the daemon until SIGTERM/SIGINT (then `Ok`) or a fatal error.
@@ -203,7 +189,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             tip: refs::tip(&dirs.root, &tracked).unwrap_or_default(),
             started_ms: chrono::Utc::now().timestamp_millis(),
         },
-        cfg.kubeconfig.clone(),
+        cfg.options.kubeconfig.clone(),
         targets.clone(),
     );
     let server = tokio::spawn(http::serve(
@@ -220,7 +206,10 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let mut drift_watch = DriftWatch::default();
     // Watch from the start, so drift during the first (possibly long) reconcile is not missed.
     for t in &targets {
-        if let Ok(c) = clusters.get(cfg.kubeconfig.as_deref(), &t.context).await {
+        if let Ok(c) = clusters
+            .get(cfg.options.kubeconfig.as_deref(), &t.context)
+            .await
+        {
             drift_watch
                 .ensure(&c, &t.stack, &t.namespace, &BTreeSet::new(), &drift_tx)
                 .await;
@@ -254,7 +243,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     // logged and skipped, never fatal.
     let mut forwards = forward::Forwards::default();
     forwards
-        .ensure(&routes, &mut clusters, cfg.kubeconfig.as_deref())
+        .ensure(&routes, &mut clusters, cfg.options.kubeconfig.as_deref())
         .await;
     record_urls(&forwards, &mut holder, &mut file_lock);
 
@@ -392,7 +381,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                             targets = t;
                             page.targets.send_replace(targets.clone());
                             routes = r;
-                            forwards.ensure(&routes, &mut clusters, cfg.kubeconfig.as_deref()).await;
+                            forwards.ensure(&routes, &mut clusters, cfg.options.kubeconfig.as_deref()).await;
                             record_urls(&forwards, &mut holder, &mut file_lock);
                         }
                         Err(e) => warn!(error = %e, "reload: keeping the previous configuration"),
@@ -428,11 +417,11 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                 clusters = std::mem::take(&mut done.clusters);
                 if let Some(p) = done.prepared.clone() {
                     // The commit's own local URLs: served from now on, as its Pods are.
-                    routes = forward::routes_of(p.stacks.iter().map(|s| &s.stack), cfg.context.as_deref());
+                    routes = forward::routes_of(p.stacks.iter().map(|s| &s.stack), cfg.options.context.as_deref());
                     prepared_cache = Some(p);
                 }
                 // Also retries a port that was in use at the last try.
-                forwards.ensure(&routes, &mut clusters, cfg.kubeconfig.as_deref()).await;
+                forwards.ensure(&routes, &mut clusters, cfg.options.kubeconfig.as_deref()).await;
                 record_urls(&forwards, &mut holder, &mut file_lock);
                 let span = info_span!("reconcile", trigger = done.trigger.as_str(), commit = %desired::short_id(&done.commit));
                 let _enter = span.enter();
@@ -461,7 +450,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                     // Watch what converge now manages.
                     for t in &targets {
                         let kinds = done.kinds.get(&t.stack).cloned().unwrap_or_default();
-                        if let Ok(c) = clusters.get(cfg.kubeconfig.as_deref(), &t.context).await {
+                        if let Ok(c) = clusters.get(cfg.options.kubeconfig.as_deref(), &t.context).await {
                             drift_watch.ensure(&c, &t.stack, &t.namespace, &kinds, &drift_tx).await;
                         }
                     }

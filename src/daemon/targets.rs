@@ -11,7 +11,7 @@ use super::forward::{routes_of, Route};
 use super::{Config, DaemonError};
 use crate::desired;
 use crate::error::Error;
-use crate::reconcile::{self, Clusters, Selection, Target};
+use crate::reconcile::{self, Clusters, Selection, StackRef};
 use crate::status;
 
 /// How far back from HEAD the daemon looks for a valid desired state to learn its stacks.
@@ -19,14 +19,14 @@ const DISCOVER_DEPTH: usize = 50;
 
 /// The branch and stacks to manage, from the newest of the branch's last commits whose desired
 /// state is valid.
-pub(super) fn discover(cfg: &Config) -> Result<(String, Vec<Target>, Vec<Route>), DaemonError> {
+pub(super) fn discover(cfg: &Config) -> Result<(String, Vec<StackRef>, Vec<Route>), DaemonError> {
     let start = match &cfg.branch {
         Some(b) => format!("refs/heads/{b}"),
         None => "HEAD".to_string(),
     };
     let selection = Selection {
-        dir: cfg.dir.clone(),
-        stack: cfg.stack.clone(),
+        dir: cfg.options.dir.clone(),
+        stack: cfg.options.stack.clone(),
         namespace: cfg.options.namespace.clone(),
     };
     let (back, commit) =
@@ -36,15 +36,15 @@ pub(super) fn discover(cfg: &Config) -> Result<(String, Vec<Target>, Vec<Route>)
                 return Err(DaemonError::Config {
                     message: format!(
                         "none of the last {DISCOVER_DEPTH} commits of {start} has a valid desired state in `{}`: run `converge validate` and commit a fix",
-                        cfg.dir
+                        cfg.options.dir
                     ),
                 })
             }
             Err(e @ Error::UnknownStack { .. }) => {
                 return Err(DaemonError::Config {
-                    message: match &cfg.stack {
-                        Some(_) => format!("{e} in `{}`", cfg.dir),
-                        None => format!("{e}: it has no stack in `{}`", cfg.dir),
+                    message: match &cfg.options.stack {
+                        Some(_) => format!("{e} in `{}`", cfg.options.dir),
+                        None => format!("{e}: it has no stack in `{}`", cfg.options.dir),
                     },
                 })
             }
@@ -56,7 +56,7 @@ pub(super) fn discover(cfg: &Config) -> Result<(String, Vec<Target>, Vec<Route>)
             message: format!(
                 "commit {} has no stack in `{}`",
                 desired::short_id(&commit.id),
-                cfg.dir
+                cfg.options.dir
             ),
         });
     }
@@ -80,8 +80,8 @@ pub(super) fn discover(cfg: &Config) -> Result<(String, Vec<Target>, Vec<Route>)
     }
     Ok((
         branch,
-        reconcile::targets_of(stacks.iter().copied(), cfg.context.as_deref()),
-        routes_of(stacks, cfg.context.as_deref()),
+        reconcile::targets_of(stacks.iter().copied(), cfg.options.context.as_deref()),
+        routes_of(stacks, cfg.options.context.as_deref()),
     ))
 }
 
@@ -96,13 +96,13 @@ fn agreed_commit(records: &[String]) -> Option<String> {
 pub(super) async fn recorded_commit(
     clusters: &mut Clusters,
     cfg: &Config,
-    targets: &[Target],
+    targets: &[StackRef],
     root: &Path,
 ) -> Option<String> {
     let mut commits = Vec::new();
     for t in targets {
         let cluster = clusters
-            .get(cfg.kubeconfig.as_deref(), &t.context)
+            .get(cfg.options.kubeconfig.as_deref(), &t.context)
             .await
             .ok()?;
         match status::load(cluster.client(), &t.namespace, &t.stack).await {

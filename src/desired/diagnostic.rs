@@ -6,7 +6,27 @@ use std::collections::BTreeMap;
 use annotate_snippets::{Level, Renderer, Snippet};
 use serde::Serialize;
 
-use super::yaml::{Pos, Secret};
+/// A position in a source file: 1-based line and column, byte offset and the length to underline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pos {
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column, counted in characters.
+    pub column: usize,
+    /// Byte offset of the start.
+    pub offset: usize,
+    /// Length in bytes of the text to underline (at least 1).
+    pub len: usize,
+}
+
+/// A value in the source that looks like a secret: what a diagnostic must never show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Secret {
+    /// Byte range in the source (may span lines for block scalars).
+    pub range: std::ops::Range<usize>,
+    /// The value as parsed, for scrubbing messages that quote it.
+    pub text: String,
+}
 
 /// What a suspected secret is shown as, in source lines and in every text field.
 pub const MASK: &str = "********";
@@ -265,26 +285,8 @@ fn token_ranges(hay: &str, needle: &str) -> Vec<std::ops::Range<usize>> {
     out
 }
 
-/// `text` with every whole-token occurrence of the credential-like values a YAML scan finds in
-/// `yaml` (four characters or more) replaced by [`MASK`]: for showing text that may quote a
-/// desired-state file, a diff of it say.
-pub fn mask_secrets_of(yaml: &str, text: &str) -> String {
-    let scan = super::yaml::scan(
-        yaml,
-        super::yaml::Limits::DESIRED,
-        &mut super::yaml::Budget::default(),
-    );
-    let mut out = text.to_string();
-    for s in scan.secrets.iter().filter(|s| s.text.chars().count() >= 4) {
-        if let Some(m) = replace_token(&out, &s.text) {
-            out = m;
-        }
-    }
-    out
-}
-
 /// `hay` with every whole-token occurrence of `needle` replaced by [`MASK`]; `None` if none.
-fn replace_token(hay: &str, needle: &str) -> Option<String> {
+pub(super) fn replace_token(hay: &str, needle: &str) -> Option<String> {
     let ranges = token_ranges(hay, needle);
     if ranges.is_empty() {
         return None;
@@ -486,22 +488,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_diff_quoting_a_credential_like_value_shows_it_masked() {
-        let old = "kind: Component\nname: api\nenv:\n  DB_PASSWORD: hunter2-correct-horse\n";
-        let new = "kind: Component\nname: api\nenv:\n  DB_PASSWORD: hunter3-correct-horse\n";
-        let diff = "-  DB_PASSWORD: hunter2-correct-horse\n+  DB_PASSWORD: hunter3-correct-horse\n";
-        let both = format!("{old}---\n{new}");
-        let shown = mask_secrets_of(&both, diff);
-        assert!(!shown.contains("hunter"), "{shown}");
-        assert_eq!(shown.matches(MASK).count(), 2, "{shown}");
-        // Nothing credential-like: the text is left as it is.
-        assert_eq!(
-            mask_secrets_of("replicas: 3\n", "+replicas: 3\n"),
-            "+replicas: 3\n"
-        );
-    }
-
-    #[test]
     fn renders_like_rustc_with_source_line_and_caret() {
         let src = "kind: Component\nreplica: 2\n";
         let mut r = Report::default();
@@ -535,106 +521,6 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("= help: did you mean `replicas`?"), "{text}");
-    }
-
-    fn report_with_secret(src: &str) -> Report {
-        let mut r = Report::default();
-        r.add_source("desired/web.yaml", src);
-        let scan = super::super::yaml::scan(
-            src,
-            super::super::yaml::Limits::DESIRED,
-            &mut Default::default(),
-        );
-        r.add_secrets("desired/web.yaml", scan.secrets);
-        r
-    }
-
-    #[test]
-    fn a_credential_value_is_masked_in_the_source_line_and_every_field() {
-        let src = "env:\n  DB_PASSWORD: hunter2\n  LOG: x\nresources: {requests: {cpu: hunter2}}\n";
-        let mut r = report_with_secret(src);
-        let key = Pos {
-            line: 2,
-            column: 3,
-            offset: 7,
-            len: 11,
-        };
-        r.push(
-            Diagnostic::error(
-                "credential-in-env",
-                "desired/web.yaml",
-                key,
-                "`DB_PASSWORD` looks like a credential",
-            )
-            .value("DB_PASSWORD"),
-        );
-        // A finding on the secret itself, and one quoting the same text elsewhere.
-        let value = Pos {
-            line: 2,
-            column: 16,
-            offset: 20,
-            len: 7,
-        };
-        r.push(
-            Diagnostic::error("bad-value", "desired/web.yaml", value, "`hunter2` is wrong")
-                .value("hunter2"),
-        );
-        let cpu = Pos {
-            line: 4,
-            column: 31,
-            offset: src.rfind("hunter2").unwrap(),
-            len: 7,
-        };
-        r.push(
-            Diagnostic::error(
-                "bad-quantity",
-                "desired/web.yaml",
-                cpu,
-                "`hunter2` is not a quantity",
-            )
-            .value("hunter2"),
-        );
-        let text = r.render(false);
-        let json = serde_json::to_string(&r.diagnostics).unwrap();
-        for out in [&text, &json] {
-            assert!(!out.contains("hunter2"), "{out}");
-        }
-        assert!(text.contains("2 |   DB_PASSWORD: ********"), "{text}");
-        assert!(text.contains("--> desired/web.yaml:2:3"), "{text}");
-        assert!(
-            text.contains("found `DB_PASSWORD`"),
-            "the key name stays: {text}"
-        );
-        // The underline of a finding on the secret covers the mask, not the old length.
-        assert!(text.contains("^^^^^^^^ found `********`"), "{text}");
-        assert_eq!(r.diagnostics[1].value.as_deref(), Some(MASK));
-        assert_eq!(r.diagnostics[2].message, "`********` is not a quantity");
-    }
-
-    #[test]
-    fn masking_keeps_later_underlines_on_their_characters() {
-        let src = "env: {API_TOKEN: a-long-token-value, replica: 2}\n";
-        let mut r = report_with_secret(src);
-        let at = src.find("replica").unwrap();
-        r.push(Diagnostic::error(
-            "unknown-field",
-            "desired/web.yaml",
-            Pos {
-                line: 1,
-                column: at + 1,
-                offset: at,
-                len: 7,
-            },
-            "unknown field `replica`",
-        ));
-        let text = r.render(false);
-        assert!(
-            text.contains("1 | env: {API_TOKEN: ********, replica: 2}"),
-            "{text}"
-        );
-        let caret_line = text.lines().find(|l| l.contains('^')).unwrap();
-        let rendered = text.lines().find(|l| l.contains("replica: 2")).unwrap();
-        assert_eq!(caret_line.find('^'), rendered.find("replica"), "{text}");
     }
 
     #[test]

@@ -3,11 +3,15 @@
 //!
 //! It never touches the cluster, and an invalid, empty or half-read desired state is never
 //! returned: the caller gets a [`Report`] with every finding instead.
+//!
+//! Imports go one way: [`diagnostic`] (positions, findings, masking) at the bottom, [`yaml`]
+//! above it, `structure` and `validate` above both.
 
 mod check;
 pub mod diagnostic;
 pub mod quantity;
 pub mod schema;
+mod stack_ref;
 mod structure;
 mod validate;
 pub mod yaml;
@@ -16,6 +20,7 @@ use serde::Serialize;
 
 pub use diagnostic::{Diagnostic, Report, Severity};
 pub use schema::{BuildSpec, ComponentSpec, ImageSpec, SecretRef, StackSpec};
+pub use stack_ref::StackRef;
 
 use crate::source::{resolve_symlink, EntryKind, Snapshot};
 
@@ -274,7 +279,7 @@ fn read_text(
             let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
             let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
             let column = valid.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
-            let pos = yaml::Pos {
+            let pos = diagnostic::Pos {
                 line,
                 column,
                 offset: 0,

@@ -11,10 +11,10 @@ use super::rules;
 use super::Check;
 use crate::build::minikube;
 use crate::build::BuilderChoice;
+use crate::capacity::{fmt_cpu, fmt_memory};
 use crate::cluster::ClusterError;
 use crate::desired::schema::BuilderKind;
 use crate::desired::Stack;
-use crate::explain::rules::{fmt_cpu, fmt_memory};
 use crate::explain::{Evidence, SecretRef};
 
 /// `todo-chatbot (desired/dev → namespace todo-chatbot)`: stacks may share a name.
@@ -385,7 +385,7 @@ pub fn capacity(
         .filter(|p| p.pointer("/metadata/namespace").and_then(Value::as_str) != Some(ns))
         .cloned()
         .collect();
-    let room = crate::explain::gather::room(nodes, &others);
+    let room = crate::capacity::room(nodes, &others);
     let totals = rules::totals(objects);
     let findings = rules::capacity_findings(&room, &totals);
     let alloc_cpu: i64 = room.iter().map(|n| n.allocatable_cpu_milli).sum();

@@ -12,10 +12,11 @@ use serde_json::Value;
 use super::rules::Totals;
 use crate::build::minikube::{self, Profile};
 use crate::build::BuildEnv;
+use crate::capacity::{pod_requests, running};
+use crate::cluster::values;
 use crate::cluster::{Cluster, ClusterError};
 use crate::desired::schema::BuilderKind;
 use crate::desired::Stack;
-use crate::explain::gather::{running, values};
 use crate::explain::SecretRef;
 use crate::render::Helm;
 
@@ -225,7 +226,7 @@ pub async fn quota(cluster: &Cluster, ns: &str) -> Result<QuotaFacts, ClusterErr
             .map(values)
             .unwrap_or_default();
         for p in &pods {
-            let (cpu, mem) = crate::explain::rules::pod_requests(p);
+            let (cpu, mem) = pod_requests(p);
             own.pods += 1;
             own.cpu_milli += cpu;
             own.memory += mem;

@@ -6,9 +6,8 @@
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::capacity::{fmt_cpu, fmt_memory, NodeRoom};
 use crate::desired::quantity::Quantity;
-use crate::explain::rules::{fmt_cpu, fmt_memory};
-use crate::explain::NodeRoom;
 
 /// The outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

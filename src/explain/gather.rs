@@ -7,16 +7,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::{Event, Node, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass as K8sStorageClass;
 use kube::api::{Api, ListParams, LogParams};
 use serde_json::Value;
 use tracing::debug;
 
-use super::{EventLine, Evidence, LogTail, NodeRoom, SecretRef, StorageClass};
-// Re-exported: doctor and the tests below reach them through here.
-pub use crate::cluster::{selector_of, values};
-use crate::cluster::{Cluster, ClusterError};
+use super::{EventLine, Evidence, LogTail, SecretRef, StorageClass};
+use crate::capacity::node_room;
+use crate::cluster::{selector_of, values, Cluster, ClusterError};
+use crate::desired::StackRef;
 use crate::status::{self, ComponentStatus};
 use crate::vocabulary::{LABEL_COMPONENT, LABEL_STACK};
 
@@ -27,20 +27,9 @@ pub const LOG_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many recent Events are kept per component.
 pub const EVENTS: usize = 25;
 
-/// What to explain.
-#[derive(Debug, Clone, Default)]
-pub struct Target {
-    /// The stack's name.
-    pub stack: String,
-    /// Its directory in the repository (empty when the repository was not read).
-    pub dir: String,
-    /// Its namespace.
-    pub namespace: String,
-    /// Only this component; every component when `None`.
-    pub component: Option<String>,
-    /// Components the desired state names, with their Secret references (when it could be read).
-    pub desired: BTreeMap<String, Vec<SecretRef>>,
-}
+/// Components the desired state names, with their Secret references (empty when it could not
+/// be read).
+pub type Desired = BTreeMap<String, Vec<crate::desired::SecretRef>>;
 
 /// Failures gathering evidence.
 #[derive(Debug, thiserror::Error)]
@@ -158,8 +147,13 @@ fn failing_container(cs: &Value) -> bool {
         || cs.pointer("/state/terminated").is_some()
 }
 
-/// Gathers the evidence for every component of `target` (or the one it names).
-pub async fn gather(cluster: &Cluster, target: &Target) -> Result<Vec<Evidence>, GatherError> {
+/// Gathers the evidence for every component of `target` in its namespace (or for `component`).
+pub async fn gather(
+    cluster: &Cluster,
+    target: &StackRef,
+    component: Option<&str>,
+    desired: &Desired,
+) -> Result<Vec<Evidence>, GatherError> {
     let client = cluster.client().clone();
     let ns = target.namespace.as_str();
     let recorded: Vec<ComponentStatus> = status::load(&client, ns, &target.stack)
@@ -180,15 +174,15 @@ pub async fn gather(cluster: &Cluster, target: &Target) -> Result<Vec<Evidence>,
             .unwrap_or("")
             .to_string()
     };
-    let mut known: BTreeSet<String> = target.desired.keys().cloned().collect();
+    let mut known: BTreeSet<String> = desired.keys().cloned().collect();
     known.extend(recorded.iter().map(|c| c.name.clone()));
     known.extend(workloads.iter().map(component_of).filter(|c| !c.is_empty()));
-    let names: Vec<String> = match &target.component {
-        Some(c) if known.contains(c) => vec![c.clone()],
+    let names: Vec<String> = match component {
+        Some(c) if known.contains(c) => vec![c.to_string()],
         Some(c) => {
             return Err(GatherError::UnknownComponent {
                 stack: target.stack.clone(),
-                name: c.clone(),
+                name: c.to_string(),
                 known: known.into_iter().collect(),
             })
         }
@@ -214,7 +208,8 @@ pub async fn gather(cluster: &Cluster, target: &Target) -> Result<Vec<Evidence>,
                 w
             })
             .collect();
-        gather_component(cluster, target, &mut ev, &events).await?;
+        let from_desired = desired.get(&name).into_iter().flatten();
+        gather_component(cluster, from_desired, &mut ev, &events).await?;
         out.push(ev);
     }
     Ok(out)
@@ -237,7 +232,7 @@ fn redact_env_template(workload: &mut Value) {
 
 async fn gather_component(
     cluster: &Cluster,
-    target: &Target,
+    from_desired: impl Iterator<Item = &crate::desired::SecretRef>,
     ev: &mut Evidence,
     events: &[Value],
 ) -> Result<(), ClusterError> {
@@ -245,12 +240,12 @@ async fn gather_component(
     let ns = ev.namespace.clone();
     let pods_api = Api::<Pod>::namespaced(client.clone(), &ns);
     let mut claim_names: BTreeSet<String> = BTreeSet::new();
-    let mut refs: BTreeSet<SecretRef> = target
-        .desired
-        .get(&ev.component)
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
+    let mut refs: BTreeSet<SecretRef> = from_desired
+        .map(|r| SecretRef {
+            secret: r.secret.clone(),
+            key: r.key.clone(),
+            optional: r.optional,
+        })
         .collect();
     for w in ev.workloads.clone() {
         let Some(sel) = selector_of(&w) else {
@@ -470,48 +465,6 @@ fn is_kubelet_notice(text: &str) -> bool {
     text.starts_with("unable to retrieve container logs for ") && !text.contains('\n')
 }
 
-/// Every node's allocatable CPU and memory and what the Pods on it already request.
-pub async fn node_room(cluster: &Cluster) -> Result<Vec<NodeRoom>, ClusterError> {
-    let nodes = values(cluster.list_global::<Node>(&ListParams::default()).await?);
-    let pods = values(cluster.list_global::<Pod>(&running()).await?);
-    Ok(room(&nodes, &pods))
-}
-
-/// Pods that still hold their requests (neither succeeded nor failed).
-pub fn running() -> ListParams {
-    ListParams::default().fields("status.phase!=Succeeded,status.phase!=Failed")
-}
-
-/// Pure: nodes' allocatable minus the requests of the Pods bound to them.
-pub fn room(nodes: &[Value], pods: &[Value]) -> Vec<NodeRoom> {
-    let q = |v: &Value, p: &str| -> f64 {
-        v.pointer(p)
-            .and_then(Value::as_str)
-            .and_then(|t| crate::desired::quantity::Quantity::parse(t).ok())
-            .map(|q| q.as_f64())
-            .unwrap_or(0.0)
-    };
-    nodes
-        .iter()
-        .map(|n| {
-            let name = text(n, "/metadata/name").to_string();
-            let (mut cpu, mut mem) = (0, 0);
-            for p in pods.iter().filter(|p| text(p, "/spec/nodeName") == name) {
-                let (c, m) = super::rules::pod_requests(p);
-                cpu += c;
-                mem += m;
-            }
-            NodeRoom {
-                allocatable_cpu_milli: (q(n, "/status/allocatable/cpu") * 1000.0).round() as i64,
-                allocatable_memory: q(n, "/status/allocatable/memory").round() as i64,
-                requested_cpu_milli: cpu,
-                requested_memory: mem,
-                name,
-            }
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -570,22 +523,6 @@ mod tests {
         assert!(!text.contains("do-not-show"));
         assert!(text.contains("secretKeyRef"));
         assert!(pod.pointer("/metadata/managedFields").is_none());
-    }
-
-    #[test]
-    fn node_room_subtracts_the_requests_of_pods_bound_to_the_node() {
-        let nodes = vec![
-            json!({"metadata": {"name": "n"}, "status": {"allocatable": {"cpu": "4", "memory": "8Gi"}}}),
-        ];
-        let pods = vec![
-            json!({"spec": {"nodeName": "n", "containers": [{"resources": {"requests": {"cpu": "250m", "memory": "256Mi"}}}, {"resources": {"requests": {"cpu": "1"}}}]}}),
-            json!({"spec": {"nodeName": "other", "containers": [{"resources": {"requests": {"cpu": "2"}}}]}}),
-        ];
-        let r = room(&nodes, &pods);
-        assert_eq!(r[0].allocatable_cpu_milli, 4000);
-        assert_eq!(r[0].allocatable_memory, 8 << 30);
-        assert_eq!(r[0].requested_cpu_milli, 1250);
-        assert_eq!(r[0].requested_memory, 256 << 20);
     }
 
     #[test]

@@ -12,11 +12,17 @@ pub mod gather;
 pub mod rules;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use serde::Serialize;
 use serde_json::Value;
 
-pub use gather::{gather, GatherError, Target};
+use crate::cluster::Cluster;
+use crate::desired::StackRef;
+use crate::reconcile::lookup::{self, Wanted};
+
+pub use crate::capacity::NodeRoom;
+pub use gather::{gather, Desired, GatherError};
 pub use rules::diagnose;
 
 /// One component's diagnoses and the evidence behind them.
@@ -46,11 +52,31 @@ pub struct Explanation {
     pub never_applied: Vec<String>,
 }
 
-/// Gathers and diagnoses `target`'s components in each of `namespaces` (its `namespace` field
-/// is set per namespace).
+/// Explains each stack of `wanted` on its cluster (or only `component`): connects to it, checks
+/// it answers, finds the stack's namespaces there and explains it in each; one explanation per
+/// stack, in order. An unreachable cluster is [`GatherError::Cluster`].
+pub async fn explain_wanted(
+    kubeconfig: Option<&Path>,
+    wanted: &[Wanted],
+    component: Option<&str>,
+) -> Result<Vec<Explanation>, GatherError> {
+    let mut out = Vec::new();
+    for w in wanted {
+        let cluster = Cluster::connect(kubeconfig, w.target.context()).await?;
+        cluster.ping().await?;
+        let namespaces = lookup::namespaces(&cluster, &w.target).await?;
+        out.push(explain_stack(&cluster, &w.target, component, &w.components, &namespaces).await?);
+    }
+    Ok(out)
+}
+
+/// Gathers and diagnoses `target`'s components (or `component`) in each of `namespaces` (its
+/// own `namespace` is not read).
 pub async fn explain_stack(
-    cluster: &crate::cluster::Cluster,
-    target: &Target,
+    cluster: &Cluster,
+    target: &StackRef,
+    component: Option<&str>,
+    desired: &Desired,
     namespaces: &[String],
 ) -> Result<Explanation, GatherError> {
     let mut out = Explanation::default();
@@ -62,11 +88,11 @@ pub async fn explain_stack(
             || !crate::cluster::inventory::load(client, ns, &target.stack)
                 .await?
                 .is_empty();
-        let here = Target {
+        let here = StackRef {
             namespace: ns.clone(),
             ..target.clone()
         };
-        let gathered = gather(cluster, &here).await?;
+        let gathered = gather(cluster, &here, component, desired).await?;
         if !recorded
             && gathered
                 .iter()
@@ -171,22 +197,6 @@ pub struct StorageClass {
 }
 
 pub use crate::cluster::secrets::SecretRef;
-
-/// Allocatable resources of a node and what Pods already request there.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NodeRoom {
-    /// The node.
-    pub name: String,
-    /// Allocatable CPU, in millicores.
-    pub allocatable_cpu_milli: i64,
-    /// Allocatable memory, in bytes.
-    pub allocatable_memory: i64,
-    /// CPU requested by the Pods already on it, in millicores.
-    pub requested_cpu_milli: i64,
-    /// Memory requested by the Pods already on it, in bytes.
-    pub requested_memory: i64,
-}
 
 /// A short diagnosis with the evidence it rests on and what to do next.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]

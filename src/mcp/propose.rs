@@ -446,7 +446,7 @@ fn unified_diff(repo: &Repository, parent: &git2::Commit<'_>, id: Oid) -> Result
     Ok(if yaml.is_empty() {
         out
     } else {
-        crate::desired::diagnostic::mask_secrets_of(&yaml, &out)
+        crate::desired::yaml::mask_secrets_of(&yaml, &out)
     })
 }
 

@@ -374,25 +374,24 @@ async fn status(config: &Config, a: StackArgs) -> Result<Output, Output> {
 }
 
 /// The targets (stacks with namespace and context) a selection names, as explain finds them.
-fn targets(config: &Config, sel: &Selection) -> Result<Vec<lookup::Target>, Output> {
+fn targets(config: &Config, sel: &Selection) -> Result<Vec<lookup::Wanted>, Output> {
     lookup::targets(&config.repo, "HEAD", sel, config.context.as_deref()).map_err(|e| failed(&e))
 }
 
 async fn explain(config: &Config, a: ExplainArgs) -> Result<Output, Output> {
     let sel = selection(config, a.stack, a.namespace);
     let mut all = Vec::new();
-    for t in targets(config, &sel)? {
-        let cluster = connect(config, t.context.as_deref()).await?;
-        let namespaces = t.namespaces(&cluster).await.map_err(|e| failed(&e))?;
+    for w in targets(config, &sel)? {
+        let t = &w.target;
+        let cluster = connect(config, t.context()).await?;
+        let namespaces = lookup::namespaces(&cluster, t)
+            .await
+            .map_err(|e| failed(&e))?;
         let found = crate::explain::explain_stack(
             &cluster,
-            &crate::explain::Target {
-                stack: t.stack.clone(),
-                dir: t.dir.clone(),
-                namespace: String::new(),
-                component: a.component.clone(),
-                desired: t.components.clone(),
-            },
+            t,
+            a.component.as_deref(),
+            &w.components,
             &namespaces,
         )
         .await
@@ -518,9 +517,13 @@ async fn logs(config: &Config, a: LogsArgs) -> Result<Output, Output> {
     let mut out = Vec::new();
     // One answer stays bounded whatever the replica count: Pods, and bytes across them.
     let (mut pods_read, mut budget, mut truncated) = (0usize, MAX_LOG_TOTAL_BYTES, false);
-    for t in targets(config, &sel)? {
-        let cluster = connect(config, t.context.as_deref()).await?;
-        for ns in t.namespaces(&cluster).await.map_err(|e| failed(&e))? {
+    for w in targets(config, &sel)? {
+        let t = &w.target;
+        let cluster = connect(config, t.context()).await?;
+        for ns in lookup::namespaces(&cluster, t)
+            .await
+            .map_err(|e| failed(&e))?
+        {
             let pods: Api<Pod> = Api::namespaced(cluster.client().clone(), &ns);
             // A component's Pods are its workloads' (Deployments, StatefulSets), found by their
             // selectors as explain finds them: the Pods themselves carry no stack label.

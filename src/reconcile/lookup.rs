@@ -1,38 +1,70 @@
 //! Which stacks `down`, `explain` and `status` look for in the cluster: the commit's, when the
 //! repository can be read, else the ones the flags name (a stack the repository no longer has, or
-//! no repository at all), so none of them needs the repository.
+//! no repository at all), so none of them needs the repository; and `down` and `status` looking
+//! there, connection included.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::load::{load, Images, Selection};
-use crate::cluster::{teardown, Cluster, ClusterError};
+use crate::cluster::teardown::{self, DownReport, TeardownOptions};
+use crate::cluster::{Cluster, ClusterError};
+use crate::desired::{SecretRef, StackRef};
 use crate::error::Error;
-use crate::explain::SecretRef;
+use crate::status::view::{self, Gathered, Pick};
 
-/// One stack to look for in the cluster.
+/// Components the desired state names, with their Secret references.
+pub type Components = BTreeMap<String, Vec<SecretRef>>;
+
+/// One stack to look for in the cluster, and what the desired state says of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    /// The stack's name.
-    pub stack: String,
-    /// Its directory in the repository (empty when it was not read).
-    pub dir: String,
-    /// Its namespace; `None` means "find it in the cluster".
-    pub namespace: Option<String>,
-    /// The kube context; `None` is the kubeconfig's current one.
-    pub context: Option<String>,
-    /// Components the desired state names, with their Secret references (empty without one).
-    pub components: BTreeMap<String, Vec<SecretRef>>,
+pub struct Wanted {
+    /// Which stack, where: an empty namespace means "find it in the cluster", an empty context
+    /// the kubeconfig's current one.
+    pub target: StackRef,
+    /// Its components (empty when the repository was not read).
+    pub components: Components,
 }
 
-impl Target {
-    /// Its namespaces: its own, else where the cluster holds converge's records of it.
-    pub async fn namespaces(&self, cluster: &Cluster) -> Result<Vec<String>, ClusterError> {
-        match &self.namespace {
-            Some(ns) => Ok(vec![ns.clone()]),
-            None => teardown::find_stack(cluster, &self.stack).await,
-        }
+/// `target`'s namespaces: its own, else where the cluster holds converge's records of it.
+pub async fn namespaces(cluster: &Cluster, target: &StackRef) -> Result<Vec<String>, ClusterError> {
+    match target.namespace() {
+        Some(ns) => Ok(vec![ns.to_string()]),
+        None => teardown::find_stack(cluster, &target.stack).await,
     }
+}
+
+/// `converge down` of one stack: connects to its cluster, checks it answers, and takes the stack
+/// down in each namespace converge's records of it are in. An unreachable cluster is the error.
+pub async fn take_down(
+    kubeconfig: Option<&Path>,
+    target: &StackRef,
+    opts: TeardownOptions,
+) -> Result<DownReport, ClusterError> {
+    let cluster = Cluster::connect(kubeconfig, target.context()).await?;
+    cluster.ping().await?;
+    let namespaces = namespaces(&cluster, target).await?;
+    teardown::down_found(&cluster, &target.stack, &namespaces, opts).await
+}
+
+/// `converge status`: connects to `context`'s cluster, checks it answers, and reads the records
+/// of the stacks `selection` names (in `rev` of the repository, when it can be read) with what
+/// the cluster shows of them now. An unreachable cluster is the error.
+pub async fn status(
+    kubeconfig: Option<&Path>,
+    context: Option<&str>,
+    repo: &Path,
+    rev: &str,
+    selection: &Selection,
+) -> Result<Gathered, ClusterError> {
+    let cluster = Cluster::connect(kubeconfig, context).await?;
+    cluster.ping().await?;
+    let pick = Pick {
+        stack: selection.stack.clone(),
+        namespace: selection.namespace.clone(),
+        named: named(repo, rev, selection),
+    };
+    view::gather(&cluster, &pick).await
 }
 
 /// Why [`targets`] names no stack; each says which flag would.
@@ -80,16 +112,18 @@ pub fn targets(
     rev: &str,
     selection: &Selection,
     context: Option<&str>,
-) -> Result<Vec<Target>, LookupError> {
+) -> Result<Vec<Wanted>, LookupError> {
     let stack = selection.stack.as_deref();
     let namespace = selection.namespace.as_deref();
     // Named by the flags alone: what the cluster's records say, when the repository does not.
-    let by_name = |w: &str| Target {
-        stack: w.into(),
-        dir: String::new(),
-        namespace: namespace.map(str::to_string),
-        context: context.map(str::to_string),
-        components: BTreeMap::new(),
+    let by_name = |w: &str| Wanted {
+        target: StackRef {
+            stack: w.into(),
+            dir: String::new(),
+            namespace: namespace.unwrap_or_default().into(),
+            context: context.unwrap_or_default().into(),
+        },
+        components: Components::new(),
     };
     // Every stack, not the selection: an unknown `--stack` is looked for in the cluster rather
     // than refused.
@@ -109,32 +143,15 @@ pub fn targets(
             })
         }
     };
-    let found: Vec<Target> = stacks
+    let found: Vec<Wanted> = stacks
         .iter()
         .filter(|s| selection.selects(s))
-        .map(|s| Target {
-            stack: s.spec.name.clone(),
-            dir: s.dir.clone(),
-            namespace: Some(s.spec.namespace.clone()),
-            context: context
-                .map(str::to_string)
-                .or_else(|| Some(s.spec.context.clone())),
+        .map(|s| Wanted {
+            target: StackRef::of(s, context),
             components: s
                 .components
                 .iter()
-                .map(|c| {
-                    let refs = c
-                        .spec
-                        .secret_env
-                        .iter()
-                        .map(|r| SecretRef {
-                            secret: r.secret.clone(),
-                            key: r.key.clone(),
-                            optional: r.optional,
-                        })
-                        .collect();
-                    (c.spec.name.clone(), refs)
-                })
+                .map(|c| (c.spec.name.clone(), c.spec.secret_env.clone()))
                 .collect(),
         })
         .collect();
@@ -149,18 +166,14 @@ pub fn targets(
     }
 }
 
-/// The (name, namespace) of the stacks `selection` names in `rev` of the repository; empty when
-/// nothing narrows the selection or the repository cannot be read (the cluster's records then
-/// answer alone).
-pub fn named(repo: &Path, rev: &str, selection: &Selection) -> Vec<(String, String)> {
+/// The stacks `selection` names in `rev` of the repository; empty when nothing narrows the
+/// selection or the repository cannot be read (the cluster's records then answer alone).
+pub fn named(repo: &Path, rev: &str, selection: &Selection) -> Vec<StackRef> {
     if !selection.narrows() {
         return Vec::new();
     }
     match load(repo, rev, selection, Images::Skip) {
-        Ok(c) => c
-            .stacks()
-            .map(|s| (s.spec.name.clone(), s.spec.namespace.clone()))
-            .collect(),
+        Ok(c) => c.stacks().map(|s| StackRef::of(s, None)).collect(),
         Err(_) => Vec::new(),
     }
 }
@@ -190,12 +203,14 @@ mod tests {
         .unwrap();
         assert_eq!(
             t,
-            [Target {
-                stack: "todo".into(),
-                dir: String::new(),
-                namespace: Some("apps".into()),
-                context: Some("ctx".into()),
-                components: BTreeMap::new(),
+            [Wanted {
+                target: StackRef {
+                    stack: "todo".into(),
+                    dir: String::new(),
+                    namespace: "apps".into(),
+                    context: "ctx".into(),
+                },
+                components: Components::new(),
             }]
         );
     }
@@ -222,7 +237,7 @@ mod tests {
             None,
         )
         .unwrap();
-        assert_eq!(t[0].namespace, None);
+        assert_eq!(t[0].target.namespace(), None);
         let e = targets(Path::new(NOWHERE), "HEAD", &select(None, None), None).unwrap_err();
         assert!(e
             .to_string()
@@ -234,12 +249,15 @@ mod tests {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
         let t = targets(repo, "HEAD", &select(Some("dev"), None), None).unwrap();
         assert_eq!(t.len(), 1);
-        assert_eq!(t[0].stack, "todo-chatbot");
-        assert_eq!(t[0].namespace.as_deref(), Some("todo-chatbot"));
-        assert_eq!(t[0].context.as_deref(), Some("minikube"));
+        assert_eq!(t[0].target.stack, "todo-chatbot");
+        assert_eq!(t[0].target.namespace, "todo-chatbot");
+        assert_eq!(t[0].target.context, "minikube");
+        let n = named(repo, "HEAD", &select(Some("dev"), None));
         assert_eq!(
-            named(repo, "HEAD", &select(Some("dev"), None)),
-            [("todo-chatbot".to_string(), "todo-chatbot".to_string())]
+            n.iter()
+                .map(|n| (n.stack.as_str(), n.namespace.as_str()))
+                .collect::<Vec<_>>(),
+            [("todo-chatbot", "todo-chatbot")]
         );
         assert!(named(repo, "HEAD", &select(None, None)).is_empty());
     }

@@ -37,11 +37,12 @@ use crate::desired::{self, Stack};
 use crate::error::Error;
 use crate::render::Helm;
 
+pub use crate::desired::StackRef;
 pub use diff::{diff_commit, ObjectDiff};
 pub use load::{dir_matches, load, stack_matches, Commit, Images, Selection};
 pub use plan::{object_hash, Item};
 pub use prepare::{build_images, prepare, prepare_commit, Prepared, PreparedCommit, StackBuild};
-pub use record::{describe, targets_of, StalledTip, Target};
+pub use record::{describe, targets_of, StalledTip};
 pub use report::{HookAction, HookReport, StackReport};
 pub use step::{Failure, Step};
 
@@ -237,7 +238,7 @@ pub async fn prepare_or_record(
     rev: &str,
     opts: &Options,
     clusters: &mut Clusters,
-    known: &[Target],
+    known: &[StackRef],
 ) -> Result<PreparedCommit, Error> {
     let error = match prepare_commit(repo_path, rev, opts, clusters).await {
         Ok(p) => return Ok(p),

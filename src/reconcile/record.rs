@@ -9,36 +9,21 @@ use tracing::warn;
 use super::load::{self, Selection};
 use super::Clusters;
 use crate::cluster::{Cluster, ClusterError};
-use crate::desired;
+use crate::desired::{self, StackRef};
 use crate::error::Error;
 use crate::status::{self, HistoryEntry, StackStatus};
 
 /// How far back a commit that cannot be read looks for the stacks to record it in.
 pub const LOOK_BACK: usize = 50;
 
-/// A stack whose status converge records: where it lives.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Target {
-    /// The stack's name.
-    pub stack: String,
-    /// Its namespace.
-    pub namespace: String,
-    /// The kube context it is applied to.
-    pub context: String,
-}
-
 /// The stacks of `stacks` as targets, with `context` overriding each stack's.
 pub fn targets_of<'a>(
     stacks: impl IntoIterator<Item = &'a desired::Stack>,
     context: Option<&str>,
-) -> Vec<Target> {
+) -> Vec<StackRef> {
     stacks
         .into_iter()
-        .map(|s| Target {
-            stack: s.spec.name.clone(),
-            namespace: s.spec.namespace.clone(),
-            context: context.map_or_else(|| s.spec.context.clone(), str::to_string),
-        })
+        .map(|s| StackRef::of(s, context))
         .collect()
 }
 
@@ -110,7 +95,7 @@ pub fn describe(e: &Error) -> (crate::outcome::Reason, String) {
 pub(super) async fn record_stalled(
     clusters: &mut Clusters,
     kubeconfig: Option<&Path>,
-    targets: &[Target],
+    targets: &[StackRef],
     commit: &str,
     why: crate::outcome::Reason,
     message: &str,
@@ -158,7 +143,7 @@ pub(super) fn last_known_targets(
     rev: &str,
     selection: &Selection,
     context: Option<&str>,
-) -> Vec<Target> {
+) -> Vec<StackRef> {
     match load::newest_valid(repo_path, rev, selection, LOOK_BACK) {
         Ok(Some((_, commit))) => targets_of(commit.stacks(), context),
         Ok(None) | Err(_) => Vec::new(),

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::{component_health, ComponentFacts, ComponentHealth, Found, Record, StackStatus};
 use crate::cluster::{health, kinds, lease, selector_of, values, Cluster, ClusterError};
+use crate::desired::StackRef;
 use crate::vocabulary::{LABEL_COMPONENT, LABEL_STACK};
 
 /// One stack: the record, the live view and the daemon.
@@ -96,9 +97,9 @@ pub struct Pick {
     pub stack: Option<String>,
     /// `--namespace`.
     pub namespace: Option<String>,
-    /// The (name, namespace) of the stacks the repository names for the selectors; empty when
-    /// it was not read, names none, or nothing narrows the selection.
-    pub named: Vec<(String, String)>,
+    /// The stacks the repository names for the selectors; empty when it was not read, names
+    /// none, or nothing narrows the selection.
+    pub named: Vec<StackRef>,
 }
 
 impl Pick {
@@ -113,7 +114,7 @@ impl Pick {
         } else {
             self.named
                 .iter()
-                .any(|(n, ns)| n == &s.stack && ns == &s.namespace)
+                .any(|n| n.stack == s.stack && n.namespace == s.namespace)
         }
     }
 
@@ -122,7 +123,7 @@ impl Pick {
     fn may_show(&self, f: &Found) -> bool {
         self.namespace.as_deref().is_none_or(|n| n == f.namespace)
             && (self.stack.is_none()
-                || self.named.iter().any(|(n, _)| f.is_of(n))
+                || self.named.iter().any(|n| f.is_of(&n.stack))
                 || self.stack.as_deref().is_some_and(|w| f.is_of(w)))
     }
 }
@@ -307,6 +308,14 @@ mod tests {
         }
     }
 
+    fn named(stack: &str, namespace: &str) -> StackRef {
+        StackRef {
+            stack: stack.into(),
+            namespace: namespace.into(),
+            ..StackRef::default()
+        }
+    }
+
     fn unreadable(stack: &str, namespace: &str) -> Found {
         Found {
             namespace: namespace.into(),
@@ -342,7 +351,7 @@ mod tests {
         let pick = Pick {
             stack: Some("dev".into()),
             namespace: None,
-            named: vec![("todo".into(), "apps".into())],
+            named: vec![named("todo", "apps")],
         };
         assert!(pick.shows(&record("todo", "apps", "")));
         // The directory alone is not enough once the repository named the stack.
@@ -354,7 +363,7 @@ mod tests {
         let pick = Pick {
             stack: Some("dev".into()),
             namespace: Some("apps".into()),
-            named: vec![("todo".into(), "apps".into())],
+            named: vec![named("todo", "apps")],
         };
         assert!(pick.may_show(&unreadable("todo", "apps")));
         assert!(pick.may_show(&unreadable("dev", "apps")));

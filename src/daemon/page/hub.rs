@@ -24,7 +24,7 @@ use tracing::debug;
 use super::bus::Inbox;
 use super::model::{Finding, Model};
 use crate::cluster::Cluster;
-use crate::reconcile::Target;
+use crate::reconcile::StackRef;
 use crate::status::view::{self, Pick, StackView};
 use crate::status::ComponentHealth;
 
@@ -57,7 +57,7 @@ pub struct Source {
     /// The kubeconfig file (`$KUBECONFIG` when absent).
     pub kubeconfig: Option<PathBuf>,
     /// The stacks the daemon manages (updated on reload and after reconciles).
-    pub targets: watch::Receiver<Vec<Target>>,
+    pub targets: watch::Receiver<Vec<StackRef>>,
 }
 
 /// explain's finding, kept while what the cluster says about the component stays the same.
@@ -208,7 +208,7 @@ async fn until(at: Option<Instant>) {
 /// each unhealthy component (reused while its key is unchanged).
 async fn read(
     kubeconfig: Option<PathBuf>,
-    targets: Vec<Target>,
+    targets: Vec<StackRef>,
     mut clusters: BTreeMap<String, Cluster>,
     old: Explained,
 ) -> Read {
@@ -232,7 +232,7 @@ async fn read(
         let pick = Pick {
             stack: None,
             namespace: None,
-            named: vec![(t.stack.clone(), t.namespace.clone())],
+            named: vec![t.clone()],
         };
         match view::gather(&cluster, &pick).await {
             Ok(g) => {
@@ -296,20 +296,19 @@ async fn explain(
     namespace: &str,
     component: &str,
 ) -> Option<Finding> {
-    let target = crate::explain::Target {
+    let target = StackRef {
         stack: stack.into(),
-        dir: String::new(),
         namespace: namespace.into(),
-        component: Some(component.into()),
-        desired: BTreeMap::new(),
+        ..StackRef::default()
     };
-    let evidence = match crate::explain::gather(cluster, &target).await {
-        Ok(e) => e,
-        Err(e) => {
-            debug!(%stack, %component, error = %e, "page: explain could not gather");
-            return None;
-        }
-    };
+    let evidence =
+        match crate::explain::gather(cluster, &target, Some(component), &BTreeMap::new()).await {
+            Ok(e) => e,
+            Err(e) => {
+                debug!(%stack, %component, error = %e, "page: explain could not gather");
+                return None;
+            }
+        };
     evidence
         .iter()
         .flat_map(crate::explain::diagnose)

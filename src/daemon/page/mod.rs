@@ -22,7 +22,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::reconcile::Target;
+use crate::reconcile::StackRef;
 pub use bus::{Bus, Event};
 pub use hub::Shared;
 pub use model::DaemonInfo;
@@ -38,13 +38,13 @@ pub struct Page {
     /// What the HTTP side serves.
     pub shared: Shared,
     /// The stacks to show (set again after a reload).
-    pub targets: watch::Sender<Vec<Target>>,
+    pub targets: watch::Sender<Vec<StackRef>>,
     hub: JoinHandle<()>,
 }
 
 impl Page {
     /// Starts the hub for `targets`; progress events reach it from now on.
-    pub fn start(info: DaemonInfo, kubeconfig: Option<PathBuf>, targets: Vec<Target>) -> Page {
+    pub fn start(info: DaemonInfo, kubeconfig: Option<PathBuf>, targets: Vec<StackRef>) -> Page {
         let (bus, inbox) = bus::channel();
         bus::install(bus.clone());
         let mut model = model::Model::default();

@@ -3,9 +3,9 @@
 
 use serde_json::Value;
 
-use super::room::{fmt_memory, quantity};
 use super::{component_file, containers, events_about, pod_name, s, stack_selector};
 use super::{CRASH_LOOP, IMAGE_NOT_PRESENT, OOM_KILLED, READINESS};
+use crate::capacity::{fmt_memory, quantity};
 use crate::explain::{Diagnosis, EventLine, Evidence};
 
 /// `ErrImageNeverPull`, `ImagePullBackOff`, `ErrImagePull`, `InvalidImageName`.

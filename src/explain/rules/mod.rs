@@ -15,7 +15,7 @@ use crate::cluster::kinds;
 use crate::status::{component_health, ComponentFacts, ComponentHealth};
 
 pub use containers::{crash_loop, image_not_present, oom_killed, readiness};
-pub use room::{fmt_cpu, fmt_memory, pod_requests, unschedulable};
+pub use room::unschedulable;
 pub use secrets::missing_secret;
 pub use storage::claim_pending;
 

@@ -1,67 +1,11 @@
-//! The rule about room: a Pod no node has room for, with the numbers (and their formatting,
-//! which `converge doctor` shares).
+//! The rule about room: a Pod no node has room for, with the numbers (their arithmetic and
+//! formatting, which `converge doctor` shares, are `crate::capacity`'s).
 
 use serde_json::Value;
 
 use super::{component_file, pod_name, s, UNSCHEDULABLE};
-use crate::desired::quantity::Quantity;
+use crate::capacity::{fmt_cpu, fmt_memory, pod_requests};
 use crate::explain::{Diagnosis, Evidence, NodeRoom};
-
-pub(super) fn quantity(v: &Value, pointer: &str) -> Option<Quantity> {
-    v.pointer(pointer)
-        .and_then(Value::as_str)
-        .and_then(|t| Quantity::parse(t).ok())
-        .or_else(|| {
-            v.pointer(pointer)
-                .and_then(Value::as_i64)
-                .and_then(|n| Quantity::parse(&n.to_string()).ok())
-        })
-}
-
-/// Sums a Pod's container requests: (millicores, bytes).
-pub fn pod_requests(pod: &Value) -> (i64, i64) {
-    let mut cpu = 0;
-    let mut mem = 0;
-    for c in pod
-        .pointer("/spec/containers")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        cpu += quantity(c, "/resources/requests/cpu")
-            .map(|q| (q.as_f64() * 1000.0).round() as i64)
-            .unwrap_or(0);
-        mem += quantity(c, "/resources/requests/memory")
-            .map(|q| q.as_f64().round() as i64)
-            .unwrap_or(0);
-    }
-    (cpu, mem)
-}
-
-/// `1500m` or `2` CPUs.
-pub fn fmt_cpu(milli: i64) -> String {
-    if milli % 1000 == 0 {
-        format!("{}", milli / 1000)
-    } else {
-        format!("{milli}m")
-    }
-}
-
-/// `512Mi`, `1.5Gi`.
-pub fn fmt_memory(bytes: i64) -> String {
-    const MI: f64 = 1024.0 * 1024.0;
-    let mi = bytes as f64 / MI;
-    if mi >= 1024.0 {
-        let gi = mi / 1024.0;
-        if (gi * 10.0).round() % 10.0 == 0.0 {
-            format!("{}Gi", gi.round() as i64)
-        } else {
-            format!("{:.1}Gi", gi)
-        }
-    } else {
-        format!("{}Mi", mi.round() as i64)
-    }
-}
 
 fn free(n: &NodeRoom) -> (i64, i64) {
     (

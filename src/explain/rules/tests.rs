@@ -281,12 +281,3 @@ fn a_ready_component_is_healthy_and_an_unready_one_without_a_known_cause_is_unkn
     assert_eq!(d.rule, UNKNOWN);
     assert!(d.next_step.contains("--ai"));
 }
-
-#[test]
-fn memory_and_cpu_format_the_way_kubernetes_users_write_them() {
-    assert_eq!(fmt_memory(512 << 20), "512Mi");
-    assert_eq!(fmt_memory(1 << 30), "1Gi");
-    assert_eq!(fmt_memory(3 << 29), "1.5Gi");
-    assert_eq!(fmt_cpu(2000), "2");
-    assert_eq!(fmt_cpu(250), "250m");
-}
