@@ -8,7 +8,7 @@ use clap::Args;
 use super::validate::plural;
 use super::{Format, SourceArgs, EXIT_FINDINGS, EXIT_OK};
 use crate::desired::Stack;
-use crate::doctor::{Check, Status, CHECKS};
+use crate::doctor::{Check, CheckId, Status};
 use crate::error::Error;
 use crate::reconcile;
 
@@ -24,8 +24,8 @@ pub struct DoctorArgs {
     builder: Option<crate::desired::schema::BuilderKind>,
     /// Skip a check (repeatable; it is not run at all): desired, helm, context, cluster,
     /// builder, secrets, nodeport, quota, capacity, service.
-    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(CHECKS))]
-    skip: Vec<String>,
+    #[arg(long, value_enum)]
+    skip: Vec<CheckId>,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Format::Text)]
     output: Format,

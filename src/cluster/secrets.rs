@@ -40,6 +40,44 @@ impl Lack {
     }
 }
 
+/// What `lacks` (of Secrets in `namespace`) say to a person: the summary (the Secrets that do
+/// not exist first, then the keys missing from those that do) and the fix (one command per
+/// Secret, then that converge applies the component on its next reconcile). `converge explain`
+/// and `converge doctor` both say it this way.
+pub fn in_words(lacks: &[Lack], namespace: &str) -> (String, String) {
+    let mut parts = Vec::new();
+    let mut steps = Vec::new();
+    let ordered = lacks
+        .iter()
+        .filter(|l| !l.exists)
+        .chain(lacks.iter().filter(|l| l.exists));
+    for lack in ordered {
+        let name = &lack.secret;
+        if lack.exists {
+            let quoted = lack
+                .keys
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            parts.push(format!("Secret `{name}` has no key {quoted}"));
+        } else {
+            parts.push(format!("Secret `{name}` does not exist"));
+        }
+        let keys: Vec<&str> = lack.keys.iter().map(String::as_str).collect();
+        steps.push(secret_fix(name, namespace, lack.exists, &keys));
+    }
+    let fix = format!(
+        "{}; converge applies the component on its next reconcile",
+        steps
+            .iter()
+            .map(|c| format!("`{c}`"))
+            .collect::<Vec<_>>()
+            .join(" and ")
+    );
+    (parts.join("; "), fix)
+}
+
 /// What the required references `refs` lack in `secrets`, one entry per Secret in the order
 /// first referenced. A Secret that was not read is not judged.
 pub fn lacking<'a>(

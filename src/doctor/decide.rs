@@ -8,14 +8,14 @@ use serde_json::Value;
 
 use super::gather::{BuilderFacts, QuotaFacts, ServiceFacts};
 use super::rules;
-use super::Check;
+use super::{Check, CheckId};
 use crate::build::minikube;
 use crate::build::BuilderChoice;
 use crate::capacity::{fmt_cpu, fmt_memory};
+use crate::cluster::secrets::SecretRef;
 use crate::cluster::ClusterError;
 use crate::desired::schema::BuilderKind;
 use crate::desired::Stack;
-use crate::explain::{Evidence, SecretRef};
 
 /// `todo-chatbot (desired/dev → namespace todo-chatbot)`: stacks may share a name.
 pub fn label(stack: &Stack) -> String {
@@ -29,14 +29,14 @@ pub fn label(stack: &Stack) -> String {
 pub fn desired(repo: &Path, rev: &str, dir: &str, stacks: &Result<Vec<Stack>, String>) -> Check {
     match stacks {
         Ok(s) => Check::pass(
-            "desired",
+            CheckId::Desired,
             format!(
                 "{dir} at {rev} is valid: stack {}",
                 s.iter().map(label).collect::<Vec<_>>().join(", ")
             ),
         ),
         Err(why) => Check::fail(
-            "desired",
+            CheckId::Desired,
             why,
             format!(
                 "`converge validate --repo {}` shows every problem with its line",
@@ -49,9 +49,9 @@ pub fn desired(repo: &Path, rev: &str, dir: &str, stacks: &Result<Vec<Stack>, St
 /// The `helm` check: its version, or why it cannot run.
 pub fn helm(version: &Result<String, String>) -> Check {
     match version {
-        Ok(v) => Check::pass("helm", format!("helm {v}")),
+        Ok(v) => Check::pass(CheckId::Helm, format!("helm {v}")),
         Err(e) => Check::fail(
-            "helm",
+            CheckId::Helm,
             e,
             "install helm 3.8 or newer (https://helm.sh/docs/intro/install/), or point CONVERGE_HELM at it",
         ),
@@ -63,14 +63,14 @@ pub fn context(context: Option<&str>, connected: Result<(), &ClusterError>) -> C
     let name = context.unwrap_or("(the kubeconfig's current context)");
     match connected {
         Ok(()) => Check::pass(
-            "context",
+            CheckId::Context,
             format!("kube context {name} is in the kubeconfig"),
         ),
         Err(e) => {
             let fix = crate::hints::for_error(e).unwrap_or_else(|| {
                 "list the contexts with `kubectl config get-contexts` and pass one with --context (or set the stack's `context`)".to_string()
             });
-            Check::fail("context", e.to_string(), fix)
+            Check::fail(CheckId::Context, e.to_string(), fix)
         }
     }
 }
@@ -85,7 +85,7 @@ pub fn cluster(
         Ok((version, nodes)) => {
             let flavor = rules::cluster_flavor(nodes, context.unwrap_or(""));
             Check::pass(
-                "cluster",
+                CheckId::Cluster,
                 format!(
                     "API server {version} answers: a {flavor} cluster with {} node{}",
                     nodes.len(),
@@ -97,7 +97,7 @@ pub fn cluster(
             let fix = crate::hints::for_error(e).unwrap_or_else(|| {
                 crate::hints::start_cluster(context.unwrap_or(connected_context))
             });
-            Check::fail("cluster", e.to_string(), fix)
+            Check::fail(CheckId::Cluster, e.to_string(), fix)
         }
     }
 }
@@ -124,7 +124,7 @@ fn builder_kind(name: &str, facts: &BuilderFacts) -> Check {
             Ok((true, stdout, _)) => {
                 let mut v = stdout.split_whitespace();
                 Check::pass(
-                    "builder",
+                    CheckId::Builder,
                     format!(
                         "stack {name} builds with docker: client {}, engine {} at {host}",
                         v.next().unwrap_or("?"),
@@ -133,7 +133,7 @@ fn builder_kind(name: &str, facts: &BuilderFacts) -> Check {
                 )
             }
             Ok((false, _, stderr)) => Check::fail(
-                "builder",
+                CheckId::Builder,
                 format!(
                     "stack {name} builds with docker, but the engine at {host} does not answer: {}",
                     last_line(stderr)
@@ -141,7 +141,7 @@ fn builder_kind(name: &str, facts: &BuilderFacts) -> Check {
                 "start the Docker engine (`sudo systemctl start docker`), or set DOCKER_HOST to its socket; on minikube choose `builder: minikube` in the stack",
             ),
             Err(why) => Check::fail(
-                "builder",
+                CheckId::Builder,
                 format!("stack {name} builds with docker: {why}"),
                 "install the Docker CLI (https://docs.docker.com/engine/install/), or choose another builder in the stack (`builder: minikube`)",
             ),
@@ -152,14 +152,14 @@ fn builder_kind(name: &str, facts: &BuilderFacts) -> Check {
             version,
         } => match status {
             Ok(minikube::Status::Running) => Check::pass(
-                "builder",
+                CheckId::Builder,
                 format!(
                     "stack {name} builds into {profile}: minikube {} (running)",
                     version.as_deref().unwrap_or("?")
                 ),
             ),
             Ok(minikube::Status::NotRunning { host, code }) => Check::fail(
-                "builder",
+                CheckId::Builder,
                 format!(
                     "stack {name} builds into {profile}, which is not running (`{}` exited {code}; host {host})",
                     profile.invocation("status"),
@@ -168,7 +168,7 @@ fn builder_kind(name: &str, facts: &BuilderFacts) -> Check {
                 format!("`{}`", profile.command("start")),
             ),
             Ok(minikube::Status::Failed(f)) => Check::fail(
-                "builder",
+                CheckId::Builder,
                 format!("stack {name} builds into minikube, but {}", f.what()),
                 f.fix().map_or_else(
                     || format!("`{}` says why", profile.invocation("status")),
@@ -176,17 +176,17 @@ fn builder_kind(name: &str, facts: &BuilderFacts) -> Check {
                 ),
             ),
             Err(why) => Check::fail(
-                "builder",
+                CheckId::Builder,
                 format!("stack {name} builds into minikube: {why}"),
                 "install minikube (https://minikube.sigs.k8s.io/docs/start/), or choose `builder: docker` in the stack",
             ),
         },
         BuilderFacts::Unchecked(BuilderKind::None) => Check::pass(
-            "builder",
+            CheckId::Builder,
             format!("stack {name} builds nothing (builder: none); images come from elsewhere"),
         ),
         BuilderFacts::Unchecked(_) => Check::pass(
-            "builder",
+            CheckId::Builder,
             format!("stack {name} builds with its own command (not checked)"),
         ),
     }
@@ -215,7 +215,7 @@ pub fn secrets(
     let ns = &stack.spec.namespace;
     if refs.is_empty() {
         return Check::pass(
-            "secrets",
+            CheckId::Secrets,
             format!("stack {} references no Secret", label(stack)),
         );
     }
@@ -224,45 +224,37 @@ pub fn secrets(
         // The error names the Secret and its namespace.
         Err(e) if e.is_unreachable() => {
             return Check::fail(
-                "secrets",
+                CheckId::Secrets,
                 e.to_string(),
                 "check the cluster answers (`kubectl get --raw /readyz`)",
             )
         }
         Err(e) => {
             return Check::fail(
-                "secrets",
+                CheckId::Secrets,
                 e.to_string(),
                 "check that your kube user may read Secrets there (`kubectl auth can-i get secrets -n <namespace>`)",
             )
         }
     };
-    let ev = Evidence {
-        stack: stack.spec.name.clone(),
-        namespace: ns.clone(),
-        component: format!("stack {}", stack.spec.name),
-        secret_refs: refs.to_vec(),
-        secrets: secrets.clone(),
-        ..Evidence::default()
-    };
-    match crate::explain::rules::missing_secret(&ev) {
-        None => {
-            let required = refs.iter().filter(|r| !r.optional).count();
-            let names: Vec<&str> = secrets.keys().map(String::as_str).collect();
-            Check::pass(
-                "secrets",
-                format!(
-                    "every required Secret key exists ({required} references to {} in namespace {ns})",
-                    names.join(", ")
-                ),
-            )
-        }
-        Some(d) => Check::fail("secrets", d.summary, d.next_step),
+    let lacks = crate::cluster::secrets::lacking(refs, secrets);
+    if lacks.is_empty() {
+        let required = refs.iter().filter(|r| !r.optional).count();
+        let names: Vec<&str> = secrets.keys().map(String::as_str).collect();
+        return Check::pass(
+            CheckId::Secrets,
+            format!(
+                "every required Secret key exists ({required} references to {} in namespace {ns})",
+                names.join(", ")
+            ),
+        );
     }
+    let (summary, fix) = crate::cluster::secrets::in_words(&lacks, ns);
+    Check::fail(CheckId::Secrets, summary, fix)
 }
 
 /// A check that needs the rendered stack, when it does not render.
-pub fn unrendered(check: &str, stack: &Stack, error: &str, repo: &Path) -> Check {
+pub fn unrendered(check: CheckId, stack: &Stack, error: &str, repo: &Path) -> Check {
     Check::fail(
         check,
         format!("cannot render stack {}: {error}", label(stack)),
@@ -284,7 +276,7 @@ pub fn nodeport(
         Ok(l) => l,
         Err(e) => {
             return Check::fail(
-                "nodeport",
+                CheckId::Nodeport,
                 e.to_string(),
                 "check that your kube user may list Services in every namespace",
             )
@@ -293,17 +285,20 @@ pub fn nodeport(
     let (wanted, clashes) = rules::nodeport_clashes(objects, live);
     if wanted.is_empty() {
         return Check::pass(
-            "nodeport",
+            CheckId::Nodeport,
             format!("stack {} asks for no fixed NodePort", label(stack)),
         );
     }
     let Some(c) = clashes.first() else {
         let ports: Vec<String> = wanted.iter().map(i64::to_string).collect();
-        return Check::pass("nodeport", format!("NodePort {} is free", ports.join(", ")));
+        return Check::pass(
+            CheckId::Nodeport,
+            format!("NodePort {} is free", ports.join(", ")),
+        );
     };
     let (ns, name) = c.theirs.split_once('/').unwrap_or(("", &c.theirs));
     Check::fail(
-        "nodeport",
+        CheckId::Nodeport,
         format!(
             "NodePort {} (for Service {}) is already held by Service {}",
             c.port, c.ours, c.theirs
@@ -320,7 +315,7 @@ pub fn quota(ns: &str, objects: &[Value], facts: &Result<QuotaFacts, ClusterErro
         Ok(f) => f,
         Err(e) => {
             return Check::fail(
-                "quota",
+                CheckId::Quota,
                 e.to_string(),
                 "check that your kube user may list ResourceQuotas and LimitRanges",
             )
@@ -328,7 +323,7 @@ pub fn quota(ns: &str, objects: &[Value], facts: &Result<QuotaFacts, ClusterErro
     };
     if f.quotas.is_empty() && f.ranges.is_empty() {
         return Check::pass(
-            "quota",
+            CheckId::Quota,
             format!("namespace {ns} has no ResourceQuota or LimitRange"),
         );
     }
@@ -345,7 +340,7 @@ pub fn quota(ns: &str, objects: &[Value], facts: &Result<QuotaFacts, ClusterErro
     );
     if findings.is_empty() {
         return Check::pass(
-            "quota",
+            CheckId::Quota,
             format!(
                 "namespace {ns}'s {} ResourceQuota(s) and {} LimitRange(s) admit the stack",
                 f.quotas.len(),
@@ -354,7 +349,7 @@ pub fn quota(ns: &str, objects: &[Value], facts: &Result<QuotaFacts, ClusterErro
         );
     }
     Check::fail(
-        "quota",
+        CheckId::Quota,
         findings.join("; "),
         format!(
             "lower resources (requests, limits, replicas) in the stack's desired state, or raise the quota: `kubectl edit resourcequota -n {ns}`"
@@ -372,7 +367,7 @@ pub fn capacity(
         Ok(f) => f,
         Err(e) => {
             return Check::fail(
-                "capacity",
+                CheckId::Capacity,
                 e.to_string(),
                 "check that your kube user may list nodes and pods",
             )
@@ -400,10 +395,10 @@ pub fn capacity(
         fmt_memory(alloc_mem)
     );
     if findings.is_empty() {
-        return Check::pass("capacity", summary);
+        return Check::pass(CheckId::Capacity, summary);
     }
     Check::fail(
-        "capacity",
+        CheckId::Capacity,
         format!("{summary}: {}", findings.join("; ")),
         "lower resources.requests or replicas in the desired state, or give the cluster more (minikube: `minikube delete && minikube start --cpus=<n> --memory=<size>`, which discards the cluster)",
     )
@@ -413,17 +408,17 @@ pub fn capacity(
 pub fn service(facts: &ServiceFacts) -> Check {
     match facts {
         ServiceFacts::NoCheckout(e) => Check::warn(
-            "service",
+            CheckId::Service,
             format!("no checkout to run the daemon for: {e}"),
             "run `converge doctor --repo <your checkout>`",
         ),
         ServiceFacts::NoPlaces(e) => Check::warn(
-            "service",
+            CheckId::Service,
             e,
             "set HOME, then `converge service install --user`",
         ),
         ServiceFacts::Launchd { file } => {
-            Check::pass("service", format!("installed: {}", file.display()))
+            Check::pass(CheckId::Service, format!("installed: {}", file.display()))
         }
         ServiceFacts::Systemd {
             unit,
@@ -434,23 +429,23 @@ pub fn service(facts: &ServiceFacts) -> Check {
             let user = if *user { "--user " } else { "" };
             match active {
                 Ok((true, stdout, _)) => Check::pass(
-                    "service",
+                    CheckId::Service,
                     format!("{unit} is {} ({})", stdout.trim(), file.display()),
                 ),
                 Ok((false, stdout, _)) => Check::fail(
-                    "service",
+                    CheckId::Service,
                     format!("{unit} is installed ({}) but {}", file.display(), stdout.trim()),
                     format!("`systemctl {user}start {unit}`; why it stopped: `journalctl {user}-u {unit} -n 50`"),
                 ),
                 Err(why) => Check::warn(
-                    "service",
+                    CheckId::Service,
                     format!("{unit} is installed ({}) but whether it runs is unknown: {why}", file.display()),
                     format!("`systemctl {user}status {unit}` on a machine with systemd"),
                 ),
             }
         }
         ServiceFacts::Missing { root } => Check::warn(
-            "service",
+            CheckId::Service,
             format!("no converge service is installed for {}", root.display()),
             format!("converge service install --user --repo {}", root.display()),
         ),

@@ -13,11 +13,11 @@ use super::rules::Totals;
 use crate::build::minikube::{self, Profile};
 use crate::build::BuildEnv;
 use crate::capacity::{pod_requests, running};
+use crate::cluster::secrets::SecretRef;
 use crate::cluster::values;
 use crate::cluster::{Cluster, ClusterError};
 use crate::desired::schema::BuilderKind;
 use crate::desired::Stack;
-use crate::explain::SecretRef;
 use crate::render::Helm;
 
 /// How long an external version or status command may take.

@@ -13,20 +13,7 @@ use std::path::Path;
 use crate::desired::schema::BuilderKind;
 use crate::desired::Stack;
 use crate::render::Helm;
-pub use rules::{Check, Status};
-
-/// Every check's id, in the order they run.
-pub const CHECKS: &[&str] = &[
-    "desired", "helm", "context", "cluster", "builder", "secrets", "nodeport", "quota", "capacity",
-    "service",
-];
-
-/// Checks that need the stack rendered.
-const RENDERED: &[&str] = &["nodeport", "quota", "capacity"];
-/// Checks that need a cluster connection.
-const CONNECTED: &[&str] = &[
-    "context", "cluster", "secrets", "nodeport", "quota", "capacity",
-];
+pub use rules::{Check, CheckId, Status};
 
 /// What doctor checks, resolved by the CLI.
 #[derive(Debug)]
@@ -45,17 +32,18 @@ pub struct Request<'a> {
     pub context: Option<&'a str>,
     /// The builder to check, instead of the one converge would choose.
     pub builder: Option<BuilderKind>,
-    /// Ids of checks not to run.
-    pub skip: &'a [String],
+    /// Checks not to run.
+    pub skip: &'a [CheckId],
 }
 
 impl Request<'_> {
-    fn wants(&self, check: &str) -> bool {
-        !self.skip.iter().any(|s| s == check)
+    fn wants(&self, check: CheckId) -> bool {
+        !self.skip.contains(&check)
     }
 
-    fn wants_any(&self, checks: &[&str]) -> bool {
-        checks.iter().any(|c| self.wants(c))
+    /// Whether any check it runs satisfies `needs`.
+    fn wants_any(&self, needs: fn(CheckId) -> bool) -> bool {
+        CheckId::ALL.into_iter().any(|c| needs(c) && self.wants(c))
     }
 }
 
@@ -65,16 +53,16 @@ pub async fn run(req: &Request<'_>) -> Vec<Check> {
     let mut out = vec![decide::desired(req.repo, req.rev, req.dir, &req.stacks)];
     let stacks: &[Stack] = req.stacks.as_deref().unwrap_or_default();
     let helm = Helm::from_env();
-    let render = req.wants_any(RENDERED);
+    let render = req.wants_any(CheckId::needs_render);
     // helm is asked when its check runs, or when a rendering check needs it.
-    let helm_ok = if req.wants("helm") || render {
+    let helm_ok = if req.wants(CheckId::Helm) || render {
         let version = helm.check().await.map_err(|e| e.to_string());
         out.push(decide::helm(&version));
         version.is_ok()
     } else {
         false
     };
-    let connect = req.wants_any(CONNECTED);
+    let connect = req.wants_any(CheckId::needs_cluster);
     let env = crate::build::BuildEnv::from_process();
     if stacks.is_empty() && connect {
         // Still check the cluster the flags (or the kubeconfig) name.
@@ -82,7 +70,7 @@ pub async fn run(req: &Request<'_>) -> Vec<Check> {
     }
     for stack in stacks {
         let context = req.context.unwrap_or(&stack.spec.context);
-        if req.wants("builder") {
+        if req.wants(CheckId::Builder) {
             let choice = crate::build::choose_builder(req.builder, stack, context, &env);
             let facts =
                 gather::builder(choice.builder, choice.minikube_profile.as_deref(), &env).await;
@@ -94,7 +82,7 @@ pub async fn run(req: &Request<'_>) -> Vec<Check> {
         let Some(cluster) = connect_checks(req, Some(context), &mut out).await else {
             continue;
         };
-        if req.wants("secrets") {
+        if req.wants(CheckId::Secrets) {
             let refs = decide::secret_refs(stack);
             let keys = if refs.is_empty() {
                 Ok(Default::default())
@@ -112,30 +100,31 @@ pub async fn run(req: &Request<'_>) -> Vec<Check> {
             Err(e) => {
                 let e = e.to_string();
                 out.extend(
-                    RENDERED
-                        .iter()
+                    CheckId::ALL
+                        .into_iter()
+                        .filter(|id| id.needs_render())
                         .map(|id| decide::unrendered(id, stack, &e, req.repo)),
                 );
                 continue;
             }
         };
-        if req.wants("nodeport") {
+        if req.wants(CheckId::Nodeport) {
             let live = gather::services(&cluster).await;
             out.push(decide::nodeport(stack, &objects, &live));
         }
-        if req.wants("quota") {
+        if req.wants(CheckId::Quota) {
             let facts = gather::quota(&cluster, &stack.spec.namespace).await;
             out.push(decide::quota(&stack.spec.namespace, &objects, &facts));
         }
-        if req.wants("capacity") {
+        if req.wants(CheckId::Capacity) {
             let facts = gather::capacity(&cluster).await;
             out.push(decide::capacity(stack, &objects, &facts));
         }
     }
-    if req.wants("service") {
+    if req.wants(CheckId::Service) {
         out.push(decide::service(&gather::service(req.repo).await));
     }
-    out.retain(|c| req.wants(&c.check));
+    out.retain(|c| req.wants(c.check));
     out
 }
 

@@ -21,12 +21,97 @@ pub enum Status {
     Fail,
 }
 
+/// A check's id: what `--skip` names and the JSON output's `check`, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckId {
+    /// The desired state reads and validates.
+    Desired,
+    /// helm runs.
+    Helm,
+    /// The kube context exists.
+    Context,
+    /// The cluster answers.
+    Cluster,
+    /// The builder each stack would use works.
+    Builder,
+    /// Every required Secret key exists.
+    Secrets,
+    /// The stack's fixed NodePorts are free.
+    Nodeport,
+    /// A ResourceQuota or LimitRange admits the stack.
+    Quota,
+    /// The nodes have room for the stack.
+    Capacity,
+    /// A daemon service is installed for the checkout, and runs.
+    Service,
+}
+
+impl CheckId {
+    /// Every check, in the order they run.
+    pub const ALL: [CheckId; 10] = [
+        CheckId::Desired,
+        CheckId::Helm,
+        CheckId::Context,
+        CheckId::Cluster,
+        CheckId::Builder,
+        CheckId::Secrets,
+        CheckId::Nodeport,
+        CheckId::Quota,
+        CheckId::Capacity,
+        CheckId::Service,
+    ];
+
+    /// Its name (`nodeport`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckId::Desired => "desired",
+            CheckId::Helm => "helm",
+            CheckId::Context => "context",
+            CheckId::Cluster => "cluster",
+            CheckId::Builder => "builder",
+            CheckId::Secrets => "secrets",
+            CheckId::Nodeport => "nodeport",
+            CheckId::Quota => "quota",
+            CheckId::Capacity => "capacity",
+            CheckId::Service => "service",
+        }
+    }
+
+    /// Whether it needs the stack rendered.
+    pub fn needs_render(self) -> bool {
+        matches!(self, CheckId::Nodeport | CheckId::Quota | CheckId::Capacity)
+    }
+
+    /// Whether it needs a cluster connection.
+    pub fn needs_cluster(self) -> bool {
+        self.needs_render()
+            || matches!(self, CheckId::Context | CheckId::Cluster | CheckId::Secrets)
+    }
+}
+
+/// `--skip`'s values: the names alone, as `converge doctor --help` has always listed them.
+impl clap::ValueEnum for CheckId {
+    fn value_variants<'a>() -> &'a [Self] {
+        &CheckId::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.as_str()))
+    }
+}
+
+impl std::fmt::Display for CheckId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One line of `converge doctor`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Check {
-    /// The check's id (`context`, `cluster`, `helm`, `builder`, `secrets`, `nodeport`, `quota`,
-    /// `capacity`, `service`).
-    pub check: String,
+    /// The check's id.
+    pub check: CheckId,
     /// Its outcome.
     pub status: Status,
     /// What was found.
@@ -38,9 +123,9 @@ pub struct Check {
 
 impl Check {
     /// A passing check.
-    pub fn pass(check: &str, message: impl Into<String>) -> Self {
+    pub fn pass(check: CheckId, message: impl Into<String>) -> Self {
         Self {
-            check: check.into(),
+            check,
             status: Status::Pass,
             message: message.into(),
             fix: None,
@@ -48,9 +133,9 @@ impl Check {
     }
 
     /// A failing check with its fix.
-    pub fn fail(check: &str, message: impl Into<String>, fix: impl Into<String>) -> Self {
+    pub fn fail(check: CheckId, message: impl Into<String>, fix: impl Into<String>) -> Self {
         Self {
-            check: check.into(),
+            check,
             status: Status::Fail,
             message: message.into(),
             fix: Some(fix.into()),
@@ -58,9 +143,9 @@ impl Check {
     }
 
     /// A warning with its fix.
-    pub fn warn(check: &str, message: impl Into<String>, fix: impl Into<String>) -> Self {
+    pub fn warn(check: CheckId, message: impl Into<String>, fix: impl Into<String>) -> Self {
         Self {
-            check: check.into(),
+            check,
             status: Status::Warn,
             message: message.into(),
             fix: Some(fix.into()),

@@ -1,7 +1,7 @@
 //! The rule about Secrets: a referenced Secret or key that does not exist.
 
 use super::{containers, pod_name, s, MISSING_SECRET};
-use crate::cluster::secrets::{lacking, secret_fix};
+use crate::cluster::secrets::{in_words, lacking};
 use crate::explain::{Diagnosis, Evidence};
 
 /// A referenced Secret or key that does not exist (from the Secrets themselves, or the
@@ -35,21 +35,16 @@ pub fn missing_secret(ev: &Evidence) -> Option<Diagnosis> {
             ),
         });
     }
-    let mut steps = Vec::new();
-    let mut parts = Vec::new();
-    // The Secrets that do not exist first, then the keys missing from those that do.
+    // The evidence in the order of the summary: the Secrets that do not exist first.
     for lack in lacks.iter().filter(|l| !l.exists) {
-        let (name, keys) = (&lack.secret, lack.keys.join(", "));
-        parts.push(format!("Secret `{name}` does not exist"));
+        let keys = lack.keys.join(", ");
         evidence.push(format!(
-            "Secret {name} is referenced (keys: {}) but does not exist in namespace {}",
+            "Secret {} is referenced (keys: {}) but does not exist in namespace {}",
+            lack.secret,
             if keys.is_empty() { "all" } else { &keys },
             ev.namespace
         ));
-        let keys: Vec<&str> = lack.keys.iter().map(String::as_str).collect();
-        steps.push(secret_fix(name, &ev.namespace, false, &keys));
     }
-    // One patch per Secret with every key it lacks.
     for lack in lacks.iter().filter(|l| l.exists) {
         let name = &lack.secret;
         let quoted = lack
@@ -58,7 +53,6 @@ pub fn missing_secret(ev: &Evidence) -> Option<Diagnosis> {
             .map(|k| format!("`{k}`"))
             .collect::<Vec<_>>()
             .join(", ");
-        parts.push(format!("Secret `{name}` has no key {quoted}"));
         let have = ev
             .secrets
             .get(name)
@@ -69,21 +63,13 @@ pub fn missing_secret(ev: &Evidence) -> Option<Diagnosis> {
             "Secret {name} has keys [{have}]; {quoted} {} referenced",
             if lack.keys.len() == 1 { "is" } else { "are" }
         ));
-        let keys: Vec<&str> = lack.keys.iter().map(String::as_str).collect();
-        steps.push(secret_fix(name, &ev.namespace, true, &keys));
     }
+    let (summary, next_step) = in_words(&lacks, &ev.namespace);
     Some(Diagnosis {
         component: ev.component.clone(),
         rule: MISSING_SECRET.into(),
-        summary: parts.join("; "),
+        summary,
         evidence,
-        next_step: format!(
-            "{}; converge applies the component on its next reconcile",
-            steps
-                .iter()
-                .map(|c| format!("`{c}`"))
-                .collect::<Vec<_>>()
-                .join(" and ")
-        ),
+        next_step,
     })
 }
