@@ -18,6 +18,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
 
 use crate::support::git::{copy_project_dir, GitRepo};
+use crate::support::shell::{fill_placeholders, shell_words};
 use crate::support::{current_context, testbed, TestNamespace, FAIL_LABEL};
 
 const ALL_KEYS: &[&str] = &["postgres-password", "database-url", "jwt-secret"];
@@ -792,61 +793,148 @@ fn doc(rel: &str) -> String {
         .unwrap_or_else(|e| panic!("{rel}: {e}"))
 }
 
-/// The `converge …` command lines of a page's fenced `sh` blocks (continuations joined).
-fn documented_commands(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut in_sh = false;
+/// What the docs show as `converge …` but is no command line, each with why. A page may show
+/// such a span or line only if it is here (exactly as written); an entry no page shows any more
+/// fails the test, so the list cannot outlive its reason.
+const NOT_COMMANDS: &[(&str, &str)] = &[
+    (
+        "converge <converge@localhost>",
+        "the author of the commits converge writes, as git prints it",
+    ),
+    (
+        "converge <command> --help",
+        "stands for every subcommand, each one checked in the same table",
+    ),
+];
+
+/// What a page shows as code.
+struct Code {
+    /// Each logical line of a fenced block (continuations joined) with the block's language
+    /// (`""` for a bare fence).
+    blocks: Vec<(String, String)>,
+    /// Each inline code span outside the fences, its line breaks as spaces and a table's `\|`
+    /// as `|`.
+    spans: Vec<String>,
+}
+
+/// Reads a page's code. A paragraph with an odd number of backticks fails the test: every span
+/// after it would be read shifted by one, prose as code and code as prose.
+fn code_of(rel: &str, text: &str) -> Code {
+    let mut blocks = Vec::new();
+    let mut paragraphs = vec![String::new()];
+    let mut fence: Option<String> = None;
     let mut pending = String::new();
     for line in text.lines() {
         let t = line.trim();
-        if t.starts_with("```") {
-            in_sh = !in_sh && t == "```sh";
+        if let Some(lang) = t.strip_prefix("```") {
+            fence = match fence {
+                None => Some(lang.to_string()),
+                Some(_) => None,
+            };
+            paragraphs.push(String::new());
             continue;
         }
-        if !in_sh {
+        match &fence {
+            None if t.is_empty() => paragraphs.push(String::new()),
+            None => {
+                let p = paragraphs.last_mut().expect("one paragraph at least");
+                p.push_str(t);
+                p.push(' ');
+            }
+            Some(lang) => {
+                pending.push_str(t.trim_end_matches('\\'));
+                pending.push(' ');
+                if !t.ends_with('\\') {
+                    let l = std::mem::take(&mut pending).trim().to_string();
+                    blocks.push((lang.clone(), l));
+                }
+            }
+        }
+    }
+    let mut spans = Vec::new();
+    for p in &paragraphs {
+        assert!(
+            p.matches('`').count() % 2 == 0,
+            "{rel}: a paragraph with an unclosed code span: {p}"
+        );
+        spans.extend(
+            p.split('`')
+                .skip(1)
+                .step_by(2)
+                .map(|s| s.trim().replace("\\|", "|")),
+        );
+    }
+    Code { blocks, spans }
+}
+
+/// The `converge …` commands in one shell line, as words: each one of a pipeline or list (also
+/// after `sudo` or `VAR=value`), up to its redirections, a ` # comment` dropped.
+fn converge_commands(line: &str) -> Vec<Vec<String>> {
+    let line = line.split(" # ").next().unwrap_or("");
+    let words = shell_words(&fill_placeholders(line));
+    let mut out = Vec::new();
+    for part in words.split(|w| matches!(w.as_str(), "|" | "||" | "&&" | ";" | "&")) {
+        let mut rest = part
+            .iter()
+            .skip_while(|w| *w == "sudo" || w.split_once('=').is_some_and(|(k, _)| is_env_name(k)));
+        if rest.next().map(String::as_str) != Some("converge") {
             continue;
         }
-        pending.push_str(t.trim_end_matches('\\'));
-        pending.push(' ');
-        if t.ends_with('\\') {
-            continue;
-        }
-        let cmd = std::mem::take(&mut pending);
-        let cmd = cmd.split(" # ").next().unwrap_or("").trim().to_string();
-        if cmd.starts_with("converge ") {
+        let mut cmd = vec!["converge".to_string()];
+        cmd.extend(
+            rest.take_while(|w| {
+                !w.trim_start_matches(|c: char| c.is_ascii_digit())
+                    .starts_with('>')
+            })
+            .cloned(),
+        );
+        // `converge` alone is the program's name in prose, not a command.
+        if cmd.len() > 1 {
             out.push(cmd);
         }
     }
     out
 }
 
-/// Splits like a shell for the simple quoting the docs use.
-fn shell_words(cmd: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut cur = String::new();
-    let mut quote: Option<char> = None;
-    let mut any = false;
-    for c in cmd.chars() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), c) => cur.push(c),
-            (None, '\'' | '"') => {
-                quote = Some(c);
-                any = true
-            }
-            (None, c) if c.is_whitespace() => {
-                if !cur.is_empty() || any {
-                    words.push(std::mem::take(&mut cur));
-                }
-                any = false;
-            }
-            (None, c) => cur.push(c),
+/// `NAME` of a `NAME=value` before a command (an environment assignment, not an argument).
+fn is_env_name(k: &str) -> bool {
+    !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// A command as the CLI must accept it. A synopsis (`converge validate [--rev REV] [-o
+/// text|json]`) is checked with every option in and once per alternative of each `a|b`. A
+/// `mention` (inline code in a sentence: `converge pause`) names a subcommand and may leave out
+/// its required arguments; its subcommands, flags and values must still be the CLI's.
+fn parse_each_reading(words: &[String], mention: bool) -> Result<(), String> {
+    use clap::Parser;
+    let words: Vec<Vec<String>> = words
+        .iter()
+        .map(|w| {
+            w.trim_matches(|c| c == '[' || c == ']')
+                .split('|')
+                .map(String::from)
+                .collect()
+        })
+        .collect();
+    let first: Vec<String> = words.iter().map(|alts| alts[0].clone()).collect();
+    let mut readings = vec![first.clone()];
+    for (i, alts) in words.iter().enumerate() {
+        for alt in &alts[1..] {
+            let mut r = first.clone();
+            r[i] = alt.clone();
+            readings.push(r);
         }
     }
-    if !cur.is_empty() || any {
-        words.push(cur);
+    for r in readings {
+        match converge::cli::Cli::try_parse_from(&r) {
+            Ok(_) => {}
+            Err(e) if mention && e.kind() == clap::error::ErrorKind::MissingRequiredArgument => {}
+            Err(e) => return Err(format!("`{}`: {e}", r.join(" "))),
+        }
     }
-    words
+    Ok(())
 }
 
 fn long_flags(cmd: &clap::Command, out: &mut std::collections::BTreeSet<String>) {
@@ -862,23 +950,45 @@ fn long_flags(cmd: &clap::Command, out: &mut std::collections::BTreeSet<String>)
 
 #[test]
 fn every_converge_command_in_the_docs_parses_with_the_real_command_line() {
-    use clap::Parser;
-    let mut seen = 0;
+    let (mut in_blocks, mut in_spans) = (0, 0);
+    let mut not_commands_seen = std::collections::BTreeSet::new();
     for rel in &pages() {
-        for cmd in documented_commands(&doc(rel)) {
-            let words: Vec<String> = shell_words(&cmd)
-                .into_iter()
-                // A synopsis (`converge validate [--rev REV]`) is checked with every option.
-                .map(|w| w.trim_matches(|c| c == '[' || c == ']').to_string())
-                .map(|w| if w.contains('<') { "x".into() } else { w })
-                .collect();
-            if let Err(e) = converge::cli::Cli::try_parse_from(&words) {
-                panic!("{rel}: `{cmd}` does not parse:\n{e}");
+        let code = code_of(rel, &doc(rel));
+        let lines = code.blocks.iter().map(|(lang, l)| (Some(lang), l));
+        let spans = code.spans.iter().map(|s| (None, s));
+        for (lang, shown) in lines.chain(spans) {
+            if let Some((c, _)) = NOT_COMMANDS.iter().find(|(c, _)| c == shown) {
+                not_commands_seen.insert(*c);
+                continue;
             }
-            seen += 1;
+            for cmd in converge_commands(shown) {
+                match lang {
+                    Some(lang) if lang != "sh" => panic!(
+                        "{rel}: `{shown}` is in a block fenced ```{lang}: a command goes in an ```sh block, where this test parses it"
+                    ),
+                    Some(_) => in_blocks += 1,
+                    None => in_spans += 1,
+                }
+                if let Err(e) = parse_each_reading(&cmd, lang.is_none()) {
+                    panic!("{rel}: `{shown}` does not parse (if it is not a command, list it in NOT_COMMANDS with why):\n{e}");
+                }
+            }
         }
     }
-    assert!(seen >= 20, "only {seen} documented commands found");
+    for (shown, why) in NOT_COMMANDS {
+        assert!(
+            not_commands_seen.contains(*shown),
+            "no page shows `{shown}` ({why}) any more: remove it from NOT_COMMANDS"
+        );
+    }
+    assert!(
+        in_blocks >= 50,
+        "only {in_blocks} commands found in sh blocks"
+    );
+    assert!(
+        in_spans >= 100,
+        "only {in_spans} commands found in inline code"
+    );
 }
 
 #[test]

@@ -20,7 +20,8 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use serde_json::Value;
 
 use crate::support::{
-    current_context, docker, kubectl, run_ok, testbed, unique_name, TestNamespace, FAIL_LABEL,
+    current_context, docker, docker_host, kubectl, run_ok, testbed, unique_name, TestNamespace,
+    FAIL_LABEL,
 };
 
 /// The unprivileged account of the image (tests/testbed/systemd/build).
@@ -37,12 +38,25 @@ const DOCKER_SOCKET: &str = "/run/docker.sock";
 /// How long a reconcile on the kwok node may take.
 const CONVERGED: Duration = Duration::from_secs(120);
 
-/// Fails, saying what is missing, when the bed has no Docker engine: these tests boot systemd in
-/// a container on it, and a test that returned early would pass without showing anything.
+/// Fails, saying what is missing, when the bed has no Docker engine or it does not answer: these
+/// tests boot systemd in a container on it, and a test that returned early would pass without
+/// showing anything.
 fn require_engine() {
     assert!(
         testbed().docker_host.is_some(),
         "the testbed has no Docker engine (started with CONVERGE_TESTBED_NO_DOCKER=1), so there is no container to boot systemd in: start the bed with its engine (tests/testbed/up without CONVERGE_TESTBED_NO_DOCKER), or leave the service tests out (cargo test -- --skip service::)"
+    );
+    let answer = match docker()
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .output()
+    {
+        Ok(o) if o.status.success() => return,
+        Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+        Err(e) => format!("docker: {e}"),
+    };
+    panic!(
+        "the bed's Docker engine at {} does not answer, so there is no container to boot systemd in: run tests/testbed/up, which starts it again ({answer})",
+        docker_host()
     );
 }
 

@@ -12,6 +12,7 @@ use kube::api::{Api, PostParams};
 use serde_json::{json, Value};
 
 use crate::support::git::{copy_project_dir, GitRepo};
+use crate::support::shell::{fill_placeholders, shell_words};
 use crate::support::{current_context, testbed, TestNamespace};
 
 /// Runs the converge binary against the bed; returns (exit code, stdout, stderr).
@@ -63,35 +64,6 @@ fn json_of(stdout: &str) -> Value {
     serde_json::from_str(stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
 }
 
-/// Splits like a shell for the simple quoting converge's advice uses.
-fn shell_words(cmd: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut cur = String::new();
-    let mut quote: Option<char> = None;
-    let mut any = false;
-    for c in cmd.chars() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), c) => cur.push(c),
-            (None, '\'' | '"') => {
-                quote = Some(c);
-                any = true
-            }
-            (None, c) if c.is_whitespace() => {
-                if !cur.is_empty() || any {
-                    words.push(std::mem::take(&mut cur));
-                }
-                any = false;
-            }
-            (None, c) => cur.push(c),
-        }
-    }
-    if !cur.is_empty() || any {
-        words.push(cur);
-    }
-    words
-}
-
 /// Every `` `converge …` `` and `` `kubectl …` `` command in a text, as printed.
 fn advice(text: &str, program: &str) -> Vec<String> {
     let needle = format!("`{program} ");
@@ -109,23 +81,7 @@ fn advice(text: &str, program: &str) -> Vec<String> {
 /// A converge command line as the CLI parses it, placeholders filled.
 fn parses(cmd: &str) -> Result<(), String> {
     use clap::Parser;
-    // `<your checkout>`-style placeholders may hold spaces.
-    let mut filled = String::new();
-    let mut depth = 0;
-    for c in cmd.chars() {
-        match c {
-            '<' => {
-                if depth == 0 {
-                    filled.push('x');
-                }
-                depth += 1;
-            }
-            '>' if depth > 0 => depth -= 1,
-            _ if depth > 0 => {}
-            c => filled.push(c),
-        }
-    }
-    let words: Vec<String> = shell_words(&filled)
+    let words: Vec<String> = shell_words(&fill_placeholders(cmd))
         .into_iter()
         .map(|w| {
             if w.contains('<') || w.contains('{') {

@@ -503,6 +503,8 @@ impl Drop for TestNamespace {
 
 #[path = "git.rs"]
 pub mod git;
+#[path = "shell.rs"]
+pub mod shell;
 
 /// The testbed kubeconfig's current context (what `--context` names for the bed).
 pub fn current_context() -> String {
