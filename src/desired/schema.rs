@@ -139,9 +139,10 @@ pub struct PruneSpec {
     pub namespace: bool,
 }
 
-/// Where images are built: the one list of builders, which the desired state (`builder:`) and
-/// the `--builder` flag both read (the doc comments are the schema's text, `value(help)` the
-/// flag's). Each has its engine in `src/build/engine/<name>.rs`.
+// The one list of builders: the desired state (`builder:`) and the `--builder` flag both read it
+// (the doc comments are the schema's text, `value(help)` the flag's). Each has its engine in
+// `src/build/engine/<name>.rs`.
+/// Where images are built.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema, clap::ValueEnum,
 )]
