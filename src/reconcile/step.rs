@@ -180,8 +180,8 @@ pub enum Failure {
         failure: ComponentFailure,
     },
     /// The health wait ran out or failed on an object no component names.
-    #[error("{0}")]
-    Health(String),
+    #[error("{}", .0.message)]
+    Health(HealthFailure),
     /// Prune was refused or a deletion failed.
     #[error("{0}")]
     Prune(PruneFailure),

@@ -430,7 +430,7 @@ impl<'a> Run<'a> {
             });
         }
         if let Some(why) = &self.health_failure {
-            return Err(Failure::Health(why.message.clone()));
+            return Err(Failure::Health(why.clone()));
         }
         if let Some(e) = self.prune_errors.first() {
             return Err(Failure::Prune(e.clone()));
