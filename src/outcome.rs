@@ -76,7 +76,8 @@ pub fn next(outcome: &Outcome) -> Next {
 
 /// What happens after a commit's stacks were reconciled: done when all are healthy; superseded
 /// when every unhealthy one was only cut short; waiting for a commit when every failure would
-/// fail the same way again; otherwise a retry.
+/// fail the same way again; waiting for a dependency when nothing failed but one is still being
+/// deleted; otherwise (any mix with a failure) a retry with back-off.
 pub fn after_reports(reports: &[StackReport]) -> Next {
     if reports.iter().all(|r| r.ready) {
         return Next::Done;
@@ -86,12 +87,8 @@ pub fn after_reports(reports: &[StackReport]) -> Next {
         Next::Superseded
     } else if not_ready().all(|r| r.next == Next::WaitForCommit) {
         Next::WaitForCommit
-    } else if not_ready().all(|r| {
-        matches!(
-            r.next,
-            Next::WaitForDependency | Next::Superseded | Next::WaitForCommit
-        )
-    }) {
+    } else if not_ready().all(|r| matches!(r.next, Next::WaitForDependency | Next::Superseded)) {
+        // Nothing failed: a dependency is still going away, and newer work may be waiting.
         Next::WaitForDependency
     } else {
         Next::Retry

@@ -592,6 +592,31 @@ mod tests {
     }
 
     #[test]
+    fn a_dependency_being_deleted_is_waited_for_but_never_beside_a_stack_waiting_for_a_commit() {
+        let waiting = |name: &str| StackReport {
+            reason: Reason::DependencyNotReady,
+            next: Next::WaitForDependency,
+            ..report(name, "namespace todo is being terminated")
+        };
+        assert_eq!(
+            of(vec![waiting("a"), preempted("b"), ready("c")]),
+            Finished::Reports {
+                next: Next::WaitForDependency,
+                stall: None,
+            }
+        );
+        // A stack that waits for a new commit is retried with back-off, not every few seconds.
+        assert_eq!(
+            of(vec![waiting("a"), needs_new_commit("b", "immutable")]),
+            NOTHING
+        );
+        assert_eq!(
+            of(vec![preempted("a"), needs_new_commit("b", "immutable")]),
+            NOTHING
+        );
+    }
+
+    #[test]
     fn a_commit_that_cannot_be_prepared_stalls_with_its_reason_and_message() {
         let invalid = Error::UnknownStack {
             name: "prod".into(),
