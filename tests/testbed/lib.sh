@@ -17,6 +17,8 @@ BIN_ETCD="$CACHE_ROOT/bin/etcd-$ETCD_VERSION"
 BIN_KWOK="$CACHE_ROOT/bin/kwok-$KWOK_VERSION"
 BIN_HELM="$CACHE_ROOT/bin/helm-$HELM_VERSION"
 BIN_COREDNS="$CACHE_ROOT/bin/coredns-$COREDNS_VERSION"
+BIN_REGISTRY="$CACHE_ROOT/bin/registry-$DISTRIBUTION_VERSION"
+BIN_BUILDKIT="$CACHE_ROOT/bin/buildkit-$BUILDKIT_VERSION"
 # The bed's own programs are keyed by a hash of their source (and, for the
 # provisioner, of the client-go version it is built against), so an edit
 # rebuilds them and nothing else.
@@ -69,4 +71,71 @@ bed_net_names() {
   DOCKER_SUBNET="172.30.$((16#${h:0:2})).0/24"
   DOCKER_GW="${DOCKER_SUBNET%.0/24}.1"
   NET_TAG="converge-testbed:$BED_DIR"
+}
+
+# Where up (and the scripts that start or stop one component) record processes and logs.
+PIDS="$BED_DIR/pids"
+LOGS="$BED_DIR/logs"
+# What to do when a component does not start, beyond reading its log tail (filled by up).
+declare -A HINT=()
+
+# --- process bookkeeping -----------------------------------------------------
+
+# pid_alive NAME: the recorded process still runs, and is still ours (the
+# PID was not reused by an unrelated process).
+pid_alive() {
+  local f="$PIDS/$1.pid" pid exe
+  [[ -s "$f" ]] || return 1
+  read -r pid exe <"$f"
+  [[ -e "/proc/$pid" ]] || return 1
+  [[ "$(readlink "/proc/$pid/exe" 2>/dev/null)" == "$exe" ]]
+}
+
+log_tail() {
+  local name="$1"
+  printf '[testbed] ---- last lines of %s ----\n' "$LOGS/$name.log" >&2
+  tail -n 40 "$LOGS/$name.log" >&2 2>/dev/null || true
+  printf '[testbed] ---- end of %s ----\n' "$name" >&2
+}
+
+# start NAME BINARY ARGS...: run detached in its own session (so it outlives
+# this script and the CI step's process group), log to logs/NAME.log and
+# record "PID BINARY".
+start() {
+  local name="$1" bin="$2"
+  shift 2
+  [[ -x "$bin" ]] || die "$bin is missing: run tests/testbed/build"
+  # 9>&-: the bed lock (lib.sh) must not be inherited by long-lived daemons.
+  setsid "$bin" "$@" </dev/null >"$LOGS/$name.log" 2>&1 9>&- &
+  local pid=$! exe
+  exe="$(readlink -f "$bin")"
+  echo "$pid $exe" >"$PIDS/$name.pid"
+  # Until setsid has exec'd the binary, /proc/PID/exe is setsid's: wait for
+  # the switch so pid_alive does not take the start-up for a crash.
+  for _ in $(seq 1 100); do
+    [[ "$(readlink "/proc/$pid/exe" 2>/dev/null)" == "$exe" ]] && return 0
+    [[ -e "/proc/$pid" ]] || return 0
+    sleep 0.02
+  done
+}
+
+# wait_until NAME TIMEOUT_S CMD...: poll CMD until it succeeds; fail with the
+# component's log tail (and what to do) if it exits or the timeout passes.
+wait_until() {
+  local name="$1" timeout="$2"
+  shift 2
+  local deadline=$((SECONDS + timeout))
+  until "$@" >/dev/null 2>&1; do
+    if [[ -f "$PIDS/$name.pid" ]] && ! pid_alive "$name"; then
+      log_tail "$name"
+      die "$name exited during start-up (log: $LOGS/$name.log)${HINT[$name]:+
+  ${HINT[$name]}}"
+    fi
+    if ((SECONDS >= deadline)); then
+      log_tail "$name"
+      die "$name not ready after ${timeout}s (log: $LOGS/$name.log)${HINT[$name]:+
+  ${HINT[$name]}}"
+    fi
+    sleep 0.2
+  done
 }

@@ -223,6 +223,9 @@ cri_config() {
         SystemdCgroup = false
         # runc's state under the bed, not /run/containerd/runc.
         Root = "$CONTAINERD_DIR/runc"
+  # Per-registry hosts.toml (the bed's registry, trusting the bed's CA; services.sh).
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "$CONTAINERD_DIR/certs.d"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$NODE_DIR/cni/net.d"
@@ -367,8 +370,10 @@ finish_base_images() {
 # Stops a background base-image build (a failed `up`).
 stop_base_images() {
   [[ -n "$BASE_IMAGES_PID" ]] || return 0
-  kill -TERM -- "-$BASE_IMAGES_PID" 2>/dev/null
-  wait "$BASE_IMAGES_PID" 2>/dev/null
+  # `|| true`: this runs in up's EXIT trap under set -e, where a failing wait (the build was
+  # killed) would end the trap before `down` runs.
+  kill -TERM -- "-$BASE_IMAGES_PID" 2>/dev/null || true
+  wait "$BASE_IMAGES_PID" 2>/dev/null || true
   BASE_IMAGES_PID=""
   return 0
 }
@@ -432,7 +437,7 @@ clusterDomain: cluster.local
 resolvConf: /etc/resolv.conf
 podLogsDir: $NODE_DIR/pod-logs
 # Report every image in the Node's status, not the 50 largest: converge reads the list to tell
-# that an image a Pod never pulls is on no node (the `none` builder), and a test run loads more
+# that an image a Pod never pulls is on no node (the "none" builder), and a test run loads more
 # than 50. It reads this limit back through /configz.
 nodeStatusMaxImages: -1
 # Images are loaded, never pulled: garbage-collecting them would lose them,
