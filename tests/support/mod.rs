@@ -503,6 +503,8 @@ impl Drop for TestNamespace {
 
 #[path = "git.rs"]
 pub mod git;
+#[path = "services.rs"]
+pub mod services;
 #[path = "shell.rs"]
 pub mod shell;
 

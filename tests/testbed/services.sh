@@ -175,6 +175,15 @@ standins_key() {
 # cached seed when this set was pushed before: blobs are hard-linked (they
 # are content-addressed and never rewritten), the small link files copied.
 push_standins() {
+  # Two beds (a developer's and CI's) may seed or read the cache at once.
+  mkdir -p "$CACHE_ROOT"
+  (
+    flock 7
+    push_standins_locked
+  ) 7>"$CACHE_ROOT/registry-seed.lock"
+}
+
+push_standins_locked() {
   local key seed data="$REGISTRY_DIR/data"
   key="$(standins_key)"
   [[ -n "$key" ]] || die "registry: a stand-in image is missing from the bed's engine ($(printf '%s ' "${STANDIN_PUSHES[@]%%|*}")); tests/testbed/images/build makes them"
@@ -351,6 +360,8 @@ services_env() {
   echo "export CONVERGE_TESTBED_DOCKER_CONFIG='$DOCKER_CONFIG_DIR'"
   echo "export CONVERGE_TESTBED_BUILDKIT='tcp://$SVC_IP:$BUILDKIT_PORT'"
   echo "export CONVERGE_TESTBED_BUILDKIT_SOCKET='$(buildkit_sock)'"
+  # buildctl's own default address (like DOCKER_HOST for docker).
+  echo "export BUILDKIT_HOST='tcp://$SVC_IP:$BUILDKIT_PORT'"
   echo "export CONVERGE_TESTBED_BUILDKIT_VERSION='$BUILDKIT_VERSION'"
   echo "export CONVERGE_TESTBED_GIT='$(git_url)'"
   echo "export CONVERGE_TESTBED_GIT_KEY='$GIT_DIR_BED/id_ed25519'"
