@@ -75,8 +75,10 @@ setup_registry() {
   umask_write "$d/password" "$password"
   local auth
   auth="$(printf '%s:%s' "$REGISTRY_USER" "$password" | base64 -w0)"
-  umask_write "$DOCKER_CONFIG_DIR/config.json" "$(printf '{"auths":{"%s":{"auth":"%s"},"127.0.0.1:%s":{"auth":"%s"}}}' \
-    "$host" "$auth" "$REGISTRY_PORT" "$auth")"
+  local auths
+  auths="$(printf '"%s":{"auth":"%s"}' "$host" "$auth")"
+  [[ "$SVC_IP" == 127.0.0.1 ]] || auths+="$(printf ',"127.0.0.1:%s":{"auth":"%s"}' "$REGISTRY_PORT" "$auth")"
+  umask_write "$DOCKER_CONFIG_DIR/config.json" "{\"auths\":{$auths}}"
   cat >"$d/config.yml" <<EOF
 version: 0.1
 log:
@@ -116,7 +118,7 @@ umask_write() {
 # come from the Pods' imagePullSecrets.
 write_containerd_hosts() {
   local h
-  for h in "$SVC_IP:$REGISTRY_PORT" "127.0.0.1:$REGISTRY_PORT"; do
+  for h in $(printf '%s\n' "$SVC_IP:$REGISTRY_PORT" "127.0.0.1:$REGISTRY_PORT" | sort -u); do
     mkdir -p "$CONTAINERD_DIR/certs.d/$h"
     cat >"$CONTAINERD_DIR/certs.d/$h/hosts.toml" <<EOF
 server = "https://$h"
@@ -253,12 +255,15 @@ root = "$BUILDKIT_DIR/root"
 [registry."docker.io"]
   mirrors = ["$host"]
 
+# http = false: BuildKit speaks plain HTTP to a loopback registry unless told otherwise
+# (util/resolver: MatchLocalhost when "http" is unset).
 [registry."$host"]
-  ca = ["$PKI/ca.crt"]
-
-[registry."127.0.0.1:$REGISTRY_PORT"]
+  http = false
   ca = ["$PKI/ca.crt"]
 EOF
+  if [[ "$SVC_IP" != 127.0.0.1 ]]; then
+    printf '\n[registry."127.0.0.1:%s"]\n  http = false\n  ca = ["%s"]\n' "$REGISTRY_PORT" "$PKI/ca.crt" >>"$BUILDKIT_DIR/buildkitd.toml"
+  fi
   start buildkitd "$BIN_BUILDKIT/buildkitd" --config "$BUILDKIT_DIR/buildkitd.toml"
   wait_until buildkitd 60 buildkit_ready
 }
