@@ -58,3 +58,5 @@ mod on_minikube;
 mod page;
 #[path = "integration/registry_bed.rs"]
 mod registry_bed;
+#[path = "integration/in_cluster.rs"]
+mod in_cluster;

@@ -39,6 +39,7 @@ fn build_and_push(cmd: &mut Command, dir: &Path, image: &str) -> Output {
 
 #[tokio::test]
 async fn buildkit_builds_from_a_stand_in_pushes_and_the_real_node_pulls_with_a_pull_secret() {
+    let _registry = crate::support::services::registry_shared();
     let token = unique_name("token");
     let dir = tempfile::tempdir().expect("temporary build context");
     // python:3.12-slim-bookworm is the bed's stand-in (Debian's Python 3.11): the version the
@@ -117,6 +118,7 @@ async fn buildkit_builds_from_a_stand_in_pushes_and_the_real_node_pulls_with_a_p
 
 #[test]
 fn a_push_without_the_registrys_credentials_is_refused() {
+    let _registry = crate::support::services::registry_shared();
     let dir = tempfile::tempdir().expect("temporary build context");
     std::fs::write(dir.path().join("Dockerfile"), "FROM scratch\nCOPY f /f\n").expect("Dockerfile");
     std::fs::write(dir.path().join("f"), "x\n").expect("file");

@@ -109,3 +109,20 @@ pub fn registry_running() -> bool {
         .unwrap_or_else(|e| panic!("cannot run tests/testbed/registry status: {e}"))
         .success()
 }
+
+/// Tests that use the bed's registry share it; a test that stops it takes it alone.
+static REGISTRY_USE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Held while a test uses the bed's registry, so no test stops it meanwhile.
+pub fn registry_shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    REGISTRY_USE
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Held by a test that stops the bed's registry: waits for every user to finish.
+pub fn registry_exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
+    REGISTRY_USE
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
