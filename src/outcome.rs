@@ -141,7 +141,10 @@ fn after_build(e: &BuildError) -> Next {
         | BuildError::Engine { .. }
         | BuildError::Timeout { .. }
         | BuildError::Minikube(_)
-        | BuildError::ToolMissing { .. } => Next::Retry,
+        | BuildError::ToolMissing { .. }
+        // A registry that is down or refuses the login answers again after a `docker login`
+        // or a restart, without a new commit.
+        | BuildError::Registry(_) => Next::Retry,
         BuildError::Cancelled => Next::Done,
         _ => Next::WaitForCommit,
     }

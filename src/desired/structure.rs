@@ -295,6 +295,14 @@ fn describe_pattern(field: &str, pattern: &str) -> (String, String) {
             "letters, digits and `_`, not starting with a digit".into(),
         ),
         "^/" => (format!("`{field}` must be an absolute HTTP path"), "a path starting with `/`".into()),
+        p if p == crate::desired::schema::REGISTRY_PREFIX_PATTERN => (
+            format!("`{field}` is not a valid registry prefix"),
+            "a lowercase registry host, optional `:port` and path, without a scheme or tag, e.g. `registry.example.com:5000/team`".into(),
+        ),
+        p if p == crate::desired::schema::BUILDKIT_ADDRESS_PATTERN => (
+            format!("`{field}` is not a BuildKit address"),
+            "an address `buildctl --addr` takes, e.g. `tcp://buildkitd:1234` or `unix:///run/buildkit/buildkitd.sock`".into(),
+        ),
         p if p.starts_with("^[a-z0-9]+([._/-]") => (
             format!("`{field}` is not a valid image repository"),
             "a lowercase repository name without a tag, e.g. `todo-backend` or `registry:5000/team/app`".into(),

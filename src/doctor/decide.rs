@@ -181,6 +181,26 @@ fn builder_kind(name: &str, facts: &BuilderFacts) -> Check {
                 "install minikube (https://minikube.sigs.k8s.io/docs/start/), or choose `builder: docker` in the stack",
             ),
         },
+        BuilderFacts::Registry {
+            buildkit,
+            workers,
+            registry,
+        } => match (workers, registry) {
+            (Ok(()), Ok(host)) => Check::pass(
+                CheckId::Builder,
+                format!("stack {name} builds with BuildKit at {buildkit} and pushes to {host}: both answer, and the registry takes the login"),
+            ),
+            (Err((why, fix)), _) => Check::fail(
+                CheckId::Builder,
+                format!("stack {name} builds with BuildKit, which does not answer: {why}"),
+                fix.clone(),
+            ),
+            (Ok(()), Err((why, fix))) => Check::fail(
+                CheckId::Builder,
+                format!("stack {name} pushes to a registry that cannot be used: {why}"),
+                fix.clone(),
+            ),
+        },
         BuilderFacts::Unchecked(BuilderKind::None) => Check::pass(
             CheckId::Builder,
             format!("stack {name} builds nothing (builder: none); images come from elsewhere"),
