@@ -54,6 +54,12 @@ pub struct BuildEnv {
     /// `DOCKER_CONFIG`: the directory of the Docker config file the registry builder reads its
     /// logins from (as `docker login` and `buildctl` do).
     pub docker_config: Option<String>,
+    /// `BUILDKIT_HOST`: the registry builder's BuildKit address when `--buildkit-addr` is not
+    /// given (buildctl reads it too); wins over the stack's `registry.buildkit`.
+    pub buildkit_host: Option<String>,
+    /// `CONVERGE_REGISTRY`: the registry builder's prefix when `--registry` is not given; wins
+    /// over the stack's `registry.prefix`.
+    pub registry: Option<String>,
     /// `SSL_CERT_FILE`: a PEM file of CA certificates the registry builder trusts besides the
     /// system's.
     pub ssl_cert_file: Option<String>,
@@ -74,6 +80,8 @@ impl BuildEnv {
             containerd_namespace: get("CONTAINERD_NAMESPACE"),
             docker_host: get("DOCKER_HOST"),
             docker_config: get("DOCKER_CONFIG"),
+            buildkit_host: get("BUILDKIT_HOST"),
+            registry: get("CONVERGE_REGISTRY"),
             ssl_cert_file: get("SSL_CERT_FILE"),
         }
     }

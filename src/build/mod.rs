@@ -271,14 +271,16 @@ impl BuildOptions {
                 .minikube_profile
                 .clone()
                 .or(choice.minikube_profile.clone()),
-            // The flag (or its variable) wins over the stack, as `--builder` does.
+            // The flag, else its variable, wins over the stack, as `--builder` does.
             registry: self
                 .registry
                 .clone()
+                .or_else(|| self.env.registry.clone())
                 .or_else(|| stack.spec.registry.as_ref()?.prefix.clone()),
             buildkit_addr: self
                 .buildkit_addr
                 .clone()
+                .or_else(|| self.env.buildkit_host.clone())
                 .or_else(|| stack.spec.registry.as_ref()?.buildkit.clone()),
             ..self.clone()
         };

@@ -101,8 +101,14 @@ pub async fn registry(
         ..crate::build::BuildOptions::new(BuilderKind::Registry)
     };
     let (opts, _) = base.for_stack(Some(BuilderKind::Registry), stack, context);
-    let buildkit = crate::build::engine::buildkit_address(opts.buildkit_addr.as_deref());
+    let buildkit = opts
+        .buildkit_addr
+        .clone()
+        .unwrap_or_else(|| crate::build::engine::BUILDKIT_DEFAULT_ADDRESS.into());
     let why = |e: &crate::build::BuildError| {
+        if let crate::build::BuildError::Unreachable { host, detail, hint } = e {
+            return (format!("{host}: {detail}"), hint.clone());
+        }
         (
             e.to_string(),
             crate::hints::for_error(e).unwrap_or_else(|| {

@@ -177,6 +177,9 @@ enum Kind {
         prefix: String,
         /// `buildctl --addr`; buildctl's own (`BUILDKIT_HOST`, its default) when `None`.
         buildkit: Option<String>,
+        /// buildctl's environment: `DOCKER_CONFIG` naming the directory of the config file the
+        /// existence check read, so the push uses the same login.
+        env: Vec<(String, String)>,
     },
     Command {
         template: String,
@@ -255,9 +258,12 @@ impl Engine {
                     .clone()
                     .filter(|p| !p.trim().is_empty())
                     .ok_or(BuildError::MissingRegistryPrefix)?;
-                let config = crate::build::registry::config::DockerConfig::read(
-                    &opts.env.docker_config_path(),
-                )?;
+                let path = opts.env.docker_config_path();
+                let config = crate::build::registry::config::DockerConfig::read(&path)?;
+                let env = path
+                    .parent()
+                    .map(|dir| vec![("DOCKER_CONFIG".to_string(), dir.display().to_string())])
+                    .unwrap_or_default();
                 Kind::Registry {
                     registry: crate::build::registry::Registry::new(
                         config,
@@ -266,6 +272,7 @@ impl Engine {
                     )?,
                     prefix,
                     buildkit: opts.buildkit_addr.clone(),
+                    env,
                 }
             }
             BuilderKind::None => Kind::None,
@@ -445,9 +452,17 @@ impl Engine {
                     .await;
             }
             Kind::Docker(cli) => cli.clone(),
-            Kind::Registry { buildkit, .. } => {
+            Kind::Registry { buildkit, env, .. } => {
                 return self
-                    .registry_build(buildkit.as_deref(), req, repo_path, commit, spec, cancel)
+                    .registry_build(
+                        buildkit.as_deref(),
+                        env,
+                        req,
+                        repo_path,
+                        commit,
+                        spec,
+                        cancel,
+                    )
                     .await;
             }
             Kind::Minikube { profile, .. } => match self.minikube_mode(cancel).await? {

@@ -22,10 +22,12 @@ pub fn buildkit_hint(address: &str) -> String {
     format!("start buildkitd listening on {address} (`buildctl --addr {address} debug workers` must answer), or point `registry.buildkit`, --buildkit-addr or BUILDKIT_HOST at a running one")
 }
 
-/// Where `buildctl` points: the address given, else buildctl's own default.
+/// Where `buildctl` points, for messages: the address given, else buildctl's own default.
 pub fn buildkit_address(addr: Option<&str>) -> String {
-    addr.map(str::to_string)
-        .unwrap_or_else(|| format!("{BUILDKIT_DEFAULT_ADDRESS} (buildctl's default)"))
+    match addr {
+        Some(a) => format!("{a} (BuildKit)"),
+        None => format!("{BUILDKIT_DEFAULT_ADDRESS} (BuildKit, buildctl's default)"),
+    }
 }
 
 fn addr_args(addr: Option<&str>) -> Vec<String> {
@@ -87,16 +89,20 @@ pub fn buildctl_workers_args(addr: Option<&str>) -> Vec<String> {
     a
 }
 
-/// Whether buildctl's stderr means the daemon did not answer, rather than that the build
-/// failed: gRPC's `code = Unavailable` with its dial error (`transport: Error while dialing`,
-/// `connection error`), or the client's own `failed to dial … make sure buildkitd is running`.
+/// Whether buildctl's stderr means no BuildKit daemon answered, rather than that the build
+/// failed: the first call of a build lists the workers (client/build.go: `listing workers for
+/// Build`, client/workers.go: `failed to list workers`), and it fails with gRPC's dial error
+/// (`transport: Error while dialing`, shown by buildkit's grpcerrors as `Unavailable:
+/// connection error: …`) when nothing listens, or with another code when something that is not
+/// buildkitd answers; `failed to dial … make sure buildkitd is running` is the client's own.
 /// A registry that cannot be reached while pulling a base image or pushing is the build's
-/// failure: buildkitd answered (`failed to solve: …` with a resolve or push error).
+/// failure: buildkitd answered (`failed to solve: …`).
 pub fn buildkit_unreachable(stderr: &str) -> bool {
     stderr.lines().any(|l| {
         l.contains("make sure buildkitd is running")
-            || (l.contains("code = Unavailable")
-                && (l.contains("Error while dialing") || l.contains("connection error")))
+            || l.contains("transport: Error while dialing")
+            || l.contains("Unavailable: connection error")
+            || l.contains("failed to list workers")
     })
 }
 
@@ -133,6 +139,14 @@ pub fn buildctl_failure_reason(tail: &[String]) -> String {
     }
 }
 
+/// buildctl's last line without the `error: ` its `handleErr` puts before it.
+fn buildctl_error(stderr: &str) -> String {
+    let line = last_line(stderr);
+    line.strip_prefix("error: ")
+        .map(str::to_string)
+        .unwrap_or(line)
+}
+
 /// The manifest digest buildctl's `--metadata-file` records (`containerimage.digest`).
 pub fn pushed_digest(metadata: &str) -> Option<String> {
     serde_json::from_str::<serde_json::Value>(metadata)
@@ -161,9 +175,11 @@ impl Engine {
     }
 
     /// `buildctl build` of the exported context, pushing `req.image`.
+    #[allow(clippy::too_many_arguments)] // the build's inputs plus where buildctl points
     pub(super) async fn registry_build(
         &self,
         buildkit: Option<&str>,
+        env: &[(String, String)],
         req: &BuildRequest<'_>,
         repo_path: &Path,
         commit: &str,
@@ -180,12 +196,12 @@ impl Engine {
             })?;
         let metadata = meta_dir.path().join("metadata.json");
         let args = buildctl_build_args(buildkit, req, ctx.path(), &ctx.dockerfile, &metadata);
-        let host = format!("BuildKit at {}", buildkit_address(buildkit));
+        let host = buildkit_address(buildkit);
         EngineCalls::bump(&self.calls.builds);
         EngineCalls::bump(&self.calls.pushes);
         let out = Tool {
             program: "buildctl",
-            env: &[],
+            env,
             host: &host,
         }
         .run(&args, None, self.build_timeout, cancel, req.image)
@@ -194,8 +210,8 @@ impl Engine {
             if buildkit_unreachable(&out.stderr) {
                 return Err(BuildError::Unreachable {
                     host,
-                    detail: last_line(&out.stderr),
-                    hint: buildkit_hint(&buildkit_address(buildkit)),
+                    detail: buildctl_error(&out.stderr),
+                    hint: buildkit_hint(buildkit.unwrap_or(BUILDKIT_DEFAULT_ADDRESS)),
                 });
             }
             let reason = buildctl_failure_reason(&out.tail);
@@ -213,15 +229,15 @@ impl Engine {
 
     /// `buildctl debug workers`: `Ok` when the daemon answers (`converge doctor`).
     pub async fn buildkit_answers(&self, cancel: &watch::Receiver<bool>) -> Result<(), BuildError> {
-        let super::Kind::Registry { buildkit, .. } = &self.kind else {
+        let super::Kind::Registry { buildkit, env, .. } = &self.kind else {
             return Ok(());
         };
         let buildkit = buildkit.as_deref();
-        let host = format!("BuildKit at {}", buildkit_address(buildkit));
+        let host = buildkit_address(buildkit);
         EngineCalls::bump(&self.calls.other);
         let out = Tool {
             program: "buildctl",
-            env: &[],
+            env,
             host: &host,
         }
         .run(
@@ -237,8 +253,8 @@ impl Engine {
         }
         Err(BuildError::Unreachable {
             host,
-            detail: last_line(&out.stderr),
-            hint: buildkit_hint(&buildkit_address(buildkit)),
+            detail: buildctl_error(&out.stderr),
+            hint: buildkit_hint(buildkit.unwrap_or(BUILDKIT_DEFAULT_ADDRESS)),
         })
     }
 
@@ -316,17 +332,20 @@ mod tests {
 
     #[test]
     fn a_buildkitd_that_does_not_answer_is_told_apart_from_a_failed_build() {
-        // buildctl's handleErr prints "error: %v"; client/solve.go wraps the status stream's
-        // error in "failed to get status", grpc-go's status error is "rpc error: code = %s desc
-        // = %s" around transport's "connection error: desc = %q" and "transport: Error while
-        // dialing: %v".
-        let refused = "error: failed to get status: rpc error: code = Unavailable desc = connection error: desc = \"transport: Error while dialing: dial tcp 127.0.0.1:1234: connect: connection refused\"";
+        // buildctl v0.34.2's stderr, as run against a closed port, a missing socket and an
+        // address where an HTTP server that is not buildkitd answers (buildctl's handleErr
+        // prints "error: %v"; grpcerrors shows a status as "<Code>: <message>").
+        let refused = "error: listing workers for Build: failed to list workers: Unavailable: connection error: desc = \"transport: Error while dialing: dial tcp 127.0.0.1:1: connect: connection refused\"";
         assert!(buildkit_unreachable(refused));
-        let no_socket = "error: failed to list workers: rpc error: code = Unavailable desc = connection error: desc = \"transport: Error while dialing: dial unix /run/buildkit/buildkitd.sock: connect: no such file or directory\"";
+        let workers = "error: failed to list workers: Unavailable: connection error: desc = \"transport: Error while dialing: dial tcp 127.0.0.1:1: connect: connection refused\"";
+        assert!(buildkit_unreachable(workers));
+        let no_socket = "error: failed to list workers: Unavailable: connection error: desc = \"transport: Error while dialing: dial unix /tmp/nonexistent.sock: connect: no such file or directory\"";
         assert!(buildkit_unreachable(no_socket));
+        let not_buildkit = "error: listing workers for Build: failed to list workers: Unimplemented: unexpected HTTP status code received from server: 404 (Not Found); malformed header: missing HTTP content-type";
+        assert!(buildkit_unreachable(not_buildkit));
         // client/client.go: errors.Wrapf(err, "failed to dial %q . make sure buildkitd is running", address)
         assert!(buildkit_unreachable(
-            "error: failed to dial \"tcp://x:1\" . make sure buildkitd is running: context deadline exceeded"
+            "error: failed to dial \"x:1\" . make sure buildkitd is running: context deadline exceeded"
         ));
         // buildkitd answered: a base image or the push could not be reached, the Dockerfile
         // is wrong. Those are the build's failures.
@@ -388,7 +407,7 @@ mod tests {
         );
         assert_eq!(
             buildkit_address(None),
-            "unix:///run/buildkit/buildkitd.sock (buildctl's default)"
+            "unix:///run/buildkit/buildkitd.sock (BuildKit, buildctl's default)"
         );
     }
 }

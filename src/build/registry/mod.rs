@@ -217,9 +217,12 @@ fn tls_config(ssl_cert_file: Option<&str>) -> Result<rustls::ClientConfig, Regis
     Ok(config)
 }
 
-/// The hint for a registry that does not answer.
-fn unreachable_hint(host: &str) -> String {
-    format!("start the registry or fix the prefix (`registry.prefix`, `--registry`); check `curl -v https://{host}/v2/` answers, and for a private CA set SSL_CERT_FILE to its PEM file")
+/// The hint for a registry that does not answer (`detail`: what failed).
+fn unreachable_hint(host: &str, detail: &str) -> String {
+    if detail.contains("certificate") || detail.contains("Certificate") {
+        return format!("set SSL_CERT_FILE to the PEM file of the CA that signed {host}'s certificate (converge trusts the system's roots plus that file)");
+    }
+    format!("start the registry or fix the prefix (`registry.prefix`, `--registry`); `curl -v https://{host}/v2/` must answer")
 }
 
 /// The chain of an error's messages, so "connection refused" under hyper's "client error
@@ -281,7 +284,7 @@ impl Registry {
             .map_err(|e| RegistryError::Unreachable {
                 address: url.to_string(),
                 detail: format!("not a valid request: {e}"),
-                hint: unreachable_hint(host),
+                hint: unreachable_hint(host, ""),
             })?;
         let call = async {
             let resp = self.client.request(req).await?;
@@ -296,13 +299,16 @@ impl Registry {
                     "no answer within {}",
                     humantime::format_duration(self.timeout)
                 ),
-                hint: unreachable_hint(host),
+                hint: unreachable_hint(host, ""),
             }),
-            Ok(Err(e)) => Err(RegistryError::Unreachable {
-                address: url.to_string(),
-                detail: chain(e.as_ref()),
-                hint: unreachable_hint(host),
-            }),
+            Ok(Err(e)) => {
+                let detail = chain(e.as_ref());
+                Err(RegistryError::Unreachable {
+                    address: url.to_string(),
+                    hint: unreachable_hint(host, &detail),
+                    detail,
+                })
+            }
             Ok(Ok((parts, bytes))) => Ok((parts.status, parts.headers, bytes)),
         }
     }
