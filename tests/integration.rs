@@ -56,3 +56,5 @@ mod mcp;
 mod on_minikube;
 #[path = "integration/page.rs"]
 mod page;
+#[path = "integration/registry.rs"]
+mod registry;
