@@ -278,3 +278,193 @@ fn the_registry_builder_without_a_prefix_says_where_to_put_one() {
         "{log}"
     );
 }
+
+/// A chart of one busybox httpd Deployment whose Pods carry the chart's `imagePullSecrets`, as
+/// the todo-chatbot chart's do.
+fn write_pull_chart(repo: &GitRepo) {
+    repo.write(
+        "charts/pull/Chart.yaml",
+        "apiVersion: v2\nname: pull\nversion: 0.1.0\n",
+    )
+    .write(
+        "charts/pull/values.yaml",
+        "imagePullSecrets: []\nweb:\n  enabled: true\n  image: {repository: web, tag: dev}\n",
+    )
+    .write(
+        "charts/pull/templates/web.yaml",
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels: {app.kubernetes.io/name: pull, app.kubernetes.io/component: web}
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app.kubernetes.io/name: pull, app.kubernetes.io/component: web}
+  template:
+    metadata:
+      labels: {app.kubernetes.io/name: pull, app.kubernetes.io/component: web}
+    spec:
+      automountServiceAccountToken: false
+      enableServiceLinks: false
+      terminationGracePeriodSeconds: 1
+      {{- with .Values.imagePullSecrets }}
+      imagePullSecrets:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      securityContext: {runAsNonRoot: true, runAsUser: 65534, runAsGroup: 65534}
+      containers:
+        - name: web
+          image: "{{ .Values.web.image.repository }}:{{ .Values.web.image.tag }}"
+          imagePullPolicy: IfNotPresent
+          command: ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]
+          readinessProbe:
+            httpGet: {path: /index.html, port: 8080}
+            periodSeconds: 1
+          resources:
+            requests: {cpu: 10m, memory: 16Mi}
+            limits: {cpu: 100m, memory: 32Mi}
+"#,
+    );
+}
+
+/// `converge apply -o json` of `repo` on the bed, with the registry builder's environment;
+/// (exit 0, the stack's report, everything printed).
+fn apply(repo: &GitRepo) -> (bool, Value, String) {
+    let bed = testbed();
+    let helm_home = bed.dir.join("helm");
+    let path = format!(
+        "{}:{}",
+        bed.bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_converge"))
+        .args(["apply", "--repo"])
+        .arg(repo.path())
+        .args(["--context", &crate::support::current_context()])
+        .args(["--timeout", "150s", "-o", "json"])
+        .env("KUBECONFIG", &bed.kubeconfig)
+        .env("CONVERGE_HELM", &bed.helm)
+        .env("HELM_CACHE_HOME", helm_home.join("cache"))
+        .env("HELM_CONFIG_HOME", helm_home.join("config"))
+        .env("HELM_DATA_HOME", helm_home.join("data"))
+        .env("PATH", path)
+        .env("DOCKER_CONFIG", bed_var("CONVERGE_TESTBED_DOCKER_CONFIG"))
+        .env("SSL_CERT_FILE", bed_var("CONVERGE_TESTBED_REGISTRY_CA"))
+        .env("BUILDKIT_HOST", bed_var("CONVERGE_TESTBED_BUILDKIT"))
+        .env("NO_COLOR", "1")
+        .env_remove("CONVERGE_REGISTRY")
+        .env_remove("CONVERGE_CONTEXT")
+        .env_remove("CONVERGE_LOG")
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .expect("run converge apply");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let parsed: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("no JSON from converge apply ({e}):\n{stdout}\n{stderr}"));
+    let report = match &parsed {
+        Value::Array(a) => a.first().cloned(),
+        Value::Object(o) if o.contains_key("stacks") => parsed["stacks"].get(0).cloned(),
+        Value::Object(_) => Some(parsed.clone()),
+        _ => None,
+    }
+    .unwrap_or_else(|| panic!("no stack report:\n{parsed:#}\n{stderr}"));
+    (out.status.success(), report, format!("{stdout}\n{stderr}"))
+}
+
+#[tokio::test]
+async fn pods_pull_the_pushed_image_with_the_pull_secret_and_wait_for_it_when_it_is_missing() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::{Pod, Secret};
+    use k8s_openapi::ByteString;
+    use kube::api::{ListParams, ObjectMeta, PostParams};
+
+    let ns = crate::support::TestNamespace::real_node("regpull").await;
+    let prefix = format!("{}/{}", bed_var("CONVERGE_TESTBED_REGISTRY"), ns.name());
+    let repo = GitRepo::new();
+    write_pull_chart(&repo);
+    crate::support::git::write_busybox_web(&repo, &format!("pulled {}\n", ns.name()));
+    repo.write(
+        "desired/stack.yaml",
+        format!("apiVersion: converge.dev/v1alpha1\nkind: Stack\nname: pull\nnamespace: {}\nchart: charts/pull\nbuilder: registry\nregistry:\n  prefix: {prefix}\n  pullSecret: regcred\n", ns.name()),
+    )
+    .write(
+        "desired/web.yaml",
+        "apiVersion: converge.dev/v1alpha1\nkind: Component\nname: web\nimage:\n  build:\n    context: apps/web\n    repository: web\n",
+    );
+    repo.commit("registry stack");
+
+    // Without the pull Secret the component is held back: nothing of it reaches the cluster,
+    // and the reason is the command that creates the Secret.
+    let (ok, report, log) = apply(&repo);
+    assert!(!ok, "applied without its pull Secret:\n{log}");
+    let host = bed_var("CONVERGE_TESTBED_REGISTRY");
+    let expected = format!(
+        "image pull Secret `regcred` (`registry.pullSecret`) does not exist in namespace {}; create it: `kubectl create secret docker-registry regcred -n {} --docker-server={host} --docker-username=<user> --docker-password=<password>`",
+        ns.name(),
+        ns.name()
+    );
+    assert!(
+        log.contains(&expected),
+        "expected `{expected}` in:\n{report:#}\n{log}"
+    );
+    let deployments = ns.api::<Deployment>();
+    assert!(
+        deployments.get_opt("web").await.expect("read").is_none(),
+        "the Deployment was applied without its pull Secret"
+    );
+
+    // With the Secret (the bed's own login, as `kubectl create secret docker-registry` makes
+    // it), the Pod pulls the pushed image from the registry and becomes Ready.
+    let config =
+        std::fs::read(Path::new(&bed_var("CONVERGE_TESTBED_DOCKER_CONFIG")).join("config.json"))
+            .expect("the bed's config.json");
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some("regcred".into()),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/dockerconfigjson".into()),
+        data: Some([(".dockerconfigjson".to_string(), ByteString(config))].into()),
+        ..Default::default()
+    };
+    ns.api::<Secret>()
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create the pull Secret");
+    let (ok, report, log) = apply(&repo);
+    assert!(
+        ok && report["ready"] == Value::Bool(true),
+        "not ready with the pull Secret:\n{report:#}\n{log}"
+    );
+    let pods = ns
+        .api::<Pod>()
+        .list(&ListParams::default().labels("app.kubernetes.io/component=web"))
+        .await
+        .expect("list Pods");
+    let pod = pods.items.first().expect("a web Pod");
+    let spec = pod.spec.as_ref().expect("a Pod spec");
+    let image = &spec.containers[0].image.clone().unwrap_or_default();
+    assert!(
+        image.starts_with(&format!("{prefix}/web:")),
+        "the Pod does not run the pushed image: {image}"
+    );
+    let secrets: Vec<String> = spec
+        .image_pull_secrets
+        .iter()
+        .flatten()
+        .map(|s| s.name.clone())
+        .collect();
+    assert_eq!(secrets, ["regcred"]);
+    let status = pod.status.as_ref().expect("a Pod status");
+    let pulled = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .any(|c| c.ready && c.image_id.contains("sha256:"));
+    assert!(
+        pulled,
+        "the container is not ready from the pulled image: {status:?}"
+    );
+}
