@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use super::Run;
-use crate::cluster::secrets::{lacking, secret_fix, SecretKeys, SecretRef};
+use crate::cluster::secrets::{lacking, secret_fix, SecretKeys, SecretRef, DOCKERCONFIGJSON_KEY};
 use crate::cluster::ClusterError;
 use crate::desired::{Component, Stack};
 
@@ -52,9 +52,6 @@ impl Run<'_> {
         Ok(secrets)
     }
 }
-
-/// The key a `kubernetes.io/dockerconfigjson` Secret holds its registry logins under.
-pub(super) const DOCKERCONFIGJSON_KEY: &str = ".dockerconfigjson";
 
 /// The stack's image pull Secret (`registry.pullSecret`) and the registry host it is for, when
 /// a component pulls an image converge builds.
