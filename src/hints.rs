@@ -107,9 +107,25 @@ fn of_build(e: &BuildError) -> Option<String> {
         BuildError::ToolMissing { program } if program == "minikube" => Some(
             "install minikube (https://minikube.sigs.k8s.io/docs/start/), or pass --builder docker".into(),
         ),
+        BuildError::ToolMissing { program } if program == "buildctl" => Some(
+            "install BuildKit's buildctl (https://github.com/moby/buildkit/releases), or choose another builder with --builder".into(),
+        ),
         BuildError::ToolMissing { .. } => {
             Some("install it, or choose another builder with --builder".into())
         }
+        BuildError::Registry(r) => {
+            use crate::build::registry::RegistryError as R;
+            match r {
+                R::Unreachable { hint, .. } => Some(hint.clone()),
+                R::Refused { host, .. } | R::NoCredentials { host, .. } => Some(format!(
+                    "`docker login {host}` (converge and buildctl read the same Docker config: DOCKER_CONFIG, else ~/.docker/config.json)"
+                )),
+                _ => None,
+            }
+        }
+        BuildError::MissingRegistryPrefix => Some(
+            "add `registry: {prefix: <host>[:<port>]/<path>}` to the stack, or pass --registry (CONVERGE_REGISTRY)".into(),
+        ),
         BuildError::MissingCommandTemplate => Some(
             "pass --command 'buildah bud -t {image} -f {dockerfile} {context}' (or set CONVERGE_BUILD_COMMAND)".into(),
         ),

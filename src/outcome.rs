@@ -141,7 +141,10 @@ fn after_build(e: &BuildError) -> Next {
         | BuildError::Engine { .. }
         | BuildError::Timeout { .. }
         | BuildError::Minikube(_)
-        | BuildError::ToolMissing { .. } => Next::Retry,
+        | BuildError::ToolMissing { .. }
+        // A registry that is down or refuses the login answers again after a `docker login`
+        // or a restart, without a new commit.
+        | BuildError::Registry(_) => Next::Retry,
         BuildError::Cancelled => Next::Done,
         _ => Next::WaitForCommit,
     }
@@ -250,5 +253,47 @@ mod tests {
             message: "no such directory `apps/web`".into(),
         };
         assert_eq!(Error::Build(context).next(), Next::WaitForCommit);
+    }
+
+    #[test]
+    fn a_registry_or_buildkit_that_does_not_answer_or_refuses_the_login_is_retried() {
+        use crate::build::registry::RegistryError;
+        // What the registry builder's BuildKit check gives for buildctl's dial error.
+        let buildkit = BuildError::Unreachable {
+            host: "tcp://127.0.0.1:1 (BuildKit)".into(),
+            detail: "listing workers for Build: failed to list workers: Unavailable: connection error: desc = \"transport: Error while dialing: dial tcp 127.0.0.1:1: connect: connection refused\"".into(),
+            hint: "start buildkitd".into(),
+        };
+        assert_eq!(Error::Build(buildkit).next(), Next::Retry);
+        let down = RegistryError::Unreachable {
+            address: "https://r.example:5000/v2/".into(),
+            detail: "tcp connect error: Connection refused (os error 111)".into(),
+            hint: "start the registry".into(),
+        };
+        assert_eq!(Error::Build(BuildError::Registry(down)).next(), Next::Retry);
+        // A `docker login` fixes it without a new commit.
+        let refused = RegistryError::Refused {
+            host: "r.example:5000".into(),
+            user: "ci".into(),
+            origin: "/home/me/.docker/config.json".into(),
+        };
+        assert_eq!(
+            Error::Build(BuildError::Registry(refused)).next(),
+            Next::Retry
+        );
+        assert_eq!(
+            Error::Build(BuildError::Registry(RegistryError::Unreachable {
+                address: String::new(),
+                detail: String::new(),
+                hint: String::new(),
+            }))
+            .reason(),
+            Reason::BuildFailed
+        );
+        // `builder: registry` without a prefix is in the commit: a new one fixes it.
+        assert_eq!(
+            Error::Build(BuildError::MissingRegistryPrefix).next(),
+            Next::WaitForCommit
+        );
     }
 }

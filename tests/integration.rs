@@ -60,3 +60,5 @@ mod page;
 mod registry_bed;
 #[path = "integration/in_cluster.rs"]
 mod in_cluster;
+#[path = "integration/registry.rs"]
+mod registry;

@@ -13,13 +13,27 @@ use crate::desired::Stack;
 /// `CONTAINERD_NAMESPACE`, says where it imports; `DOCKER_HOST` aims the Docker CLI) and by the
 /// tools the builders run, which inherit converge's environment: the Docker CLI (`DOCKER_*`),
 /// minikube (`MINIKUBE_*`), `ctr` (`CONTAINERD_*`, e.g. `CONTAINERD_SNAPSHOTTER` for the unpack
-/// of `ctr images import`) and kind (`KIND_*`, e.g. `KIND_EXPERIMENTAL_PROVIDER`). A daemon
+/// of `ctr images import`), kind (`KIND_*`, e.g. `KIND_EXPERIMENTAL_PROVIDER`), buildctl
+/// (`BUILDKIT_*`) and the registry builder's trust roots (`SSL_CERT_FILE`, `SSL_CERT_DIR`). A daemon
 /// started elsewhere (`converge service install`) must carry them, or it builds another way.
-pub const ENV_PREFIXES: &[&str] = &["DOCKER_", "MINIKUBE_", "CONTAINERD_", "KIND_"];
+pub const ENV_PREFIXES: &[&str] = &[
+    "DOCKER_",
+    "MINIKUBE_",
+    "CONTAINERD_",
+    "KIND_",
+    "BUILDKIT_",
+    "SSL_CERT_",
+];
 
 /// Environment variables that decide how images are built, by exact name: the `command`
-/// builder's templates (`--command`, `--exists-command` of `build`, `apply` and `run`).
-pub const ENV_NAMES: &[&str] = &["CONVERGE_BUILD_COMMAND", "CONVERGE_BUILD_EXISTS_COMMAND"];
+/// builder's templates (`--command`, `--exists-command` of `build`, `apply` and `run`), the
+/// registry builder's prefix (`--registry`) and BuildKit address (`--buildkit-addr`).
+pub const ENV_NAMES: &[&str] = &[
+    "CONVERGE_BUILD_COMMAND",
+    "CONVERGE_BUILD_EXISTS_COMMAND",
+    "CONVERGE_REGISTRY",
+    "BUILDKIT_HOST",
+];
 
 /// containerd's own default socket.
 pub const DEFAULT_CONTAINERD_ADDRESS: &str = "/run/containerd/containerd.sock";
@@ -37,6 +51,18 @@ pub struct BuildEnv {
     /// `DOCKER_HOST`: the engine the Docker CLI talks to when `--docker-host` is not given (the
     /// CLI reads it itself; converge names it in messages).
     pub docker_host: Option<String>,
+    /// `DOCKER_CONFIG`: the directory of the Docker config file the registry builder reads its
+    /// logins from (as `docker login` and `buildctl` do).
+    pub docker_config: Option<String>,
+    /// `BUILDKIT_HOST`: the registry builder's BuildKit address when `--buildkit-addr` is not
+    /// given (buildctl reads it too); wins over the stack's `registry.buildkit`.
+    pub buildkit_host: Option<String>,
+    /// `CONVERGE_REGISTRY`: the registry builder's prefix when `--registry` is not given; wins
+    /// over the stack's `registry.prefix`.
+    pub registry: Option<String>,
+    /// `SSL_CERT_FILE`: a PEM file of CA certificates the registry builder trusts besides the
+    /// system's.
+    pub ssl_cert_file: Option<String>,
 }
 
 impl BuildEnv {
@@ -53,7 +79,22 @@ impl BuildEnv {
             containerd_address: get("CONTAINERD_ADDRESS"),
             containerd_namespace: get("CONTAINERD_NAMESPACE"),
             docker_host: get("DOCKER_HOST"),
+            docker_config: get("DOCKER_CONFIG"),
+            buildkit_host: get("BUILDKIT_HOST"),
+            registry: get("CONVERGE_REGISTRY"),
+            ssl_cert_file: get("SSL_CERT_FILE"),
         }
+    }
+
+    /// The Docker config file the registry builder reads: `$DOCKER_CONFIG/config.json`, else
+    /// `~/.docker/config.json` (`HOME` is the process's own: a service manager sets it for the
+    /// user the daemon runs as, so it is not captured like the build variables).
+    pub fn docker_config_path(&self) -> std::path::PathBuf {
+        crate::build::registry::config::config_path(|name| match name {
+            "DOCKER_CONFIG" => self.docker_config.clone(),
+            "HOME" => std::env::var("HOME").ok(),
+            _ => None,
+        })
     }
 }
 

@@ -21,6 +21,7 @@ pub mod engine;
 pub mod ignore;
 pub mod minikube;
 pub mod prune;
+pub mod registry;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -104,6 +105,12 @@ pub enum BuildError {
     /// A build was asked of the `none` builder.
     #[error("the `none` builder builds nothing")]
     NoBuilder,
+    /// The registry was not there, refused the login, or the login could not be read.
+    #[error(transparent)]
+    Registry(#[from] registry::RegistryError),
+    /// `builder: registry` with no prefix to push under.
+    #[error("the registry builder needs a registry to push to: set `registry.prefix` in the stack (e.g. `registry: {{prefix: registry.example.com:5000/team}}`) or pass --registry (CONVERGE_REGISTRY)")]
+    MissingRegistryPrefix,
     /// `builder: kind` on a context that names no kind cluster.
     #[error("the kind builder needs a `kind-<cluster>` kube context (or choose another builder with `--builder`)")]
     MissingKindCluster,
@@ -128,7 +135,9 @@ impl BuildError {
         match self {
             BuildError::Unreachable { .. }
             | BuildError::Cancelled
-            | BuildError::ToolMissing { .. } => true,
+            | BuildError::ToolMissing { .. }
+            | BuildError::MissingRegistryPrefix
+            | BuildError::Registry(_) => true,
             BuildError::Minikube(f) => f.fix().is_some(),
             _ => false,
         }
@@ -160,6 +169,12 @@ pub struct BuildOptions {
     pub command_exists_template: Option<String>,
     /// The minikube profile (`minikube -p`); minikube's current one when `None`.
     pub minikube_profile: Option<String>,
+    /// The registry builder's prefix (`host[:port]/path`): `--registry` (`CONVERGE_REGISTRY`),
+    /// else the stack's `registry.prefix` ([`BuildOptions::for_stack`] fills it).
+    pub registry: Option<String>,
+    /// The registry builder's BuildKit address: `--buildkit-addr` (`BUILDKIT_HOST`), else the
+    /// stack's `registry.buildkit`; buildctl's default when `None`.
+    pub buildkit_addr: Option<String>,
     /// The environment's say in choosing and aiming the builder, read once when these options
     /// are made (the daemon's at its start).
     pub env: BuildEnv,
@@ -199,6 +214,8 @@ impl Default for BuildOptions {
             docker_host: None,
             command_exists_template: None,
             minikube_profile: None,
+            registry: None,
+            buildkit_addr: None,
             env: BuildEnv::from_process(),
             kind_cluster: None,
             check_timeout: CHECK_TIMEOUT,
@@ -254,6 +271,17 @@ impl BuildOptions {
                 .minikube_profile
                 .clone()
                 .or(choice.minikube_profile.clone()),
+            // The flag, else its variable, wins over the stack, as `--builder` does.
+            registry: self
+                .registry
+                .clone()
+                .or_else(|| self.env.registry.clone())
+                .or_else(|| stack.spec.registry.as_ref()?.prefix.clone()),
+            buildkit_addr: self
+                .buildkit_addr
+                .clone()
+                .or_else(|| self.env.buildkit_host.clone())
+                .or_else(|| stack.spec.registry.as_ref()?.buildkit.clone()),
             ..self.clone()
         };
         (opts, choice)
@@ -341,6 +369,26 @@ pub fn plan_one(
         image: format!("{}:{}", spec.repository, digest::short(&d)),
         digest: d,
     })
+}
+
+/// The images as the registry builder pushes them, `<prefix>/<repository>:<tag>`, which is what
+/// Pods must pull; the plans unchanged for every other builder (and for a plan already under the
+/// prefix, so qualifying twice is harmless).
+pub fn qualified(plans: &[ImagePlan], opts: &BuildOptions) -> Vec<ImagePlan> {
+    let prefix = match (&opts.builder, &opts.registry) {
+        (BuilderKind::Registry, Some(p)) if !p.trim().is_empty() => p.trim_end_matches('/'),
+        _ => return plans.to_vec(),
+    };
+    plans
+        .iter()
+        .map(|p| {
+            let mut q = p.clone();
+            if !p.image.starts_with(&format!("{prefix}/")) {
+                q.image = format!("{prefix}/{}", p.image);
+            }
+            q
+        })
+        .collect()
 }
 
 /// Makes sure every planned image exists on `engine`'s target, building the missing ones from the
@@ -517,6 +565,30 @@ use crate::progress::TARGET as PROGRESS;
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_registry_builder_names_images_under_its_prefix_once() {
+        use super::{qualified, BuildOptions, BuilderKind, ImagePlan};
+        let plans = vec![ImagePlan {
+            component: "api".into(),
+            image: "todo-backend:0123456789ab".into(),
+            digest: "0123456789ab".repeat(5),
+        }];
+        let mut opts = BuildOptions::new(BuilderKind::Registry);
+        opts.registry = Some("registry.local:5000/team/".into());
+        let q = qualified(&plans, &opts);
+        assert_eq!(
+            q[0].image,
+            "registry.local:5000/team/todo-backend:0123456789ab"
+        );
+        assert_eq!(qualified(&q, &opts), q, "qualifying twice changes nothing");
+        opts.builder = BuilderKind::Docker;
+        assert_eq!(
+            qualified(&plans, &opts),
+            plans,
+            "other builders keep the plain tag"
+        );
+    }
+
     #[test]
     fn the_none_builder_warns_about_an_image_once_per_options() {
         let opts = super::BuildOptions::default();

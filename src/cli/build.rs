@@ -33,6 +33,13 @@ pub struct BuildFlags {
     /// minikube profile.
     #[arg(long)]
     pub minikube_profile: Option<String>,
+    /// The registry builder's prefix, `host[:port]/path` (wins over the stack's `registry.prefix`).
+    #[arg(long, env = "CONVERGE_REGISTRY")]
+    pub registry: Option<String>,
+    /// The registry builder's BuildKit address, e.g. `tcp://buildkitd:1234` (wins over the
+    /// stack's `registry.buildkit`; buildctl reads the same variable).
+    #[arg(long, env = "BUILDKIT_HOST")]
+    pub buildkit_addr: Option<String>,
     /// Limit for one build, e.g. `20m`.
     #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
     pub build_timeout: Duration,
@@ -52,6 +59,8 @@ impl BuildFlags {
             docker_host: self.docker_host.clone(),
             command_exists_template: self.exists_template.clone(),
             minikube_profile: self.minikube_profile.clone(),
+            registry: self.registry.clone().filter(|r| !r.is_empty()),
+            buildkit_addr: self.buildkit_addr.clone().filter(|a| !a.is_empty()),
             env: BuildEnv::from_process(),
             kind_cluster: None,
             check_timeout: build::CHECK_TIMEOUT,

@@ -7,6 +7,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+/// The key a `kubernetes.io/dockerconfigjson` Secret (an image pull Secret) holds its logins under.
+pub const DOCKERCONFIGJSON_KEY: &str = ".dockerconfigjson";
+
 /// A reference from an environment variable to a Secret's key.
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct SecretRef {
@@ -115,6 +118,17 @@ pub fn lacking<'a>(
 /// create secret generic` when it does not exist, `kubectl patch` when it does. Values are
 /// placeholders (`<value>`), never read from anywhere.
 pub fn secret_fix(name: &str, namespace: &str, exists: bool, keys: &[&str]) -> String {
+    // An image pull Secret: only its own type (`kubernetes.io/dockerconfigjson`) is read by the
+    // kubelet, so it is made by `kubectl create secret docker-registry`, and one of another
+    // type is replaced, not patched.
+    if keys == [DOCKERCONFIGJSON_KEY] {
+        let create = format!("kubectl create secret docker-registry {name} -n {namespace} --docker-server=<registry> --docker-username=<user> --docker-password=<password>");
+        return if exists {
+            format!("{create} --dry-run=client -o yaml | kubectl replace --force -f -")
+        } else {
+            create
+        };
+    }
     let keys: Vec<&str> = if keys.iter().all(|k| k.is_empty()) {
         vec!["<key>"]
     } else {
@@ -191,6 +205,18 @@ mod tests {
         );
         assert!(lacks[1].breaks(&refs[1]) && !lacks[1].breaks(&refs[4]));
         assert!(lacks[0].breaks(&refs[2]) && !lacks[0].breaks(&r("b", "y", true)));
+    }
+
+    #[test]
+    fn an_image_pull_secret_is_created_as_docker_registry_and_replaced_when_of_another_type() {
+        assert_eq!(
+            secret_fix("regcred", "apps", false, &[DOCKERCONFIGJSON_KEY]),
+            "kubectl create secret docker-registry regcred -n apps --docker-server=<registry> --docker-username=<user> --docker-password=<password>"
+        );
+        assert_eq!(
+            secret_fix("regcred", "apps", true, &[DOCKERCONFIGJSON_KEY]),
+            "kubectl create secret docker-registry regcred -n apps --docker-server=<registry> --docker-username=<user> --docker-password=<password> --dry-run=client -o yaml | kubectl replace --force -f -"
+        );
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub struct StackSpec {
     pub prune: PruneSpec,
     /// How images are built; the CLI's `--builder` wins.
     pub builder: Option<BuilderKind>,
+    /// Where the `registry` builder pushes and how Pods pull from there.
+    pub registry: Option<RegistrySpec>,
     /// What the daemon does when a commit fails its health checks: keep it and retry (the
     /// default), or `revert` it with a `git revert` commit on the branch and deploy that.
     #[serde(default)]
@@ -83,6 +85,37 @@ pub struct LocalUrl {
     #[schemars(range(min = 1, max = 65535))]
     pub local_port: i64,
 }
+
+/// The `registry` builder's settings: BuildKit builds and pushes `<prefix>/<repository>:<tag>`,
+/// and Pods pull it from there.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RegistrySpec {
+    /// Registry host (with port) and path images are pushed under, without a scheme, e.g.
+    /// `registry.example.com:5000/team`; `--registry` (`CONVERGE_REGISTRY`) wins.
+    #[schemars(length(min = 1), pattern(REGISTRY_PREFIX_PATTERN))]
+    pub prefix: Option<String>,
+    /// The BuildKit daemon's address, e.g. `tcp://buildkitd:1234`; `--buildkit-addr`
+    /// (`BUILDKIT_HOST`) wins.
+    #[schemars(length(min = 1), pattern(BUILDKIT_ADDRESS_PATTERN))]
+    pub buildkit: Option<String>,
+    /// A `kubernetes.io/dockerconfigjson` Secret in the stack's namespace that Pods pull with
+    /// (`imagePullSecrets`); converge checks it exists before applying.
+    #[schemars(
+        length(min = 1, max = 253),
+        pattern(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub pull_secret: Option<String>,
+}
+
+/// A registry prefix: a lowercase host (optionally `:port`) and path, no scheme, no tag.
+pub const REGISTRY_PREFIX_PATTERN: &str =
+    r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$";
+
+/// A BuildKit address as `buildctl --addr` takes it: a scheme its client dials (`tcp`, `unix`)
+/// or one of its connection helpers.
+pub const BUILDKIT_ADDRESS_PATTERN: &str =
+    r"^(tcp|unix|ssh|docker-container|podman-container|nerdctl-container|kube-pod|npipe)://.+$";
 
 /// What the daemon does when a commit fails its health checks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -162,6 +195,11 @@ pub enum BuilderKind {
         help = "With Docker, then `ctr images import` into the node's containerd (`CONTAINERD_ADDRESS`)"
     )]
     Containerd,
+    /// With BuildKit (`buildctl`), pushed to a registry the cluster pulls from.
+    #[value(
+        help = "With BuildKit (`buildctl`, `--buildkit-addr`), pushed to `--registry`; the cluster pulls it"
+    )]
+    Registry,
     /// With a user-given command.
     #[value(help = "With `--command`")]
     Command,
@@ -178,6 +216,7 @@ impl BuilderKind {
             BuilderKind::Docker => "docker",
             BuilderKind::Kind => "kind",
             BuilderKind::Containerd => "containerd",
+            BuilderKind::Registry => "registry",
             BuilderKind::Command => "command",
             BuilderKind::None => "none",
         }
@@ -259,7 +298,7 @@ pub struct BuildSpec {
     pub target: Option<String>,
     /// The platform to build for, e.g. `linux/amd64`.
     pub platform: Option<String>,
-    /// Push the image after building (docker builder only).
+    /// Push the image after building (docker builder only; the registry builder always pushes).
     #[serde(default)]
     pub push: bool,
 }

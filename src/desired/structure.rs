@@ -295,6 +295,14 @@ fn describe_pattern(field: &str, pattern: &str) -> (String, String) {
             "letters, digits and `_`, not starting with a digit".into(),
         ),
         "^/" => (format!("`{field}` must be an absolute HTTP path"), "a path starting with `/`".into()),
+        p if p == crate::desired::schema::REGISTRY_PREFIX_PATTERN => (
+            format!("`{field}` is not a valid registry prefix"),
+            "a lowercase registry host, optional `:port` and path, without a scheme or tag, e.g. `registry.example.com:5000/team`".into(),
+        ),
+        p if p == crate::desired::schema::BUILDKIT_ADDRESS_PATTERN => (
+            format!("`{field}` is not a BuildKit address"),
+            "an address `buildctl --addr` takes, e.g. `tcp://buildkitd:1234` or `unix:///run/buildkit/buildkitd.sock`".into(),
+        ),
         p if p.starts_with("^[a-z0-9]+([._/-]") => (
             format!("`{field}` is not a valid image repository"),
             "a lowercase repository name without a tag, e.g. `todo-backend` or `registry:5000/team/app`".into(),
@@ -449,6 +457,55 @@ mod tests {
                 Some("one of `TCP`, `UDP`, `SCTP`".to_string())
             )]
         );
+    }
+
+    const STACK: &str =
+        "apiVersion: converge.dev/v1alpha1\nkind: Stack\nname: shop\nnamespace: shop\nbuilder: registry\n";
+
+    #[test]
+    fn a_bad_registry_prefix_or_buildkit_address_is_reported_at_its_position() {
+        let prefix = |p: &str| findings(&format!("{STACK}registry:\n  prefix: {p}\n"));
+        for bad in [
+            "Registry.Example/team",
+            "'https://registry.example/team'",
+            "'r.example/team:1'",
+        ] {
+            let found = prefix(bad);
+            assert_eq!(found.len(), 1, "{bad}: {found:?}");
+            let (line, column, code, message, expected) = &found[0];
+            assert_eq!((*line, *column, *code), (7, 11, "bad-value"), "{bad}");
+            assert_eq!(message, "`prefix` is not a valid registry prefix");
+            assert!(
+                expected
+                    .as_deref()
+                    .is_some_and(|e| e.contains("without a scheme")),
+                "{expected:?}"
+            );
+        }
+        let empty = prefix("''");
+        assert!(empty.iter().any(|f| f.2 == "empty-value"), "{empty:?}");
+        assert!(prefix("registry.example:5000/team/sub").is_empty());
+        assert!(prefix("localhost:5000").is_empty());
+
+        let found = findings(&format!("{STACK}registry:\n  buildkit: buildkitd:1234\n"));
+        assert_eq!(
+            found,
+            [(
+                7,
+                13,
+                "bad-value",
+                "`buildkit` is not a BuildKit address".to_string(),
+                Some("an address `buildctl --addr` takes, e.g. `tcp://buildkitd:1234` or `unix:///run/buildkit/buildkitd.sock`".to_string())
+            )]
+        );
+        assert!(findings(&format!("{STACK}registry:\n  buildkit: tcp://b:1234\n")).is_empty());
+        let found = findings(&format!(
+            "{STACK}registry:\n  prefix: r.example\n  pullsecret: x\n"
+        ));
+        assert_eq!(found[0].2, "unknown-field", "{found:?}");
+        assert_eq!((found[0].0, found[0].1), (8, 3));
+        let found = findings(&format!("{STACK}registry:\n  pullSecret: Reg_Cred\n"));
+        assert_eq!(found[0].2, "bad-value", "{found:?}");
     }
 
     #[test]

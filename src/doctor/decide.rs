@@ -181,6 +181,26 @@ fn builder_kind(name: &str, facts: &BuilderFacts) -> Check {
                 "install minikube (https://minikube.sigs.k8s.io/docs/start/), or choose `builder: docker` in the stack",
             ),
         },
+        BuilderFacts::Registry {
+            buildkit,
+            workers,
+            registry,
+        } => match (workers, registry) {
+            (Ok(()), Ok(host)) => Check::pass(
+                CheckId::Builder,
+                format!("stack {name} builds with BuildKit at {buildkit} and pushes to {host}: both answer, and the registry takes the login"),
+            ),
+            (Err((why, fix)), _) => Check::fail(
+                CheckId::Builder,
+                format!("stack {name} builds with BuildKit, which does not answer: {why}"),
+                fix.clone(),
+            ),
+            (Ok(()), Err((why, fix))) => Check::fail(
+                CheckId::Builder,
+                format!("stack {name} pushes to a registry that cannot be used: {why}"),
+                fix.clone(),
+            ),
+        },
         BuilderFacts::Unchecked(BuilderKind::None) => Check::pass(
             CheckId::Builder,
             format!("stack {name} builds nothing (builder: none); images come from elsewhere"),
@@ -194,7 +214,7 @@ fn builder_kind(name: &str, facts: &BuilderFacts) -> Check {
 
 /// The Secret references of every component of the stack.
 pub fn secret_refs(stack: &Stack) -> Vec<SecretRef> {
-    stack
+    let mut refs: Vec<SecretRef> = stack
         .components
         .iter()
         .flat_map(|c| &c.spec.secret_env)
@@ -203,7 +223,27 @@ pub fn secret_refs(stack: &Stack) -> Vec<SecretRef> {
             key: r.key.clone(),
             optional: r.optional,
         })
-        .collect()
+        .collect();
+    // The registry builder's pull Secret, needed by every Pod of an image converge builds.
+    let pull = stack
+        .spec
+        .registry
+        .as_ref()
+        .and_then(|r| r.pull_secret.as_ref());
+    if let Some(name) = pull {
+        if stack
+            .components
+            .iter()
+            .any(|c| c.spec.image.build.is_some())
+        {
+            refs.push(SecretRef {
+                secret: name.clone(),
+                key: crate::cluster::secrets::DOCKERCONFIGJSON_KEY.into(),
+                optional: false,
+            });
+        }
+    }
+    refs
 }
 
 /// The `secrets` check: every required key of every referenced Secret exists.
@@ -510,6 +550,41 @@ mod tests {
             none.message,
             "stack todo (desired/dev → namespace apps) references no Secret"
         );
+    }
+
+    #[test]
+    fn doctor_checks_the_registry_pull_secret_of_built_images_with_the_docker_registry_command() {
+        let mut s = stack("");
+        s.spec.registry = Some(
+            serde_yaml_ng::from_str("{prefix: r.example/team, pullSecret: regcred}")
+                .expect("registry settings"),
+        );
+        assert!(
+            secret_refs(&s).is_empty(),
+            "a prebuilt image is not pulled with the registry builder's Secret"
+        );
+        s.components[0].spec.image =
+            serde_yaml_ng::from_str("build: {context: web, repository: web}")
+                .expect("a build spec");
+        let refs = secret_refs(&s);
+        let missing = secrets(&s, &refs, &Ok([("regcred".to_string(), None)].into()));
+        assert_eq!(missing.status, super::super::Status::Fail);
+        assert!(
+            missing.fix.as_deref().unwrap_or("").contains(
+                "kubectl create secret docker-registry regcred -n apps --docker-server=<registry>"
+            ),
+            "{missing:?}"
+        );
+        let good = secrets(
+            &s,
+            &refs,
+            &Ok([(
+                "regcred".to_string(),
+                Some(vec![".dockerconfigjson".to_string()]),
+            )]
+            .into()),
+        );
+        assert_eq!(good.status, super::super::Status::Pass, "{good:?}");
     }
 
     #[test]

@@ -76,8 +76,68 @@ pub enum BuilderFacts {
         /// The version, asked only of a running minikube.
         version: Option<String>,
     },
+    /// The registry builder: `buildctl debug workers` and `GET /v2/` with the login converge has.
+    Registry {
+        /// The BuildKit address asked.
+        buildkit: String,
+        /// Whether BuildKit answered, or why not (with the fix).
+        workers: Result<(), (String, String)>,
+        /// The registry host that answered and took the login, or why not (with the fix).
+        registry: Result<String, (String, String)>,
+    },
     /// A builder doctor does not check.
     Unchecked(BuilderKind),
+}
+
+/// Asks the registry builder's two services for `stack`: BuildKit (`buildctl debug workers`)
+/// and the registry (`GET /v2/` with the Docker config's login), as a build would reach them.
+pub async fn registry(
+    stack: &crate::desired::Stack,
+    context: &str,
+    env: &BuildEnv,
+) -> BuilderFacts {
+    let base = crate::build::BuildOptions {
+        env: env.clone(),
+        ..crate::build::BuildOptions::new(BuilderKind::Registry)
+    };
+    let (opts, _) = base.for_stack(Some(BuilderKind::Registry), stack, context);
+    let buildkit = opts
+        .buildkit_addr
+        .clone()
+        .unwrap_or_else(|| crate::build::engine::BUILDKIT_DEFAULT_ADDRESS.into());
+    let why = |e: &crate::build::BuildError| {
+        if let crate::build::BuildError::Unreachable { host, detail, hint } = e {
+            return (format!("{host}: {detail}"), hint.clone());
+        }
+        (
+            e.to_string(),
+            crate::hints::for_error(e).unwrap_or_else(|| {
+                "fix what the message names, then run `converge doctor` again".into()
+            }),
+        )
+    };
+    let engine = match crate::build::Engine::new(&opts) {
+        Ok(e) => e,
+        Err(e) => {
+            let w = why(&e);
+            return BuilderFacts::Registry {
+                buildkit,
+                workers: Err(w.clone()),
+                registry: Err(w),
+            };
+        }
+    };
+    let (_tx, cancel) = tokio::sync::watch::channel(false);
+    let workers = engine.buildkit_answers(&cancel).await.map_err(|e| why(&e));
+    let registry = match engine.registry_answers().await {
+        Ok(host) => Ok(host.unwrap_or_default()),
+        Err(e) => Err(why(&e)),
+    };
+    BuilderFacts::Registry {
+        buildkit,
+        workers,
+        registry,
+    }
 }
 
 /// Runs a short external command with a timeout; its exit code and output.

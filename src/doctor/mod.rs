@@ -72,8 +72,11 @@ pub async fn run(req: &Request<'_>) -> Vec<Check> {
         let context = req.context.unwrap_or(&stack.spec.context);
         if req.wants(CheckId::Builder) {
             let choice = crate::build::choose_builder(req.builder, stack, context, &env);
-            let facts =
-                gather::builder(choice.builder, choice.minikube_profile.as_deref(), &env).await;
+            let facts = if choice.builder == BuilderKind::Registry {
+                gather::registry(stack, context, &env).await
+            } else {
+                gather::builder(choice.builder, choice.minikube_profile.as_deref(), &env).await
+            };
             out.push(decide::builder(stack, &choice, &facts));
         }
         if !connect {

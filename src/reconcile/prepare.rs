@@ -92,10 +92,16 @@ pub fn prepare(
     selection: &Selection,
 ) -> Result<(String, Vec<Prepared>), Error> {
     let commit = load::load(repo_path, rev, selection, Images::Plan)?;
+    // Nothing is built: the stack's own builder and registry say what its Pods would pull.
+    let defaults = BuildOptions::default();
     let stacks = commit
         .stacks
         .into_iter()
-        .map(|p| (p, Vec::new(), BTreeMap::new()))
+        .map(|mut p| {
+            let (bopts, _) = defaults.for_stack(None, &p.stack, &p.stack.spec.context);
+            p.images = build::qualified(&p.images, &bopts);
+            (p, Vec::new(), BTreeMap::new())
+        })
         .collect();
     let prepared = render_all(repo_path, &commit.id, stacks)?;
     Ok((commit.id, prepared))
@@ -125,12 +131,13 @@ pub async fn build_images(
     cancel: tokio::sync::watch::Receiver<bool>,
 ) -> Result<StackBuild, BuildError> {
     let (bopts, choice) = build.for_stack(builder, &planned.stack, context);
+    let plans = build::qualified(&planned.images, &bopts);
     let engine = Engine::new(&bopts)?;
     let outcomes = build::ensure_with(
         &engine,
         repo_path,
         commit,
-        &planned.images,
+        &plans,
         &planned.stack,
         &bopts,
         cancel,
@@ -215,7 +222,13 @@ pub async fn prepare_commit(
         }
     }
     let mut built = Vec::new();
-    for p in commit.stacks {
+    for mut p in commit.stacks {
+        // What Pods pull: under the registry's prefix for the registry builder, even when the
+        // build fails (the component is held back, but its name stays the one it would have).
+        let (bopts, _) = opts
+            .build
+            .for_stack(opts.builder, &p.stack, context_of(opts, &p.stack));
+        p.images = build::qualified(&p.images, &bopts);
         let (outcomes, failures) = build_stack(repo_path, &commit.id, &p, opts).await;
         built.push((p, outcomes, failures));
     }

@@ -102,6 +102,16 @@ pub fn values_for(
     chart_components: &[String],
 ) -> Value {
     let mut v = Value::Object(stack.spec.values.clone());
+    // Pods pull the registry builder's images with this Secret (the chart's `imagePullSecrets`,
+    // Kubernetes' `LocalObjectReference` list).
+    if let Some(secret) = stack
+        .spec
+        .registry
+        .as_ref()
+        .and_then(|r| r.pull_secret.as_ref())
+    {
+        merge(&mut v, &json!({"imagePullSecrets": [{"name": secret}]}));
+    }
     for name in chart_components {
         if stack.component(name).is_none() {
             merge(&mut v, &json!({ name.as_str(): {"enabled": false} }));
@@ -163,6 +173,31 @@ mod tests {
             image_values("r@sha256:abc"),
             json!({"repository": "r", "digest": "sha256:abc"})
         );
+    }
+
+    #[test]
+    fn a_registry_pull_secret_becomes_the_charts_image_pull_secrets() {
+        let stack = |registry: &str| Stack {
+            spec: serde_yaml_ng::from_str(&format!(
+                "apiVersion: converge.dev/v1alpha1\nkind: Stack\nname: s\nnamespace: s\n{registry}"
+            ))
+            .expect("a stack"),
+            file: "desired/stack.yaml".into(),
+            dir: "desired".into(),
+            components: Vec::new(),
+        };
+        let with = values_for(
+            &stack("builder: registry\nregistry: {prefix: r.example/team, pullSecret: regcred}\n"),
+            &BTreeMap::new(),
+            &[],
+        );
+        assert_eq!(with["imagePullSecrets"], json!([{"name": "regcred"}]));
+        let without = values_for(
+            &stack("registry: {prefix: r.example}\n"),
+            &BTreeMap::new(),
+            &[],
+        );
+        assert!(without.get("imagePullSecrets").is_none());
     }
 
     #[test]

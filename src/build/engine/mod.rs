@@ -11,6 +11,7 @@ mod containerd;
 mod docker;
 mod kind;
 mod minikube;
+mod registry;
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -31,6 +32,10 @@ use minikube::MinikubeMode;
 pub use minikube::{
     minikube_build_args, minikube_docker_env_args, minikube_load_args, minikube_ls_args,
     minikube_profile_list_args,
+};
+pub use registry::{
+    buildctl_build_args, buildctl_failure_reason, buildctl_workers_args, buildkit_address,
+    buildkit_hint, buildkit_unreachable, pushed_digest, BUILDKIT_DEFAULT_ADDRESS,
 };
 
 use super::minikube::Profile;
@@ -166,6 +171,16 @@ enum Kind {
         local: DockerCli,
         mode: OnceCell<MinikubeMode>,
     },
+    Registry {
+        registry: crate::build::registry::Registry,
+        /// `host[:port]/path` images are pushed under.
+        prefix: String,
+        /// `buildctl --addr`; buildctl's own (`BUILDKIT_HOST`, its default) when `None`.
+        buildkit: Option<String>,
+        /// buildctl's environment: `DOCKER_CONFIG` naming the directory of the config file the
+        /// existence check read, so the push uses the same login.
+        env: Vec<(String, String)>,
+    },
     Command {
         template: String,
         exists: Option<String>,
@@ -237,6 +252,29 @@ impl Engine {
                 exists: opts.command_exists_template.clone(),
                 built: Mutex::new(HashSet::new()),
             },
+            BuilderKind::Registry => {
+                let prefix = opts
+                    .registry
+                    .clone()
+                    .filter(|p| !p.trim().is_empty())
+                    .ok_or(BuildError::MissingRegistryPrefix)?;
+                let path = opts.env.docker_config_path();
+                let config = crate::build::registry::config::DockerConfig::read(&path)?;
+                let env = path
+                    .parent()
+                    .map(|dir| vec![("DOCKER_CONFIG".to_string(), dir.display().to_string())])
+                    .unwrap_or_default();
+                Kind::Registry {
+                    registry: crate::build::registry::Registry::new(
+                        config,
+                        opts.env.ssl_cert_file.as_deref(),
+                        opts.check_timeout,
+                    )?,
+                    prefix,
+                    buildkit: opts.buildkit_addr.clone(),
+                    env,
+                }
+            }
             BuilderKind::None => Kind::None,
         };
         Ok(Self {
@@ -256,6 +294,7 @@ impl Engine {
             (Kind::Docker(_), None) => BuilderKind::Docker,
             (Kind::Minikube { .. }, None) => BuilderKind::Minikube,
             (Kind::Command { .. }, None) => BuilderKind::Command,
+            (Kind::Registry { .. }, None) => BuilderKind::Registry,
             (Kind::None, None) => BuilderKind::None,
         }
     }
@@ -388,6 +427,7 @@ impl Engine {
                     .await
             }
             Kind::Docker(cli) => self.docker_exists(cli, image, cancel).await,
+            Kind::Registry { registry, .. } => self.registry_exists(registry, image).await,
             Kind::Minikube { profile, .. } => self.minikube_exists(profile, image, cancel).await,
         }
     }
@@ -412,6 +452,19 @@ impl Engine {
                     .await;
             }
             Kind::Docker(cli) => cli.clone(),
+            Kind::Registry { buildkit, env, .. } => {
+                return self
+                    .registry_build(
+                        buildkit.as_deref(),
+                        env,
+                        req,
+                        repo_path,
+                        commit,
+                        spec,
+                        cancel,
+                    )
+                    .await;
+            }
             Kind::Minikube { profile, .. } => match self.minikube_mode(cancel).await? {
                 MinikubeMode::Docker(cli) | MinikubeMode::Load { cli } => cli,
                 MinikubeMode::Build { dialect } => {

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use super::Run;
-use crate::cluster::secrets::{lacking, secret_fix, SecretKeys, SecretRef};
+use crate::cluster::secrets::{lacking, secret_fix, SecretKeys, SecretRef, DOCKERCONFIGJSON_KEY};
 use crate::cluster::ClusterError;
 use crate::desired::{Component, Stack};
 
@@ -37,6 +37,7 @@ impl Run<'_> {
             .iter()
             .flat_map(|c| c.spec.secret_env.iter().filter(|r| !r.optional))
             .map(|r| r.secret.clone())
+            .chain(pull_secret(self.stack).map(|(name, _)| name.to_string()))
             .collect();
         let reads = futures::future::join_all(
             names
@@ -49,6 +50,39 @@ impl Run<'_> {
             secrets.insert(name, keys?.map(|k| k.into_iter().collect()));
         }
         Ok(secrets)
+    }
+}
+
+/// The stack's image pull Secret (`registry.pullSecret`) and the registry host it is for, when
+/// a component pulls an image converge builds.
+fn pull_secret(stack: &Stack) -> Option<(&str, &str)> {
+    let registry = stack.spec.registry.as_ref()?;
+    let name = registry.pull_secret.as_deref()?;
+    let host = registry
+        .prefix
+        .as_deref()
+        .and_then(|p| p.split('/').next())
+        .unwrap_or("<registry host>");
+    stack
+        .components
+        .iter()
+        .any(|c| c.spec.image.build.is_some())
+        .then_some((name, host))
+}
+
+/// Why the pull Secret does not do, with the command that creates it; `None` when it does.
+fn pull_secret_lack(stack: &Stack, secrets: &SecretKeys) -> Option<String> {
+    let (name, host) = pull_secret(stack)?;
+    let ns = stack.spec.namespace.as_str();
+    let fix = format!("kubectl create secret docker-registry {name} -n {ns} --docker-server={host} --docker-username=<user> --docker-password=<password>");
+    match secrets.get(name)? {
+        None => Some(format!(
+            "image pull Secret `{name}` (`registry.pullSecret`) does not exist in namespace {ns}; create it: `{fix}`"
+        )),
+        Some(keys) if !keys.iter().any(|k| k == DOCKERCONFIGJSON_KEY) => Some(format!(
+            "image pull Secret `{name}` in namespace {ns} has no `{DOCKERCONFIGJSON_KEY}` key, so it is not a kubernetes.io/dockerconfigjson Secret; delete it and create it with `{fix}`"
+        )),
+        Some(_) => None,
     }
 }
 
@@ -97,6 +131,15 @@ pub(super) fn unresolved(stack: &Stack, secrets: &SecretKeys) -> Vec<(String, St
             )
         };
         blocked.push((c.spec.name.clone(), why));
+    }
+    // Pods of built images pull them from the registry with the pull Secret: without it they
+    // would sit in ImagePullBackOff, so they are held back like a missing `secretEnv`.
+    if let Some(why) = pull_secret_lack(stack, secrets) {
+        for c in &stack.components {
+            if c.spec.image.build.is_some() && !blocked.iter().any(|(n, _)| *n == c.spec.name) {
+                blocked.push((c.spec.name.clone(), why.clone()));
+            }
+        }
     }
     blocked
 }
@@ -162,6 +205,46 @@ mod tests {
                 && why.contains("--from-literal=jwt=<value>"),
             "one command creates every key the stack needs: {why}"
         );
+    }
+
+    #[test]
+    fn a_missing_or_wrong_pull_secret_holds_back_the_built_components_with_the_command() {
+        let mut s = stack();
+        s.spec.registry = Some(
+            serde_yaml_ng::from_str("{prefix: r.example:5000/team, pullSecret: regcred}")
+                .expect("registry settings"),
+        );
+        s.components.push(Component {
+            spec: serde_yaml_ng::from_str(
+                "apiVersion: converge.dev/v1alpha1\nkind: Component\nname: app\nimage:\n  build: {context: app, repository: app}\n",
+            )
+            .expect("a component document"),
+            file: "desired/dev/app.yaml".into(),
+        });
+        let todo = ("todo".to_string(), keys(&["db-url", "jwt"]));
+        let missing: SecretKeys = [todo.clone(), ("regcred".to_string(), None)].into();
+        let blocked = unresolved(&s, &missing);
+        assert_eq!(
+            blocked.len(),
+            1,
+            "only the component that pulls a built image: {blocked:?}"
+        );
+        assert_eq!(blocked[0].0, "app");
+        assert_eq!(
+            blocked[0].1,
+            "image pull Secret `regcred` (`registry.pullSecret`) does not exist in namespace apps; create it: \
+             `kubectl create secret docker-registry regcred -n apps --docker-server=r.example:5000 --docker-username=<user> --docker-password=<password>`"
+        );
+        let opaque: SecretKeys =
+            [todo.clone(), ("regcred".to_string(), keys(&["password"]))].into();
+        let why = &unresolved(&s, &opaque)[0].1;
+        assert!(
+            why.contains("not a kubernetes.io/dockerconfigjson Secret"),
+            "{why}"
+        );
+        let good: SecretKeys =
+            [todo, ("regcred".to_string(), keys(&[DOCKERCONFIGJSON_KEY]))].into();
+        assert!(unresolved(&s, &good).is_empty());
     }
 
     #[test]
