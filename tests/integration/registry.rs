@@ -111,6 +111,8 @@ fn bed_registry(config_dir: &Path) -> Registry {
 
 #[tokio::test]
 async fn a_build_pushes_and_the_same_inputs_are_never_built_again_even_after_a_revert() {
+    // The bed's registry is stopped by tests/integration/in_cluster.rs: not while this runs.
+    let _registry = crate::support::services::registry_shared();
     let f = Fixture::new();
     let (ok, json, log) = f.build(&[], &[]);
     let json = json.unwrap_or_else(|| panic!("no JSON answer:\n{log}"));
@@ -158,6 +160,8 @@ async fn a_build_pushes_and_the_same_inputs_are_never_built_again_even_after_a_r
 
 #[tokio::test]
 async fn a_wrong_password_is_refused_with_the_user_and_file_and_nothing_is_built() {
+    // The bed's registry is stopped by tests/integration/in_cluster.rs: not while this runs.
+    let _registry = crate::support::services::registry_shared();
     let f = Fixture::new();
     let good = std::fs::read_to_string(
         Path::new(&bed_var("CONVERGE_TESTBED_DOCKER_CONFIG")).join("config.json"),
@@ -223,6 +227,8 @@ async fn a_wrong_password_is_refused_with_the_user_and_file_and_nothing_is_built
 
 #[tokio::test]
 async fn a_buildkit_address_that_does_not_answer_is_a_clear_error_naming_it() {
+    // The bed's registry is stopped by tests/integration/in_cluster.rs: not while this runs.
+    let _registry = crate::support::services::registry_shared();
     let f = Fixture::new();
     // A closed port on this machine: nothing listens, the dial is refused at once.
     let addr = "tcp://127.0.0.1:1";
@@ -242,6 +248,8 @@ async fn a_buildkit_address_that_does_not_answer_is_a_clear_error_naming_it() {
 
 #[tokio::test]
 async fn the_registry_flag_wins_over_the_stack_and_an_unreachable_registry_names_its_address() {
+    // The bed's registry is stopped by tests/integration/in_cluster.rs: not while this runs.
+    let _registry = crate::support::services::registry_shared();
     let f = Fixture::new();
     let (ok, _, log) = f.build(&["--registry", "127.0.0.1:1/elsewhere"], &[]);
     assert!(!ok, "{log}");
@@ -375,6 +383,8 @@ fn apply(repo: &GitRepo) -> (bool, Value, String) {
 
 #[tokio::test]
 async fn pods_pull_the_pushed_image_with_the_pull_secret_and_wait_for_it_when_it_is_missing() {
+    // The bed's registry is stopped by tests/integration/in_cluster.rs: not while this runs.
+    let _registry = crate::support::services::registry_shared();
     use k8s_openapi::api::apps::v1::Deployment;
     use k8s_openapi::api::core::v1::{Pod, Secret};
     use k8s_openapi::ByteString;
