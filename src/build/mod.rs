@@ -175,6 +175,9 @@ pub struct BuildOptions {
     /// The registry builder's BuildKit address: `--buildkit-addr` (`BUILDKIT_HOST`), else the
     /// stack's `registry.buildkit`; buildctl's default when `None`.
     pub buildkit_addr: Option<String>,
+    /// The registry builder's pull Secret: `--pull-secret` (`CONVERGE_PULL_SECRET`), else the
+    /// stack's `registry.pullSecret`.
+    pub pull_secret: Option<String>,
     /// The environment's say in choosing and aiming the builder, read once when these options
     /// are made (the daemon's at its start).
     pub env: BuildEnv,
@@ -216,6 +219,7 @@ impl Default for BuildOptions {
             minikube_profile: None,
             registry: None,
             buildkit_addr: None,
+            pull_secret: None,
             env: BuildEnv::from_process(),
             kind_cluster: None,
             check_timeout: CHECK_TIMEOUT,
@@ -282,6 +286,10 @@ impl BuildOptions {
                 .clone()
                 .or_else(|| self.env.buildkit_host.clone())
                 .or_else(|| stack.spec.registry.as_ref()?.buildkit.clone()),
+            pull_secret: self
+                .pull_secret
+                .clone()
+                .or_else(|| stack.spec.registry.as_ref()?.pull_secret.clone()),
             ..self.clone()
         };
         (opts, choice)

@@ -40,6 +40,10 @@ pub struct BuildFlags {
     /// stack's `registry.buildkit`; buildctl reads the same variable).
     #[arg(long, env = "BUILDKIT_HOST")]
     pub buildkit_addr: Option<String>,
+    /// The registry builder's pull Secret in each stack's namespace (wins over the stack's
+    /// `registry.pullSecret`): Pods pull the pushed images with it.
+    #[arg(long, env = "CONVERGE_PULL_SECRET")]
+    pub pull_secret: Option<String>,
     /// Limit for one build, e.g. `20m`.
     #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
     pub build_timeout: Duration,
@@ -61,6 +65,7 @@ impl BuildFlags {
             minikube_profile: self.minikube_profile.clone(),
             registry: self.registry.clone().filter(|r| !r.is_empty()),
             buildkit_addr: self.buildkit_addr.clone().filter(|a| !a.is_empty()),
+            pull_secret: self.pull_secret.clone().filter(|s| !s.is_empty()),
             env: BuildEnv::from_process(),
             kind_cluster: None,
             check_timeout: build::CHECK_TIMEOUT,

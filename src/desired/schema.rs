@@ -88,7 +88,7 @@ pub struct LocalUrl {
 
 /// The `registry` builder's settings: BuildKit builds and pushes `<prefix>/<repository>:<tag>`,
 /// and Pods pull it from there.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RegistrySpec {
     /// Registry host (with port) and path images are pushed under, without a scheme, e.g.

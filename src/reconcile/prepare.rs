@@ -229,6 +229,7 @@ pub async fn prepare_commit(
             .build
             .for_stack(opts.builder, &p.stack, context_of(opts, &p.stack));
         p.images = build::qualified(&p.images, &bopts);
+        effective_registry(&mut p.stack, &bopts);
         let (outcomes, failures) = build_stack(repo_path, &commit.id, &p, opts).await;
         built.push((p, outcomes, failures));
     }
@@ -237,6 +238,21 @@ pub async fn prepare_commit(
         commit: commit.id,
         stacks,
     })
+}
+
+/// Writes the registry settings the flags and environment chose (`--builder registry`,
+/// `--registry`, `--pull-secret`…) into `stack`, so what renders its values (the pull Secret, the
+/// pull policy) and what checks its Secrets see the builder that actually runs, not only what
+/// the commit says: the same desired state moves from a laptop's builder to a registry by flags.
+fn effective_registry(stack: &mut crate::desired::Stack, bopts: &build::BuildOptions) {
+    if bopts.builder != BuilderKind::Registry {
+        return;
+    }
+    stack.spec.builder = Some(BuilderKind::Registry);
+    let r = stack.spec.registry.get_or_insert_with(Default::default);
+    r.prefix.clone_from(&bopts.registry);
+    r.buildkit.clone_from(&bopts.buildkit_addr);
+    r.pull_secret.clone_from(&bopts.pull_secret);
 }
 
 /// [`Error::DaemonRunning`] when a daemon holds `stack`'s Lease: a one-shot apply would be

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
+use crate::desired::schema::BuilderKind;
 use crate::desired::{Component, Stack};
 
 /// Splits an image reference into the chart's `{repository, tag}` or `{repository, digest}`.
@@ -117,11 +118,16 @@ pub fn values_for(
             merge(&mut v, &json!({ name.as_str(): {"enabled": false} }));
         }
     }
+    // A pushed image is pulled: a values file written for a node-local builder
+    // (`pullPolicy: Never`) would leave the Pod waiting. The tag is content-addressed, so a
+    // node that has it already has the right one.
+    let pulled = stack.spec.builder == Some(BuilderKind::Registry);
     for c in &stack.components {
-        merge(
-            &mut v,
-            &json!({ c.spec.name.as_str(): component_values(c, images) }),
-        );
+        let mut cv = component_values(c, images);
+        if pulled && images.contains_key(&c.spec.name) {
+            merge(&mut cv, &json!({"image": {"pullPolicy": "IfNotPresent"}}));
+        }
+        merge(&mut v, &json!({ c.spec.name.as_str(): cv }));
     }
     v
 }
@@ -198,6 +204,41 @@ mod tests {
             &[],
         );
         assert!(without.get("imagePullSecrets").is_none());
+    }
+
+    #[test]
+    fn a_pushed_image_is_pulled_even_where_a_values_file_says_never() {
+        let component = |name: &str, image: &str| crate::desired::Component {
+            spec: serde_yaml_ng::from_str(&format!(
+                "apiVersion: converge.dev/v1alpha1\nkind: Component\nname: {name}\nimage: {image}\n"
+            ))
+            .expect("a component"),
+            file: format!("desired/{name}.yaml"),
+        };
+        let stack = |builder: &str| Stack {
+            spec: serde_yaml_ng::from_str(&format!(
+                "apiVersion: converge.dev/v1alpha1\nkind: Stack\nname: s\nnamespace: s\n{builder}"
+            ))
+            .expect("a stack"),
+            file: "desired/stack.yaml".into(),
+            dir: "desired".into(),
+            components: vec![
+                component("backend", "{build: {context: apps/backend, repository: todo-backend}}"),
+                component("postgres", "{ref: postgres:16}"),
+            ],
+        };
+        let images = BTreeMap::from([(
+            "backend".to_string(),
+            "reg.example:5000/todo/todo-backend:0123456789ab".to_string(),
+        )]);
+        let pushed = values_for(&stack("builder: registry\n"), &images, &[]);
+        assert_eq!(pushed["backend"]["image"]["pullPolicy"], "IfNotPresent");
+        assert!(
+            pushed["postgres"]["image"].get("pullPolicy").is_none(),
+            "a prebuilt reference keeps the chart's policy"
+        );
+        let local = values_for(&stack("builder: minikube\n"), &images, &[]);
+        assert!(local["backend"]["image"].get("pullPolicy").is_none());
     }
 
     #[test]
