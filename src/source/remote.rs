@@ -374,6 +374,7 @@ impl FetchFailure {
         } else if has("does not appear to be a git repository")
             || lower.contains("repository not found")
             || (has("repository '") && has("' not found"))
+            || (lower.contains("repository") && lower.contains("does not exist"))
         {
             FetchFailure::RepoNotFound
         } else if has("couldn't find remote ref") {
@@ -466,9 +467,11 @@ pub fn telling_line(stderr: &str) -> String {
         .iter()
         .find_map(|k| lines.iter().find(|l| l.contains(k)))
         .or_else(|| {
-            lines
-                .iter()
-                .find(|l| l.to_ascii_lowercase().contains("repository not found"))
+            lines.iter().find(|l| {
+                let l = l.to_ascii_lowercase();
+                l.contains("repository not found")
+                    || (l.contains("repository") && l.contains("does not exist"))
+            })
         })
         .or_else(|| {
             lines.iter().rev().find(|l| {

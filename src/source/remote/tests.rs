@@ -1,8 +1,9 @@
 use super::*;
 
-// What ssh prints, assembled from openssh-portable's own format strings (sshconnect.c
-// warn_changed_key and check_host_key, sshconnect2.c, authfile.c sshkey_perm_ok, ssh.c) and
-// what git adds (connect.c die_initial_contact), as `git fetch` shows them.
+// What ssh prints: openssh-portable's own format strings (sshconnect.c warn_changed_key and
+// check_host_key, sshconnect2.c, authfile.c sshkey_perm_ok, ssh.c) and what git adds
+// (connect.c die_initial_contact), as `git fetch` showed them against the bed's sshd (OpenSSH
+// 9.2p1, git 2.39), paths and fingerprints aside.
 const CLOSING: &str = "fatal: Could not read from remote repository.\n\nPlease make sure you have the correct access rights\nand the repository exists.\n";
 
 fn host_key_changed() -> String {
@@ -18,6 +19,8 @@ SHA256:zyHJmAYc0eO2rzyb2cKmHnFNg6dbTtOgLKIAW03MASo.\n\
 Please contact your system administrator.\n\
 Add correct host key in /etc/converge/known_hosts to get rid of this message.\n\
 Offending ED25519 key in /etc/converge/known_hosts:1\n\
+\x20 remove with:\n\
+\x20 ssh-keygen -f \"/etc/converge/known_hosts\" -R \"[10.0.0.5]:2222\"\n\
 Host key for [10.0.0.5]:2222 has changed and you have requested strict checking.\n\
 Host key verification failed.\n{CLOSING}"
     )
@@ -80,6 +83,12 @@ fn ssh_failures_are_classified_from_ssh_and_git_words() {
             format!("fatal: '/srv/git/nope.git' does not appear to be a git repository\n{CLOSING}"),
             FetchFailure::RepoNotFound,
             "'/srv/git/nope.git' does not appear to be a git repository",
+        ),
+        (
+            // The bed's git server (a forge's wording: Gitea says "does not exist" too).
+            format!("converge testbed git server: repository /git/nope.git does not exist (push to create it)\n{CLOSING}"),
+            FetchFailure::RepoNotFound,
+            "converge testbed git server: repository /git/nope.git does not exist (push to create it)",
         ),
         (
             // A forge's own words (GitHub over SSH).
