@@ -209,7 +209,8 @@ pub fn head_ref(pull: &Pull) -> String {
     format!("refs/converge/fetched/{}/HEAD", pull.remote.name())
 }
 
-/// Fetches `src` of the remote into `dst` (forced: `dst` is converge's scratch ref).
+/// Fetches `src` of the remote into `dst` (forced: `dst` is converge's scratch ref); `branch`
+/// names what is fetched in messages.
 async fn fetch_into(
     root: &Path,
     pull: &Pull,
@@ -282,7 +283,7 @@ async fn fetch_into(
 /// learned from when no `--branch` is given and nothing was fetched before.
 pub async fn fetch_head(root: &Path, pull: &Pull, timeout: Duration) -> Result<String, RefsError> {
     let dst = head_ref(pull);
-    fetch_into(root, pull, "HEAD", &dst, "HEAD", timeout).await?;
+    fetch_into(root, pull, "HEAD", &dst, "the default branch", timeout).await?;
     let tip = git(
         root,
         &["rev-parse", "--verify", &dst],

@@ -411,6 +411,11 @@ impl FetchFailure {
             FetchFailure::AuthDenied => "the server refused the credentials".into(),
             FetchFailure::Unreachable => "the server cannot be reached".into(),
             FetchFailure::RepoNotFound => "there is no repository at that path (or this account may not read it)".into(),
+            // A description ("the default branch": an empty repository has none) or a name.
+            FetchFailure::BranchNotFound if branch.contains(' ') => {
+                let what = branch.trim_start_matches("the ");
+                format!("the repository has no {what} (is it empty?)")
+            }
             FetchFailure::BranchNotFound => format!("the repository has no branch `{branch}`"),
             FetchFailure::Other => "git fetch failed".into(),
         }

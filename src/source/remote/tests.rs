@@ -175,7 +175,14 @@ fn every_failure_says_what_and_the_fix_on_one_line() {
         .fix(&ssh)
         .contains("/k/known_hosts"));
     assert!(FetchFailure::AuthDenied.fix(&ssh).contains("/k/id"));
-    assert!(FetchFailure::BranchNotFound.what("prod").contains("`prod`"));
+    assert_eq!(
+        FetchFailure::BranchNotFound.what("prod"),
+        "the repository has no branch `prod`"
+    );
+    assert_eq!(
+        FetchFailure::BranchNotFound.what("the default branch"),
+        "the repository has no default branch (is it empty?)"
+    );
 }
 
 #[test]
