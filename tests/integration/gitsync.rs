@@ -14,8 +14,7 @@ use serde_json::Value;
 use sha2::Sha256;
 
 use super::daemon::{
-    applied_commit, backend, env_version, stack_repo, status, wait_status, write_backend, Daemon,
-    CONVERGED,
+    applied_commit, backend, env_version, stack_repo, status, write_backend, Daemon, CONVERGED,
 };
 use crate::support::git::GitRepo;
 use crate::support::{testbed, unique_name, TestNamespace};
@@ -180,6 +179,26 @@ fn metric(text: &str, sample: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Waits until the stack's status says `commit` is applied and ready; on timeout the daemon's
+/// log says why.
+async fn wait_applied(daemon: &Daemon, ns: &TestNamespace, commit: &str) {
+    let deadline = Instant::now() + CONVERGED;
+    loop {
+        let s = status(ns).await;
+        if s.as_ref()
+            .is_some_and(|s| applied_commit(s) == commit && s["ready"] == true)
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{commit} not applied and ready within {CONVERGED:?}: {s:#?}\ndaemon log:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_push_to_the_git_server_is_deployed_by_a_daemon_started_on_an_empty_directory() {
     let server = git_server();
@@ -194,18 +213,14 @@ async fn a_push_to_the_git_server_is_deployed_by_a_daemon_started_on_an_empty_di
     let mut flags = server.flags(&url, &server.known_hosts);
     flags.extend(["--poll".into(), "1s".into()]);
     let daemon = Daemon::start(&checkout, &args(&flags));
-    wait_status(&ns, CONVERGED, |s| {
-        applied_commit(s) == first && s["ready"] == true
-    })
-    .await;
+    wait_applied(&daemon, &ns, &first).await;
     // Nothing but the repository converge fetches into: no working tree was checked out.
     assert!(!checkout.join("desired").exists());
 
     write_backend(&repo, "v1");
     let second = repo.commit("backend v1");
     server.push(&repo, &url, false);
-    let s = wait_status(&ns, CONVERGED, |s| applied_commit(s) == second).await;
-    assert_eq!(s["ready"], true, "{s:#}");
+    wait_applied(&daemon, &ns, &second).await;
     assert_eq!(env_version(&backend(&ns).await), "v1");
     daemon.wait_log(&["\"fetched\"", &second[..7]], Duration::from_secs(5));
     let metrics = http(&daemon_addr(&checkout), "GET", "/metrics", &[], b"");
@@ -231,10 +246,7 @@ async fn a_host_key_that_does_not_match_known_hosts_is_named_and_changes_nothing
     // A daemon with the right known_hosts deploys the first commit, then stops.
     let checkout = work.path().join("checkout");
     let daemon = Daemon::start(&checkout, &args(&server.flags(&url, &server.known_hosts)));
-    wait_status(&ns, CONVERGED, |s| {
-        applied_commit(s) == first && s["ready"] == true
-    })
-    .await;
+    wait_applied(&daemon, &ns, &first).await;
     drop(daemon);
 
     // The server's key no longer matches: the next commit is not fetched, the reason is said
@@ -335,10 +347,7 @@ async fn a_signed_webhook_fetches_at_once_and_a_bad_signature_changes_nothing() 
         secret_file.display().to_string(),
     ]);
     let daemon = Daemon::start(&checkout, &args(&flags));
-    wait_status(&ns, CONVERGED, |s| {
-        applied_commit(s) == first && s["ready"] == true
-    })
-    .await;
+    wait_applied(&daemon, &ns, &first).await;
     let addr = daemon_addr(&checkout);
     assert!(addr.starts_with(&node_ip), "{addr}");
 
@@ -384,8 +393,7 @@ async fn a_signed_webhook_fetches_at_once_and_a_bad_signature_changes_nothing() 
         body,
     );
     assert!(ok.starts_with("HTTP/1.0 202"), "{ok}");
-    let s = wait_status(&ns, CONVERGED, |s| applied_commit(s) == second).await;
-    assert_eq!(s["ready"], true, "{s:#}");
+    wait_applied(&daemon, &ns, &second).await;
     assert_eq!(env_version(&backend(&ns).await), "v1");
 
     let metrics = http(&addr, "GET", "/metrics", &[], b"");
@@ -417,10 +425,7 @@ async fn a_rewritten_remote_history_is_refused_and_the_deployed_commit_stays() {
     let mut flags = server.flags(&url, &server.known_hosts);
     flags.extend(["--poll".into(), "1s".into()]);
     let daemon = Daemon::start(&checkout, &args(&flags));
-    wait_status(&ns, CONVERGED, |s| {
-        applied_commit(s) == first && s["ready"] == true
-    })
-    .await;
+    wait_applied(&daemon, &ns, &first).await;
 
     // Another history: the first commit amended, force-pushed.
     write_backend(&repo, "rewritten");
