@@ -168,7 +168,16 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     // Pull mode learns the stacks from what it fetched, so it fetches first (and waits for
     // the remote, serving the probes, when it has nothing yet).
     let start = match &pull {
-        Some(p) => match pull::first_fetch(&cfg, p, &dirs.root, &metrics, &mut signals).await? {
+        Some(p) => match pull::first_fetch(
+            &cfg,
+            p,
+            &dirs.root,
+            &metrics,
+            started.into_std(),
+            &mut signals,
+        )
+        .await?
+        {
             Some(start) => Some(start),
             None => return Ok(()),
         },

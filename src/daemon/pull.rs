@@ -104,8 +104,12 @@ pub(super) async fn first_fetch(
     pull: &Pull,
     root: &Path,
     metrics: &Arc<Metrics>,
+    started: std::time::Instant,
     signals: &mut signal_hook_tokio::Signals,
 ) -> Result<Option<String>, DaemonError> {
+    // `/healthz` of the daemon proper fails when the loop has not ticked for 30 s: a long wait
+    // here is not a stalled loop.
+    let alive = || metrics.heartbeat(started.elapsed().as_millis() as u64);
     let (start, branch) = match &cfg.branch {
         Some(b) => (
             refs::tracked_ref(b, Some(pull.remote.name())),
@@ -132,7 +136,10 @@ pub(super) async fn first_fetch(
         r
     };
     let why = match attempt().await {
-        Ok(()) => return Ok(Some(start)),
+        Ok(()) => {
+            alive();
+            return Ok(Some(start));
+        }
         Err(e) => e,
     };
     // The remote failed: serve the probes while retrying, so an orchestrator sees the daemon
@@ -170,7 +177,9 @@ pub(super) async fn first_fetch(
             }
             () = tokio::time::sleep(wait) => {}
         }
-        match attempt().await {
+        let r = attempt().await;
+        alive();
+        match r {
             Ok(()) => {
                 info!(remote = %pull.remote, "the first fetch succeeded after {} failed", backoff.failures());
                 return Ok(Some(start));
