@@ -336,6 +336,8 @@ pub enum FetchFailure {
     RepoNotFound,
     /// The repository has no such branch.
     BranchNotFound,
+    /// ssh refused to run: the uid has no passwd entry (a container's arbitrary uid).
+    NoUser,
     /// Anything else.
     Other,
 }
@@ -347,7 +349,9 @@ impl FetchFailure {
     pub fn classify(stderr: &str) -> Self {
         let has = |s: &str| stderr.contains(s);
         let lower = stderr.to_ascii_lowercase();
-        if has("UNPROTECTED PRIVATE KEY FILE") {
+        if has("No user exists for uid") {
+            FetchFailure::NoUser
+        } else if has("UNPROTECTED PRIVATE KEY FILE") {
             FetchFailure::KeyTooOpen
         } else if has("REMOTE HOST IDENTIFICATION HAS CHANGED")
             || (has("Host key for ") && has("has changed and you have requested strict checking"))
@@ -397,6 +401,7 @@ impl FetchFailure {
             FetchFailure::Unreachable => "unreachable",
             FetchFailure::RepoNotFound => "repo_not_found",
             FetchFailure::BranchNotFound => "branch_not_found",
+            FetchFailure::NoUser => "no_user",
             FetchFailure::Other => "failed",
         }
     }
@@ -417,6 +422,7 @@ impl FetchFailure {
                 format!("the repository has no {what} (is it empty?)")
             }
             FetchFailure::BranchNotFound => format!("the repository has no branch `{branch}`"),
+            FetchFailure::NoUser => "ssh does not run for a uid without a passwd entry".into(),
             FetchFailure::Other => "git fetch failed".into(),
         }
     }
@@ -439,6 +445,7 @@ impl FetchFailure {
             FetchFailure::Unreachable => "check the host and port in the URL and that the server is up; converge retries with back-off".into(),
             FetchFailure::RepoNotFound => "check the repository path in the URL (push to it first if it is new)".into(),
             FetchFailure::BranchNotFound => "push the branch, or pass --branch".into(),
+            FetchFailure::NoUser => "run converge as a user listed in /etc/passwd (in a container image, add an entry for the uid it runs as)".into(),
             FetchFailure::Other => "run the same `git fetch` by hand to see more; converge retries with back-off".into(),
         }
     }
@@ -447,7 +454,8 @@ impl FetchFailure {
 /// The most telling line of a failed fetch's stderr, redacted: ssh's or git's own words, not
 /// the banner of `@` signs or git's closing "Please make sure you have the correct access rights".
 pub fn telling_line(stderr: &str) -> String {
-    const KEYS: [&str; 14] = [
+    const KEYS: [&str; 15] = [
+        "No user exists for uid",
         "has changed and you have requested strict checking",
         "REMOTE HOST IDENTIFICATION HAS CHANGED",
         "you have requested strict checking",

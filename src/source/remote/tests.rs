@@ -114,6 +114,13 @@ fn ssh_failures_are_classified_from_ssh_and_git_words() {
             "could not read Username for 'https://example.com': terminal prompts disabled",
         ),
         (
+            // ssh.c: logit("No user exists for uid %lu", …), as in a container run as a uid
+            // its image does not list.
+            format!("No user exists for uid 1000770000\n{CLOSING}"),
+            FetchFailure::NoUser,
+            "No user exists for uid 1000770000",
+        ),
+        (
             "fatal: something nobody foresaw\n".into(),
             FetchFailure::Other,
             "something nobody foresaw",
@@ -165,6 +172,7 @@ fn every_failure_says_what_and_the_fix_on_one_line() {
         FetchFailure::Unreachable,
         FetchFailure::RepoNotFound,
         FetchFailure::BranchNotFound,
+        FetchFailure::NoUser,
         FetchFailure::Other,
     ] {
         let (what, fix) = (f.what("main"), f.fix(&ssh));
