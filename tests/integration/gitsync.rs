@@ -134,6 +134,17 @@ fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[
     out
 }
 
+/// Sends `head` as is (a request whose body never comes); the answer.
+fn raw(addr: &str, head: &str) -> String {
+    let mut s =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The daemon's HTTP address, from the checkout's lock file.
 fn daemon_addr(checkout: &Path) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -370,6 +381,12 @@ async fn a_signed_webhook_fetches_at_once_and_a_bad_signature_changes_nothing() 
     );
     assert!(bad.starts_with("HTTP/1.0 401"), "{bad}");
     assert!(bad.contains("bad signature"), "{bad}");
+    // A body over the cap is refused before a byte of it is read.
+    let huge = raw(
+        &addr,
+        &format!("POST /sync HTTP/1.0\r\nContent-Length: 2097152\r\nX-Hub-Signature-256: {forged}\r\n\r\n"),
+    );
+    assert!(huge.starts_with("HTTP/1.0 413"), "{huge}");
     // Another machine never reaches the page or its state.
     for path in ["/", "/api/state"] {
         let page = http(&addr, "GET", path, &[], b"");
@@ -397,7 +414,12 @@ async fn a_signed_webhook_fetches_at_once_and_a_bad_signature_changes_nothing() 
     assert_eq!(env_version(&backend(&ns).await), "v1");
 
     let metrics = http(&addr, "GET", "/metrics", &[], b"");
-    for (result, n) in [("accepted", 1), ("bad_signature", 1), ("unsigned", 1)] {
+    for (result, n) in [
+        ("accepted", 1),
+        ("bad_signature", 1),
+        ("unsigned", 1),
+        ("too_large", 1),
+    ] {
         assert_eq!(
             metric(
                 &metrics,
