@@ -25,6 +25,9 @@ mod engine;
 #[path = "integration/daemon.rs"]
 mod daemon;
 
+#[path = "integration/gitsync.rs"]
+mod gitsync;
+
 #[path = "integration/pause.rs"]
 mod pause;
 
