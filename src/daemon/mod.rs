@@ -8,7 +8,8 @@
 //!
 //! Files: the policy is a pure state machine ([`state`]); this file only turns I/O into its
 //! events and carries out what it returns. One reconcile off the loop is [`job`], the stacks and
-//! branch to manage come from [`targets`], Leases are kept by [`lock`], drift is watched by
+//! branch to manage come from [`targets`], Leases are kept by [`lock`] (and waited for by
+//! standby replicas in [`leader`]), drift is watched by
 //! [`drift`], `/metrics`, `converge sync` and the live page go through [`http`] (the page's
 //! model and event stream are [`page`]), local URLs are served by [`forward`].
 
@@ -18,6 +19,7 @@ mod error;
 pub mod forward;
 pub mod http;
 mod job;
+mod leader;
 pub mod lock;
 pub mod metrics;
 mod outcome;
@@ -49,7 +51,7 @@ use crate::render::Helm;
 use drift::{DriftWatch, Note};
 use job::{job, take_lease, JobInput};
 use lock::spawn_renewer;
-use lock::{FileLock, Holder, LeaseGuard};
+use lock::{FileLock, Holder, LeaseGuard, LeaseTiming, Loss};
 use metrics::{Metrics, ResultLabel};
 use state::{DriftVerdict, Next, RecordVerdict, State};
 use targets::{discover, recorded_commit};
@@ -84,6 +86,13 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Whether to hold a coordination Lease per stack.
     pub lease: bool,
+    /// Standby mode: the installation (`<namespace>/<release>`) this replica belongs to. A
+    /// daemon that cannot take a Lease waits for it (ready, as a standby) when a replica of the
+    /// same installation holds it, and is refused (not ready, writing nothing) otherwise.
+    /// `None`: the laptop daemon, which exits when another daemon holds a Lease.
+    pub standby: Option<String>,
+    /// The Leases' duration, renew period, renew deadline and retry period.
+    pub lease_timing: LeaseTiming,
     /// How each reconcile behaves, and what it selects: the desired-state directory, the stack,
     /// the kubeconfig, the context and the builder are read from here, not copied.
     pub options: Options,
@@ -106,6 +115,8 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(10),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             lease: true,
+            standby: None,
+            lease_timing: LeaseTiming::default(),
             options: Options::default(),
             mcp: None,
         }
@@ -146,6 +157,13 @@ pub use state::Trigger;
 /// Runs the daemon until SIGTERM/SIGINT (then `Ok`) or a fatal error.
 pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let started = Instant::now();
+    if cfg.lease {
+        cfg.lease_timing
+            .check()
+            .map_err(|message| DaemonError::Config {
+                message: format!("{message} (--lease-duration, --lease-renew, --lease-renew-deadline, --lease-retry)"),
+            })?;
+    }
     let cfg = Arc::new(cfg);
     let dirs = refs::GitDirs::discover(&cfg.repo)?;
     let mut file_lock = FileLock::acquire(&dirs.git_dir)?;
@@ -171,7 +189,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
 
     let mut clusters = Clusters::default();
     let mut leases: Vec<LeaseGuard> = Vec::new();
-    if cfg.lease {
+    if cfg.lease && cfg.standby.is_none() {
         for t in &targets {
             leases.push(take_lease(&mut clusters, &cfg, t, &holder).await?);
         }
@@ -200,6 +218,28 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         page.shared.clone(),
         cfg.mcp.clone(),
     ));
+    // Standby mode: serve /readyz (standby, or refused) while waiting to lead.
+    if cfg.lease && cfg.standby.is_some() {
+        match leader::wait_to_lead(
+            &mut clusters,
+            &cfg,
+            &targets,
+            &holder,
+            &metrics,
+            cfg.lease_timing,
+            &mut signals,
+        )
+        .await
+        {
+            leader::Waited::Leading(taken) => leases = taken,
+            leader::Waited::Stopped => {
+                server.abort();
+                page.stop();
+                info!("stopped");
+                return Ok(());
+            }
+        }
+    }
     let (refs_tx, mut refs_rx) = mpsc::channel::<()>(1);
     let _ref_watch = refs::watch(&dirs, refs_tx)?;
     let (drift_tx, mut drift_rx) = mpsc::channel::<Note>(256);
@@ -215,7 +255,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                 .await;
         }
     }
-    let (lost_tx, mut lost_rx) = mpsc::channel::<String>(4);
+    let (lost_tx, mut lost_rx) = mpsc::channel::<Loss>(4);
     let mut renewers = Vec::new();
     for g in &leases {
         renewers.push(spawn_renewer(g.clone(), lost_tx.clone()));
@@ -391,9 +431,20 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                 }
                 _ => {}
             },
-            Some(who) = lost_rx.recv() => {
-                error!(holder = %who, "lost the stack's Lease to another daemon; stopping");
-                exit = Err(DaemonError::LeaseLost { holder: who });
+            Some(loss) = lost_rx.recv() => {
+                // Stop writing before anything else: builds are killed, and the reconcile in
+                // flight is dropped here, at its current await (it writes nothing after), with no
+                // grace period; nothing re-applies drift after this point. Then exit rather than
+                // step down in-process: a fresh process (the Pod's container restarted) waits as a
+                // standby with no state left from leading, as kube-controller-manager exits when
+                // it stops leading.
+                let _ = cancel_tx.send(true);
+                if let Some(p) = &preempt_tx {
+                    let _ = p.send(true);
+                }
+                let cancelled = inflight.take().is_some();
+                error!(%loss, reconcile_cancelled = cancelled, "stopped leading: writing nothing more; exiting");
+                exit = Err(DaemonError::LeaseLost { loss });
                 break;
             }
             mut done = async { inflight.as_mut().expect("guarded by the branch condition").await }, if inflight.is_some() => {
