@@ -25,6 +25,9 @@ mod engine;
 #[path = "integration/daemon.rs"]
 mod daemon;
 
+#[path = "integration/standby.rs"]
+mod standby;
+
 #[path = "integration/pause.rs"]
 mod pause;
 
