@@ -524,8 +524,16 @@ mod tests {
             "{status} {body}"
         );
         assert!(m.render().contains("converge_leader 0"));
-        m.set_standing(None);
+        // A leader in standby mode is ready even when its stacks are not.
+        m.set_standing(Some(super::super::metrics::Standing::Leading));
+        let (status, _, body) = route("GET", "/readyz", &m, 0, &tx);
+        assert!(
+            status.starts_with("200") && body.starts_with("leading"),
+            "{status} {body}"
+        );
         assert!(m.render().contains("converge_leader 1"));
+        m.set_standing(None);
+        assert!(route("GET", "/readyz", &m, 0, &tx).0.starts_with("503"));
     }
 
     #[test]

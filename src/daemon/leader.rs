@@ -102,7 +102,7 @@ pub(super) async fn wait_to_lead(
             }
         }
         let Some(standing) = waiting else {
-            metrics.set_standing(None);
+            metrics.set_standing(Some(Standing::Leading));
             if said.is_some() {
                 info!(stacks = taken.len(), "took over: this replica leads now");
             }
@@ -113,6 +113,7 @@ pub(super) async fn wait_to_lead(
         }
         let line = match &standing {
             Standing::Standby(l) | Standing::NotLeading(l) => l.clone(),
+            Standing::Leading => String::new(),
         };
         if said.as_deref() != Some(line.as_str()) {
             match &standing {
@@ -121,6 +122,7 @@ pub(super) async fn wait_to_lead(
                     every_ms = timing.retry.as_millis() as u64,
                     "{line}; writing nothing, checking again"
                 ),
+                Standing::Leading => {}
             }
             said = Some(line);
         }

@@ -31,6 +31,10 @@ pub enum Standing {
     /// Refused (another installation leads the stack) or unable to read the Lease: not ready,
     /// with this line.
     NotLeading(String),
+    /// Leading in standby mode: ready whatever its last reconcile did, so the Service keeps
+    /// routing the webhook that brings the fix to the one replica that can deploy it, and a
+    /// rollout of converge does not wait on the stacks' health.
+    Leading,
 }
 
 #[derive(Debug, Default)]
@@ -166,6 +170,14 @@ impl Metrics {
         match standing {
             Some(Standing::Standby(line)) => (true, line),
             Some(Standing::NotLeading(line)) => (false, line),
+            Some(Standing::Leading) if self.is_ready() => {
+                (true, "leading; the last reconcile succeeded".into())
+            }
+            Some(Standing::Leading) => (
+                true,
+                "leading; the last reconcile has not succeeded (see the log and converge status)"
+                    .into(),
+            ),
             None if self.is_ready() => (true, "ready".into()),
             None => (
                 false,
@@ -284,7 +296,7 @@ impl Metrics {
             let leading = self
                 .standing
                 .lock()
-                .map_or(true, |s| s.is_none());
+                .map_or(true, |s| matches!(*s, None | Some(Standing::Leading)));
             let _ = writeln!(
                 o,
                 "# HELP converge_leader Whether this daemon leads its stacks (holds their Leases)."

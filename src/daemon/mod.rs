@@ -138,6 +138,16 @@ fn tokio_at(at: Option<std::time::Instant>) -> Option<Instant> {
     at.map(Instant::from_std)
 }
 
+/// The stacks' local URLs this daemon serves: none in standby mode, whose replicas run in Pods
+/// where a loopback URL reaches nobody.
+fn local_routes(cfg: &Config, routes: Vec<forward::Route>) -> Vec<forward::Route> {
+    if cfg.standby.is_some() {
+        Vec::new()
+    } else {
+        routes
+    }
+}
+
 /// Records the served local URLs in the lock file when they changed, for `converge status`.
 fn record_urls(forwards: &forward::Forwards, holder: &mut Holder, file_lock: &mut FileLock) {
     let urls: Vec<String> = forwards.serving().map(forward::Route::url).collect();
@@ -167,7 +177,8 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let cfg = Arc::new(cfg);
     let dirs = refs::GitDirs::discover(&cfg.repo)?;
     let mut file_lock = FileLock::acquire(&dirs.git_dir)?;
-    let (branch, mut targets, mut routes) = discover(&cfg)?;
+    let (branch, mut targets, routes) = discover(&cfg)?;
+    let mut routes = local_routes(&cfg, routes);
     let tracked = refs::tracked_ref(&branch, cfg.remote.as_deref());
     let mut holder = Holder::me(&dirs.root);
     let metrics = Arc::new(Metrics::default());
@@ -420,7 +431,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                             }
                             targets = t;
                             page.targets.send_replace(targets.clone());
-                            routes = r;
+                            routes = local_routes(&cfg, r);
                             forwards.ensure(&routes, &mut clusters, cfg.options.kubeconfig.as_deref()).await;
                             record_urls(&forwards, &mut holder, &mut file_lock);
                         }
@@ -468,7 +479,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                 clusters = std::mem::take(&mut done.clusters);
                 if let Some(p) = done.prepared.clone() {
                     // The commit's own local URLs: served from now on, as its Pods are.
-                    routes = forward::routes_of(p.stacks.iter().map(|s| &s.stack), cfg.options.context.as_deref());
+                    routes = local_routes(&cfg, forward::routes_of(p.stacks.iter().map(|s| &s.stack), cfg.options.context.as_deref()));
                     prepared_cache = Some(p);
                 }
                 // Also retries a port that was in use at the last try.
