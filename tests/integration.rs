@@ -28,6 +28,9 @@ mod daemon;
 #[path = "integration/standby.rs"]
 mod standby;
 
+#[path = "integration/incluster_chart.rs"]
+mod incluster_chart;
+
 #[path = "integration/pause.rs"]
 mod pause;
 
