@@ -104,7 +104,8 @@ pub enum Command {
     /// Diagnose unhealthy components from the cluster's own evidence, with the next step.
     Explain(explain::ExplainArgs),
     /// Run the daemon: reconcile every new commit of the tracked branch, undo drift, resync.
-    Run(run::RunArgs),
+    // Boxed: its flags make it the largest variant by far (clippy::large_enum_variant).
+    Run(Box<run::RunArgs>),
     /// Pause drift correction of the stack or one component for a while (`--for 15m`); it ends
     /// by itself. New commits are still applied.
     Pause(pause::PauseArgs),

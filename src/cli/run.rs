@@ -40,16 +40,30 @@ pub struct RunArgs {
     /// How often to compare every object with the cluster regardless.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     full_resync: Duration,
-    /// Pull mode: fetch this remote and deploy its branch (through a converge-owned ref).
-    #[arg(long)]
+    /// Pull mode: fetch this remote and deploy its branch (through a converge-owned ref): a
+    /// remote of the checkout (origin) or a URL (ssh://git@host/org/repo.git); with a URL, an
+    /// empty or missing --repo is made a repository first.
+    #[arg(long, env = "CONVERGE_REMOTE")]
     remote: Option<String>,
+    /// Pull mode: the SSH private key file git uses (no other key is offered); it must not be
+    /// readable by others, as ssh requires.
+    #[arg(long, value_name = "FILE", env = "CONVERGE_SSH_KEY")]
+    ssh_key: Option<PathBuf>,
+    /// Pull mode: the known_hosts file holding the git server's host key; ssh checks it strictly
+    /// and trusts no other.
+    #[arg(long, value_name = "FILE", env = "CONVERGE_KNOWN_HOSTS")]
+    known_hosts: Option<PathBuf>,
+    /// Pull mode: the file holding the webhook secret; POST /sync then takes webhooks signed
+    /// with it (X-Hub-Signature-256) from other machines, and each asks for a fetch.
+    #[arg(long, value_name = "FILE", env = "CONVERGE_WEBHOOK_SECRET_FILE")]
+    webhook_secret_file: Option<PathBuf>,
     /// Pull mode: how often to fetch.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     poll: Duration,
     /// Pull mode: follow a remote history that was rewritten (not a fast-forward).
     #[arg(long)]
     allow_non_fast_forward: bool,
-    /// Loopback address for the live page (/), /metrics, /healthz, /readyz, /sync and, with --mcp, /mcp (port 0: any free port).
+    /// Address for the live page (/), /metrics, /healthz, /readyz, /sync and, with --mcp, /mcp (port 0: any free port). Other machines get /healthz, /readyz, /metrics and signed webhooks only.
     #[arg(long, default_value = "127.0.0.1:0", env = "CONVERGE_LISTEN")]
     listen: SocketAddr,
     /// Do not hold a coordination Lease in the stack's namespace.
@@ -105,6 +119,9 @@ impl RunArgs {
             remote: self.remote.clone(),
             poll: self.poll,
             allow_non_fast_forward: self.allow_non_fast_forward,
+            ssh_key: self.ssh_key.clone(),
+            known_hosts: self.known_hosts.clone(),
+            webhook_secret: self.webhook_secret_file.clone(),
             resync: self.resync,
             full_resync: self.full_resync,
             debounce: self.debounce,

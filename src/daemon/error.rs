@@ -15,6 +15,12 @@ pub enum DaemonError {
     /// The ref watch or pull mode failed.
     #[error(transparent)]
     Refs(#[from] refs::RefsError),
+    /// Pull mode's remote or SSH files cannot be used.
+    #[error(transparent)]
+    Remote(#[from] crate::source::remote::RemoteError),
+    /// The webhook secret cannot be read.
+    #[error(transparent)]
+    Webhook(#[from] super::webhook::SecretError),
     /// The repository could not be read.
     #[error(transparent)]
     Source(#[from] crate::source::SourceError),

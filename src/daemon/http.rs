@@ -5,9 +5,15 @@
 //!
 //! hyper's HTTP/1 server parses the requests (the sync guard reads `Host`, `Origin` and
 //! `Sec-Fetch-Site`) and streams the page's server-sent events; a request head must arrive
-//! within 5 s. It never binds anything but a loopback address, refuses a request whose `Host`
-//! is not a loopback name (DNS rebinding), and never blocks the daemon's loop: `/sync` only
-//! queues a trigger, and the page reads snapshots the hub publishes.
+//! within 5 s. It refuses a request from this machine whose `Host` is not a loopback name (DNS
+//! rebinding), and never blocks the daemon's loop: `/sync` only queues a trigger, and the page
+//! reads snapshots the hub publishes.
+//!
+//! Who gets what is decided by the peer's address, not by the listen address: a peer on
+//! another machine (the listen address may be `0.0.0.0` in a Pod) gets `/healthz`, `/readyz`
+//! and `/metrics` — the probes and Prometheus need them and they change nothing — and a POST to
+//! `/sync` or `/hooks/git` signed with the webhook secret ([`super::webhook`]), which only asks
+//! for a fetch; never the page, `/mcp` or an unsigned sync.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -28,6 +34,7 @@ use tracing::{debug, warn};
 
 use super::metrics::Metrics;
 use super::page::{self, assets, guard, sse};
+use super::webhook::{self, Refusal, Secret};
 use super::DaemonError;
 
 /// How long a client may take to send its request head.
@@ -39,15 +46,37 @@ const STALE_LOOP: Duration = Duration::from_secs(30);
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
 
-/// Binds `addr`, refusing anything but a loopback address.
+/// Binds `addr`. Any address may be listened on: what a peer on another machine is answered
+/// is decided per request ([`serves_other_machines`]).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    if !addr.ip().is_loopback() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("{addr} is not a loopback address: the daemon serves 127.0.0.1 or ::1 only"),
-        ));
-    }
     TcpListener::bind(addr).await
+}
+
+/// Whether the peer is this machine (an IPv4 peer of a dual-stack socket included).
+fn is_local(peer: SocketAddr) -> bool {
+    peer.ip().to_canonical().is_loopback()
+}
+
+/// Whether `method path` is answered to a peer on another machine (besides a signed webhook).
+fn serves_other_machines(method: &Method, path: &str) -> bool {
+    (method == Method::GET || method == Method::HEAD)
+        && matches!(path, "/healthz" | "/readyz" | "/metrics")
+}
+
+/// How long a webhook's body may take to arrive.
+const WEBHOOK_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Webhook bodies read at once; more are answered 503 (the sender retries).
+const WEBHOOK_READS: usize = 4;
+
+/// Signed webhooks: the secret (none: webhooks are off) and where an accepted one asks for a
+/// fetch.
+#[derive(Debug)]
+pub struct Webhook {
+    /// `--webhook-secret-file`'s secret.
+    pub secret: Option<Secret>,
+    /// The daemon loop's fetch trigger.
+    pub fetch: mpsc::Sender<()>,
 }
 
 /// The largest MCP message `/mcp` reads (as `converge mcp` on stdin).
@@ -81,6 +110,8 @@ struct Ctx {
     page: page::Shared,
     streams: Arc<Semaphore>,
     mcp: Option<McpEndpoint>,
+    webhook: Webhook,
+    hook_reads: Arc<Semaphore>,
 }
 
 /// Serves connections on `listener` until the task is aborted.
@@ -91,6 +122,7 @@ pub async fn serve(
     sync: mpsc::Sender<()>,
     page: page::Shared,
     mcp: Option<McpEndpoint>,
+    webhook: Webhook,
 ) {
     let ctx = Arc::new(Ctx {
         metrics,
@@ -99,6 +131,8 @@ pub async fn serve(
         page,
         streams: Arc::new(Semaphore::new(sse::MAX_STREAMS)),
         mcp,
+        webhook,
+        hook_reads: Arc::new(Semaphore::new(WEBHOOK_READS)),
     });
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -117,7 +151,7 @@ pub async fn serve(
                 hyper::service::service_fn(move |req| {
                     let ctx = ctx.clone();
                     let stall = stall.clone();
-                    async move { Ok::<_, Infallible>(respond(&ctx, req, stall).await) }
+                    async move { Ok::<_, Infallible>(respond(&ctx, req, stall, peer).await) }
                 })
             };
             let conn = hyper::server::conn::http1::Builder::new()
@@ -183,10 +217,51 @@ fn page_headers(r: &mut Response<Body>) {
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
 }
 
-async fn respond(ctx: &Ctx, req: Request<Incoming>, stall: sse::Stall) -> Response<Body> {
+async fn respond(
+    ctx: &Ctx,
+    req: Request<Incoming>,
+    stall: sse::Stall,
+    peer: SocketAddr,
+) -> Response<Body> {
     const TEXT: &str = "text/plain; charset=utf-8";
+    let local = is_local(peer);
+    let (method, path) = (req.method(), req.uri().path());
+    // A signed request is judged by its signature alone (a browser cannot forge one, so the
+    // Host and Origin guards have nothing to add; a reverse proxy may keep its own Host).
+    // From another machine every POST /sync is a webhook; /hooks/git always is.
+    if method == Method::POST
+        && (path == "/hooks/git"
+            || (path == "/sync" && (!local || webhook::is_signed(req.headers()))))
+    {
+        let mut r = webhook_request(ctx, req, peer).await;
+        page_headers(&mut r);
+        return r;
+    }
+    if !local && !serves_other_machines(method, path) {
+        debug!(%peer, %method, path, "refused a request from another machine");
+        let mut r = full(
+            StatusCode::FORBIDDEN,
+            TEXT,
+            "only /healthz, /readyz, /metrics and a signed POST /sync are served to other machines\n",
+        );
+        page_headers(&mut r);
+        return r;
+    }
     let headers = req.headers();
     let host = text_header(headers, header::HOST);
+    if !local {
+        // The probes and metrics, to a peer that names this host by its own address.
+        let (status, content_type, body) = route(
+            method.as_str(),
+            path,
+            &ctx.metrics,
+            ctx.started.elapsed().as_millis() as u64,
+            &ctx.sync,
+        );
+        let mut r = full(status_of(status), content_type, body);
+        page_headers(&mut r);
+        return r;
+    }
     if host.is_some_and(|h| !guard::loopback_host(h)) {
         return full(
             StatusCode::FORBIDDEN,
@@ -194,7 +269,6 @@ async fn respond(ctx: &Ctx, req: Request<Incoming>, stall: sse::Stall) -> Respon
             "this endpoint answers requests for a loopback host name only\n",
         );
     }
-    let (method, path) = (req.method(), req.uri().path());
     if matches!(path, "/api/state" | "/events") {
         let site = text_header(headers, header::HeaderName::from_static("sec-fetch-site"));
         if let Some(why) = guard::refuse_cross_site_read(site) {
@@ -317,6 +391,78 @@ async fn respond(ctx: &Ctx, req: Request<Incoming>, stall: sse::Stall) -> Respon
     };
     page_headers(&mut r);
     r
+}
+
+/// A webhook: its body read (bounded in size and time), its signature checked, a fetch
+/// queued when it holds; every outcome counted in `converge_webhook_requests_total`.
+async fn webhook_request(ctx: &Ctx, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    let refuse = |r: Refusal| {
+        ctx.metrics.webhook(r.label());
+        warn!(%peer, result = r.label(), "refused a webhook: {}", r.reason());
+        let status = match r {
+            Refusal::Unsigned | Refusal::Malformed | Refusal::BadSignature => {
+                StatusCode::UNAUTHORIZED
+            }
+            Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::Disabled => StatusCode::FORBIDDEN,
+        };
+        full(status, TEXT, format!("{}\n", r.reason()))
+    };
+    let Some(secret) = ctx.webhook.secret.clone() else {
+        return refuse(Refusal::Disabled);
+    };
+    if !webhook::is_signed(req.headers()) {
+        // Not worth reading a body nobody signed.
+        return refuse(Refusal::Unsigned);
+    }
+    let declared = text_header(req.headers(), header::CONTENT_LENGTH)
+        .and_then(|l| l.trim().parse::<u64>().ok());
+    if declared.is_some_and(|l| l > webhook::MAX_BODY as u64) {
+        return refuse(Refusal::TooLarge);
+    }
+    let Ok(_slot) = ctx.hook_reads.clone().try_acquire_owned() else {
+        return full(
+            StatusCode::SERVICE_UNAVAILABLE,
+            TEXT,
+            "too many webhooks at once; retry\n",
+        );
+    };
+    let (parts, body) = req.into_parts();
+    let read = tokio::time::timeout(
+        WEBHOOK_BODY_TIMEOUT,
+        http_body_util::Limited::new(body, webhook::MAX_BODY).collect(),
+    )
+    .await;
+    let body = match read {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return refuse(Refusal::TooLarge)
+        }
+        Ok(Err(_)) | Err(_) => {
+            return full(
+                StatusCode::BAD_REQUEST,
+                TEXT,
+                "the body could not be read in time\n",
+            )
+        }
+    };
+    if let Err(r) = webhook::verify(&secret, &parts.headers, &body) {
+        return refuse(r);
+    }
+    ctx.metrics.webhook("accepted");
+    match ctx.webhook.fetch.try_send(()) {
+        // A full queue already holds a fetch request: this one coalesces into it.
+        Ok(()) | Err(mpsc::error::TrySendError::Full(())) => {
+            debug!(%peer, "signed webhook accepted: fetch queued");
+            full(StatusCode::ACCEPTED, TEXT, "fetch queued\n")
+        }
+        Err(mpsc::error::TrySendError::Closed(())) => full(
+            StatusCode::SERVICE_UNAVAILABLE,
+            TEXT,
+            "the daemon is shutting down\n",
+        ),
+    }
 }
 
 /// One MCP message: the body (bounded) to the endpoint, its answer as JSON, or 202 for a
@@ -561,9 +707,28 @@ mod tests {
         assert!(route("GET", "/nope", &m, 0, &tx).0.starts_with("404"));
     }
 
-    #[tokio::test]
-    async fn binding_a_non_loopback_address_is_refused() {
-        let addr: SocketAddr = "0.0.0.0:0".parse().unwrap();
-        assert!(bind(addr).await.is_err());
+    #[test]
+    fn other_machines_get_the_probes_and_metrics_only() {
+        for p in ["/healthz", "/readyz", "/metrics"] {
+            assert!(serves_other_machines(&Method::GET, p), "{p}");
+            assert!(!serves_other_machines(&Method::POST, p), "{p}");
+        }
+        for p in [
+            "/",
+            "/app.js",
+            "/api/state",
+            "/events",
+            "/mcp",
+            "/sync",
+            "/hooks/git",
+        ] {
+            assert!(!serves_other_machines(&Method::GET, p), "{p}");
+        }
+        assert!(is_local("127.0.0.1:1".parse().unwrap()));
+        assert!(is_local("[::1]:1".parse().unwrap()));
+        // An IPv4 loopback peer on a dual-stack socket.
+        assert!(is_local("[::ffff:127.0.0.1]:1".parse().unwrap()));
+        assert!(!is_local("10.0.0.7:1".parse().unwrap()));
+        assert!(!is_local("[::ffff:10.0.0.7]:1".parse().unwrap()));
     }
 }

@@ -13,6 +13,16 @@ pub const DURATION_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
+/// Every `result` of `converge_webhook_requests_total`, shown from zero so a rate alert on
+/// refusals works before the first one.
+pub const WEBHOOK_RESULTS: [&str; 5] = [
+    "accepted",
+    "bad_signature",
+    "unsigned",
+    "too_large",
+    "disabled",
+];
+
 /// Everything `/metrics` reports; shared between the loop and the HTTP server.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -48,6 +58,8 @@ struct Inner {
     drift_corrections: u64,
     resyncs_skipped: u64,
     requests: BTreeMap<&'static str, u64>,
+    webhooks: BTreeMap<&'static str, u64>,
+    fetches: BTreeMap<&'static str, u64>,
     last_commit: String,
     last_success_unix: f64,
 }
@@ -131,6 +143,17 @@ impl Metrics {
             *m.requests.entry("write").or_default() += writes;
             *m.requests.entry("dry_run").or_default() += dry_runs;
         });
+    }
+
+    /// Counts one request to the webhook (`accepted`, or a [`super::webhook::Refusal`] label).
+    pub fn webhook(&self, result: &'static str) {
+        self.with(|m| *m.webhooks.entry(result).or_default() += 1);
+    }
+
+    /// Counts one pull-mode fetch (`updated`, `unchanged`, `non_fast_forward`, or a
+    /// [`crate::source::remote::FetchFailure`] label).
+    pub fn fetch(&self, result: &'static str) {
+        self.with(|m| *m.fetches.entry(result).or_default() += 1);
     }
 
     /// Records the commit last applied successfully.
@@ -270,6 +293,23 @@ impl Metrics {
             }
             let _ = writeln!(
                 o,
+                "# HELP converge_webhook_requests_total Requests to the signed webhook (POST /sync, /hooks/git) by result."
+            );
+            let _ = writeln!(o, "# TYPE converge_webhook_requests_total counter");
+            for r in WEBHOOK_RESULTS {
+                let n = m.webhooks.get(r).copied().unwrap_or(0);
+                let _ = writeln!(o, "converge_webhook_requests_total{{result=\"{r}\"}} {n}");
+            }
+            let _ = writeln!(
+                o,
+                "# HELP converge_fetches_total Pull-mode fetches by result."
+            );
+            let _ = writeln!(o, "# TYPE converge_fetches_total counter");
+            for (r, n) in &m.fetches {
+                let _ = writeln!(o, "converge_fetches_total{{result=\"{r}\"}} {n}");
+            }
+            let _ = writeln!(
+                o,
                 "# HELP converge_last_applied_commit_info The commit last applied successfully."
             );
             let _ = writeln!(o, "# TYPE converge_last_applied_commit_info gauge");
@@ -336,10 +376,28 @@ mod tests {
     }
 
     #[test]
+    fn webhook_results_start_at_zero_and_count() {
+        let m = Metrics::default();
+        for r in WEBHOOK_RESULTS {
+            assert!(m.render().contains(&format!(
+                "converge_webhook_requests_total{{result=\"{r}\"}} 0"
+            )));
+        }
+        m.webhook("bad_signature");
+        m.webhook("bad_signature");
+        m.fetch("host_key_changed");
+        let text = m.render();
+        assert!(text.contains("converge_webhook_requests_total{result=\"bad_signature\"} 2"));
+        assert!(text.contains("converge_fetches_total{result=\"host_key_changed\"} 1"));
+    }
+
+    #[test]
     fn every_metric_line_is_a_comment_or_name_and_value() {
         let m = Metrics::default();
         m.build("built");
         m.requests(3, 1, 0);
+        m.webhook("accepted");
+        m.fetch("updated");
         for line in m.render().lines() {
             assert!(
                 line.starts_with('#') || line.split(' ').count() == 2,

@@ -24,11 +24,13 @@ pub mod lock;
 pub mod metrics;
 mod outcome;
 pub mod page;
+mod pull;
 pub mod refs;
 pub mod sd;
 pub mod service;
 pub mod state;
 mod targets;
+pub mod webhook;
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -72,6 +74,12 @@ pub struct Config {
     pub poll: Duration,
     /// Pull mode: follow a rewritten remote history.
     pub allow_non_fast_forward: bool,
+    /// Pull mode: the SSH private key git uses (`-i`, nothing else offered).
+    pub ssh_key: Option<PathBuf>,
+    /// Pull mode: the only known_hosts file ssh trusts (strict checking).
+    pub known_hosts: Option<PathBuf>,
+    /// Pull mode: the file holding the secret signed webhooks on `POST /sync` are checked with.
+    pub webhook_secret: Option<PathBuf>,
     /// How often to check that nothing drifted unseen (free when the watch cache proves it).
     pub resync: Duration,
     /// How often to compare every object with the cluster regardless.
@@ -108,6 +116,9 @@ impl Default for Config {
             remote: None,
             poll: Duration::from_secs(30),
             allow_non_fast_forward: false,
+            ssh_key: None,
+            known_hosts: None,
+            webhook_secret: None,
             resync: Duration::from_secs(300),
             full_resync: Duration::from_secs(3600),
             debounce: Duration::from_millis(100),
@@ -175,13 +186,26 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             })?;
     }
     let cfg = Arc::new(cfg);
+    let pull = pull::prepare(&cfg)?;
+    let webhook_secret = pull::webhook_secret(&cfg)?;
     let dirs = refs::GitDirs::discover(&cfg.repo)?;
     let mut file_lock = FileLock::acquire(&dirs.git_dir)?;
-    let (branch, mut targets, routes) = discover(&cfg)?;
-    let mut routes = local_routes(&cfg, routes);
-    let tracked = refs::tracked_ref(&branch, cfg.remote.as_deref());
-    let mut holder = Holder::me(&dirs.root);
     let metrics = Arc::new(Metrics::default());
+    let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGUSR1, SIGHUP])
+        .map_err(DaemonError::Signals)?;
+    // Pull mode learns the stacks from what it fetched, so it fetches first (and waits for
+    // the remote, serving the probes, when it has nothing yet).
+    let start = match &pull {
+        Some(p) => match pull::first_fetch(&cfg, p, &dirs.root, &metrics, &mut signals).await? {
+            Some(start) => Some(start),
+            None => return Ok(()),
+        },
+        None => None,
+    };
+    let (branch, mut targets, routes) = discover(&cfg, start.as_deref())?;
+    let mut routes = local_routes(&cfg, routes);
+    let tracked = refs::tracked_ref(&branch, pull.as_ref().map(|p| p.remote.name()));
+    let mut holder = Holder::me(&dirs.root);
 
     let listener = http::bind(cfg.listen)
         .await
@@ -206,9 +230,8 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         }
     }
 
-    let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGUSR1, SIGHUP])
-        .map_err(DaemonError::Signals)?;
     let (sync_tx, mut sync_rx) = mpsc::channel::<()>(1);
+    let (fetch_tx, mut fetch_rx) = mpsc::channel::<()>(1);
     let page = page::Page::start(
         page::DaemonInfo {
             pid: std::process::id(),
@@ -228,6 +251,10 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         sync_tx,
         page.shared.clone(),
         cfg.mcp.clone(),
+        http::Webhook {
+            secret: webhook_secret,
+            fetch: fetch_tx,
+        },
     ));
     // Standby mode: serve /readyz (standby, or refused) while waiting to lead.
     if cfg.lease && cfg.standby.is_some() {
@@ -317,7 +344,10 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let mut first_ref_event: Option<Instant> = None;
     let mut resync_at = Instant::now() + cfg.resync;
     let mut full_resync_at = Instant::now() + cfg.full_resync;
-    let mut poll_at = cfg.remote.as_ref().map(|_| Instant::now());
+    let mut poll_at = pull.as_ref().map(|_| Instant::now());
+    let mut fetch_backoff = pull::backoff(&cfg);
+    // A fetch was asked for while one ran (which may have started before the push).
+    let mut fetch_again = false;
     let mut fetching: Option<tokio::task::JoinHandle<Result<Option<String>, refs::RefsError>>> =
         None;
     let mut shutdown_at: Option<Instant> = None;
@@ -424,7 +454,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                 SIGHUP => {
                     info!("reloading (SIGHUP)");
                     sd::reloading();
-                    match discover(&cfg) {
+                    match discover(&cfg, pull.as_ref().map(|_| tracked.as_str())) {
                         Ok((b, t, r)) => {
                             if b != branch {
                                 warn!(old = %branch, new = %b, "the tracked branch changed: restart the daemon to follow it");
@@ -637,6 +667,16 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             Some(()) = sync_rx.recv() => {
                 info!("sync requested (converge sync)");
                 state.on_sync();
+                if pull.is_some() {
+                    // In pull mode a sync reconciles what the remote holds now.
+                    fetch_again |= fetching.is_some();
+                    poll_at = Some(Instant::now());
+                }
+            }
+            Some(()) = fetch_rx.recv() => {
+                info!("fetch requested (signed webhook)");
+                fetch_again |= fetching.is_some();
+                poll_at = Some(Instant::now());
             }
             _ = tokio::time::sleep_until(full_resync_at) => {
                 full_resync_at = Instant::now() + cfg.full_resync;
@@ -654,21 +694,37 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             }
             _ = until(poll_at), if poll_at.is_some() && fetching.is_none() => {
                 poll_at = None;
-                if let Some(remote) = cfg.remote.clone() {
+                if let Some(p) = pull.clone() {
                     let (root, b, allow) = (dirs.root.clone(), branch.clone(), cfg.allow_non_fast_forward);
                     fetching = Some(tokio::spawn(async move {
-                        refs::fetch(&root, &remote, &b, allow, Duration::from_secs(120)).await
+                        refs::fetch(&root, &p, &b, allow, pull::FETCH_TIMEOUT).await
                     }));
                 }
             }
             res = async { fetching.as_mut().expect("guarded by the branch condition").await }, if fetching.is_some() => {
                 fetching = None;
-                poll_at = Some(Instant::now() + cfg.poll);
+                let now = Instant::now();
+                poll_at = Some(now + cfg.poll);
                 match res {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e @ refs::RefsError::NonFastForward { .. })) => error!(error = %e, "pull refused"),
-                    Ok(Err(e)) => warn!(error = %e, "fetch failed; retrying at the next poll"),
+                    Ok(Ok(moved)) => {
+                        fetch_backoff.reset();
+                        metrics.fetch(if moved.is_some() { "updated" } else { "unchanged" });
+                    }
+                    Ok(Err(e)) => {
+                        metrics.fetch(pull::fetch_label(&e));
+                        // Nothing moved: the deployed commit stays, nothing is deleted.
+                        let at = Instant::from_std(fetch_backoff.fail(now.into_std()));
+                        poll_at = Some(at);
+                        let retry_in_s = at.saturating_duration_since(now).as_secs();
+                        match e {
+                            refs::RefsError::NonFastForward { .. } => error!(error = %e, retry_in_s, "pull refused"),
+                            e => error!(error = %e, retry_in_s, "fetch failed; the deployed commit stays"),
+                        }
+                    }
                     Err(e) => warn!(error = %e, "fetch task failed"),
+                }
+                if std::mem::take(&mut fetch_again) {
+                    poll_at = Some(now);
                 }
             }
             _ = tick.tick() => {

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use crate::process;
+use crate::source::remote::{telling_line, FetchFailure, Remote, SshAuth};
 use crate::source::{Repo, SourceError};
 
 /// Failures of the ref watch and of pull mode.
@@ -30,6 +31,14 @@ pub enum RefsError {
     /// A git command failed, could not start or timed out.
     #[error(transparent)]
     Git(#[from] process::Error),
+    /// A fetch failed: what, the remote (redacted) and the fix, on one line.
+    #[error("{message}")]
+    Fetch {
+        /// What kind of failure.
+        failure: FetchFailure,
+        /// The whole line.
+        message: String,
+    },
     /// The remote's branch moved to a commit that does not descend from the one deployed.
     #[error("{remote}/{branch} moved from {old} to {new}, which is not a fast-forward; converge keeps deploying {old} (pass --allow-non-fast-forward to follow rewritten history)")]
     NonFastForward {
@@ -181,30 +190,135 @@ async fn git(
     Ok(Some(out.check()?.stdout.trim().to_string()))
 }
 
-/// Pull mode: fetches `remote`'s `branch` and moves converge's tracking ref to it when that is a
-/// fast-forward (or `allow_non_ff`). Returns the new tip when the tracking ref moved.
-pub async fn fetch(
+/// Pull mode's remote and how to reach it.
+#[derive(Debug, Clone)]
+pub struct Pull {
+    /// What `--remote` names.
+    pub remote: Remote,
+    /// The key and known_hosts files (may be empty: the user's own ssh setup).
+    pub ssh: SshAuth,
+}
+
+/// The name a URL remote is given for one `git fetch`, through git's environment
+/// (`GIT_CONFIG_COUNT`): the URL stays out of argv, so out of `ps` and of the runner's debug log.
+const ENV_REMOTE: &str = "converge-url";
+
+/// The ref pull mode fetches the remote's default branch into, to learn the stacks before the
+/// branch is known.
+pub fn head_ref(pull: &Pull) -> String {
+    format!("refs/converge/fetched/{}/HEAD", pull.remote.name())
+}
+
+/// Fetches `src` of the remote into `dst` (forced: `dst` is converge's scratch ref).
+async fn fetch_into(
     root: &Path,
-    remote: &str,
+    pull: &Pull,
+    src: &str,
+    dst: &str,
     branch: &str,
-    allow_non_ff: bool,
     timeout: Duration,
-) -> Result<Option<String>, RefsError> {
-    let fetched_ref = format!("refs/converge/fetched/{remote}/{branch}");
-    let tracking = tracked_ref(branch, Some(remote));
-    let refspec = format!("+refs/heads/{branch}:{fetched_ref}");
-    git(
-        root,
-        &[
+) -> Result<(), RefsError> {
+    let refspec = format!("+{src}:{dst}");
+    let remote_arg = if pull.remote.is_url() {
+        ENV_REMOTE
+    } else {
+        pull.remote.fetch_arg()
+    };
+    let mut cmd = process::Command::new("git", timeout)
+        .arg("-C")
+        .arg(root)
+        .args([
             "fetch",
             "--quiet",
             "--no-tags",
             "--no-write-fetch-head",
-            remote,
+            remote_arg,
             &refspec,
-        ],
-        timeout,
+        ])
+        .envs(pull.ssh.git_env());
+    if pull.remote.is_url() {
+        cmd = cmd.envs([
+            ("GIT_CONFIG_COUNT", "1".to_string()),
+            ("GIT_CONFIG_KEY_0", format!("remote.{ENV_REMOTE}.url")),
+            ("GIT_CONFIG_VALUE_0", pull.remote.fetch_arg().to_string()),
+        ]);
+    }
+    let fail = |failure: FetchFailure, detail: String| {
+        let detail = if detail.is_empty() {
+            String::new()
+        } else {
+            format!(" ({detail})")
+        };
+        RefsError::Fetch {
+            failure,
+            message: format!(
+                "fetching {branch} from {}: {}{detail}; {}",
+                pull.remote,
+                failure.what(branch),
+                failure.fix(&pull.ssh)
+            ),
+        }
+    };
+    match cmd.output().await {
+        Ok(out) if out.success() => Ok(()),
+        Ok(out) => {
+            let stderr = out.stderr.replace(ENV_REMOTE, &pull.remote.to_string());
+            Err(fail(FetchFailure::classify(&stderr), telling_line(&stderr)))
+        }
+        Err(process::Error::Timeout { timeout, .. }) => Err(fail(
+            FetchFailure::Unreachable,
+            format!("no answer within {}", humantime::format_duration(timeout)),
+        )),
+        Err(e) if e.is_not_found() => Err(fail(
+            FetchFailure::Other,
+            "git is not installed: install it (pull mode runs `git fetch`)".into(),
+        )),
+        // The command line is not shown: it may hold nothing secret, but stay on the safe side.
+        Err(_) => Err(fail(FetchFailure::Other, "git could not be run".into())),
+    }
+}
+
+/// Fetches the remote's default branch (its `HEAD`) into [`head_ref`]: what the stacks are
+/// learned from when no `--branch` is given and nothing was fetched before.
+pub async fn fetch_head(root: &Path, pull: &Pull, timeout: Duration) -> Result<String, RefsError> {
+    let dst = head_ref(pull);
+    fetch_into(root, pull, "HEAD", &dst, "HEAD", timeout).await?;
+    let tip = git(
+        root,
+        &["rev-parse", "--verify", &dst],
+        Duration::from_secs(10),
         false,
+    )
+    .await?
+    .unwrap_or_default();
+    info!(remote = %pull.remote, commit = %crate::desired::short_id(&tip), "fetched the remote's default branch");
+    Ok(tip)
+}
+
+/// Whether `refname` resolves in the repository at `root`.
+pub fn exists(root: &Path, refname: &str) -> bool {
+    tip(root, refname).is_ok()
+}
+
+/// Pull mode: fetches the remote's `branch` and moves converge's tracking ref to it when that is
+/// a fast-forward (or `allow_non_ff`). Returns the new tip when the tracking ref moved.
+pub async fn fetch(
+    root: &Path,
+    pull: &Pull,
+    branch: &str,
+    allow_non_ff: bool,
+    timeout: Duration,
+) -> Result<Option<String>, RefsError> {
+    let name = pull.remote.name();
+    let fetched_ref = format!("refs/converge/fetched/{name}/{branch}");
+    let tracking = tracked_ref(branch, Some(name));
+    fetch_into(
+        root,
+        pull,
+        &format!("refs/heads/{branch}"),
+        &fetched_ref,
+        branch,
+        timeout,
     )
     .await?;
     let short = Duration::from_secs(10);
@@ -235,7 +349,7 @@ pub async fn fetch(
         .is_some();
         if !ff && !allow_non_ff {
             return Err(RefsError::NonFastForward {
-                remote: remote.into(),
+                remote: pull.remote.to_string(),
                 branch: branch.into(),
                 old: old.clone(),
                 new,
@@ -253,7 +367,7 @@ pub async fn fetch(
         args.push(old);
     }
     git(root, &args, short, false).await?;
-    info!(%remote, %branch, commit = %crate::desired::short_id(&new), "fetched");
+    info!(remote = %pull.remote, %branch, commit = %crate::desired::short_id(&new), "fetched");
     Ok(Some(new))
 }
 

@@ -17,12 +17,16 @@ use crate::status;
 /// How far back from HEAD the daemon looks for a valid desired state to learn its stacks.
 const DISCOVER_DEPTH: usize = 50;
 
-/// The branch and stacks to manage, from the newest of the branch's last commits whose desired
-/// state is valid.
-pub(super) fn discover(cfg: &Config) -> Result<(String, Vec<StackRef>, Vec<Route>), DaemonError> {
-    let start = match &cfg.branch {
-        Some(b) => format!("refs/heads/{b}"),
-        None => "HEAD".to_string(),
+/// The branch and stacks to manage, from the newest of the last commits of `start` (pull
+/// mode's fetched ref), or of the branch, whose desired state is valid.
+pub(super) fn discover(
+    cfg: &Config,
+    start: Option<&str>,
+) -> Result<(String, Vec<StackRef>, Vec<Route>), DaemonError> {
+    let start = match (start, &cfg.branch) {
+        (Some(s), _) => s.to_string(),
+        (None, Some(b)) => format!("refs/heads/{b}"),
+        (None, None) => "HEAD".to_string(),
     };
     let selection = Selection {
         dir: cfg.options.dir.clone(),

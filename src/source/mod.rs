@@ -3,6 +3,8 @@
 //! Everything downstream of the source sees the repository only through a snapshot, so an
 //! uncommitted edit can never reach the cluster.
 
+pub mod remote;
+
 use std::path::{Path, PathBuf};
 
 use git2::{ObjectType, Oid, Repository, TreeWalkMode, TreeWalkResult};
