@@ -43,6 +43,53 @@ pub fn standing(claim: &Claim, stack: &str, namespace: &str, mine: &str) -> Opti
     }
 }
 
+/// The Pod label saying which replica leads (`leader`) and which stand by (`standby`): the
+/// chart's webhook Service selects the leader, so a push notification reaches the one replica
+/// that can act on it.
+pub const LABEL_ROLE: &str = "converge.dev/role";
+
+/// Labels this daemon's own Pod with its role (best effort: outside a Pod, or without the
+/// permission, it says so once and carries on; only webhooks depend on it, and polling covers
+/// them).
+pub(super) async fn mark_pod(
+    clusters: &mut Clusters,
+    cfg: &Config,
+    targets: &[StackRef],
+    role: &str,
+) {
+    let (Ok(pod), Ok(ns)) = (std::env::var("POD_NAME"), std::env::var("POD_NAMESPACE")) else {
+        return;
+    };
+    let Some(t) = targets.first() else {
+        return;
+    };
+    let patch = serde_json::json!({"metadata": {"labels": {LABEL_ROLE: role}}});
+    let result = match clusters
+        .get(cfg.options.kubeconfig.as_deref(), &t.context)
+        .await
+    {
+        Ok(c) => {
+            let api: kube::Api<k8s_openapi::api::core::v1::Pod> =
+                kube::Api::namespaced(c.client().clone(), &ns);
+            api.patch(
+                &pod,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    match result {
+        Ok(()) => debug!(pod = %pod, role, "labelled this Pod"),
+        Err(e) => {
+            warn!(pod = %format!("{ns}/{pod}"), role, error = %e, "cannot label this Pod with its role ({LABEL_ROLE}): webhooks sent through the leader's Service may not reach it; polling still fetches")
+        }
+    }
+}
+
 /// How waiting for the Leases ended.
 pub(super) enum Waited {
     /// Every stack's Lease is held: lead.
@@ -67,6 +114,8 @@ pub(super) async fn wait_to_lead(
     let me = claimant(cfg, holder);
     let mine = me.instance.clone().unwrap_or_default();
     let mut said: Option<String> = None;
+    // A restarted container may find its Pod still labelled leader.
+    mark_pod(clusters, cfg, targets, "standby").await;
     loop {
         let mut taken: Vec<LeaseGuard> = Vec::new();
         let mut waiting: Option<Standing> = None;
@@ -106,6 +155,7 @@ pub(super) async fn wait_to_lead(
             if said.is_some() {
                 info!(stacks = taken.len(), "took over: this replica leads now");
             }
+            mark_pod(clusters, cfg, targets, "leader").await;
             return Waited::Leading(taken);
         };
         for g in &taken {
