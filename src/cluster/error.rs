@@ -264,34 +264,6 @@ fn innermost(e: &kube::Error) -> String {
     detail
 }
 
-#[cfg(test)]
-mod forbidden_tests {
-    use super::*;
-
-    #[test]
-    fn a_forbidden_kind_in_a_pod_names_the_kind_namespace_service_account_and_chart_value() {
-        // The API server's words (k8s.io/apiserver's forbidden message).
-        let message = r#"jobs.batch is forbidden: User "system:serviceaccount:converge:converge" cannot list resource "jobs" in API group "batch" in the namespace "todo-chatbot""#;
-        let st = kube::core::Status::failure(message, "Forbidden").with_code(403);
-        let e = ClusterError::from_kube(
-            "listing",
-            "Job todo-chatbot/*",
-            kube::Error::Api(st.boxed()),
-        );
-        let line = e.to_string();
-        assert!(!line.contains('\n'), "{line}");
-        assert!(
-            line.contains("ServiceAccount converge/converge may not use jobs (API group \"batch\") in namespace todo-chatbot")
-                && line.contains("`extraRules`"),
-            "{line}"
-        );
-        let cluster = r#"nodes is forbidden: User "system:serviceaccount:converge:converge" cannot list resource "nodes" in API group "" at the cluster scope"#;
-        assert!(forbidden_fix(cluster).contains("ClusterRole"));
-        let laptop = r#"pods is forbidden: User "dev" cannot list resource "pods" in API group "" in the namespace "todo""#;
-        assert!(forbidden_fix(laptop).starts_with("the kubeconfig's user lacks"));
-    }
-}
-
 pub(super) fn or_unknown(s: &str) -> String {
     if s.is_empty() {
         "(unknown)".into()
@@ -405,5 +377,33 @@ pub(super) fn parse_immutable(key: &ObjectKey, message: &str) -> ClusterError {
         field,
         message: message.to_string(),
         recreatable,
+    }
+}
+
+#[cfg(test)]
+mod forbidden_tests {
+    use super::*;
+
+    #[test]
+    fn a_forbidden_kind_in_a_pod_names_the_kind_namespace_service_account_and_chart_value() {
+        // The API server's words (k8s.io/apiserver's forbidden message).
+        let message = r#"jobs.batch is forbidden: User "system:serviceaccount:converge:converge" cannot list resource "jobs" in API group "batch" in the namespace "todo-chatbot""#;
+        let st = kube::core::Status::failure(message, "Forbidden").with_code(403);
+        let e = ClusterError::from_kube(
+            "listing",
+            "Job todo-chatbot/*",
+            kube::Error::Api(st.boxed()),
+        );
+        let line = e.to_string();
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            line.contains("ServiceAccount converge/converge may not use jobs (API group \"batch\") in namespace todo-chatbot")
+                && line.contains("`extraRules`"),
+            "{line}"
+        );
+        let cluster = r#"nodes is forbidden: User "system:serviceaccount:converge:converge" cannot list resource "nodes" in API group "" at the cluster scope"#;
+        assert!(forbidden_fix(cluster).contains("ClusterRole"));
+        let laptop = r#"pods is forbidden: User "dev" cannot list resource "pods" in API group "" in the namespace "todo""#;
+        assert!(forbidden_fix(laptop).starts_with("the kubeconfig's user lacks"));
     }
 }

@@ -383,7 +383,7 @@ pub struct LeaseGuard {
 /// The result of one try at a Lease.
 pub enum Acquired {
     /// Taken: this daemon leads the stack.
-    Taken(LeaseGuard),
+    Taken(Box<LeaseGuard>),
     /// Not taken, and why ([`Claim::Held`], [`Claim::Standby`] or [`Claim::Refused`]).
     Waiting(Claim),
 }
@@ -400,7 +400,7 @@ impl LeaseGuard {
         let name = lease_name(stack);
         let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
         match Self::try_acquire(client, namespace, stack, me, timing).await? {
-            Acquired::Taken(g) => Ok(g),
+            Acquired::Taken(g) => Ok(*g),
             Acquired::Waiting(why) => {
                 let l = call("reading", namespace, &name, api.get_opt(&name))
                     .await?
@@ -478,7 +478,7 @@ impl LeaseGuard {
                 .await?;
             }
         }
-        Ok(Acquired::Taken(guard))
+        Ok(Acquired::Taken(Box::new(guard)))
     }
 
     async fn create(&self) -> Result<(), LeaseError> {
@@ -716,7 +716,12 @@ mod tests {
             }
         );
         // Same checkout path, different Pods: the laptop's same-host rule must not let it steal.
-        assert!(may_take(&l, "converge-b/1", "/var/lib/converge/checkout", now) == false);
+        assert!(!may_take(
+            &l,
+            "converge-b/1",
+            "/var/lib/converge/checkout",
+            now
+        ));
     }
 
     #[test]

@@ -134,7 +134,7 @@ pub(super) async fn wait_to_lead(
             }
             .await;
             match tried {
-                Ok(Acquired::Taken(g)) => taken.push(g),
+                Ok(Acquired::Taken(g)) => taken.push(*g),
                 Ok(Acquired::Waiting(claim)) => {
                     waiting = standing(&claim, &t.stack, &t.namespace, &mine);
                     break;
