@@ -27,6 +27,11 @@ mod daemon;
 
 #[path = "integration/gitsync.rs"]
 mod gitsync;
+#[path = "integration/standby.rs"]
+mod standby;
+
+#[path = "integration/incluster_chart.rs"]
+mod incluster_chart;
 
 #[path = "integration/pause.rs"]
 mod pause;

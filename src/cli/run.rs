@@ -69,6 +69,28 @@ pub struct RunArgs {
     /// Do not hold a coordination Lease in the stack's namespace.
     #[arg(long)]
     no_lease: bool,
+    /// Standby mode (replicas in a cluster): when another replica of this installation holds a
+    /// stack's Lease, wait for it (ready, as a standby) instead of exiting; when another
+    /// installation holds it, write nothing and report not ready. Needs --instance.
+    #[arg(long, env = "CONVERGE_STANDBY", conflicts_with = "no_lease")]
+    standby: bool,
+    /// The installation this replica belongs to, `<namespace>/<release>` (recorded on the Leases).
+    #[arg(long, env = "CONVERGE_INSTANCE", requires = "standby")]
+    instance: Option<String>,
+    /// How long a Lease holds without renewal [default: 30s; with --standby 15s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    lease_duration: Option<Duration>,
+    /// How often the leader renews its Leases [default: 10s; with --standby 2s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    lease_renew: Option<Duration>,
+    /// How long the leader keeps failing to renew before it stops writing and exits [default:
+    /// never; with --standby 10s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    lease_renew_deadline: Option<Duration>,
+    /// How soon a failed renewal, or a standby's next try for the Lease, comes [default: 1s;
+    /// with --standby 2s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    lease_retry: Option<Duration>,
     /// Also answer the Model Context Protocol on `POST /mcp` of the listen address (what
     /// `converge mcp` serves on stdio), for AI assistants on this machine.
     #[arg(long)]
@@ -107,6 +129,8 @@ impl RunArgs {
             shutdown_grace: self.shutdown_grace,
             listen: self.listen,
             lease: !self.no_lease,
+            standby: self.standby.then(|| self.instance()),
+            lease_timing: self.lease_timing(),
             options: flags::reconcile_options(
                 &self.dir,
                 &self.target,
@@ -115,6 +139,36 @@ impl RunArgs {
                 Caller::Daemon,
             ),
             mcp: self.mcp.then(|| self.mcp_endpoint()),
+        }
+    }
+
+    /// The installation: `--instance`, else `<POD_NAMESPACE>/converge` in a Pod, else the host.
+    fn instance(&self) -> String {
+        self.instance
+            .clone()
+            .filter(|i| !i.trim().is_empty())
+            .or_else(|| {
+                std::env::var("POD_NAMESPACE")
+                    .ok()
+                    .filter(|n| !n.is_empty())
+                    .map(|n| format!("{n}/converge"))
+            })
+            .unwrap_or_else(|| format!("{}/converge", daemon::lock::hostname()))
+    }
+
+    /// The Lease timing: the laptop's or, with --standby, client-go's defaults, each overridden
+    /// by its flag.
+    fn lease_timing(&self) -> daemon::lock::LeaseTiming {
+        let base = if self.standby {
+            daemon::lock::LeaseTiming::in_cluster()
+        } else {
+            daemon::lock::LeaseTiming::default()
+        };
+        daemon::lock::LeaseTiming {
+            duration: self.lease_duration.unwrap_or(base.duration),
+            renew: self.lease_renew.unwrap_or(base.renew),
+            renew_deadline: self.lease_renew_deadline.or(base.renew_deadline),
+            retry: self.lease_retry.unwrap_or(base.retry),
         }
     }
 

@@ -126,6 +126,11 @@ pub async fn connect_to(
     context: Option<&str>,
 ) -> Result<(Client, RequestCounter, String, String), ClusterError> {
     let file = kubeconfig_path(path);
+    if in_pod(path, std::path::Path::new(&file).exists(), |v| {
+        std::env::var(v).ok()
+    }) {
+        return in_cluster(context);
+    }
     let unusable = |message: String| ClusterError::Kubeconfig {
         path: file.clone(),
         message,
@@ -183,6 +188,48 @@ pub async fn connect_to(
         counter,
         server.trim_end_matches('/').to_string(),
         chosen,
+    ))
+}
+
+/// Whether to use the Pod's service account: in a Pod (`KUBERNETES_SERVICE_HOST` set) with no
+/// kubeconfig given (`--kubeconfig`, `$KUBECONFIG`) nor found at `~/.kube/config`.
+fn in_pod(
+    path: Option<&std::path::Path>,
+    default_file_exists: bool,
+    env: impl Fn(&str) -> Option<String>,
+) -> bool {
+    let set = |v: &str| env(v).is_some_and(|x| !x.is_empty());
+    path.is_none() && !set("KUBECONFIG") && !default_file_exists && set("KUBERNETES_SERVICE_HOST")
+}
+
+/// The context name reported for the service account's cluster.
+pub const IN_CLUSTER: &str = "in-cluster";
+
+/// A client for the cluster the Pod runs in, with its service account, whatever `context` a
+/// stack names (a Pod has no kubeconfig to resolve it in): said once in the log.
+fn in_cluster(
+    context: Option<&str>,
+) -> Result<(Client, RequestCounter, String, String), ClusterError> {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    let config = Config::incluster().map_err(|e| ClusterError::Config {
+        message: format!(
+            "in a Pod (KUBERNETES_SERVICE_HOST is set) with no kubeconfig: the service account's token or CA cannot be read: {e}; mount the service account token (automountServiceAccountToken) or pass --kubeconfig"
+        ),
+    })?;
+    let server = config.cluster_url.to_string();
+    SAID.call_once(|| {
+        tracing::info!(
+            server = %server,
+            context = context.unwrap_or(""),
+            "running in a Pod with no kubeconfig: every stack uses this Pod's service account on its own cluster, whatever `context` it names"
+        );
+    });
+    let (client, counter) = client_for(config)?;
+    Ok((
+        client,
+        counter,
+        server.trim_end_matches('/').to_string(),
+        IN_CLUSTER.to_string(),
     ))
 }
 
@@ -332,6 +379,36 @@ where
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod in_pod_tests {
+    use super::in_pod;
+    use std::path::Path;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn a_pod_without_a_kubeconfig_uses_its_service_account() {
+        let pod = [("KUBERNETES_SERVICE_HOST", "10.96.0.1")];
+        assert!(in_pod(None, false, env(&pod)));
+        // A kubeconfig given or found wins: a laptop, or a Pod mounting one on purpose.
+        assert!(!in_pod(Some(Path::new("/k")), false, env(&pod)));
+        assert!(!in_pod(None, true, env(&pod)));
+        let with_env = [
+            ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+            ("KUBECONFIG", "/k"),
+        ];
+        assert!(!in_pod(None, false, env(&with_env)));
+        // Not in a Pod: the kubeconfig error names the missing file, as before.
+        assert!(!in_pod(None, false, env(&[])));
     }
 }
 

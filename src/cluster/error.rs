@@ -140,7 +140,15 @@ impl fmt::Display for ClusterError {
                 action,
                 object,
                 source,
-            } => write!(f, "{action} {object}: {}", api_message(source)),
+            } => {
+                write!(f, "{action} {object}: {}", api_message(source))?;
+                match source {
+                    kube::Error::Api(st) if st.code == 403 => {
+                        write!(f, "; {}", forbidden_fix(&st.message))
+                    }
+                    _ => Ok(()),
+                }
+            }
             ClusterError::Timeout { action, object } => write!(
                 f,
                 "{action} {object}: no answer from the API server within {}s",
@@ -208,6 +216,40 @@ impl std::error::Error for ClusterError {
             ClusterError::Unreachable { source, .. } => Some(source),
             _ => None,
         }
+    }
+}
+
+/// The fix for a 403, from the API server's message (`… User "system:serviceaccount:converge:
+/// converge" cannot list resource "jobs" in API group "batch" in the namespace "dev"`): in a
+/// Pod, the chart value that extends its Role; elsewhere, the kubeconfig user's RBAC.
+pub fn forbidden_fix(message: &str) -> String {
+    let quoted = |after: &str| {
+        let rest = &message[message.find(after)? + after.len()..];
+        let rest = rest.strip_prefix('"')?;
+        Some(rest[..rest.find('"')?].to_string())
+    };
+    let resource = quoted("resource ").unwrap_or_else(|| "the kind".into());
+    let group = quoted("API group ").unwrap_or_default();
+    let namespace = quoted("in the namespace ");
+    match quoted("User ").and_then(|u| {
+        u.strip_prefix("system:serviceaccount:")
+            .map(str::to_string)
+    }) {
+        Some(sa) => {
+            let sa = sa.replacen(':', "/", 1);
+            match namespace {
+                Some(ns) => format!(
+                    "ServiceAccount {sa} may not use {resource} (API group \"{group}\") in namespace {ns}: add {{apiGroups: [\"{group}\"], resources: [{resource}], verbs: [\"*\"]}} to the converge chart's `extraRules` and `helm upgrade`"
+                ),
+                None => format!(
+                    "ServiceAccount {sa} may not use the cluster-scoped {resource} (API group \"{group}\"): add it to the converge chart's ClusterRole (charts/converge/templates/rbac.yaml) and `helm upgrade`"
+                ),
+            }
+        }
+        None => format!(
+            "the kubeconfig's user lacks the RBAC permission for {resource}{}: ask a cluster admin for a Role granting it",
+            namespace.map(|n| format!(" in namespace {n}")).unwrap_or_default()
+        ),
     }
 }
 
@@ -335,5 +377,33 @@ pub(super) fn parse_immutable(key: &ObjectKey, message: &str) -> ClusterError {
         field,
         message: message.to_string(),
         recreatable,
+    }
+}
+
+#[cfg(test)]
+mod forbidden_tests {
+    use super::*;
+
+    #[test]
+    fn a_forbidden_kind_in_a_pod_names_the_kind_namespace_service_account_and_chart_value() {
+        // The API server's words (k8s.io/apiserver's forbidden message).
+        let message = r#"jobs.batch is forbidden: User "system:serviceaccount:converge:converge" cannot list resource "jobs" in API group "batch" in the namespace "todo-chatbot""#;
+        let st = kube::core::Status::failure(message, "Forbidden").with_code(403);
+        let e = ClusterError::from_kube(
+            "listing",
+            "Job todo-chatbot/*",
+            kube::Error::Api(st.boxed()),
+        );
+        let line = e.to_string();
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            line.contains("ServiceAccount converge/converge may not use jobs (API group \"batch\") in namespace todo-chatbot")
+                && line.contains("`extraRules`"),
+            "{line}"
+        );
+        let cluster = r#"nodes is forbidden: User "system:serviceaccount:converge:converge" cannot list resource "nodes" in API group "" at the cluster scope"#;
+        assert!(forbidden_fix(cluster).contains("ClusterRole"));
+        let laptop = r#"pods is forbidden: User "dev" cannot list resource "pods" in API group "" in the namespace "todo""#;
+        assert!(forbidden_fix(laptop).starts_with("the kubeconfig's user lacks"));
     }
 }

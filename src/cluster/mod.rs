@@ -577,7 +577,7 @@ mod tests {
             ClusterError::from_kube("listing", "pods in todo", kube::Error::Api(status.boxed()));
         assert_eq!(
             e.to_string(),
-            "listing pods in todo: pods is forbidden: User \"dev\" cannot list (403)"
+            "listing pods in todo: pods is forbidden: User \"dev\" cannot list (403); the kubeconfig's user lacks the RBAC permission for the kind: ask a cluster admin for a Role granting it"
         );
         assert!(
             std::error::Error::source(&e).is_none(),

@@ -45,11 +45,12 @@ pub enum DaemonError {
     /// Signal handlers could not be installed.
     #[error("installing signal handlers")]
     Signals(#[source] std::io::Error),
-    /// Another daemon took a stack's Lease: this one stops rather than fight over the stack.
-    #[error("lost the Lease to {holder}")]
+    /// Another daemon took a stack's Lease, or it could not be renewed in time: this one stops
+    /// rather than fight over the stack.
+    #[error("stopped leading: {loss}")]
     LeaseLost {
-        /// The daemon that holds it now (`host/pid`).
-        holder: String,
+        /// What happened to the Lease.
+        loss: lock::Loss,
     },
     /// `converge sync` found no daemon for the checkout.
     #[error("no converge daemon runs for {} (start one with `converge run`)", checkout.display())]

@@ -562,17 +562,10 @@ fn route(
                 )
             }
         }
-        ("GET", "/readyz") => {
-            if metrics.is_ready() {
-                ("200 OK", TEXT, "ready\n".into())
-            } else {
-                (
-                    "503 Service Unavailable",
-                    TEXT,
-                    "not ready: the last reconcile has not succeeded\n".into(),
-                )
-            }
-        }
+        ("GET", "/readyz") => match metrics.readiness() {
+            (true, line) => ("200 OK", TEXT, format!("{line}\n")),
+            (false, line) => ("503 Service Unavailable", TEXT, format!("{line}\n")),
+        },
         ("POST", "/sync") => match sync.try_send(()) {
             // A full queue already holds a sync: this one coalesces into it.
             Ok(()) | Err(mpsc::error::TrySendError::Full(())) => {
@@ -656,6 +649,37 @@ mod tests {
         assert!(route("GET", "/readyz", &m, 0, &tx).0.starts_with("503"));
         m.set_ready(true);
         assert!(route("GET", "/readyz", &m, 0, &tx).0.starts_with("200"));
+    }
+
+    #[test]
+    fn readyz_says_standby_and_refusal() {
+        let m = Metrics::default();
+        let (tx, _rx) = mpsc::channel(1);
+        m.set_standing(Some(super::super::metrics::Standing::Standby(
+            "standby, leader is converge-a/1".into(),
+        )));
+        let (status, _, body) = route("GET", "/readyz", &m, 0, &tx);
+        assert!(status.starts_with("200"), "{status}");
+        assert_eq!(body, "standby, leader is converge-a/1\n");
+        m.set_standing(Some(super::super::metrics::Standing::NotLeading(
+            "refused: another installation".into(),
+        )));
+        let (status, _, body) = route("GET", "/readyz", &m, 0, &tx);
+        assert!(
+            status.starts_with("503") && body.starts_with("refused"),
+            "{status} {body}"
+        );
+        assert!(m.render().contains("converge_leader 0"));
+        // A leader in standby mode is ready even when its stacks are not.
+        m.set_standing(Some(super::super::metrics::Standing::Leading));
+        let (status, _, body) = route("GET", "/readyz", &m, 0, &tx);
+        assert!(
+            status.starts_with("200") && body.starts_with("leading"),
+            "{status} {body}"
+        );
+        assert!(m.render().contains("converge_leader 1"));
+        m.set_standing(None);
+        assert!(route("GET", "/readyz", &m, 0, &tx).0.starts_with("503"));
     }
 
     #[test]

@@ -101,8 +101,8 @@ async fn lease(
         cluster.client(),
         &t.namespace,
         &t.stack,
-        &holder.identity(),
-        &holder.checkout,
+        &super::leader::claimant(cfg, holder),
+        cfg.lease_timing,
     )
     .await?)
 }

@@ -20,8 +20,8 @@ use tracing::{debug, info, warn};
 use crate::cluster::lease::Renewal;
 
 pub use crate::cluster::lease::{
-    ensure_namespace, lease_name, may_take, LeaseError, LeaseGuard, ANNOTATION_CHECKOUT,
-    LEASE_SECONDS,
+    claim, ensure_namespace, lease_name, may_take, Acquired, Claim, Claimant, LeaseError,
+    LeaseGuard, LeaseTiming, ANNOTATION_CHECKOUT, ANNOTATION_INSTANCE, LEASE_SECONDS,
 };
 
 /// The lock file's name inside the git directory.
@@ -72,11 +72,12 @@ pub struct Holder {
 }
 
 impl Holder {
-    /// This process.
+    /// This process. In a Pod the host is the Pod's name (`POD_NAME`, from the downward API),
+    /// so the Lease holder names the Pod.
     pub fn me(checkout: &Path) -> Self {
         Self {
             pid: std::process::id(),
-            host: hostname(),
+            host: host_or_pod(std::env::var("POD_NAME").ok()),
             checkout: checkout.display().to_string(),
             http: None,
             since: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -98,6 +99,13 @@ impl std::fmt::Display for Holder {
             self.pid, self.host, self.since
         )
     }
+}
+
+/// The Pod's name when one is given (not blank), else the host's.
+fn host_or_pod(pod: Option<String>) -> String {
+    pod.map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(hostname)
 }
 
 /// The host's name, without a network call.
@@ -198,19 +206,71 @@ pub fn is_held(git_dir: &Path) -> bool {
     }
 }
 
-/// How often the Lease is renewed.
-const LEASE_RENEW: Duration = Duration::from_secs(10);
-/// How soon a failed Lease renewal is tried again.
-const LEASE_RETRY: Duration = Duration::from_secs(1);
+/// Why a leader stopped leading a stack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Loss {
+    /// Another daemon holds the Lease now.
+    Taken {
+        /// The stack.
+        stack: String,
+        /// The new holder.
+        holder: String,
+    },
+    /// No renewal succeeded within the renew deadline: a standby may take the Lease soon.
+    NotRenewed {
+        /// The stack.
+        stack: String,
+        /// The deadline.
+        after: Duration,
+        /// The last renewal error.
+        error: String,
+    },
+}
 
-/// Keeps a Lease: renews it every [`LEASE_RENEW`], re-creates it at once when it is deleted
-/// (by hand, or with its namespace), retries every second while that fails, and reports a
-/// Lease another daemon took on `lost`.
+impl std::fmt::Display for Loss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Loss::Taken { stack, holder } => {
+                write!(f, "stack `{stack}`: its Lease is held by {holder} now")
+            }
+            Loss::NotRenewed {
+                stack,
+                after,
+                error,
+            } => write!(
+                f,
+                "stack `{stack}`: the Lease could not be renewed for {}s (renew deadline; last error: {error})",
+                after.as_secs()
+            ),
+        }
+    }
+}
+
+/// What the renewer does after one renewal (pure): `Ok(wait)` before the next one, or the loss
+/// to report. `failing_since` is when the first of the failures in a row happened.
+pub fn after_renewal(
+    timing: &LeaseTiming,
+    failing_since: Option<std::time::Instant>,
+    now: std::time::Instant,
+) -> Result<Duration, Duration> {
+    match failing_since {
+        None => Ok(timing.renew),
+        Some(since) => match timing.renew_deadline {
+            Some(d) if now.duration_since(since) + timing.retry.min(d) > d => Err(d),
+            _ => Ok(timing.retry),
+        },
+    }
+}
+
+/// Keeps a Lease: renews it every `renew` period, re-creates it at once when it is deleted (by
+/// hand, or with its namespace), retries every `retry` period while that fails, and reports on
+/// `lost` a Lease another daemon took, or (with a renew deadline) one it could not renew in time.
 pub(super) fn spawn_renewer(
     g: LeaseGuard,
-    lost: mpsc::Sender<String>,
+    lost: mpsc::Sender<Loss>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let timing = g.timing();
         let config = kube::runtime::watcher::Config::default()
             .fields(&format!("metadata.name={}", g.name()));
         let deleted = kube::runtime::watcher::watcher(g.api().clone(), config)
@@ -219,8 +279,8 @@ pub(super) fn spawn_renewer(
                 matches!(e, Ok(kube::runtime::watcher::Event::Delete(_))).then_some(())
             });
         futures::pin_mut!(deleted);
-        let mut wait = LEASE_RENEW;
-        let mut failing = false;
+        let mut wait = timing.renew;
+        let mut failing_since: Option<std::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
@@ -228,28 +288,56 @@ pub(super) fn spawn_renewer(
                     warn!(stack = %g.stack(), "the stack's Lease was deleted; re-creating it");
                 }
             }
-            match g.keep().await {
+            // A renewal may not outlast the deadline: an API server that does not answer counts
+            // as a failure then, not as a wait.
+            let attempt = match timing.renew_deadline {
+                Some(d) => tokio::time::timeout(d, g.keep()).await.unwrap_or_else(|_| {
+                    Err(LeaseError::Cluster(crate::cluster::ClusterError::Timeout {
+                        action: "renewing",
+                        object: format!("Lease {}/{}", g.namespace(), g.name()),
+                    }))
+                }),
+                None => g.keep().await,
+            };
+            let error = match attempt {
                 Ok(r) => {
                     if r == Renewal::Recreate {
                         info!(stack = %g.stack(), "Lease re-created: this daemon still manages the stack");
                     }
-                    failing = false;
-                    wait = LEASE_RENEW;
+                    failing_since = None;
+                    wait = timing.renew;
+                    continue;
                 }
                 Err(LeaseError::Lost { holder, .. }) => {
-                    let _ = lost.send(holder).await;
+                    let _ = lost
+                        .send(Loss::Taken {
+                            stack: g.stack().to_string(),
+                            holder,
+                        })
+                        .await;
                     return;
                 }
-                Err(e) => {
-                    // While a namespace terminates nothing can be created in it: retry soon, so
-                    // the Lease is back the moment it is gone, before anyone else can take it.
-                    if !failing {
-                        warn!(stack = %g.stack(), error = %e, "Lease renewal failed; retrying every second");
-                    } else {
-                        debug!(stack = %g.stack(), error = %e, "Lease renewal failed");
-                    }
-                    failing = true;
-                    wait = LEASE_RETRY;
+                Err(e) => e,
+            };
+            // While a namespace terminates nothing can be created in it: retry soon, so the
+            // Lease is back the moment it is gone, before anyone else can take it.
+            if failing_since.is_none() {
+                warn!(stack = %g.stack(), error = %error, retry_ms = timing.retry.as_millis() as u64, "Lease renewal failed; retrying");
+            } else {
+                debug!(stack = %g.stack(), error = %error, "Lease renewal failed");
+            }
+            let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+            match after_renewal(&timing, Some(since), std::time::Instant::now()) {
+                Ok(w) => wait = w,
+                Err(after) => {
+                    let _ = lost
+                        .send(Loss::NotRenewed {
+                            stack: g.stack().to_string(),
+                            after,
+                            error: error.to_string(),
+                        })
+                        .await;
+                    return;
                 }
             }
         }
@@ -276,5 +364,53 @@ mod tests {
         drop(first);
         assert!(!is_held(dir.path()));
         assert!(FileLock::acquire(dir.path()).is_ok());
+    }
+
+    #[test]
+    fn a_leader_that_cannot_renew_stops_at_the_renew_deadline_and_a_laptop_keeps_trying() {
+        let t0 = std::time::Instant::now();
+        let cluster = LeaseTiming::in_cluster();
+        assert_eq!(after_renewal(&cluster, None, t0), Ok(cluster.renew));
+        // Failing for 4 s of a 10 s deadline: retry in 2 s.
+        let later = t0 + Duration::from_secs(4);
+        assert_eq!(after_renewal(&cluster, Some(t0), later), Ok(cluster.retry));
+        // The next try would come after the deadline: stop leading now.
+        let late = t0 + Duration::from_secs(9);
+        assert_eq!(
+            after_renewal(&cluster, Some(t0), late),
+            Err(Duration::from_secs(10))
+        );
+        let laptop = LeaseTiming::default();
+        let hour = t0 + Duration::from_secs(3600);
+        assert_eq!(after_renewal(&laptop, Some(t0), hour), Ok(laptop.retry));
+    }
+
+    #[test]
+    fn lease_timings_that_let_two_leaders_write_are_refused() {
+        assert!(LeaseTiming::default().check().is_ok());
+        assert!(LeaseTiming::in_cluster().check().is_ok());
+        let deadline_past_expiry = LeaseTiming {
+            renew_deadline: Some(Duration::from_secs(15)),
+            ..LeaseTiming::in_cluster()
+        };
+        let err = deadline_past_expiry.check().unwrap_err();
+        assert!(err.contains("shorter than the Lease duration"), "{err}");
+        let retry_too_long = LeaseTiming {
+            retry: Duration::from_secs(9),
+            ..LeaseTiming::in_cluster()
+        };
+        assert!(retry_too_long.check().is_err());
+    }
+
+    #[test]
+    fn in_a_pod_the_holder_names_the_pod() {
+        let h = Holder {
+            pid: 1,
+            host: host_or_pod(Some("converge-7c9d-x2".into())),
+            ..Default::default()
+        };
+        assert_eq!(h.identity(), "converge-7c9d-x2/1");
+        assert_eq!(host_or_pod(Some(" ".into())), hostname());
+        assert_eq!(host_or_pod(None), hostname());
     }
 }

@@ -29,6 +29,22 @@ pub struct Metrics {
     inner: Mutex<Inner>,
     ready: AtomicBool,
     heartbeat_ms: AtomicU64,
+    standing: Mutex<Option<Standing>>,
+}
+
+/// Where a daemon in standby mode stands while it does not lead: what `/readyz` says then.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Standing {
+    /// Waiting for a replica of its installation to let go: ready (it is healthy and takes
+    /// over), with this line.
+    Standby(String),
+    /// Refused (another installation leads the stack) or unable to read the Lease: not ready,
+    /// with this line.
+    NotLeading(String),
+    /// Leading in standby mode: ready whatever its last reconcile did, so the Service keeps
+    /// routing the webhook that brings the fix to the one replica that can deploy it, and a
+    /// rollout of converge does not wait on the stacks' health.
+    Leading,
 }
 
 #[derive(Debug, Default)]
@@ -161,6 +177,38 @@ impl Metrics {
         self.ready.load(Ordering::Relaxed)
     }
 
+    /// Records where a daemon that does not lead stands; `None` once it leads.
+    pub fn set_standing(&self, standing: Option<Standing>) {
+        *self.standing.lock().unwrap_or_else(|p| p.into_inner()) = standing;
+    }
+
+    /// What `/readyz` answers: ready or not, and the line it says. A leader is ready once its
+    /// last reconcile succeeded; a standby is ready; a refused daemon is not.
+    pub fn readiness(&self) -> (bool, String) {
+        let standing = self
+            .standing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match standing {
+            Some(Standing::Standby(line)) => (true, line),
+            Some(Standing::NotLeading(line)) => (false, line),
+            Some(Standing::Leading) if self.is_ready() => {
+                (true, "leading; the last reconcile succeeded".into())
+            }
+            Some(Standing::Leading) => (
+                true,
+                "leading; the last reconcile has not succeeded (see the log and converge status)"
+                    .into(),
+            ),
+            None if self.is_ready() => (true, "ready".into()),
+            None => (
+                false,
+                "not ready: the last reconcile has not succeeded".into(),
+            ),
+        }
+    }
+
     /// Records that the main loop is alive at `now_ms` (milliseconds since start).
     pub fn heartbeat(&self, now_ms: u64) {
         self.heartbeat_ms.store(now_ms, Ordering::Relaxed);
@@ -285,6 +333,16 @@ impl Metrics {
             let _ = writeln!(o, "# HELP converge_ready Whether the last reconcile succeeded.");
             let _ = writeln!(o, "# TYPE converge_ready gauge");
             let _ = writeln!(o, "converge_ready {}", u8::from(self.is_ready()));
+            let leading = self
+                .standing
+                .lock()
+                .map_or(true, |s| matches!(*s, None | Some(Standing::Leading)));
+            let _ = writeln!(
+                o,
+                "# HELP converge_leader Whether this daemon leads its stacks (holds their Leases)."
+            );
+            let _ = writeln!(o, "# TYPE converge_leader gauge");
+            let _ = writeln!(o, "converge_leader {}", u8::from(leading));
             o
         })
     }

@@ -8,7 +8,8 @@
 //!
 //! Files: the policy is a pure state machine ([`state`]); this file only turns I/O into its
 //! events and carries out what it returns. One reconcile off the loop is [`job`], the stacks and
-//! branch to manage come from [`targets`], Leases are kept by [`lock`], drift is watched by
+//! branch to manage come from [`targets`], Leases are kept by [`lock`] (and waited for by
+//! standby replicas in [`leader`]), drift is watched by
 //! [`drift`], `/metrics`, `converge sync` and the live page go through [`http`] (the page's
 //! model and event stream are [`page`]), local URLs are served by [`forward`].
 
@@ -18,6 +19,7 @@ mod error;
 pub mod forward;
 pub mod http;
 mod job;
+mod leader;
 pub mod lock;
 pub mod metrics;
 mod outcome;
@@ -51,7 +53,7 @@ use crate::render::Helm;
 use drift::{DriftWatch, Note};
 use job::{job, take_lease, JobInput};
 use lock::spawn_renewer;
-use lock::{FileLock, Holder, LeaseGuard};
+use lock::{FileLock, Holder, LeaseGuard, LeaseTiming, Loss};
 use metrics::{Metrics, ResultLabel};
 use state::{DriftVerdict, Next, RecordVerdict, State};
 use targets::{discover, recorded_commit};
@@ -92,6 +94,13 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Whether to hold a coordination Lease per stack.
     pub lease: bool,
+    /// Standby mode: the installation (`<namespace>/<release>`) this replica belongs to. A
+    /// daemon that cannot take a Lease waits for it (ready, as a standby) when a replica of the
+    /// same installation holds it, and is refused (not ready, writing nothing) otherwise.
+    /// `None`: the laptop daemon, which exits when another daemon holds a Lease.
+    pub standby: Option<String>,
+    /// The Leases' duration, renew period, renew deadline and retry period.
+    pub lease_timing: LeaseTiming,
     /// How each reconcile behaves, and what it selects: the desired-state directory, the stack,
     /// the kubeconfig, the context and the builder are read from here, not copied.
     pub options: Options,
@@ -117,6 +126,8 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(10),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             lease: true,
+            standby: None,
+            lease_timing: LeaseTiming::default(),
             options: Options::default(),
             mcp: None,
         }
@@ -138,6 +149,16 @@ fn tokio_at(at: Option<std::time::Instant>) -> Option<Instant> {
     at.map(Instant::from_std)
 }
 
+/// The stacks' local URLs this daemon serves: none in standby mode, whose replicas run in Pods
+/// where a loopback URL reaches nobody.
+fn local_routes(cfg: &Config, routes: Vec<forward::Route>) -> Vec<forward::Route> {
+    if cfg.standby.is_some() {
+        Vec::new()
+    } else {
+        routes
+    }
+}
+
 /// Records the served local URLs in the lock file when they changed, for `converge status`.
 fn record_urls(forwards: &forward::Forwards, holder: &mut Holder, file_lock: &mut FileLock) {
     let urls: Vec<String> = forwards.serving().map(forward::Route::url).collect();
@@ -157,6 +178,13 @@ pub use state::Trigger;
 /// Runs the daemon until SIGTERM/SIGINT (then `Ok`) or a fatal error.
 pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let started = Instant::now();
+    if cfg.lease {
+        cfg.lease_timing
+            .check()
+            .map_err(|message| DaemonError::Config {
+                message: format!("{message} (--lease-duration, --lease-renew, --lease-renew-deadline, --lease-retry)"),
+            })?;
+    }
     let cfg = Arc::new(cfg);
     let pull = pull::prepare(&cfg)?;
     let webhook_secret = pull::webhook_secret(&cfg)?;
@@ -183,7 +211,8 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         },
         None => None,
     };
-    let (branch, mut targets, mut routes) = discover(&cfg, start.as_deref())?;
+    let (branch, mut targets, routes) = discover(&cfg, start.as_deref())?;
+    let mut routes = local_routes(&cfg, routes);
     let tracked = refs::tracked_ref(&branch, pull.as_ref().map(|p| p.remote.name()));
     let mut holder = Holder::me(&dirs.root);
 
@@ -204,7 +233,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
 
     let mut clusters = Clusters::default();
     let mut leases: Vec<LeaseGuard> = Vec::new();
-    if cfg.lease {
+    if cfg.lease && cfg.standby.is_none() {
         for t in &targets {
             leases.push(take_lease(&mut clusters, &cfg, t, &holder).await?);
         }
@@ -236,6 +265,28 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             fetch: fetch_tx,
         },
     ));
+    // Standby mode: serve /readyz (standby, or refused) while waiting to lead.
+    if cfg.lease && cfg.standby.is_some() {
+        match leader::wait_to_lead(
+            &mut clusters,
+            &cfg,
+            &targets,
+            &holder,
+            &metrics,
+            cfg.lease_timing,
+            &mut signals,
+        )
+        .await
+        {
+            leader::Waited::Leading(taken) => leases = taken,
+            leader::Waited::Stopped => {
+                server.abort();
+                page.stop();
+                info!("stopped");
+                return Ok(());
+            }
+        }
+    }
     let (refs_tx, mut refs_rx) = mpsc::channel::<()>(1);
     let _ref_watch = refs::watch(&dirs, refs_tx)?;
     let (drift_tx, mut drift_rx) = mpsc::channel::<Note>(256);
@@ -251,7 +302,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                 .await;
         }
     }
-    let (lost_tx, mut lost_rx) = mpsc::channel::<String>(4);
+    let (lost_tx, mut lost_rx) = mpsc::channel::<Loss>(4);
     let mut renewers = Vec::new();
     for g in &leases {
         renewers.push(spawn_renewer(g.clone(), lost_tx.clone()));
@@ -419,7 +470,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                             }
                             targets = t;
                             page.targets.send_replace(targets.clone());
-                            routes = r;
+                            routes = local_routes(&cfg, r);
                             forwards.ensure(&routes, &mut clusters, cfg.options.kubeconfig.as_deref()).await;
                             record_urls(&forwards, &mut holder, &mut file_lock);
                         }
@@ -430,9 +481,20 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                 }
                 _ => {}
             },
-            Some(who) = lost_rx.recv() => {
-                error!(holder = %who, "lost the stack's Lease to another daemon; stopping");
-                exit = Err(DaemonError::LeaseLost { holder: who });
+            Some(loss) = lost_rx.recv() => {
+                // Stop writing before anything else: builds are killed, and the reconcile in
+                // flight is dropped here, at its current await (it writes nothing after), with no
+                // grace period; nothing re-applies drift after this point. Then exit rather than
+                // step down in-process: a fresh process (the Pod's container restarted) waits as a
+                // standby with no state left from leading, as kube-controller-manager exits when
+                // it stops leading.
+                let _ = cancel_tx.send(true);
+                if let Some(p) = &preempt_tx {
+                    let _ = p.send(true);
+                }
+                let cancelled = inflight.take().is_some();
+                error!(%loss, reconcile_cancelled = cancelled, "stopped leading: writing nothing more; exiting");
+                exit = Err(DaemonError::LeaseLost { loss });
                 break;
             }
             mut done = async { inflight.as_mut().expect("guarded by the branch condition").await }, if inflight.is_some() => {
@@ -456,7 +518,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                 clusters = std::mem::take(&mut done.clusters);
                 if let Some(p) = done.prepared.clone() {
                     // The commit's own local URLs: served from now on, as its Pods are.
-                    routes = forward::routes_of(p.stacks.iter().map(|s| &s.stack), cfg.options.context.as_deref());
+                    routes = local_routes(&cfg, forward::routes_of(p.stacks.iter().map(|s| &s.stack), cfg.options.context.as_deref()));
                     prepared_cache = Some(p);
                 }
                 // Also retries a port that was in use at the last try.

@@ -92,7 +92,7 @@ impl Daemon {
         Daemon { child, lines }
     }
 
-    fn pid(&self) -> u32 {
+    pub(super) fn pid(&self) -> u32 {
         self.child.id()
     }
 
@@ -131,11 +131,11 @@ impl Daemon {
             .count()
     }
 
-    fn signal(&self, sig: &str) {
+    pub(super) fn signal(&self, sig: &str) {
         run_ok(Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]));
     }
 
-    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+    pub(super) fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Some(s) = self.child.try_wait().unwrap() {
@@ -562,17 +562,17 @@ fn kubectl_with_file(args: &[&str], manifest: &str) -> String {
 }
 
 /// The backend's component file with `extra` appended (podLabels, secretEnv…).
-fn write_backend_with(repo: &GitRepo, version: &str, extra: &str) {
+pub(super) fn write_backend_with(repo: &GitRepo, version: &str, extra: &str) {
     write_backend(repo, version);
     let text = std::fs::read_to_string(repo.file("desired/backend.yaml")).unwrap();
     repo.write("desired/backend.yaml", format!("{text}{extra}"));
 }
 
-const NEVER_READY: &str = "values:\n  podLabels: {converge.test/fail: unready}\n";
+pub(super) const NEVER_READY: &str = "values:\n  podLabels: {converge.test/fail: unready}\n";
 
 /// Waits until the backend's pod template carries the never-ready label (the apply is done and
 /// the reconcile waits for health).
-async fn wait_backend_unready_applied(daemon: &Daemon, ns: &TestNamespace) {
+pub(super) async fn wait_backend_unready_applied(daemon: &Daemon, ns: &TestNamespace) {
     let deadline = Instant::now() + CONVERGED;
     loop {
         let labels = backend(ns)
