@@ -56,6 +56,8 @@ mod ux;
 
 #[path = "integration/history.rs"]
 mod history;
+#[path = "integration/in_cluster.rs"]
+mod in_cluster;
 #[path = "integration/localurl.rs"]
 mod localurl;
 #[path = "integration/mcp.rs"]
@@ -64,9 +66,7 @@ mod mcp;
 mod on_minikube;
 #[path = "integration/page.rs"]
 mod page;
-#[path = "integration/registry_bed.rs"]
-mod registry_bed;
-#[path = "integration/in_cluster.rs"]
-mod in_cluster;
 #[path = "integration/registry.rs"]
 mod registry;
+#[path = "integration/registry_bed.rs"]
+mod registry_bed;

@@ -223,7 +223,10 @@ mod tests {
             file: "desired/stack.yaml".into(),
             dir: "desired".into(),
             components: vec![
-                component("backend", "{build: {context: apps/backend, repository: todo-backend}}"),
+                component(
+                    "backend",
+                    "{build: {context: apps/backend, repository: todo-backend}}",
+                ),
                 component("postgres", "{ref: postgres:16}"),
             ],
         };

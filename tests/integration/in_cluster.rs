@@ -57,7 +57,8 @@ fn repo_root() -> PathBuf {
 fn bed_shell(script: &str, dir: &Path) -> Command {
     let bed = testbed();
     let mut cmd = Command::new("bash");
-    cmd.args(["-euo", "pipefail", "-c", script]).current_dir(dir);
+    cmd.args(["-euo", "pipefail", "-c", script])
+        .current_dir(dir);
     for (k, v) in &bed.vars {
         cmd.env(k, v);
     }
@@ -257,7 +258,15 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         for (release, ns) in [("converge-b", "converge-b"), ("converge", CONVERGE_NS)] {
             let _ = crate::support::helm()
-                .args(["uninstall", release, "-n", ns, "--wait", "--timeout", "120s"])
+                .args([
+                    "uninstall",
+                    release,
+                    "-n",
+                    ns,
+                    "--wait",
+                    "--timeout",
+                    "120s",
+                ])
                 .output();
         }
         for ns in ["converge-b", CONVERGE_NS, NS] {
@@ -300,20 +309,6 @@ async fn in_cluster_converge_follows_pushes_builds_through_the_registry_fails_ov
             .args(["delete", "namespace", ns, "--wait=true", "--timeout=180s"])
             .output();
     }
-    // The app's own Secret (its values are the user's: never in git).
-    run_ok(kubectl().args(["create", "namespace", NS]));
-    run_ok(kubectl().args([
-        "-n",
-        NS,
-        "create",
-        "secret",
-        "generic",
-        "todo-chatbot-secrets",
-        "--from-literal=postgres-password=pw-in-cluster",
-        "--from-literal=database-url=postgresql+psycopg://todo:pw-in-cluster@todo-chatbot-postgres:5432/todo",
-        "--from-literal=jwt-secret=jwt-in-cluster",
-    ]));
-
     // 1. docs/in-cluster.md's testbed block, as written.
     let block = testbed_block();
     let out = bed_shell(&block, &clone)
@@ -335,7 +330,12 @@ async fn in_cluster_converge_follows_pushes_builds_through_the_registry_fails_ov
         converge_pods_and_logs(CONVERGE_NS)
     );
     let head = git(&clone, &["rev-parse", "HEAD"]).trim().to_string();
-    wait_status(FIRST, "the pushed clone deployed and Ready", ready_at(&head)).await;
+    wait_status(
+        FIRST,
+        "the pushed clone deployed and Ready",
+        ready_at(&head),
+    )
+    .await;
     wait_http("/", "<", ROLLOUT).await;
     let backend = deployment_image("backend").await;
     assert!(
@@ -377,7 +377,9 @@ async fn in_cluster_converge_follows_pushes_builds_through_the_registry_fails_ov
     );
 
     // 4. Failover: the leader's Pod is deleted; the other replica applies the next push.
-    let leader = lease_holder().await.expect("the stack's Lease has a holder");
+    let leader = lease_holder()
+        .await
+        .expect("the stack's Lease has a holder");
     let pods = converge_pods(CONVERGE_NS).await;
     assert!(
         pods.iter().any(|(p, _)| leader.contains(p.as_str())),
@@ -389,7 +391,14 @@ async fn in_cluster_converge_follows_pushes_builds_through_the_registry_fails_ov
         .find(|p| leader.contains(p.as_str()))
         .unwrap_or_default();
     let deleted = Instant::now();
-    run_ok(kubectl().args(["-n", CONVERGE_NS, "delete", "pod", &leader_pod, "--wait=false"]));
+    run_ok(kubectl().args([
+        "-n",
+        CONVERGE_NS,
+        "delete",
+        "pod",
+        &leader_pod,
+        "--wait=false",
+    ]));
     let new_leader = loop {
         if let Some(h) = lease_holder().await.filter(|h| !h.contains(&leader_pod)) {
             break h;
@@ -405,7 +414,7 @@ async fn in_cluster_converge_follows_pushes_builds_through_the_registry_fails_ov
         "[in-cluster] leader Pod deleted -> Lease held by {new_leader} in {:?}",
         deleted.elapsed()
     );
-    std::fs::write(&backend_yaml, text.replace("replicas: 2", "replicas: 2"))
+    std::fs::write(&backend_yaml, &text)
         .expect("write backend.yaml");
     let (c3, pushed) = commit_and_push(&clone, "backend: two replicas again");
     wait_status(ROLLOUT, "the push after a failover applied", ready_at(&c3)).await;
@@ -463,10 +472,15 @@ async fn in_cluster_converge_follows_pushes_builds_through_the_registry_fails_ov
         .lines()
         .filter(|l| l.starts_with("kubectl -n converge create secret"))
         .collect();
-    assert!(!secrets.is_empty(), "the block creates converge's Secrets: {block}");
+    assert!(
+        !secrets.is_empty(),
+        "the block creates converge's Secrets: {block}"
+    );
     let script = format!(
         "kubectl create namespace converge-b\n{}",
-        secrets.join("\n").replace("kubectl -n converge ", "kubectl -n converge-b ")
+        secrets
+            .join("\n")
+            .replace("kubectl -n converge ", "kubectl -n converge-b ")
     );
     let out = bed_shell(&script, &clone).output().expect("run bash");
     assert!(
@@ -517,7 +531,11 @@ async fn in_cluster_converge_follows_pushes_builds_through_the_registry_fails_ov
         !b.is_empty() && b.iter().all(|(_, ready)| !ready),
         "the second installation's Pods are not Ready: {b:?}"
     );
-    assert_eq!(lease_holder().await, holder, "the Lease did not change hands");
+    assert_eq!(
+        lease_holder().await,
+        holder,
+        "the Lease did not change hands"
+    );
     eprintln!("[in-cluster] second installation refused: {refused}");
     eprintln!("[in-cluster] all phases in {:?}", t0.elapsed());
 }

@@ -110,19 +110,30 @@ pub fn registry_running() -> bool {
         .success()
 }
 
-/// Tests that use the bed's registry share it; a test that stops it takes it alone.
-static REGISTRY_USE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+/// A lock on the bed's registry, held while a test uses it (shared) or stops it (exclusive):
+/// an advisory `flock` on a file of the bed, so test binaries and threads alike take turns.
+pub struct RegistryUse(#[allow(dead_code)] std::fs::File);
+
+fn registry_lock_file() -> std::fs::File {
+    let path = testbed().dir.join("registry.test-lock");
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()))
+}
 
 /// Held while a test uses the bed's registry, so no test stops it meanwhile.
-pub fn registry_shared() -> std::sync::RwLockReadGuard<'static, ()> {
-    REGISTRY_USE
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+pub fn registry_shared() -> RegistryUse {
+    let f = registry_lock_file();
+    fs2::FileExt::lock_shared(&f).unwrap_or_else(|e| panic!("flock the registry lock: {e}"));
+    RegistryUse(f)
 }
 
 /// Held by a test that stops the bed's registry: waits for every user to finish.
-pub fn registry_exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
-    REGISTRY_USE
-        .write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+pub fn registry_exclusive() -> RegistryUse {
+    let f = registry_lock_file();
+    fs2::FileExt::lock_exclusive(&f).unwrap_or_else(|e| panic!("flock the registry lock: {e}"));
+    RegistryUse(f)
 }
