@@ -414,8 +414,7 @@ async fn in_cluster_converge_follows_pushes_builds_through_the_registry_fails_ov
         "[in-cluster] leader Pod deleted -> Lease held by {new_leader} in {:?}",
         deleted.elapsed()
     );
-    std::fs::write(&backend_yaml, &text)
-        .expect("write backend.yaml");
+    std::fs::write(&backend_yaml, &text).expect("write backend.yaml");
     let (c3, pushed) = commit_and_push(&clone, "backend: two replicas again");
     wait_status(ROLLOUT, "the push after a failover applied", ready_at(&c3)).await;
     assert_eq!(

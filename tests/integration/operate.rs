@@ -1011,9 +1011,14 @@ fn every_flag_environment_variable_and_link_in_the_docs_exists() {
             }
         }
     }
-    let bed = ["tests/testbed/up", "tests/support/mod.rs"]
-        .map(|f| std::fs::read_to_string(root.join(f)).unwrap())
-        .concat();
+    let bed = [
+        "tests/testbed/up",
+        "tests/testbed/services.sh",
+        "tests/support/mod.rs",
+        "tests/support/services.rs",
+    ]
+    .map(|f| std::fs::read_to_string(root.join(f)).unwrap())
+    .concat();
     for rel in &pages() {
         let text = doc(rel);
         // Flags: every `--name` in a code span or block (on lines of kubectl, minikube, journalctl,
@@ -1045,7 +1050,7 @@ fn every_flag_environment_variable_and_link_in_the_docs_exists() {
             if word.starts_with("CONVERGE_TESTBED_") {
                 assert!(
                     bed.contains(word),
-                    "{rel}: {word} is read neither by tests/testbed/up nor by tests/support"
+                    "{rel}: {word} is written neither by tests/testbed/up or services.sh nor read by tests/support"
                 );
             } else if word.starts_with("CONVERGE_") && word.len() > 9 {
                 assert!(
