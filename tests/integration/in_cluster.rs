@@ -434,7 +434,7 @@ async fn in_cluster_converge_follows_pushes_builds_through_the_registry_fails_ov
     std::fs::write(&marker, "# pushed by the in-cluster test, twice\n").expect("write marker");
     let (c4, _) = commit_and_push(&clone, "backend: a change built while the registry is down");
     let failed = wait_status(REBUILD, "the registry-down failure recorded", |s| {
-        s["commit"].as_str() == Some(c4.as_str()) && s["ready"] == Value::Bool(false)
+        s["lastAppliedCommit"].as_str() == Some(c4.as_str()) && s["ready"] == Value::Bool(false)
     })
     .await;
     let said = failed.to_string();
@@ -442,16 +442,24 @@ async fn in_cluster_converge_follows_pushes_builds_through_the_registry_fails_ov
         said.contains(services::registry()),
         "the failure names the registry's address: {failed:#}"
     );
+    assert_eq!(
+        failed["reason"], "BuildFailed",
+        "a failed build is the reason: {failed:#}"
+    );
     assert_eq!(stack_objects(), before, "nothing was deleted or added");
     wait_http("/", "<", ROLLOUT).await;
     services::registry_start();
+    let back = Instant::now();
     wait_status(
         REBUILD,
         "the same commit applied once the registry is back",
         ready_at(&c4),
     )
     .await;
-    eprintln!("[in-cluster] registry back -> the held commit applied");
+    eprintln!(
+        "[in-cluster] registry back -> the held commit applied in {:?} (the daemon's back-off)",
+        back.elapsed()
+    );
 
     // 6. A second installation for the same stack is refused by the Lease.
     let holder = lease_holder().await;
