@@ -151,41 +151,13 @@ fn ready_at(commit: &str) -> impl Fn(&Value) -> bool + '_ {
     move |s| s["ready"] == Value::Bool(true) && s["lastAppliedCommit"].as_str() == Some(commit)
 }
 
-/// `GET http://<node ip>:30080<path>`: status and body.
-fn http_get(path: &str) -> (u16, String) {
+/// Retries `GET http://<node ip>:30080<path>` until it answers 200 with `needle` in its body.
+async fn wait_http(path: &str, needle: &str, timeout: Duration) -> String {
     let ip = testbed()
         .node_ip
         .clone()
         .expect("the bed names its node IP (CONVERGE_TESTBED_NODE_IP)");
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "10",
-            "-w",
-            "\n%{http_code}",
-            &format!("http://{ip}:{NODE_PORT}{path}"),
-        ])
-        .output()
-        .expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
-}
-
-async fn wait_http(path: &str, needle: &str, timeout: Duration) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let (code, body) = http_get(path);
-        if code == 200 && body.contains(needle) {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "GET :{NODE_PORT}{path} did not answer 200 with {needle:?} within {timeout:?}: {code} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    crate::support::wait_http(&format!("http://{ip}:{NODE_PORT}{path}"), needle, timeout).await
 }
 
 /// Who holds the stack's Lease.

@@ -292,38 +292,10 @@ async fn node_port(ns: &str) -> u16 {
         .expect("a node port")
 }
 
-/// `GET http://127.0.0.1:<port><path>` from the host: status and body.
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "10",
-            "-w",
-            "\n%{http_code}",
-            &format!("http://127.0.0.1:{port}{path}"),
-        ])
-        .output()
-        .expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
-}
-
-/// Retries `GET path` until it answers 200 with a body containing `needle`.
+/// Retries `GET http://127.0.0.1:<port><path>` until it answers 200 with a body containing
+/// `needle`.
 async fn wait_http(port: u16, path: &str, needle: &str, timeout: Duration) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let (code, body) = http_get(port, path);
-        if code == 200 && body.contains(needle) {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "GET 127.0.0.1:{port}{path} did not answer 200 with {needle:?} within {timeout:?}: {code} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    crate::support::wait_http(&format!("http://127.0.0.1:{port}{path}"), needle, timeout).await
 }
 
 /// The frontend's own end-to-end test (headless Chromium, playwright-core) against the NodePort:

@@ -411,7 +411,7 @@ async fn pods_pull_the_pushed_image_with_the_pull_secret_and_wait_for_it_when_it
     assert!(!ok, "applied without its pull Secret:\n{log}");
     let host = bed_var("CONVERGE_TESTBED_REGISTRY");
     let expected = format!(
-        "image pull Secret `regcred` (`registry.pullSecret`) does not exist in namespace {}; create it: `kubectl create secret docker-registry regcred -n {} --docker-server={host} --docker-username=<user> --docker-password=<password>`",
+        "image pull Secret `regcred` (`registry.pullSecret` or `--pull-secret`) does not exist in namespace {}; create it: `kubectl create secret docker-registry regcred -n {} --docker-server={host} --docker-username=<user> --docker-password=<password>`",
         ns.name(),
         ns.name()
     );

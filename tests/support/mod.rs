@@ -535,3 +535,31 @@ pub async fn create_secret(ns: &TestNamespace, name: &str, keys: &[&str]) {
         .await
         .unwrap_or_else(|e| panic!("create secret {name}: {e}"));
 }
+
+/// `GET url` with curl from the host (10 s at most): the status (0 when nothing answered) and body.
+pub fn curl_get(url: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}", url])
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// Retries `GET url` until it answers 200 with a body containing `needle`; fails with the last
+/// answer after `timeout`.
+pub async fn wait_http(url: &str, needle: &str, timeout: std::time::Duration) -> String {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let (code, body) = curl_get(url);
+        if code == 200 && body.contains(needle) {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "GET {url} did not answer 200 with {needle:?} within {timeout:?}: {code} {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}

@@ -77,7 +77,7 @@ fn pull_secret_lack(stack: &Stack, secrets: &SecretKeys) -> Option<String> {
     let fix = format!("kubectl create secret docker-registry {name} -n {ns} --docker-server={host} --docker-username=<user> --docker-password=<password>");
     match secrets.get(name)? {
         None => Some(format!(
-            "image pull Secret `{name}` (`registry.pullSecret`) does not exist in namespace {ns}; create it: `{fix}`"
+            "image pull Secret `{name}` (`registry.pullSecret` or `--pull-secret`) does not exist in namespace {ns}; create it: `{fix}`"
         )),
         Some(keys) if !keys.iter().any(|k| k == DOCKERCONFIGJSON_KEY) => Some(format!(
             "image pull Secret `{name}` in namespace {ns} has no `{DOCKERCONFIGJSON_KEY}` key, so it is not a kubernetes.io/dockerconfigjson Secret; delete it and create it with `{fix}`"
@@ -232,7 +232,7 @@ mod tests {
         assert_eq!(blocked[0].0, "app");
         assert_eq!(
             blocked[0].1,
-            "image pull Secret `regcred` (`registry.pullSecret`) does not exist in namespace apps; create it: \
+            "image pull Secret `regcred` (`registry.pullSecret` or `--pull-secret`) does not exist in namespace apps; create it: \
              `kubectl create secret docker-registry regcred -n apps --docker-server=r.example:5000 --docker-username=<user> --docker-password=<password>`"
         );
         let opaque: SecretKeys =
